@@ -1,0 +1,76 @@
+/* kmsd configuration: one table of options (config.c), one file format:
+ *   # comment
+ *   name = value
+ * Blank lines and comments are ignored; surrounding whitespace is trimmed; a value may
+ * be wrapped in double quotes. Unknown names, repeated names, bad values and missing
+ * required values are errors naming the file and line. A documented sample of every
+ * option is kmsd.conf.sample at the top of the tree.
+ *
+ * Options (name, type, default, rule):
+ *   listen_address      string  127.0.0.1    IPv4 or IPv6 literal
+ *   port                int     8200         1..65535 (0 = any free port, tests use it)
+ *   port_file           path    ""           if set, the bound port is written there once listening
+ *   tls                 bool    true         false only for local debugging; logged loudly
+ *   tls_cert            path    ""           PEM certificate chain; required when tls is true
+ *   tls_key             path    ""           PEM private key; required when tls is true
+ *   pkcs11_module       path    /usr/lib/softhsm/libsofthsm2.so
+ *   token_label         string  kmsd         label of the token to use
+ *   pin_file            path    ""           user PIN file (mode 0600); either this or pin_env
+ *   pin_env             string  ""           name of the environment variable with the user PIN
+ *   so_pin_file         path    ""           SO PIN file, read only by `kmsd init`
+ *   store_path          path    ./var/kmsd.db
+ *   audit_path          path    ./var/audit.log
+ *   node_id             string  kmsd-1       1..64 chars [A-Za-z0-9._-]
+ *   workers             int     0            worker threads, 0 = one per core (1..256)
+ *   max_body_bytes      int     65536        1024..16777216
+ *   connection_timeout  int     30           idle seconds before a connection is closed, 1..3600
+ *   max_connections     int     1024         1..65536
+ *   per_ip_connections  int     256          0..65536 (0 = no per-IP limit)
+ *   log_level           string  info         debug|info|warn|error
+ */
+#ifndef KMS_CONFIG_H
+#define KMS_CONFIG_H
+
+#include <stdbool.h>
+
+#include "kms/base/err.h"
+
+#define KMS_CONFIG_PATH_MAX 1024
+
+struct kms_config {
+	char listen_address[64];
+	int port;
+	char port_file[KMS_CONFIG_PATH_MAX];
+	bool tls;
+	char tls_cert[KMS_CONFIG_PATH_MAX];
+	char tls_key[KMS_CONFIG_PATH_MAX];
+	char pkcs11_module[KMS_CONFIG_PATH_MAX];
+	char token_label[33]; /* PKCS#11 labels are 32 bytes */
+	char pin_file[KMS_CONFIG_PATH_MAX];
+	char pin_env[128];
+	char so_pin_file[KMS_CONFIG_PATH_MAX];
+	char store_path[KMS_CONFIG_PATH_MAX];
+	char audit_path[KMS_CONFIG_PATH_MAX];
+	char node_id[65];
+	int workers;
+	int max_body_bytes;
+	int connection_timeout;
+	int max_connections;
+	int per_ip_connections;
+	char log_level[8];
+};
+
+/* Fills cfg with every default. */
+void kms_config_defaults(struct kms_config *cfg);
+
+/* Defaults, then the file. On error the detail names the file, the line and the
+ * problem ("kmsd.conf:7: port: must be between 0 and 65535"); KMS_ERR_CONFIG. */
+KMS_WUR kms_err kms_config_load(const char *path, struct kms_config *cfg);
+
+/* Parses a whole file's text (for tests and fuzzing); name is used in messages. */
+KMS_WUR kms_err kms_config_parse(const char *text, const char *name, struct kms_config *cfg);
+
+/* Cross-option checks after loading (tls needs cert and key, a PIN source is set). */
+KMS_WUR kms_err kms_config_validate(const struct kms_config *cfg);
+
+#endif

@@ -1,0 +1,125 @@
+/* Metadata store: SQLite (WAL, synchronous=FULL, foreign keys on), versioned schema
+ * migrated forward at open. Holds no secret in the clear: KEK versions are KWP blobs
+ * under the token's master key, API tokens are SHA-256 hashes.
+ *
+ * Thread safety: one struct store may be used from any number of threads; calls are
+ * serialised inside. Every function returns KMS_OK or an error with the detail set;
+ * KMS_ERR_STORE for SQLite failures (the SQLite message is logged, not returned).
+ * Names are passed as NUL-terminated strings; output structs are filled by value. */
+#ifndef KMS_STORE_STORE_H
+#define KMS_STORE_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kms/base/err.h"
+
+#define STORE_SCHEMA_VERSION 1
+#define STORE_NAME_MAX 128  /* tenant, key and principal names, excluding the NUL */
+#define STORE_BLOB_MAX 64
+#define STORE_MAC_LEN 32
+#define STORE_HASH_LEN 32
+#define STORE_ACCESSOR_MAX 64
+
+struct store;
+
+struct store_tenant {
+	int64_t id;
+	char name[STORE_NAME_MAX + 1];
+	char retention[16]; /* "phi" or "non-phi" */
+	int64_t created;    /* unix seconds */
+};
+
+struct store_key {
+	int64_t id;
+	int64_t tenant_id;
+	char name[STORE_NAME_MAX + 1];
+	char type[32]; /* "aes256-gcm96" */
+	int64_t created;
+	uint32_t latest_version;
+	uint32_t min_decryption_version;
+	uint32_t min_encryption_version; /* 0 = latest */
+	int deletion_allowed;
+	int64_t auto_rotate_period; /* seconds, 0 = off */
+};
+
+struct store_version {
+	uint32_t version;
+	uint32_t mk_version; /* master key version that wrapped blob */
+	uint8_t blob[STORE_BLOB_MAX];
+	size_t blob_len;
+	uint8_t mac[STORE_MAC_LEN]; /* HMAC over the row, from the token */
+	int64_t created;
+};
+
+struct store_principal {
+	int64_t id;
+	char name[STORE_NAME_MAX + 1];
+	char role[16]; /* "admin" or "service" */
+	int64_t created;
+};
+
+struct store_token {
+	char accessor[STORE_ACCESSOR_MAX + 1];
+	int64_t principal_id;
+	uint8_t hash[STORE_HASH_LEN];
+	int64_t created;
+	int64_t expires; /* 0 = never */
+	int revoked;
+};
+
+/* Opens (creating if absent, mode 0600) and migrates. A store whose schema is newer
+ * than STORE_SCHEMA_VERSION -> KMS_ERR_CONFIG. */
+KMS_WUR kms_err store_open(const char *path, struct store **out);
+void store_close(struct store *s); /* accepts NULL */
+
+/* meta: small key/value facts such as "initialized" */
+KMS_WUR kms_err store_meta_get(struct store *s, const char *k, char *out, size_t cap); /* NOT_FOUND */
+KMS_WUR kms_err store_meta_set(struct store *s, const char *k, const char *v);
+
+/* tenants: create -> CONFLICT if the name exists */
+KMS_WUR kms_err store_tenant_create(struct store *s, const char *name, const char *retention,
+				    int64_t now, int64_t *id_out);
+KMS_WUR kms_err store_tenant_get(struct store *s, const char *name, struct store_tenant *out);
+/* *out is a malloc'd array of *n tenants (free()), sorted by name. */
+KMS_WUR kms_err store_tenant_list(struct store *s, struct store_tenant **out, size_t *n);
+
+/* keys: create inserts the key row (latest_version 1) and version 1 atomically;
+ * CONFLICT if (tenant, name) exists. */
+KMS_WUR kms_err store_key_create(struct store *s, int64_t tenant_id, const char *name,
+				 const char *type, int64_t now, const struct store_version *v1,
+				 int64_t *key_id_out);
+KMS_WUR kms_err store_key_get(struct store *s, int64_t tenant_id, const char *name,
+			      struct store_key *out); /* NOT_FOUND */
+/* *names: malloc'd array of *n malloc'd strings, sorted; free with store_names_free. */
+KMS_WUR kms_err store_key_list(struct store *s, int64_t tenant_id, char ***names, size_t *n);
+void store_names_free(char **names, size_t n);
+
+/* Adds version v->version, which must be the key's latest_version + 1 (else CONFLICT,
+ * nothing written), and moves latest_version to it, in one transaction. */
+KMS_WUR kms_err store_key_rotate(struct store *s, int64_t key_id, const struct store_version *v);
+KMS_WUR kms_err store_version_get(struct store *s, int64_t key_id, uint32_t version,
+				  struct store_version *out); /* NOT_FOUND */
+/* All versions of a key, ascending (malloc'd, free()). */
+KMS_WUR kms_err store_version_list(struct store *s, int64_t key_id, struct store_version **out,
+				   size_t *n);
+
+/* principals: role "admin" or "service"; tenant_ids are the tenants a service may
+ * use (ignored for admins). CONFLICT if the name exists. */
+KMS_WUR kms_err store_principal_create(struct store *s, const char *name, const char *role,
+				       const int64_t *tenant_ids, size_t n_tenants, int64_t now,
+				       int64_t *id_out);
+KMS_WUR kms_err store_principal_get(struct store *s, const char *name, struct store_principal *out);
+KMS_WUR kms_err store_principal_get_id(struct store *s, int64_t id, struct store_principal *out);
+/* Tenant ids of a principal, ascending (malloc'd, free(); *n may be 0 with *out NULL). */
+KMS_WUR kms_err store_principal_tenants(struct store *s, int64_t principal_id, int64_t **out,
+					size_t *n);
+/* Principals, sorted by name (malloc'd, free()). */
+KMS_WUR kms_err store_principal_list(struct store *s, struct store_principal **out, size_t *n);
+
+/* API tokens: looked up by accessor (public part); CONFLICT on a duplicate accessor. */
+KMS_WUR kms_err store_token_create(struct store *s, const struct store_token *t);
+KMS_WUR kms_err store_token_get(struct store *s, const char *accessor, struct store_token *out);
+KMS_WUR kms_err store_token_revoke(struct store *s, const char *accessor); /* NOT_FOUND */
+
+#endif

@@ -1,0 +1,97 @@
+/* The token layer: the only code that speaks PKCS#11. Message-shaped on purpose (each
+ * call is one whole operation), so that it could later move into a process of its own.
+ *
+ * Objects in the token (labels fixed here, see docs/ARCHITECTURE.md):
+ *   kmsd-mk-1        master wrapping key: AES-256, token, private, sensitive, not
+ *                    extractable, WRAP/UNWRAP only, ALLOWED_MECHANISMS={AES_KEY_WRAP_PAD},
+ *                    UNWRAP_TEMPLATE={SENSITIVE, WRAP_WITH_TRUSTED}, TRUSTED (set by the SO
+ *                    on a session staging key, then copied to a token object by the user).
+ *   kmsd-store-mac   HMAC-SHA256 key binding store rows (tenant, key, version, blob).
+ *   kmsd-audit-hmac  HMAC-SHA256 key for hashing context values in audit records.
+ * Tenant KEK versions never become token objects: they are generated as session
+ * objects, wrapped with KWP under the master key into a P11_KEK_BLOB_LEN blob, and
+ * destroyed; serving copies are unwrapped on demand as sensitive, non-extractable
+ * session objects owned by a holder session that stays open for the process's life.
+ *
+ * Thread safety: every function may be called from any thread once p11_open returned,
+ * except p11_close. Object creation is serialised inside (SoftHSM2 2.6.1 races on
+ * parallel create); crypto operations run on a pool of sessions, one per caller at a time.
+ */
+#ifndef KMS_PKCS11_P11_H
+#define KMS_PKCS11_P11_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kms/base/err.h"
+
+#define P11_KEK_BLOB_LEN 40 /* KWP of a 32-byte key */
+#define P11_GCM_IV_LEN 12
+#define P11_GCM_TAG_LEN 16
+#define P11_HMAC_LEN 32
+#define P11_DEFAULT_MODULE "/usr/lib/softhsm/libsofthsm2.so"
+
+typedef uint64_t p11_key; /* handle of a loaded serving copy; 0 is never valid */
+
+struct p11;
+
+struct p11_config {
+	const char *module;	 /* path of the PKCS#11 module (.so) */
+	const char *token_label; /* slot is chosen by token label */
+	unsigned sessions;	 /* size of the crypto session pool (>= 1) */
+};
+
+enum p11_mac_key { P11_MAC_STORE, P11_MAC_AUDIT };
+
+/* Creates the objects above that the token lacks. The master key needs the SO PIN
+ * (the SO marks it trusted); the other objects need only the user PIN. Returns
+ * KMS_ERR_CONFLICT if the master key already exists (the other objects are still
+ * created if missing). Initialises and finalises the module itself: call it before
+ * p11_open, not while a struct p11 is open. PINs are not kept. */
+KMS_WUR kms_err p11_provision(const struct p11_config *cfg, const char *so_pin, size_t so_pin_len,
+			      const char *user_pin, size_t user_pin_len);
+
+/* Loads the module (C_GetInterface, else C_GetFunctionList), C_Initialize with
+ * CKF_OS_LOCKING_OK, finds the slot by token label, opens the holder session, logs in
+ * as user, opens the session pool and finds the objects above by label (all must
+ * exist: KMS_ERR_TOKEN "token not provisioned" otherwise). The PIN is not kept; the
+ * caller wipes its copy. On success *out is owned by the caller (p11_close). */
+KMS_WUR kms_err p11_open(const struct p11_config *cfg, const char *pin, size_t pin_len,
+			 struct p11 **out);
+
+/* Closes every session and finalises the module. Accepts NULL. Not while other
+ * threads use p. */
+void p11_close(struct p11 *p);
+
+/* Fills out with n bytes from the token's RNG. */
+KMS_WUR kms_err p11_random(struct p11 *p, uint8_t *out, size_t n);
+
+/* Generates a new AES-256 tenant KEK inside the token and returns it only as a KWP
+ * blob under the master key. */
+KMS_WUR kms_err p11_kek_generate(struct p11 *p, uint8_t blob[P11_KEK_BLOB_LEN]);
+
+/* Unwraps a KEK blob into a serving session object (sensitive, not extractable,
+ * ENCRYPT/DECRYPT). The handle stays valid until p11_kek_unload or p11_close.
+ * A blob that does not unwrap under the master key -> KMS_ERR_INVALID. */
+KMS_WUR kms_err p11_kek_load(struct p11 *p, const uint8_t *blob, size_t blob_len, p11_key *out);
+
+/* Destroys a serving copy. Accepts 0. */
+void p11_kek_unload(struct p11 *p, p11_key k);
+
+/* AES-256-GCM with a 96-bit IV and a 128-bit tag, inside the token.
+ * encrypt: out receives ct || tag (out_cap >= pt_len + P11_GCM_TAG_LEN).
+ * decrypt: in is ct || tag; out receives pt (*out_len = in_len - tag);
+ * a tag mismatch -> KMS_ERR_DECRYPT, told apart from a token fault (KMS_ERR_TOKEN)
+ * by a known-answer probe, because SoftHSM2 reports both as CKR_GENERAL_ERROR. */
+KMS_WUR kms_err p11_gcm_encrypt(struct p11 *p, p11_key k, const uint8_t iv[P11_GCM_IV_LEN],
+				const uint8_t *aad, size_t aad_len, const uint8_t *pt,
+				size_t pt_len, uint8_t *out, size_t out_cap);
+KMS_WUR kms_err p11_gcm_decrypt(struct p11 *p, p11_key k, const uint8_t iv[P11_GCM_IV_LEN],
+				const uint8_t *aad, size_t aad_len, const uint8_t *in,
+				size_t in_len, uint8_t *out, size_t out_cap, size_t *out_len);
+
+/* HMAC-SHA256 under one of the token-held MAC keys. */
+KMS_WUR kms_err p11_hmac(struct p11 *p, enum p11_mac_key which, const uint8_t *data, size_t len,
+			 uint8_t out[P11_HMAC_LEN]);
+
+#endif
