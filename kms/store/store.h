@@ -85,13 +85,15 @@ KMS_WUR kms_err store_tenant_get(struct store *s, const char *name, struct store
 KMS_WUR kms_err store_tenant_list(struct store *s, struct store_tenant **out, size_t *n);
 
 /* keys: create inserts the key row (latest_version 1) and version 1 atomically;
- * CONFLICT if (tenant, name) exists. */
+ * CONFLICT if (tenant, name) exists, NOT_FOUND if the tenant does not, INVALID unless
+ * v1->version is 1. Version rows keep v->created as given (here and in rotate). */
 KMS_WUR kms_err store_key_create(struct store *s, int64_t tenant_id, const char *name,
 				 const char *type, int64_t now, const struct store_version *v1,
 				 int64_t *key_id_out);
 KMS_WUR kms_err store_key_get(struct store *s, int64_t tenant_id, const char *name,
 			      struct store_key *out); /* NOT_FOUND */
-/* *names: malloc'd array of *n malloc'd strings, sorted; free with store_names_free. */
+/* *names: malloc'd array of *n malloc'd strings, sorted; free with store_names_free.
+ * A tenant without keys gives *n 0 and *names NULL; an unknown tenant NOT_FOUND. */
 KMS_WUR kms_err store_key_list(struct store *s, int64_t tenant_id, char ***names, size_t *n);
 void store_names_free(char **names, size_t n);
 
@@ -100,12 +102,13 @@ void store_names_free(char **names, size_t n);
 KMS_WUR kms_err store_key_rotate(struct store *s, int64_t key_id, const struct store_version *v);
 KMS_WUR kms_err store_version_get(struct store *s, int64_t key_id, uint32_t version,
 				  struct store_version *out); /* NOT_FOUND */
-/* All versions of a key, ascending (malloc'd, free()). */
+/* All versions of a key, ascending (malloc'd, free()); NOT_FOUND for an unknown key. */
 KMS_WUR kms_err store_version_list(struct store *s, int64_t key_id, struct store_version **out,
 				   size_t *n);
 
 /* principals: role "admin" or "service"; tenant_ids are the tenants a service may
- * use (ignored for admins). CONFLICT if the name exists. */
+ * use (ignored for admins). CONFLICT if the name exists, NOT_FOUND for an unknown
+ * tenant id, INVALID for one listed twice; nothing is written on any error. */
 KMS_WUR kms_err store_principal_create(struct store *s, const char *name, const char *role,
 				       const int64_t *tenant_ids, size_t n_tenants, int64_t now,
 				       int64_t *id_out);
@@ -117,7 +120,8 @@ KMS_WUR kms_err store_principal_tenants(struct store *s, int64_t principal_id, i
 /* Principals, sorted by name (malloc'd, free()). */
 KMS_WUR kms_err store_principal_list(struct store *s, struct store_principal **out, size_t *n);
 
-/* API tokens: looked up by accessor (public part); CONFLICT on a duplicate accessor. */
+/* API tokens: looked up by accessor (public part); CONFLICT on a duplicate accessor,
+ * NOT_FOUND for an unknown principal. Revoking twice is not an error. */
 KMS_WUR kms_err store_token_create(struct store *s, const struct store_token *t);
 KMS_WUR kms_err store_token_get(struct store *s, const char *accessor, struct store_token *out);
 KMS_WUR kms_err store_token_revoke(struct store *s, const char *accessor); /* NOT_FOUND */

@@ -1,0 +1,1682 @@
+/* SQLite metadata store. See store.h for the contract.
+ *
+ * One connection per struct store, guarded by one mutex: every public function takes
+ * the lock for its whole duration, so prepared statements, sqlite3_errmsg() and
+ * last_insert_rowid are never shared between calls. Writes that touch more than one
+ * row run inside BEGIN IMMEDIATE, which also serialises writers in other processes
+ * (kmsctl, a second kmsd) through SQLite's file lock and busy_timeout. */
+#include "kms/store/store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kms/base/log.h"
+
+#define XSTR(x) STR(x)
+#define STR(x) #x
+
+/* Long enough to ride out a checkpoint or another process's short write transaction,
+ * short enough that a wedged peer turns into a 503 rather than a hung worker. */
+#define BUSY_TIMEOUT_MS 5000
+#define META_VALUE_MAX 4096
+#define TYPE_MAX 31 /* struct store_key.type holds 32 bytes with the NUL */
+/* PRAGMA application_id marks the file as ours ("kmsd" in ASCII), so that a store_path
+ * pointing at some other application's SQLite file is refused instead of migrated. */
+#define APPLICATION_ID 1802335076
+
+/* Forward-only migrations: migrations[i] takes the schema from version i to i + 1, in
+ * one transaction together with the schema_version update. Never edit a shipped step;
+ * append a new one and bump STORE_SCHEMA_VERSION. */
+static const char *const migrations[] = {
+	/* 1: initial schema. Length checks use CAST(... AS BLOB) because length() of TEXT
+	 * counts characters and the limits in store.h are bytes. */
+	"PRAGMA application_id = " XSTR(APPLICATION_ID) ";"
+	"CREATE TABLE schema_version ("
+	"  id INTEGER PRIMARY KEY CHECK (id = 1),"
+	"  version INTEGER NOT NULL"
+	");"
+	"CREATE TABLE meta ("
+	"  k TEXT PRIMARY KEY NOT NULL CHECK (length(CAST(k AS BLOB)) BETWEEN 1 AND 128),"
+	"  v TEXT NOT NULL CHECK (length(CAST(v AS BLOB)) <= 4096)"
+	");"
+	"CREATE TABLE tenants ("
+	"  id INTEGER PRIMARY KEY,"
+	"  name TEXT NOT NULL UNIQUE CHECK (length(CAST(name AS BLOB)) BETWEEN 1 AND 128),"
+	"  retention TEXT NOT NULL CHECK (retention IN ('phi', 'non-phi')),"
+	"  created INTEGER NOT NULL"
+	");"
+	"CREATE TABLE keys ("
+	"  id INTEGER PRIMARY KEY,"
+	"  tenant_id INTEGER NOT NULL REFERENCES tenants (id),"
+	"  name TEXT NOT NULL CHECK (length(CAST(name AS BLOB)) BETWEEN 1 AND 128),"
+	"  type TEXT NOT NULL CHECK (length(CAST(type AS BLOB)) BETWEEN 1 AND 31),"
+	"  created INTEGER NOT NULL,"
+	"  latest_version INTEGER NOT NULL CHECK (latest_version BETWEEN 1 AND 4294967295),"
+	"  min_decryption_version INTEGER NOT NULL DEFAULT 1"
+	"    CHECK (min_decryption_version BETWEEN 0 AND 4294967295),"
+	"  min_encryption_version INTEGER NOT NULL DEFAULT 0"
+	"    CHECK (min_encryption_version BETWEEN 0 AND 4294967295),"
+	"  deletion_allowed INTEGER NOT NULL DEFAULT 0 CHECK (deletion_allowed IN (0, 1)),"
+	"  auto_rotate_period INTEGER NOT NULL DEFAULT 0 CHECK (auto_rotate_period >= 0),"
+	"  UNIQUE (tenant_id, name)"
+	");"
+	"CREATE TABLE key_versions ("
+	"  key_id INTEGER NOT NULL REFERENCES keys (id),"
+	"  version INTEGER NOT NULL CHECK (version BETWEEN 1 AND 4294967295),"
+	"  blob BLOB NOT NULL CHECK (length(blob) BETWEEN 1 AND " XSTR(STORE_BLOB_MAX) "),"
+	"  mac BLOB NOT NULL CHECK (length(mac) = " XSTR(STORE_MAC_LEN) "),"
+	"  mk_version INTEGER NOT NULL CHECK (mk_version BETWEEN 0 AND 4294967295),"
+	"  created INTEGER NOT NULL,"
+	"  PRIMARY KEY (key_id, version)"
+	") WITHOUT ROWID;"
+	"CREATE TABLE principals ("
+	"  id INTEGER PRIMARY KEY,"
+	"  name TEXT NOT NULL UNIQUE CHECK (length(CAST(name AS BLOB)) BETWEEN 1 AND 128),"
+	"  role TEXT NOT NULL CHECK (role IN ('admin', 'service')),"
+	"  created INTEGER NOT NULL"
+	");"
+	"CREATE TABLE principal_tenants ("
+	"  principal_id INTEGER NOT NULL REFERENCES principals (id),"
+	"  tenant_id INTEGER NOT NULL REFERENCES tenants (id),"
+	"  PRIMARY KEY (principal_id, tenant_id)"
+	") WITHOUT ROWID;"
+	/* Foreign keys need an index on the child column or every parent check scans. */
+	"CREATE INDEX principal_tenants_tenant ON principal_tenants (tenant_id);"
+	"CREATE TABLE api_tokens ("
+	"  accessor TEXT PRIMARY KEY NOT NULL"
+	"    CHECK (length(CAST(accessor AS BLOB)) BETWEEN 1 AND " XSTR(STORE_ACCESSOR_MAX) "),"
+	"  principal_id INTEGER NOT NULL REFERENCES principals (id),"
+	"  hash BLOB NOT NULL CHECK (length(hash) = " XSTR(STORE_HASH_LEN) "),"
+	"  created INTEGER NOT NULL,"
+	"  expires INTEGER NOT NULL DEFAULT 0 CHECK (expires >= 0),"
+	"  revoked INTEGER NOT NULL DEFAULT 0 CHECK (revoked IN (0, 1))"
+	");"
+	"CREATE INDEX api_tokens_principal ON api_tokens (principal_id);",
+};
+
+_Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
+	       "one migration step per schema version");
+_Static_assert(STORE_NAME_MAX == 128, "schema CHECKs hard-code STORE_NAME_MAX");
+_Static_assert(META_VALUE_MAX == 4096, "schema CHECK hard-codes META_VALUE_MAX");
+
+/* Connection setup, each checked by reading it back: a PRAGMA that SQLite does not
+ * understand, or cannot apply (journal_mode on some file systems, foreign_keys inside
+ * a transaction), fails silently otherwise. */
+static const struct {
+	const char *set;
+	const char *get;
+	const char *want;
+} pragmas[] = {
+	{"PRAGMA journal_mode = WAL", "PRAGMA journal_mode", "wal"},
+	{"PRAGMA synchronous = FULL", "PRAGMA synchronous", "2"},
+	{"PRAGMA foreign_keys = ON", "PRAGMA foreign_keys", "1"},
+	/* Freed cells and pages are zeroed, so a destroyed KEK blob does not linger in the
+	 * database file. The WAL still holds older page images until they are overwritten:
+	 * whoever adds key destruction must follow the delete with
+	 * PRAGMA wal_checkpoint(TRUNCATE) to empty it. */
+	{"PRAGMA secure_delete = ON", "PRAGMA secure_delete", "1"},
+	{"PRAGMA trusted_schema = OFF", "PRAGMA trusted_schema", "0"},
+};
+
+enum stmt_id {
+	ST_BEGIN,
+	ST_COMMIT,
+	ST_ROLLBACK,
+	ST_META_GET,
+	ST_META_SET,
+	ST_TENANT_INSERT,
+	ST_TENANT_GET,
+	ST_TENANT_LIST,
+	ST_KEY_INSERT,
+	ST_KEY_GET,
+	ST_KEY_LIST,
+	ST_KEY_LATEST,
+	ST_KEY_SET_LATEST,
+	ST_VERSION_INSERT,
+	ST_VERSION_GET,
+	ST_VERSION_LIST,
+	ST_PRINCIPAL_INSERT,
+	ST_PRINCIPAL_TENANT_INSERT,
+	ST_PRINCIPAL_GET,
+	ST_PRINCIPAL_GET_ID,
+	ST_PRINCIPAL_LIST,
+	ST_PRINCIPAL_TENANTS,
+	ST_TOKEN_INSERT,
+	ST_TOKEN_GET,
+	ST_TOKEN_REVOKE,
+	ST__COUNT
+};
+
+#define TENANT_COLS "id, name, retention, created"
+#define KEY_COLS                                                                     \
+	"id, tenant_id, name, type, created, latest_version, min_decryption_version, " \
+	"min_encryption_version, deletion_allowed, auto_rotate_period"
+#define VERSION_COLS "version, mk_version, blob, mac, created"
+#define PRINCIPAL_COLS "id, name, role, created"
+
+static const char *const stmt_sql[ST__COUNT] = {
+	[ST_BEGIN] = "BEGIN IMMEDIATE",
+	[ST_COMMIT] = "COMMIT",
+	[ST_ROLLBACK] = "ROLLBACK",
+	[ST_META_GET] = "SELECT v FROM meta WHERE k = ?1",
+	[ST_META_SET] = "INSERT INTO meta (k, v) VALUES (?1, ?2) "
+			"ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+	[ST_TENANT_INSERT] = "INSERT INTO tenants (name, retention, created) VALUES (?1, ?2, ?3)",
+	[ST_TENANT_GET] = "SELECT " TENANT_COLS " FROM tenants WHERE name = ?1",
+	[ST_TENANT_LIST] = "SELECT " TENANT_COLS " FROM tenants ORDER BY name",
+	[ST_KEY_INSERT] = "INSERT INTO keys (tenant_id, name, type, created, latest_version) "
+			  "VALUES (?1, ?2, ?3, ?4, 1)",
+	[ST_KEY_GET] = "SELECT " KEY_COLS " FROM keys WHERE tenant_id = ?1 AND name = ?2",
+	/* The LEFT JOIN tells "no such tenant" (no row) from "tenant without keys" (one row,
+	 * NULL name) in one statement, so the answer cannot straddle a concurrent write. */
+	[ST_KEY_LIST] = "SELECT k.name FROM tenants t LEFT JOIN keys k ON k.tenant_id = t.id "
+			"WHERE t.id = ?1 ORDER BY k.name",
+	[ST_KEY_LATEST] = "SELECT latest_version FROM keys WHERE id = ?1",
+	[ST_KEY_SET_LATEST] = "UPDATE keys SET latest_version = ?2 "
+			      "WHERE id = ?1 AND latest_version = ?3",
+	[ST_VERSION_INSERT] = "INSERT INTO key_versions "
+			      "(key_id, version, blob, mac, mk_version, created) "
+			      "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+	[ST_VERSION_GET] = "SELECT " VERSION_COLS " FROM key_versions "
+			   "WHERE key_id = ?1 AND version = ?2",
+	[ST_VERSION_LIST] = "SELECT " VERSION_COLS " FROM key_versions "
+			    "WHERE key_id = ?1 ORDER BY version",
+	[ST_PRINCIPAL_INSERT] = "INSERT INTO principals (name, role, created) VALUES (?1, ?2, ?3)",
+	[ST_PRINCIPAL_TENANT_INSERT] = "INSERT INTO principal_tenants (principal_id, tenant_id) "
+				       "VALUES (?1, ?2)",
+	[ST_PRINCIPAL_GET] = "SELECT " PRINCIPAL_COLS " FROM principals WHERE name = ?1",
+	[ST_PRINCIPAL_GET_ID] = "SELECT " PRINCIPAL_COLS " FROM principals WHERE id = ?1",
+	[ST_PRINCIPAL_LIST] = "SELECT " PRINCIPAL_COLS " FROM principals ORDER BY name",
+	/* Same LEFT JOIN trick as ST_KEY_LIST. */
+	[ST_PRINCIPAL_TENANTS] = "SELECT pt.tenant_id FROM principals p "
+				 "LEFT JOIN principal_tenants pt ON pt.principal_id = p.id "
+				 "WHERE p.id = ?1 ORDER BY pt.tenant_id",
+	[ST_TOKEN_INSERT] = "INSERT INTO api_tokens "
+			    "(accessor, principal_id, hash, created, expires, revoked) "
+			    "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+	[ST_TOKEN_GET] = "SELECT accessor, principal_id, hash, created, expires, revoked "
+			 "FROM api_tokens WHERE accessor = ?1",
+	[ST_TOKEN_REVOKE] = "UPDATE api_tokens SET revoked = 1 WHERE accessor = ?1",
+};
+
+struct store {
+	pthread_mutex_t mu;
+	sqlite3 *db;
+	sqlite3_stmt *st[ST__COUNT];
+};
+
+/* ---- helpers; every one of them expects the caller to hold s->mu ---- */
+
+/* Logs SQLite's own words (they may name tables and columns, which is fine in the
+ * operator log) and gives the caller a detail that says nothing about the schema. */
+static kms_err db_fail(struct store *s, const char *what)
+{
+	kms_error("store: %s: %s (sqlite %d)", what, sqlite3_errmsg(s->db),
+		  sqlite3_extended_errcode(s->db));
+	return kms_errf(KMS_ERR_STORE, "metadata store error");
+}
+
+/* A row that violates what the schema promises: edited by hand or a bug. Refused
+ * rather than copied into fixed-size output fields. */
+static kms_err db_corrupt(const char *what)
+{
+	kms_error("store: corrupt row in %s", what);
+	return kms_errf(KMS_ERR_STORE, "metadata store error");
+}
+
+static bool is_unique_violation(int src)
+{
+	return src == SQLITE_CONSTRAINT_UNIQUE || src == SQLITE_CONSTRAINT_PRIMARYKEY;
+}
+
+/* Returns the statement to a clean state for the next caller. sqlite3_reset() repeats
+ * the code of the last sqlite3_step(), which the caller has already acted on, so it is
+ * not checked again here. */
+static void stmt_release(sqlite3_stmt *st)
+{
+	if (st == NULL)
+		return;
+	(void)sqlite3_reset(st);
+	(void)sqlite3_clear_bindings(st); /* always SQLITE_OK */
+}
+
+/* Steps a statement that returns no rows, then releases it. Returns SQLite's code
+ * (SQLITE_DONE on success); sqlite3_errmsg() still describes a failure afterwards,
+ * because sqlite3_reset() leaves the connection's error as the step left it. */
+static int stmt_exec(sqlite3_stmt *st)
+{
+	int src = sqlite3_step(st);
+
+	stmt_release(st);
+	return src;
+}
+
+static kms_err tx_begin(struct store *s)
+{
+	if (stmt_exec(s->st[ST_BEGIN]) != SQLITE_DONE)
+		return db_fail(s, "begin");
+	return KMS_OK;
+}
+
+static kms_err tx_commit(struct store *s)
+{
+	if (stmt_exec(s->st[ST_COMMIT]) != SQLITE_DONE)
+		return db_fail(s, "commit");
+	return KMS_OK;
+}
+
+/* Error path only; the caller is already returning an error, so a failed rollback is
+ * logged rather than returned. Some errors (SQLITE_FULL, IOERR, BUSY, NOMEM) make
+ * SQLite roll back on its own, and a second ROLLBACK would then fail: skip it. */
+static void tx_rollback(struct store *s)
+{
+	if (sqlite3_get_autocommit(s->db))
+		return;
+	if (stmt_exec(s->st[ST_ROLLBACK]) != SQLITE_DONE)
+		kms_error("store: rollback: %s", sqlite3_errmsg(s->db));
+}
+
+static kms_err store_lock(struct store *s)
+{
+	if (s == NULL)
+		return kms_errf(KMS_ERR_INTERNAL, "store not open");
+	if (pthread_mutex_lock(&s->mu) != 0)
+		return kms_errf(KMS_ERR_INTERNAL, "store lock failed");
+	return KMS_OK;
+}
+
+static void store_unlock(struct store *s)
+{
+	/* Fails only for a mutex this thread does not hold, which store_lock rules out. */
+	(void)pthread_mutex_unlock(&s->mu);
+}
+
+static kms_err check_name(const char *what, const char *name)
+{
+	if (name == NULL || name[0] == '\0')
+		return kms_errf(KMS_ERR_INVALID, "%s name must not be empty", what);
+	if (strnlen(name, STORE_NAME_MAX + 1) > STORE_NAME_MAX)
+		return kms_errf(KMS_ERR_INVALID, "%s name is longer than %d bytes", what,
+				STORE_NAME_MAX);
+	return KMS_OK;
+}
+
+static kms_err check_version_row(const struct store_version *v)
+{
+	if (v == NULL)
+		return kms_errf(KMS_ERR_INVALID, "key version missing");
+	if (v->version == 0)
+		return kms_errf(KMS_ERR_INVALID, "key version must be at least 1");
+	if (v->blob_len == 0 || v->blob_len > STORE_BLOB_MAX)
+		return kms_errf(KMS_ERR_INVALID, "wrapped key must be 1 to %d bytes",
+				STORE_BLOB_MAX);
+	return KMS_OK;
+}
+
+static kms_err col_text(sqlite3_stmt *st, int col, char *dst, size_t cap, const char *what)
+{
+	const unsigned char *t = sqlite3_column_text(st, col);
+	int len = sqlite3_column_bytes(st, col);
+
+	if (t == NULL || len < 0 || (size_t)len >= cap)
+		return db_corrupt(what);
+	memcpy(dst, t, (size_t)len);
+	dst[len] = '\0';
+	return KMS_OK;
+}
+
+static kms_err col_blob(sqlite3_stmt *st, int col, uint8_t *dst, size_t min, size_t max,
+			size_t *len_out, const char *what)
+{
+	const void *b = sqlite3_column_blob(st, col);
+	int len = sqlite3_column_bytes(st, col);
+
+	if (b == NULL || len < 0 || (size_t)len < min || (size_t)len > max)
+		return db_corrupt(what);
+	memcpy(dst, b, (size_t)len);
+	if (len_out != NULL)
+		*len_out = (size_t)len;
+	return KMS_OK;
+}
+
+static kms_err col_u32(sqlite3_stmt *st, int col, uint32_t *out, const char *what)
+{
+	int64_t v = sqlite3_column_int64(st, col);
+
+	if (v < 0 || v > UINT32_MAX)
+		return db_corrupt(what);
+	*out = (uint32_t)v;
+	return KMS_OK;
+}
+
+static kms_err row_tenant(sqlite3_stmt *st, struct store_tenant *t)
+{
+	kms_err rc;
+
+	memset(t, 0, sizeof(*t));
+	t->id = sqlite3_column_int64(st, 0);
+	if ((rc = col_text(st, 1, t->name, sizeof(t->name), "tenants")) != KMS_OK ||
+	    (rc = col_text(st, 2, t->retention, sizeof(t->retention), "tenants")) != KMS_OK)
+		return rc;
+	t->created = sqlite3_column_int64(st, 3);
+	return KMS_OK;
+}
+
+static kms_err row_key(sqlite3_stmt *st, struct store_key *k)
+{
+	kms_err rc;
+
+	memset(k, 0, sizeof(*k));
+	k->id = sqlite3_column_int64(st, 0);
+	k->tenant_id = sqlite3_column_int64(st, 1);
+	if ((rc = col_text(st, 2, k->name, sizeof(k->name), "keys")) != KMS_OK ||
+	    (rc = col_text(st, 3, k->type, sizeof(k->type), "keys")) != KMS_OK)
+		return rc;
+	k->created = sqlite3_column_int64(st, 4);
+	if ((rc = col_u32(st, 5, &k->latest_version, "keys")) != KMS_OK ||
+	    (rc = col_u32(st, 6, &k->min_decryption_version, "keys")) != KMS_OK ||
+	    (rc = col_u32(st, 7, &k->min_encryption_version, "keys")) != KMS_OK)
+		return rc;
+	k->deletion_allowed = sqlite3_column_int64(st, 8) != 0;
+	k->auto_rotate_period = sqlite3_column_int64(st, 9);
+	return KMS_OK;
+}
+
+static kms_err row_version(sqlite3_stmt *st, struct store_version *v)
+{
+	kms_err rc;
+
+	memset(v, 0, sizeof(*v));
+	if ((rc = col_u32(st, 0, &v->version, "key_versions")) != KMS_OK ||
+	    (rc = col_u32(st, 1, &v->mk_version, "key_versions")) != KMS_OK ||
+	    (rc = col_blob(st, 2, v->blob, 1, STORE_BLOB_MAX, &v->blob_len, "key_versions")) !=
+		    KMS_OK ||
+	    (rc = col_blob(st, 3, v->mac, STORE_MAC_LEN, STORE_MAC_LEN, NULL, "key_versions")) !=
+		    KMS_OK)
+		return rc;
+	v->created = sqlite3_column_int64(st, 4);
+	return KMS_OK;
+}
+
+static kms_err row_principal(sqlite3_stmt *st, struct store_principal *p)
+{
+	kms_err rc;
+
+	memset(p, 0, sizeof(*p));
+	p->id = sqlite3_column_int64(st, 0);
+	if ((rc = col_text(st, 1, p->name, sizeof(p->name), "principals")) != KMS_OK ||
+	    (rc = col_text(st, 2, p->role, sizeof(p->role), "principals")) != KMS_OK)
+		return rc;
+	p->created = sqlite3_column_int64(st, 3);
+	return KMS_OK;
+}
+
+/* Returns arr with room for at least n + 1 elements (possibly moved), or NULL with
+ * arr untouched and still owned by the caller. Non-secret data, so realloc is fine. */
+static void *grow(void *arr, size_t *cap, size_t n, size_t elem)
+{
+	size_t ncap;
+	void *p;
+
+	if (n < *cap)
+		return arr;
+	ncap = *cap ? *cap * 2 : 8;
+	if (ncap < *cap || ncap > SIZE_MAX / elem)
+		return NULL;
+	p = realloc(arr, ncap * elem);
+	if (p == NULL)
+		return NULL;
+	*cap = ncap;
+	return p;
+}
+
+/* ---- open, migrate, close ---- */
+
+/* Runs a one-off statement (open time only) and copies column 0 of its first row as
+ * text; *src receives SQLite's code so that the caller can tell "not a database". */
+static kms_err query_text(struct store *s, const char *sql, char *out, size_t cap, int *src)
+{
+	sqlite3_stmt *st = NULL;
+	const unsigned char *t;
+	int len;
+	kms_err rc;
+
+	*src = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+	if (*src != SQLITE_OK) {
+		rc = db_fail(s, sql);
+		goto out;
+	}
+	*src = sqlite3_step(st);
+	if (*src == SQLITE_DONE) {
+		kms_error("store: %s returned no row", sql);
+		rc = kms_errf(KMS_ERR_STORE, "metadata store error");
+		goto out;
+	}
+	if (*src != SQLITE_ROW) {
+		rc = db_fail(s, sql);
+		goto out;
+	}
+	t = sqlite3_column_text(st, 0);
+	len = sqlite3_column_bytes(st, 0);
+	if (t == NULL || len < 0 || (size_t)len >= cap) {
+		rc = db_corrupt(sql);
+		goto out;
+	}
+	memcpy(out, t, (size_t)len);
+	out[len] = '\0';
+	rc = KMS_OK;
+out:
+	/* finalize repeats the step's code, already handled above */
+	(void)sqlite3_finalize(st);
+	return rc;
+}
+
+static kms_err query_int(struct store *s, const char *sql, int64_t *out, int *src)
+{
+	char buf[32];
+	char *end;
+	kms_err rc;
+
+	if ((rc = query_text(s, sql, buf, sizeof(buf), src)) != KMS_OK)
+		return rc;
+	errno = 0;
+	*out = strtoll(buf, &end, 10);
+	if (errno != 0 || end == buf || *end != '\0')
+		return db_corrupt(sql);
+	return KMS_OK;
+}
+
+static kms_err exec_sql(struct store *s, const char *sql, const char *what, int *src)
+{
+	char *msg = NULL;
+
+	*src = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
+	if (*src != SQLITE_OK) {
+		kms_error("store: %s: %s (sqlite %d)", what, msg ? msg : sqlite3_errstr(*src),
+			  *src);
+		sqlite3_free(msg);
+		return kms_errf(KMS_ERR_STORE, "metadata store error");
+	}
+	return KMS_OK;
+}
+
+/* The schema version of an open transaction's snapshot: 0 for a fresh, empty file;
+ * KMS_ERR_CONFIG for a SQLite file that is not a kmsd store or is newer than this
+ * code. Reads only, so a file that is refused is left exactly as it was. *src is
+ * SQLite's code for the caller to recognise "not a database". */
+static kms_err schema_version_locked(struct store *s, const char *path, int64_t *ver, int *src)
+{
+	int64_t app_id, n_objects, has_table;
+	kms_err rc;
+
+	*src = SQLITE_OK;
+	if ((rc = query_int(s, "PRAGMA application_id", &app_id, src)) != KMS_OK ||
+	    (rc = query_int(s, "SELECT count(*) FROM sqlite_schema", &n_objects, src)) !=
+		    KMS_OK ||
+	    (rc = query_int(s,
+			    "SELECT count(*) FROM sqlite_schema "
+			    "WHERE type = 'table' AND name = 'schema_version'",
+			    &has_table, src)) != KMS_OK)
+		return rc;
+	if (app_id == 0 && n_objects == 0) {
+		*ver = 0;
+		return KMS_OK;
+	}
+	if (app_id != APPLICATION_ID || !has_table)
+		return kms_errf(KMS_ERR_CONFIG, "%s is a SQLite database but not a kmsd store",
+				path);
+	if ((rc = query_int(s, "SELECT version FROM schema_version WHERE id = 1", ver, src)) !=
+	    KMS_OK)
+		return rc;
+	if (*ver > STORE_SCHEMA_VERSION || *ver < 1)
+		return kms_errf(KMS_ERR_CONFIG,
+				"%s has schema version %" PRId64
+				", this kmsd supports up to %d: run a newer kmsd",
+				path, *ver, STORE_SCHEMA_VERSION);
+	return KMS_OK;
+}
+
+/* Before anything is written (journal mode, file mode, migrations), make sure the file
+ * is a kmsd store this code understands, or empty: pointing store_path at the wrong
+ * file, or starting an older kmsd on a newer store, must not alter that file. */
+static kms_err store_identify(struct store *s, const char *path)
+{
+	int64_t ver;
+	int src, src_end;
+	kms_err rc, end;
+
+	if ((rc = exec_sql(s, "BEGIN", "identify begin", &src)) != KMS_OK)
+		return rc;
+	rc = schema_version_locked(s, path, &ver, &src);
+	if (rc != KMS_OK && src == SQLITE_NOTADB)
+		rc = kms_errf(KMS_ERR_CONFIG, "%s is not a SQLite database", path);
+	if (!sqlite3_get_autocommit(s->db)) {
+		/* a read-only transaction: ending it cannot lose anything */
+		end = exec_sql(s, "ROLLBACK", "identify end", &src_end);
+		if (rc == KMS_OK)
+			rc = end;
+	}
+	return rc;
+}
+
+/* One transaction per step: a crash between steps leaves a store at a consistent
+ * intermediate version that the next start continues from. BEGIN IMMEDIATE makes a
+ * second process that opens the same file at the same time wait and then see the
+ * migrated version instead of applying the step twice. */
+static kms_err store_migrate(struct store *s, const char *path)
+{
+	char sql[96];
+	int64_t ver;
+	int src;
+	kms_err rc;
+
+	for (;;) {
+		if ((rc = exec_sql(s, "BEGIN IMMEDIATE", "migrate begin", &src)) != KMS_OK)
+			return rc;
+		if ((rc = schema_version_locked(s, path, &ver, &src)) != KMS_OK)
+			goto fail;
+		if (ver == STORE_SCHEMA_VERSION)
+			break;
+		if ((rc = exec_sql(s, migrations[ver], "migration", &src)) != KMS_OK)
+			goto fail;
+		snprintf(sql, sizeof(sql),
+			 "INSERT OR REPLACE INTO schema_version (id, version) VALUES (1, %" PRId64
+			 ")",
+			 ver + 1);
+		if ((rc = exec_sql(s, sql, "schema version update", &src)) != KMS_OK)
+			goto fail;
+		if ((rc = exec_sql(s, "COMMIT", "migrate commit", &src)) != KMS_OK)
+			goto fail;
+		kms_info("store: %s migrated to schema version %" PRId64, path, ver + 1);
+	}
+	/* Nothing was written in this last transaction; COMMIT just releases the lock. */
+	if ((rc = exec_sql(s, "COMMIT", "migrate commit", &src)) != KMS_OK)
+		goto fail;
+	return KMS_OK;
+fail:
+	if (!sqlite3_get_autocommit(s->db) &&
+	    exec_sql(s, "ROLLBACK", "migrate rollback", &src) != KMS_OK)
+		kms_error("store: %s: rollback after failed migration failed", path);
+	return rc;
+}
+
+/* SQLite creates a new database with 0644 & ~umask, and its -wal and -shm files copy
+ * the main file's mode. Creating the file ourselves first fixes the mode of all three.
+ * The descriptor stays open until the file is known to be ours (store_tighten). */
+static kms_err store_prepare_file(const char *path, int *fd_out, mode_t *mode_out)
+{
+	struct stat sb;
+	kms_err rc;
+	int fd;
+
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
+	if (fd < 0)
+		return kms_errf(KMS_ERR_CONFIG, "cannot open store %s: %s", path, strerror(errno));
+	rc = KMS_ERR_CONFIG;
+	if (fstat(fd, &sb) != 0) {
+		rc = kms_errf(KMS_ERR_CONFIG, "cannot stat store %s: %s", path, strerror(errno));
+		goto out;
+	}
+	if (!S_ISREG(sb.st_mode)) {
+		rc = kms_errf(KMS_ERR_CONFIG, "store %s is not a regular file", path);
+		goto out;
+	}
+	*fd_out = fd;
+	*mode_out = sb.st_mode;
+	fd = -1;
+	rc = KMS_OK;
+out:
+	if (fd >= 0)
+		(void)close(fd); /* nothing was written through fd */
+	return rc;
+}
+
+/* A store made by hand or restored from a backup may be group- or world-readable; the
+ * wrapped blobs and token hashes in it are not secrets on their own, but nobody else
+ * has a reason to read them. */
+static kms_err store_tighten(int fd, mode_t mode, const char *path)
+{
+	if ((mode & 077) == 0)
+		return KMS_OK;
+	kms_warn("store: %s had mode %04o, tightening to 0600", path, (unsigned)(mode & 07777));
+	if (fchmod(fd, 0600) != 0)
+		return kms_errf(KMS_ERR_CONFIG, "cannot chmod store %s: %s", path, strerror(errno));
+	return KMS_OK;
+}
+
+static kms_err store_connection_setup(struct store *s)
+{
+	if (sqlite3_extended_result_codes(s->db, 1) != SQLITE_OK ||
+	    sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS) != SQLITE_OK ||
+	    /* Defensive mode stops writable_schema and similar ways for a crafted
+	     * database file or SQL to corrupt the file. */
+	    sqlite3_db_config(s->db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL) != SQLITE_OK ||
+	    sqlite3_db_config(s->db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, NULL) !=
+		    SQLITE_OK)
+		return db_fail(s, "connection setup");
+	return KMS_OK;
+}
+
+static kms_err store_pragmas(struct store *s, const char *path)
+{
+	char got[16];
+	size_t i;
+	int src;
+	kms_err rc;
+
+	for (i = 0; i < sizeof(pragmas) / sizeof(pragmas[0]); i++) {
+		if ((rc = exec_sql(s, pragmas[i].set, pragmas[i].set, &src)) != KMS_OK ||
+		    (rc = query_text(s, pragmas[i].get, got, sizeof(got), &src)) != KMS_OK)
+			return rc;
+		if (strcmp(got, pragmas[i].want) != 0) {
+			kms_error("store: %s: %s is %s, wanted %s", path, pragmas[i].get, got,
+				  pragmas[i].want);
+			return kms_errf(KMS_ERR_STORE, "metadata store error");
+		}
+	}
+	return KMS_OK;
+}
+
+kms_err store_open(const char *path, struct store **out)
+{
+	struct store *s = NULL;
+	bool mu_init = false;
+	mode_t mode = 0;
+	int fd = -1;
+	size_t i;
+	int src;
+	kms_err rc;
+
+	if (out == NULL || path == NULL || path[0] == '\0')
+		return kms_errf(KMS_ERR_INVALID, "store path missing");
+	*out = NULL;
+	if ((rc = store_prepare_file(path, &fd, &mode)) != KMS_OK)
+		return rc;
+	rc = KMS_ERR_NOMEM;
+	s = calloc(1, sizeof(*s));
+	if (s == NULL) {
+		rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if (pthread_mutex_init(&s->mu, NULL) != 0) {
+		rc = kms_errf(KMS_ERR_INTERNAL, "store lock init failed");
+		goto out;
+	}
+	mu_init = true;
+	/* NOMUTEX: s->mu already serialises every use of the connection, so SQLite's own
+	 * per-connection mutex would be a second lock taken for nothing. */
+	src = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+	if (src != SQLITE_OK) {
+		kms_error("store: open %s: %s", path,
+			  s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
+		rc = kms_errf(KMS_ERR_STORE, "metadata store error");
+		goto out;
+	}
+	if ((rc = store_connection_setup(s)) != KMS_OK || (rc = store_identify(s, path)) != KMS_OK ||
+	    (rc = store_tighten(fd, mode, path)) != KMS_OK || (rc = store_pragmas(s, path)) != KMS_OK ||
+	    (rc = store_migrate(s, path)) != KMS_OK)
+		goto out;
+	/* Prepared once, after migration, because they name the migrated tables. */
+	for (i = 0; i < ST__COUNT; i++) {
+		if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
+				       NULL) != SQLITE_OK) {
+			rc = db_fail(s, stmt_sql[i]);
+			goto out;
+		}
+	}
+	*out = s;
+	s = NULL;
+	rc = KMS_OK;
+out:
+	if (fd >= 0)
+		(void)close(fd); /* only fchmod'ed, never written */
+	if (s != NULL) {
+		for (i = 0; i < ST__COUNT; i++)
+			(void)sqlite3_finalize(s->st[i]); /* NULL-safe; no step pending */
+		if (s->db != NULL && sqlite3_close(s->db) != SQLITE_OK)
+			kms_error("store: close %s: %s", path, sqlite3_errmsg(s->db));
+		if (mu_init)
+			(void)pthread_mutex_destroy(&s->mu);
+		free(s);
+	}
+	return rc;
+}
+
+void store_close(struct store *s)
+{
+	size_t i;
+
+	if (s == NULL)
+		return;
+	for (i = 0; i < ST__COUNT; i++)
+		(void)sqlite3_finalize(s->st[i]); /* every statement was reset after use */
+	/* The last connection to close checkpoints the WAL into the database and deletes
+	 * it. A failure here leaves the WAL on disk, which the next open replays. */
+	if (sqlite3_close(s->db) != SQLITE_OK)
+		kms_error("store: close: %s", sqlite3_errmsg(s->db));
+	(void)pthread_mutex_destroy(&s->mu);
+	free(s);
+}
+
+/* ---- meta ---- */
+
+kms_err store_meta_get(struct store *s, const char *k, char *out, size_t cap)
+{
+	sqlite3_stmt *st = NULL;
+	const unsigned char *t;
+	int src, len;
+	kms_err rc;
+
+	if ((rc = check_name("meta", k)) != KMS_OK)
+		return rc;
+	if (out == NULL || cap == 0)
+		return kms_errf(KMS_ERR_INVALID, "no room for meta value");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_META_GET];
+	if (sqlite3_bind_text(st, 1, k, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "meta get bind");
+		goto out;
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "meta \"%s\" not set", k);
+		goto out;
+	}
+	if (src != SQLITE_ROW) {
+		rc = db_fail(s, "meta get");
+		goto out;
+	}
+	t = sqlite3_column_text(st, 0);
+	len = sqlite3_column_bytes(st, 0);
+	if (t == NULL || len < 0) {
+		rc = db_corrupt("meta");
+		goto out;
+	}
+	if ((size_t)len >= cap) {
+		rc = kms_errf(KMS_ERR_INVALID, "meta \"%s\" does not fit in %zu bytes", k, cap);
+		goto out;
+	}
+	memcpy(out, t, (size_t)len);
+	out[len] = '\0';
+	rc = KMS_OK;
+out:
+	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_meta_set(struct store *s, const char *k, const char *v)
+{
+	sqlite3_stmt *st;
+	kms_err rc;
+
+	if ((rc = check_name("meta", k)) != KMS_OK)
+		return rc;
+	if (v == NULL || strnlen(v, META_VALUE_MAX + 1) > META_VALUE_MAX)
+		return kms_errf(KMS_ERR_INVALID, "meta value must be at most %d bytes",
+				META_VALUE_MAX);
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_META_SET];
+	if (sqlite3_bind_text(st, 1, k, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, v, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "meta set bind");
+		stmt_release(st);
+		goto out;
+	}
+	if (stmt_exec(st) != SQLITE_DONE) {
+		rc = db_fail(s, "meta set");
+		goto out;
+	}
+	rc = KMS_OK;
+out:
+	store_unlock(s);
+	return rc;
+}
+
+/* ---- tenants ---- */
+
+kms_err store_tenant_create(struct store *s, const char *name, const char *retention,
+			    int64_t now, int64_t *id_out)
+{
+	sqlite3_stmt *st;
+	int src;
+	kms_err rc;
+
+	if ((rc = check_name("tenant", name)) != KMS_OK)
+		return rc;
+	if (retention == NULL || (strcmp(retention, "phi") != 0 && strcmp(retention, "non-phi") != 0))
+		return kms_errf(KMS_ERR_INVALID, "retention must be \"phi\" or \"non-phi\"");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_TENANT_INSERT];
+	if (sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, retention, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 3, now) != SQLITE_OK) {
+		rc = db_fail(s, "tenant insert bind");
+		stmt_release(st);
+		goto out;
+	}
+	src = stmt_exec(st);
+	if (is_unique_violation(src)) {
+		rc = kms_errf(KMS_ERR_CONFLICT, "tenant \"%s\" already exists", name);
+		goto out;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "tenant insert");
+		goto out;
+	}
+	if (id_out != NULL)
+		*id_out = sqlite3_last_insert_rowid(s->db);
+	rc = KMS_OK;
+out:
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_tenant_get(struct store *s, const char *name, struct store_tenant *out)
+{
+	sqlite3_stmt *st = NULL;
+	int src;
+	kms_err rc;
+
+	if ((rc = check_name("tenant", name)) != KMS_OK)
+		return rc;
+	if (out == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for tenant");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_TENANT_GET];
+	if (sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "tenant get bind");
+		goto out;
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant \"%s\" not found", name);
+		goto out;
+	}
+	if (src != SQLITE_ROW) {
+		rc = db_fail(s, "tenant get");
+		goto out;
+	}
+	rc = row_tenant(st, out);
+out:
+	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_tenant_list(struct store *s, struct store_tenant **out, size_t *n)
+{
+	struct store_tenant *arr = NULL;
+	sqlite3_stmt *st = NULL;
+	size_t cap = 0, cnt = 0;
+	int src;
+	void *grown;
+	kms_err rc;
+
+	if (out == NULL || n == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for tenant list");
+	*out = NULL;
+	*n = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_TENANT_LIST];
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		if ((grown = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		arr = grown;
+		if ((rc = row_tenant(st, &arr[cnt])) != KMS_OK)
+			goto out;
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "tenant list");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	stmt_release(st);
+	store_unlock(s);
+	free(arr);
+	return rc;
+}
+
+/* ---- keys ---- */
+
+static kms_err version_insert_locked(struct store *s, int64_t key_id,
+				     const struct store_version *v, const char *key_what)
+{
+	sqlite3_stmt *st = s->st[ST_VERSION_INSERT];
+	int src;
+
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 2, v->version) != SQLITE_OK ||
+	    sqlite3_bind_blob(st, 3, v->blob, (int)v->blob_len, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_blob(st, 4, v->mac, STORE_MAC_LEN, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 5, v->mk_version) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 6, v->created) != SQLITE_OK) {
+		kms_err rc = db_fail(s, "version insert bind");
+
+		stmt_release(st);
+		return rc;
+	}
+	src = stmt_exec(st);
+	if (is_unique_violation(src))
+		return kms_errf(KMS_ERR_CONFLICT, "%s version %" PRIu32 " already exists", key_what,
+				v->version);
+	if (src == SQLITE_CONSTRAINT_FOREIGNKEY)
+		return kms_errf(KMS_ERR_NOT_FOUND, "key %" PRId64 " not found", key_id);
+	if (src != SQLITE_DONE)
+		return db_fail(s, "version insert");
+	return KMS_OK;
+}
+
+kms_err store_key_create(struct store *s, int64_t tenant_id, const char *name, const char *type,
+			 int64_t now, const struct store_version *v1, int64_t *key_id_out)
+{
+	sqlite3_stmt *st;
+	bool in_tx = false;
+	int64_t key_id;
+	int src;
+	kms_err rc;
+
+	if ((rc = check_name("key", name)) != KMS_OK || (rc = check_version_row(v1)) != KMS_OK)
+		return rc;
+	if (type == NULL || type[0] == '\0' || strnlen(type, TYPE_MAX + 1) > TYPE_MAX)
+		return kms_errf(KMS_ERR_INVALID, "key type must be 1 to %d bytes", TYPE_MAX);
+	if (v1->version != 1)
+		return kms_errf(KMS_ERR_INVALID, "a new key starts at version 1");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK)
+		goto out;
+	in_tx = true;
+	st = s->st[ST_KEY_INSERT];
+	if (sqlite3_bind_int64(st, 1, tenant_id) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 3, type, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 4, now) != SQLITE_OK) {
+		rc = db_fail(s, "key insert bind");
+		stmt_release(st);
+		goto out;
+	}
+	src = stmt_exec(st);
+	if (is_unique_violation(src)) {
+		rc = kms_errf(KMS_ERR_CONFLICT, "key \"%s\" already exists", name);
+		goto out;
+	}
+	if (src == SQLITE_CONSTRAINT_FOREIGNKEY) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant %" PRId64 " not found", tenant_id);
+		goto out;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "key insert");
+		goto out;
+	}
+	key_id = sqlite3_last_insert_rowid(s->db);
+	if ((rc = version_insert_locked(s, key_id, v1, "key")) != KMS_OK)
+		goto out;
+	if ((rc = tx_commit(s)) != KMS_OK)
+		goto out;
+	in_tx = false;
+	if (key_id_out != NULL)
+		*key_id_out = key_id;
+	rc = KMS_OK;
+out:
+	if (in_tx)
+		tx_rollback(s);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_key_get(struct store *s, int64_t tenant_id, const char *name, struct store_key *out)
+{
+	sqlite3_stmt *st = NULL;
+	int src;
+	kms_err rc;
+
+	if ((rc = check_name("key", name)) != KMS_OK)
+		return rc;
+	if (out == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for key");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_KEY_GET];
+	if (sqlite3_bind_int64(st, 1, tenant_id) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "key get bind");
+		goto out;
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "key \"%s\" not found", name);
+		goto out;
+	}
+	if (src != SQLITE_ROW) {
+		rc = db_fail(s, "key get");
+		goto out;
+	}
+	rc = row_key(st, out);
+out:
+	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+void store_names_free(char **names, size_t n)
+{
+	size_t i;
+
+	if (names == NULL)
+		return;
+	for (i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+}
+
+kms_err store_key_list(struct store *s, int64_t tenant_id, char ***names, size_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	char **arr = NULL;
+	size_t cap = 0, cnt = 0;
+	bool tenant_seen = false;
+	const unsigned char *t;
+	int src, len;
+	void *grown;
+	kms_err rc;
+
+	if (names == NULL || n == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for key list");
+	*names = NULL;
+	*n = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_KEY_LIST];
+	if (sqlite3_bind_int64(st, 1, tenant_id) != SQLITE_OK) {
+		rc = db_fail(s, "key list bind");
+		goto out;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		tenant_seen = true;
+		if (sqlite3_column_type(st, 0) == SQLITE_NULL)
+			continue; /* the tenant exists and has no keys */
+		t = sqlite3_column_text(st, 0);
+		len = sqlite3_column_bytes(st, 0);
+		if (t == NULL || len <= 0 || len > STORE_NAME_MAX) {
+			rc = db_corrupt("keys");
+			goto out;
+		}
+		if ((grown = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		arr = grown;
+		arr[cnt] = strndup((const char *)t, (size_t)len);
+		if (arr[cnt] == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "key list");
+		goto out;
+	}
+	if (!tenant_seen) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant %" PRId64 " not found", tenant_id);
+		goto out;
+	}
+	*names = arr;
+	*n = cnt;
+	arr = NULL;
+	cnt = 0;
+	rc = KMS_OK;
+out:
+	stmt_release(st);
+	store_unlock(s);
+	store_names_free(arr, cnt);
+	return rc;
+}
+
+/* Compare-and-set on latest_version inside one write transaction. The SELECT check
+ * gives the caller a precise CONFLICT; the guarded UPDATE and the (key_id, version)
+ * primary key would each refuse a duplicate on their own, so a twin version cannot be
+ * written even if another process's connection raced between our statements. */
+kms_err store_key_rotate(struct store *s, int64_t key_id, const struct store_version *v)
+{
+	sqlite3_stmt *st = NULL;
+	bool in_tx = false;
+	int64_t latest;
+	int src;
+	kms_err rc;
+
+	if ((rc = check_version_row(v)) != KMS_OK)
+		return rc;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK)
+		goto out;
+	in_tx = true;
+
+	st = s->st[ST_KEY_LATEST];
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK) {
+		rc = db_fail(s, "rotate bind");
+		goto out;
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "key %" PRId64 " not found", key_id);
+		goto out;
+	}
+	if (src != SQLITE_ROW) {
+		rc = db_fail(s, "rotate read");
+		goto out;
+	}
+	latest = sqlite3_column_int64(st, 0);
+	stmt_release(st);
+	st = NULL;
+	if ((int64_t)v->version != latest + 1) {
+		rc = kms_errf(KMS_ERR_CONFLICT,
+			      "key version %" PRIu32 " is not next: latest is %" PRId64,
+			      v->version, latest);
+		goto out;
+	}
+
+	if ((rc = version_insert_locked(s, key_id, v, "key")) != KMS_OK)
+		goto out;
+
+	st = s->st[ST_KEY_SET_LATEST];
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 2, v->version) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 3, latest) != SQLITE_OK) {
+		rc = db_fail(s, "rotate update bind");
+		goto out;
+	}
+	src = stmt_exec(st);
+	st = NULL;
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "rotate update");
+		goto out;
+	}
+	if (sqlite3_changes(s->db) != 1) {
+		rc = kms_errf(KMS_ERR_CONFLICT, "key %" PRId64 " was rotated concurrently", key_id);
+		goto out;
+	}
+	if ((rc = tx_commit(s)) != KMS_OK)
+		goto out;
+	in_tx = false;
+	rc = KMS_OK;
+out:
+	stmt_release(st);
+	if (in_tx)
+		tx_rollback(s);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_version_get(struct store *s, int64_t key_id, uint32_t version,
+			  struct store_version *out)
+{
+	sqlite3_stmt *st = NULL;
+	int src;
+	kms_err rc;
+
+	if (out == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for key version");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_VERSION_GET];
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 2, version) != SQLITE_OK) {
+		rc = db_fail(s, "version get bind");
+		goto out;
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "key version %" PRIu32 " not found", version);
+		goto out;
+	}
+	if (src != SQLITE_ROW) {
+		rc = db_fail(s, "version get");
+		goto out;
+	}
+	rc = row_version(st, out);
+out:
+	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_version_list(struct store *s, int64_t key_id, struct store_version **out, size_t *n)
+{
+	struct store_version *arr = NULL;
+	sqlite3_stmt *st = NULL;
+	size_t cap = 0, cnt = 0;
+	int src;
+	void *grown;
+	kms_err rc;
+
+	if (out == NULL || n == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for version list");
+	*out = NULL;
+	*n = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_VERSION_LIST];
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK) {
+		rc = db_fail(s, "version list bind");
+		goto out;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		if ((grown = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		arr = grown;
+		if ((rc = row_version(st, &arr[cnt])) != KMS_OK)
+			goto out;
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "version list");
+		goto out;
+	}
+	/* A key is created with version 1 in the same transaction, so no rows means no key. */
+	if (cnt == 0) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "key %" PRId64 " not found", key_id);
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	stmt_release(st);
+	store_unlock(s);
+	free(arr);
+	return rc;
+}
+
+/* ---- principals ---- */
+
+kms_err store_principal_create(struct store *s, const char *name, const char *role,
+			       const int64_t *tenant_ids, size_t n_tenants, int64_t now,
+			       int64_t *id_out)
+{
+	sqlite3_stmt *st;
+	bool in_tx = false, service;
+	int64_t id;
+	size_t i;
+	int src;
+	kms_err rc;
+
+	if ((rc = check_name("principal", name)) != KMS_OK)
+		return rc;
+	if (role == NULL || (strcmp(role, "admin") != 0 && strcmp(role, "service") != 0))
+		return kms_errf(KMS_ERR_INVALID, "role must be \"admin\" or \"service\"");
+	service = strcmp(role, "service") == 0;
+	if (service && n_tenants > 0 && tenant_ids == NULL)
+		return kms_errf(KMS_ERR_INVALID, "tenant list missing");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK)
+		goto out;
+	in_tx = true;
+	st = s->st[ST_PRINCIPAL_INSERT];
+	if (sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, role, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 3, now) != SQLITE_OK) {
+		rc = db_fail(s, "principal insert bind");
+		stmt_release(st);
+		goto out;
+	}
+	src = stmt_exec(st);
+	if (is_unique_violation(src)) {
+		rc = kms_errf(KMS_ERR_CONFLICT, "principal \"%s\" already exists", name);
+		goto out;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "principal insert");
+		goto out;
+	}
+	id = sqlite3_last_insert_rowid(s->db);
+	/* Admins are not scoped to tenants (store.h); storing ids for them would only
+	 * suggest a restriction that nothing enforces. */
+	for (i = 0; service && i < n_tenants; i++) {
+		st = s->st[ST_PRINCIPAL_TENANT_INSERT];
+		if (sqlite3_bind_int64(st, 1, id) != SQLITE_OK ||
+		    sqlite3_bind_int64(st, 2, tenant_ids[i]) != SQLITE_OK) {
+			rc = db_fail(s, "principal tenant bind");
+			stmt_release(st);
+			goto out;
+		}
+		src = stmt_exec(st);
+		if (src == SQLITE_CONSTRAINT_FOREIGNKEY) {
+			rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant %" PRId64 " not found",
+				      tenant_ids[i]);
+			goto out;
+		}
+		if (is_unique_violation(src)) {
+			rc = kms_errf(KMS_ERR_INVALID, "tenant %" PRId64 " listed twice",
+				      tenant_ids[i]);
+			goto out;
+		}
+		if (src != SQLITE_DONE) {
+			rc = db_fail(s, "principal tenant insert");
+			goto out;
+		}
+	}
+	if ((rc = tx_commit(s)) != KMS_OK)
+		goto out;
+	in_tx = false;
+	if (id_out != NULL)
+		*id_out = id;
+	rc = KMS_OK;
+out:
+	if (in_tx)
+		tx_rollback(s);
+	store_unlock(s);
+	return rc;
+}
+
+static kms_err principal_get_common(struct store *s, sqlite3_stmt *st, const char *what,
+				    struct store_principal *out)
+{
+	int src;
+
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE)
+		return kms_errf(KMS_ERR_NOT_FOUND, "principal %s not found", what);
+	if (src != SQLITE_ROW)
+		return db_fail(s, "principal get");
+	return row_principal(st, out);
+}
+
+kms_err store_principal_get(struct store *s, const char *name, struct store_principal *out)
+{
+	char what[STORE_NAME_MAX + 3];
+	sqlite3_stmt *st = NULL;
+	kms_err rc;
+
+	if ((rc = check_name("principal", name)) != KMS_OK)
+		return rc;
+	if (out == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for principal");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_PRINCIPAL_GET];
+	if (sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "principal get bind");
+		goto out;
+	}
+	snprintf(what, sizeof(what), "\"%s\"", name);
+	rc = principal_get_common(s, st, what, out);
+out:
+	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_principal_get_id(struct store *s, int64_t id, struct store_principal *out)
+{
+	char what[32];
+	sqlite3_stmt *st = NULL;
+	kms_err rc;
+
+	if (out == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for principal");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_PRINCIPAL_GET_ID];
+	if (sqlite3_bind_int64(st, 1, id) != SQLITE_OK) {
+		rc = db_fail(s, "principal get bind");
+		goto out;
+	}
+	snprintf(what, sizeof(what), "%" PRId64, id);
+	rc = principal_get_common(s, st, what, out);
+out:
+	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_principal_tenants(struct store *s, int64_t principal_id, int64_t **out, size_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	int64_t *arr = NULL;
+	size_t cap = 0, cnt = 0;
+	bool principal_seen = false;
+	int src;
+	void *grown;
+	kms_err rc;
+
+	if (out == NULL || n == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for principal tenants");
+	*out = NULL;
+	*n = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_PRINCIPAL_TENANTS];
+	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK) {
+		rc = db_fail(s, "principal tenants bind");
+		goto out;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		principal_seen = true;
+		if (sqlite3_column_type(st, 0) == SQLITE_NULL)
+			continue; /* principal without tenants */
+		if ((grown = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		arr = grown;
+		arr[cnt++] = sqlite3_column_int64(st, 0);
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "principal tenants");
+		goto out;
+	}
+	if (!principal_seen) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "principal %" PRId64 " not found", principal_id);
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	stmt_release(st);
+	store_unlock(s);
+	free(arr);
+	return rc;
+}
+
+kms_err store_principal_list(struct store *s, struct store_principal **out, size_t *n)
+{
+	struct store_principal *arr = NULL;
+	sqlite3_stmt *st = NULL;
+	size_t cap = 0, cnt = 0;
+	int src;
+	void *grown;
+	kms_err rc;
+
+	if (out == NULL || n == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for principal list");
+	*out = NULL;
+	*n = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_PRINCIPAL_LIST];
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		if ((grown = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		arr = grown;
+		if ((rc = row_principal(st, &arr[cnt])) != KMS_OK)
+			goto out;
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "principal list");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	stmt_release(st);
+	store_unlock(s);
+	free(arr);
+	return rc;
+}
+
+/* ---- API tokens ---- */
+
+static kms_err check_accessor(const char *accessor, size_t cap)
+{
+	size_t len = strnlen(accessor, cap);
+
+	if (len == 0 || len > STORE_ACCESSOR_MAX)
+		return kms_errf(KMS_ERR_INVALID, "token accessor must be 1 to %d bytes",
+				STORE_ACCESSOR_MAX);
+	return KMS_OK;
+}
+
+kms_err store_token_create(struct store *s, const struct store_token *t)
+{
+	sqlite3_stmt *st;
+	int src;
+	kms_err rc;
+
+	if (t == NULL)
+		return kms_errf(KMS_ERR_INVALID, "token missing");
+	if ((rc = check_accessor(t->accessor, sizeof(t->accessor))) != KMS_OK)
+		return rc;
+	if (t->expires < 0)
+		return kms_errf(KMS_ERR_INVALID, "token expiry must not be negative");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_TOKEN_INSERT];
+	if (sqlite3_bind_text(st, 1, t->accessor, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 2, t->principal_id) != SQLITE_OK ||
+	    sqlite3_bind_blob(st, 3, t->hash, STORE_HASH_LEN, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 4, t->created) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 5, t->expires) != SQLITE_OK ||
+	    sqlite3_bind_int(st, 6, t->revoked != 0) != SQLITE_OK) {
+		rc = db_fail(s, "token insert bind");
+		stmt_release(st);
+		goto out;
+	}
+	src = stmt_exec(st);
+	if (is_unique_violation(src)) {
+		rc = kms_errf(KMS_ERR_CONFLICT, "token accessor \"%s\" already exists", t->accessor);
+		goto out;
+	}
+	if (src == SQLITE_CONSTRAINT_FOREIGNKEY) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "principal %" PRId64 " not found", t->principal_id);
+		goto out;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "token insert");
+		goto out;
+	}
+	rc = KMS_OK;
+out:
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_token_get(struct store *s, const char *accessor, struct store_token *out)
+{
+	sqlite3_stmt *st = NULL;
+	int src;
+	kms_err rc;
+
+	if (accessor == NULL || out == NULL)
+		return kms_errf(KMS_ERR_INVALID, "token accessor missing");
+	if ((rc = check_accessor(accessor, STORE_ACCESSOR_MAX + 1)) != KMS_OK)
+		return rc;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_TOKEN_GET];
+	if (sqlite3_bind_text(st, 1, accessor, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "token get bind");
+		goto out;
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE) {
+		/* The accessor comes from a client; keep it out of the detail. */
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "token not found");
+		goto out;
+	}
+	if (src != SQLITE_ROW) {
+		rc = db_fail(s, "token get");
+		goto out;
+	}
+	memset(out, 0, sizeof(*out));
+	if ((rc = col_text(st, 0, out->accessor, sizeof(out->accessor), "api_tokens")) !=
+		    KMS_OK ||
+	    (rc = col_blob(st, 2, out->hash, STORE_HASH_LEN, STORE_HASH_LEN, NULL,
+			   "api_tokens")) != KMS_OK)
+		goto out;
+	out->principal_id = sqlite3_column_int64(st, 1);
+	out->created = sqlite3_column_int64(st, 3);
+	out->expires = sqlite3_column_int64(st, 4);
+	out->revoked = sqlite3_column_int64(st, 5) != 0;
+	rc = KMS_OK;
+out:
+	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_token_revoke(struct store *s, const char *accessor)
+{
+	sqlite3_stmt *st;
+	kms_err rc;
+
+	if (accessor == NULL)
+		return kms_errf(KMS_ERR_INVALID, "token accessor missing");
+	if ((rc = check_accessor(accessor, STORE_ACCESSOR_MAX + 1)) != KMS_OK)
+		return rc;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_TOKEN_REVOKE];
+	if (sqlite3_bind_text(st, 1, accessor, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "token revoke bind");
+		stmt_release(st);
+		goto out;
+	}
+	if (stmt_exec(st) != SQLITE_DONE) {
+		rc = db_fail(s, "token revoke");
+		goto out;
+	}
+	/* Counts matched rows, so revoking twice is not an error. */
+	if (sqlite3_changes(s->db) == 0) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "token not found");
+		goto out;
+	}
+	rc = KMS_OK;
+out:
+	store_unlock(s);
+	return rc;
+}

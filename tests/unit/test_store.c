@@ -1,0 +1,898 @@
+/* Unit tests for kms/store: every function on a fresh store in its own temporary
+ * directory, the error categories the callers map to HTTP status, durability across
+ * reopen, refusal of newer or foreign files, and compare-and-set rotation under
+ * concurrency (threads on one handle and on two handles to the same file). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <ftw.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kms/base/err.h"
+#include "kms/store/store.h"
+
+struct fx {
+	char dir[64];
+	char path[128];
+	struct store *s;
+	int64_t tenant; /* tenant "t1", created in setup */
+};
+
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb;
+	(void)flag;
+	(void)ftw;
+	return remove(p);
+}
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+
+	if (f == NULL)
+		return -1;
+	snprintf(f->dir, sizeof(f->dir), "/tmp/kmsd-test-store-XXXXXX");
+	if (mkdtemp(f->dir) == NULL) {
+		free(f);
+		return -1;
+	}
+	snprintf(f->path, sizeof(f->path), "%s/kmsd.db", f->dir);
+	if (store_open(f->path, &f->s) != KMS_OK ||
+	    store_tenant_create(f->s, "t1", "phi", 1000, &f->tenant) != KMS_OK) {
+		fprintf(stderr, "setup: %s\n", kms_err_detail(KMS_ERR_INTERNAL));
+		store_close(f->s);
+		free(f);
+		return -1;
+	}
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+
+	store_close(f->s);
+	(void)nftw(f->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	return 0;
+}
+
+static void assert_detail_has(kms_err rc, const char *needle)
+{
+	const char *d = kms_err_detail(rc);
+
+	if (strstr(d, needle) == NULL)
+		fail_msg("detail \"%s\" does not contain \"%s\"", d, needle);
+}
+
+static void make_version(struct store_version *v, uint32_t version, uint8_t tag)
+{
+	memset(v, 0, sizeof(*v));
+	v->version = version;
+	v->mk_version = 7;
+	v->blob_len = 40;
+	memset(v->blob, tag, v->blob_len);
+	v->blob[0] = (uint8_t)version;
+	memset(v->mac, 0xa0 ^ tag, sizeof(v->mac));
+	v->created = 2000 + version;
+}
+
+static int64_t make_key(struct fx *f, const char *name)
+{
+	struct store_version v1;
+	int64_t id = -1;
+
+	make_version(&v1, 1, 0x11);
+	assert_int_equal(store_key_create(f->s, f->tenant, name, "aes256-gcm96", 1500, &v1, &id),
+			 KMS_OK);
+	return id;
+}
+
+/* Raw SQLite access to the file, bypassing the store, for tampering and inspection. */
+static sqlite3 *raw_open(const char *path)
+{
+	sqlite3 *db = NULL;
+
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_busy_timeout(db, 5000), SQLITE_OK);
+	return db;
+}
+
+static void raw_exec(sqlite3 *db, const char *sql)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		fprintf(stderr, "%s: %s\n", sql, msg ? msg : "?");
+		sqlite3_free(msg);
+		fail();
+	}
+}
+
+static void raw_text(sqlite3 *db, const char *sql, char *out, size_t cap)
+{
+	sqlite3_stmt *st = NULL;
+
+	assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	snprintf(out, cap, "%s", (const char *)sqlite3_column_text(st, 0));
+	assert_int_equal(sqlite3_finalize(st), SQLITE_OK);
+}
+
+/* ---- open ---- */
+
+static void test_open_mode_0600(void **state)
+{
+	struct fx *f = *state;
+	char wal[160], shm[160];
+	struct stat sb;
+
+	assert_int_equal(stat(f->path, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0600);
+	/* the WAL and shared-memory files exist while a connection is open and must not be
+	 * any more readable than the database */
+	snprintf(wal, sizeof(wal), "%s-wal", f->path);
+	snprintf(shm, sizeof(shm), "%s-shm", f->path);
+	assert_int_equal(stat(wal, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0600);
+	assert_int_equal(stat(shm, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0600);
+}
+
+static void test_open_mode_ignores_umask_and_tightens(void **state)
+{
+	struct fx *f = *state;
+	struct store *s2 = NULL;
+	char p[160];
+	struct stat sb;
+	mode_t old;
+	FILE *fp;
+
+	snprintf(p, sizeof(p), "%s/umask.db", f->dir);
+	old = umask(0);
+	assert_int_equal(store_open(p, &s2), KMS_OK);
+	umask(old);
+	assert_int_equal(stat(p, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0600);
+	store_close(s2);
+
+	/* an existing empty file with a loose mode is tightened, not trusted */
+	snprintf(p, sizeof(p), "%s/loose.db", f->dir);
+	fp = fopen(p, "w");
+	assert_non_null(fp);
+	fclose(fp);
+	assert_int_equal(chmod(p, 0644), 0);
+	assert_int_equal(store_open(p, &s2), KMS_OK);
+	assert_int_equal(stat(p, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0600);
+	store_close(s2);
+}
+
+static void test_open_wal_and_schema(void **state)
+{
+	struct fx *f = *state;
+	char got[32];
+	sqlite3 *db = raw_open(f->path);
+
+	raw_text(db, "PRAGMA journal_mode", got, sizeof(got));
+	assert_string_equal(got, "wal");
+	raw_text(db, "SELECT version FROM schema_version", got, sizeof(got));
+	assert_int_equal(atoi(got), STORE_SCHEMA_VERSION);
+	raw_text(db, "PRAGMA application_id", got, sizeof(got));
+	assert_string_equal(got, "1802335076");
+	/* foreign keys are declared (checked through the store in other tests) */
+	raw_text(db, "SELECT count(*) FROM pragma_foreign_key_list('key_versions')", got,
+		 sizeof(got));
+	assert_string_equal(got, "1");
+	assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
+static void test_open_errors(void **state)
+{
+	struct fx *f = *state;
+	struct store *s2 = (struct store *)1;
+	char p[160], got[16];
+	struct stat sb;
+	sqlite3 *db;
+	FILE *fp;
+
+	assert_int_equal(store_open(NULL, &s2), KMS_ERR_INVALID);
+	assert_int_equal(store_open("", &s2), KMS_ERR_INVALID);
+
+	assert_int_equal(store_open("/nonexistent-dir/x/kmsd.db", &s2), KMS_ERR_CONFIG);
+	assert_null(s2);
+	assert_int_equal(store_open(f->dir, &s2), KMS_ERR_CONFIG); /* a directory */
+
+	snprintf(p, sizeof(p), "%s/text.db", f->dir);
+	fp = fopen(p, "w");
+	assert_non_null(fp);
+	for (int i = 0; i < 100; i++)
+		fputs("this is not a database file at all\n", fp);
+	fclose(fp);
+	assert_int_equal(chmod(p, 0644), 0);
+	assert_int_equal(store_open(p, &s2), KMS_ERR_CONFIG);
+	assert_detail_has(KMS_ERR_CONFIG, "not a SQLite database");
+	assert_null(s2);
+	assert_int_equal(stat(p, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0644);
+
+	/* another application's SQLite file is left exactly as it was: no migration, no
+	 * journal mode change, no chmod */
+	snprintf(p, sizeof(p), "%s/foreign.db", f->dir);
+	assert_int_equal(sqlite3_open(p, &db), SQLITE_OK);
+	raw_exec(db, "CREATE TABLE accounts (id INTEGER PRIMARY KEY)");
+	assert_int_equal(sqlite3_close(db), SQLITE_OK);
+	assert_int_equal(chmod(p, 0644), 0);
+	assert_int_equal(store_open(p, &s2), KMS_ERR_CONFIG);
+	assert_detail_has(KMS_ERR_CONFIG, "not a kmsd store");
+	db = raw_open(p);
+	raw_text(db, "SELECT count(*) FROM sqlite_schema", got, sizeof(got));
+	assert_string_equal(got, "1");
+	raw_text(db, "PRAGMA journal_mode", got, sizeof(got));
+	assert_string_equal(got, "delete");
+	assert_int_equal(sqlite3_close(db), SQLITE_OK);
+	assert_int_equal(stat(p, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0644);
+}
+
+static void test_open_newer_schema_refused(void **state)
+{
+	struct fx *f = *state;
+	struct store *s2 = NULL;
+	char got[16];
+	sqlite3 *db;
+
+	store_close(f->s);
+	f->s = NULL;
+	db = raw_open(f->path);
+	raw_exec(db, "UPDATE schema_version SET version = 2");
+	assert_int_equal(sqlite3_close(db), SQLITE_OK);
+
+	assert_int_equal(store_open(f->path, &s2), KMS_ERR_CONFIG);
+	assert_null(s2);
+	assert_detail_has(KMS_ERR_CONFIG, "schema version 2");
+	assert_detail_has(KMS_ERR_CONFIG, "newer kmsd");
+	assert_int_equal(store_open(f->path, &s2), KMS_ERR_CONFIG); /* and again */
+
+	/* refused without touching the version */
+	db = raw_open(f->path);
+	raw_text(db, "SELECT version FROM schema_version", got, sizeof(got));
+	assert_string_equal(got, "2");
+	assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
+static void test_reopen_keeps_data(void **state)
+{
+	struct fx *f = *state;
+	struct store_version v2, got_v;
+	struct store_principal p;
+	struct store_tenant t;
+	struct store_token tok, got_tok;
+	struct store_key k;
+	int64_t key_id, pid, *tids = NULL;
+	size_t n = 0;
+	char buf[64];
+
+	key_id = make_key(f, "k1");
+	make_version(&v2, 2, 0x22);
+	assert_int_equal(store_key_rotate(f->s, key_id, &v2), KMS_OK);
+	assert_int_equal(store_meta_set(f->s, "initialized", "yes"), KMS_OK);
+	assert_int_equal(store_principal_create(f->s, "svc", "service", &f->tenant, 1, 1600, &pid),
+			 KMS_OK);
+	memset(&tok, 0, sizeof(tok));
+	snprintf(tok.accessor, sizeof(tok.accessor), "acc1");
+	tok.principal_id = pid;
+	memset(tok.hash, 0x5a, sizeof(tok.hash));
+	tok.created = 1700;
+	tok.expires = 9999;
+	assert_int_equal(store_token_create(f->s, &tok), KMS_OK);
+
+	store_close(f->s);
+	f->s = NULL;
+	assert_int_equal(store_open(f->path, &f->s), KMS_OK);
+
+	assert_int_equal(store_meta_get(f->s, "initialized", buf, sizeof(buf)), KMS_OK);
+	assert_string_equal(buf, "yes");
+	assert_int_equal(store_tenant_get(f->s, "t1", &t), KMS_OK);
+	assert_int_equal(t.id, f->tenant);
+	assert_int_equal(store_key_get(f->s, f->tenant, "k1", &k), KMS_OK);
+	assert_int_equal(k.id, key_id);
+	assert_int_equal(k.latest_version, 2);
+	assert_int_equal(store_version_get(f->s, key_id, 2, &got_v), KMS_OK);
+	assert_int_equal(got_v.blob_len, v2.blob_len);
+	assert_memory_equal(got_v.blob, v2.blob, v2.blob_len);
+	assert_memory_equal(got_v.mac, v2.mac, STORE_MAC_LEN);
+	assert_int_equal(store_principal_get(f->s, "svc", &p), KMS_OK);
+	assert_int_equal(p.id, pid);
+	assert_int_equal(store_principal_tenants(f->s, pid, &tids, &n), KMS_OK);
+	assert_int_equal(n, 1);
+	assert_int_equal(tids[0], f->tenant);
+	free(tids);
+	assert_int_equal(store_token_get(f->s, "acc1", &got_tok), KMS_OK);
+	assert_memory_equal(got_tok.hash, tok.hash, STORE_HASH_LEN);
+	assert_int_equal(got_tok.expires, 9999);
+}
+
+/* ---- meta ---- */
+
+static void test_meta(void **state)
+{
+	struct fx *f = *state;
+	char buf[16], big[5000], name[STORE_NAME_MAX + 2];
+
+	assert_int_equal(store_meta_get(f->s, "initialized", buf, sizeof(buf)), KMS_ERR_NOT_FOUND);
+	assert_detail_has(KMS_ERR_NOT_FOUND, "initialized");
+	assert_int_equal(store_meta_set(f->s, "initialized", "1"), KMS_OK);
+	assert_int_equal(store_meta_get(f->s, "initialized", buf, sizeof(buf)), KMS_OK);
+	assert_string_equal(buf, "1");
+	assert_int_equal(store_meta_set(f->s, "initialized", "2"), KMS_OK);
+	assert_int_equal(store_meta_get(f->s, "initialized", buf, sizeof(buf)), KMS_OK);
+	assert_string_equal(buf, "2");
+	assert_int_equal(store_meta_set(f->s, "empty", ""), KMS_OK);
+	assert_int_equal(store_meta_get(f->s, "empty", buf, sizeof(buf)), KMS_OK);
+	assert_string_equal(buf, "");
+
+	/* a value that does not fit is refused, not truncated */
+	assert_int_equal(store_meta_set(f->s, "long", "0123456789abcdef"), KMS_OK);
+	assert_int_equal(store_meta_get(f->s, "long", buf, sizeof(buf)), KMS_ERR_INVALID);
+	assert_int_equal(store_meta_get(f->s, "long", buf, 0), KMS_ERR_INVALID);
+
+	memset(big, 'v', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	assert_int_equal(store_meta_set(f->s, "big", big), KMS_ERR_INVALID);
+	big[4096] = '\0';
+	assert_int_equal(store_meta_set(f->s, "big", big), KMS_OK);
+	memset(name, 'k', sizeof(name) - 1);
+	name[sizeof(name) - 1] = '\0';
+	assert_int_equal(store_meta_set(f->s, name, "x"), KMS_ERR_INVALID);
+	assert_int_equal(store_meta_set(f->s, "", "x"), KMS_ERR_INVALID);
+	assert_int_equal(store_meta_set(f->s, "k", NULL), KMS_ERR_INVALID);
+	assert_int_equal(store_meta_get(f->s, NULL, buf, sizeof(buf)), KMS_ERR_INVALID);
+}
+
+/* ---- tenants ---- */
+
+static void test_tenants(void **state)
+{
+	struct fx *f = *state;
+	char name[STORE_NAME_MAX + 2];
+	struct store_tenant t, *list = NULL;
+	int64_t id = 0;
+	size_t n = 0;
+
+	assert_int_equal(store_tenant_get(f->s, "t1", &t), KMS_OK);
+	assert_int_equal(t.id, f->tenant);
+	assert_string_equal(t.name, "t1");
+	assert_string_equal(t.retention, "phi");
+	assert_int_equal(t.created, 1000);
+
+	assert_int_equal(store_tenant_create(f->s, "t1", "non-phi", 1, &id), KMS_ERR_CONFLICT);
+	assert_string_equal(kms_err_detail(KMS_ERR_CONFLICT), "tenant \"t1\" already exists");
+	assert_int_equal(store_tenant_get(f->s, "nope", &t), KMS_ERR_NOT_FOUND);
+	assert_detail_has(KMS_ERR_NOT_FOUND, "nope");
+	assert_int_equal(store_tenant_create(f->s, "x", "secret", 1, &id), KMS_ERR_INVALID);
+	assert_int_equal(store_tenant_create(f->s, "x", NULL, 1, &id), KMS_ERR_INVALID);
+	assert_int_equal(store_tenant_create(f->s, "", "phi", 1, &id), KMS_ERR_INVALID);
+	assert_int_equal(store_tenant_create(f->s, NULL, "phi", 1, &id), KMS_ERR_INVALID);
+
+	/* STORE_NAME_MAX bytes is the limit, one more is refused */
+	memset(name, 'n', sizeof(name) - 1);
+	name[sizeof(name) - 1] = '\0';
+	assert_int_equal(store_tenant_create(f->s, name, "phi", 1, &id), KMS_ERR_INVALID);
+	assert_int_equal(store_tenant_get(f->s, name, &t), KMS_ERR_INVALID);
+	name[STORE_NAME_MAX] = '\0';
+	assert_int_equal(store_tenant_create(f->s, name, "non-phi", 5, &id), KMS_OK);
+	assert_int_equal(store_tenant_get(f->s, name, &t), KMS_OK);
+	assert_int_equal(strlen(t.name), STORE_NAME_MAX);
+	assert_string_equal(t.retention, "non-phi");
+
+	/* names are bytes: UTF-8 and quotes go through bound parameters untouched */
+	assert_int_equal(store_tenant_create(f->s, "kl\xc3\xadnica'; DROP TABLE tenants;--", "phi",
+					     6, NULL),
+			 KMS_OK);
+	assert_int_equal(store_tenant_create(f->s, "a", "phi", 7, NULL), KMS_OK);
+	assert_int_equal(store_tenant_list(f->s, &list, &n), KMS_OK);
+	assert_int_equal(n, 4);
+	assert_string_equal(list[0].name, "a");
+	assert_string_equal(list[1].name, "kl\xc3\xadnica'; DROP TABLE tenants;--");
+	assert_string_equal(list[2].name, name);
+	assert_string_equal(list[3].name, "t1");
+	free(list);
+}
+
+static void test_tenant_list_empty(void **state)
+{
+	struct store_tenant *list = (struct store_tenant *)1;
+	struct store *s2 = NULL;
+	struct fx *f = *state;
+	char p[160];
+	size_t n = 99;
+
+	snprintf(p, sizeof(p), "%s/empty.db", f->dir);
+	assert_int_equal(store_open(p, &s2), KMS_OK);
+	assert_int_equal(store_tenant_list(s2, &list, &n), KMS_OK);
+	assert_int_equal(n, 0);
+	assert_null(list);
+	store_close(s2);
+}
+
+/* ---- keys and versions ---- */
+
+static void test_keys(void **state)
+{
+	struct fx *f = *state;
+	struct store_version v1, v;
+	struct store_key k;
+	int64_t id, other_tenant, id2;
+	char **names = NULL, type[40];
+	size_t n = 0;
+
+	id = make_key(f, "k-b");
+	assert_int_equal(store_key_get(f->s, f->tenant, "k-b", &k), KMS_OK);
+	assert_int_equal(k.id, id);
+	assert_int_equal(k.tenant_id, f->tenant);
+	assert_string_equal(k.name, "k-b");
+	assert_string_equal(k.type, "aes256-gcm96");
+	assert_int_equal(k.created, 1500);
+	assert_int_equal(k.latest_version, 1);
+	assert_int_equal(k.min_decryption_version, 1);
+	assert_int_equal(k.min_encryption_version, 0);
+	assert_int_equal(k.deletion_allowed, 0);
+	assert_int_equal(k.auto_rotate_period, 0);
+
+	make_version(&v1, 1, 0x33);
+	assert_int_equal(store_key_create(f->s, f->tenant, "k-b", "aes256-gcm96", 1, &v1, &id2),
+			 KMS_ERR_CONFLICT);
+	assert_string_equal(kms_err_detail(KMS_ERR_CONFLICT), "key \"k-b\" already exists");
+	/* the failed create left version 1 of the existing key alone */
+	assert_int_equal(store_version_get(f->s, id, 1, &v), KMS_OK);
+	assert_int_equal(v.blob[1], 0x11);
+
+	/* the same name in another tenant is another key */
+	assert_int_equal(store_tenant_create(f->s, "t2", "non-phi", 1, &other_tenant), KMS_OK);
+	assert_int_equal(store_key_create(f->s, other_tenant, "k-b", "aes256-gcm96", 1, &v1, &id2),
+			 KMS_OK);
+	assert_true(id2 != id);
+
+	assert_int_equal(store_key_create(f->s, 424242, "k-x", "aes256-gcm96", 1, &v1, &id2),
+			 KMS_ERR_NOT_FOUND);
+	assert_detail_has(KMS_ERR_NOT_FOUND, "tenant");
+	assert_int_equal(store_key_get(f->s, f->tenant, "nope", &k), KMS_ERR_NOT_FOUND);
+	assert_detail_has(KMS_ERR_NOT_FOUND, "nope");
+	assert_int_equal(store_key_get(f->s, other_tenant + 100, "k-b", &k), KMS_ERR_NOT_FOUND);
+
+	/* invalid input is refused before anything is written */
+	make_version(&v, 2, 0x33);
+	assert_int_equal(store_key_create(f->s, f->tenant, "k-v2", "aes256-gcm96", 1, &v, NULL),
+			 KMS_ERR_INVALID);
+	make_version(&v, 1, 0x33);
+	v.blob_len = 0;
+	assert_int_equal(store_key_create(f->s, f->tenant, "k-e", "aes256-gcm96", 1, &v, NULL),
+			 KMS_ERR_INVALID);
+	v.blob_len = STORE_BLOB_MAX + 1;
+	assert_int_equal(store_key_create(f->s, f->tenant, "k-e", "aes256-gcm96", 1, &v, NULL),
+			 KMS_ERR_INVALID);
+	assert_int_equal(store_key_create(f->s, f->tenant, "k-e", "aes256-gcm96", 1, NULL, NULL),
+			 KMS_ERR_INVALID);
+	memset(type, 't', sizeof(type) - 1);
+	type[sizeof(type) - 1] = '\0';
+	assert_int_equal(store_key_create(f->s, f->tenant, "k-e", type, 1, &v1, NULL),
+			 KMS_ERR_INVALID);
+	assert_int_equal(store_key_create(f->s, f->tenant, "k-e", "", 1, &v1, NULL),
+			 KMS_ERR_INVALID);
+	assert_int_equal(store_key_get(f->s, f->tenant, "k-e", &k), KMS_ERR_NOT_FOUND);
+	assert_int_equal(store_key_get(f->s, f->tenant, "k-v2", &k), KMS_ERR_NOT_FOUND);
+
+	v1.blob_len = STORE_BLOB_MAX;
+	assert_int_equal(store_key_create(f->s, f->tenant, "k-a", "aes256-gcm96", 1, &v1, NULL),
+			 KMS_OK);
+	assert_int_equal(store_key_list(f->s, f->tenant, &names, &n), KMS_OK);
+	assert_int_equal(n, 2);
+	assert_string_equal(names[0], "k-a");
+	assert_string_equal(names[1], "k-b");
+	store_names_free(names, n);
+}
+
+static void test_key_list_edges(void **state)
+{
+	struct fx *f = *state;
+	char **names = (char **)1;
+	int64_t empty;
+	size_t n = 99;
+
+	assert_int_equal(store_tenant_create(f->s, "empty", "phi", 1, &empty), KMS_OK);
+	assert_int_equal(store_key_list(f->s, empty, &names, &n), KMS_OK);
+	assert_int_equal(n, 0);
+	assert_null(names);
+	store_names_free(names, n);
+	assert_int_equal(store_key_list(f->s, empty + 1000, &names, &n), KMS_ERR_NOT_FOUND);
+	assert_null(names);
+	assert_int_equal(n, 0);
+}
+
+static void test_versions(void **state)
+{
+	struct fx *f = *state;
+	struct store_version v, want, *list = NULL;
+	int64_t id = make_key(f, "k");
+	size_t n = 0;
+
+	make_version(&want, 1, 0x11);
+	assert_int_equal(store_version_get(f->s, id, 1, &v), KMS_OK);
+	assert_int_equal(v.version, 1);
+	assert_int_equal(v.mk_version, 7);
+	assert_int_equal(v.blob_len, 40);
+	assert_memory_equal(v.blob, want.blob, 40);
+	assert_memory_equal(v.mac, want.mac, STORE_MAC_LEN);
+	assert_int_equal(v.created, want.created);
+	assert_int_equal(store_version_get(f->s, id, 2, &v), KMS_ERR_NOT_FOUND);
+	assert_int_equal(store_version_get(f->s, id + 99, 1, &v), KMS_ERR_NOT_FOUND);
+	assert_int_equal(store_version_get(f->s, id, 0, &v), KMS_ERR_NOT_FOUND);
+
+	make_version(&want, 2, 0x22);
+	assert_int_equal(store_key_rotate(f->s, id, &want), KMS_OK);
+	assert_int_equal(store_version_list(f->s, id, &list, &n), KMS_OK);
+	assert_int_equal(n, 2);
+	assert_int_equal(list[0].version, 1);
+	assert_int_equal(list[1].version, 2);
+	assert_memory_equal(list[1].blob, want.blob, want.blob_len);
+	free(list);
+	list = NULL;
+	assert_int_equal(store_version_list(f->s, id + 99, &list, &n), KMS_ERR_NOT_FOUND);
+	assert_null(list);
+	assert_int_equal(n, 0);
+}
+
+static void test_rotate_compare_and_set(void **state)
+{
+	struct fx *f = *state;
+	struct store_version v, got, *list = NULL;
+	struct store_key k;
+	int64_t id = make_key(f, "k");
+	size_t n = 0;
+
+	make_version(&v, 2, 0x22);
+	assert_int_equal(store_key_rotate(f->s, id, &v), KMS_OK);
+	assert_int_equal(store_key_get(f->s, f->tenant, "k", &k), KMS_OK);
+	assert_int_equal(k.latest_version, 2);
+
+	/* a caller that read latest_version 1 before that rotation is refused and writes
+	 * nothing: version 2 keeps its blob and latest_version stays 2 */
+	make_version(&v, 2, 0x99);
+	assert_int_equal(store_key_rotate(f->s, id, &v), KMS_ERR_CONFLICT);
+	assert_detail_has(KMS_ERR_CONFLICT, "latest is 2");
+	assert_int_equal(store_version_get(f->s, id, 2, &got), KMS_OK);
+	assert_int_equal(got.blob[1], 0x22);
+	/* a version that skips ahead is refused too */
+	make_version(&v, 4, 0x44);
+	assert_int_equal(store_key_rotate(f->s, id, &v), KMS_ERR_CONFLICT);
+	assert_int_equal(store_version_get(f->s, id, 4, &got), KMS_ERR_NOT_FOUND);
+	make_version(&v, 1, 0x44);
+	assert_int_equal(store_key_rotate(f->s, id, &v), KMS_ERR_CONFLICT);
+
+	assert_int_equal(store_key_get(f->s, f->tenant, "k", &k), KMS_OK);
+	assert_int_equal(k.latest_version, 2);
+	assert_int_equal(store_version_list(f->s, id, &list, &n), KMS_OK);
+	assert_int_equal(n, 2);
+	free(list);
+
+	make_version(&v, 2, 0x22);
+	assert_int_equal(store_key_rotate(f->s, id + 99, &v), KMS_ERR_NOT_FOUND);
+	make_version(&v, 0, 0x22);
+	assert_int_equal(store_key_rotate(f->s, id, &v), KMS_ERR_INVALID);
+	make_version(&v, 3, 0x22);
+	v.blob_len = STORE_BLOB_MAX + 1;
+	assert_int_equal(store_key_rotate(f->s, id, &v), KMS_ERR_INVALID);
+	assert_int_equal(store_key_rotate(f->s, id, NULL), KMS_ERR_INVALID);
+
+	make_version(&v, 3, 0x33);
+	assert_int_equal(store_key_rotate(f->s, id, &v), KMS_OK);
+	assert_int_equal(store_key_get(f->s, f->tenant, "k", &k), KMS_OK);
+	assert_int_equal(k.latest_version, 3);
+}
+
+/* A row edited behind the store's back (CHECKs switched off) must not overflow the
+ * fixed-size output fields. */
+static void test_corrupt_row_refused(void **state)
+{
+	struct fx *f = *state;
+	struct store_version v;
+	int64_t id = make_key(f, "k");
+	char sql[160];
+	sqlite3 *db;
+
+	db = raw_open(f->path);
+	raw_exec(db, "PRAGMA ignore_check_constraints = ON");
+	snprintf(sql, sizeof(sql),
+		 "UPDATE key_versions SET blob = zeroblob(200) WHERE key_id = %lld",
+		 (long long)id);
+	raw_exec(db, sql);
+	assert_int_equal(sqlite3_close(db), SQLITE_OK);
+	assert_int_equal(store_version_get(f->s, id, 1, &v), KMS_ERR_STORE);
+	assert_string_equal(kms_err_detail(KMS_ERR_STORE), "metadata store error");
+}
+
+/* ---- concurrency ---- */
+
+#define ROT_THREADS 8
+#define ROT_EACH 25
+
+struct rot_arg {
+	struct store *s;
+	int64_t tenant, key_id;
+	uint8_t tag;
+	int done, conflicts, failed;
+};
+
+static void *rotate_worker(void *p)
+{
+	struct rot_arg *a = p;
+	struct store_version v;
+	struct store_key k;
+	kms_err rc;
+
+	while (a->done < ROT_EACH) {
+		if (store_key_get(a->s, a->tenant, "hot", &k) != KMS_OK) {
+			a->failed = 1;
+			break;
+		}
+		make_version(&v, k.latest_version + 1, a->tag);
+		rc = store_key_rotate(a->s, a->key_id, &v);
+		if (rc == KMS_OK) {
+			a->done++;
+		} else if (rc == KMS_ERR_CONFLICT) {
+			a->conflicts++; /* someone else won this version: re-read and retry */
+		} else {
+			a->failed = 1;
+			break;
+		}
+	}
+	return NULL;
+}
+
+static void test_concurrent_rotate(void **state)
+{
+	struct fx *f = *state;
+	struct rot_arg args[ROT_THREADS];
+	pthread_t th[ROT_THREADS];
+	struct store_version *list = NULL;
+	struct store *s2 = NULL;
+	int per_tag[ROT_THREADS + 1] = {0};
+	int conflicts = 0;
+	int64_t id = make_key(f, "hot");
+	struct store_key k;
+	size_t n = 0, i;
+
+	/* half the threads go through a second connection, so the compare-and-set is also
+	 * exercised across SQLite connections (BEGIN IMMEDIATE + busy_timeout), not only
+	 * under the in-process mutex */
+	assert_int_equal(store_open(f->path, &s2), KMS_OK);
+	for (i = 0; i < ROT_THREADS; i++) {
+		memset(&args[i], 0, sizeof(args[i]));
+		args[i].s = i % 2 ? s2 : f->s;
+		args[i].tenant = f->tenant;
+		args[i].key_id = id;
+		args[i].tag = (uint8_t)(i + 1);
+		assert_int_equal(pthread_create(&th[i], NULL, rotate_worker, &args[i]), 0);
+	}
+	for (i = 0; i < ROT_THREADS; i++)
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+	for (i = 0; i < ROT_THREADS; i++) {
+		assert_int_equal(args[i].failed, 0);
+		assert_int_equal(args[i].done, ROT_EACH);
+		conflicts += args[i].conflicts;
+	}
+	store_close(s2);
+	/* how often the compare-and-set refused a stale version (varies run to run) */
+	print_message("compare-and-set conflicts retried: %d\n", conflicts);
+
+	assert_int_equal(store_key_get(f->s, f->tenant, "hot", &k), KMS_OK);
+	assert_int_equal(k.latest_version, 1 + ROT_THREADS * ROT_EACH);
+	assert_int_equal(store_version_list(f->s, id, &list, &n), KMS_OK);
+	assert_int_equal(n, 1 + ROT_THREADS * ROT_EACH);
+	for (i = 0; i < n; i++) {
+		/* consecutive: no gap, no twin */
+		assert_int_equal(list[i].version, i + 1);
+		assert_int_equal(list[i].blob[0], (uint8_t)(i + 1));
+		if (i > 0) {
+			assert_in_range(list[i].blob[1], 1, ROT_THREADS);
+			per_tag[list[i].blob[1]]++;
+		}
+	}
+	for (i = 1; i <= ROT_THREADS; i++)
+		assert_int_equal(per_tag[i], ROT_EACH);
+	free(list);
+}
+
+/* ---- principals ---- */
+
+static void test_principals(void **state)
+{
+	struct fx *f = *state;
+	struct store_principal p, *list = NULL;
+	int64_t t2, t3, ids[2], dup[2], bogus[1] = {987654}, admin, svc, *tids = NULL, x;
+	char name[STORE_NAME_MAX + 2];
+	size_t n = 0;
+
+	assert_int_equal(store_tenant_create(f->s, "t2", "phi", 1, &t2), KMS_OK);
+	assert_int_equal(store_tenant_create(f->s, "t3", "phi", 1, &t3), KMS_OK);
+
+	/* admins are not scoped to tenants: the ids are ignored */
+	ids[0] = t2;
+	ids[1] = f->tenant;
+	assert_int_equal(store_principal_create(f->s, "root", "admin", ids, 2, 100, &admin), KMS_OK);
+	assert_int_equal(store_principal_tenants(f->s, admin, &tids, &n), KMS_OK);
+	assert_int_equal(n, 0);
+	assert_null(tids);
+
+	assert_int_equal(store_principal_create(f->s, "ehr", "service", ids, 2, 200, &svc), KMS_OK);
+	assert_int_equal(store_principal_tenants(f->s, svc, &tids, &n), KMS_OK);
+	assert_int_equal(n, 2);
+	assert_int_equal(tids[0], f->tenant < t2 ? f->tenant : t2); /* ascending */
+	assert_int_equal(tids[1], f->tenant < t2 ? t2 : f->tenant);
+	free(tids);
+	tids = NULL;
+
+	assert_int_equal(store_principal_get(f->s, "ehr", &p), KMS_OK);
+	assert_int_equal(p.id, svc);
+	assert_string_equal(p.name, "ehr");
+	assert_string_equal(p.role, "service");
+	assert_int_equal(p.created, 200);
+	assert_int_equal(store_principal_get_id(f->s, admin, &p), KMS_OK);
+	assert_string_equal(p.name, "root");
+	assert_string_equal(p.role, "admin");
+
+	assert_int_equal(store_principal_create(f->s, "ehr", "service", NULL, 0, 1, &x),
+			 KMS_ERR_CONFLICT);
+	assert_string_equal(kms_err_detail(KMS_ERR_CONFLICT), "principal \"ehr\" already exists");
+	assert_int_equal(store_principal_get(f->s, "nope", &p), KMS_ERR_NOT_FOUND);
+	assert_detail_has(KMS_ERR_NOT_FOUND, "nope");
+	assert_int_equal(store_principal_get_id(f->s, svc + 100, &p), KMS_ERR_NOT_FOUND);
+	assert_int_equal(store_principal_tenants(f->s, svc + 100, &tids, &n), KMS_ERR_NOT_FOUND);
+
+	/* a bad tenant id or a repeated one fails the whole create: no principal row */
+	assert_int_equal(store_principal_create(f->s, "lab", "service", bogus, 1, 1, &x),
+			 KMS_ERR_NOT_FOUND);
+	assert_detail_has(KMS_ERR_NOT_FOUND, "987654");
+	assert_int_equal(store_principal_get(f->s, "lab", &p), KMS_ERR_NOT_FOUND);
+	dup[0] = t3;
+	dup[1] = t3;
+	assert_int_equal(store_principal_create(f->s, "lab", "service", dup, 2, 1, &x),
+			 KMS_ERR_INVALID);
+	assert_int_equal(store_principal_get(f->s, "lab", &p), KMS_ERR_NOT_FOUND);
+
+	assert_int_equal(store_principal_create(f->s, "lab", "superuser", NULL, 0, 1, &x),
+			 KMS_ERR_INVALID);
+	assert_int_equal(store_principal_create(f->s, "lab", "service", NULL, 1, 1, &x),
+			 KMS_ERR_INVALID);
+	memset(name, 'p', sizeof(name) - 1);
+	name[sizeof(name) - 1] = '\0';
+	assert_int_equal(store_principal_create(f->s, name, "admin", NULL, 0, 1, &x),
+			 KMS_ERR_INVALID);
+	assert_int_equal(store_principal_get(f->s, name, &p), KMS_ERR_INVALID);
+
+	/* a service with no tenants is allowed (it can do nothing yet) */
+	assert_int_equal(store_principal_create(f->s, "idle", "service", NULL, 0, 1, &x), KMS_OK);
+	assert_int_equal(store_principal_tenants(f->s, x, &tids, &n), KMS_OK);
+	assert_int_equal(n, 0);
+
+	assert_int_equal(store_principal_list(f->s, &list, &n), KMS_OK);
+	assert_int_equal(n, 3);
+	assert_string_equal(list[0].name, "ehr");
+	assert_string_equal(list[1].name, "idle");
+	assert_string_equal(list[2].name, "root");
+	free(list);
+}
+
+/* ---- tokens ---- */
+
+static void test_tokens(void **state)
+{
+	struct fx *f = *state;
+	struct store_token t, got;
+	int64_t pid;
+
+	assert_int_equal(store_principal_create(f->s, "ehr", "service", NULL, 0, 1, &pid), KMS_OK);
+	memset(&t, 0, sizeof(t));
+	snprintf(t.accessor, sizeof(t.accessor), "hvs.acc-1");
+	t.principal_id = pid;
+	memset(t.hash, 0x42, sizeof(t.hash));
+	t.created = 300;
+	t.expires = 0;
+	assert_int_equal(store_token_create(f->s, &t), KMS_OK);
+	assert_int_equal(store_token_get(f->s, "hvs.acc-1", &got), KMS_OK);
+	assert_string_equal(got.accessor, "hvs.acc-1");
+	assert_int_equal(got.principal_id, pid);
+	assert_memory_equal(got.hash, t.hash, STORE_HASH_LEN);
+	assert_int_equal(got.created, 300);
+	assert_int_equal(got.expires, 0);
+	assert_int_equal(got.revoked, 0);
+
+	assert_int_equal(store_token_create(f->s, &t), KMS_ERR_CONFLICT);
+	assert_detail_has(KMS_ERR_CONFLICT, "already exists");
+	assert_int_equal(store_token_get(f->s, "hvs.other", &got), KMS_ERR_NOT_FOUND);
+	assert_int_equal(store_token_revoke(f->s, "hvs.other"), KMS_ERR_NOT_FOUND);
+
+	assert_int_equal(store_token_revoke(f->s, "hvs.acc-1"), KMS_OK);
+	assert_int_equal(store_token_get(f->s, "hvs.acc-1", &got), KMS_OK);
+	assert_int_equal(got.revoked, 1);
+	assert_int_equal(store_token_revoke(f->s, "hvs.acc-1"), KMS_OK); /* idempotent */
+
+	snprintf(t.accessor, sizeof(t.accessor), "hvs.acc-2");
+	t.principal_id = pid + 100;
+	assert_int_equal(store_token_create(f->s, &t), KMS_ERR_NOT_FOUND);
+	assert_detail_has(KMS_ERR_NOT_FOUND, "principal");
+	assert_int_equal(store_token_get(f->s, "hvs.acc-2", &got), KMS_ERR_NOT_FOUND);
+
+	t.principal_id = pid;
+	t.expires = -1;
+	assert_int_equal(store_token_create(f->s, &t), KMS_ERR_INVALID);
+	t.expires = 5000;
+	t.revoked = 7; /* any non-zero means revoked */
+	assert_int_equal(store_token_create(f->s, &t), KMS_OK);
+	assert_int_equal(store_token_get(f->s, "hvs.acc-2", &got), KMS_OK);
+	assert_int_equal(got.revoked, 1);
+	assert_int_equal(got.expires, 5000);
+
+	t.accessor[0] = '\0';
+	assert_int_equal(store_token_create(f->s, &t), KMS_ERR_INVALID);
+	memset(t.accessor, 'a', sizeof(t.accessor)); /* not terminated */
+	assert_int_equal(store_token_create(f->s, &t), KMS_ERR_INVALID);
+	t.accessor[STORE_ACCESSOR_MAX] = '\0';
+	assert_int_equal(store_token_create(f->s, &t), KMS_OK);
+	assert_int_equal(store_token_get(f->s, t.accessor, &got), KMS_OK);
+	assert_int_equal(store_token_get(f->s, "", &got), KMS_ERR_INVALID);
+	assert_int_equal(store_token_get(f->s, NULL, &got), KMS_ERR_INVALID);
+	assert_int_equal(store_token_revoke(f->s, NULL), KMS_ERR_INVALID);
+	assert_int_equal(store_token_create(f->s, NULL), KMS_ERR_INVALID);
+}
+
+static void test_null_handles(void **state)
+{
+	struct store_tenant t;
+	char buf[8];
+
+	(void)state;
+	store_close(NULL);
+	store_names_free(NULL, 0);
+	assert_int_equal(store_meta_get(NULL, "k", buf, sizeof(buf)), KMS_ERR_INTERNAL);
+	assert_int_equal(store_tenant_get(NULL, "t", &t), KMS_ERR_INTERNAL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_open_mode_0600, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_open_mode_ignores_umask_and_tightens, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_open_wal_and_schema, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_open_newer_schema_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reopen_keeps_data, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tenants, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tenant_list_empty, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_keys, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_key_list_edges, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_versions, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rotate_compare_and_set, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_corrupt_row_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_concurrent_rotate, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_principals, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
+		cmocka_unit_test(test_null_handles),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
