@@ -1,0 +1,30 @@
+#include "kms/base/op.h"
+
+static const char *const op_names[KMS_OP__COUNT] = {
+	[KMS_OP_NONE] = "none",
+	[KMS_OP_HEALTH] = "sys.health",
+	[KMS_OP_TENANT_CREATE] = "tenant.create",
+	[KMS_OP_TENANT_READ] = "tenant.read",
+	[KMS_OP_TENANT_LIST] = "tenant.list",
+	[KMS_OP_PRINCIPAL_CREATE] = "principal.create",
+	[KMS_OP_PRINCIPAL_READ] = "principal.read",
+	[KMS_OP_PRINCIPAL_LIST] = "principal.list",
+	[KMS_OP_TOKEN_CREATE] = "token.create",
+	[KMS_OP_TOKEN_REVOKE] = "token.revoke",
+	[KMS_OP_TOKEN_LOOKUP_SELF] = "token.lookup_self",
+	[KMS_OP_KEY_CREATE] = "key.create",
+	[KMS_OP_KEY_READ] = "key.read",
+	[KMS_OP_KEY_LIST] = "key.list",
+	[KMS_OP_KEY_ROTATE] = "key.rotate",
+	[KMS_OP_DATAKEY] = "datakey",
+	[KMS_OP_ENCRYPT] = "encrypt",
+	[KMS_OP_DECRYPT] = "decrypt",
+	[KMS_OP_REWRAP] = "rewrap",
+};
+
+const char *kms_op_name(enum kms_op op)
+{
+	if ((unsigned)op >= KMS_OP__COUNT || op_names[op] == 0)
+		return "unknown";
+	return op_names[op];
+}

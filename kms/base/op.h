@@ -1,0 +1,32 @@
+/* The catalogue of operations: routes map to one, policy decides on one, audit records
+ * name one. Leaf header so that http, policy and core agree without including each other. */
+#ifndef KMS_BASE_OP_H
+#define KMS_BASE_OP_H
+
+enum kms_op {
+	KMS_OP_NONE = 0,
+	KMS_OP_HEALTH,
+	KMS_OP_TENANT_CREATE,
+	KMS_OP_TENANT_READ,
+	KMS_OP_TENANT_LIST,
+	KMS_OP_PRINCIPAL_CREATE,
+	KMS_OP_PRINCIPAL_READ,
+	KMS_OP_PRINCIPAL_LIST,
+	KMS_OP_TOKEN_CREATE,
+	KMS_OP_TOKEN_REVOKE,
+	KMS_OP_TOKEN_LOOKUP_SELF,
+	KMS_OP_KEY_CREATE,
+	KMS_OP_KEY_READ,
+	KMS_OP_KEY_LIST,
+	KMS_OP_KEY_ROTATE,
+	KMS_OP_DATAKEY,
+	KMS_OP_ENCRYPT,
+	KMS_OP_DECRYPT,
+	KMS_OP_REWRAP,
+	KMS_OP__COUNT
+};
+
+/* Stable name used in audit records and policy ("key.rotate"); never NULL. */
+const char *kms_op_name(enum kms_op op);
+
+#endif

@@ -1,0 +1,651 @@
+#include "kms/core/core_int.h"
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kms/audit/audit.h"
+#include "kms/base/b64.h"
+#include "kms/base/log.h"
+#include "kms/base/secret.h"
+#include "policy/authn.h"
+
+int64_t core_now(void)
+{
+	return (int64_t)time(NULL);
+}
+
+int core_valid_tenant_name(const char *s)
+{
+	size_t n = 0;
+
+	if (s == NULL || !((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9')))
+		return 0;
+	for (const char *p = s; *p; p++, n++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
+			return 0;
+	return n <= 63 && strcmp(s, "sys") != 0 && strcmp(s, "auth") != 0;
+}
+
+int core_valid_name(const char *s)
+{
+	size_t n = 0;
+
+	if (s == NULL || !((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9')))
+		return 0;
+	for (const char *p = s; *p; p++, n++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      *p == '_' || *p == '-' || *p == '.'))
+			return 0;
+	return n <= STORE_NAME_MAX;
+}
+
+static uint64_t hash_str(const char *a, const char *b)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (; *a; a++)
+		h = (h ^ (uint8_t)*a) * 1099511628211ULL;
+	h = (h ^ 0x1f) * 1099511628211ULL;
+	for (; b && *b; b++)
+		h = (h ^ (uint8_t)*b) * 1099511628211ULL;
+	return h;
+}
+
+/* ---- caches ------------------------------------------------------------------ */
+
+static struct tent *tent_find_locked(struct core *c, const char *name)
+{
+	for (struct tent *t = c->tenants[hash_str(name, NULL) % CORE_BUCKETS]; t; t = t->next)
+		if (strcmp(t->t.name, name) == 0)
+			return t;
+	return NULL;
+}
+
+void core_tenant_insert(struct core *c, const struct store_tenant *t)
+{
+	struct tent *e;
+	size_t b = hash_str(t->name, NULL) % CORE_BUCKETS;
+
+	pthread_rwlock_wrlock(&c->lock);
+	if (tent_find_locked(c, t->name) == NULL && (e = calloc(1, sizeof(*e))) != NULL) {
+		e->t = *t;
+		e->next = c->tenants[b];
+		c->tenants[b] = e;
+	}
+	pthread_rwlock_unlock(&c->lock);
+}
+
+kms_err core_tenant_lookup(struct core *c, const char *name, struct store_tenant *out)
+{
+	struct tent *e;
+	kms_err rc;
+
+	if (!core_valid_tenant_name(name))
+		return kms_errf(KMS_ERR_NOT_FOUND, "tenant not found");
+	pthread_rwlock_rdlock(&c->lock);
+	e = tent_find_locked(c, name);
+	if (e != NULL)
+		*out = e->t;
+	pthread_rwlock_unlock(&c->lock);
+	if (e != NULL)
+		return KMS_OK;
+	rc = store_tenant_get(c->st, name, out);
+	if (rc == KMS_OK)
+		core_tenant_insert(c, out);
+	else if (rc == KMS_ERR_NOT_FOUND)
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant \"%s\" not found", name);
+	return rc;
+}
+
+static struct kent *kent_find_locked(struct core *c, const char *tenant, const char *key)
+{
+	for (struct kent *e = c->keys[hash_str(tenant, key) % CORE_BUCKETS]; e; e = e->next)
+		if (strcmp(e->tenant, tenant) == 0 && strcmp(e->meta.name, key) == 0)
+			return e;
+	return NULL;
+}
+
+static kms_err kent_load(struct core *c, const char *tenant, const char *key, struct kent **out)
+{
+	struct store_tenant t;
+	struct store_key meta;
+	struct store_version *vs = NULL;
+	size_t nv = 0;
+	struct kent *e = NULL;
+	kms_err rc;
+
+	rc = core_tenant_lookup(c, tenant, &t);
+	if (rc != KMS_OK)
+		return rc;
+	rc = store_key_get(c->st, t.id, key, &meta);
+	if (rc == KMS_ERR_NOT_FOUND)
+		return kms_errf(KMS_ERR_NOT_FOUND, "key \"%s\" not found in tenant \"%s\"", key, tenant);
+	if (rc != KMS_OK)
+		return rc;
+	rc = store_version_list(c->st, meta.id, &vs, &nv);
+	if (rc != KMS_OK)
+		return rc;
+	pthread_rwlock_wrlock(&c->lock);
+	e = kent_find_locked(c, tenant, key);
+	if (e == NULL) {
+		size_t b = hash_str(tenant, key) % CORE_BUCKETS;
+		e = calloc(1, sizeof(*e));
+		if (e == NULL || (nv > 0 && (e->vers = calloc(nv, sizeof(*e->vers))) == NULL)) {
+			free(e);
+			pthread_rwlock_unlock(&c->lock);
+			free(vs);
+			return kms_errf(KMS_ERR_NOMEM, "key cache");
+		}
+		e->meta = meta;
+		snprintf(e->tenant, sizeof(e->tenant), "%s", tenant);
+		for (size_t i = 0; i < nv; i++) {
+			e->vers[i].version = vs[i].version;
+			e->vers[i].created = vs[i].created;
+		}
+		e->nvers = nv;
+		e->next = c->keys[b];
+		c->keys[b] = e;
+	}
+	pthread_rwlock_unlock(&c->lock);
+	free(vs);
+	*out = e;
+	return KMS_OK;
+}
+
+kms_err core_key_insert(struct core *c, const char *tenant, const struct store_key *meta)
+{
+	struct kent *e;
+
+	(void)meta;
+	return kent_load(c, tenant, meta->name, &e);
+}
+
+kms_err core_key_add_version(struct core *c, const char *tenant, const char *key, uint32_t version,
+			     int64_t created)
+{
+	struct kent *e;
+	struct kver *nv;
+	kms_err rc = KMS_OK;
+
+	pthread_rwlock_wrlock(&c->lock);
+	e = kent_find_locked(c, tenant, key);
+	if (e == NULL) {
+		pthread_rwlock_unlock(&c->lock);
+		return kent_load(c, tenant, key, &e);
+	}
+	if (version != e->nvers + 1) {
+		rc = kms_errf(KMS_ERR_INTERNAL, "key cache out of step");
+		goto out;
+	}
+	nv = realloc(e->vers, (e->nvers + 1) * sizeof(*nv)); /* handles, not secrets */
+	if (nv == NULL) {
+		rc = kms_errf(KMS_ERR_NOMEM, "key cache");
+		goto out;
+	}
+	e->vers = nv;
+	e->vers[e->nvers] = (struct kver){.version = version, .created = created, .handle = 0};
+	e->nvers++;
+	e->meta.latest_version = version;
+out:
+	pthread_rwlock_unlock(&c->lock);
+	return rc;
+}
+
+kms_err core_key_ref(struct core *c, const char *tenant, const char *key, struct keyref *out)
+{
+	struct kent *e;
+	kms_err rc;
+
+	if (!core_valid_name(key))
+		return kms_errf(KMS_ERR_INVALID, "invalid key name");
+	pthread_rwlock_rdlock(&c->lock);
+	e = kent_find_locked(c, tenant, key);
+	if (e != NULL) {
+		out->key_id = e->meta.id;
+		out->latest = e->meta.latest_version;
+		out->min_dec = e->meta.min_decryption_version;
+		out->min_enc = e->meta.min_encryption_version;
+	}
+	pthread_rwlock_unlock(&c->lock);
+	if (e == NULL) {
+		rc = kent_load(c, tenant, key, &e);
+		if (rc != KMS_OK)
+			return rc;
+		return core_key_ref(c, tenant, key, out);
+	}
+	out->tenant = tenant;
+	out->name = key;
+	return KMS_OK;
+}
+
+/* The row MAC binds a wrapped KEK to its place, so that a blob copied to another
+ * tenant, key or version in the database is refused before it is unwrapped. */
+kms_err core_row_mac(struct core *c, const char *tenant, const char *key, const struct store_version *v,
+		     uint8_t mac[STORE_MAC_LEN])
+{
+	uint8_t buf[16 + 4 + STORE_NAME_MAX + 4 + STORE_NAME_MAX + 8 + 4 + STORE_BLOB_MAX], *p = buf;
+	size_t tl = strlen(tenant), kl = strlen(key);
+
+	if (tl > STORE_NAME_MAX || kl > STORE_NAME_MAX || v->blob_len > STORE_BLOB_MAX)
+		return kms_errf(KMS_ERR_INTERNAL, "row too large");
+	memcpy(p, "kmsd.row.v1", 12);
+	p += 12;
+	p[0] = (uint8_t)(tl >> 24), p[1] = (uint8_t)(tl >> 16), p[2] = (uint8_t)(tl >> 8), p[3] = (uint8_t)tl;
+	memcpy(p + 4, tenant, tl);
+	p += 4 + tl;
+	p[0] = (uint8_t)(kl >> 24), p[1] = (uint8_t)(kl >> 16), p[2] = (uint8_t)(kl >> 8), p[3] = (uint8_t)kl;
+	memcpy(p + 4, key, kl);
+	p += 4 + kl;
+	for (int i = 0; i < 4; i++)
+		*p++ = (uint8_t)(v->version >> (24 - 8 * i));
+	for (int i = 0; i < 4; i++)
+		*p++ = (uint8_t)(v->mk_version >> (24 - 8 * i));
+	for (int i = 0; i < 4; i++)
+		*p++ = (uint8_t)(v->blob_len >> (24 - 8 * i));
+	memcpy(p, v->blob, v->blob_len);
+	p += v->blob_len;
+	return p11_hmac(c->p11, P11_MAC_STORE, buf, (size_t)(p - buf), mac);
+}
+
+kms_err core_kek(struct core *c, const struct keyref *k, uint32_t version, p11_key *out)
+{
+	struct store_version v;
+	uint8_t mac[STORE_MAC_LEN];
+	struct kent *e;
+	p11_key h = 0;
+	kms_err rc;
+
+	pthread_rwlock_rdlock(&c->lock);
+	e = kent_find_locked(c, k->tenant, k->name);
+	if (e != NULL && version >= 1 && version <= e->nvers)
+		h = e->vers[version - 1].handle;
+	pthread_rwlock_unlock(&c->lock);
+	if (h != 0) {
+		*out = h;
+		return KMS_OK;
+	}
+	/* First use of this version in this process: check the row, unwrap it once.
+	 * Serialised so that two threads do not both unwrap the same blob. */
+	pthread_mutex_lock(&c->create_mu);
+	pthread_rwlock_rdlock(&c->lock);
+	e = kent_find_locked(c, k->tenant, k->name);
+	if (e != NULL && version >= 1 && version <= e->nvers)
+		h = e->vers[version - 1].handle;
+	pthread_rwlock_unlock(&c->lock);
+	if (h != 0) {
+		rc = KMS_OK;
+		goto out;
+	}
+	rc = store_version_get(c->st, k->key_id, version, &v);
+	if (rc == KMS_ERR_NOT_FOUND)
+		rc = kms_errf(KMS_ERR_INVALID, "key version %u does not exist", version);
+	if (rc != KMS_OK)
+		goto out;
+	rc = core_row_mac(c, k->tenant, k->name, &v, mac);
+	if (rc != KMS_OK)
+		goto out;
+	if (CRYPTO_memcmp(mac, v.mac, STORE_MAC_LEN) != 0) {
+		kms_error("store row for %s/%s version %u fails its integrity check: refusing to unwrap",
+			  k->tenant, k->name, version);
+		rc = kms_errf(KMS_ERR_INTERNAL, "key version record failed its integrity check");
+		goto out;
+	}
+	rc = p11_kek_load(c->p11, v.blob, v.blob_len, &h);
+	if (rc != KMS_OK)
+		goto out;
+	pthread_rwlock_wrlock(&c->lock);
+	e = kent_find_locked(c, k->tenant, k->name);
+	if (e != NULL && version >= 1 && version <= e->nvers) {
+		e->vers[version - 1].handle = h;
+	} else {
+		p11_kek_unload(c->p11, h);
+		h = 0;
+		rc = kms_errf(KMS_ERR_INTERNAL, "key cache out of step");
+	}
+	pthread_rwlock_unlock(&c->lock);
+out:
+	pthread_mutex_unlock(&c->create_mu);
+	if (rc == KMS_OK)
+		*out = h;
+	return rc;
+}
+
+kms_err core_key_read_json(struct core *c, const char *tenant, const char *key, json_t **out)
+{
+	struct kent *e;
+	json_t *d, *vers;
+	kms_err rc;
+	struct keyref k;
+
+	rc = core_key_ref(c, tenant, key, &k);
+	if (rc != KMS_OK)
+		return rc;
+	d = json_object();
+	vers = json_object();
+	if (d == NULL || vers == NULL) {
+		json_decref(d);
+		json_decref(vers);
+		return kms_errf(KMS_ERR_NOMEM, "key read");
+	}
+	pthread_rwlock_rdlock(&c->lock);
+	e = kent_find_locked(c, tenant, key);
+	if (e == NULL) {
+		pthread_rwlock_unlock(&c->lock);
+		json_decref(d);
+		json_decref(vers);
+		return kms_errf(KMS_ERR_NOT_FOUND, "key not found");
+	}
+	for (size_t i = 0; i < e->nvers; i++) {
+		char num[16];
+		snprintf(num, sizeof(num), "%u", e->vers[i].version);
+		json_object_set_new(vers, num, json_integer(e->vers[i].created));
+	}
+	json_object_set_new(d, "name", json_string(e->meta.name));
+	json_object_set_new(d, "type", json_string(e->meta.type));
+	json_object_set_new(d, "latest_version", json_integer(e->meta.latest_version));
+	json_object_set_new(d, "min_decryption_version", json_integer(e->meta.min_decryption_version));
+	json_object_set_new(d, "min_encryption_version", json_integer(e->meta.min_encryption_version));
+	json_object_set_new(d, "keys", vers);
+	json_object_set_new(d, "deletion_allowed", json_boolean(e->meta.deletion_allowed));
+	json_object_set_new(d, "exportable", json_false());
+	json_object_set_new(d, "allow_plaintext_backup", json_false());
+	json_object_set_new(d, "derived", json_false());
+	json_object_set_new(d, "convergent_encryption", json_false());
+	json_object_set_new(d, "supports_encryption", json_true());
+	json_object_set_new(d, "supports_decryption", json_true());
+	json_object_set_new(d, "supports_derivation", json_false());
+	json_object_set_new(d, "supports_signing", json_false());
+	json_object_set_new(d, "auto_rotate_period", json_integer(e->meta.auto_rotate_period));
+	json_object_set_new(d, "tenant", json_string(tenant));
+	pthread_rwlock_unlock(&c->lock);
+	*out = d;
+	return KMS_OK;
+}
+
+/* ---- lifecycle ----------------------------------------------------------------- */
+
+kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct core **out)
+{
+	struct core *c = calloc(1, sizeof(*c));
+
+	if (c == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "core");
+	c->st = st;
+	c->p11 = p11;
+	c->au = au;
+	pthread_rwlock_init(&c->lock, NULL);
+	pthread_mutex_init(&c->create_mu, NULL);
+	*out = c;
+	return KMS_OK;
+}
+
+void core_free(struct core *c)
+{
+	if (c == NULL)
+		return;
+	for (size_t b = 0; b < CORE_BUCKETS; b++) {
+		struct kent *e = c->keys[b];
+		while (e != NULL) {
+			struct kent *n = e->next;
+			for (size_t i = 0; i < e->nvers; i++)
+				p11_kek_unload(c->p11, e->vers[i].handle);
+			free(e->vers);
+			free(e);
+			e = n;
+		}
+		struct tent *t = c->tenants[b];
+		while (t != NULL) {
+			struct tent *n = t->next;
+			free(t);
+			t = n;
+		}
+	}
+	pthread_rwlock_destroy(&c->lock);
+	pthread_mutex_destroy(&c->create_mu);
+	free(c);
+}
+
+kms_err core_bootstrap_admin(struct store *st, const char *name, char *token_out, size_t cap)
+{
+	struct store_token t = {0};
+	char token[AUTHN_TOKEN_LEN + 1];
+	int64_t pid;
+	kms_err rc;
+
+	if (cap < sizeof(token) || !core_valid_name(name))
+		return kms_errf(KMS_ERR_INVALID, "invalid admin name");
+	rc = store_principal_create(st, name, "admin", NULL, 0, core_now(), &pid);
+	if (rc != KMS_OK)
+		return rc;
+	rc = authn_token_new(token, t.accessor);
+	if (rc != KMS_OK)
+		return rc;
+	authn_token_hash(token, AUTHN_TOKEN_LEN, t.hash);
+	t.principal_id = pid;
+	t.created = core_now();
+	rc = store_token_create(st, &t);
+	if (rc == KMS_OK)
+		memcpy(token_out, token, sizeof(token));
+	kms_wipe(token, sizeof(token));
+	return rc;
+}
+
+/* ---- the request path ------------------------------------------------------------- */
+
+static bool op_has_tenant(enum kms_op op)
+{
+	return op >= KMS_OP_KEY_CREATE && op <= KMS_OP_REWRAP;
+}
+
+static kms_err authenticate(struct core *c, const char *token, struct op_ctx *x)
+{
+	struct store_token t;
+	uint8_t h[AUTHN_HASH_LEN];
+	char acc[AUTHN_ACCESSOR_LEN + 1];
+	size_t len;
+	int ok;
+	kms_err rc;
+
+	if (token == NULL || *token == '\0')
+		return kms_errf(KMS_ERR_UNAUTHENTICATED, "missing client token");
+	len = strnlen(token, 256);
+	rc = authn_token_parse(token, len, acc);
+	if (rc != KMS_OK)
+		return kms_errf(KMS_ERR_DENIED, "permission denied");
+	rc = store_token_get(c->st, acc, &t);
+	if (rc == KMS_ERR_NOT_FOUND)
+		return kms_errf(KMS_ERR_DENIED, "permission denied");
+	if (rc != KMS_OK)
+		return rc;
+	authn_token_hash(token, len, h);
+	ok = authn_hash_equal(h, t.hash);
+	if (!ok || t.revoked || (t.expires != 0 && core_now() >= t.expires))
+		return kms_errf(KMS_ERR_DENIED, "permission denied");
+	rc = store_principal_get_id(c->st, t.principal_id, &x->who);
+	if (rc != KMS_OK)
+		return rc == KMS_ERR_NOT_FOUND ? kms_errf(KMS_ERR_DENIED, "permission denied") : rc;
+	x->role = policy_role_parse(x->who.role);
+	snprintf(x->accessor, sizeof(x->accessor), "%s", acc);
+	x->token_expires = t.expires;
+	if (x->role == POLICY_ROLE_SERVICE)
+		return store_principal_tenants(c->st, x->who.id, &x->scope, &x->n_scope);
+	return KMS_OK;
+}
+
+typedef kms_err (*op_fn)(struct core *, struct op_ctx *);
+
+static const op_fn op_table[KMS_OP__COUNT] = {
+	[KMS_OP_TENANT_CREATE] = op_tenant_create,
+	[KMS_OP_TENANT_READ] = op_tenant_read,
+	[KMS_OP_TENANT_LIST] = op_tenant_list,
+	[KMS_OP_PRINCIPAL_CREATE] = op_principal_create,
+	[KMS_OP_PRINCIPAL_READ] = op_principal_read,
+	[KMS_OP_PRINCIPAL_LIST] = op_principal_list,
+	[KMS_OP_TOKEN_CREATE] = op_token_create,
+	[KMS_OP_TOKEN_REVOKE] = op_token_revoke,
+	[KMS_OP_TOKEN_LOOKUP_SELF] = op_token_lookup_self,
+	[KMS_OP_KEY_CREATE] = op_key_create,
+	[KMS_OP_KEY_READ] = op_key_read,
+	[KMS_OP_KEY_LIST] = op_key_list,
+	[KMS_OP_KEY_ROTATE] = op_key_rotate,
+	[KMS_OP_DATAKEY] = op_datakey,
+	[KMS_OP_ENCRYPT] = op_encrypt,
+	[KMS_OP_DECRYPT] = op_decrypt,
+	[KMS_OP_REWRAP] = op_rewrap,
+};
+
+static int valid_request_id(const char *s)
+{
+	size_t n = 0;
+
+	if (s == NULL)
+		return 0;
+	for (; s[n]; n++)
+		if (n >= 64 || !((s[n] >= 'a' && s[n] <= 'z') || (s[n] >= 'A' && s[n] <= 'Z') ||
+				 (s[n] >= '0' && s[n] <= '9') || s[n] == '-' || s[n] == '_' || s[n] == '.'))
+			return 0;
+	return n > 0;
+}
+
+static void health(struct core *c, struct core_result *res)
+{
+	bool audit_ok = audit_healthy(c->au);
+	json_t *b = json_object(), *checks = json_object();
+
+	json_object_set_new(checks, "audit", json_string(audit_ok ? "ok" : "failed"));
+	json_object_set_new(b, "initialized", json_true());
+	json_object_set_new(b, "sealed", json_false());
+	json_object_set_new(b, "standby", json_false());
+	json_object_set_new(b, "server_time_utc", json_integer(core_now()));
+	json_object_set_new(b, "version", json_string(KMS_VERSION));
+	json_object_set_new(b, "checks", checks);
+	res->status = audit_ok ? 200 : 503;
+	res->body = b;
+}
+
+static json_t *error_body(const char *request_id, const char *msg)
+{
+	json_t *b = json_object(), *errs = json_array();
+
+	json_array_append_new(errs, json_string(msg));
+	json_object_set_new(b, "errors", errs);
+	json_object_set_new(b, "request_id", json_string(request_id));
+	return b;
+}
+
+void core_call(struct core *c, const struct core_call *call, struct core_result *res)
+{
+	struct op_ctx x = {.call = call};
+	struct policy_decision d = {false, "not evaluated"};
+	struct audit_record ar = {0};
+	const char *outcome;
+	kms_err rc, arc;
+	int status;
+
+	memset(res, 0, sizeof(*res));
+	kms_err_clear();
+	if (valid_request_id(call->request_id)) {
+		snprintf(res->request_id, sizeof(res->request_id), "%s", call->request_id);
+	} else {
+		uint8_t r[12];
+		if (RAND_bytes(r, sizeof(r)) != 1)
+			memset(r, 0, sizeof(r));
+		kms_hex_encode(r, sizeof(r), res->request_id);
+	}
+	if (call->op == KMS_OP_HEALTH) {
+		health(c, res);
+		return;
+	}
+	if ((unsigned)call->op >= KMS_OP__COUNT || op_table[call->op] == NULL) {
+		res->status = 404;
+		res->body = error_body(res->request_id, "unsupported path");
+		return;
+	}
+
+	rc = authenticate(c, call->token, &x);
+	if (rc == KMS_OK) {
+		struct policy_subject who = {x.role, x.scope, x.n_scope};
+		struct policy_request req = {call->op, 0};
+		if (op_has_tenant(call->op)) {
+			kms_err trc = core_tenant_lookup(c, call->tenant, &x.tenant);
+			if (trc == KMS_OK) {
+				x.have_tenant = true;
+				req.tenant_id = x.tenant.id;
+			} else if (trc == KMS_ERR_NOT_FOUND) {
+				req.tenant_id = -1;
+			} else {
+				rc = trc;
+			}
+		}
+		if (rc == KMS_OK) {
+			d = policy_decide(&who, &req);
+			if (!d.allow)
+				rc = kms_errf(KMS_ERR_DENIED, "permission denied");
+		}
+	}
+	if (rc == KMS_OK) {
+		if (op_has_tenant(call->op) && !x.have_tenant)
+			rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant \"%.64s\" not found", call->tenant);
+		else
+			rc = op_table[call->op](c, &x);
+	}
+
+	status = x.status ? x.status : kms_err_http_status(rc);
+	outcome = rc == KMS_OK && status < 400 ? "allow" : (rc == KMS_ERR_DENIED || rc == KMS_ERR_UNAUTHENTICATED) ? "deny" : "error";
+	ar.request_id = res->request_id;
+	ar.principal = x.who.name[0] ? x.who.name : NULL;
+	ar.auth_method = x.who.name[0] ? "token" : NULL;
+	ar.remote_addr = call->remote_addr;
+	ar.operation = kms_op_name(call->op);
+	ar.tenant = call->tenant;
+	ar.key = call->key ? call->key : call->name;
+	ar.version = x.version;
+	ar.batch = x.batch;
+	ar.outcome = outcome;
+	ar.status = status;
+	ar.reason = rc == KMS_OK ? d.reason : (rc == KMS_ERR_DENIED && !d.allow && x.who.name[0]) ? d.reason : kms_err_detail(rc);
+
+	/* Fail closed: nothing leaves before its record is durable. */
+	arc = audit_append(c->au, &ar);
+	if (arc != KMS_OK) {
+		json_decref(x.data);
+		json_decref(x.auth);
+		x.data = x.auth = NULL;
+		res->status = 503;
+		res->body = error_body(res->request_id, "audit log unavailable: operation refused");
+		goto out;
+	}
+	res->status = status;
+	if (rc != KMS_OK) {
+		const char *msg = kms_err_detail(rc);
+		if (rc == KMS_ERR_DENIED)
+			msg = "permission denied"; /* same body whether absent or not yours */
+		else if (rc == KMS_ERR_UNAUTHENTICATED)
+			msg = "missing client token";
+		else if (status >= 500 && rc != KMS_ERR_TOKEN && rc != KMS_ERR_AUDIT && rc != KMS_ERR_STORE)
+			msg = kms_strerror(rc);
+		json_decref(x.data);
+		x.data = NULL;
+		res->body = error_body(res->request_id, msg);
+		goto out;
+	}
+	res->body = json_object();
+	json_object_set_new(res->body, "request_id", json_string(res->request_id));
+	if (x.status >= 400) {
+		json_t *errs = json_array();
+		json_array_append_new(errs, json_string(kms_err_detail(KMS_ERR_INVALID)));
+		json_object_set_new(res->body, "errors", errs);
+	}
+	if (x.auth != NULL)
+		json_object_set_new(res->body, "auth", x.auth);
+	x.auth = NULL;
+	json_object_set_new(res->body, "data", x.data ? x.data : json_object());
+	x.data = NULL;
+out:
+	json_decref(x.auth);
+	free(x.scope);
+}

@@ -1,0 +1,53 @@
+/* The request path, in one place: authenticate -> resolve tenant -> policy decides ->
+ * perform through the token and the store -> audit record made durable -> answer.
+ * The HTTP layer hands over a parsed call and sends back what core_call produced; it
+ * never checks permissions and never sees the token layer. */
+#ifndef KMS_CORE_CORE_H
+#define KMS_CORE_CORE_H
+
+#include <jansson.h>
+
+#include "kms/base/err.h"
+#include "kms/base/op.h"
+
+#define KMS_VERSION "0.1.0"
+
+struct core;
+struct store;
+struct p11;
+struct audit;
+
+struct core_call {
+	enum kms_op op;
+	const char *tenant;	 /* path parameter or NULL */
+	const char *key;	 /* path parameter or NULL */
+	const char *name;	 /* principal name path parameter or NULL */
+	const char *variant;	 /* datakey: "plaintext" or "wrapped" */
+	const char *token;	 /* presented API token or NULL (never logged) */
+	const char *remote_addr; /* textual peer address */
+	const char *request_id;	 /* client's X-Request-Id or NULL */
+	json_t *body;		 /* parsed JSON object, or NULL for an empty body */
+};
+
+struct core_result {
+	int status;
+	json_t *body;	      /* whole response body; owned by the caller (json_decref) */
+	char request_id[65];
+};
+
+/* The core borrows store, token and audit; they outlive it. */
+KMS_WUR kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct core **out);
+void core_free(struct core *c); /* accepts NULL; unloads cached KEK session objects */
+
+/* Always fills res (status and body), whatever happens. */
+void core_call(struct core *c, const struct core_call *call, struct core_result *res);
+
+/* Name rules shared with the route layer. */
+int core_valid_tenant_name(const char *s);
+int core_valid_name(const char *s);
+
+/* Creates the first admin principal and its token (kmsd init). The token is written to
+ * token_out (>= 90 bytes), for the caller to show once and wipe. */
+KMS_WUR kms_err core_bootstrap_admin(struct store *st, const char *name, char *token_out, size_t cap);
+
+#endif

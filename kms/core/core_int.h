@@ -1,0 +1,103 @@
+/* Internals shared by the core's files. Not for other modules. */
+#ifndef KMS_CORE_CORE_INT_H
+#define KMS_CORE_CORE_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kms/core/core.h"
+#include "kms/store/store.h"
+#include "pkcs11/p11.h"
+#include "policy/policy.h"
+
+struct kver {
+	uint32_t version;
+	int64_t created;
+	p11_key handle; /* 0 until first use */
+};
+
+struct kent {
+	struct kent *next;
+	char *id; /* "tenant\x1fkey" */
+	struct store_key meta;
+	char tenant[STORE_NAME_MAX + 1];
+	struct kver *vers; /* vers[i].version == i + 1 */
+	size_t nvers;
+};
+
+struct tent {
+	struct tent *next;
+	struct store_tenant t;
+};
+
+#define CORE_BUCKETS 4096
+
+struct core {
+	struct store *st;
+	struct p11 *p11;
+	struct audit *au;
+	pthread_rwlock_t lock; /* guards the caches below */
+	struct kent *keys[CORE_BUCKETS];
+	struct tent *tenants[CORE_BUCKETS];
+	pthread_mutex_t create_mu; /* one key creation or rotation at a time */
+};
+
+/* What an operation sees: the authenticated principal and the resolved tenant. */
+struct op_ctx {
+	const struct core_call *call;
+	struct store_principal who;
+	enum policy_role role;
+	int64_t *scope; /* tenant ids of a service */
+	size_t n_scope;
+	char accessor[STORE_ACCESSOR_MAX + 1];
+	int64_t token_expires;
+	bool have_tenant;
+	struct store_tenant tenant;
+	/* outputs */
+	json_t *data;	   /* "data" of the answer */
+	json_t *auth;	   /* "auth" of the answer (token creation only) */
+	int status;	   /* 0 = from the error, else forced (batch partial failure) */
+	uint32_t version;  /* for the audit record */
+	unsigned batch;
+};
+
+/* A snapshot of a key's serving state, taken under the cache lock. */
+struct keyref {
+	int64_t key_id;
+	uint32_t latest, min_dec, min_enc;
+	const char *tenant, *name; /* point into the call's path */
+};
+
+int64_t core_now(void);
+KMS_WUR kms_err core_tenant_lookup(struct core *c, const char *name, struct store_tenant *out);
+KMS_WUR kms_err core_key_ref(struct core *c, const char *tenant, const char *key, struct keyref *out);
+KMS_WUR kms_err core_kek(struct core *c, const struct keyref *k, uint32_t version, p11_key *out);
+KMS_WUR kms_err core_key_read_json(struct core *c, const char *tenant, const char *key, json_t **out);
+KMS_WUR kms_err core_key_insert(struct core *c, const char *tenant, const struct store_key *meta);
+KMS_WUR kms_err core_key_add_version(struct core *c, const char *tenant, const char *key,
+				     uint32_t version, int64_t created);
+void core_tenant_insert(struct core *c, const struct store_tenant *t);
+KMS_WUR kms_err core_row_mac(struct core *c, const char *tenant, const char *key,
+			     const struct store_version *v, uint8_t mac[STORE_MAC_LEN]);
+
+/* operations */
+KMS_WUR kms_err op_tenant_create(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_tenant_read(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_tenant_list(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_principal_create(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_principal_read(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_principal_list(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_token_create(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_token_revoke(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_token_lookup_self(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_key_create(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_key_read(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_key_list(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_key_rotate(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_datakey(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_encrypt(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_decrypt(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_rewrap(struct core *c, struct op_ctx *x);
+
+#endif

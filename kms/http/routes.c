@@ -1,0 +1,123 @@
+#include "kms/http/routes.h"
+
+#include <stdio.h>
+#include <string.h>
+
+enum { M_GET = 1, M_POST = 2, M_LIST = 4 };
+
+/* Segments: a literal, or ":t" tenant, ":k" key, ":n" principal name, ":v" variant.
+ * Order matters: sys and auth routes come before the tenant routes that would
+ * otherwise swallow them. */
+static const struct route {
+	unsigned method;
+	const char *pattern;
+	enum kms_op op;
+} routes[] = {
+	{M_GET, "/v1/sys/health", KMS_OP_HEALTH},
+	{M_LIST, "/v1/sys/tenants", KMS_OP_TENANT_LIST},
+	{M_POST, "/v1/sys/tenants/:n", KMS_OP_TENANT_CREATE},
+	{M_GET, "/v1/sys/tenants/:n", KMS_OP_TENANT_READ},
+	{M_LIST, "/v1/sys/principals", KMS_OP_PRINCIPAL_LIST},
+	{M_POST, "/v1/sys/principals/:n", KMS_OP_PRINCIPAL_CREATE},
+	{M_GET, "/v1/sys/principals/:n", KMS_OP_PRINCIPAL_READ},
+	{M_POST, "/v1/sys/principals/:n/tokens", KMS_OP_TOKEN_CREATE},
+	{M_POST, "/v1/sys/tokens/revoke", KMS_OP_TOKEN_REVOKE},
+	{M_GET, "/v1/auth/token/lookup-self", KMS_OP_TOKEN_LOOKUP_SELF},
+	{M_LIST, "/v1/:t/keys", KMS_OP_KEY_LIST},
+	{M_POST, "/v1/:t/keys/:k", KMS_OP_KEY_CREATE},
+	{M_GET, "/v1/:t/keys/:k", KMS_OP_KEY_READ},
+	{M_POST, "/v1/:t/keys/:k/rotate", KMS_OP_KEY_ROTATE},
+	{M_POST, "/v1/:t/datakey/:v/:k", KMS_OP_DATAKEY},
+	{M_POST, "/v1/:t/encrypt/:k", KMS_OP_ENCRYPT},
+	{M_POST, "/v1/:t/decrypt/:k", KMS_OP_DECRYPT},
+	{M_POST, "/v1/:t/rewrap/:k", KMS_OP_REWRAP},
+};
+
+#define MAX_SEGS 8
+
+static int split(char *p, char **segs)
+{
+	int n = 0;
+
+	if (*p != '/')
+		return -1;
+	while (*p == '/') {
+		*p++ = '\0';
+		if (*p == '\0')
+			break; /* one trailing slash is tolerated */
+		if (n == MAX_SEGS)
+			return -1;
+		segs[n++] = p;
+		while (*p && *p != '/')
+			p++;
+		if (*p == '/' && p[1] == '/')
+			return -1;
+	}
+	return n;
+}
+
+static int match_one(const struct route *r, char **segs, int n, struct route_match *m)
+{
+	char pat[128], *psegs[MAX_SEGS];
+	int pn;
+
+	snprintf(pat, sizeof(pat), "%s", r->pattern);
+	pn = split(pat, psegs);
+	if (pn != n)
+		return 0;
+	for (int i = 0; i < n; i++) {
+		if (psegs[i][0] != ':') {
+			if (strcmp(psegs[i], segs[i]) != 0)
+				return 0;
+		} else if (segs[i][0] == '\0') {
+			return 0;
+		}
+	}
+	m->tenant = m->key = m->name = m->variant = NULL;
+	for (int i = 0; i < n; i++) {
+		if (psegs[i][0] != ':')
+			continue;
+		switch (psegs[i][1]) {
+		case 't': m->tenant = segs[i]; break;
+		case 'k': m->key = segs[i]; break;
+		case 'n': m->name = segs[i]; break;
+		case 'v': m->variant = segs[i]; break;
+		}
+	}
+	/* A tenant segment never names the reserved mounts. */
+	if (m->tenant != NULL && (strcmp(m->tenant, "sys") == 0 || strcmp(m->tenant, "auth") == 0))
+		return 0;
+	return 1;
+}
+
+enum route_result route_match(const char *method, int is_list, const char *path, struct route_match *m)
+{
+	char *segs[MAX_SEGS];
+	unsigned want;
+	int n, path_known = 0;
+
+	if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0)
+		want = is_list ? M_LIST : M_GET;
+	else if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0)
+		want = M_POST;
+	else if (strcmp(method, "LIST") == 0)
+		want = M_LIST;
+	else
+		want = 0;
+	if (strlen(path) >= sizeof(m->buf))
+		return ROUTE_NOT_FOUND;
+	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+		snprintf(m->buf, sizeof(m->buf), "%s", path);
+		n = split(m->buf, segs);
+		if (n < 0)
+			return ROUTE_NOT_FOUND;
+		if (!match_one(&routes[i], segs, n, m))
+			continue;
+		path_known = 1;
+		if (routes[i].method & want) {
+			m->op = routes[i].op;
+			return ROUTE_OK;
+		}
+	}
+	return path_known ? ROUTE_METHOD : ROUTE_NOT_FOUND;
+}

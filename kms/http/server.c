@@ -1,0 +1,350 @@
+#include "kms/http/server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kms/base/json.h"
+#include "kms/base/log.h"
+#include "kms/base/secret.h"
+#include "kms/config.h"
+#include "kms/core/core.h"
+#include "kms/http/routes.h"
+
+/* TLS 1.2 and 1.3 only, AEAD ciphers with forward secrecy. */
+#define TLS_PRIORITIES                                                                          \
+	"SECURE128:+SECURE192:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:"    \
+	"+AES-128-GCM:+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:"     \
+	"-DHE-RSA:%SERVER_PRECEDENCE"
+
+/* Largest oversize body that is read and discarded before answering 413. */
+#define DRAIN_MAX (8u << 20)
+
+struct http_server {
+	struct MHD_Daemon *d;
+	struct core *core;
+	size_t max_body;
+	char *cert_pem, *key_pem;
+	size_t key_len;
+};
+
+/* Per-request state. The body may hold plaintext: it is never realloc'd, and it is
+ * wiped when the request ends. */
+struct req {
+	char *body;
+	size_t len, cap;
+	int too_large;
+};
+
+static void req_free(struct req *r)
+{
+	if (r == NULL)
+		return;
+	if (r->body != NULL) {
+		kms_wipe(r->body, r->cap);
+		free(r->body);
+	}
+	free(r);
+}
+
+static int body_append(struct req *r, const char *data, size_t n, size_t max)
+{
+	if (r->len + n > max)
+		return -1;
+	if (r->len + n > r->cap) {
+		size_t cap = r->cap ? r->cap : 1024;
+		char *nb;
+		while (cap < r->len + n)
+			cap *= 2;
+		if (cap > max)
+			cap = max;
+		nb = malloc(cap);
+		if (nb == NULL)
+			return -1;
+		if (r->body != NULL) {
+			memcpy(nb, r->body, r->len);
+			kms_wipe(r->body, r->cap);
+			free(r->body);
+		}
+		r->body = nb;
+		r->cap = cap;
+	}
+	memcpy(r->body + r->len, data, n);
+	r->len += n;
+	return 0;
+}
+
+static void free_json_str(void *p)
+{
+	kms_json_free_str(p, 0);
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *conn, int status, json_t *body, const char *request_id)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+	size_t len = 0;
+	char *s = kms_json_dump(body, &len);
+
+	if (s == NULL)
+		return MHD_NO;
+	resp = MHD_create_response_from_buffer_with_free_callback(len, s, free_json_str);
+	if (resp == NULL) {
+		kms_json_free_str(s, len);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, "Content-Type", "application/json");
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+	if (request_id != NULL && *request_id)
+		MHD_add_response_header(resp, "X-Request-Id", request_id);
+	ret = MHD_queue_response(conn, (unsigned)status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *conn, int status, const char *msg)
+{
+	json_t *b = json_pack("{s:[s]}", "errors", msg);
+	enum MHD_Result ret;
+
+	if (b == NULL)
+		return MHD_NO;
+	ret = send_json(conn, status, b, NULL);
+	json_decref(b);
+	return ret;
+}
+
+static void peer_addr(struct MHD_Connection *conn, char *buf, size_t cap)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+
+	snprintf(buf, cap, "unknown");
+	if (ci == NULL || ci->client_addr == NULL)
+		return;
+	if (ci->client_addr->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)ci->client_addr)->sin_addr, buf, (socklen_t)cap);
+	else if (ci->client_addr->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ci->client_addr)->sin6_addr, buf, (socklen_t)cap);
+}
+
+static const char *presented_token(struct MHD_Connection *conn)
+{
+	const char *t = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Vault-Token");
+	const char *a;
+
+	if (t != NULL && *t)
+		return t;
+	a = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+	if (a != NULL && strncasecmp(a, "Bearer ", 7) == 0)
+		return a + 7;
+	return NULL;
+}
+
+static enum MHD_Result dispatch(struct http_server *s, struct MHD_Connection *conn, const char *url,
+				const char *method, struct req *r)
+{
+	struct route_match m;
+	struct core_call call = {0};
+	struct core_result res;
+	const char *list = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "list");
+	char addr[INET6_ADDRSTRLEN + 1];
+	enum MHD_Result ret;
+	kms_err err;
+
+	switch (route_match(method, list != NULL && strcmp(list, "true") == 0, url, &m)) {
+	case ROUTE_NOT_FOUND:
+		return send_error(conn, 404, "unsupported path");
+	case ROUTE_METHOD:
+		return send_error(conn, 405, "method not allowed on this path");
+	case ROUTE_OK:
+		break;
+	}
+	if (r->len > 0) {
+		call.body = kms_json_parse_object(r->body, r->len, &err);
+		if (call.body == NULL)
+			return send_error(conn, kms_err_http_status(err), kms_err_detail(err));
+	}
+	peer_addr(conn, addr, sizeof(addr));
+	call.op = m.op;
+	call.tenant = m.tenant;
+	call.key = m.key;
+	call.name = m.name;
+	call.variant = m.variant;
+	call.token = presented_token(conn);
+	call.remote_addr = addr;
+	call.request_id = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+	core_call(s->core, &call, &res);
+	json_decref(call.body);
+	if (res.body == NULL)
+		return send_error(conn, 500, "internal error");
+	ret = send_json(conn, res.status, res.body, res.request_id);
+	json_decref(res.body);
+	return ret;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+				  const char *method, const char *version, const char *upload_data,
+				  size_t *upload_data_size, void **con_cls)
+{
+	struct http_server *s = cls;
+	struct req *r = *con_cls;
+	(void)version;
+
+	if (r == NULL) {
+		const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+		r = calloc(1, sizeof(*r));
+		if (r == NULL)
+			return MHD_NO;
+		*con_cls = r;
+		if (cl != NULL && strtoull(cl, NULL, 10) > s->max_body) {
+			const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+			r->too_large = 1;
+			/* A client waiting for "100 Continue" has sent no body yet: refuse at once.
+			 * Otherwise read and discard a moderately oversize body (keeping none of
+			 * it) so the client is still reading when the 413 arrives; past
+			 * DRAIN_MAX, answer now and let the connection drop. */
+			if ((expect != NULL && strcasecmp(expect, "100-continue") == 0) ||
+			    strtoull(cl, NULL, 10) > DRAIN_MAX)
+				return send_error(conn, 413, "request body too large");
+		}
+		return MHD_YES;
+	}
+	if (*upload_data_size != 0) {
+		if (!r->too_large && body_append(r, upload_data, *upload_data_size, s->max_body) != 0)
+			r->too_large = 1;
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+	if (r->too_large)
+		return send_error(conn, 413, "request body too large");
+	return dispatch(s, conn, url, method, r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	(void)cls;
+	(void)conn;
+	(void)toe;
+	req_free(*con_cls);
+	*con_cls = NULL;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char line[512];
+
+	(void)cls;
+	vsnprintf(line, sizeof(line), fmt, ap);
+	line[strcspn(line, "\n")] = '\0';
+	kms_debug("http: %s", line);
+}
+
+static char *read_pem(const char *path, size_t *len, int secret)
+{
+	struct stat st;
+	char *buf = NULL;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return NULL;
+	if (fstat(fd, &st) != 0 || st.st_size <= 0 || st.st_size > (1 << 20))
+		goto fail;
+	buf = secret ? kms_secret_alloc((size_t)st.st_size + 1) : calloc(1, (size_t)st.st_size + 1);
+	if (buf == NULL)
+		goto fail;
+	if (read(fd, buf, (size_t)st.st_size) != st.st_size)
+		goto fail;
+	close(fd);
+	*len = (size_t)st.st_size;
+	return buf;
+fail:
+	if (secret)
+		kms_secret_free(buf);
+	else
+		free(buf);
+	close(fd);
+	return NULL;
+}
+
+kms_err http_start(const struct kms_config *cfg, struct core *core, struct http_server **out, int *port_out)
+{
+	struct http_server *s = calloc(1, sizeof(*s));
+	struct sockaddr_storage ss = {0};
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+	unsigned workers = cfg->workers > 0 ? (unsigned)cfg->workers : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+	const union MHD_DaemonInfo *di;
+	size_t cert_len = 0;
+	kms_err rc;
+
+	if (s == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "http");
+	s->core = core;
+	s->max_body = (size_t)cfg->max_body_bytes;
+	if (inet_pton(AF_INET, cfg->listen_address, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+		ss.ss_family = AF_INET;
+		((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)cfg->port);
+	} else if (inet_pton(AF_INET6, cfg->listen_address, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+		ss.ss_family = AF_INET6;
+		((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)cfg->port);
+		flags |= MHD_USE_IPv6;
+	} else {
+		rc = kms_errf(KMS_ERR_CONFIG, "listen_address \"%s\" is not an IP address", cfg->listen_address);
+		goto fail;
+	}
+	if (cfg->tls) {
+		s->cert_pem = read_pem(cfg->tls_cert, &cert_len, 0);
+		s->key_pem = read_pem(cfg->tls_key, &s->key_len, 1);
+		if (s->cert_pem == NULL || s->key_pem == NULL) {
+			rc = kms_errf(KMS_ERR_CONFIG, "cannot read tls_cert %s or tls_key %s", cfg->tls_cert, cfg->tls_key);
+			goto fail;
+		}
+		flags |= MHD_USE_TLS;
+	} else {
+		kms_warn("TLS is OFF: tokens and key material cross the network in the clear. Local debugging only.");
+	}
+	s->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, s,
+				MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+				MHD_OPTION_THREAD_POOL_SIZE, workers,
+				MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+				MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->per_ip_connections,
+				MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout,
+				MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+				MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+				MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+				cfg->tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, s->cert_pem,
+				MHD_OPTION_HTTPS_MEM_KEY, s->key_pem,
+				MHD_OPTION_HTTPS_PRIORITIES, TLS_PRIORITIES,
+				MHD_OPTION_END);
+	if (s->d == NULL) {
+		rc = kms_errf(KMS_ERR_IO, "cannot listen on %s port %d (in use, or TLS material invalid)",
+			      cfg->listen_address, cfg->port);
+		goto fail;
+	}
+	di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+	*port_out = di != NULL ? di->port : cfg->port;
+	*out = s;
+	return KMS_OK;
+fail:
+	http_stop(s);
+	return rc;
+}
+
+void http_stop(struct http_server *s)
+{
+	if (s == NULL)
+		return;
+	if (s->d != NULL)
+		MHD_stop_daemon(s->d);
+	free(s->cert_pem);
+	kms_secret_free(s->key_pem);
+	free(s);
+}

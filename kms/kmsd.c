@@ -1,0 +1,291 @@
+/* kmsd: the key management server. `kmsd -c FILE [serve]` or `kmsd -c FILE init`. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "kms/audit/audit.h"
+#include "kms/base/json.h"
+#include "kms/base/log.h"
+#include "kms/base/secret.h"
+#include "kms/config.h"
+#include "kms/core/core.h"
+#include "kms/http/server.h"
+#include "kms/store/store.h"
+#include "pkcs11/p11.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: kmsd [-c CONFIG] [serve]\n"
+		   "       kmsd [-c CONFIG] init [--admin NAME] [--admin-token-file PATH]\n"
+		   "       kmsd --version\n"
+		   "\n"
+		   "serve  start the HTTPS server (default)\n"
+		   "init   create the master key in the token (needs so_pin_file), the store,\n"
+		   "       and the first admin principal; its token is written to PATH\n"
+		   "       (created 0600) or printed once on stdout\n"
+		   "CONFIG defaults to ./kmsd.conf. Exit status: 0 ok, 1 error, 2 usage.\n");
+}
+
+/* No core dumps: they would hold DEKs, PINs and tokens. */
+static void harden_process(void)
+{
+	struct rlimit rl = {0, 0};
+
+	(void)setrlimit(RLIMIT_CORE, &rl);
+	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
+static int read_pin(const struct kms_config *cfg, char **pin, size_t *len)
+{
+	if (cfg->pin_file[0]) {
+		if (kms_secret_read_file(cfg->pin_file, pin, len) != 0) {
+			kms_error("cannot read pin_file %s: %s (it must be a regular file of mode 0600)",
+				  cfg->pin_file, strerror(errno));
+			return -1;
+		}
+		return 0;
+	}
+	if (kms_secret_from_env(cfg->pin_env, pin, len) != 0) {
+		kms_error("environment variable %s (pin_env) is not set", cfg->pin_env);
+		return -1;
+	}
+	return 0;
+}
+
+static struct p11_config p11cfg(const struct kms_config *cfg, unsigned sessions)
+{
+	struct p11_config pc = {cfg->pkcs11_module, cfg->token_label, sessions};
+	return pc;
+}
+
+static int cmd_init(const struct kms_config *cfg, const char *admin, const char *token_file)
+{
+	struct p11_config pc = p11cfg(cfg, 1);
+	struct store *st = NULL;
+	char *pin = NULL, *so_pin = NULL, token[128] = {0}, flag[8];
+	size_t pin_len = 0, so_len = 0;
+	int rc = 1, fd = -1;
+	kms_err err;
+
+	if (cfg->so_pin_file[0] == '\0') {
+		kms_error("init needs so_pin_file in the configuration (the SO marks the master key trusted)");
+		return 1;
+	}
+	err = store_open(cfg->store_path, &st);
+	if (err != KMS_OK) {
+		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
+		return 1;
+	}
+	err = store_meta_get(st, "initialized", flag, sizeof(flag));
+	if (err == KMS_OK) {
+		fprintf(stderr, "kmsd: store already initialized (%s)\n", cfg->store_path);
+		goto out;
+	}
+	if (err != KMS_ERR_NOT_FOUND) {
+		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
+		goto out;
+	}
+	if (read_pin(cfg, &pin, &pin_len) != 0)
+		goto out;
+	if (kms_secret_read_file(cfg->so_pin_file, &so_pin, &so_len) != 0) {
+		kms_error("cannot read so_pin_file %s: %s", cfg->so_pin_file, strerror(errno));
+		goto out;
+	}
+	err = p11_provision(&pc, so_pin, so_len, pin, pin_len);
+	if (err == KMS_ERR_CONFLICT) {
+		kms_warn("the token already holds a master key; using it");
+	} else if (err != KMS_OK) {
+		kms_error("provisioning the token failed: %s", kms_err_detail(err));
+		goto out;
+	}
+	if (token_file != NULL) {
+		fd = open(token_file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+		if (fd < 0) {
+			kms_error("cannot create %s: %s", token_file, strerror(errno));
+			goto out;
+		}
+	}
+	err = core_bootstrap_admin(st, admin, token, sizeof(token));
+	if (err != KMS_OK) {
+		kms_error("creating admin principal \"%s\" failed: %s", admin, kms_err_detail(err));
+		goto out;
+	}
+	err = store_meta_set(st, "initialized", "1");
+	if (err != KMS_OK) {
+		kms_error("store: %s", kms_err_detail(err));
+		goto out;
+	}
+	if (fd >= 0) {
+		size_t n = strlen(token);
+		if (write(fd, token, n) != (ssize_t)n || write(fd, "\n", 1) != 1 || fsync(fd) != 0) {
+			kms_error("writing %s failed: %s", token_file, strerror(errno));
+			goto out;
+		}
+		printf("kmsd: initialized; admin token for \"%s\" written to %s\n", admin, token_file);
+	} else {
+		printf("%s\n", token);
+		fprintf(stderr, "kmsd: initialized; the admin token above is shown once: store it now\n");
+	}
+	rc = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	kms_wipe(token, sizeof(token));
+	kms_secret_free(pin);
+	kms_secret_free(so_pin);
+	store_close(st);
+	return rc;
+}
+
+static int write_port_file(const char *path, int port)
+{
+	char tmp[KMS_CONFIG_PATH_MAX + 8];
+	FILE *f;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	f = fopen(tmp, "w");
+	if (f == NULL)
+		return -1;
+	fprintf(f, "%d\n", port);
+	if (fclose(f) != 0)
+		return -1;
+	return rename(tmp, path);
+}
+
+static int cmd_serve(const struct kms_config *cfg)
+{
+	unsigned workers = cfg->workers > 0 ? (unsigned)cfg->workers : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+	struct p11_config pc = p11cfg(cfg, workers + 2);
+	struct store *st = NULL;
+	struct audit *au = NULL;
+	struct p11 *p11 = NULL;
+	struct core *core = NULL;
+	struct http_server *http = NULL;
+	char *pin = NULL, flag[8];
+	size_t pin_len = 0;
+	sigset_t set;
+	int port = 0, sig = 0, rc = 1;
+	kms_err err;
+
+	/* Signals are taken by sigwait below; block them before any thread starts. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if ((err = store_open(cfg->store_path, &st)) != KMS_OK) {
+		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
+		goto out;
+	}
+	err = store_meta_get(st, "initialized", flag, sizeof(flag));
+	if (err == KMS_ERR_NOT_FOUND) {
+		kms_error("store %s is not initialized: run `kmsd -c CONFIG init` first", cfg->store_path);
+		goto out;
+	}
+	if (err != KMS_OK) {
+		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
+		goto out;
+	}
+	if ((err = audit_open(cfg->audit_path, cfg->node_id, &au)) != KMS_OK) {
+		kms_error("%s", kms_err_detail(err));
+		goto out;
+	}
+	if (read_pin(cfg, &pin, &pin_len) != 0)
+		goto out;
+	err = p11_open(&pc, pin, pin_len, &p11);
+	kms_secret_free(pin);
+	pin = NULL;
+	if (err != KMS_OK) {
+		kms_error("token: %s", kms_err_detail(err));
+		goto out;
+	}
+	if ((err = core_new(st, p11, au, &core)) != KMS_OK)
+		goto out;
+	if ((err = http_start(cfg, core, &http, &port)) != KMS_OK) {
+		kms_error("%s", kms_err_detail(err));
+		goto out;
+	}
+	if (cfg->port_file[0] && write_port_file(cfg->port_file, port) != 0) {
+		kms_error("cannot write port_file %s: %s", cfg->port_file, strerror(errno));
+		goto out;
+	}
+	kms_info("listening on %s://%s:%d (%u workers, node %s)", cfg->tls ? "https" : "http",
+		 cfg->listen_address, port, workers, cfg->node_id);
+	for (;;) {
+		if (sigwait(&set, &sig) != 0)
+			continue;
+		if (sig == SIGHUP) {
+			kms_info("SIGHUP: nothing to reload yet");
+			continue;
+		}
+		break;
+	}
+	kms_info("signal %d: shutting down", sig);
+	rc = 0;
+out:
+	http_stop(http);
+	core_free(core);
+	p11_close(p11);
+	audit_close(au);
+	store_close(st);
+	kms_secret_free(pin);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"admin", required_argument, NULL, 'a'},
+		{"admin-token-file", required_argument, NULL, 't'},
+		{"version", no_argument, NULL, 'V'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *config = "kmsd.conf", *admin = "admin", *token_file = NULL, *cmd = "serve";
+	struct kms_config cfg;
+	kms_err err;
+	int c;
+
+	harden_process();
+	kms_json_init();
+	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c': config = optarg; break;
+		case 'a': admin = optarg; break;
+		case 't': token_file = optarg; break;
+		case 'V': printf("kmsd %s\n", KMS_VERSION); return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind < argc)
+		cmd = argv[optind++];
+	if (optind < argc || (strcmp(cmd, "serve") != 0 && strcmp(cmd, "init") != 0)) {
+		usage(stderr);
+		return 2;
+	}
+	err = kms_config_load(config, &cfg);
+	if (err == KMS_OK)
+		err = kms_config_validate(&cfg);
+	if (err != KMS_OK) {
+		fprintf(stderr, "kmsd: %s\n", kms_err_detail(err));
+		return 1;
+	}
+	kms_log_set_level(strcmp(cfg.log_level, "debug") == 0   ? KMS_LOG_DEBUG
+			  : strcmp(cfg.log_level, "warn") == 0  ? KMS_LOG_WARN
+			  : strcmp(cfg.log_level, "error") == 0 ? KMS_LOG_ERROR
+								: KMS_LOG_INFO);
+	if (strcmp(cmd, "init") == 0)
+		return cmd_init(&cfg, admin, token_file);
+	return cmd_serve(&cfg);
+}

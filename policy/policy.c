@@ -1,0 +1,93 @@
+#include "policy/policy.h"
+
+#include <string.h>
+
+static bool op_is_crypto(enum kms_op op)
+{
+	return op == KMS_OP_DATAKEY || op == KMS_OP_ENCRYPT || op == KMS_OP_DECRYPT ||
+	       op == KMS_OP_REWRAP;
+}
+
+static bool op_is_tenant_read(enum kms_op op)
+{
+	return op == KMS_OP_KEY_READ || op == KMS_OP_KEY_LIST;
+}
+
+static bool in_scope(const struct policy_subject *who, int64_t tenant_id)
+{
+	if (tenant_id <= 0)
+		return false;
+	for (size_t i = 0; i < who->n_tenants; i++)
+		if (who->tenant_ids[i] == tenant_id)
+			return true;
+	return false;
+}
+
+struct policy_decision policy_decide(const struct policy_subject *who, const struct policy_request *req)
+{
+	struct policy_decision d = {false, "default deny"};
+
+	if (who == NULL || req == NULL || (unsigned)req->op >= KMS_OP__COUNT || req->op == KMS_OP_NONE)
+		return d;
+	if (req->op == KMS_OP_HEALTH) {
+		d.allow = true;
+		d.reason = "health is public";
+		return d;
+	}
+	if (req->op == KMS_OP_TOKEN_LOOKUP_SELF && who->role != POLICY_ROLE_NONE) {
+		d.allow = true;
+		d.reason = "any principal may look up its own token";
+		return d;
+	}
+	switch (who->role) {
+	case POLICY_ROLE_ADMIN:
+		/* Admins manage keys but never receive key material: a stolen admin token
+		 * must not be enough to read PHI. */
+		if (op_is_crypto(req->op)) {
+			d.reason = "role admin: key material is for service principals only";
+			return d;
+		}
+		d.allow = true;
+		d.reason = "role admin: management";
+		return d;
+	case POLICY_ROLE_SERVICE:
+		if (!op_is_crypto(req->op) && !op_is_tenant_read(req->op)) {
+			d.reason = "role service: operation not permitted";
+			return d;
+		}
+		if (!in_scope(who, req->tenant_id)) {
+			d.reason = "role service: tenant not in scope";
+			return d;
+		}
+		d.allow = true;
+		d.reason = op_is_crypto(req->op) ? "role service: data plane on scoped tenant"
+						 : "role service: read on scoped tenant";
+		return d;
+	case POLICY_ROLE_NONE:
+	default:
+		return d;
+	}
+}
+
+enum policy_role policy_role_parse(const char *s)
+{
+	if (s == NULL)
+		return POLICY_ROLE_NONE;
+	if (strcmp(s, "admin") == 0)
+		return POLICY_ROLE_ADMIN;
+	if (strcmp(s, "service") == 0)
+		return POLICY_ROLE_SERVICE;
+	return POLICY_ROLE_NONE;
+}
+
+const char *policy_role_name(enum policy_role r)
+{
+	switch (r) {
+	case POLICY_ROLE_ADMIN:
+		return "admin";
+	case POLICY_ROLE_SERVICE:
+		return "service";
+	default:
+		return "none";
+	}
+}

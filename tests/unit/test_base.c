@@ -1,0 +1,175 @@
+/* kms/base: strict base64 and hex, error catalogue, JSON strictness, secret memory. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kms/base/b64.h"
+#include "kms/base/err.h"
+#include "kms/base/json.h"
+#include "kms/base/secret.h"
+
+static void test_b64_rfc4648_vectors(void **state)
+{
+	static const char *const in[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
+	static const char *const out[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
+	char enc[32];
+	uint8_t dec[32];
+	(void)state;
+
+	for (size_t i = 0; i < 7; i++) {
+		long n = kms_b64_encode((const uint8_t *)in[i], strlen(in[i]), enc, sizeof(enc));
+		assert_int_equal(n, (long)strlen(out[i]));
+		assert_string_equal(enc, out[i]);
+		n = kms_b64_decode(out[i], strlen(out[i]), dec, sizeof(dec));
+		assert_int_equal(n, (long)strlen(in[i]));
+		assert_memory_equal(dec, in[i], strlen(in[i]));
+	}
+}
+
+static void test_b64_rejects(void **state)
+{
+	static const char *const bad[] = {"Zg=",  "Zg",	 "Z===", "Zh==",     /* non-zero trailing bits */
+					  "Zm9=", "Zm 9v", "Zm9v\n", "Zm=v", "=Zm9", "Zm9v-_==", "Zm9%"};
+	uint8_t dec[32];
+	(void)state;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_int_equal(kms_b64_decode(bad[i], strlen(bad[i]), dec, sizeof(dec)), -1);
+	/* output too small */
+	assert_int_equal(kms_b64_decode("Zm9vYmFy", 8, dec, 5), -1);
+	/* encode into too small a buffer */
+	char tiny[4];
+	assert_int_equal(kms_b64_encode((const uint8_t *)"foo", 3, tiny, sizeof(tiny)), -1);
+}
+
+static void test_hex(void **state)
+{
+	uint8_t b[4] = {0x00, 0x9f, 0xa0, 0xff}, d[4];
+	char h[9];
+	size_t n;
+	(void)state;
+
+	kms_hex_encode(b, 4, h);
+	assert_string_equal(h, "009fa0ff");
+	assert_int_equal(kms_hex_decode("009FA0ff", 8, d, sizeof(d), &n), 0);
+	assert_int_equal(n, 4);
+	assert_memory_equal(b, d, 4);
+	assert_int_equal(kms_hex_decode("0g", 2, d, sizeof(d), &n), -1);
+	assert_int_equal(kms_hex_decode("abc", 3, d, sizeof(d), &n), -1);
+	assert_int_equal(kms_hex_decode("0011223344", 10, d, sizeof(d), &n), -1);
+}
+
+static void test_err_table(void **state)
+{
+	(void)state;
+	assert_int_equal(kms_err_http_status(KMS_OK), 200);
+	assert_int_equal(kms_err_http_status(KMS_ERR_INVALID), 400);
+	assert_int_equal(kms_err_http_status(KMS_ERR_DECRYPT), 400);
+	assert_int_equal(kms_err_http_status(KMS_ERR_UNAUTHENTICATED), 401);
+	assert_int_equal(kms_err_http_status(KMS_ERR_DENIED), 403);
+	assert_int_equal(kms_err_http_status(KMS_ERR_NOT_FOUND), 404);
+	assert_int_equal(kms_err_http_status(KMS_ERR_CONFLICT), 409);
+	assert_int_equal(kms_err_http_status(KMS_ERR_TOO_LARGE), 413);
+	assert_int_equal(kms_err_http_status(KMS_ERR_TOKEN), 503);
+	assert_int_equal(kms_err_http_status(KMS_ERR_AUDIT), 503);
+	assert_int_equal(kms_err_http_status((kms_err)999), 500);
+	for (int e = 0; e < KMS_ERR__COUNT; e++)
+		assert_non_null(kms_strerror((kms_err)e));
+	kms_err_clear();
+	assert_string_equal(kms_err_detail(KMS_ERR_DENIED), "permission denied");
+	assert_int_equal(kms_errf(KMS_ERR_INVALID, "bits must be %d", 7), KMS_ERR_INVALID);
+	assert_string_equal(kms_err_detail(KMS_ERR_INVALID), "bits must be 7");
+}
+
+static void test_json_strict(void **state)
+{
+	static const char *const allowed[] = {"a", "b", NULL};
+	kms_err e;
+	json_t *v;
+	const char *s;
+	long long n;
+	int b;
+	(void)state;
+
+	v = kms_json_parse_object("{\"a\":1,\"a\":2}", 13, &e);
+	assert_null(v);
+	assert_int_equal(e, KMS_ERR_INVALID);
+	assert_non_null(strstr(kms_err_detail(e), "duplicate"));
+	assert_null(kms_json_parse_object("[1,2]", 5, &e));
+	assert_int_equal(e, KMS_ERR_INVALID);
+	assert_null(kms_json_parse_object("{\"a\":", 5, &e));
+	assert_null(kms_json_parse_object("{} {}", 5, &e));
+
+	v = kms_json_parse_object("{\"a\":\"x\",\"b\":\"12\",\"c\":true}", 27, &e);
+	assert_non_null(v);
+	assert_int_equal(kms_json_only(v, allowed), KMS_ERR_INVALID);
+	assert_non_null(strstr(kms_err_detail(KMS_ERR_INVALID), "\"c\""));
+	assert_int_equal(kms_json_opt_string(v, "a", &s), KMS_OK);
+	assert_string_equal(s, "x");
+	assert_int_equal(kms_json_opt_string(v, "c", &s), KMS_ERR_INVALID);
+	assert_int_equal(kms_json_opt_uint(v, "b", 0, 100, &n), KMS_OK);
+	assert_int_equal(n, 12);
+	assert_int_equal(kms_json_opt_uint(v, "b", 0, 10, &n), KMS_ERR_INVALID);
+	assert_int_equal(kms_json_opt_uint(v, "a", 0, 10, &n), KMS_ERR_INVALID);
+	assert_int_equal(kms_json_opt_uint(v, "zz", 5, 10, &n), KMS_OK);
+	assert_int_equal(n, 5);
+	assert_int_equal(kms_json_opt_bool(v, "c", 0, &b), KMS_OK);
+	assert_int_equal(b, 1);
+	assert_int_equal(kms_json_opt_bool(v, "a", 0, &b), KMS_ERR_INVALID);
+	json_decref(v);
+}
+
+static void test_secret_memory(void **state)
+{
+	char path[] = "/tmp/kms-secret-XXXXXX";
+	char *s = NULL;
+	size_t len = 0;
+	int fd;
+	(void)state;
+
+	s = kms_secret_alloc(100);
+	assert_non_null(s);
+	for (int i = 0; i < 100; i++)
+		assert_int_equal(s[i], 0);
+	kms_secret_free(s);
+	kms_secret_free(NULL);
+	assert_null(kms_secret_alloc(0));
+
+	fd = mkstemp(path);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "1234\n", 5), 5);
+	close(fd);
+	assert_int_equal(chmod(path, 0600), 0);
+	assert_int_equal(kms_secret_read_file(path, &s, &len), 0);
+	assert_string_equal(s, "1234");
+	assert_int_equal(len, 4);
+	kms_secret_free(s);
+	/* group-readable PIN files are refused */
+	assert_int_equal(chmod(path, 0640), 0);
+	assert_int_equal(kms_secret_read_file(path, &s, &len), -1);
+	unlink(path);
+
+	setenv("KMS_TEST_PIN", "5678", 1);
+	assert_int_equal(kms_secret_from_env("KMS_TEST_PIN", &s, &len), 0);
+	assert_string_equal(s, "5678");
+	assert_null(getenv("KMS_TEST_PIN"));
+	kms_secret_free(s);
+	assert_int_equal(kms_secret_from_env("KMS_TEST_PIN", &s, &len), -1);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_b64_rfc4648_vectors), cmocka_unit_test(test_b64_rejects),
+		cmocka_unit_test(test_hex),		     cmocka_unit_test(test_err_table),
+		cmocka_unit_test(test_json_strict),	     cmocka_unit_test(test_secret_memory),
+	};
+	kms_json_init();
+	return cmocka_run_group_tests_name("base", tests, NULL, NULL);
+}
