@@ -72,7 +72,8 @@ KMS_WUR kms_err p11_kek_generate(struct p11 *p, uint8_t blob[P11_KEK_BLOB_LEN]);
 
 /* Unwraps a KEK blob into a serving session object (sensitive, not extractable,
  * ENCRYPT/DECRYPT). The handle stays valid until p11_kek_unload or p11_close.
- * A blob that does not unwrap under the master key -> KMS_ERR_INVALID. */
+ * A blob that does not unwrap under the master key -> KMS_ERR_INVALID (SoftHSM2 says
+ * CKR_GENERAL_ERROR for it, so a known-answer probe rules out a token fault first). */
 KMS_WUR kms_err p11_kek_load(struct p11 *p, const uint8_t *blob, size_t blob_len, p11_key *out);
 
 /* Destroys a serving copy. Accepts 0. */
@@ -82,7 +83,10 @@ void p11_kek_unload(struct p11 *p, p11_key k);
  * encrypt: out receives ct || tag (out_cap >= pt_len + P11_GCM_TAG_LEN).
  * decrypt: in is ct || tag; out receives pt (*out_len = in_len - tag);
  * a tag mismatch -> KMS_ERR_DECRYPT, told apart from a token fault (KMS_ERR_TOKEN)
- * by a known-answer probe, because SoftHSM2 reports both as CKR_GENERAL_ERROR. */
+ * by a known-answer probe, because SoftHSM2 reports both as CKR_GENERAL_ERROR.
+ * decrypt: out_cap >= in_len lets the token write straight into out (SoftHSM2 wants
+ * room for ct || tag); a pt-sized out goes through a wiped scratch buffer (stack up
+ * to 4 KiB, heap beyond). On failure out is wiped. */
 KMS_WUR kms_err p11_gcm_encrypt(struct p11 *p, p11_key k, const uint8_t iv[P11_GCM_IV_LEN],
 				const uint8_t *aad, size_t aad_len, const uint8_t *pt,
 				size_t pt_len, uint8_t *out, size_t out_cap);

@@ -1,0 +1,1290 @@
+/* The token layer (see p11.h for the contract and DESIGN "Token object templates" for
+ * why every template below looks the way it does).
+ *
+ * Shape of a struct p11:
+ *   - one loaded module, shared by every struct p11 of the process that names the same
+ *     library (a process-wide registry counts users; C_Finalize runs when the last one
+ *     closes, and only if we were the ones who called C_Initialize);
+ *   - a holder session (R/W) on which the user logs in and which stays open until
+ *     p11_close: every session object (KEKs being generated, serving copies) is created
+ *     and destroyed on it, under obj_lock, so that objects live as long as the process
+ *     and creation is serialised (SoftHSM2 2.6.1 races on parallel object creation);
+ *   - a pool of read-only sessions for crypto operations, checked out one per call.
+ * Nothing here ever calls C_Logout while serving: a logout destroys every private
+ * session object of the application, i.e. every loaded KEK. */
+#include "pkcs11/p11.h"
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <p11-kit/pkcs11.h>
+
+#include "kms/base/log.h"
+#include "kms/base/secret.h"
+#include "pkcs11/ckr.h"
+#include "pkcs11/p11_internal.h"
+
+_Static_assert(sizeof(CK_ULONG) >= sizeof(size_t), "CK_ULONG must hold a size_t");
+_Static_assert(sizeof(p11_key) >= sizeof(CK_OBJECT_HANDLE), "p11_key must hold a handle");
+
+#define P11_MAX_SESSIONS 1024
+#define P11_LABEL_MAX 32 /* CK_TOKEN_INFO.label: 32 bytes, space padded */
+/* Decrypt needs an output buffer as large as ct || tag on SoftHSM2 (SymDecrypt checks
+ * *pulDataLen >= ulEncryptedDataLen). When the caller's buffer is only pt-sized we
+ * decrypt into this much stack, and into wiped heap beyond it. */
+#define P11_DECRYPT_SCRATCH 4096
+
+/* ---------------------------------------------------------------- module registry */
+
+struct p11_module {
+	struct p11_module *next;
+	void *dl;
+	CK_FUNCTION_LIST_PTR f;
+	unsigned refs;
+	bool finalize; /* we called C_Initialize, so we call C_Finalize */
+};
+
+static pthread_mutex_t modules_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct p11_module *modules;
+
+/* PKCS#11 3.0's CK_INTERFACE; p11-kit 0.24's header predates 3.0. */
+struct p11_interface {
+	CK_UTF8CHAR *name;
+	void *functions; /* a CK_FUNCTION_LIST_3_0, whose prefix is CK_FUNCTION_LIST */
+	CK_FLAGS flags;
+};
+typedef CK_RV (*p11_get_interface_fn)(CK_UTF8CHAR *name, CK_VERSION *version,
+				      struct p11_interface **iface, CK_FLAGS flags);
+
+static kms_err module_functions(void *dl, const char *path, CK_FUNCTION_LIST_PTR *out)
+{
+	static char iface_name[] = "PKCS 11";
+	p11_get_interface_fn get_interface;
+	CK_C_GetFunctionList get_list;
+	struct p11_interface *iface = NULL;
+	CK_RV rv;
+
+	*out = NULL;
+	/* 3.0 modules: ask for the default "PKCS 11" interface. SoftHSM2 2.6.1 has none. */
+	get_interface = (p11_get_interface_fn)dlsym(dl, "C_GetInterface");
+	if (get_interface != NULL) {
+		rv = get_interface((CK_UTF8CHAR *)iface_name, NULL, &iface, 0);
+		if (rv == CKR_OK && iface != NULL && iface->functions != NULL) {
+			*out = iface->functions;
+			return KMS_OK;
+		}
+		kms_debug("token: C_GetInterface failed (%s), trying C_GetFunctionList",
+			  p11_ckr_name(rv));
+	}
+	get_list = (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList");
+	if (get_list == NULL)
+		return kms_errf(KMS_ERR_CONFIG,
+				"token: %s exports neither C_GetInterface nor C_GetFunctionList",
+				path);
+	rv = get_list(out);
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, "C_GetFunctionList");
+	if (*out == NULL)
+		return kms_errf(KMS_ERR_TOKEN, "token: C_GetFunctionList returned no list");
+	return KMS_OK;
+}
+
+static kms_err module_acquire(const char *path, struct p11_module **out)
+{
+	CK_C_INITIALIZE_ARGS args;
+	struct p11_module *m;
+	kms_err rc;
+	CK_RV rv;
+	void *dl;
+
+	*out = NULL;
+	pthread_mutex_lock(&modules_lock);
+	/* RTLD_NODELETE: a module may keep threads or atexit handlers; unmapping it under
+	 * them is worse than keeping a few pages mapped (and LSan can still name it). */
+	dl = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+	if (dl == NULL) {
+		const char *why = dlerror();
+
+		rc = kms_errf(KMS_ERR_CONFIG, "token: cannot load PKCS#11 module %s: %s", path,
+			      why != NULL ? why : "unknown error");
+		goto out;
+	}
+	for (m = modules; m != NULL; m = m->next) {
+		if (m->dl == dl) {
+			m->refs++;
+			dlclose(dl); /* drop the reference this dlopen added */
+			*out = m;
+			rc = KMS_OK;
+			goto out;
+		}
+	}
+	m = calloc(1, sizeof(*m));
+	if (m == NULL) {
+		dlclose(dl);
+		rc = kms_errf(KMS_ERR_NOMEM, "token: out of memory");
+		goto out;
+	}
+	m->dl = dl;
+	rc = module_functions(dl, path, &m->f);
+	if (rc != KMS_OK)
+		goto fail;
+	memset(&args, 0, sizeof(args));
+	args.flags = CKF_OS_LOCKING_OK;
+	rv = m->f->C_Initialize(&args);
+	if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		/* Someone else in this process (a library we link) initialised it; it is theirs
+		 * to finalise. */
+		kms_warn("token: %s was already initialised in this process; kmsd will not "
+			 "finalise it",
+			 path);
+		m->finalize = false;
+	} else if (rv != CKR_OK) {
+		rc = p11_ckr_err(rv, "C_Initialize");
+		goto fail;
+	} else {
+		m->finalize = true;
+	}
+	m->refs = 1;
+	m->next = modules;
+	modules = m;
+	*out = m;
+	rc = KMS_OK;
+	goto out;
+fail:
+	dlclose(dl);
+	free(m);
+out:
+	pthread_mutex_unlock(&modules_lock);
+	return rc;
+}
+
+static void module_release(struct p11_module *m)
+{
+	struct p11_module **pp;
+	CK_RV rv;
+
+	if (m == NULL)
+		return;
+	pthread_mutex_lock(&modules_lock);
+	if (--m->refs == 0) {
+		for (pp = &modules; *pp != NULL; pp = &(*pp)->next) {
+			if (*pp == m) {
+				*pp = m->next;
+				break;
+			}
+		}
+		if (m->finalize) {
+			rv = m->f->C_Finalize(NULL);
+			if (rv != CKR_OK)
+				kms_warn("token: C_Finalize failed: %s", p11_ckr_name(rv));
+		}
+		dlclose(m->dl);
+		free(m);
+	}
+	pthread_mutex_unlock(&modules_lock);
+}
+
+/* ---------------------------------------------------------------- slots, login, objects */
+
+static const char *module_path(const struct p11_config *cfg)
+{
+	return cfg->module != NULL && cfg->module[0] != '\0' ? cfg->module : P11_DEFAULT_MODULE;
+}
+
+static kms_err find_slot(CK_FUNCTION_LIST_PTR f, const char *label, CK_SLOT_ID *out)
+{
+	CK_UTF8CHAR want[P11_LABEL_MAX];
+	CK_SLOT_ID *slots = NULL;
+	CK_TOKEN_INFO ti;
+	CK_ULONG n = 0, i, found = 0;
+	size_t len = strlen(label);
+	kms_err rc;
+	CK_RV rv;
+	int attempt;
+
+	if (len == 0 || len > P11_LABEL_MAX)
+		return kms_errf(KMS_ERR_CONFIG, "token: label must be 1..32 bytes");
+	memset(want, ' ', sizeof(want));
+	memcpy(want, label, len);
+
+	/* The slot list can grow between the two calls (hot-plug): retry a few times. */
+	for (attempt = 0;; attempt++) {
+		rv = f->C_GetSlotList(CK_TRUE, NULL, &n);
+		if (rv != CKR_OK)
+			return p11_ckr_err(rv, "C_GetSlotList");
+		if (n == 0)
+			break;
+		slots = calloc(n, sizeof(*slots));
+		if (slots == NULL)
+			return kms_errf(KMS_ERR_NOMEM, "token: out of memory");
+		rv = f->C_GetSlotList(CK_TRUE, slots, &n);
+		if (rv == CKR_OK)
+			break;
+		free(slots);
+		slots = NULL;
+		if (rv != CKR_BUFFER_TOO_SMALL || attempt == 3)
+			return p11_ckr_err(rv, "C_GetSlotList");
+	}
+	for (i = 0; i < n; i++) {
+		rv = f->C_GetTokenInfo(slots[i], &ti);
+		if (rv == CKR_TOKEN_NOT_PRESENT || rv == CKR_TOKEN_NOT_RECOGNIZED)
+			continue;
+		if (rv != CKR_OK) {
+			rc = p11_ckr_err(rv, "C_GetTokenInfo");
+			goto out;
+		}
+		if ((ti.flags & CKF_TOKEN_INITIALIZED) == 0)
+			continue;
+		if (memcmp(ti.label, want, sizeof(want)) == 0) {
+			if (found++ == 0)
+				*out = slots[i];
+		}
+	}
+	if (found == 0)
+		rc = kms_errf(KMS_ERR_TOKEN, "token: no initialised token labelled \"%s\"", label);
+	else if (found > 1)
+		rc = kms_errf(KMS_ERR_CONFIG, "token: %lu tokens are labelled \"%s\"",
+			      (unsigned long)found, label);
+	else
+		rc = KMS_OK;
+out:
+	free(slots);
+	return rc;
+}
+
+static kms_err login(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_USER_TYPE who,
+		     const char *pin, size_t pin_len)
+{
+	CK_RV rv;
+
+	/* The module keeps no pointer to the PIN; C_Login's prototype is just not const. */
+	rv = f->C_Login(s, who, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)pin_len);
+	if (rv == CKR_USER_ALREADY_LOGGED_IN && who == CKU_USER) {
+		/* Login state is per application: another struct p11 of this process on the
+		 * same token logged in already. */
+		return KMS_OK;
+	}
+	if (rv != CKR_OK) {
+		kms_err e = p11_ckr_err(rv, who == CKU_SO ? "C_Login(SO)" : "C_Login(user)");
+
+		if (rv == CKR_PIN_INCORRECT)
+			kms_errf(e, "token: %s PIN incorrect (CKR_PIN_INCORRECT)",
+				 who == CKU_SO ? "SO" : "user");
+		return e;
+	}
+	return KMS_OK;
+}
+
+/* Counts (0, 1 or 2 meaning "more than one") secret-key token objects labelled label;
+ * *h receives the first. */
+static kms_err find_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *label,
+			CK_OBJECT_HANDLE *h, unsigned *count)
+{
+	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+	CK_BBOOL yes = CK_TRUE;
+	CK_ATTRIBUTE tmpl[] = {
+		{CKA_CLASS, &cls, sizeof(cls)},
+		{CKA_TOKEN, &yes, sizeof(yes)},
+		{CKA_LABEL, (void *)label, strlen(label)},
+	};
+	CK_OBJECT_HANDLE found[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
+	CK_ULONG n = 0;
+	CK_RV rv, rv2;
+
+	*h = CK_INVALID_HANDLE;
+	*count = 0;
+	rv = f->C_FindObjectsInit(s, tmpl, sizeof(tmpl) / sizeof(tmpl[0]));
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, "C_FindObjectsInit");
+	rv = f->C_FindObjects(s, found, 2, &n);
+	rv2 = f->C_FindObjectsFinal(s);
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, "C_FindObjects");
+	if (rv2 != CKR_OK)
+		return p11_ckr_err(rv2, "C_FindObjectsFinal");
+	*h = found[0];
+	*count = (unsigned)n;
+	return KMS_OK;
+}
+
+/* ---------------------------------------------------------------- templates */
+
+static CK_BBOOL ck_true = CK_TRUE;
+static CK_BBOOL ck_false = CK_FALSE;
+static CK_OBJECT_CLASS cls_secret = CKO_SECRET_KEY;
+static CK_KEY_TYPE kt_aes = CKK_AES;
+static CK_KEY_TYPE kt_generic = CKK_GENERIC_SECRET;
+static CK_ULONG len_32 = 32;
+static CK_MECHANISM_TYPE mk_mechs[] = {CKM_AES_KEY_WRAP_PAD};
+static CK_MECHANISM_TYPE mac_mechs[] = {CKM_SHA256_HMAC};
+/* Every key unwrapped under the MK must be sensitive and wrappable only by a trusted
+ * key. A template naming these two attributes with other values is refused by the
+ * token (CKR_TEMPLATE_INCONSISTENT), so every unwrap names both explicitly. */
+static CK_ATTRIBUTE mk_unwrap_template[] = {
+	{CKA_SENSITIVE, &ck_true, sizeof(CK_BBOOL)},
+	{CKA_WRAP_WITH_TRUSTED, &ck_true, sizeof(CK_BBOOL)},
+};
+
+#define A(type, var) {type, &(var), sizeof(var)}
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---------------------------------------------------------------- master key checks */
+
+static kms_err mk_bad(const char *what)
+{
+	kms_error("token: master key %s %s; refusing to use it", P11_LABEL_MK, what);
+	return kms_errf(KMS_ERR_TOKEN, "token: master key %s %s", P11_LABEL_MK, what);
+}
+
+/* Checks the properties DESIGN relies on: a copy that lost any of them would reopen an
+ * extraction path, so it is refused loudly rather than used. */
+static kms_err mk_verify(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE mk)
+{
+	CK_BBOOL trusted = CK_FALSE, token = CK_FALSE, priv = CK_FALSE, sensitive = CK_FALSE;
+	CK_BBOOL extractable = CK_TRUE;
+	CK_ATTRIBUTE flags[] = {
+		A(CKA_TRUSTED, trusted),     A(CKA_TOKEN, token),
+		A(CKA_PRIVATE, priv),	     A(CKA_SENSITIVE, sensitive),
+		A(CKA_EXTRACTABLE, extractable),
+	};
+	CK_MECHANISM_TYPE mechs[4];
+	CK_ATTRIBUTE mech_attr = {CKA_ALLOWED_MECHANISMS, mechs, sizeof(mechs)};
+	CK_BBOOL ut_sensitive = CK_FALSE, ut_wwt = CK_FALSE;
+	CK_ATTRIBUTE ut_inner[] = {
+		A(CKA_SENSITIVE, ut_sensitive),
+		A(CKA_WRAP_WITH_TRUSTED, ut_wwt),
+	};
+	CK_ATTRIBUTE ut = {CKA_UNWRAP_TEMPLATE, NULL, 0};
+	CK_RV rv;
+
+	rv = f->C_GetAttributeValue(s, mk, flags, NELEM(flags));
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, "C_GetAttributeValue(master key)");
+	if (trusted != CK_TRUE)
+		return mk_bad("is not CKA_TRUSTED");
+	if (token != CK_TRUE || priv != CK_TRUE)
+		return mk_bad("is not a private token object");
+	if (sensitive != CK_TRUE || extractable != CK_FALSE)
+		return mk_bad("is not sensitive and unextractable");
+
+	rv = f->C_GetAttributeValue(s, mk, &mech_attr, 1);
+	if (rv == CKR_BUFFER_TOO_SMALL || rv == CKR_ATTRIBUTE_TYPE_INVALID)
+		return mk_bad("does not restrict CKA_ALLOWED_MECHANISMS to CKM_AES_KEY_WRAP_PAD");
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, "C_GetAttributeValue(CKA_ALLOWED_MECHANISMS)");
+	if (mech_attr.ulValueLen != sizeof(CK_MECHANISM_TYPE) || mechs[0] != CKM_AES_KEY_WRAP_PAD)
+		return mk_bad("does not restrict CKA_ALLOWED_MECHANISMS to CKM_AES_KEY_WRAP_PAD");
+
+	/* An attribute array is read in two steps: its size, then values by type. The
+	 * module fills as many entries as the array has, so the size must match ours
+	 * exactly before a buffer is handed over. */
+	rv = f->C_GetAttributeValue(s, mk, &ut, 1);
+	if (rv == CKR_ATTRIBUTE_TYPE_INVALID)
+		return mk_bad("has no CKA_UNWRAP_TEMPLATE");
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, "C_GetAttributeValue(CKA_UNWRAP_TEMPLATE)");
+	if (ut.ulValueLen != sizeof(ut_inner))
+		return mk_bad("has an unexpected CKA_UNWRAP_TEMPLATE");
+	ut.pValue = ut_inner;
+	ut.ulValueLen = sizeof(ut_inner);
+	rv = f->C_GetAttributeValue(s, mk, &ut, 1);
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, "C_GetAttributeValue(CKA_UNWRAP_TEMPLATE)");
+	if (ut_inner[0].type != CKA_SENSITIVE || ut_inner[1].type != CKA_WRAP_WITH_TRUSTED ||
+	    ut_sensitive != CK_TRUE || ut_wwt != CK_TRUE)
+		return mk_bad("has an unexpected CKA_UNWRAP_TEMPLATE");
+	return KMS_OK;
+}
+
+/* ---------------------------------------------------------------- provisioning */
+
+enum login_state { LOGGED_OUT, LOGGED_USER, LOGGED_SO };
+
+static kms_err logout(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, enum login_state *st)
+{
+	CK_RV rv = f->C_Logout(s);
+
+	if (rv != CKR_OK && rv != CKR_USER_NOT_LOGGED_IN)
+		return p11_ckr_err(rv, "C_Logout");
+	*st = LOGGED_OUT;
+	return KMS_OK;
+}
+
+/* The master-key ceremony (DESIGN): CKA_TRUSTED can be set only by the SO and only at
+ * creation, and the SO cannot create private objects. So the SO generates a *session*,
+ * public, trusted staging key (a public token object would be written to disk in the
+ * clear), logs out (a logout destroys only private session objects, so the staging key
+ * survives), the user logs in and copies it into a private token object, which keeps
+ * CKA_TRUSTED, the unwrap template and the mechanism list, and the staging key is
+ * destroyed. Enters and leaves with the user logged in on s. */
+static kms_err mk_ceremony(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *so_pin,
+			   size_t so_pin_len, const char *user_pin, size_t user_pin_len,
+			   enum login_state *st)
+{
+	static char staging_label[] = P11_LABEL_MK_STAGING;
+	static char mk_label[] = P11_LABEL_MK;
+	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+	CK_ATTRIBUTE staging_tmpl[] = {
+		A(CKA_CLASS, cls_secret),
+		A(CKA_KEY_TYPE, kt_aes),
+		A(CKA_VALUE_LEN, len_32),
+		A(CKA_TOKEN, ck_false),
+		A(CKA_PRIVATE, ck_false),
+		A(CKA_TRUSTED, ck_true),
+		A(CKA_SENSITIVE, ck_true),
+		A(CKA_EXTRACTABLE, ck_false),
+		A(CKA_WRAP, ck_true),
+		A(CKA_UNWRAP, ck_true),
+		A(CKA_ENCRYPT, ck_false),
+		A(CKA_DECRYPT, ck_false),
+		A(CKA_SIGN, ck_false),
+		A(CKA_VERIFY, ck_false),
+		A(CKA_DERIVE, ck_false),
+		{CKA_ALLOWED_MECHANISMS, mk_mechs, sizeof(mk_mechs)},
+		{CKA_UNWRAP_TEMPLATE, mk_unwrap_template, sizeof(mk_unwrap_template)},
+		{CKA_LABEL, staging_label, sizeof(staging_label) - 1},
+	};
+	CK_ATTRIBUTE copy_tmpl[] = {
+		A(CKA_TOKEN, ck_true),
+		A(CKA_PRIVATE, ck_true),
+		{CKA_LABEL, mk_label, sizeof(mk_label) - 1},
+	};
+	CK_OBJECT_HANDLE staging = CK_INVALID_HANDLE, mk = CK_INVALID_HANDLE;
+	kms_err rc;
+	CK_RV rv;
+
+	if (so_pin == NULL || so_pin_len == 0)
+		return kms_errf(KMS_ERR_INVALID, "token: creating the master key needs the SO PIN");
+
+	rc = logout(f, s, st);
+	if (rc != KMS_OK)
+		return rc;
+	rc = login(f, s, CKU_SO, so_pin, so_pin_len);
+	if (rc != KMS_OK)
+		goto out;
+	*st = LOGGED_SO;
+	rv = f->C_GenerateKey(s, &gen, staging_tmpl, NELEM(staging_tmpl), &staging);
+	if (rv != CKR_OK) {
+		rc = p11_ckr_err(rv, "C_GenerateKey(master key staging, as SO)");
+		goto out;
+	}
+	rc = logout(f, s, st);
+	if (rc != KMS_OK)
+		goto out;
+	rc = login(f, s, CKU_USER, user_pin, user_pin_len);
+	if (rc != KMS_OK)
+		goto out;
+	*st = LOGGED_USER;
+	rv = f->C_CopyObject(s, staging, copy_tmpl, NELEM(copy_tmpl), &mk);
+	if (rv != CKR_OK) {
+		rc = p11_ckr_err(rv, "C_CopyObject(master key)");
+		goto out;
+	}
+	rc = mk_verify(f, s, mk);
+	if (rc != KMS_OK) {
+		rv = f->C_DestroyObject(s, mk);
+		if (rv != CKR_OK)
+			kms_error("token: could not destroy the faulty master key copy: %s",
+				  p11_ckr_name(rv));
+		goto out;
+	}
+	kms_info("token: master key %s created (trusted, wrap/unwrap with KWP only)",
+		 P11_LABEL_MK);
+out:
+	if (staging != CK_INVALID_HANDLE) {
+		rv = f->C_DestroyObject(s, staging);
+		if (rv != CKR_OK) {
+			/* It dies with the session anyway; say so, but do not fail a good MK. */
+			kms_warn("token: C_DestroyObject(staging key) failed: %s", p11_ckr_name(rv));
+		}
+	}
+	if (*st == LOGGED_SO) {
+		/* Never leave the SO logged in, whatever failed. */
+		if (logout(f, s, st) != KMS_OK)
+			kms_warn("token: SO logout failed");
+	}
+	return rc;
+}
+
+static kms_err mac_key_create(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *label)
+{
+	CK_MECHANISM gen = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
+	CK_ATTRIBUTE tmpl[] = {
+		A(CKA_CLASS, cls_secret),
+		A(CKA_KEY_TYPE, kt_generic),
+		A(CKA_VALUE_LEN, len_32),
+		A(CKA_TOKEN, ck_true),
+		A(CKA_PRIVATE, ck_true),
+		A(CKA_SENSITIVE, ck_true),
+		A(CKA_EXTRACTABLE, ck_false),
+		A(CKA_SIGN, ck_true),
+		A(CKA_VERIFY, ck_true),
+		A(CKA_ENCRYPT, ck_false),
+		A(CKA_DECRYPT, ck_false),
+		A(CKA_WRAP, ck_false),
+		A(CKA_UNWRAP, ck_false),
+		A(CKA_DERIVE, ck_false),
+		{CKA_ALLOWED_MECHANISMS, mac_mechs, sizeof(mac_mechs)},
+		{CKA_LABEL, (void *)label, strlen(label)},
+	};
+	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+	CK_RV rv;
+
+	rv = f->C_GenerateKey(s, &gen, tmpl, NELEM(tmpl), &h);
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, "C_GenerateKey(MAC key)");
+	kms_info("token: %s created", label);
+	return KMS_OK;
+}
+
+static kms_err check_config(const struct p11_config *cfg)
+{
+	if (cfg == NULL || cfg->token_label == NULL)
+		return kms_errf(KMS_ERR_CONFIG, "token: no token label configured");
+	if (cfg->sessions < 1 || cfg->sessions > P11_MAX_SESSIONS)
+		return kms_errf(KMS_ERR_CONFIG, "token: session pool size must be 1..%d",
+				P11_MAX_SESSIONS);
+	return KMS_OK;
+}
+
+kms_err p11_provision(const struct p11_config *cfg, const char *so_pin, size_t so_pin_len,
+		      const char *user_pin, size_t user_pin_len)
+{
+	static const char *const mac_labels[] = {P11_LABEL_STORE_MAC, P11_LABEL_AUDIT_HMAC};
+	struct p11_module *mod = NULL;
+	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+	enum login_state st = LOGGED_OUT;
+	CK_OBJECT_HANDLE h;
+	CK_FUNCTION_LIST_PTR f;
+	CK_SLOT_ID slot = 0;
+	bool mk_existed = false;
+	unsigned n;
+	size_t i;
+	kms_err rc;
+	CK_RV rv;
+
+	rc = check_config(cfg);
+	if (rc != KMS_OK)
+		return rc;
+	if (user_pin == NULL || user_pin_len == 0)
+		return kms_errf(KMS_ERR_INVALID, "token: user PIN required");
+	rc = module_acquire(module_path(cfg), &mod);
+	if (rc != KMS_OK)
+		return rc;
+	f = mod->f;
+	rc = find_slot(f, cfg->token_label, &slot);
+	if (rc != KMS_OK)
+		goto out;
+	rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
+	if (rv != CKR_OK) {
+		s = CK_INVALID_HANDLE;
+		rc = p11_ckr_err(rv, "C_OpenSession");
+		goto out;
+	}
+	/* Log in as user first: the MK is private, so only the user can see whether it
+	 * exists. */
+	rc = login(f, s, CKU_USER, user_pin, user_pin_len);
+	if (rc != KMS_OK)
+		goto out;
+	st = LOGGED_USER;
+
+	rc = find_key(f, s, P11_LABEL_MK, &h, &n);
+	if (rc != KMS_OK)
+		goto out;
+	if (n > 1) {
+		rc = kms_errf(KMS_ERR_TOKEN, "token: several objects are labelled %s",
+			      P11_LABEL_MK);
+		goto out;
+	}
+	if (n == 1) {
+		mk_existed = true;
+	} else {
+		rc = mk_ceremony(f, s, so_pin, so_pin_len, user_pin, user_pin_len, &st);
+		if (rc != KMS_OK)
+			goto out;
+	}
+
+	for (i = 0; i < NELEM(mac_labels); i++) {
+		rc = find_key(f, s, mac_labels[i], &h, &n);
+		if (rc != KMS_OK)
+			goto out;
+		if (n > 1) {
+			rc = kms_errf(KMS_ERR_TOKEN, "token: several objects are labelled %s",
+				      mac_labels[i]);
+			goto out;
+		}
+		if (n == 0) {
+			rc = mac_key_create(f, s, mac_labels[i]);
+			if (rc != KMS_OK)
+				goto out;
+		}
+	}
+	rc = mk_existed ? kms_errf(KMS_ERR_CONFLICT, "token: master key %s already exists",
+				   P11_LABEL_MK)
+			: KMS_OK;
+out:
+	if (s != CK_INVALID_HANDLE) {
+		/* No explicit C_Logout for the user: closing our only session logs out, and
+		 * a logout would also destroy the session objects of anyone else in this
+		 * process. mk_ceremony never returns with the SO logged in. */
+		rv = f->C_CloseSession(s);
+		if (rv != CKR_OK)
+			kms_warn("token: C_CloseSession failed: %s", p11_ckr_name(rv));
+	}
+	module_release(mod);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- the open token */
+
+struct p11 {
+	struct p11_module *mod;
+	CK_FUNCTION_LIST_PTR f;
+	CK_SLOT_ID slot;
+
+	pthread_mutex_t obj_lock; /* object creation/destruction, and the holder session */
+	CK_SESSION_HANDLE holder;
+	CK_OBJECT_HANDLE mk, store_mac, audit_hmac;
+
+	pthread_mutex_t pool_lock;
+	pthread_cond_t pool_cond;
+	CK_SESSION_HANDLE *pool; /* free sessions: pool[0..n_free) */
+	unsigned n_free, n_sessions;
+	bool locks_ready;
+};
+
+static kms_err find_required(struct p11 *p, const char *label, CK_OBJECT_HANDLE *h)
+{
+	unsigned n;
+	kms_err rc = find_key(p->f, p->holder, label, h, &n);
+
+	if (rc != KMS_OK)
+		return rc;
+	if (n == 0)
+		return kms_errf(KMS_ERR_TOKEN,
+				"token not provisioned: no key labelled %s (run kmsd init)", label);
+	if (n > 1)
+		return kms_errf(KMS_ERR_TOKEN, "token: several objects are labelled %s", label);
+	return KMS_OK;
+}
+
+kms_err p11_open(const struct p11_config *cfg, const char *pin, size_t pin_len, struct p11 **out)
+{
+	struct p11 *p;
+	kms_err rc;
+	CK_RV rv;
+	unsigned i;
+
+	if (out == NULL)
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_open without out");
+	*out = NULL;
+	rc = check_config(cfg);
+	if (rc != KMS_OK)
+		return rc;
+	if (pin == NULL || pin_len == 0)
+		return kms_errf(KMS_ERR_CONFIG, "token: user PIN required");
+	p = calloc(1, sizeof(*p));
+	if (p == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "token: out of memory");
+	p->holder = CK_INVALID_HANDLE;
+	p->pool = calloc(cfg->sessions, sizeof(*p->pool));
+	if (p->pool == NULL) {
+		free(p);
+		return kms_errf(KMS_ERR_NOMEM, "token: out of memory");
+	}
+	if (pthread_mutex_init(&p->obj_lock, NULL) != 0)
+		goto nolocks;
+	if (pthread_mutex_init(&p->pool_lock, NULL) != 0) {
+		pthread_mutex_destroy(&p->obj_lock);
+		goto nolocks;
+	}
+	if (pthread_cond_init(&p->pool_cond, NULL) != 0) {
+		pthread_mutex_destroy(&p->pool_lock);
+		pthread_mutex_destroy(&p->obj_lock);
+		goto nolocks;
+	}
+	p->locks_ready = true;
+
+	rc = module_acquire(module_path(cfg), &p->mod);
+	if (rc != KMS_OK)
+		goto fail;
+	p->f = p->mod->f;
+	rc = find_slot(p->f, cfg->token_label, &p->slot);
+	if (rc != KMS_OK)
+		goto fail;
+	rv = p->f->C_OpenSession(p->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+				 &p->holder);
+	if (rv != CKR_OK) {
+		p->holder = CK_INVALID_HANDLE;
+		rc = p11_ckr_err(rv, "C_OpenSession(holder)");
+		goto fail;
+	}
+	rc = login(p->f, p->holder, CKU_USER, pin, pin_len);
+	if (rc != KMS_OK)
+		goto fail;
+	for (i = 0; i < cfg->sessions; i++) {
+		/* Read-only is enough: crypto operations only use objects. */
+		rv = p->f->C_OpenSession(p->slot, CKF_SERIAL_SESSION, NULL, NULL,
+					 &p->pool[p->n_free]);
+		if (rv != CKR_OK) {
+			rc = p11_ckr_err(rv, "C_OpenSession(pool)");
+			goto fail;
+		}
+		p->n_free++;
+		p->n_sessions++;
+	}
+	rc = find_required(p, P11_LABEL_MK, &p->mk);
+	if (rc == KMS_OK)
+		rc = find_required(p, P11_LABEL_STORE_MAC, &p->store_mac);
+	if (rc == KMS_OK)
+		rc = find_required(p, P11_LABEL_AUDIT_HMAC, &p->audit_hmac);
+	if (rc == KMS_OK)
+		rc = mk_verify(p->f, p->holder, p->mk);
+	if (rc != KMS_OK)
+		goto fail;
+	*out = p;
+	return KMS_OK;
+
+nolocks:
+	free(p->pool);
+	free(p);
+	return kms_errf(KMS_ERR_INTERNAL, "token: cannot create locks");
+fail:
+	p11_close(p);
+	return rc;
+}
+
+void p11_close(struct p11 *p)
+{
+	unsigned i;
+	CK_RV rv;
+
+	if (p == NULL)
+		return;
+	if (p->f != NULL) {
+		if (p->n_free != p->n_sessions)
+			kms_error("token: p11_close with %u sessions still in use",
+				  p->n_sessions - p->n_free);
+		for (i = 0; i < p->n_free; i++) {
+			rv = p->f->C_CloseSession(p->pool[i]);
+			if (rv != CKR_OK)
+				kms_warn("token: C_CloseSession(pool) failed: %s",
+					 p11_ckr_name(rv));
+		}
+		/* Closing the holder destroys every serving copy it owns; as the last session
+		 * it also logs the user out. */
+		if (p->holder != CK_INVALID_HANDLE) {
+			rv = p->f->C_CloseSession(p->holder);
+			if (rv != CKR_OK)
+				kms_warn("token: C_CloseSession(holder) failed: %s",
+					 p11_ckr_name(rv));
+		}
+	}
+	module_release(p->mod);
+	if (p->locks_ready) {
+		pthread_cond_destroy(&p->pool_cond);
+		pthread_mutex_destroy(&p->pool_lock);
+		pthread_mutex_destroy(&p->obj_lock);
+	}
+	free(p->pool);
+	free(p);
+}
+
+/* ---------------------------------------------------------------- session pool */
+
+static CK_SESSION_HANDLE pool_get(struct p11 *p)
+{
+	CK_SESSION_HANDLE s;
+
+	pthread_mutex_lock(&p->pool_lock);
+	while (p->n_free == 0)
+		pthread_cond_wait(&p->pool_cond, &p->pool_lock);
+	s = p->pool[--p->n_free];
+	pthread_mutex_unlock(&p->pool_lock);
+	return s;
+}
+
+/* Returns s to the pool. After a result that may leave the session unusable (closed,
+ * or with an operation still active: modules keep the operation after
+ * CKR_BUFFER_TOO_SMALL, and SoftHSM2 also after CKR_ARGUMENTS_BAD), the session is
+ * replaced by a fresh one so that the next caller does not inherit the problem. */
+static void pool_put(struct p11 *p, CK_SESSION_HANDLE s, CK_RV last)
+{
+	CK_SESSION_HANDLE fresh;
+	CK_RV rv;
+
+	if (last == CKR_SESSION_HANDLE_INVALID || last == CKR_SESSION_CLOSED ||
+	    last == CKR_BUFFER_TOO_SMALL || last == CKR_ARGUMENTS_BAD ||
+	    last == CKR_OPERATION_ACTIVE) {
+		rv = p->f->C_OpenSession(p->slot, CKF_SERIAL_SESSION, NULL, NULL, &fresh);
+		if (rv == CKR_OK) {
+			(void)p->f->C_CloseSession(s);
+			s = fresh;
+		} else {
+			kms_warn("token: could not replace a pool session: %s", p11_ckr_name(rv));
+		}
+	}
+	pthread_mutex_lock(&p->pool_lock);
+	p->pool[p->n_free++] = s;
+	pthread_cond_signal(&p->pool_cond);
+	pthread_mutex_unlock(&p->pool_lock);
+}
+
+/* ---------------------------------------------------------------- operations */
+
+/* SoftHSM2 refuses NULL data pointers even for zero lengths (CKR_ARGUMENTS_BAD). */
+static CK_BYTE empty_input[1];
+
+static CK_BYTE_PTR in_ptr(const uint8_t *b)
+{
+	return b != NULL ? (CK_BYTE_PTR)b : empty_input;
+}
+
+kms_err p11_random(struct p11 *p, uint8_t *out, size_t n)
+{
+	CK_SESSION_HANDLE s;
+	CK_RV rv;
+
+	if (p == NULL || (out == NULL && n > 0))
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_random: bad arguments");
+	if (n == 0)
+		return KMS_OK;
+	s = pool_get(p);
+	rv = p->f->C_GenerateRandom(s, out, (CK_ULONG)n);
+	pool_put(p, s, rv);
+	if (rv != CKR_OK) {
+		kms_wipe(out, n);
+		return p11_ckr_err(rv, "C_GenerateRandom");
+	}
+	return KMS_OK;
+}
+
+kms_err p11_kek_generate(struct p11 *p, uint8_t blob[P11_KEK_BLOB_LEN])
+{
+	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	/* Extractable only so that the MK can wrap it; WRAP_WITH_TRUSTED keeps any other
+	 * wrapping key out (CKR_KEY_NOT_WRAPPABLE). Never a token object. */
+	CK_ATTRIBUTE tmpl[] = {
+		A(CKA_CLASS, cls_secret),
+		A(CKA_KEY_TYPE, kt_aes),
+		A(CKA_VALUE_LEN, len_32),
+		A(CKA_TOKEN, ck_false),
+		A(CKA_PRIVATE, ck_true),
+		A(CKA_SENSITIVE, ck_true),
+		A(CKA_EXTRACTABLE, ck_true),
+		A(CKA_WRAP_WITH_TRUSTED, ck_true),
+		A(CKA_ENCRYPT, ck_true),
+		A(CKA_DECRYPT, ck_true),
+		A(CKA_WRAP, ck_false),
+		A(CKA_UNWRAP, ck_false),
+		A(CKA_SIGN, ck_false),
+		A(CKA_VERIFY, ck_false),
+		A(CKA_DERIVE, ck_false),
+	};
+	CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE;
+	CK_ULONG n = P11_KEK_BLOB_LEN;
+	kms_err rc = KMS_OK;
+	CK_RV rv;
+
+	if (p == NULL || blob == NULL)
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_kek_generate: bad arguments");
+	pthread_mutex_lock(&p->obj_lock);
+	rv = p->f->C_GenerateKey(p->holder, &gen, tmpl, NELEM(tmpl), &kek);
+	if (rv != CKR_OK) {
+		kek = CK_INVALID_HANDLE;
+		rc = p11_ckr_err(rv, "C_GenerateKey(KEK)");
+		goto out;
+	}
+	rv = p->f->C_WrapKey(p->holder, &kwp, p->mk, kek, blob, &n);
+	if (rv != CKR_OK) {
+		rc = p11_ckr_err(rv, "C_WrapKey(KEK under master key)");
+		goto out;
+	}
+	if (n != P11_KEK_BLOB_LEN)
+		rc = kms_errf(KMS_ERR_INTERNAL, "token: KEK blob is %lu bytes, expected %d",
+			      (unsigned long)n, P11_KEK_BLOB_LEN);
+out:
+	if (kek != CK_INVALID_HANDLE) {
+		rv = p->f->C_DestroyObject(p->holder, kek);
+		if (rv != CKR_OK) {
+			/* An extractable KEK left in the token: fail, so nobody stores a blob
+			 * whose clear twin is still around. */
+			kms_error("token: could not destroy a freshly wrapped KEK: %s",
+				  p11_ckr_name(rv));
+			if (rc == KMS_OK)
+				rc = p11_ckr_err(rv, "C_DestroyObject(KEK)");
+		}
+	}
+	pthread_mutex_unlock(&p->obj_lock);
+	if (rc != KMS_OK)
+		kms_wipe(blob, P11_KEK_BLOB_LEN);
+	return rc;
+}
+
+/* Known-answer probe for C_UnwrapKey: SoftHSM2 2.6.1 reports a blob whose KWP integrity
+ * check fails as CKR_GENERAL_ERROR, the same code as an internal fault. If a fresh KEK
+ * still wraps and unwraps under the MK, the token is fine and the blob was bad.
+ * Called with obj_lock held; creates and destroys its own objects. */
+static bool kek_probe_locked(struct p11 *p, const CK_ATTRIBUTE *tmpl, CK_ULONG n_tmpl, CK_RV *why)
+{
+	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	CK_ATTRIBUTE gen_tmpl[] = {
+		A(CKA_CLASS, cls_secret),	  A(CKA_KEY_TYPE, kt_aes),
+		A(CKA_VALUE_LEN, len_32),	  A(CKA_TOKEN, ck_false),
+		A(CKA_PRIVATE, ck_true),	  A(CKA_SENSITIVE, ck_true),
+		A(CKA_EXTRACTABLE, ck_true),	  A(CKA_WRAP_WITH_TRUSTED, ck_true),
+		A(CKA_ENCRYPT, ck_false),	  A(CKA_DECRYPT, ck_false),
+	};
+	CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE, back = CK_INVALID_HANDLE;
+	uint8_t blob[P11_KEK_BLOB_LEN];
+	CK_ULONG n = sizeof(blob);
+	CK_RV rv;
+
+	rv = p->f->C_GenerateKey(p->holder, &gen, gen_tmpl, NELEM(gen_tmpl), &kek);
+	if (rv != CKR_OK) {
+		kek = CK_INVALID_HANDLE;
+		goto out;
+	}
+	rv = p->f->C_WrapKey(p->holder, &kwp, p->mk, kek, blob, &n);
+	if (rv != CKR_OK)
+		goto out;
+	rv = p->f->C_UnwrapKey(p->holder, &kwp, p->mk, blob, n, (CK_ATTRIBUTE_PTR)tmpl, n_tmpl,
+			       &back);
+	if (rv != CKR_OK)
+		back = CK_INVALID_HANDLE;
+out:
+	if (back != CK_INVALID_HANDLE && p->f->C_DestroyObject(p->holder, back) != CKR_OK)
+		kms_warn("token: could not destroy the KEK probe copy");
+	if (kek != CK_INVALID_HANDLE && p->f->C_DestroyObject(p->holder, kek) != CKR_OK)
+		kms_warn("token: could not destroy the KEK probe");
+	*why = rv;
+	return rv == CKR_OK;
+}
+
+kms_err p11_kek_load(struct p11 *p, const uint8_t *blob, size_t blob_len, p11_key *out)
+{
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	/* SENSITIVE and WRAP_WITH_TRUSTED must be named: the MK's unwrap template demands
+	 * them, and a template that omits them is refused. */
+	CK_ATTRIBUTE tmpl[] = {
+		A(CKA_CLASS, cls_secret),
+		A(CKA_KEY_TYPE, kt_aes),
+		A(CKA_TOKEN, ck_false),
+		A(CKA_PRIVATE, ck_true),
+		A(CKA_SENSITIVE, ck_true),
+		A(CKA_EXTRACTABLE, ck_false),
+		A(CKA_WRAP_WITH_TRUSTED, ck_true),
+		A(CKA_ENCRYPT, ck_true),
+		A(CKA_DECRYPT, ck_true),
+		A(CKA_WRAP, ck_false),
+		A(CKA_UNWRAP, ck_false),
+		A(CKA_SIGN, ck_false),
+		A(CKA_VERIFY, ck_false),
+		A(CKA_DERIVE, ck_false),
+	};
+	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+	kms_err rc = KMS_OK;
+	CK_RV rv, probe_rv;
+
+	if (p == NULL || out == NULL || (blob == NULL && blob_len > 0))
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_kek_load: bad arguments");
+	*out = 0;
+	if (blob_len != P11_KEK_BLOB_LEN)
+		return kms_errf(KMS_ERR_INVALID, "token: a KEK blob is %d bytes, not %zu",
+				P11_KEK_BLOB_LEN, blob_len);
+	pthread_mutex_lock(&p->obj_lock);
+	rv = p->f->C_UnwrapKey(p->holder, &kwp, p->mk, (CK_BYTE_PTR)blob, (CK_ULONG)blob_len,
+			       tmpl, NELEM(tmpl), &h);
+	if (rv == CKR_OK) {
+		*out = (p11_key)h;
+	} else if (rv == CKR_WRAPPED_KEY_INVALID || rv == CKR_WRAPPED_KEY_LEN_RANGE ||
+		   rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE) {
+		/* What compliant modules say for a blob that fails KWP's integrity check. */
+		rc = kms_errf(KMS_ERR_INVALID, "token: KEK blob does not unwrap under %s (%s)",
+			      P11_LABEL_MK, p11_ckr_name(rv));
+	} else if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED) {
+		if (kek_probe_locked(p, tmpl, NELEM(tmpl), &probe_rv))
+			rc = kms_errf(KMS_ERR_INVALID,
+				      "token: KEK blob does not unwrap under %s", P11_LABEL_MK);
+		else
+			rc = kms_errf(KMS_ERR_TOKEN,
+				      "token: C_UnwrapKey failed: %s, and a known-answer probe "
+				      "failed too: %s",
+				      p11_ckr_name(rv), p11_ckr_name(probe_rv));
+	} else {
+		rc = p11_ckr_err(rv, "C_UnwrapKey(KEK)");
+	}
+	pthread_mutex_unlock(&p->obj_lock);
+	return rc;
+}
+
+void p11_kek_unload(struct p11 *p, p11_key k)
+{
+	CK_RV rv;
+
+	if (p == NULL || k == 0)
+		return;
+	pthread_mutex_lock(&p->obj_lock);
+	rv = p->f->C_DestroyObject(p->holder, (CK_OBJECT_HANDLE)k);
+	pthread_mutex_unlock(&p->obj_lock);
+	if (rv != CKR_OK)
+		kms_warn("token: C_DestroyObject(KEK) failed: %s", p11_ckr_name(rv));
+}
+
+static void gcm_mechanism(CK_MECHANISM *m, CK_GCM_PARAMS *gp, const uint8_t *iv,
+			  const uint8_t *aad, size_t aad_len)
+{
+	gp->pIv = (CK_BYTE_PTR)iv;
+	gp->ulIvLen = P11_GCM_IV_LEN;
+	gp->ulIvBits = P11_GCM_IV_LEN * 8;
+	gp->pAAD = aad_len > 0 ? (CK_BYTE_PTR)aad : NULL;
+	gp->ulAADLen = (CK_ULONG)aad_len;
+	gp->ulTagBits = P11_GCM_TAG_LEN * 8;
+	m->mechanism = CKM_AES_GCM;
+	m->pParameter = gp;
+	m->ulParameterLen = sizeof(*gp);
+}
+
+kms_err p11_gcm_encrypt(struct p11 *p, p11_key k, const uint8_t iv[P11_GCM_IV_LEN],
+			const uint8_t *aad, size_t aad_len, const uint8_t *pt, size_t pt_len,
+			uint8_t *out, size_t out_cap)
+{
+	CK_GCM_PARAMS gp;
+	CK_MECHANISM m;
+	CK_SESSION_HANDLE s;
+	CK_ULONG n = (CK_ULONG)out_cap;
+	const char *fn = "C_EncryptInit";
+	CK_RV rv;
+
+	if (p == NULL || iv == NULL || out == NULL || (aad == NULL && aad_len > 0) ||
+	    (pt == NULL && pt_len > 0))
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_gcm_encrypt: bad arguments");
+	if (k == 0)
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_gcm_encrypt: no key");
+	if (pt_len > SIZE_MAX - P11_GCM_TAG_LEN || out_cap < pt_len + P11_GCM_TAG_LEN)
+		return kms_errf(KMS_ERR_INTERNAL, "token: GCM output buffer too small");
+	gcm_mechanism(&m, &gp, iv, aad, aad_len);
+	s = pool_get(p);
+	rv = p->f->C_EncryptInit(s, &m, (CK_OBJECT_HANDLE)k);
+	if (rv == CKR_OK) {
+		fn = "C_Encrypt";
+		rv = p->f->C_Encrypt(s, in_ptr(pt), (CK_ULONG)pt_len, out, &n);
+	}
+	pool_put(p, s, rv);
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, fn);
+	if (n != pt_len + P11_GCM_TAG_LEN) {
+		kms_wipe(out, out_cap);
+		return kms_errf(KMS_ERR_INTERNAL, "token: C_Encrypt returned %lu bytes, expected %zu",
+				(unsigned long)n, pt_len + P11_GCM_TAG_LEN);
+	}
+	return KMS_OK;
+}
+
+/* Known-answer probe: encrypt a fixed block under k with a fixed IV and decrypt it
+ * back, on the session that just failed. If the token and the key work, the failure
+ * was the caller's ciphertext (its tag did not verify); otherwise it was the token.
+ * A fixed (IV, plaintext) pair adds a single, always identical ciphertext under the key:
+ * it uses up no IV space (so the per-version encryption count stays meaningful however
+ * often a client sends bad ciphertexts) and never leaves this function. */
+static bool gcm_probe(struct p11 *p, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, CK_RV *why)
+{
+	static const uint8_t probe_iv[P11_GCM_IV_LEN] = {'k', 'm', 's', 'd', '-', 'p',
+							 'r', 'o', 'b', 'e', 0,	  1};
+	uint8_t pt[16] = {0}, ct[sizeof(pt) + P11_GCM_TAG_LEN], back[sizeof(ct)];
+	CK_GCM_PARAMS gp;
+	CK_MECHANISM m;
+	CK_ULONG n;
+	bool ok = false;
+	CK_RV rv;
+
+	gcm_mechanism(&m, &gp, probe_iv, NULL, 0);
+	rv = p->f->C_EncryptInit(s, &m, k);
+	if (rv != CKR_OK)
+		goto out;
+	n = sizeof(ct);
+	rv = p->f->C_Encrypt(s, pt, sizeof(pt), ct, &n);
+	if (rv != CKR_OK)
+		goto out;
+	if (n != sizeof(ct)) {
+		rv = CKR_GENERAL_ERROR;
+		goto out;
+	}
+	rv = p->f->C_DecryptInit(s, &m, k);
+	if (rv != CKR_OK)
+		goto out;
+	n = sizeof(back);
+	rv = p->f->C_Decrypt(s, ct, sizeof(ct), back, &n);
+	if (rv != CKR_OK)
+		goto out;
+	ok = n == sizeof(pt) && memcmp(back, pt, sizeof(pt)) == 0;
+	if (!ok)
+		rv = CKR_GENERAL_ERROR;
+out:
+	*why = rv;
+	kms_wipe(ct, sizeof(ct));
+	kms_wipe(back, sizeof(back));
+	return ok;
+}
+
+static bool decrypt_needs_probe(CK_RV rv)
+{
+	/* SoftHSM2 2.6.1 says CKR_GENERAL_ERROR for a bad tag; compliant modules say
+	 * CKR_ENCRYPTED_DATA_INVALID (2.40) or CKR_AEAD_DECRYPT_FAILED (3.0). */
+	return rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED ||
+	       rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE ||
+	       rv == 0x35UL /* CKR_AEAD_DECRYPT_FAILED */;
+}
+
+kms_err p11_gcm_decrypt(struct p11 *p, p11_key k, const uint8_t iv[P11_GCM_IV_LEN],
+			const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len,
+			uint8_t *out, size_t out_cap, size_t *out_len)
+{
+	uint8_t scratch[P11_DECRYPT_SCRATCH];
+	uint8_t *buf = out, *heap = NULL;
+	CK_GCM_PARAMS gp;
+	CK_MECHANISM m;
+	CK_SESSION_HANDLE s;
+	const char *fn = "C_DecryptInit";
+	bool key_accepted = false;
+	size_t pt_len;
+	CK_ULONG n;
+	kms_err rc = KMS_OK;
+	CK_RV rv, probe_rv;
+
+	if (out_len != NULL)
+		*out_len = 0;
+	if (p == NULL || iv == NULL || out_len == NULL || (aad == NULL && aad_len > 0) ||
+	    (in == NULL && in_len > 0) || (out == NULL && out_cap > 0))
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_gcm_decrypt: bad arguments");
+	if (k == 0)
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_gcm_decrypt: no key");
+	if (in_len < P11_GCM_TAG_LEN)
+		return kms_errf(KMS_ERR_DECRYPT, "ciphertext too short");
+	pt_len = in_len - P11_GCM_TAG_LEN;
+	if (out_cap < pt_len)
+		return kms_errf(KMS_ERR_INTERNAL, "token: GCM output buffer too small");
+	n = (CK_ULONG)out_cap;
+	if (out_cap < in_len) {
+		/* See P11_DECRYPT_SCRATCH. The plaintext passes through here: wiped below. */
+		if (in_len <= sizeof(scratch)) {
+			buf = scratch;
+		} else {
+			heap = malloc(in_len);
+			if (heap == NULL)
+				return kms_errf(KMS_ERR_NOMEM, "token: out of memory");
+			buf = heap;
+		}
+		n = (CK_ULONG)in_len;
+	}
+	gcm_mechanism(&m, &gp, iv, aad, aad_len);
+	s = pool_get(p);
+	rv = p->f->C_DecryptInit(s, &m, (CK_OBJECT_HANDLE)k);
+	if (rv == CKR_OK) {
+		fn = "C_Decrypt";
+		rv = p->f->C_Decrypt(s, (CK_BYTE_PTR)in, (CK_ULONG)in_len, buf, &n);
+		key_accepted = true;
+	}
+	if (rv != CKR_OK && key_accepted && decrypt_needs_probe(rv)) {
+		if (gcm_probe(p, s, (CK_OBJECT_HANDLE)k, &probe_rv))
+			rc = kms_errf(KMS_ERR_DECRYPT, "ciphertext failed authentication");
+		else
+			rc = kms_errf(KMS_ERR_TOKEN,
+				      "token: C_Decrypt failed: %s, and a known-answer probe "
+				      "on the same key failed too: %s",
+				      p11_ckr_name(rv), p11_ckr_name(probe_rv));
+		pool_put(p, s, probe_rv);
+		goto out;
+	}
+	pool_put(p, s, rv);
+	if (rv != CKR_OK) {
+		rc = p11_ckr_err(rv, fn);
+		goto out;
+	}
+	if (n != pt_len) {
+		rc = kms_errf(KMS_ERR_INTERNAL, "token: C_Decrypt returned %lu bytes, expected %zu",
+			      (unsigned long)n, pt_len);
+		goto out;
+	}
+	if (buf != out && pt_len > 0)
+		memcpy(out, buf, pt_len);
+	*out_len = pt_len;
+out:
+	if (buf != out)
+		kms_wipe(buf, in_len);
+	free(heap);
+	if (rc != KMS_OK && out != NULL)
+		kms_wipe(out, out_cap < in_len ? out_cap : in_len);
+	return rc;
+}
+
+kms_err p11_hmac(struct p11 *p, enum p11_mac_key which, const uint8_t *data, size_t len,
+		 uint8_t out[P11_HMAC_LEN])
+{
+	CK_MECHANISM m = {CKM_SHA256_HMAC, NULL, 0};
+	CK_OBJECT_HANDLE key;
+	CK_SESSION_HANDLE s;
+	CK_ULONG n = P11_HMAC_LEN;
+	const char *fn = "C_SignInit";
+	CK_RV rv;
+
+	if (p == NULL || out == NULL || (data == NULL && len > 0))
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_hmac: bad arguments");
+	switch (which) {
+	case P11_MAC_STORE:
+		key = p->store_mac;
+		break;
+	case P11_MAC_AUDIT:
+		key = p->audit_hmac;
+		break;
+	default:
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_hmac: unknown key %d", (int)which);
+	}
+	s = pool_get(p);
+	rv = p->f->C_SignInit(s, &m, key);
+	if (rv == CKR_OK) {
+		fn = "C_Sign";
+		rv = p->f->C_Sign(s, in_ptr(data), (CK_ULONG)len, out, &n);
+	}
+	pool_put(p, s, rv);
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, fn);
+	if (n != P11_HMAC_LEN)
+		return kms_errf(KMS_ERR_INTERNAL, "token: C_Sign returned %lu bytes",
+				(unsigned long)n);
+	return KMS_OK;
+}
+
+/* ---------------------------------------------------------------- test accessors */
+
+CK_FUNCTION_LIST_PTR p11_internal_functions(struct p11 *p)
+{
+	return p->f;
+}
+
+CK_SLOT_ID p11_internal_slot(struct p11 *p)
+{
+	return p->slot;
+}
+
+CK_SESSION_HANDLE p11_internal_holder(struct p11 *p)
+{
+	return p->holder;
+}
+
+CK_OBJECT_HANDLE p11_internal_object(struct p11 *p, const char *label)
+{
+	if (strcmp(label, P11_LABEL_MK) == 0)
+		return p->mk;
+	if (strcmp(label, P11_LABEL_STORE_MAC) == 0)
+		return p->store_mac;
+	if (strcmp(label, P11_LABEL_AUDIT_HMAC) == 0)
+		return p->audit_hmac;
+	return CK_INVALID_HANDLE;
+}
