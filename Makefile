@@ -10,6 +10,9 @@ LIBS    := -lmicrohttpd -ljansson -lsqlite3 -lcrypto -ldl -lpthread
 ifeq ($(SAN),1)
 OPT     := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 SANLD   := -fsanitize=address,undefined
+else ifeq ($(SAN),fuzz)
+OPT     := -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+SANLD   := -fsanitize=address,undefined
 else
 OPT     := -O2 -g -D_FORTIFY_SOURCE=2
 SANLD   :=
@@ -27,11 +30,18 @@ TCOM_SRC := $(wildcard tests/common/*.c)
 TCOM_OBJ := $(TCOM_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+CLI_SRC  := $(wildcard kms/cli/*.c)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+SHIM_SRC := $(wildcard tests/p11shim/*.c)
+SHIM_SO  := $(if $(SHIM_SRC),$(BUILD)/tests/p11shim.so)
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/bin/%)
+FUZZ_SECONDS ?= 60
 
-.PHONY: all deps run check check-unit check-integration asan tests clean
+.PHONY: all deps run check asan tests clean fuzz fuzz-build fuzz-replay
 .DEFAULT_GOAL := all
 
-all: $(BUILD)/kmsd
+all: $(BUILD)/kmsd $(if $(CLI_SRC),$(BUILD)/kmsctl)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -44,11 +54,38 @@ $(BUILD)/libkms.a: $(LIB_OBJ)
 $(BUILD)/kmsd: $(BUILD)/kms/kmsd.o $(BUILD)/libkms.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
+$(BUILD)/kmsctl: $(CLI_OBJ) $(BUILD)/libkms.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lcurl
+
+# A PKCS#11 module that forwards to SoftHSM2 and injects faults on command.
+$(BUILD)/tests/p11shim.so: $(SHIM_SRC)
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 $(OPT) -fPIC -shared $(WARN) $(INCS) -D_GNU_SOURCE -o $@ $^ -ldl
+
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TCOM_OBJ) $(BUILD)/libkms.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 
-tests: all $(UNIT_BIN)
+tests: all $(UNIT_BIN) $(SHIM_SO)
+
+# libFuzzer harnesses (clang): `make fuzz FUZZ_SECONDS=N` explores, `make fuzz-replay`
+# runs every checked-in corpus once (part of `make check`).
+fuzz-build:
+	$(MAKE) BUILD=build/fuzz SAN=fuzz CC=clang build/fuzz/libkms.a $(FUZZ_BIN)
+
+build/fuzz/bin/%: tests/fuzz/%.c build/fuzz/libkms.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< build/fuzz/libkms.a $(LIBS)
+
+fuzz: fuzz-build
+	@for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p build/fuzz/corpus/$$n; \
+	  echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build/fuzz/corpus/$$n tests/fuzz/corpus/$$n || exit 1; done
+
+fuzz-replay: fuzz-build
+	@for f in $(FUZZ_BIN); do n=$$(basename $$f); \
+	  $$f -runs=0 tests/fuzz/corpus/$$n >/dev/null 2>build/fuzz/$$n.log || { cat build/fuzz/$$n.log; exit 1; }; \
+	  echo "fuzz-replay: $$n: $$(ls tests/fuzz/corpus/$$n | wc -l) inputs ok"; done
 
 # The ASan+UBSan build lives beside the normal one and runs the same tests.
 asan:
