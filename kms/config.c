@@ -454,3 +454,15 @@ kms_err kms_config_validate(const struct kms_config *cfg)
 			 "in the clear; use only for local debugging");
 	return KMS_OK;
 }
+
+unsigned kms_config_workers(const struct kms_config *cfg)
+{
+	long n;
+
+	if (cfg->workers > 0)
+		return (unsigned)cfg->workers;
+	n = sysconf(_SC_NPROCESSORS_ONLN);
+	if (n < 1)
+		n = 1;
+	return n > 32 ? 256 : (unsigned)n * 8;
+}

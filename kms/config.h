@@ -21,7 +21,7 @@
  *   store_path          path    ./var/kmsd.db
  *   audit_path          path    ./var/audit.log
  *   node_id             string  kmsd-1       1..64 chars [A-Za-z0-9._-]
- *   workers             int     0            worker threads, 0 = one per core (1..256)
+ *   workers             int     0            worker threads, 0 = 8 per core (1..256); see kms_config_workers
  *   max_body_bytes      int     65536        1024..16777216
  *   connection_timeout  int     30           idle seconds before a connection is closed, 1..3600
  *   max_connections     int     1024         1..65536
@@ -69,6 +69,12 @@ KMS_WUR kms_err kms_config_load(const char *path, struct kms_config *cfg);
 
 /* Parses a whole file's text (for tests and fuzzing); name is used in messages. */
 KMS_WUR kms_err kms_config_parse(const char *text, const char *name, struct kms_config *cfg);
+
+/* The worker thread count to use: cfg->workers, or 8 per online core when 0. A
+ * worker blocks while its request's audit record is fsync'd, so group commit can only
+ * batch as many records as there are workers; measured with 64 connections on 2 cores:
+ * 2 workers 2.2k datakeys/s, 16 workers 5-6k, 64 workers 4.1k (contention). */
+unsigned kms_config_workers(const struct kms_config *cfg);
 
 /* Cross-option checks after loading (tls needs cert and key, a PIN source is set). */
 KMS_WUR kms_err kms_config_validate(const struct kms_config *cfg);

@@ -161,7 +161,7 @@ static int write_port_file(const char *path, int port)
 
 static int cmd_serve(const struct kms_config *cfg)
 {
-	unsigned workers = cfg->workers > 0 ? (unsigned)cfg->workers : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned workers = kms_config_workers(cfg);
 	struct p11_config pc = p11cfg(cfg, workers + 2);
 	struct store *st = NULL;
 	struct audit *au = NULL;

@@ -280,7 +280,7 @@ kms_err http_start(const struct kms_config *cfg, struct core *core, struct http_
 	struct http_server *s = calloc(1, sizeof(*s));
 	struct sockaddr_storage ss = {0};
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
-	unsigned workers = cfg->workers > 0 ? (unsigned)cfg->workers : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned workers = kms_config_workers(cfg);
 	const union MHD_DaemonInfo *di;
 	size_t cert_len = 0;
 	kms_err rc;
