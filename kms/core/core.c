@@ -601,8 +601,13 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	ar.auth_method = x.who.name[0] ? "token" : NULL;
 	ar.remote_addr = call->remote_addr;
 	ar.operation = kms_op_name(call->op);
-	ar.tenant = call->tenant;
-	ar.key = call->key ? call->key : call->name;
+	if (call->op == KMS_OP_TENANT_CREATE || call->op == KMS_OP_TENANT_READ) {
+		ar.tenant = call->name;
+		ar.key = NULL;
+	} else {
+		ar.tenant = call->tenant;
+		ar.key = call->key ? call->key : call->name;
+	}
 	ar.version = x.version;
 	ar.batch = x.batch;
 	ar.outcome = outcome;

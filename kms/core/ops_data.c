@@ -368,9 +368,17 @@ static kms_err run(struct core *c, struct op_ctx *x, item_fn fn)
 		rc = kms_errf(KMS_ERR_INVALID, "batch_input must be an array of 1 to %d items", BATCH_MAX);
 		goto out;
 	}
-	if (json_object_size(body) != 1) {
-		rc = kms_errf(KMS_ERR_INVALID, "with batch_input, give every field inside the items");
-		goto out;
+	{
+		/* Vault clients (hvac) send the single-item fields as null beside batch_input:
+		 * null counts as absent; anything else at the top level is a caller error. */
+		const char *name;
+		json_t *v;
+		json_object_foreach(body, name, v) {
+			if (strcmp(name, "batch_input") != 0 && !json_is_null(v)) {
+				rc = kms_errf(KMS_ERR_INVALID, "with batch_input, give \"%.32s\" inside the items", name);
+				goto out;
+			}
+		}
 	}
 	results = json_array();
 	x->batch = (unsigned)json_array_size(batch);

@@ -81,6 +81,40 @@ static int body_append(struct req *r, const char *data, size_t n, size_t max)
 	return 0;
 }
 
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Replaces MHD's URL unescaping: an escape that would decode to a control byte (NUL
+ * above all, which would silently cut "a%00b" to "a") is left as it is, so the name
+ * rules refuse it instead of acting on a shorter name. */
+static size_t unescape_strict(void *cls, struct MHD_Connection *conn, char *s)
+{
+	char *r = s, *w = s;
+	(void)cls;
+	(void)conn;
+
+	while (*r) {
+		int hi, lo;
+		if (r[0] == '%' && (hi = hexval(r[1])) >= 0 && (lo = hexval(r[2])) >= 0 &&
+		    (hi << 4 | lo) >= 0x20 && (hi << 4 | lo) != 0x7f) {
+			*w++ = (char)(hi << 4 | lo);
+			r += 3;
+		} else {
+			*w++ = *r++;
+		}
+	}
+	*w = '\0';
+	return (size_t)(w - s);
+}
+
 static void free_json_str(void *p)
 {
 	kms_json_free_str(p, 0);
@@ -319,6 +353,7 @@ kms_err http_start(const struct kms_config *cfg, struct core *core, struct http_
 				MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout,
 				MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
 				MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+				MHD_OPTION_UNESCAPE_CALLBACK, unescape_strict, s,
 				MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
 				cfg->tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, s->cert_pem,
 				MHD_OPTION_HTTPS_MEM_KEY, s->key_pem,
