@@ -1,0 +1,152 @@
+#!/bin/sh
+# check.sh — runs every test kmsd has, after `make tests` and `make asan` (make check).
+#
+#   1. every build/tests/test_* and build/asan/tests/test_* (cmocka unit tests); counts
+#      come from cmocka's "[  PASSED  ] N test(s)." and "[  FAILED  ] N test(s)" lines;
+#      a binary that exits non-zero (crash, sanitizer report, timeout) without a FAILED
+#      line counts as 1 failed
+#   2. pytest tests/integration with KMSD_BIN=build/kmsd, then KMSD_BIN=build/asan/kmsd;
+#      counts come from pytest's summary (passed; failed and errors count as failed)
+#
+# Prints each suite's result as it goes; the last line is exactly "N passed, M failed".
+# Exit status 0 only when M = 0 and N > 0.
+#
+# Environment: PYTHON (default /usr/bin/python3, Debian's, which has pytest, requests and
+# hvac), UNIT_TIMEOUT (seconds per unit binary, default 300), PYTEST_TIMEOUT (seconds
+# per pytest run, default 480), PYTEST_ARGS (extra pytest arguments).
+set -u
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$(pwd -P)
+PYTHON=${PYTHON:-/usr/bin/python3}
+UNIT_TIMEOUT=${UNIT_TIMEOUT:-300}
+PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-480}
+
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0"
+export LSAN_OPTIONS="suppressions=$ROOT/tests/lsan.supp"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+unset CMOCKA_MESSAGE_OUTPUT CMOCKA_XML_FILE # plain output, parsed below
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/kmsd-check.XXXXXX") || exit 1
+trap 'rm -rf "$TMP"' EXIT
+trap 'exit 130' INT TERM
+
+TOTAL_PASS=0
+TOTAL_FAIL=0
+
+# sum_matches FILE SED_EXPR: sums the numbers the sed expression prints, one per line
+sum_matches() {
+	sed -n "$2" "$1" | awk '{ s += $1 } END { print s + 0 }'
+}
+
+run_unit() { # binary
+	bin=$1
+	log="$TMP/unit.log"
+	start=$(date +%s)
+	timeout -k 10 "$UNIT_TIMEOUT" "$bin" >"$log" 2>&1 </dev/null
+	rc=$?
+	secs=$(($(date +%s) - start))
+	pass=$(sum_matches "$log" 's/^\[  PASSED  \] \([0-9][0-9]*\) test(s)\..*/\1/p')
+	fail=$(sum_matches "$log" 's/^\[  FAILED  \] \([0-9][0-9]*\) test(s).*/\1/p')
+	has_failed_line=0
+	grep -q '^\[  FAILED  \] [0-9][0-9]* test(s)' "$log" && has_failed_line=1
+	note=""
+	if [ "$rc" -ne 0 ] && [ "$has_failed_line" -eq 0 ]; then
+		fail=$((fail + 1))
+		case $rc in
+		124 | 137) note=" (timed out after ${UNIT_TIMEOUT}s)" ;;
+		*) note=" (exit status $rc without a FAILED line: crash or sanitizer report)" ;;
+		esac
+	elif [ "$rc" -eq 0 ] && [ "$pass" -eq 0 ] && [ "$fail" -eq 0 ]; then
+		note=" (no cmocka result lines)"
+	fi
+	if grep -q -e 'ERROR: AddressSanitizer' -e 'ERROR: LeakSanitizer' -e 'runtime error:' "$log"; then
+		if [ "$rc" -eq 0 ]; then
+			fail=$((fail + 1))
+			note="$note (sanitizer report despite exit status 0)"
+		fi
+	fi
+	TOTAL_PASS=$((TOTAL_PASS + pass))
+	TOTAL_FAIL=$((TOTAL_FAIL + fail))
+	if [ "$fail" -gt 0 ]; then
+		printf 'FAIL  %-44s %3d passed, %d failed, %ss%s\n' "$bin" "$pass" "$fail" "$secs" "$note"
+		# the failing part of the log: cmocka failures and any sanitizer report
+		grep -n -e '^\[  FAILED  \]' -e '^\[  ERROR   \]' -e 'ERROR: ' -e 'runtime error:' \
+			-e 'SUMMARY:' -e 'Assertion' -e 'error:' "$log" | head -40 | sed 's/^/      /'
+		echo "      --- last lines ---"
+		tail -n 15 "$log" | sed 's/^/      /'
+	else
+		printf 'ok    %-44s %3d passed, %ss%s\n' "$bin" "$pass" "$secs" "$note"
+	fi
+}
+
+for dir in build/tests build/asan/tests; do
+	found=0
+	for bin in "$dir"/test_*; do
+		[ -f "$bin" ] && [ -x "$bin" ] || continue
+		case $bin in *.o | *.d) continue ;; esac
+		found=1
+		run_unit "$bin"
+	done
+	[ "$found" -eq 1 ] || echo "--    $dir/test_*: no unit test binaries"
+done
+
+run_pytest() { # label kmsd-binary
+	label=$1
+	bin=$2
+	log="$TMP/pytest-$label.log"
+	echo "==> integration tests ($label): KMSD_BIN=$bin"
+	if [ ! -x "$bin" ]; then
+		echo "FAIL  integration ($label): $bin is missing (make / make asan)"
+		TOTAL_FAIL=$((TOTAL_FAIL + 1))
+		return
+	fi
+	start=$(date +%s)
+	# shellcheck disable=SC2086
+	(KMSD_BIN="$bin" timeout -k 15 "$PYTEST_TIMEOUT" "$PYTHON" -m pytest -p no:cacheprovider \
+		-q -rfE --tb=short --color=no ${PYTEST_ARGS:-} tests/integration </dev/null 2>&1
+	echo "$?" >"$TMP/rc") | tee "$log" | sed 's/^/      /'
+	rc=$(cat "$TMP/rc" 2>/dev/null || echo 1)
+	secs=$(($(date +%s) - start))
+	# pytest's last summary line: "3 failed, 120 passed, 1 error in 9.12s" (maybe in "=")
+	summary=$(grep -E '[0-9]+ (passed|failed|errors?|skipped|deselected|xfailed|xpassed|warnings?)(,| in )|no tests ran' "$log" | tail -n 1)
+	# shellcheck disable=SC2046 # three numbers, split on purpose
+	set -- $(printf '%s\n' "$summary" | awk '{
+		for (i = 2; i <= NF; i++) {
+			w = $i; sub(/,$/, "", w); n = $(i - 1)
+			if (n !~ /^[0-9]+$/) continue
+			if (w == "passed") p += n
+			else if (w == "failed") f += n
+			else if (w == "error" || w == "errors") e += n
+		}
+	} END { print p + 0, f + 0, e + 0 }')
+	pass=$1
+	fail=$(($2 + $3))
+	note=""
+	if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then
+		fail=1
+		case $rc in
+		124 | 137) note=" (timed out after ${PYTEST_TIMEOUT}s)" ;;
+		5) note=" (no tests collected)" ;;
+		*) note=" (pytest exit status $rc)" ;;
+		esac
+	fi
+	TOTAL_PASS=$((TOTAL_PASS + pass))
+	TOTAL_FAIL=$((TOTAL_FAIL + fail))
+	if [ "$fail" -gt 0 ]; then
+		printf 'FAIL  integration (%s): %d passed, %d failed, %ss%s\n' "$label" "$pass" "$fail" "$secs" "$note"
+	else
+		printf 'ok    integration (%s): %d passed, %ss\n' "$label" "$pass" "$secs"
+	fi
+}
+
+run_pytest build build/kmsd
+run_pytest asan build/asan/kmsd
+
+if [ $((TOTAL_PASS + TOTAL_FAIL)) -eq 0 ]; then
+	echo "check: nothing ran"
+	echo "0 passed, 0 failed"
+	exit 1
+fi
+echo "$TOTAL_PASS passed, $TOTAL_FAIL failed"
+[ "$TOTAL_FAIL" -eq 0 ] || exit 1
+exit 0

@@ -1,0 +1,438 @@
+"""Integration test harness: a real kmsd on a fresh SoftHSM2 token, per test module.
+
+Every test module gets its own server (module-scoped `kmsd` fixture): a fresh token
+(scripts/dev-token.sh), fresh certificates (scripts/dev-certs.sh), a config file with
+`port = 0` and a `port_file`, `kmsd init`, then `kmsd -c CONF` in the background.
+At teardown kmsd gets SIGTERM and must exit 0 with no sanitizer report on stderr;
+that is how ASan/LSan/UBSan findings fail the suite (KMSD_BIN=build/asan/kmsd).
+
+Environment:
+  KMSD_BIN              the server binary (default build/kmsd, relative to the repo root)
+  KMSD_STARTUP_TIMEOUT  seconds to wait for health after start (default 60)
+  KMSD_KEEP_TMP=1       print the temporary directory of each server and keep it
+"""
+
+import base64
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+import requests
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SCRIPTS = os.path.join(REPO, "scripts")
+PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+# Loopback only: never let a proxy from the environment see these requests.
+for _v in ("NO_PROXY", "no_proxy"):
+    os.environ[_v] = "127.0.0.1,localhost,::1"
+
+
+def kmsd_bin():
+    b = os.environ.get("KMSD_BIN", "build/kmsd")
+    if not os.path.isabs(b):
+        b = os.path.join(REPO, b)
+    return b
+
+
+def kmsd_env(softhsm_conf):
+    env = dict(os.environ)
+    env["SOFTHSM2_CONF"] = softhsm_conf
+    env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0"
+    env["LSAN_OPTIONS"] = "suppressions=" + os.path.join(REPO, "tests", "lsan.supp")
+    env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+    return env
+
+
+def sanitizer_findings(text):
+    return [m for m in SANITIZER_MARKERS if m in text]
+
+
+def b64(data):
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.b64encode(data).decode()
+
+
+def unb64(s):
+    return base64.b64decode(s, validate=True)
+
+
+def run_kmsd(binary, conf, env, *args, timeout=120):
+    """Runs `kmsd -c conf args...` to completion; asserts no sanitizer finding."""
+    r = subprocess.run([binary, "-c", conf] + list(args), env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    found = sanitizer_findings(r.stderr)
+    assert not found, "kmsd %s: sanitizer report %s:\n%s" % (args, found, r.stderr)
+    return r
+
+
+_counter = itertools.count(1)
+
+
+def uniq(prefix):
+    """A fresh, valid name (tenant names are lower case, so this is too)."""
+    return "%s-%d-%d" % (prefix, os.getpid() % 10000, next(_counter))
+
+
+class Kmsd:
+    """One running kmsd with its token, certificates, config, store and audit log."""
+
+    def __init__(self, tmp):
+        self.tmp = str(tmp)
+        self.bin = kmsd_bin()
+        self.proc = None
+        self.port = None
+        self.url = None
+        self.admin_token = None
+        self.stopped = False
+        self.stdout_path = os.path.join(self.tmp, "kmsd.stdout")
+        self.stderr_path = os.path.join(self.tmp, "kmsd.stderr")
+        self.conf = os.path.join(self.tmp, "kmsd.conf")
+        self.port_file = os.path.join(self.tmp, "port")
+        self.store_path = os.path.join(self.tmp, "kmsd.db")
+        self.audit_path = os.path.join(self.tmp, "audit.log")
+        self.admin_token_file = os.path.join(self.tmp, "admin.token")
+        self.node_id = "itest-1"
+        self.session = requests.Session()
+        self.session.trust_env = False
+
+    # -- setup -----------------------------------------------------------------
+    def provision(self):
+        if not os.access(self.bin, os.X_OK):
+            pytest.fail("kmsd binary %s does not exist or is not executable "
+                        "(build it, or set KMSD_BIN)" % self.bin)
+        hsm = os.path.join(self.tmp, "softhsm")
+        certs = os.path.join(self.tmp, "certs")
+        r = subprocess.run(["sh", os.path.join(SCRIPTS, "dev-token.sh"), hsm],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, "dev-token.sh failed: %s" % r.stderr
+        self.softhsm_conf = r.stdout.strip().splitlines()[-1]
+        assert os.path.isfile(self.softhsm_conf), self.softhsm_conf
+        r = subprocess.run(["sh", os.path.join(SCRIPTS, "dev-certs.sh"), certs],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, "dev-certs.sh failed: %s" % r.stderr
+        self.ca = os.path.join(certs, "ca.pem")
+        self.user_pin_file = os.path.join(hsm, "user.pin")
+        self.so_pin_file = os.path.join(hsm, "so.pin")
+        self.env = kmsd_env(self.softhsm_conf)
+        opts = [
+            ("listen_address", "127.0.0.1"),
+            ("port", "0"),
+            ("port_file", self.port_file),
+            ("tls", "true"),
+            ("tls_cert", os.path.join(certs, "server.pem")),
+            ("tls_key", os.path.join(certs, "server.key")),
+            ("pkcs11_module", PKCS11_MODULE),
+            ("token_label", "kmsd"),
+            ("pin_file", self.user_pin_file),
+            ("so_pin_file", self.so_pin_file),
+            ("store_path", self.store_path),
+            ("audit_path", self.audit_path),
+            ("node_id", self.node_id),
+            ("workers", "2"),
+            ("max_body_bytes", "65536"),
+            ("connection_timeout", "30"),
+            ("log_level", "info"),
+        ]
+        with open(self.conf, "w") as f:
+            f.write("# written by tests/integration/conftest.py\n")
+            for k, v in opts:
+                f.write("%s = %s\n" % (k, v))
+        os.chmod(self.conf, 0o600)
+
+    def run_cli(self, *args, timeout=120):
+        """Runs `kmsd -c CONF args...`; asserts no sanitizer finding; returns the result."""
+        return run_kmsd(self.bin, self.conf, self.env, *args, timeout=timeout)
+
+    def init(self):
+        r = self.run_cli("init", "--admin-token-file", self.admin_token_file)
+        assert r.returncode == 0, "kmsd init failed (%d):\n%s\n%s" % (
+            r.returncode, r.stdout, r.stderr)
+        with open(self.admin_token_file) as f:
+            self.admin_token = f.read().strip()
+        assert self.admin_token, "kmsd init wrote an empty admin token file"
+
+    def start(self):
+        timeout = float(os.environ.get("KMSD_STARTUP_TIMEOUT", "60"))
+        out = open(self.stdout_path, "wb")
+        err = open(self.stderr_path, "wb")
+        try:
+            self.proc = subprocess.Popen([self.bin, "-c", self.conf], env=self.env,
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                         cwd=self.tmp)
+        finally:
+            out.close()
+            err.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail("kmsd exited with %d before serving:\n%s" % (
+                    self.proc.returncode, self.stderr()))
+            if self.port is None:
+                try:
+                    with open(self.port_file) as f:
+                        txt = f.read().strip()
+                    if txt.isdigit() and 0 < int(txt) < 65536:
+                        self.port = int(txt)
+                        self.url = "https://127.0.0.1:%d" % self.port
+                except OSError:
+                    pass
+            if self.port is not None:
+                try:
+                    r = self.session.get(self.url + "/v1/sys/health", verify=self.ca,
+                                         timeout=5)
+                    if r.status_code == 200:
+                        return
+                except requests.RequestException:
+                    pass
+            time.sleep(0.1)
+        self.kill()
+        pytest.fail("kmsd did not become healthy within %ss (port file %s):\n%s" % (
+            timeout, "read" if self.port else "missing", self.stderr()))
+
+    # -- teardown --------------------------------------------------------------
+    def stderr(self):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout=60):
+        """SIGTERM, wait; returns (exit status, stderr). The status is the string
+        "exited early (N)" when kmsd had already exited before the SIGTERM."""
+        self.session.close()
+        if self.proc is None:
+            return None, ""
+        if self.proc.poll() is not None:
+            self.stopped = True
+            return "exited early (%d)" % self.proc.returncode, self.stderr()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return "timeout", self.stderr()
+        self.stopped = True
+        return self.proc.returncode, self.stderr()
+
+    # -- HTTP helpers ----------------------------------------------------------
+    def request(self, method, path, token=None, json_body=None, data=None, headers=None,
+                bearer=False, timeout=30, params=None):
+        h = dict(headers or {})
+        if token is not None:
+            if bearer:
+                h["Authorization"] = "Bearer " + token
+            else:
+                h["X-Vault-Token"] = token
+        if json_body is not None:
+            data = json.dumps(json_body)
+        if data is not None:
+            h.setdefault("Content-Type", "application/json")
+        return self.session.request(method, self.url + path, data=data, headers=h,
+                                    verify=self.ca, timeout=timeout, params=params)
+
+    def get(self, path, token=None, **kw):
+        return self.request("GET", path, token=token, **kw)
+
+    def post(self, path, body=None, token=None, **kw):
+        if body is None and "data" not in kw:
+            body = {}
+        return self.request("POST", path, token=token, json_body=body, **kw)
+
+    def admin_post(self, path, body=None, ok=(200,)):
+        r = self.post(path, body, token=self.admin_token)
+        assert r.status_code in ok, "%s -> %d %s" % (path, r.status_code, r.text)
+        return r
+
+    def health(self):
+        r = self.get("/v1/sys/health")
+        assert r.status_code == 200, r.text
+        return r
+
+    # -- provisioning helpers (admin) ------------------------------------------
+    def create_tenant(self, name=None, retention="phi"):
+        name = name or uniq("t")
+        self.admin_post("/v1/sys/tenants/" + name, {"retention": retention})
+        return name
+
+    def create_key(self, tenant, name=None):
+        name = name or uniq("k")
+        self.admin_post("/v1/%s/keys/%s" % (tenant, name), {"type": "aes256-gcm96"})
+        return name
+
+    def rotate(self, tenant, key):
+        return self.admin_post("/v1/%s/keys/%s/rotate" % (tenant, key), {}).json()["data"]
+
+    def create_principal(self, name=None, role="service", tenants=()):
+        name = name or uniq("p")
+        self.admin_post("/v1/sys/principals/" + name, {"role": role, "tenants": list(tenants)})
+        return name
+
+    def create_token(self, principal, ttl=None):
+        body = {} if ttl is None else {"ttl": ttl}
+        j = self.admin_post("/v1/sys/principals/%s/tokens" % principal, body).json()
+        tok = j["auth"]["client_token"]
+        assert isinstance(tok, str) and tok
+        return tok, j["auth"]["accessor"]
+
+    def service(self, tenants):
+        """A new service principal scoped to tenants; returns its token."""
+        p = self.create_principal(tenants=tenants)
+        return self.create_token(p)[0]
+
+    def setup_tenant_key(self):
+        """A new tenant with one key and a service token for it: (tenant, key, token)."""
+        t = self.create_tenant()
+        k = self.create_key(t)
+        return t, k, self.service([t])
+
+    # -- data plane helpers (service) ------------------------------------------
+    # Keyword arguments become JSON body fields, except headers= and bearer=.
+    def datakey(self, token, t, k, kind="plaintext", headers=None, bearer=False, **body):
+        return self.post("/v1/%s/datakey/%s/%s" % (t, kind, k), body, token=token,
+                         headers=headers, bearer=bearer)
+
+    def encrypt(self, token, t, k, headers=None, bearer=False, **body):
+        return self.post("/v1/%s/encrypt/%s" % (t, k), body, token=token, headers=headers,
+                         bearer=bearer)
+
+    def decrypt(self, token, t, k, headers=None, bearer=False, **body):
+        return self.post("/v1/%s/decrypt/%s" % (t, k), body, token=token, headers=headers,
+                         bearer=bearer)
+
+    def rewrap(self, token, t, k, headers=None, bearer=False, **body):
+        return self.post("/v1/%s/rewrap/%s" % (t, k), body, token=token, headers=headers,
+                         bearer=bearer)
+
+    def serves(self, token, t, k):
+        """Proves the server still works: health 200 and a datakey round trip."""
+        self.health()
+        r = self.datakey(token, t, k)
+        assert r.status_code == 200, r.text
+        d = r.json()["data"]
+        r2 = self.decrypt(token, t, k, ciphertext=d["ciphertext"])
+        assert r2.status_code == 200, r2.text
+        assert r2.json()["data"]["plaintext"] == d["plaintext"]
+
+    def raw_post(self, path, body, headers=None, timeout=30):
+        """POST over a raw TLS socket, polling for the answer between body chunks (a
+        server may answer 413 and close before it has read a large body; requests
+        would then only report a broken pipe). Returns (status, headers, body)."""
+        ctx = ssl.create_default_context(cafile=self.ca)
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        s = ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+        hdr = {"Host": "127.0.0.1:%d" % self.port, "Content-Type": "application/json",
+               "Content-Length": str(len(body)), "Connection": "close"}
+        hdr.update(headers or {})
+        head = "POST %s HTTP/1.1\r\n" % path + "".join(
+            "%s: %s\r\n" % kv for kv in hdr.items()) + "\r\n"
+        buf = b""
+        view = memoryview(body)
+        sent = 0
+        deadline = time.monotonic() + timeout
+        try:
+            s.sendall(head.encode())
+            while time.monotonic() < deadline:
+                s.settimeout(0.0)
+                try:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+                    if _http_complete(buf):
+                        break
+                    continue
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    pass
+                except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+                    break
+                if sent < len(view):
+                    s.settimeout(timeout)
+                    try:
+                        s.sendall(view[sent:sent + 16384])
+                        sent += 16384
+                    except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+                        sent = len(view)
+                else:
+                    time.sleep(0.01)
+        finally:
+            try:
+                s.close()
+            except OSError:
+                pass
+        return _http_parse(buf)
+
+
+def _http_complete(buf):
+    if b"\r\n\r\n" not in buf:
+        return False
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return m is not None and len(rest) >= int(m.group(1))
+
+
+def _http_parse(buf):
+    if not buf:
+        return None, {}, b""
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    m = re.match(r"HTTP/\d\.\d (\d{3})", lines[0])
+    status = int(m.group(1)) if m else None
+    hdrs = {}
+    for ln in lines[1:]:
+        if ":" in ln:
+            k, v = ln.split(":", 1)
+            hdrs[k.strip().lower()] = v.strip()
+    return status, hdrs, rest
+
+
+@pytest.fixture(scope="module")
+def kmsd(tmp_path_factory, request):
+    """A fresh kmsd for this test module; asserts a clean exit at teardown."""
+    tmp = tmp_path_factory.mktemp("kmsd")
+    if os.environ.get("KMSD_KEEP_TMP"):
+        print("\nkmsd tmp dir for %s: %s" % (request.module.__name__, tmp))
+    srv = Kmsd(tmp)
+    try:
+        srv.provision()
+        srv.init()
+        srv.start()
+    except BaseException:
+        srv.kill()
+        raise
+    yield srv
+    rc, err = srv.stop()
+    found = sanitizer_findings(err)
+    assert not found, "kmsd stderr has sanitizer report(s) %s:\n%s" % (found, err[-20000:])
+    assert rc == 0, "kmsd exit status after SIGTERM: %r (want 0)\n%s" % (rc, err[-5000:])
+
+
+@pytest.fixture(scope="module")
+def env(kmsd):
+    """A tenant, a key in it and a service token scoped to it."""
+    t, k, tok = kmsd.setup_tenant_key()
+
+    class Env:
+        pass
+
+    e = Env()
+    e.tenant, e.key, e.token = t, k, tok
+    return e
