@@ -20,6 +20,12 @@ static const char *const op_names[KMS_OP__COUNT] = {
 	[KMS_OP_ENCRYPT] = "encrypt",
 	[KMS_OP_DECRYPT] = "decrypt",
 	[KMS_OP_REWRAP] = "rewrap",
+	[KMS_OP_KEY_CONFIG] = "key.config",
+	[KMS_OP_KEY_REVOKE] = "key.revoke",
+	[KMS_OP_KEY_RESTORE] = "key.restore",
+	[KMS_OP_VERSION_DISABLE] = "key.version.disable",
+	[KMS_OP_VERSION_ENABLE] = "key.version.enable",
+	[KMS_OP_KEY_HISTORY] = "key.history",
 };
 
 const char *kms_op_name(enum kms_op op)

@@ -145,6 +145,8 @@ static kms_err kent_load(struct core *c, const char *tenant, const char *key, st
 		for (size_t i = 0; i < nv; i++) {
 			e->vers[i].version = vs[i].version;
 			e->vers[i].created = vs[i].created;
+			e->vers[i].state = core_state_parse(vs[i].state);
+			e->vers[i].destroy_after = vs[i].destroy_after;
 		}
 		e->nvers = nv;
 		e->next = c->keys[b];
@@ -193,6 +195,64 @@ kms_err core_key_add_version(struct core *c, const char *tenant, const char *key
 out:
 	pthread_rwlock_unlock(&c->lock);
 	return rc;
+}
+
+enum kver_state core_state_parse(const char *s)
+{
+	if (strcmp(s, STORE_STATE_DISABLED) == 0)
+		return KVER_DISABLED;
+	if (strcmp(s, STORE_STATE_PENDING) == 0)
+		return KVER_PENDING;
+	if (strcmp(s, STORE_STATE_DESTROYED) == 0)
+		return KVER_DESTROYED;
+	return KVER_ENABLED;
+}
+
+const char *core_state_name(enum kver_state st)
+{
+	switch (st) {
+	case KVER_DISABLED: return STORE_STATE_DISABLED;
+	case KVER_PENDING: return STORE_STATE_PENDING;
+	case KVER_DESTROYED: return STORE_STATE_DESTROYED;
+	default: return STORE_STATE_ENABLED;
+	}
+}
+
+void core_key_meta_set(struct core *c, const char *tenant, const struct store_key *meta)
+{
+	struct kent *e;
+
+	pthread_rwlock_wrlock(&c->lock);
+	e = kent_find_locked(c, tenant, meta->name);
+	if (e != NULL) {
+		/* latest_version moves only through core_key_add_version */
+		uint32_t latest = e->meta.latest_version;
+		e->meta = *meta;
+		e->meta.latest_version = latest;
+	}
+	pthread_rwlock_unlock(&c->lock);
+}
+
+void core_version_state_set(struct core *c, const char *tenant, const char *key, uint32_t version,
+			    enum kver_state st, int64_t destroy_after)
+{
+	struct kent *e;
+	p11_key drop = 0;
+
+	pthread_rwlock_wrlock(&c->lock);
+	e = kent_find_locked(c, tenant, key);
+	if (e != NULL && version >= 1 && version <= e->nvers) {
+		struct kver *v = &e->vers[version - 1];
+		v->state = st;
+		v->destroy_after = destroy_after;
+		/* A version that may not be used has no business being loaded. */
+		if (st != KVER_ENABLED) {
+			drop = v->handle;
+			v->handle = 0;
+		}
+	}
+	pthread_rwlock_unlock(&c->lock);
+	p11_kek_unload(c->p11, drop);
 }
 
 kms_err core_key_ref(struct core *c, const char *tenant, const char *key, struct keyref *out)
@@ -259,10 +319,25 @@ kms_err core_kek(struct core *c, const struct keyref *k, uint32_t version, p11_k
 	p11_key h = 0;
 	kms_err rc;
 
+	/* Every use of a KEK passes here: the one place that refuses by state. */
 	pthread_rwlock_rdlock(&c->lock);
 	e = kent_find_locked(c, k->tenant, k->name);
-	if (e != NULL && version >= 1 && version <= e->nvers)
+	if (e != NULL && e->meta.revoked) {
+		pthread_rwlock_unlock(&c->lock);
+		return kms_errf(KMS_ERR_CONFLICT, "key \"%s\" is revoked: no version may be used until it is restored",
+				k->name);
+	}
+	if (e != NULL && version >= 1 && version <= e->nvers) {
+		enum kver_state st = e->vers[version - 1].state;
+		if (st != KVER_ENABLED) {
+			pthread_rwlock_unlock(&c->lock);
+			if (st == KVER_DESTROYED)
+				return kms_errf(KMS_ERR_CONFLICT, "key version %u destroyed", version);
+			return kms_errf(KMS_ERR_CONFLICT, "key version %u is %s", version,
+					st == KVER_DISABLED ? "disabled" : "pending destruction");
+		}
 		h = e->vers[version - 1].handle;
+	}
 	pthread_rwlock_unlock(&c->lock);
 	if (h != 0) {
 		*out = h;
@@ -339,11 +414,28 @@ kms_err core_key_read_json(struct core *c, const char *tenant, const char *key, 
 		json_decref(vers);
 		return kms_errf(KMS_ERR_NOT_FOUND, "key not found");
 	}
+	json_t *states = json_object();
 	for (size_t i = 0; i < e->nvers; i++) {
+		const struct kver *v = &e->vers[i];
+		const char *st;
 		char num[16];
-		snprintf(num, sizeof(num), "%u", e->vers[i].version);
-		json_object_set_new(vers, num, json_integer(e->vers[i].created));
+		snprintf(num, sizeof(num), "%u", v->version);
+		json_object_set_new(vers, num, json_integer(v->created));
+		if (v->state != KVER_ENABLED)
+			st = v->state == KVER_DISABLED ? "disabled" : v->state == KVER_PENDING ? "pending-destruction" : "destroyed";
+		else if (v->version < e->meta.min_decryption_version)
+			st = "below-min-decryption";
+		else if (v->version == e->meta.latest_version)
+			st = "active";
+		else
+			st = "decrypt-only";
+		json_object_set_new(states, num, json_pack("{s:s,s:I}", "state", st, "created", (json_int_t)v->created));
+		if (v->state == KVER_PENDING)
+			json_object_set_new(json_object_get(states, num), "destroy_after",
+					    json_integer(v->destroy_after));
 	}
+	json_object_set_new(d, "versions", states);
+	json_object_set_new(d, "revoked", json_boolean(e->meta.revoked));
 	json_object_set_new(d, "name", json_string(e->meta.name));
 	json_object_set_new(d, "type", json_string(e->meta.type));
 	json_object_set_new(d, "latest_version", json_integer(e->meta.latest_version));
@@ -438,7 +530,7 @@ kms_err core_bootstrap_admin(struct store *st, const char *name, char *token_out
 
 static bool op_has_tenant(enum kms_op op)
 {
-	return op >= KMS_OP_KEY_CREATE && op <= KMS_OP_REWRAP;
+	return op >= KMS_OP_KEY_CREATE && op < KMS_OP__COUNT;
 }
 
 static kms_err authenticate(struct core *c, const char *token, struct op_ctx *x)
@@ -496,6 +588,12 @@ static const op_fn op_table[KMS_OP__COUNT] = {
 	[KMS_OP_ENCRYPT] = op_encrypt,
 	[KMS_OP_DECRYPT] = op_decrypt,
 	[KMS_OP_REWRAP] = op_rewrap,
+	[KMS_OP_KEY_CONFIG] = op_key_config,
+	[KMS_OP_KEY_REVOKE] = op_key_revoke,
+	[KMS_OP_KEY_RESTORE] = op_key_restore,
+	[KMS_OP_VERSION_DISABLE] = op_version_disable,
+	[KMS_OP_VERSION_ENABLE] = op_version_enable,
+	[KMS_OP_KEY_HISTORY] = op_key_history,
 };
 
 static int valid_request_id(const char *s)

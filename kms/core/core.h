@@ -23,6 +23,7 @@ struct core_call {
 	const char *key;	 /* path parameter or NULL */
 	const char *name;	 /* principal name path parameter or NULL */
 	const char *variant;	 /* datakey: "plaintext" or "wrapped" */
+	const char *version;	 /* key version path parameter or NULL */
 	const char *token;	 /* presented API token or NULL (never logged) */
 	const char *remote_addr; /* textual peer address */
 	const char *request_id;	 /* client's X-Request-Id or NULL */

@@ -11,9 +11,13 @@
 #include "pkcs11/p11.h"
 #include "policy/policy.h"
 
+enum kver_state { KVER_ENABLED, KVER_DISABLED, KVER_PENDING, KVER_DESTROYED };
+
 struct kver {
 	uint32_t version;
 	int64_t created;
+	enum kver_state state;
+	int64_t destroy_after;
 	p11_key handle; /* 0 until first use */
 };
 
@@ -78,6 +82,13 @@ KMS_WUR kms_err core_key_insert(struct core *c, const char *tenant, const struct
 KMS_WUR kms_err core_key_add_version(struct core *c, const char *tenant, const char *key,
 				     uint32_t version, int64_t created);
 void core_tenant_insert(struct core *c, const struct store_tenant *t);
+/* Replaces the cached metadata of a key after a store update. */
+void core_key_meta_set(struct core *c, const char *tenant, const struct store_key *meta);
+/* Records a version's new state in the cache; unloads its KEK unless enabled. */
+void core_version_state_set(struct core *c, const char *tenant, const char *key, uint32_t version,
+			    enum kver_state st, int64_t destroy_after);
+enum kver_state core_state_parse(const char *s);
+const char *core_state_name(enum kver_state st);
 KMS_WUR kms_err core_row_mac(struct core *c, const char *tenant, const char *key,
 			     const struct store_version *v, uint8_t mac[STORE_MAC_LEN]);
 
@@ -99,5 +110,11 @@ KMS_WUR kms_err op_datakey(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_encrypt(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_decrypt(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_rewrap(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_key_config(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_key_revoke(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_key_restore(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_version_disable(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_version_enable(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_key_history(struct core *c, struct op_ctx *x);
 
 #endif

@@ -184,9 +184,12 @@ static kms_err pick_version(json_t *item, const struct keyref *k, uint32_t *ver)
 	}
 	if ((uint32_t)v > k->latest)
 		return kms_errf(KMS_ERR_INVALID, "key_version %lld does not exist", v);
-	if (k->min_enc != 0 && (uint32_t)v < k->min_enc)
-		return kms_errf(KMS_ERR_INVALID, "key_version %lld is below min_encryption_version %u", v,
-				k->min_enc);
+	/* Superseded versions are decrypt-only (docs/KEY-LIFECYCLE.md): no new
+	 * ciphertext under an old KEK version, so retiring one bounds its exposure. */
+	if ((uint32_t)v < k->latest)
+		return kms_errf(KMS_ERR_CONFLICT,
+				"key version %lld is decrypt-only (superseded by version %u); encryption uses the latest version",
+				v, k->latest);
 	*ver = (uint32_t)v;
 	return KMS_OK;
 }

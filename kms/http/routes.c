@@ -5,7 +5,8 @@
 
 enum { M_GET = 1, M_POST = 2, M_LIST = 4 };
 
-/* Segments: a literal, or ":t" tenant, ":k" key, ":n" principal name, ":v" variant.
+/* Segments: a literal, or ":t" tenant, ":k" key, ":n" principal name, ":v" variant,
+ * ":r" key version.
  * Order matters: sys and auth routes come before the tenant routes that would
  * otherwise swallow them. */
 static const struct route {
@@ -31,6 +32,12 @@ static const struct route {
 	{M_POST, "/v1/:t/encrypt/:k", KMS_OP_ENCRYPT},
 	{M_POST, "/v1/:t/decrypt/:k", KMS_OP_DECRYPT},
 	{M_POST, "/v1/:t/rewrap/:k", KMS_OP_REWRAP},
+	{M_POST, "/v1/:t/keys/:k/config", KMS_OP_KEY_CONFIG},
+	{M_POST, "/v1/:t/keys/:k/revoke", KMS_OP_KEY_REVOKE},
+	{M_POST, "/v1/:t/keys/:k/restore", KMS_OP_KEY_RESTORE},
+	{M_POST, "/v1/:t/keys/:k/versions/:r/disable", KMS_OP_VERSION_DISABLE},
+	{M_POST, "/v1/:t/keys/:k/versions/:r/enable", KMS_OP_VERSION_ENABLE},
+	{M_GET, "/v1/:t/keys/:k/history", KMS_OP_KEY_HISTORY},
 };
 
 #define MAX_SEGS 8
@@ -73,7 +80,7 @@ static int match_one(const struct route *r, char **segs, int n, struct route_mat
 			return 0;
 		}
 	}
-	m->tenant = m->key = m->name = m->variant = NULL;
+	m->tenant = m->key = m->name = m->variant = m->version = NULL;
 	for (int i = 0; i < n; i++) {
 		if (psegs[i][0] != ':')
 			continue;
@@ -82,6 +89,7 @@ static int match_one(const struct route *r, char **segs, int n, struct route_mat
 		case 'k': m->key = segs[i]; break;
 		case 'n': m->name = segs[i]; break;
 		case 'v': m->variant = segs[i]; break;
+		case 'r': m->version = segs[i]; break;
 		}
 	}
 	/* A tenant segment never names the reserved mounts. */

@@ -11,7 +11,7 @@
 struct route_match {
 	enum kms_op op;
 	char buf[ROUTE_PATH_MAX]; /* the path, split in place */
-	const char *tenant, *key, *name, *variant;
+	const char *tenant, *key, *name, *variant, *version;
 };
 
 enum route_result { ROUTE_OK, ROUTE_NOT_FOUND, ROUTE_METHOD };

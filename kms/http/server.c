@@ -212,6 +212,7 @@ static enum MHD_Result dispatch(struct http_server *s, struct MHD_Connection *co
 	call.key = m.key;
 	call.name = m.name;
 	call.variant = m.variant;
+	call.version = m.version;
 	call.token = presented_token(conn);
 	call.remote_addr = addr;
 	call.request_id = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");

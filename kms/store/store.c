@@ -101,6 +101,21 @@ static const char *const migrations[] = {
 	"  revoked INTEGER NOT NULL DEFAULT 0 CHECK (revoked IN (0, 1))"
 	");"
 	"CREATE INDEX api_tokens_principal ON api_tokens (principal_id);",
+	/* 2: key lifecycle: version states, key revocation, and the history of both. */
+	"ALTER TABLE keys ADD COLUMN revoked INTEGER NOT NULL DEFAULT 0 CHECK (revoked IN (0, 1));"
+	"ALTER TABLE key_versions ADD COLUMN state TEXT NOT NULL DEFAULT 'enabled'"
+	"  CHECK (state IN ('enabled', 'disabled', 'pending_destruction', 'destroyed'));"
+	"ALTER TABLE key_versions ADD COLUMN destroy_after INTEGER NOT NULL DEFAULT 0;"
+	"CREATE TABLE key_events ("
+	"  id INTEGER PRIMARY KEY,"
+	"  key_id INTEGER NOT NULL REFERENCES keys (id),"
+	"  version INTEGER NOT NULL CHECK (version BETWEEN 0 AND 4294967295),"
+	"  event TEXT NOT NULL CHECK (length(CAST(event AS BLOB)) BETWEEN 1 AND 31),"
+	"  principal TEXT NOT NULL CHECK (length(CAST(principal AS BLOB)) <= 128),"
+	"  reason TEXT NOT NULL CHECK (length(CAST(reason AS BLOB)) <= 512),"
+	"  time INTEGER NOT NULL"
+	");"
+	"CREATE INDEX key_events_key ON key_events (key_id, id);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
@@ -153,14 +168,20 @@ enum stmt_id {
 	ST_TOKEN_INSERT,
 	ST_TOKEN_GET,
 	ST_TOKEN_REVOKE,
+	ST_KEY_CONFIG,
+	ST_KEY_REVOKED,
+	ST_VERSION_STATE_GET,
+	ST_VERSION_STATE_SET,
+	ST_EVENT_INSERT,
+	ST_EVENT_LIST,
 	ST__COUNT
 };
 
 #define TENANT_COLS "id, name, retention, created"
 #define KEY_COLS                                                                     \
 	"id, tenant_id, name, type, created, latest_version, min_decryption_version, " \
-	"min_encryption_version, deletion_allowed, auto_rotate_period"
-#define VERSION_COLS "version, mk_version, blob, mac, created"
+	"min_encryption_version, deletion_allowed, auto_rotate_period, revoked"
+#define VERSION_COLS "version, mk_version, blob, mac, created, state, destroy_after"
 #define PRINCIPAL_COLS "id, name, role, created"
 
 static const char *const stmt_sql[ST__COUNT] = {
@@ -206,6 +227,16 @@ static const char *const stmt_sql[ST__COUNT] = {
 	[ST_TOKEN_GET] = "SELECT accessor, principal_id, hash, created, expires, revoked "
 			 "FROM api_tokens WHERE accessor = ?1",
 	[ST_TOKEN_REVOKE] = "UPDATE api_tokens SET revoked = 1 WHERE accessor = ?1",
+	[ST_KEY_CONFIG] = "UPDATE keys SET min_decryption_version = ?2, min_encryption_version = ?3, "
+			  "deletion_allowed = ?4, auto_rotate_period = ?5 WHERE id = ?1",
+	[ST_KEY_REVOKED] = "UPDATE keys SET revoked = ?2 WHERE id = ?1 AND revoked = ?3",
+	[ST_VERSION_STATE_GET] = "SELECT state FROM key_versions WHERE key_id = ?1 AND version = ?2",
+	[ST_VERSION_STATE_SET] = "UPDATE key_versions SET state = ?3, destroy_after = ?4 "
+				 "WHERE key_id = ?1 AND version = ?2 AND state = ?5",
+	[ST_EVENT_INSERT] = "INSERT INTO key_events (key_id, version, event, principal, reason, time) "
+			    "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+	[ST_EVENT_LIST] = "SELECT version, event, principal, reason, time FROM key_events "
+			  "WHERE key_id = ?1 ORDER BY id",
 };
 
 struct store {
@@ -388,6 +419,7 @@ static kms_err row_key(sqlite3_stmt *st, struct store_key *k)
 		return rc;
 	k->deletion_allowed = sqlite3_column_int64(st, 8) != 0;
 	k->auto_rotate_period = sqlite3_column_int64(st, 9);
+	k->revoked = sqlite3_column_int64(st, 10) != 0;
 	return KMS_OK;
 }
 
@@ -404,6 +436,9 @@ static kms_err row_version(sqlite3_stmt *st, struct store_version *v)
 		    KMS_OK)
 		return rc;
 	v->created = sqlite3_column_int64(st, 4);
+	if ((rc = col_text(st, 5, v->state, sizeof(v->state), "key_versions")) != KMS_OK)
+		return rc;
+	v->destroy_after = sqlite3_column_int64(st, 6);
 	return KMS_OK;
 }
 
@@ -1677,6 +1712,217 @@ kms_err store_token_revoke(struct store *s, const char *accessor)
 	}
 	rc = KMS_OK;
 out:
+	store_unlock(s);
+	return rc;
+}
+
+/* ---- key lifecycle ---- */
+
+static kms_err event_insert_locked(struct store *s, int64_t key_id, const struct store_event *ev)
+{
+	sqlite3_stmt *st = s->st[ST_EVENT_INSERT];
+	int src;
+
+	if (ev == NULL)
+		return kms_errf(KMS_ERR_INVALID, "key event missing");
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 2, ev->version) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 3, ev->event, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 4, ev->principal, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 5, ev->reason, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 6, ev->time) != SQLITE_OK) {
+		kms_err rc = db_fail(s, "event bind");
+
+		stmt_release(st);
+		return rc;
+	}
+	src = stmt_exec(st);
+	if (src == SQLITE_CONSTRAINT_FOREIGNKEY)
+		return kms_errf(KMS_ERR_NOT_FOUND, "key %" PRId64 " not found", key_id);
+	if (src != SQLITE_DONE)
+		return db_fail(s, "event insert");
+	return KMS_OK;
+}
+
+/* Runs one prepared UPDATE (already bound) and the event insert in a transaction.
+ * Zero changed rows -> `none` (an error the caller chose), nothing written. */
+static kms_err update_with_event(struct store *s, sqlite3_stmt *st, int64_t key_id,
+				 const struct store_event *ev, kms_err none, const char *none_msg,
+				 const char *what)
+{
+	bool in_tx = false;
+	int src;
+	kms_err rc;
+
+	if ((rc = tx_begin(s)) != KMS_OK) {
+		stmt_release(st);
+		return rc;
+	}
+	in_tx = true;
+	src = stmt_exec(st);
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, what);
+		goto out;
+	}
+	if (sqlite3_changes(s->db) != 1) {
+		rc = none_msg ? kms_errf(none, "%s", none_msg) : none;
+		goto out;
+	}
+	if ((rc = event_insert_locked(s, key_id, ev)) != KMS_OK)
+		goto out;
+	if ((rc = tx_commit(s)) != KMS_OK)
+		goto out;
+	in_tx = false;
+out:
+	if (in_tx)
+		tx_rollback(s);
+	return rc;
+}
+
+kms_err store_key_config(struct store *s, int64_t key_id, const struct store_key *cfg,
+			 const struct store_event *ev)
+{
+	sqlite3_stmt *st;
+	kms_err rc;
+
+	if (cfg == NULL)
+		return kms_errf(KMS_ERR_INVALID, "key config missing");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_KEY_CONFIG];
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 2, cfg->min_decryption_version) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 3, cfg->min_encryption_version) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 4, cfg->deletion_allowed ? 1 : 0) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 5, cfg->auto_rotate_period) != SQLITE_OK) {
+		rc = db_fail(s, "key config bind");
+		stmt_release(st);
+		goto out;
+	}
+	rc = update_with_event(s, st, key_id, ev, KMS_ERR_NOT_FOUND, "key not found", "key config");
+out:
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_key_set_revoked(struct store *s, int64_t key_id, int revoked, const struct store_event *ev)
+{
+	sqlite3_stmt *st;
+	kms_err rc;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_KEY_REVOKED];
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 2, revoked ? 1 : 0) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 3, revoked ? 0 : 1) != SQLITE_OK) {
+		rc = db_fail(s, "key revoke bind");
+		stmt_release(st);
+		goto out;
+	}
+	rc = update_with_event(s, st, key_id, ev, KMS_ERR_CONFLICT,
+			       revoked ? "key is already revoked" : "key is not revoked", "key revoke");
+out:
+	store_unlock(s);
+	return rc;
+}
+
+static bool valid_state(const char *st)
+{
+	return st != NULL && (strcmp(st, STORE_STATE_ENABLED) == 0 || strcmp(st, STORE_STATE_DISABLED) == 0 ||
+			      strcmp(st, STORE_STATE_PENDING) == 0 || strcmp(st, STORE_STATE_DESTROYED) == 0);
+}
+
+kms_err store_version_transition(struct store *s, int64_t key_id, uint32_t version, const char *from,
+				 const char *to, int64_t destroy_after, const struct store_event *ev)
+{
+	sqlite3_stmt *st;
+	char cur[24] = "";
+	int src;
+	kms_err rc;
+
+	if (!valid_state(from) || !valid_state(to))
+		return kms_errf(KMS_ERR_INVALID, "unknown key version state");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_VERSION_STATE_SET];
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, version) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 3, to, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 4, destroy_after) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 5, from, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "version state bind");
+		stmt_release(st);
+		goto out;
+	}
+	rc = update_with_event(s, st, key_id, ev, KMS_ERR_CONFLICT, NULL, "version state");
+	if (rc != KMS_ERR_CONFLICT)
+		goto out;
+	/* Say why: no such version, or in which state it is. */
+	st = s->st[ST_VERSION_STATE_GET];
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, version) != SQLITE_OK) {
+		rc = db_fail(s, "version state get bind");
+		stmt_release(st);
+		goto out;
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_ROW)
+		rc = col_text(st, 0, cur, sizeof(cur), "key_versions");
+	else if (src == SQLITE_DONE)
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "key version %" PRIu32 " not found", version);
+	else
+		rc = db_fail(s, "version state get");
+	stmt_release(st);
+	if (rc == KMS_OK)
+		rc = kms_errf(KMS_ERR_CONFLICT, "key version %" PRIu32 " is %s, not %s", version, cur, from);
+out:
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_key_events(struct store *s, int64_t key_id, struct store_event **out, size_t *n)
+{
+	struct store_event *arr = NULL;
+	size_t cap = 0, cnt = 0;
+	sqlite3_stmt *st;
+	int src;
+	kms_err rc;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_EVENT_LIST];
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK) {
+		rc = db_fail(s, "events bind");
+		goto out;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		struct store_event *e;
+		void *g = grow(arr, &cap, cnt + 1, sizeof(*arr));
+		if (g == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "events");
+			goto out;
+		}
+		arr = g;
+		e = &arr[cnt];
+		memset(e, 0, sizeof(*e));
+		if ((rc = col_u32(st, 0, &e->version, "key_events")) != KMS_OK ||
+		    (rc = col_text(st, 1, e->event, sizeof(e->event), "key_events")) != KMS_OK ||
+		    (rc = col_text(st, 2, e->principal, sizeof(e->principal), "key_events")) != KMS_OK ||
+		    (rc = col_text(st, 3, e->reason, sizeof(e->reason), "key_events")) != KMS_OK)
+			goto out;
+		e->time = sqlite3_column_int64(st, 4);
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "events list");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	free(arr);
+	stmt_release(st);
 	store_unlock(s);
 	return rc;
 }

@@ -14,7 +14,7 @@
 
 #include "kms/base/err.h"
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 #define STORE_NAME_MAX 128  /* tenant, key and principal names, excluding the NUL */
 #define STORE_BLOB_MAX 64
 #define STORE_MAC_LEN 32
@@ -41,6 +41,7 @@ struct store_key {
 	uint32_t min_encryption_version; /* 0 = latest */
 	int deletion_allowed;
 	int64_t auto_rotate_period; /* seconds, 0 = off */
+	int revoked;		    /* every version unusable until restored */
 };
 
 struct store_version {
@@ -50,6 +51,25 @@ struct store_version {
 	size_t blob_len;
 	uint8_t mac[STORE_MAC_LEN]; /* HMAC over the row, from the token */
 	int64_t created;
+	char state[24];	      /* STORE_STATE_*; "enabled" for a new row */
+	int64_t destroy_after; /* unix seconds, pending_destruction only */
+};
+
+/* Stored state of a key version. "active" and "decrypt-only" are not stored: they
+ * follow from the version number against latest_version and min_encryption_version. */
+#define STORE_STATE_ENABLED "enabled"
+#define STORE_STATE_DISABLED "disabled"
+#define STORE_STATE_PENDING "pending_destruction"
+#define STORE_STATE_DESTROYED "destroyed"
+#define STORE_REASON_MAX 512
+
+/* One entry of a key's history: every transition, with who, when and why. */
+struct store_event {
+	uint32_t version; /* 0 = the key as a whole */
+	char event[32];	  /* "config", "disable", "enable", "revoke", "restore", ... */
+	char principal[STORE_NAME_MAX + 1];
+	char reason[STORE_REASON_MAX + 1];
+	int64_t time;
 };
 
 struct store_principal {
@@ -105,6 +125,25 @@ KMS_WUR kms_err store_version_get(struct store *s, int64_t key_id, uint32_t vers
 /* All versions of a key, ascending (malloc'd, free()); NOT_FOUND for an unknown key. */
 KMS_WUR kms_err store_version_list(struct store *s, int64_t key_id, struct store_version **out,
 				   size_t *n);
+
+/* Key lifecycle. Each call changes the row and appends ev to the key's history in one
+ * transaction, or changes nothing. */
+
+/* Sets min_decryption_version, min_encryption_version, deletion_allowed and
+ * auto_rotate_period from cfg. */
+KMS_WUR kms_err store_key_config(struct store *s, int64_t key_id, const struct store_key *cfg,
+				 const struct store_event *ev);
+/* Sets revoked (0/1); CONFLICT if the key already is in that state. */
+KMS_WUR kms_err store_key_set_revoked(struct store *s, int64_t key_id, int revoked,
+				      const struct store_event *ev);
+/* Moves a version from state `from` to `to` (compare-and-set: CONFLICT, naming the
+ * current state, when it is not in `from`). destroy_after is stored with it. */
+KMS_WUR kms_err store_version_transition(struct store *s, int64_t key_id, uint32_t version,
+					 const char *from, const char *to, int64_t destroy_after,
+					 const struct store_event *ev);
+/* The key's history, oldest first (malloc'd, free()). */
+KMS_WUR kms_err store_key_events(struct store *s, int64_t key_id, struct store_event **out,
+				 size_t *n);
 
 /* principals: role "admin" or "service"; tenant_ids are the tenants a service may
  * use (ignored for admins). CONFLICT if the name exists, NOT_FOUND for an unknown

@@ -164,8 +164,15 @@ class Kmsd:
 
     def start(self):
         timeout = float(os.environ.get("KMSD_STARTUP_TIMEOUT", "60"))
-        out = open(self.stdout_path, "wb")
-        err = open(self.stderr_path, "wb")
+        # A restart must not read the previous run's port; its stderr is kept (append)
+        # so that a sanitizer report from any run still fails the teardown.
+        self.port = None
+        try:
+            os.unlink(self.port_file)
+        except FileNotFoundError:
+            pass
+        out = open(self.stdout_path, "ab")
+        err = open(self.stderr_path, "ab")
         try:
             self.proc = subprocess.Popen([self.bin, "-c", self.conf], env=self.env,
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err,

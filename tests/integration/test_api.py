@@ -11,7 +11,7 @@ from conftest import b64, unb64, uniq
 KEY_FIELDS = {"name", "type", "latest_version", "min_decryption_version",
               "min_encryption_version", "keys", "deletion_allowed", "exportable", "derived",
               "supports_encryption", "supports_decryption", "supports_derivation",
-              "supports_signing", "auto_rotate_period"}
+              "supports_signing", "auto_rotate_period", "revoked", "versions"}
 
 
 def test_health(kmsd):
@@ -138,6 +138,10 @@ def test_key_create_read_shape(kmsd):
     assert r.status_code == 200, r.text
     created = r.json()["data"]
     assert KEY_FIELDS <= set(created), KEY_FIELDS - set(created)
+    # versions: per version only its state and creation time (docs/KEY-LIFECYCLE.md)
+    assert created["revoked"] is False
+    assert list(created["versions"]) == ["1"]
+    assert created["versions"]["1"] == {"state": "active", "created": created["keys"]["1"]}
     # anything beyond the documented fields is plain metadata, never material
     for extra in set(created) - KEY_FIELDS:
         assert isinstance(created[extra], (bool, int)) or created[extra] in (t, k), \

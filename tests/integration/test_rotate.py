@@ -103,15 +103,21 @@ def test_rotate_many_times(kmsd):
 
 
 def test_encrypt_and_rewrap_with_key_version(kmsd):
+    """Superseded versions are decrypt-only (docs/KEY-LIFECYCLE.md): key_version may
+    pin the latest version, never an older one, and never one that does not exist."""
     t, k, tok = kmsd.setup_tenant_key()
+    old = kmsd.encrypt(tok, t, k, plaintext=b64(SECRET)).json()["data"]["ciphertext"]
     kmsd.rotate(t, k)
     kmsd.rotate(t, k)
-    d = kmsd.encrypt(tok, t, k, plaintext=b64(SECRET), key_version=1).json()["data"]
-    assert d["ciphertext"].startswith("vault:v1:") and d["key_version"] == 1
-    r = kmsd.rewrap(tok, t, k, ciphertext=d["ciphertext"], key_version=2)
+    r = kmsd.encrypt(tok, t, k, plaintext=b64(SECRET), key_version=1)
+    assert r.status_code == 409, r.text
+    assert "decrypt-only" in r.json()["errors"][0]
+    d = kmsd.encrypt(tok, t, k, plaintext=b64(SECRET), key_version=3).json()["data"]
+    assert d["ciphertext"].startswith("vault:v3:") and d["key_version"] == 3
+    r = kmsd.rewrap(tok, t, k, ciphertext=old, key_version=2)
+    assert r.status_code == 409, r.text
+    r = kmsd.rewrap(tok, t, k, ciphertext=old)
     assert r.status_code == 200, r.text
-    assert r.json()["data"]["ciphertext"].startswith("vault:v2:")
-    r = kmsd.rewrap(tok, t, k, ciphertext=d["ciphertext"])
     assert r.json()["data"]["ciphertext"].startswith("vault:v3:")
     r = kmsd.encrypt(tok, t, k, plaintext=b64(SECRET), key_version=4)
     assert r.status_code == 400, r.text

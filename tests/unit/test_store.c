@@ -255,20 +255,24 @@ static void test_open_newer_schema_refused(void **state)
 
 	store_close(f->s);
 	f->s = NULL;
+	char sql[64], want[32];
+
+	snprintf(sql, sizeof(sql), "UPDATE schema_version SET version = %d", STORE_SCHEMA_VERSION + 1);
 	db = raw_open(f->path);
-	raw_exec(db, "UPDATE schema_version SET version = 2");
+	raw_exec(db, sql);
 	assert_int_equal(sqlite3_close(db), SQLITE_OK);
 
 	assert_int_equal(store_open(f->path, &s2), KMS_ERR_CONFIG);
 	assert_null(s2);
-	assert_detail_has(KMS_ERR_CONFIG, "schema version 2");
+	snprintf(want, sizeof(want), "schema version %d", STORE_SCHEMA_VERSION + 1);
+	assert_detail_has(KMS_ERR_CONFIG, want);
 	assert_detail_has(KMS_ERR_CONFIG, "newer kmsd");
 	assert_int_equal(store_open(f->path, &s2), KMS_ERR_CONFIG); /* and again */
 
 	/* refused without touching the version */
 	db = raw_open(f->path);
 	raw_text(db, "SELECT version FROM schema_version", got, sizeof(got));
-	assert_string_equal(got, "2");
+	assert_string_equal(got, want + strlen("schema version "));
 	assert_int_equal(sqlite3_close(db), SQLITE_OK);
 }
 
@@ -870,6 +874,89 @@ static void test_null_handles(void **state)
 	assert_int_equal(store_tenant_get(NULL, "t", &t), KMS_ERR_INTERNAL);
 }
 
+static struct store_event ev_of(const char *event, uint32_t version, const char *reason)
+{
+	struct store_event e;
+
+	memset(&e, 0, sizeof(e));
+	snprintf(e.event, sizeof(e.event), "%s", event);
+	snprintf(e.principal, sizeof(e.principal), "admin");
+	snprintf(e.reason, sizeof(e.reason), "%s", reason);
+	e.version = version;
+	e.time = 5000;
+	return e;
+}
+
+static void test_lifecycle(void **state)
+{
+	struct fx *f = *state;
+	struct store_event e, *evs = NULL;
+	struct store_version v;
+	struct store_key k, cfg;
+	size_t n = 0;
+	int64_t id = make_key(f, "lk");
+
+	/* a new version is enabled, a new key not revoked */
+	assert_int_equal(store_version_get(f->s, id, 1, &v), KMS_OK);
+	assert_string_equal(v.state, STORE_STATE_ENABLED);
+	assert_int_equal(store_key_get(f->s, f->tenant, "lk", &k), KMS_OK);
+	assert_int_equal(k.revoked, 0);
+
+	/* transitions are compare-and-set; a refusal names the state and writes nothing */
+	e = ev_of("disable", 1, "suspected");
+	assert_int_equal(store_version_transition(f->s, id, 1, STORE_STATE_ENABLED, STORE_STATE_DISABLED, 0, &e), KMS_OK);
+	assert_int_equal(store_version_transition(f->s, id, 1, STORE_STATE_ENABLED, STORE_STATE_DISABLED, 0, &e),
+			 KMS_ERR_CONFLICT);
+	assert_detail_has(KMS_ERR_CONFLICT, "is disabled, not enabled");
+	assert_int_equal(store_version_transition(f->s, id, 9, STORE_STATE_ENABLED, STORE_STATE_DISABLED, 0, &e),
+			 KMS_ERR_NOT_FOUND);
+	assert_int_equal(store_version_transition(f->s, id, 1, "bogus", STORE_STATE_DISABLED, 0, &e), KMS_ERR_INVALID);
+	e = ev_of("schedule", 1, "");
+	assert_int_equal(store_version_transition(f->s, id, 1, STORE_STATE_DISABLED, STORE_STATE_PENDING, 777, &e), KMS_OK);
+	assert_int_equal(store_version_get(f->s, id, 1, &v), KMS_OK);
+	assert_string_equal(v.state, STORE_STATE_PENDING);
+	assert_int_equal(v.destroy_after, 777);
+
+	/* revocation */
+	e = ev_of("revoke", 0, "stolen");
+	assert_int_equal(store_key_set_revoked(f->s, id, 1, &e), KMS_OK);
+	assert_int_equal(store_key_set_revoked(f->s, id, 1, &e), KMS_ERR_CONFLICT);
+	assert_int_equal(store_key_get(f->s, f->tenant, "lk", &k), KMS_OK);
+	assert_int_equal(k.revoked, 1);
+	e = ev_of("restore", 0, "ok");
+	assert_int_equal(store_key_set_revoked(f->s, id, 0, &e), KMS_OK);
+	assert_int_equal(store_key_set_revoked(f->s, id, 0, &e), KMS_ERR_CONFLICT);
+
+	/* config */
+	cfg = k;
+	cfg.min_decryption_version = 1;
+	cfg.min_encryption_version = 1;
+	cfg.deletion_allowed = 1;
+	cfg.auto_rotate_period = 7200;
+	e = ev_of("config", 0, "");
+	assert_int_equal(store_key_config(f->s, id, &cfg, &e), KMS_OK);
+	assert_int_equal(store_key_get(f->s, f->tenant, "lk", &k), KMS_OK);
+	assert_int_equal(k.min_encryption_version, 1);
+	assert_int_equal(k.deletion_allowed, 1);
+	assert_int_equal(k.auto_rotate_period, 7200);
+	assert_int_equal(store_key_config(f->s, 999999, &cfg, &e), KMS_ERR_NOT_FOUND);
+
+	/* the history holds exactly the transitions that happened, in order */
+	assert_int_equal(store_key_events(f->s, id, &evs, &n), KMS_OK);
+	assert_int_equal(n, 5);
+	assert_string_equal(evs[0].event, "disable");
+	assert_int_equal(evs[0].version, 1);
+	assert_string_equal(evs[0].reason, "suspected");
+	assert_string_equal(evs[1].event, "schedule");
+	assert_string_equal(evs[2].event, "revoke");
+	assert_int_equal(evs[2].version, 0);
+	assert_string_equal(evs[3].event, "restore");
+	assert_string_equal(evs[4].event, "config");
+	assert_string_equal(evs[4].principal, "admin");
+	assert_int_equal(evs[4].time, 5000);
+	free(evs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -891,6 +978,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_concurrent_rotate, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_principals, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_lifecycle, setup, teardown),
 		cmocka_unit_test(test_null_handles),
 	};
 
