@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "kms/audit/audit.h"
@@ -65,6 +66,73 @@ static struct p11_config p11cfg(const struct kms_config *cfg, unsigned sessions)
 	return pc;
 }
 
+/* ---- audit signing (issue 5) ------------------------------------------------------
+ * The token's kmsd-audit-sign key signs the log's checkpoints; its public key is kept
+ * next to the log as <audit_path>.pub.pem (0644) for `kmsctl audit verify`. */
+static kms_err audit_sign_p11(void *ctx, const uint8_t digest[AUDIT_HASH_LEN], uint8_t *sig,
+			      size_t cap, size_t *len)
+{
+	return p11_audit_sign(ctx, digest, sig, cap, len);
+}
+
+/* Writes the public key unless the file already holds it. A file holding another key
+ * is replaced only while the log is empty: otherwise it is what verifies the log. */
+static int write_audit_pubkey(const struct kms_config *cfg, struct p11 *p11)
+{
+	char path[KMS_CONFIG_PATH_MAX + 16], tmp[KMS_CONFIG_PATH_MAX + 24], old[4096];
+	char *pem = NULL;
+	struct stat st;
+	size_t n, len;
+	int fd = -1, rc = -1;
+	FILE *f;
+	kms_err err;
+
+	snprintf(path, sizeof(path), "%s.pub.pem", cfg->audit_path);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	err = p11_audit_pubkey_pem(p11, &pem);
+	if (err != KMS_OK) {
+		kms_error("audit public key: %s", kms_err_detail(err));
+		return -1;
+	}
+	len = strlen(pem);
+	f = fopen(path, "re");
+	if (f != NULL) {
+		n = fread(old, 1, sizeof(old), f);
+		fclose(f);
+		if (n == len && memcmp(old, pem, len) == 0) {
+			rc = 0;
+			goto out;
+		}
+		if (stat(cfg->audit_path, &st) == 0 && st.st_size > 0) {
+			kms_error("%s holds another public key than the token's %s, and it verifies "
+				  "the existing log %s: archive the log and its key before using "
+				  "another audit key",
+				  path, "kmsd-audit-sign", cfg->audit_path);
+			goto out;
+		}
+	}
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0 || fchmod(fd, 0644) != 0 || write(fd, pem, len) != (ssize_t)len ||
+	    fsync(fd) != 0 || close(fd) != 0) {
+		kms_error("cannot write %s: %s", tmp, strerror(errno));
+		if (fd >= 0)
+			(void)close(fd);
+		(void)unlink(tmp);
+		goto out;
+	}
+	if (rename(tmp, path) != 0) {
+		kms_error("cannot rename %s to %s: %s", tmp, path, strerror(errno));
+		(void)unlink(tmp);
+		goto out;
+	}
+	kms_info("audit public key written to %s", path);
+	rc = 0;
+out:
+	free(pem);
+	return rc;
+}
+/* ---- end audit signing ------------------------------------------------------------ */
+
 static int cmd_init(const struct kms_config *cfg, const char *admin, const char *token_file)
 {
 	struct p11_config pc = p11cfg(cfg, 1);
@@ -104,6 +172,21 @@ static int cmd_init(const struct kms_config *cfg, const char *admin, const char 
 	} else if (err != KMS_OK) {
 		kms_error("provisioning the token failed: %s", kms_err_detail(err));
 		goto out;
+	}
+	/* audit signing (issue 5): export the checkpoint key's public half */
+	{
+		struct p11 *p11 = NULL;
+		int wr;
+
+		err = p11_open(&pc, pin, pin_len, &p11);
+		if (err != KMS_OK) {
+			kms_error("token: %s", kms_err_detail(err));
+			goto out;
+		}
+		wr = write_audit_pubkey(cfg, p11);
+		p11_close(p11);
+		if (wr != 0)
+			goto out;
 	}
 	if (token_file != NULL) {
 		fd = open(token_file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -165,6 +248,7 @@ static int cmd_serve(const struct kms_config *cfg)
 	struct p11_config pc = p11cfg(cfg, workers + 2);
 	struct store *st = NULL;
 	struct audit *au = NULL;
+	struct audit_options aopt;
 	struct p11 *p11 = NULL;
 	struct core *core = NULL;
 	struct http_server *http = NULL;
@@ -195,10 +279,6 @@ static int cmd_serve(const struct kms_config *cfg)
 		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
 		goto out;
 	}
-	if ((err = audit_open(cfg->audit_path, cfg->node_id, &au)) != KMS_OK) {
-		kms_error("%s", kms_err_detail(err));
-		goto out;
-	}
 	if (read_pin(cfg, &pin, &pin_len) != 0)
 		goto out;
 	err = p11_open(&pc, pin, pin_len, &p11);
@@ -206,6 +286,17 @@ static int cmd_serve(const struct kms_config *cfg)
 	pin = NULL;
 	if (err != KMS_OK) {
 		kms_error("token: %s", kms_err_detail(err));
+		goto out;
+	}
+	/* audit signing (issue 5): the log is opened after the token, whose key signs its
+	 * checkpoints (config options for N and T come later: defaults for now). */
+	if (write_audit_pubkey(cfg, p11) != 0)
+		goto out;
+	audit_options_init(&aopt);
+	aopt.sign = audit_sign_p11;
+	aopt.sign_ctx = p11;
+	if ((err = audit_open_opts(cfg->audit_path, cfg->node_id, &aopt, &au)) != KMS_OK) {
+		kms_error("%s", kms_err_detail(err));
 		goto out;
 	}
 	if ((err = core_new(st, p11, au, &core)) != KMS_OK)
@@ -234,8 +325,11 @@ static int cmd_serve(const struct kms_config *cfg)
 out:
 	http_stop(http);
 	core_free(core);
-	p11_close(p11);
+	/* audit signing (issue 5): sign the tail while the token is still open */
+	if (au != NULL && audit_healthy(au) && (err = audit_checkpoint(au)) != KMS_OK)
+		kms_warn("audit: final checkpoint: %s", kms_err_detail(err));
 	audit_close(au);
+	p11_close(p11);
 	store_close(st);
 	kms_secret_free(pin);
 	return rc;

@@ -21,6 +21,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+#include <openssl/pem.h>
 #include <p11-kit/pkcs11.h>
 
 #include "kms/base/log.h"
@@ -279,12 +286,11 @@ static kms_err login(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_USER_TYPE w
 	return KMS_OK;
 }
 
-/* Counts (0, 1 or 2 meaning "more than one") secret-key token objects labelled label;
- * *h receives the first. */
-static kms_err find_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *label,
-			CK_OBJECT_HANDLE *h, unsigned *count)
+/* Counts (0, 1 or 2 meaning "more than one") token objects of class cls labelled
+ * label; *h receives the first. */
+static kms_err find_object(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
+			   const char *label, CK_OBJECT_HANDLE *h, unsigned *count)
 {
-	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
 	CK_BBOOL yes = CK_TRUE;
 	CK_ATTRIBUTE tmpl[] = {
 		{CKA_CLASS, &cls, sizeof(cls)},
@@ -311,6 +317,13 @@ static kms_err find_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char 
 	return KMS_OK;
 }
 
+/* The same for secret keys. */
+static kms_err find_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *label,
+			CK_OBJECT_HANDLE *h, unsigned *count)
+{
+	return find_object(f, s, CKO_SECRET_KEY, label, h, count);
+}
+
 /* ---------------------------------------------------------------- templates */
 
 static CK_BBOOL ck_true = CK_TRUE;
@@ -321,6 +334,13 @@ static CK_KEY_TYPE kt_generic = CKK_GENERIC_SECRET;
 static CK_ULONG len_32 = 32;
 static CK_MECHANISM_TYPE mk_mechs[] = {CKM_AES_KEY_WRAP_PAD};
 static CK_MECHANISM_TYPE mac_mechs[] = {CKM_SHA256_HMAC};
+static CK_OBJECT_CLASS cls_private = CKO_PRIVATE_KEY;
+static CK_OBJECT_CLASS cls_public = CKO_PUBLIC_KEY;
+static CK_KEY_TYPE kt_ec = CKK_EC;
+/* SoftHSM2 2.6.1 offers CKM_ECDSA but no CKM_ECDSA_SHA256: the key signs digests. */
+static CK_MECHANISM_TYPE audit_sign_mechs[] = {CKM_ECDSA};
+/* DER OBJECT IDENTIFIER 1.2.840.10045.3.1.7 (prime256v1, NIST P-256). */
+static CK_BYTE p256_params[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
 /* Every key unwrapped under the MK must be sensitive and wrappable only by a trusted
  * key. A template naming these two attributes with other values is refused by the
  * token (CKR_TEMPLATE_INCONSISTENT), so every unwrap names both explicitly. */
@@ -541,6 +561,74 @@ static kms_err mac_key_create(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const
 	return KMS_OK;
 }
 
+/* The audit checkpoint key pair (see p11.h). Both halves carry the same label. */
+static kms_err audit_sign_key_create(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s)
+{
+	static char label[] = P11_LABEL_AUDIT_SIGN;
+	CK_MECHANISM gen = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
+	CK_ATTRIBUTE pub_tmpl[] = {
+		A(CKA_CLASS, cls_public),
+		A(CKA_KEY_TYPE, kt_ec),
+		A(CKA_TOKEN, ck_true),
+		A(CKA_PRIVATE, ck_false),
+		A(CKA_VERIFY, ck_true),
+		A(CKA_ENCRYPT, ck_false),
+		A(CKA_WRAP, ck_false),
+		A(CKA_DERIVE, ck_false),
+		{CKA_EC_PARAMS, p256_params, sizeof(p256_params)},
+		{CKA_LABEL, label, sizeof(label) - 1},
+	};
+	CK_ATTRIBUTE priv_tmpl[] = {
+		A(CKA_CLASS, cls_private),
+		A(CKA_KEY_TYPE, kt_ec),
+		A(CKA_TOKEN, ck_true),
+		A(CKA_PRIVATE, ck_true),
+		A(CKA_SENSITIVE, ck_true),
+		A(CKA_EXTRACTABLE, ck_false),
+		A(CKA_SIGN, ck_true),
+		A(CKA_SIGN_RECOVER, ck_false),
+		A(CKA_DECRYPT, ck_false),
+		A(CKA_UNWRAP, ck_false),
+		A(CKA_DERIVE, ck_false),
+		{CKA_ALLOWED_MECHANISMS, audit_sign_mechs, sizeof(audit_sign_mechs)},
+		{CKA_LABEL, label, sizeof(label) - 1},
+	};
+	CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE;
+	CK_RV rv;
+
+	rv = f->C_GenerateKeyPair(s, &gen, pub_tmpl, NELEM(pub_tmpl), priv_tmpl, NELEM(priv_tmpl),
+				  &pub, &priv);
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, "C_GenerateKeyPair(audit signing key)");
+	kms_info("token: %s created (ECDSA P-256, sign only)", P11_LABEL_AUDIT_SIGN);
+	return KMS_OK;
+}
+
+/* Creates the audit key pair when neither half exists; refuses a lone half. */
+static kms_err audit_sign_key_ensure(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s)
+{
+	CK_OBJECT_HANDLE h;
+	unsigned n_priv, n_pub;
+	kms_err rc;
+
+	rc = find_object(f, s, CKO_PRIVATE_KEY, P11_LABEL_AUDIT_SIGN, &h, &n_priv);
+	if (rc == KMS_OK)
+		rc = find_object(f, s, CKO_PUBLIC_KEY, P11_LABEL_AUDIT_SIGN, &h, &n_pub);
+	if (rc != KMS_OK)
+		return rc;
+	if (n_priv > 1 || n_pub > 1)
+		return kms_errf(KMS_ERR_TOKEN, "token: several objects are labelled %s",
+				P11_LABEL_AUDIT_SIGN);
+	if (n_priv == 1 && n_pub == 1)
+		return KMS_OK;
+	if (n_priv != n_pub)
+		return kms_errf(KMS_ERR_TOKEN,
+				"token: only the %s half of %s exists; refusing to replace the "
+				"audit signing key (signatures already made would be orphaned)",
+				n_priv ? "private" : "public", P11_LABEL_AUDIT_SIGN);
+	return audit_sign_key_create(f, s);
+}
+
 static kms_err check_config(const struct p11_config *cfg)
 {
 	if (cfg == NULL || cfg->token_label == NULL)
@@ -623,6 +711,9 @@ kms_err p11_provision(const struct p11_config *cfg, const char *so_pin, size_t s
 				goto out;
 		}
 	}
+	rc = audit_sign_key_ensure(f, s);
+	if (rc != KMS_OK)
+		goto out;
 	rc = mk_existed ? kms_errf(KMS_ERR_CONFLICT, "token: master key %s already exists",
 				   P11_LABEL_MK)
 			: KMS_OK;
@@ -649,6 +740,7 @@ struct p11 {
 	pthread_mutex_t obj_lock; /* object creation/destruction, and the holder session */
 	CK_SESSION_HANDLE holder;
 	CK_OBJECT_HANDLE mk, store_mac, audit_hmac;
+	CK_OBJECT_HANDLE audit_sign, audit_pub; /* the kmsd-audit-sign pair */
 
 	pthread_mutex_t pool_lock;
 	pthread_cond_t pool_cond;
@@ -657,10 +749,11 @@ struct p11 {
 	bool locks_ready;
 };
 
-static kms_err find_required(struct p11 *p, const char *label, CK_OBJECT_HANDLE *h)
+static kms_err find_required_class(struct p11 *p, CK_OBJECT_CLASS cls, const char *label,
+				   CK_OBJECT_HANDLE *h)
 {
 	unsigned n;
-	kms_err rc = find_key(p->f, p->holder, label, h, &n);
+	kms_err rc = find_object(p->f, p->holder, cls, label, h, &n);
 
 	if (rc != KMS_OK)
 		return rc;
@@ -669,6 +762,37 @@ static kms_err find_required(struct p11 *p, const char *label, CK_OBJECT_HANDLE 
 				"token not provisioned: no key labelled %s (run kmsd init)", label);
 	if (n > 1)
 		return kms_errf(KMS_ERR_TOKEN, "token: several objects are labelled %s", label);
+	return KMS_OK;
+}
+
+static kms_err find_required(struct p11 *p, const char *label, CK_OBJECT_HANDLE *h)
+{
+	return find_required_class(p, CKO_SECRET_KEY, label, h);
+}
+
+/* The private audit key must still be what audit_sign_key_create made: an EC key that
+ * cannot leave the token. */
+static kms_err audit_sign_verify(struct p11 *p)
+{
+	CK_KEY_TYPE kt = 0;
+	CK_BBOOL token = CK_FALSE, priv = CK_FALSE, sensitive = CK_FALSE, extractable = CK_TRUE;
+	CK_BBOOL sign = CK_FALSE;
+	CK_ATTRIBUTE a[] = {
+		A(CKA_KEY_TYPE, kt),	       A(CKA_TOKEN, token),	A(CKA_PRIVATE, priv),
+		A(CKA_SENSITIVE, sensitive), A(CKA_EXTRACTABLE, extractable), A(CKA_SIGN, sign),
+	};
+	CK_RV rv = p->f->C_GetAttributeValue(p->holder, p->audit_sign, a, NELEM(a));
+
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, "C_GetAttributeValue(audit signing key)");
+	if (kt != CKK_EC || token != CK_TRUE || priv != CK_TRUE || sensitive != CK_TRUE ||
+	    extractable != CK_FALSE || sign != CK_TRUE) {
+		kms_error("token: %s is not a private, sensitive, unextractable EC signing key; "
+			  "refusing to use it",
+			  P11_LABEL_AUDIT_SIGN);
+		return kms_errf(KMS_ERR_TOKEN, "token: %s has unexpected attributes",
+				P11_LABEL_AUDIT_SIGN);
+	}
 	return KMS_OK;
 }
 
@@ -743,7 +867,13 @@ kms_err p11_open(const struct p11_config *cfg, const char *pin, size_t pin_len, 
 	if (rc == KMS_OK)
 		rc = find_required(p, P11_LABEL_AUDIT_HMAC, &p->audit_hmac);
 	if (rc == KMS_OK)
+		rc = find_required_class(p, CKO_PRIVATE_KEY, P11_LABEL_AUDIT_SIGN, &p->audit_sign);
+	if (rc == KMS_OK)
+		rc = find_required_class(p, CKO_PUBLIC_KEY, P11_LABEL_AUDIT_SIGN, &p->audit_pub);
+	if (rc == KMS_OK)
 		rc = mk_verify(p->f, p->holder, p->mk);
+	if (rc == KMS_OK)
+		rc = audit_sign_verify(p);
 	if (rc != KMS_OK)
 		goto fail;
 	*out = p;
@@ -1261,6 +1391,171 @@ kms_err p11_hmac(struct p11 *p, enum p11_mac_key which, const uint8_t *data, siz
 	return KMS_OK;
 }
 
+/* ---------------------------------------------------------------- audit signing key */
+
+/* raw r||s (2 x 32 bytes, as PKCS#11 returns ECDSA signatures) -> DER ECDSA-Sig-Value. */
+static kms_err ecdsa_raw_to_der(const uint8_t *raw, size_t raw_len, uint8_t *der, size_t cap,
+				size_t *len)
+{
+	ECDSA_SIG *sig = NULL;
+	BIGNUM *r = NULL, *s = NULL;
+	unsigned char *q = der;
+	kms_err rc = KMS_ERR_INTERNAL;
+	int n;
+
+	if (raw_len != 64)
+		return kms_errf(KMS_ERR_TOKEN, "token: ECDSA signature is %zu bytes, expected 64",
+				raw_len);
+	sig = ECDSA_SIG_new();
+	r = BN_bin2bn(raw, 32, NULL);
+	s = BN_bin2bn(raw + 32, 32, NULL);
+	if (sig == NULL || r == NULL || s == NULL || ECDSA_SIG_set0(sig, r, s) != 1) {
+		rc = kms_errf(KMS_ERR_NOMEM, "token: out of memory");
+		goto out;
+	}
+	r = s = NULL; /* owned by sig now */
+	n = i2d_ECDSA_SIG(sig, NULL);
+	if (n <= 0 || (size_t)n > cap) {
+		rc = kms_errf(KMS_ERR_INTERNAL, "token: DER signature does not fit (%d bytes)", n);
+		goto out;
+	}
+	n = i2d_ECDSA_SIG(sig, &q);
+	if (n <= 0) {
+		rc = kms_errf(KMS_ERR_INTERNAL, "token: DER encoding of the signature failed");
+		goto out;
+	}
+	*len = (size_t)n;
+	rc = KMS_OK;
+out:
+	BN_free(r);
+	BN_free(s);
+	ECDSA_SIG_free(sig);
+	return rc;
+}
+
+kms_err p11_audit_sign(struct p11 *p, const uint8_t digest[P11_SHA256_LEN], uint8_t *sig,
+		       size_t sig_cap, size_t *sig_len)
+{
+	CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
+	CK_BYTE raw[132]; /* room for P-521 should the module ever answer with it */
+	CK_ULONG n = sizeof(raw);
+	CK_SESSION_HANDLE s;
+	const char *fn = "C_SignInit";
+	CK_RV rv;
+
+	if (sig_len != NULL)
+		*sig_len = 0;
+	if (p == NULL || digest == NULL || sig == NULL || sig_len == NULL)
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_audit_sign: bad arguments");
+	if (sig_cap < P11_AUDIT_SIG_MAX)
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_audit_sign: buffer under %d bytes",
+				P11_AUDIT_SIG_MAX);
+	s = pool_get(p);
+	rv = p->f->C_SignInit(s, &m, p->audit_sign);
+	if (rv == CKR_OK) {
+		fn = "C_Sign";
+		rv = p->f->C_Sign(s, (CK_BYTE_PTR)digest, P11_SHA256_LEN, raw, &n);
+	}
+	pool_put(p, s, rv);
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, fn);
+	return ecdsa_raw_to_der(raw, n, sig, sig_cap, sig_len);
+}
+
+/* CKA_EC_POINT is a DER OCTET STRING holding the point (PKCS#11 2.40; SoftHSM2 does
+ * this); some modules give the bare point. Returns the uncompressed P-256 point. */
+static kms_err ec_point_unwrap(const CK_BYTE *v, CK_ULONG n, const CK_BYTE **pt)
+{
+	if (n == 67 && v[0] == 0x04 && v[1] == 65 && v[2] == 0x04) {
+		*pt = v + 2;
+		return KMS_OK;
+	}
+	if (n == 65 && v[0] == 0x04) {
+		*pt = v;
+		return KMS_OK;
+	}
+	return kms_errf(KMS_ERR_TOKEN, "token: %s: unexpected CKA_EC_POINT (%lu bytes)",
+			P11_LABEL_AUDIT_SIGN, (unsigned long)n);
+}
+
+kms_err p11_audit_pubkey_pem(struct p11 *p, char **pem)
+{
+	CK_BYTE params[32], point[128];
+	CK_ATTRIBUTE a[] = {
+		{CKA_EC_PARAMS, params, sizeof(params)},
+		{CKA_EC_POINT, point, sizeof(point)},
+	};
+	const CK_BYTE *pt = NULL;
+	char group[] = "prime256v1";
+	OSSL_PARAM op[3];
+	EVP_PKEY_CTX *ctx = NULL, *check = NULL;
+	EVP_PKEY *pkey = NULL;
+	BIO *bio = NULL;
+	char *data = NULL;
+	long len;
+	CK_SESSION_HANDLE s;
+	kms_err rc;
+	CK_RV rv;
+
+	if (pem != NULL)
+		*pem = NULL;
+	if (p == NULL || pem == NULL)
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_audit_pubkey_pem: bad arguments");
+	s = pool_get(p);
+	rv = p->f->C_GetAttributeValue(s, p->audit_pub, a, NELEM(a));
+	pool_put(p, s, rv);
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, "C_GetAttributeValue(audit public key)");
+	if (a[0].ulValueLen != sizeof(p256_params) ||
+	    memcmp(params, p256_params, sizeof(p256_params)) != 0)
+		return kms_errf(KMS_ERR_TOKEN, "token: %s is not a P-256 key", P11_LABEL_AUDIT_SIGN);
+	rc = ec_point_unwrap(point, a[1].ulValueLen, &pt);
+	if (rc != KMS_OK)
+		return rc;
+
+	op[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, group, 0);
+	op[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)pt, 65);
+	op[2] = OSSL_PARAM_construct_end();
+	rc = KMS_ERR_INTERNAL;
+	ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+	if (ctx == NULL || EVP_PKEY_fromdata_init(ctx) != 1 ||
+	    EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, op) != 1) {
+		rc = kms_errf(KMS_ERR_TOKEN, "token: %s: public key rejected by OpenSSL",
+			      P11_LABEL_AUDIT_SIGN);
+		goto out;
+	}
+	check = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
+	if (check == NULL || EVP_PKEY_public_check(check) != 1) {
+		rc = kms_errf(KMS_ERR_TOKEN, "token: %s: public key is not a valid P-256 point",
+			      P11_LABEL_AUDIT_SIGN);
+		goto out;
+	}
+	bio = BIO_new(BIO_s_mem());
+	if (bio == NULL || PEM_write_bio_PUBKEY(bio, pkey) != 1) {
+		rc = kms_errf(KMS_ERR_NOMEM, "token: cannot encode the audit public key");
+		goto out;
+	}
+	len = BIO_get_mem_data(bio, &data);
+	if (len <= 0 || data == NULL) {
+		rc = kms_errf(KMS_ERR_INTERNAL, "token: empty PEM");
+		goto out;
+	}
+	*pem = malloc((size_t)len + 1);
+	if (*pem == NULL) {
+		rc = kms_errf(KMS_ERR_NOMEM, "token: out of memory");
+		goto out;
+	}
+	memcpy(*pem, data, (size_t)len);
+	(*pem)[len] = '\0';
+	rc = KMS_OK;
+out:
+	BIO_free(bio);
+	EVP_PKEY_CTX_free(check);
+	EVP_PKEY_free(pkey);
+	EVP_PKEY_CTX_free(ctx);
+	return rc;
+}
+
 /* ---------------------------------------------------------------- test accessors */
 
 CK_FUNCTION_LIST_PTR p11_internal_functions(struct p11 *p)
@@ -1286,5 +1581,12 @@ CK_OBJECT_HANDLE p11_internal_object(struct p11 *p, const char *label)
 		return p->store_mac;
 	if (strcmp(label, P11_LABEL_AUDIT_HMAC) == 0)
 		return p->audit_hmac;
+	if (strcmp(label, P11_LABEL_AUDIT_SIGN) == 0)
+		return p->audit_sign;
 	return CK_INVALID_HANDLE;
+}
+
+CK_OBJECT_HANDLE p11_internal_audit_pubkey(struct p11 *p)
+{
+	return p->audit_pub;
 }

@@ -8,6 +8,11 @@
  *                    on a session staging key, then copied to a token object by the user).
  *   kmsd-store-mac   HMAC-SHA256 key binding store rows (tenant, key, version, blob).
  *   kmsd-audit-hmac  HMAC-SHA256 key for hashing context values in audit records.
+ *   kmsd-audit-sign  ECDSA P-256 key pair signing audit checkpoints. Private key: token,
+ *                    private, sensitive, not extractable, SIGN only,
+ *                    ALLOWED_MECHANISMS={CKM_ECDSA} (SoftHSM2 2.6.1 has no
+ *                    CKM_ECDSA_SHA256, so the SHA-256 is computed by the caller).
+ *                    Public key: token, public, VERIFY only, same label.
  * Tenant KEK versions never become token objects: they are generated as session
  * objects, wrapped with KWP under the master key into a P11_KEK_BLOB_LEN blob, and
  * destroyed; serving copies are unwrapped on demand as sensitive, non-extractable
@@ -29,6 +34,8 @@
 #define P11_GCM_IV_LEN 12
 #define P11_GCM_TAG_LEN 16
 #define P11_HMAC_LEN 32
+#define P11_SHA256_LEN 32
+#define P11_AUDIT_SIG_MAX 72 /* DER ECDSA-Sig-Value for P-256: at most 72 bytes */
 #define P11_DEFAULT_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 
 typedef uint64_t p11_key; /* handle of a loaded serving copy; 0 is never valid */
@@ -43,7 +50,10 @@ struct p11_config {
 
 enum p11_mac_key { P11_MAC_STORE, P11_MAC_AUDIT };
 
-/* Creates the objects above that the token lacks. The master key needs the SO PIN
+/* Creates the objects above that the token lacks (the audit signing key pair is
+ * generated in the token when neither half exists; one half without the other is
+ * refused with KMS_ERR_TOKEN, because a lost public key cannot be recreated and a new
+ * pair would silently orphan the signatures already made). The master key needs the SO PIN
  * (the SO marks it trusted); the other objects need only the user PIN. Returns
  * KMS_ERR_CONFLICT if the master key already exists (the other objects are still
  * created if missing). Initialises and finalises the module itself: call it before
@@ -97,5 +107,19 @@ KMS_WUR kms_err p11_gcm_decrypt(struct p11 *p, p11_key k, const uint8_t iv[P11_G
 /* HMAC-SHA256 under one of the token-held MAC keys. */
 KMS_WUR kms_err p11_hmac(struct p11 *p, enum p11_mac_key which, const uint8_t *data, size_t len,
 			 uint8_t out[P11_HMAC_LEN]);
+
+/* ECDSA P-256 signature by kmsd-audit-sign over a SHA-256 digest the caller computed
+ * (CKM_ECDSA signs the digest as given). The token's raw r||s (2 x 32 bytes) is
+ * converted to a DER ECDSA-Sig-Value (SEQUENCE { INTEGER r, INTEGER s }, at most
+ * P11_AUDIT_SIG_MAX bytes), the form `openssl dgst -sha256 -verify` and
+ * EVP_DigestVerify take. sig_cap < P11_AUDIT_SIG_MAX -> KMS_ERR_INTERNAL. */
+KMS_WUR kms_err p11_audit_sign(struct p11 *p, const uint8_t digest[P11_SHA256_LEN], uint8_t *sig,
+			       size_t sig_cap, size_t *sig_len);
+
+/* The public half of kmsd-audit-sign as a PEM SubjectPublicKeyInfo ("-----BEGIN PUBLIC
+ * KEY-----", NUL-terminated), built from CKA_EC_PARAMS (must name P-256) and
+ * CKA_EC_POINT (DER OCTET STRING or raw, uncompressed) and checked to be on the curve.
+ * *pem is malloc'd; the caller frees it (it is public, no wipe needed). */
+KMS_WUR kms_err p11_audit_pubkey_pem(struct p11 *p, char **pem);
 
 #endif

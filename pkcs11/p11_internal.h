@@ -12,6 +12,7 @@
 #define P11_LABEL_MK_STAGING "kmsd-mk-staging"
 #define P11_LABEL_STORE_MAC "kmsd-store-mac"
 #define P11_LABEL_AUDIT_HMAC "kmsd-audit-hmac"
+#define P11_LABEL_AUDIT_SIGN "kmsd-audit-sign" /* both halves of the key pair */
 
 /* The module's function list; valid until p11_close. */
 CK_FUNCTION_LIST_PTR p11_internal_functions(struct p11 *p);
@@ -24,7 +25,11 @@ CK_SLOT_ID p11_internal_slot(struct p11 *p);
 CK_SESSION_HANDLE p11_internal_holder(struct p11 *p);
 
 /* The handle of one of the token objects found at p11_open (P11_LABEL_MK,
- * P11_LABEL_STORE_MAC, P11_LABEL_AUDIT_HMAC), or CK_INVALID_HANDLE. */
+ * P11_LABEL_STORE_MAC, P11_LABEL_AUDIT_HMAC; P11_LABEL_AUDIT_SIGN gives the private
+ * key), or CK_INVALID_HANDLE. */
 CK_OBJECT_HANDLE p11_internal_object(struct p11 *p, const char *label);
+
+/* The public key object of P11_LABEL_AUDIT_SIGN. */
+CK_OBJECT_HANDLE p11_internal_audit_pubkey(struct p11 *p);
 
 #endif

@@ -1,137 +1,124 @@
+/* The audit log writer (contract in audit.h, byte format in docs/FORMATS.md).
+ *
+ * Everything that decides a record's bytes (seq, prev, hash) happens under mu, in seq
+ * order, into the pending buffer; the leader of a group commit writes and syncs that
+ * buffer without the lock. A checkpoint signature is the one slow step: the thread that
+ * makes it notes (seq, hash) under the lock, signs without it, and appends the
+ * checkpoint record under it again, so appends and commits continue meanwhile. */
 #include "kms/audit/audit.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "kms/base/json.h"
+#include "kms/audit/audit_int.h"
+#include "kms/base/b64.h"
 #include "kms/base/log.h"
+
+#define AUDIT_TAIL_MAX 65536 /* how far back recovery looks for the last record */
 
 struct audit {
 	pthread_mutex_t mu;
-	pthread_cond_t cv;
+	pthread_cond_t cv;	/* a leader finished, or a signature ended */
+	pthread_cond_t tick_cv; /* CLOCK_MONOTONIC; wakes the timer thread at close */
 	int fd;
 	char node[65];
+	EVP_MD *sha256;
+	EVP_MD_CTX *md; /* under mu */
 	uint64_t seq;	      /* last seq assigned */
 	uint64_t durable_seq; /* last seq known to be on disk */
+	uint8_t last_hash[AUDIT_HASH_LEN]; /* hash of record seq */
 	bool writing;	      /* a leader is writing the pending buffer */
 	bool failed;
 	char *pend;	      /* records formatted but not yet written */
 	size_t pend_len, pend_cap;
+
+	struct audit_options opt;
+	uint64_t plain_total;  /* non-checkpoint records assigned (1 stands for "some" at open) */
+	uint64_t plain_signed; /* plain_total when the last checkpoint's signature began */
+	struct timespec last_ckpt; /* monotonic: last checkpoint written (or open) */
+	struct timespec next_try;  /* monotonic: no signature before this (after a failure) */
+	unsigned sign_failures;	   /* in a row: the retry delay doubles, up to a minute */
+	bool signing;
+	bool ticker, stopping;
+	pthread_t ticker_th;
 };
 
-static kms_err pend_append(struct audit *a, const char *s, size_t n)
+/* ---------------------------------------------------------------- line format */
+
+int audit_line_hash_hex(const char *line, size_t len, char hash_hex[AUDIT_HASH_HEX + 1])
 {
-	if (a->pend_len + n > a->pend_cap) {
-		size_t cap = a->pend_cap ? a->pend_cap : 16384;
-		char *p;
-		while (cap < a->pend_len + n)
-			cap *= 2;
-		p = realloc(a->pend, cap); /* audit records hold no secret */
-		if (p == NULL)
-			return kms_errf(KMS_ERR_NOMEM, "audit buffer");
-		a->pend = p;
-		a->pend_cap = cap;
+	const size_t mlen = sizeof(AUDIT_HASH_MEMBER) - 1;
+	const char *h;
+	size_t i;
+
+	if (len <= AUDIT_HASH_SUFFIX_LEN || line[0] != '{')
+		return -1;
+	h = line + len - AUDIT_HASH_SUFFIX_LEN;
+	if (memcmp(h, AUDIT_HASH_MEMBER, mlen) != 0 || h[mlen + AUDIT_HASH_HEX] != '"' ||
+	    h[mlen + AUDIT_HASH_HEX + 1] != '}')
+		return -1;
+	h += mlen;
+	for (i = 0; i < AUDIT_HASH_HEX; i++) {
+		if (!((h[i] >= '0' && h[i] <= '9') || (h[i] >= 'a' && h[i] <= 'f')))
+			return -1;
+		hash_hex[i] = h[i];
 	}
-	memcpy(a->pend + a->pend_len, s, n);
-	a->pend_len += n;
-	return KMS_OK;
+	hash_hex[AUDIT_HASH_HEX] = '\0';
+	return 0;
 }
 
-static uint64_t last_seq_of(const char *line)
+int audit_line_body_hash(const char *line, size_t len, uint8_t out[AUDIT_HASH_LEN])
 {
-	json_t *v = json_loads(line, 0, NULL);
-	uint64_t s = 0;
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	unsigned n = 0;
+	int ok;
 
-	if (v != NULL && json_is_integer(json_object_get(v, "seq")))
-		s = (uint64_t)json_integer_value(json_object_get(v, "seq"));
-	json_decref(v);
-	return s;
+	if (len <= AUDIT_HASH_SUFFIX_LEN)
+		return -1;
+	ok = c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
+	     EVP_DigestUpdate(c, line, len - AUDIT_HASH_SUFFIX_LEN) == 1 &&
+	     EVP_DigestUpdate(c, "}", 1) == 1 && EVP_DigestFinal_ex(c, out, &n) == 1 &&
+	     n == AUDIT_HASH_LEN;
+	EVP_MD_CTX_free(c);
+	return ok ? 0 : -1;
 }
 
-/* Finds the last complete line, cuts a torn tail, returns the last seq. */
-static kms_err audit_recover(struct audit *a, const char *path)
+size_t audit_checkpoint_message(uint64_t seq, const char *hash_hex, char *out, size_t cap)
 {
-	struct stat st;
-	off_t size, start;
-	char *buf = NULL;
-	ssize_t n;
-	kms_err rc = KMS_ERR_IO;
+	int n = snprintf(out, cap, AUDIT_CHECKPOINT_PREFIX "%llu:%s", (unsigned long long)seq,
+			 hash_hex);
 
-	if (fstat(a->fd, &st) != 0)
-		return kms_errf(KMS_ERR_IO, "audit: stat %s: %s", path, strerror(errno));
-	size = st.st_size;
-	if (size == 0)
-		return KMS_OK;
-	start = size > 65536 ? size - 65536 : 0;
-	buf = malloc((size_t)(size - start) + 1);
-	if (buf == NULL)
-		return kms_errf(KMS_ERR_NOMEM, "audit recover");
-	n = pread(a->fd, buf, (size_t)(size - start), start);
-	if (n != size - start) {
-		rc = kms_errf(KMS_ERR_IO, "audit: read %s failed", path);
-		goto out;
-	}
-	buf[n] = '\0';
-	if (buf[n - 1] != '\n') {
-		char *nl = strrchr(buf, '\n');
-		off_t keep = nl ? start + (nl - buf) + 1 : start;
-		kms_warn("audit: %s ends in a torn record (%lld bytes); cutting it", path,
-			 (long long)(size - keep));
-		if (ftruncate(a->fd, keep) != 0 || fdatasync(a->fd) != 0) {
-			rc = kms_errf(KMS_ERR_IO, "audit: cannot cut torn tail of %s", path);
-			goto out;
-		}
-		if (nl == NULL) {
-			rc = KMS_OK;
-			goto out;
-		}
-		*nl = '\0';
-	} else {
-		buf[n - 1] = '\0';
-	}
-	{
-		char *last = strrchr(buf, '\n');
-		a->seq = last_seq_of(last ? last + 1 : buf);
-		a->durable_seq = a->seq;
-	}
-	rc = KMS_OK;
-out:
-	free(buf);
-	return rc;
+	return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
 }
 
-kms_err audit_open(const char *path, const char *node_id, struct audit **out)
-{
-	struct audit *a;
-	kms_err rc;
+/* ---------------------------------------------------------------- time */
 
-	a = calloc(1, sizeof(*a));
-	if (a == NULL)
-		return kms_errf(KMS_ERR_NOMEM, "audit");
-	a->fd = -1;
-	pthread_mutex_init(&a->mu, NULL);
-	pthread_cond_init(&a->cv, NULL);
-	snprintf(a->node, sizeof(a->node), "%s", node_id);
-	a->fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-	if (a->fd < 0) {
-		rc = kms_errf(KMS_ERR_IO, "audit: cannot open %s: %s", path, strerror(errno));
-		goto fail;
-	}
-	rc = audit_recover(a, path);
-	if (rc != KMS_OK)
-		goto fail;
-	*out = a;
-	return KMS_OK;
-fail:
-	audit_close(a);
-	return rc;
+static struct timespec mono_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts;
+}
+
+static struct timespec ts_add(struct timespec t, unsigned seconds)
+{
+	t.tv_sec += (time_t)seconds;
+	return t;
+}
+
+static bool ts_before(struct timespec a, struct timespec b)
+{
+	return a.tv_sec < b.tv_sec || (a.tv_sec == b.tv_sec && a.tv_nsec < b.tv_nsec);
 }
 
 static void fmt_time(char *buf, size_t cap)
@@ -145,16 +132,35 @@ static void fmt_time(char *buf, size_t cap)
 		 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000);
 }
 
+/* ---------------------------------------------------------------- formatting */
+
+static kms_err pend_reserve(struct audit *a, size_t n)
+{
+	if (a->pend_len + n > a->pend_cap) {
+		size_t cap = a->pend_cap ? a->pend_cap : 16384;
+		char *p;
+		while (cap < a->pend_len + n)
+			cap *= 2;
+		p = realloc(a->pend, cap); /* audit records hold no secret */
+		if (p == NULL)
+			return kms_errf(KMS_ERR_NOMEM, "audit buffer");
+		a->pend = p;
+		a->pend_cap = cap;
+	}
+	return KMS_OK;
+}
+
 static json_t *str_or_null(const char *s)
 {
 	return s ? json_string(s) : json_null();
 }
 
-static char *format_record(struct audit *a, uint64_t seq, const struct audit_record *r)
+/* The record's members up to reason, in the documented order. status 0 = null (records
+ * kmsd writes about the log itself answer no request). */
+static json_t *record_object(struct audit *a, uint64_t seq, const struct audit_record *r)
 {
 	char when[96];
 	json_t *o;
-	char *s;
 
 	fmt_time(when, sizeof(when));
 	o = json_object();
@@ -175,12 +181,71 @@ static char *format_record(struct audit *a, uint64_t seq, const struct audit_rec
 	if (r->batch)
 		json_object_set_new(o, "batch", json_integer(r->batch));
 	json_object_set_new(o, "outcome", str_or_null(r->outcome));
-	json_object_set_new(o, "status", json_integer(r->status));
+	json_object_set_new(o, "status", r->status ? json_integer(r->status) : json_null());
 	json_object_set_new(o, "reason", str_or_null(r->reason));
-	s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
-	json_decref(o);
-	return s;
+	return o;
 }
+
+/* Adds prev, serialises o straight into the pending buffer, hashes the body and turns
+ * its closing brace into ,"hash":"…"}\n. o must have been made for seq a->seq + 1.
+ * On success the record is pending and the chain advanced; on failure nothing changed. */
+static kms_err emit_locked(struct audit *a, json_t *o, bool plain)
+{
+	const size_t mlen = sizeof(AUDIT_HASH_MEMBER) - 1;
+	char prev[AUDIT_HASH_HEX + 1];
+	uint8_t h[AUDIT_HASH_LEN];
+	unsigned hn = 0;
+	size_t n, avail;
+	char *body;
+	kms_err rc;
+
+	kms_hex_encode(a->last_hash, AUDIT_HASH_LEN, prev);
+	if (json_object_set_new(o, "prev", json_string(prev)) != 0)
+		return kms_errf(KMS_ERR_NOMEM, "audit record");
+	rc = pend_reserve(a, 1024);
+	if (rc != KMS_OK)
+		return rc;
+	for (;;) {
+		avail = a->pend_cap - a->pend_len;
+		n = json_dumpb(o, a->pend + a->pend_len, avail,
+			       JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
+		if (n == 0)
+			return kms_errf(KMS_ERR_NOMEM, "audit record");
+		if (n + AUDIT_HASH_SUFFIX_LEN + 1 <= avail)
+			break;
+		rc = pend_reserve(a, n + AUDIT_HASH_SUFFIX_LEN + 1);
+		if (rc != KMS_OK)
+			return rc;
+	}
+	body = a->pend + a->pend_len;
+	if (body[n - 1] != '}' || EVP_DigestInit_ex(a->md, a->sha256, NULL) != 1 ||
+	    EVP_DigestUpdate(a->md, body, n) != 1 || EVP_DigestFinal_ex(a->md, h, &hn) != 1 ||
+	    hn != AUDIT_HASH_LEN)
+		return kms_errf(KMS_ERR_INTERNAL, "audit: hashing a record failed");
+	memcpy(body + n - 1, AUDIT_HASH_MEMBER, mlen);
+	kms_hex_encode(h, AUDIT_HASH_LEN, body + n - 1 + mlen); /* writes a NUL we overwrite */
+	memcpy(body + n - 1 + mlen + AUDIT_HASH_HEX, "\"}\n", 3);
+	a->pend_len += n - 1 + AUDIT_HASH_SUFFIX_LEN + 1;
+	a->seq++;
+	memcpy(a->last_hash, h, sizeof(h));
+	if (plain)
+		a->plain_total++;
+	return KMS_OK;
+}
+
+static kms_err emit_record_locked(struct audit *a, const struct audit_record *r)
+{
+	json_t *o = record_object(a, a->seq + 1, r);
+	kms_err rc;
+
+	if (o == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "audit record");
+	rc = emit_locked(a, o, true);
+	json_decref(o);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- group commit */
 
 static int write_all(int fd, const char *p, size_t n)
 {
@@ -197,40 +262,16 @@ static int write_all(int fd, const char *p, size_t n)
 	return 0;
 }
 
-kms_err audit_append(struct audit *a, const struct audit_record *r)
+/* Returns once record target is durable or the log has failed. Whoever finds no write
+ * in flight leads: takes everything pending, writes and syncs it without the lock so
+ * that others can queue the next batch meanwhile. */
+static void commit_locked(struct audit *a, uint64_t target)
 {
-	uint64_t mine;
-	char *line;
-	size_t n;
-	kms_err rc;
-
-	pthread_mutex_lock(&a->mu);
-	if (a->failed) {
-		pthread_mutex_unlock(&a->mu);
-		return kms_errf(KMS_ERR_AUDIT, "audit log unavailable");
-	}
-	mine = a->seq + 1;
-	line = format_record(a, mine, r);
-	if (line == NULL) {
-		pthread_mutex_unlock(&a->mu);
-		return kms_errf(KMS_ERR_NOMEM, "audit record");
-	}
-	n = strlen(line);
-	line[n] = '\n'; /* json_dumps leaves room for the NUL we overwrite */
-	rc = pend_append(a, line, n + 1);
-	kms_json_free_str(line, n); /* allocated by jansson's (wiping) allocator */
-	if (rc != KMS_OK) {
-		pthread_mutex_unlock(&a->mu);
-		return rc;
-	}
-	a->seq = mine;
-	while (!a->failed && a->durable_seq < mine) {
+	while (!a->failed && a->durable_seq < target) {
 		if (a->writing) {
 			pthread_cond_wait(&a->cv, &a->mu);
 			continue;
 		}
-		/* Leader: take everything pending, write and sync it without the lock so
-		 * that followers can queue the next batch meanwhile. */
 		char *buf = a->pend;
 		size_t len = a->pend_len;
 		uint64_t upto = a->seq;
@@ -253,7 +294,374 @@ kms_err audit_append(struct audit *a, const struct audit_record *r)
 			a->failed = true;
 		pthread_cond_broadcast(&a->cv);
 	}
-	rc = a->failed && a->durable_seq < mine ? kms_errf(KMS_ERR_AUDIT, "audit log unavailable") : KMS_OK;
+}
+
+/* ---------------------------------------------------------------- checkpoints */
+
+/* Why a checkpoint is due now, or NULL. */
+static const char *ckpt_due_locked(struct audit *a, struct timespec now)
+{
+	uint64_t unsigned_n = a->plain_total - a->plain_signed;
+
+	if (a->opt.sign == NULL || a->signing || a->failed || unsigned_n == 0 ||
+	    ts_before(now, a->next_try))
+		return NULL;
+	if (a->opt.checkpoint_records > 0 && unsigned_n >= a->opt.checkpoint_records)
+		return "records";
+	if (a->opt.checkpoint_seconds > 0 &&
+	    !ts_before(now, ts_add(a->last_ckpt, a->opt.checkpoint_seconds)))
+		return "time";
+	return NULL;
+}
+
+/* Signs (seq, hash) of the current last record without holding the lock, then appends
+ * the checkpoint record (pending, not yet durable: *cseq says which seq to commit).
+ * Entered and left with mu held and no signature in progress. */
+static kms_err checkpoint_locked(struct audit *a, const char *why, uint64_t *cseq)
+{
+	const struct audit_record sys = {.operation = AUDIT_OP_CHECKPOINT, .reason = why};
+	char hex[AUDIT_HASH_HEX + 1], msg[128], b64[KMS_B64_ENC_LEN(AUDIT_SIG_MAX) + 1];
+	uint8_t digest[AUDIT_HASH_LEN], sig[AUDIT_SIG_MAX];
+	uint64_t covered = a->seq, plain_at = a->plain_total;
+	size_t msg_len, sig_len = 0;
+	unsigned dn = 0;
+	json_t *o = NULL, *cp;
+	kms_err rc;
+
+	kms_hex_encode(a->last_hash, AUDIT_HASH_LEN, hex);
+	a->signing = true;
+	pthread_mutex_unlock(&a->mu);
+
+	msg_len = audit_checkpoint_message(covered, hex, msg, sizeof(msg));
+	if (msg_len == 0 || EVP_Digest(msg, msg_len, digest, &dn, a->sha256, NULL) != 1 ||
+	    dn != AUDIT_HASH_LEN)
+		rc = kms_errf(KMS_ERR_INTERNAL, "audit: hashing a checkpoint failed");
+	else
+		rc = a->opt.sign(a->opt.sign_ctx, digest, sig, sizeof(sig), &sig_len);
+	if (rc == KMS_OK && (sig_len == 0 || sig_len > sizeof(sig)))
+		rc = kms_errf(KMS_ERR_INTERNAL, "audit: signer returned %zu bytes", sig_len);
+
+	pthread_mutex_lock(&a->mu);
+	a->signing = false;
+	pthread_cond_broadcast(&a->cv);
+	if (rc != KMS_OK) {
+		unsigned delay = a->sign_failures < 6 ? 1u << a->sign_failures : 60;
+
+		a->sign_failures++;
+		kms_warn("audit: checkpoint over seq %llu not written, signing failed: %s; "
+			 "retrying in %u s",
+			 (unsigned long long)covered, kms_err_detail(rc), delay);
+		a->next_try = ts_add(mono_now(), delay);
+		return rc;
+	}
+	a->sign_failures = 0;
+	if (a->failed)
+		return kms_errf(KMS_ERR_AUDIT, "audit log unavailable");
+	if (kms_b64_encode(sig, sig_len, b64, sizeof(b64)) < 0)
+		return kms_errf(KMS_ERR_INTERNAL, "audit: encoding a signature failed");
+	o = record_object(a, a->seq + 1, &sys);
+	cp = json_object();
+	if (o == NULL || cp == NULL ||
+	    json_object_set_new(cp, "seq", json_integer((json_int_t)covered)) != 0 ||
+	    json_object_set_new(cp, "hash", json_string(hex)) != 0 ||
+	    json_object_set_new(cp, "sig", json_string(b64)) != 0 ||
+	    json_object_set_new(o, "checkpoint", cp) != 0) {
+		if (o == NULL)
+			json_decref(cp);
+		json_decref(o);
+		return kms_errf(KMS_ERR_NOMEM, "audit checkpoint");
+	}
+	rc = emit_locked(a, o, false);
+	json_decref(o);
+	if (rc != KMS_OK)
+		return rc;
+	a->plain_signed = plain_at;
+	a->last_ckpt = mono_now();
+	*cseq = a->seq;
+	return KMS_OK;
+}
+
+static void *ticker_main(void *arg)
+{
+	struct audit *a = arg;
+	struct timespec now, deadline;
+	uint64_t cseq;
+
+	pthread_mutex_lock(&a->mu);
+	while (!a->stopping) {
+		now = mono_now();
+		deadline = ts_add(a->last_ckpt, a->opt.checkpoint_seconds);
+		if (ts_before(deadline, a->next_try))
+			deadline = a->next_try;
+		if (!ts_before(now, deadline)) /* overdue but nothing to sign, or busy: poll */
+			deadline = ts_add(now, 1);
+		(void)pthread_cond_timedwait(&a->tick_cv, &a->mu, &deadline);
+		if (a->stopping)
+			break;
+		if (ckpt_due_locked(a, mono_now()) == NULL)
+			continue;
+		if (checkpoint_locked(a, "time", &cseq) == KMS_OK)
+			commit_locked(a, cseq);
+	}
+	pthread_mutex_unlock(&a->mu);
+	return NULL;
+}
+
+/* ---------------------------------------------------------------- recovery */
+
+/* Reads the last complete record: seq and hash continue from it. Cuts a torn tail
+ * (*cut_bytes, *cut_at say what was cut). */
+static kms_err audit_recover(struct audit *a, const char *path, uint64_t *cut_bytes,
+			     uint64_t *cut_at)
+{
+	char hex[AUDIT_HASH_HEX + 1];
+	uint8_t h[AUDIT_HASH_LEN];
+	struct stat st;
+	off_t size, start, keep;
+	char *buf = NULL, *nl, *last;
+	size_t last_len, hlen = 0;
+	json_t *v = NULL, *jseq, *jop;
+	ssize_t n;
+	kms_err rc = KMS_ERR_IO;
+
+	*cut_bytes = *cut_at = 0;
+	if (fstat(a->fd, &st) != 0)
+		return kms_errf(KMS_ERR_IO, "audit: stat %s: %s", path, strerror(errno));
+	size = st.st_size;
+	if (size == 0)
+		return KMS_OK;
+	start = size > AUDIT_TAIL_MAX ? size - AUDIT_TAIL_MAX : 0;
+	buf = malloc((size_t)(size - start) + 1);
+	if (buf == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "audit recover");
+	n = pread(a->fd, buf, (size_t)(size - start), start);
+	if (n != size - start) {
+		rc = kms_errf(KMS_ERR_IO, "audit: read %s failed", path);
+		goto out;
+	}
+	buf[n] = '\0';
+	nl = memrchr(buf, '\n', (size_t)n);
+	if (buf[n - 1] != '\n') {
+		if (nl == NULL && start > 0) {
+			rc = kms_errf(KMS_ERR_IO,
+				      "audit: %s ends in over %d bytes without a newline; refusing "
+				      "to cut that much",
+				      path, AUDIT_TAIL_MAX);
+			goto out;
+		}
+		keep = nl ? start + (nl - buf) + 1 : start;
+		kms_warn("audit: %s ends in a torn record (%lld bytes); cutting it", path,
+			 (long long)(size - keep));
+		if (ftruncate(a->fd, keep) != 0 || fdatasync(a->fd) != 0) {
+			rc = kms_errf(KMS_ERR_IO, "audit: cannot cut torn tail of %s", path);
+			a->failed = true; /* a failed fsync is never retried */
+			goto out;
+		}
+		*cut_bytes = (uint64_t)(size - keep);
+		*cut_at = (uint64_t)keep;
+		if (nl == NULL) { /* nothing complete was left */
+			rc = KMS_OK;
+			goto out;
+		}
+	}
+	*nl = '\0'; /* the last complete line ends here */
+	last = memrchr(buf, '\n', (size_t)(nl - buf));
+	if (last == NULL && start > 0) {
+		rc = kms_errf(KMS_ERR_IO, "audit: the last record of %s is over %d bytes", path,
+			      AUDIT_TAIL_MAX);
+		goto out;
+	}
+	last = last ? last + 1 : buf;
+	last_len = (size_t)(nl - last);
+	v = json_loadb(last, last_len, JSON_REJECT_DUPLICATES, NULL);
+	jseq = json_object_get(v, "seq");
+	jop = json_object_get(v, "operation");
+	if (!json_is_integer(jseq) || json_integer_value(jseq) < 1 ||
+	    audit_line_hash_hex(last, last_len, hex) != 0 ||
+	    kms_hex_decode(hex, AUDIT_HASH_HEX, a->last_hash, sizeof(a->last_hash), &hlen) != 0 ||
+	    hlen != AUDIT_HASH_LEN) {
+		rc = kms_errf(KMS_ERR_IO,
+			      "audit: the last record of %s is not a chained audit record; "
+			      "refusing to continue it (check it with `kmsctl audit verify`, "
+			      "move it aside to start a new log)",
+			      path);
+		goto out;
+	}
+	if (audit_line_body_hash(last, last_len, h) != 0 || memcmp(h, a->last_hash, sizeof(h)) != 0) {
+		rc = kms_errf(KMS_ERR_IO,
+			      "audit: the last record of %s does not match its hash; refusing to "
+			      "continue the chain (check it with `kmsctl audit verify`)",
+			      path);
+		goto out;
+	}
+	a->seq = a->durable_seq = (uint64_t)json_integer_value(jseq);
+	/* Whether records before it are signed is not known without a scan; if the last one
+	 * is not a checkpoint, count "some" as unsigned so the timer signs them. */
+	a->plain_total = json_is_string(jop) && strcmp(json_string_value(jop), AUDIT_OP_CHECKPOINT) == 0
+				 ? 0
+				 : 1;
+	rc = KMS_OK;
+out:
+	json_decref(v);
+	free(buf);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- open, close */
+
+void audit_options_init(struct audit_options *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->checkpoint_records = AUDIT_DEFAULT_CHECKPOINT_RECORDS;
+	o->checkpoint_seconds = AUDIT_DEFAULT_CHECKPOINT_SECONDS;
+}
+
+kms_err audit_open_opts(const char *path, const char *node_id, const struct audit_options *opts,
+			struct audit **out)
+{
+	pthread_condattr_t ca;
+	uint64_t cut_bytes = 0, cut_at = 0;
+	struct audit *a;
+	kms_err rc;
+
+	*out = NULL;
+	a = calloc(1, sizeof(*a));
+	if (a == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "audit");
+	a->fd = -1;
+	pthread_mutex_init(&a->mu, NULL);
+	pthread_cond_init(&a->cv, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&a->tick_cv, &ca);
+	pthread_condattr_destroy(&ca);
+	if (opts != NULL)
+		a->opt = *opts;
+	else
+		audit_options_init(&a->opt);
+	snprintf(a->node, sizeof(a->node), "%s", node_id);
+	a->last_ckpt = mono_now();
+	a->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	a->md = EVP_MD_CTX_new();
+	if (a->sha256 == NULL || a->md == NULL) {
+		rc = kms_errf(KMS_ERR_INTERNAL, "audit: SHA-256 unavailable");
+		goto fail;
+	}
+	a->fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	if (a->fd < 0) {
+		rc = kms_errf(KMS_ERR_IO, "audit: cannot open %s: %s", path, strerror(errno));
+		goto fail;
+	}
+	rc = audit_recover(a, path, &cut_bytes, &cut_at);
+	if (rc != KMS_OK)
+		goto fail;
+	if (cut_bytes > 0) {
+		char why[128];
+		struct audit_record r = {.operation = AUDIT_OP_RECOVERED, .reason = why};
+
+		snprintf(why, sizeof(why), "cut a torn tail of %llu bytes at offset %llu",
+			 (unsigned long long)cut_bytes, (unsigned long long)cut_at);
+		pthread_mutex_lock(&a->mu);
+		rc = emit_record_locked(a, &r);
+		if (rc == KMS_OK) {
+			commit_locked(a, a->seq);
+			if (a->failed)
+				rc = kms_errf(KMS_ERR_AUDIT, "audit: cannot record the cut in %s", path);
+		}
+		pthread_mutex_unlock(&a->mu);
+		if (rc != KMS_OK)
+			goto fail;
+	}
+	if (a->opt.sign != NULL && a->opt.checkpoint_seconds > 0) {
+		if (pthread_create(&a->ticker_th, NULL, ticker_main, a) != 0) {
+			rc = kms_errf(KMS_ERR_INTERNAL, "audit: cannot start the checkpoint timer");
+			goto fail;
+		}
+		a->ticker = true;
+	}
+	*out = a;
+	return KMS_OK;
+fail:
+	audit_close(a);
+	return rc;
+}
+
+kms_err audit_open(const char *path, const char *node_id, struct audit **out)
+{
+	return audit_open_opts(path, node_id, NULL, out);
+}
+
+void audit_close(struct audit *a)
+{
+	if (a == NULL)
+		return;
+	if (a->ticker) {
+		pthread_mutex_lock(&a->mu);
+		a->stopping = true;
+		pthread_cond_signal(&a->tick_cv);
+		pthread_mutex_unlock(&a->mu);
+		pthread_join(a->ticker_th, NULL);
+	}
+	if (a->fd >= 0)
+		close(a->fd);
+	free(a->pend);
+	EVP_MD_CTX_free(a->md);
+	EVP_MD_free(a->sha256);
+	pthread_cond_destroy(&a->tick_cv);
+	pthread_cond_destroy(&a->cv);
+	pthread_mutex_destroy(&a->mu);
+	free(a);
+}
+
+/* ---------------------------------------------------------------- append */
+
+kms_err audit_append(struct audit *a, const struct audit_record *r)
+{
+	uint64_t mine, target, cseq;
+	const char *why;
+	kms_err rc;
+
+	pthread_mutex_lock(&a->mu);
+	if (a->failed) {
+		pthread_mutex_unlock(&a->mu);
+		return kms_errf(KMS_ERR_AUDIT, "audit log unavailable");
+	}
+	rc = emit_record_locked(a, r);
+	if (rc != KMS_OK) {
+		pthread_mutex_unlock(&a->mu);
+		return rc;
+	}
+	mine = target = a->seq;
+	why = ckpt_due_locked(a, mono_now());
+	if (why != NULL && checkpoint_locked(a, why, &cseq) == KMS_OK)
+		target = cseq; /* whoever triggers a checkpoint waits for it too */
+	commit_locked(a, target);
+	rc = a->durable_seq >= mine ? KMS_OK : kms_errf(KMS_ERR_AUDIT, "audit log unavailable");
+	pthread_mutex_unlock(&a->mu);
+	return rc;
+}
+
+kms_err audit_checkpoint(struct audit *a)
+{
+	uint64_t cseq;
+	kms_err rc;
+
+	pthread_mutex_lock(&a->mu);
+	while (a->signing && !a->failed)
+		pthread_cond_wait(&a->cv, &a->mu);
+	if (a->opt.sign == NULL)
+		rc = kms_errf(KMS_ERR_INVALID, "audit: no checkpoint signer");
+	else if (a->failed)
+		rc = kms_errf(KMS_ERR_AUDIT, "audit log unavailable");
+	else if (a->plain_total == a->plain_signed)
+		rc = KMS_OK;
+	else
+		rc = checkpoint_locked(a, "requested", &cseq);
+	if (rc == KMS_OK && a->durable_seq < a->seq) {
+		commit_locked(a, a->seq);
+		if (a->durable_seq < a->seq)
+			rc = kms_errf(KMS_ERR_AUDIT, "audit log unavailable");
+	}
 	pthread_mutex_unlock(&a->mu);
 	return rc;
 }
@@ -276,16 +684,4 @@ uint64_t audit_seq(struct audit *a)
 	s = a->durable_seq;
 	pthread_mutex_unlock(&a->mu);
 	return s;
-}
-
-void audit_close(struct audit *a)
-{
-	if (a == NULL)
-		return;
-	if (a->fd >= 0)
-		close(a->fd);
-	free(a->pend);
-	pthread_cond_destroy(&a->cv);
-	pthread_mutex_destroy(&a->mu);
-	free(a);
 }

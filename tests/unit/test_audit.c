@@ -1,11 +1,16 @@
 /* Audit log: durable append, seq continuity across reopen, torn-tail recovery, group
- * commit under concurrency, fail closed on a write error. */
+ * commit under concurrency, fail closed on a write error; the hash chain (recomputed
+ * here with OpenSSL from the bytes on disk, as docs/FORMATS.md defines it) across
+ * reopen and a cut, and signed checkpoints with an in-process OpenSSL signer, checked by
+ * the offline verifier. Real token signatures: test_audit_verify.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 #include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,9 +19,10 @@
 #include <unistd.h>
 
 #include "kms/audit/audit.h"
+#include "kms/audit/verify.h"
 #include "kms/base/json.h"
 
-static char dir[64], path[128];
+static char dir[64], path[128], pub_path[160];
 
 static int setup(void **state)
 {
@@ -25,6 +31,7 @@ static int setup(void **state)
 	if (mkdtemp(dir) == NULL)
 		return -1;
 	snprintf(path, sizeof(path), "%s/audit.log", dir);
+	snprintf(pub_path, sizeof(pub_path), "%s/pub.pem", dir);
 	return 0;
 }
 
@@ -32,6 +39,7 @@ static int teardown(void **state)
 {
 	(void)state;
 	unlink(path);
+	unlink(pub_path);
 	rmdir(dir);
 	return 0;
 }
@@ -93,9 +101,114 @@ static void test_append_fields_and_mode(void **state)
 	json_decref(v);
 }
 
-static void test_reopen_continues_and_cuts_torn_tail(void **state)
+/* ------------------------------------------------------------------ chain helpers */
+
+#define ZEROS "0000000000000000000000000000000000000000000000000000000000000000"
+
+static void sha256_hex(const char *p, size_t n, char out[65])
+{
+	static const char hx[] = "0123456789abcdef";
+	unsigned char md[32];
+	unsigned len = 0;
+
+	assert_int_equal(EVP_Digest(p, n, md, &len, EVP_sha256(), NULL), 1);
+	for (int i = 0; i < 32; i++) {
+		out[2 * i] = hx[md[i] >> 4];
+		out[2 * i + 1] = hx[md[i] & 15];
+	}
+	out[64] = '\0';
+}
+
+/* Recomputes the chain from the file's bytes exactly as docs/FORMATS.md says: the line
+ * must end in ,"hash":"<64 hex>"}; hash = SHA-256(line minus that member, i.e. the
+ * bytes before it followed by "}"); prev = previous hash (64 zeros first). Checks seq
+ * runs 1..n; returns n and, if ops is given, each record's operation (caller frees). */
+static size_t check_chain(char ops[][32], size_t max_ops)
+{
+	FILE *f = fopen(path, "r");
+	char line[8192], body[8192], want[65], prev[65] = ZEROS;
+	size_t n = 0, len;
+
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f) != NULL) {
+		json_t *v;
+		len = strlen(line);
+		assert_true(len > 76 && line[len - 1] == '\n');
+		line[--len] = '\0';
+		assert_memory_equal(line + len - 75, ",\"hash\":\"", 9);
+		assert_string_equal(line + len - 2, "\"}");
+		memcpy(body, line, len - 75);
+		strcpy(body + len - 75, "}");
+		sha256_hex(body, strlen(body), want);
+		v = json_loads(line, JSON_REJECT_DUPLICATES, NULL);
+		assert_non_null(v);
+		assert_int_equal(json_integer_value(json_object_get(v, "seq")), (json_int_t)(n + 1));
+		assert_string_equal(json_string_value(json_object_get(v, "hash")), want);
+		assert_string_equal(json_string_value(json_object_get(v, "prev")), prev);
+		if (ops != NULL && n < max_ops)
+			snprintf(ops[n], 32, "%s",
+				 json_is_string(json_object_get(v, "operation"))
+					 ? json_string_value(json_object_get(v, "operation"))
+					 : "");
+		json_decref(v);
+		memcpy(prev, want, sizeof(prev));
+		n++;
+	}
+	fclose(f);
+	return n;
+}
+
+static json_t *read_record(size_t seq)
+{
+	FILE *f = fopen(path, "r");
+	char line[8192];
+	json_t *v = NULL;
+
+	assert_non_null(f);
+	for (size_t i = 0; i < seq; i++)
+		assert_non_null(fgets(line, sizeof(line), f));
+	fclose(f);
+	v = json_loads(line, 0, NULL);
+	assert_non_null(v);
+	return v;
+}
+
+static void test_chain_fields(void **state)
 {
 	struct audit *a;
+	json_t *v;
+	(void)state;
+
+	assert_int_equal(audit_open(path, "n", &a), KMS_OK);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(audit_append(a, &rec), KMS_OK);
+	audit_close(a);
+	assert_int_equal(check_chain(NULL, 0), 3);
+	v = read_record(1);
+	assert_string_equal(json_string_value(json_object_get(v, "prev")), ZEROS);
+	json_decref(v);
+}
+
+static void test_chain_continues_across_reopen(void **state)
+{
+	struct audit *a;
+	(void)state;
+
+	for (int round = 0; round < 3; round++) {
+		assert_int_equal(audit_open(path, "n", &a), KMS_OK);
+		assert_int_equal(audit_seq(a), (uint64_t)(round * 2));
+		for (int i = 0; i < 2; i++)
+			assert_int_equal(audit_append(a, &rec), KMS_OK);
+		audit_close(a);
+	}
+	assert_int_equal(check_chain(NULL, 0), 6);
+}
+
+static void test_reopen_continues_and_cuts_torn_tail(void **state)
+{
+	char ops[8][32];
+	struct audit *a;
+	json_t *v;
 	FILE *f;
 	(void)state;
 
@@ -108,10 +221,247 @@ static void test_reopen_continues_and_cuts_torn_tail(void **state)
 	fputs("{\"seq\":6,\"time\":\"2026-", f);
 	fclose(f);
 	assert_int_equal(audit_open(path, "n", &a), KMS_OK);
-	assert_int_equal(audit_seq(a), 5);
+	/* the cut is itself recorded, durably, before audit_open returns */
+	assert_int_equal(audit_seq(a), 6);
 	assert_int_equal(audit_append(a, &rec), KMS_OK);
 	audit_close(a);
-	assert_int_equal(check_lines(1), 6);
+	assert_int_equal(check_chain(ops, 8), 7);
+	assert_string_equal(ops[5], AUDIT_OP_RECOVERED);
+	assert_string_equal(ops[6], "datakey");
+	v = read_record(6);
+	assert_non_null(strstr(json_string_value(json_object_get(v, "reason")), "22 bytes"));
+	assert_true(json_is_null(json_object_get(v, "request_id")));
+	assert_true(json_is_null(json_object_get(v, "status")));
+	json_decref(v);
+}
+
+static void test_torn_only_line(void **state)
+{
+	char ops[2][32];
+	struct audit *a;
+	FILE *f;
+	(void)state;
+
+	f = fopen(path, "w");
+	fputs("{\"seq\":1,\"ti", f);
+	fclose(f);
+	assert_int_equal(audit_open(path, "n", &a), KMS_OK);
+	assert_int_equal(audit_seq(a), 1);
+	audit_close(a);
+	assert_int_equal(check_chain(ops, 2), 1);
+	assert_string_equal(ops[0], AUDIT_OP_RECOVERED);
+}
+
+/* The chain cannot be continued from a last record that is not what it says. */
+static void test_refuses_bad_last_record(void **state)
+{
+	struct audit *a = NULL;
+	char buf[8192];
+	size_t n;
+	FILE *f;
+	char *p;
+	(void)state;
+
+	assert_int_equal(audit_open(path, "n", &a), KMS_OK);
+	assert_int_equal(audit_append(a, &rec), KMS_OK);
+	assert_int_equal(audit_append(a, &rec), KMS_OK);
+	audit_close(a);
+	f = fopen(path, "r+");
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	buf[n] = '\0';
+	p = strrchr(buf, '\n');
+	*p = '\0';
+	p = strstr(strrchr(buf, '\n'), "\"svc\"");
+	p[1] = 'S'; /* "svc" -> "Svc" in record 2 */
+	buf[strlen(buf)] = '\n';
+	rewind(f);
+	fwrite(buf, 1, n, f);
+	fclose(f);
+	a = NULL;
+	assert_int_equal(audit_open(path, "n", &a), KMS_ERR_IO);
+	assert_null(a);
+	assert_non_null(strstr(kms_err_detail(KMS_ERR_IO), "does not match its hash"));
+
+	/* a log from before the chain */
+	f = fopen(path, "w");
+	fputs("{\"seq\":1,\"operation\":\"datakey\"}\n", f);
+	fclose(f);
+	assert_int_equal(audit_open(path, "n", &a), KMS_ERR_IO);
+	assert_non_null(strstr(kms_err_detail(KMS_ERR_IO), "not a chained audit record"));
+}
+
+/* ------------------------------------------------------------------ checkpoints */
+
+/* A stand-in for the token: an in-process P-256 key signing the digest it is given
+ * (DER out, like p11_audit_sign). */
+struct signer {
+	EVP_PKEY *key;
+	pthread_mutex_t mu;
+	int calls;
+	int fail;	  /* answer KMS_ERR_TOKEN */
+	unsigned delay_us; /* make signing slow, to let appends overtake it */
+};
+
+static kms_err fake_sign(void *ctx, const uint8_t digest[AUDIT_HASH_LEN], uint8_t *sig,
+			 size_t cap, size_t *len)
+{
+	struct signer *s = ctx;
+	EVP_PKEY_CTX *c;
+	int ok;
+
+	pthread_mutex_lock(&s->mu);
+	s->calls++;
+	pthread_mutex_unlock(&s->mu);
+	if (s->delay_us)
+		usleep(s->delay_us);
+	if (s->fail)
+		return kms_errf(KMS_ERR_TOKEN, "token: fake signer says no");
+	c = EVP_PKEY_CTX_new(s->key, NULL);
+	*len = cap;
+	ok = c != NULL && EVP_PKEY_sign_init(c) == 1 &&
+	     EVP_PKEY_CTX_set_signature_md(c, EVP_sha256()) == 1 &&
+	     EVP_PKEY_sign(c, sig, len, digest, AUDIT_HASH_LEN) == 1;
+	EVP_PKEY_CTX_free(c);
+	return ok ? KMS_OK : kms_errf(KMS_ERR_INTERNAL, "fake signer: OpenSSL failed");
+}
+
+static void signer_init(struct signer *s)
+{
+	FILE *f;
+
+	memset(s, 0, sizeof(*s));
+	pthread_mutex_init(&s->mu, NULL);
+	s->key = EVP_EC_gen("P-256");
+	assert_non_null(s->key);
+	f = fopen(pub_path, "w");
+	assert_non_null(f);
+	assert_int_equal(PEM_write_PUBKEY(f, s->key), 1);
+	fclose(f);
+}
+
+static void signer_free(struct signer *s)
+{
+	EVP_PKEY_free(s->key);
+	pthread_mutex_destroy(&s->mu);
+}
+
+static void opts_for(struct audit_options *o, struct signer *s, unsigned n, unsigned t)
+{
+	audit_options_init(o);
+	o->checkpoint_records = n;
+	o->checkpoint_seconds = t;
+	o->sign = fake_sign;
+	o->sign_ctx = s;
+}
+
+static void verify_ok(uint64_t records, uint64_t ckpts, uint64_t last_signed, uint64_t tail)
+{
+	const char *files[] = {path};
+	struct audit_verify_result res;
+	char line[1024];
+
+	assert_int_equal(audit_verify(files, 1, pub_path, &res), KMS_OK);
+	audit_verify_summary(&res, line, sizeof(line));
+	printf("    %s\n", line);
+	assert_int_equal(res.verdict, AUDIT_V_OK);
+	assert_int_equal(res.records, records);
+	assert_int_equal(res.checkpoints, ckpts);
+	assert_int_equal(res.last_signed_seq, last_signed);
+	assert_int_equal(res.unsigned_tail, tail);
+}
+
+static void test_checkpoint_every_n(void **state)
+{
+	struct audit_options o;
+	struct signer s;
+	struct audit *a;
+	char ops[40][32];
+	json_t *v, *cp;
+	(void)state;
+
+	signer_init(&s);
+	opts_for(&o, &s, 10, 0);
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	for (int i = 0; i < 25; i++)
+		assert_int_equal(audit_append(a, &rec), KMS_OK);
+	/* 10 records, checkpoint 11 over seq 10; 10 more, checkpoint 22 over seq 21; 5 */
+	assert_int_equal(audit_seq(a), 27);
+	assert_int_equal(s.calls, 2);
+	audit_close(a);
+	assert_int_equal(check_chain(ops, 40), 27);
+	for (int i = 0; i < 27; i++)
+		assert_string_equal(ops[i], i == 10 || i == 21 ? AUDIT_OP_CHECKPOINT : "datakey");
+	v = read_record(22);
+	cp = json_object_get(v, "checkpoint");
+	assert_int_equal(json_integer_value(json_object_get(cp, "seq")), 21);
+	assert_string_equal(json_string_value(json_object_get(cp, "hash")),
+			    json_string_value(json_object_get(v, "prev")));
+	assert_string_equal(json_string_value(json_object_get(v, "reason")), "records");
+	json_decref(v);
+	verify_ok(27, 2, 21, 5);
+
+	/* Reopen: the chain goes on; audit_checkpoint signs the tail. */
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	assert_int_equal(audit_append(a, &rec), KMS_OK);
+	assert_int_equal(audit_checkpoint(a), KMS_OK);
+	assert_int_equal(audit_seq(a), 29);
+	assert_int_equal(audit_checkpoint(a), KMS_OK); /* nothing unsigned: no record */
+	assert_int_equal(audit_seq(a), 29);
+	audit_close(a);
+	assert_int_equal(check_chain(NULL, 0), 29);
+	verify_ok(29, 3, 28, 0);
+	signer_free(&s);
+}
+
+static void test_checkpoint_by_time(void **state)
+{
+	struct audit_options o;
+	struct signer s;
+	struct audit *a;
+	char ops[4][32];
+	(void)state;
+
+	signer_init(&s);
+	opts_for(&o, &s, 0, 1);
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	assert_int_equal(audit_append(a, &rec), KMS_OK);
+	/* the log is idle: the timer thread signs the tail within a second or so */
+	for (int i = 0; i < 40 && audit_seq(a) < 2; i++)
+		usleep(100 * 1000);
+	assert_int_equal(audit_seq(a), 2);
+	usleep(1500 * 1000); /* and does not sign its own checkpoint again */
+	assert_int_equal(audit_seq(a), 2);
+	audit_close(a);
+	assert_int_equal(check_chain(ops, 4), 2);
+	assert_string_equal(ops[1], AUDIT_OP_CHECKPOINT);
+	verify_ok(2, 1, 1, 0);
+	signer_free(&s);
+}
+
+/* A failing signer delays checkpoints; it never fails or blocks the records. */
+static void test_signer_failure_keeps_records(void **state)
+{
+	struct audit_options o;
+	struct signer s;
+	struct audit *a;
+	(void)state;
+
+	signer_init(&s);
+	s.fail = 1;
+	opts_for(&o, &s, 2, 0);
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	for (int i = 0; i < 6; i++)
+		assert_int_equal(audit_append(a, &rec), KMS_OK);
+	assert_true(audit_healthy(a));
+	assert_int_equal(audit_seq(a), 6);
+	assert_int_equal(s.calls, 1); /* and it is not hammered: backs off from 1 s */
+	assert_int_equal(audit_checkpoint(a), KMS_ERR_TOKEN);
+	s.fail = 0;
+	assert_int_equal(audit_checkpoint(a), KMS_OK);
+	audit_close(a);
+	assert_int_equal(check_chain(NULL, 0), 7);
+	verify_ok(7, 1, 6, 0);
+	signer_free(&s);
 }
 
 #define THREADS 8
@@ -146,6 +496,44 @@ static void test_concurrent_group_commit(void **state)
 	assert_int_equal(check_lines(1), THREADS * PER_THREAD);
 }
 
+/* Group commit with checkpoints, and a slow signer that appends overtake: each
+ * checkpoint then covers a seq a few records back; the verifier accepts that. */
+static void test_concurrent_with_checkpoints(void **state)
+{
+	pthread_t t[THREADS];
+	struct audit_options o;
+	struct signer s;
+	struct audit *a;
+	const char *files[] = {path};
+	struct audit_verify_result res;
+	char line[1024];
+	void *r;
+	(void)state;
+
+	signer_init(&s);
+	s.delay_us = 2000;
+	opts_for(&o, &s, 50, 0);
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	for (int i = 0; i < THREADS; i++)
+		assert_int_equal(pthread_create(&t[i], NULL, hammer, a), 0);
+	for (int i = 0; i < THREADS; i++) {
+		assert_int_equal(pthread_join(t[i], &r), 0);
+		assert_null(r);
+	}
+	assert_int_equal(audit_checkpoint(a), KMS_OK);
+	assert_int_equal(audit_seq(a), THREADS * PER_THREAD + (uint64_t)s.calls);
+	audit_close(a);
+	assert_int_equal(check_chain(NULL, 0), THREADS * PER_THREAD + (size_t)s.calls);
+	assert_int_equal(audit_verify(files, 1, pub_path, &res), KMS_OK);
+	audit_verify_summary(&res, line, sizeof(line));
+	printf("    %s (signer called %d times)\n", line, s.calls);
+	assert_int_equal(res.verdict, AUDIT_V_OK);
+	assert_int_equal(res.checkpoints, (uint64_t)s.calls);
+	assert_true(s.calls >= THREADS * PER_THREAD / 50 / 2);
+	assert_int_equal(res.unsigned_tail, 0);
+	signer_free(&s);
+}
+
 static void test_fail_closed(void **state)
 {
 	struct audit *a;
@@ -162,6 +550,29 @@ static void test_fail_closed(void **state)
 	audit_close(a);
 }
 
+/* The same with a signer due on every record: still refused, at most the one
+ * checkpoint of the failing batch is signed, and nothing after the failure. */
+static void test_fail_closed_with_signer(void **state)
+{
+	struct audit_options o;
+	struct signer s;
+	struct audit *a;
+	(void)state;
+
+	if (access("/dev/full", W_OK) != 0)
+		skip();
+	signer_init(&s);
+	opts_for(&o, &s, 1, 0);
+	assert_int_equal(audit_open_opts("/dev/full", "n", &o, &a), KMS_OK);
+	assert_int_equal(audit_append(a, &rec), KMS_ERR_AUDIT);
+	assert_false(audit_healthy(a));
+	assert_int_equal(audit_append(a, &rec), KMS_ERR_AUDIT);
+	assert_int_equal(audit_checkpoint(a), KMS_ERR_AUDIT);
+	assert_true(s.calls <= 1);
+	audit_close(a);
+	signer_free(&s);
+}
+
 static void test_open_error(void **state)
 {
 	struct audit *a = NULL;
@@ -176,9 +587,18 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_append_fields_and_mode, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_chain_fields, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_chain_continues_across_reopen, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen_continues_and_cuts_torn_tail, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_torn_only_line, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_refuses_bad_last_record, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_checkpoint_every_n, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_checkpoint_by_time, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_signer_failure_keeps_records, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_group_commit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_concurrent_with_checkpoints, setup, teardown),
 		cmocka_unit_test(test_fail_closed),
+		cmocka_unit_test_setup_teardown(test_fail_closed_with_signer, setup, teardown),
 		cmocka_unit_test(test_open_error),
 	};
 	kms_json_init();

@@ -8,6 +8,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -731,6 +734,130 @@ static void test_other_paths_are_refused(void **state)
 	p11_kek_unload(x->p, k);
 }
 
+/* ------------------------------------------------------------------ audit signing key */
+
+static void test_audit_sign_key_attributes(void **state)
+{
+	struct fx *x = *state;
+	CK_OBJECT_HANDLE priv = p11_internal_object(x->p, P11_LABEL_AUDIT_SIGN);
+	CK_OBJECT_HANDLE pub = p11_internal_audit_pubkey(x->p);
+	CK_BBOOL token = 0, prv = 0, sens = 0, extr = 1, sign = 0, dec = 1, unwrap = 1, derive = 1,
+		 recover = 1, ptoken = 0, pprv = 1, verify = 0, enc = 1, wrap = 1;
+	CK_KEY_TYPE kt = 0;
+	CK_ATTRIBUTE a[] = {
+		{CKA_TOKEN, &token, 1},	      {CKA_PRIVATE, &prv, 1},	 {CKA_SENSITIVE, &sens, 1},
+		{CKA_EXTRACTABLE, &extr, 1},   {CKA_SIGN, &sign, 1},	 {CKA_DECRYPT, &dec, 1},
+		{CKA_UNWRAP, &unwrap, 1},      {CKA_DERIVE, &derive, 1}, {CKA_SIGN_RECOVER, &recover, 1},
+		{CKA_KEY_TYPE, &kt, sizeof(kt)},
+	};
+	CK_ATTRIBUTE pa[] = {
+		{CKA_TOKEN, &ptoken, 1}, {CKA_PRIVATE, &pprv, 1}, {CKA_VERIFY, &verify, 1},
+		{CKA_ENCRYPT, &enc, 1},	 {CKA_WRAP, &wrap, 1},
+	};
+	CK_MECHANISM_TYPE mechs[4];
+	CK_ATTRIBUTE ma = {CKA_ALLOWED_MECHANISMS, mechs, sizeof(mechs)};
+	uint8_t v[256];
+	CK_ATTRIBUTE va = {CKA_VALUE, v, sizeof(v)};
+	CK_RV rv;
+
+	assert_int_not_equal(priv, CK_INVALID_HANDLE);
+	assert_int_not_equal(pub, CK_INVALID_HANDLE);
+	assert_int_equal(x->f->C_GetAttributeValue(x->s, priv, a, NELEM(a)), CKR_OK);
+	assert_true(token && prv && sens && !extr && sign && kt == CKK_EC);
+	assert_false(dec || unwrap || derive || recover);
+	assert_int_equal(x->f->C_GetAttributeValue(x->s, priv, &ma, 1), CKR_OK);
+	assert_int_equal(ma.ulValueLen, sizeof(CK_MECHANISM_TYPE));
+	assert_int_equal(mechs[0], CKM_ECDSA);
+	assert_int_equal(x->f->C_GetAttributeValue(x->s, pub, pa, NELEM(pa)), CKR_OK);
+	assert_true(ptoken && !pprv && verify && !enc && !wrap);
+	rv = x->f->C_GetAttributeValue(x->s, priv, &va, 1);
+	show("C_GetAttributeValue(CKA_VALUE) on kmsd-audit-sign", rv);
+	assert_int_equal(rv, CKR_ATTRIBUTE_SENSITIVE);
+}
+
+/* The token's signature verifies with the exported PEM the way `openssl dgst -sha256
+ * -verify` checks it: ECDSA over SHA-256(message), DER signature. */
+static void test_audit_sign_verifies_with_pem(void **state)
+{
+	struct fx *x = *state;
+	static const char msg[] = "kmsd-audit-checkpoint:1:42:00ff";
+	uint8_t digest[P11_SHA256_LEN], sig[P11_AUDIT_SIG_MAX], small[16];
+	unsigned dn = 0;
+	size_t sig_len = 0;
+	char *pem = NULL;
+	EVP_PKEY *pk;
+	EVP_MD_CTX *mc;
+	BIO *bio;
+
+	assert_int_equal(EVP_Digest(msg, strlen(msg), digest, &dn, EVP_sha256(), NULL), 1);
+	assert_int_equal(p11_audit_sign(x->p, digest, sig, sizeof(sig), &sig_len), KMS_OK);
+	assert_true(sig_len >= 8 && sig_len <= P11_AUDIT_SIG_MAX);
+	assert_int_equal(sig[0], 0x30); /* DER SEQUENCE */
+	assert_int_equal(p11_audit_pubkey_pem(x->p, &pem), KMS_OK);
+	assert_non_null(strstr(pem, "-----BEGIN PUBLIC KEY-----"));
+	bio = BIO_new_mem_buf(pem, -1);
+	pk = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
+	assert_non_null(pk);
+	assert_true(EVP_PKEY_is_a(pk, "EC"));
+	assert_int_equal(EVP_PKEY_get_bits(pk), 256);
+	mc = EVP_MD_CTX_new();
+	assert_int_equal(EVP_DigestVerifyInit(mc, NULL, EVP_sha256(), NULL, pk), 1);
+	assert_int_equal(EVP_DigestVerify(mc, sig, sig_len, (const uint8_t *)msg, strlen(msg)), 1);
+	EVP_MD_CTX_free(mc);
+	/* a different message does not verify */
+	mc = EVP_MD_CTX_new();
+	assert_int_equal(EVP_DigestVerifyInit(mc, NULL, EVP_sha256(), NULL, pk), 1);
+	assert_int_not_equal(EVP_DigestVerify(mc, sig, sig_len, (const uint8_t *)msg, 5), 1);
+	EVP_MD_CTX_free(mc);
+	EVP_PKEY_free(pk);
+	BIO_free(bio);
+	free(pem);
+	assert_int_equal(p11_audit_sign(x->p, digest, small, sizeof(small), &sig_len),
+			 KMS_ERR_INTERNAL);
+}
+
+static void destroy_labelled(struct fx *x, CK_OBJECT_CLASS cls, const char *label)
+{
+	CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof(cls)},
+			    {CKA_LABEL, (void *)label, strlen(label)}};
+	CK_OBJECT_HANDLE h[4];
+	CK_ULONG n = 0, i;
+
+	assert_int_equal(x->f->C_FindObjectsInit(x->s, t, 2), CKR_OK);
+	assert_int_equal(x->f->C_FindObjects(x->s, h, 4, &n), CKR_OK);
+	assert_int_equal(x->f->C_FindObjectsFinal(x->s), CKR_OK);
+	assert_int_equal(n, 1);
+	for (i = 0; i < n; i++)
+		assert_int_equal(x->f->C_DestroyObject(x->s, h[i]), CKR_OK);
+}
+
+/* Missing pair: p11_open refuses, provisioning (a CONFLICT run) makes a new one. A lone
+ * half is refused: the public key could not be recreated. */
+static void test_audit_sign_key_missing(void **state)
+{
+	struct fx *x = *state;
+	char *pem1 = NULL, *pem2 = NULL;
+	struct p11 *p = NULL;
+
+	assert_int_equal(p11_audit_pubkey_pem(x->p, &pem1), KMS_OK);
+	destroy_labelled(x, CKO_PUBLIC_KEY, P11_LABEL_AUDIT_SIGN);
+	assert_int_equal(p11_open(&x->cfg, x->t.user_pin, x->t.user_pin_len, &p), KMS_ERR_TOKEN);
+	assert_non_null(strstr(kms_err_detail(KMS_ERR_TOKEN), P11_LABEL_AUDIT_SIGN));
+	assert_int_equal(p11_provision(&x->cfg, NULL, 0, x->t.user_pin, x->t.user_pin_len),
+			 KMS_ERR_TOKEN);
+	printf("    lone private half: %s\n", kms_err_detail(KMS_ERR_TOKEN));
+	assert_non_null(strstr(kms_err_detail(KMS_ERR_TOKEN), "only the private half"));
+	destroy_labelled(x, CKO_PRIVATE_KEY, P11_LABEL_AUDIT_SIGN);
+	assert_int_equal(p11_provision(&x->cfg, NULL, 0, x->t.user_pin, x->t.user_pin_len),
+			 KMS_ERR_CONFLICT);
+	assert_int_equal(p11_open(&x->cfg, x->t.user_pin, x->t.user_pin_len, &p), KMS_OK);
+	assert_int_equal(p11_audit_pubkey_pem(p, &pem2), KMS_OK);
+	assert_string_not_equal(pem1, pem2);
+	p11_close(p);
+	free(pem1);
+	free(pem2);
+}
+
 /* ------------------------------------------------------------------ concurrency */
 
 #define THREADS 8
@@ -746,8 +873,8 @@ static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
 	uint8_t iv[P11_GCM_IV_LEN], pt[48], ct[sizeof(pt) + P11_GCM_TAG_LEN], back[sizeof(pt)];
-	uint8_t mac[P11_HMAC_LEN], blob[P11_KEK_BLOB_LEN];
-	size_t n;
+	uint8_t mac[P11_HMAC_LEN], blob[P11_KEK_BLOB_LEN], sig[P11_AUDIT_SIG_MAX];
+	size_t n, sig_len;
 	p11_key k;
 	int i;
 
@@ -761,7 +888,8 @@ static void *worker_main(void *arg)
 		    p11_gcm_decrypt(w->p, k, iv, iv, sizeof(iv), ct, sizeof(ct), back, sizeof(back),
 				    &n) != KMS_OK ||
 		    n != sizeof(pt) || memcmp(back, pt, sizeof(pt)) != 0 ||
-		    p11_hmac(w->p, P11_MAC_AUDIT, pt, sizeof(pt), mac) != KMS_OK)
+		    p11_hmac(w->p, P11_MAC_AUDIT, pt, sizeof(pt), mac) != KMS_OK ||
+		    p11_audit_sign(w->p, mac, sig, sizeof(sig), &sig_len) != KMS_OK)
 			w->failures++;
 		ct[0] ^= 1;
 		if (p11_gcm_decrypt(w->p, k, iv, iv, sizeof(iv), ct, sizeof(ct), back, sizeof(back),
@@ -826,6 +954,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_wrap_under_own_key_is_refused, setup_open,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_other_paths_are_refused, setup_open, teardown),
+		cmocka_unit_test_setup_teardown(test_audit_sign_key_attributes, setup_open, teardown),
+		cmocka_unit_test_setup_teardown(test_audit_sign_verifies_with_pem, setup_open,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_audit_sign_key_missing, setup_open, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_use, setup_open, teardown),
 	};
 
