@@ -27,6 +27,10 @@
  *   max_connections     int     1024         1..65536
  *   per_ip_connections  int     256          0..65536 (0 = no per-IP limit)
  *   log_level           string  info         debug|info|warn|error
+ *   scheduler_interval  int     60           seconds between scheduler passes (destructions), 1..86400
+ *   phi_retention_floor_days int 2190        shortest retention a PHI tenant may set, 1..36500
+ *   audit_checkpoint_records int 1000        records between signed audit checkpoints, 1..1000000
+ *   audit_checkpoint_seconds int 60          seconds between signed audit checkpoints, 1..86400
  */
 #ifndef KMS_CONFIG_H
 #define KMS_CONFIG_H
@@ -58,6 +62,10 @@ struct kms_config {
 	int max_connections;
 	int per_ip_connections;
 	char log_level[8];
+	int scheduler_interval;
+	int phi_retention_floor_days;
+	int audit_checkpoint_records;
+	int audit_checkpoint_seconds;
 };
 
 /* Fills cfg with every default. */

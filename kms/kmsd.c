@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "kms/audit/audit.h"
+#include "kms/base/clock.h"
 #include "kms/base/json.h"
 #include "kms/base/log.h"
 #include "kms/base/secret.h"
@@ -288,19 +289,30 @@ static int cmd_serve(const struct kms_config *cfg)
 		kms_error("token: %s", kms_err_detail(err));
 		goto out;
 	}
-	/* audit signing (issue 5): the log is opened after the token, whose key signs its
-	 * checkpoints (config options for N and T come later: defaults for now). */
+	/* The log is opened after the token, whose key signs its checkpoints. */
 	if (write_audit_pubkey(cfg, p11) != 0)
 		goto out;
 	audit_options_init(&aopt);
 	aopt.sign = audit_sign_p11;
 	aopt.sign_ctx = p11;
+	aopt.checkpoint_records = (unsigned)cfg->audit_checkpoint_records;
+	aopt.checkpoint_seconds = (unsigned)cfg->audit_checkpoint_seconds;
 	if ((err = audit_open_opts(cfg->audit_path, cfg->node_id, &aopt, &au)) != KMS_OK) {
 		kms_error("%s", kms_err_detail(err));
 		goto out;
 	}
 	if ((err = core_new(st, p11, au, &core)) != KMS_OK)
 		goto out;
+	{
+		struct core_options copt = {(int64_t)cfg->phi_retention_floor_days * 86400};
+		core_configure(core, &copt);
+	}
+	if ((err = core_scheduler_start(core, (unsigned)cfg->scheduler_interval)) != KMS_OK) {
+		kms_error("%s", kms_err_detail(err));
+		goto out;
+	}
+	if (kms_clock_is_test())
+		kms_warn("KMSD_TEST_CLOCK_FILE is set: time is shifted by a test file. Never in production.");
 	if ((err = http_start(cfg, core, &http, &port)) != KMS_OK) {
 		kms_error("%s", kms_err_detail(err));
 		goto out;

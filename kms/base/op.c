@@ -26,6 +26,11 @@ static const char *const op_names[KMS_OP__COUNT] = {
 	[KMS_OP_VERSION_DISABLE] = "key.version.disable",
 	[KMS_OP_VERSION_ENABLE] = "key.version.enable",
 	[KMS_OP_KEY_HISTORY] = "key.history",
+	[KMS_OP_VERSION_SCHEDULE_DESTROY] = "key.version.schedule_destroy",
+	[KMS_OP_VERSION_CANCEL_DESTROY] = "key.version.cancel_destroy",
+	[KMS_OP_KEY_LEGAL_HOLD] = "key.legal_hold",
+	[KMS_OP_TENANT_CONFIG] = "tenant.config",
+	[KMS_OP_VERSION_DESTROY] = "key.version.destroy",
 };
 
 const char *kms_op_name(enum kms_op op)

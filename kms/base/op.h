@@ -23,13 +23,18 @@ enum kms_op {
 	KMS_OP_ENCRYPT,
 	KMS_OP_DECRYPT,
 	KMS_OP_REWRAP,
-	/* key lifecycle; every op from KMS_OP_KEY_CREATE on names a tenant */
+	/* key lifecycle */
 	KMS_OP_KEY_CONFIG,
 	KMS_OP_KEY_REVOKE,
 	KMS_OP_KEY_RESTORE,
 	KMS_OP_VERSION_DISABLE,
 	KMS_OP_VERSION_ENABLE,
 	KMS_OP_KEY_HISTORY,
+	KMS_OP_VERSION_SCHEDULE_DESTROY,
+	KMS_OP_VERSION_CANCEL_DESTROY,
+	KMS_OP_KEY_LEGAL_HOLD,
+	KMS_OP_TENANT_CONFIG,	   /* names a tenant through the sys path, not a mount */
+	KMS_OP_VERSION_DESTROY,	   /* performed by the scheduler only; no route */
 	KMS_OP__COUNT
 };
 

@@ -9,13 +9,14 @@
 
 #include "kms/audit/audit.h"
 #include "kms/base/b64.h"
+#include "kms/base/clock.h"
 #include "kms/base/log.h"
 #include "kms/base/secret.h"
 #include "policy/authn.h"
 
 int64_t core_now(void)
 {
-	return (int64_t)time(NULL);
+	return kms_now();
 }
 
 int core_valid_tenant_name(const char *s)
@@ -71,13 +72,17 @@ void core_tenant_insert(struct core *c, const struct store_tenant *t)
 	size_t b = hash_str(t->name, NULL) % CORE_BUCKETS;
 
 	pthread_rwlock_wrlock(&c->lock);
-	if (tent_find_locked(c, t->name) == NULL && (e = calloc(1, sizeof(*e))) != NULL) {
+	e = tent_find_locked(c, t->name);
+	if (e != NULL) {
+		e->t = *t;
+	} else if ((e = calloc(1, sizeof(*e))) != NULL) {
 		e->t = *t;
 		e->next = c->tenants[b];
 		c->tenants[b] = e;
 	}
 	pthread_rwlock_unlock(&c->lock);
 }
+
 
 kms_err core_tenant_lookup(struct core *c, const char *name, struct store_tenant *out)
 {
@@ -107,6 +112,19 @@ static struct kent *kent_find_locked(struct core *c, const char *tenant, const c
 		if (strcmp(e->tenant, tenant) == 0 && strcmp(e->meta.name, key) == 0)
 			return e;
 	return NULL;
+}
+
+int64_t core_superseded_at(struct core *c, const char *tenant, const char *key, uint32_t v)
+{
+	struct kent *e;
+	int64_t t = 0;
+
+	pthread_rwlock_rdlock(&c->lock);
+	e = kent_find_locked(c, tenant, key);
+	if (e != NULL && v >= 1 && v < e->nvers)
+		t = e->vers[v].created;
+	pthread_rwlock_unlock(&c->lock);
+	return t;
 }
 
 static kms_err kent_load(struct core *c, const char *tenant, const char *key, struct kent **out)
@@ -471,7 +489,43 @@ kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct cor
 	c->au = au;
 	pthread_rwlock_init(&c->lock, NULL);
 	pthread_mutex_init(&c->create_mu, NULL);
+	pthread_mutex_init(&c->sched_mu, NULL);
+	pthread_cond_init(&c->sched_cv, NULL);
+	c->opt.phi_retention_floor = 6LL * 365 * 86400;
 	*out = c;
+	return KMS_OK;
+}
+
+void core_configure(struct core *c, const struct core_options *o)
+{
+	c->opt = *o;
+}
+
+static void *scheduler_main(void *arg)
+{
+	struct core *c = arg;
+
+	pthread_mutex_lock(&c->sched_mu);
+	while (!c->sched_stop) {
+		struct timespec until;
+		pthread_mutex_unlock(&c->sched_mu);
+		(void)core_scheduler_tick(c);
+		pthread_mutex_lock(&c->sched_mu);
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += c->sched_interval;
+		while (!c->sched_stop && pthread_cond_timedwait(&c->sched_cv, &c->sched_mu, &until) == 0)
+			;
+	}
+	pthread_mutex_unlock(&c->sched_mu);
+	return NULL;
+}
+
+kms_err core_scheduler_start(struct core *c, unsigned interval_s)
+{
+	c->sched_interval = interval_s ? interval_s : 60;
+	if (pthread_create(&c->sched, NULL, scheduler_main, c) != 0)
+		return kms_errf(KMS_ERR_INTERNAL, "cannot start the scheduler thread");
+	c->sched_running = true;
 	return KMS_OK;
 }
 
@@ -479,6 +533,13 @@ void core_free(struct core *c)
 {
 	if (c == NULL)
 		return;
+	if (c->sched_running) {
+		pthread_mutex_lock(&c->sched_mu);
+		c->sched_stop = true;
+		pthread_cond_broadcast(&c->sched_cv);
+		pthread_mutex_unlock(&c->sched_mu);
+		pthread_join(c->sched, NULL);
+	}
 	for (size_t b = 0; b < CORE_BUCKETS; b++) {
 		struct kent *e = c->keys[b];
 		while (e != NULL) {
@@ -498,6 +559,8 @@ void core_free(struct core *c)
 	}
 	pthread_rwlock_destroy(&c->lock);
 	pthread_mutex_destroy(&c->create_mu);
+	pthread_mutex_destroy(&c->sched_mu);
+	pthread_cond_destroy(&c->sched_cv);
 	free(c);
 }
 
@@ -530,7 +593,17 @@ kms_err core_bootstrap_admin(struct store *st, const char *name, char *token_out
 
 static bool op_has_tenant(enum kms_op op)
 {
-	return op >= KMS_OP_KEY_CREATE && op < KMS_OP__COUNT;
+	switch (op) {
+	case KMS_OP_KEY_CREATE: case KMS_OP_KEY_READ: case KMS_OP_KEY_LIST: case KMS_OP_KEY_ROTATE:
+	case KMS_OP_DATAKEY: case KMS_OP_ENCRYPT: case KMS_OP_DECRYPT: case KMS_OP_REWRAP:
+	case KMS_OP_KEY_CONFIG: case KMS_OP_KEY_REVOKE: case KMS_OP_KEY_RESTORE:
+	case KMS_OP_VERSION_DISABLE: case KMS_OP_VERSION_ENABLE: case KMS_OP_KEY_HISTORY:
+	case KMS_OP_VERSION_SCHEDULE_DESTROY: case KMS_OP_VERSION_CANCEL_DESTROY:
+	case KMS_OP_KEY_LEGAL_HOLD:
+		return true;
+	default:
+		return false;
+	}
 }
 
 static kms_err authenticate(struct core *c, const char *token, struct op_ctx *x)
@@ -594,6 +667,10 @@ static const op_fn op_table[KMS_OP__COUNT] = {
 	[KMS_OP_VERSION_DISABLE] = op_version_disable,
 	[KMS_OP_VERSION_ENABLE] = op_version_enable,
 	[KMS_OP_KEY_HISTORY] = op_key_history,
+	[KMS_OP_VERSION_SCHEDULE_DESTROY] = op_version_schedule_destroy,
+	[KMS_OP_VERSION_CANCEL_DESTROY] = op_version_cancel_destroy,
+	[KMS_OP_KEY_LEGAL_HOLD] = op_key_legal_hold,
+	[KMS_OP_TENANT_CONFIG] = op_tenant_config,
 };
 
 static int valid_request_id(const char *s)
@@ -620,6 +697,8 @@ static void health(struct core *c, struct core_result *res)
 	json_object_set_new(b, "standby", json_false());
 	json_object_set_new(b, "server_time_utc", json_integer(core_now()));
 	json_object_set_new(b, "version", json_string(KMS_VERSION));
+	if (kms_clock_is_test())
+		json_object_set_new(b, "test_clock", json_true());
 	json_object_set_new(b, "checks", checks);
 	res->status = audit_ok ? 200 : 503;
 	res->body = b;
@@ -699,7 +778,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	ar.auth_method = x.who.name[0] ? "token" : NULL;
 	ar.remote_addr = call->remote_addr;
 	ar.operation = kms_op_name(call->op);
-	if (call->op == KMS_OP_TENANT_CREATE || call->op == KMS_OP_TENANT_READ) {
+	if (call->op == KMS_OP_TENANT_CREATE || call->op == KMS_OP_TENANT_READ || call->op == KMS_OP_TENANT_CONFIG) {
 		ar.tenant = call->name;
 		ar.key = NULL;
 	} else {

@@ -40,6 +40,20 @@ struct core_result {
 KMS_WUR kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct core **out);
 void core_free(struct core *c); /* accepts NULL; unloads cached KEK session objects */
 
+/* Settings from the configuration that the core's rules need. */
+struct core_options {
+	int64_t phi_retention_floor; /* seconds; PHI tenants may not keep versions shorter */
+};
+void core_configure(struct core *c, const struct core_options *o);
+
+/* Background work (scheduled destructions): one pass now, for tests and the scheduler
+ * thread. Returns how many versions were destroyed. */
+unsigned core_scheduler_tick(struct core *c);
+
+/* Runs core_scheduler_tick every interval_s seconds on a thread of its own until
+ * core_free. */
+KMS_WUR kms_err core_scheduler_start(struct core *c, unsigned interval_s);
+
 /* Always fills res (status and body), whatever happens. */
 void core_call(struct core *c, const struct core_call *call, struct core_result *res);
 

@@ -45,6 +45,13 @@ struct core {
 	struct kent *keys[CORE_BUCKETS];
 	struct tent *tenants[CORE_BUCKETS];
 	pthread_mutex_t create_mu; /* one key creation or rotation at a time */
+	struct core_options opt;
+	/* scheduler thread */
+	pthread_t sched;
+	bool sched_running, sched_stop;
+	unsigned sched_interval;
+	pthread_mutex_t sched_mu;
+	pthread_cond_t sched_cv;
 };
 
 /* What an operation sees: the authenticated principal and the resolved tenant. */
@@ -81,7 +88,7 @@ KMS_WUR kms_err core_key_read_json(struct core *c, const char *tenant, const cha
 KMS_WUR kms_err core_key_insert(struct core *c, const char *tenant, const struct store_key *meta);
 KMS_WUR kms_err core_key_add_version(struct core *c, const char *tenant, const char *key,
 				     uint32_t version, int64_t created);
-void core_tenant_insert(struct core *c, const struct store_tenant *t);
+void core_tenant_insert(struct core *c, const struct store_tenant *t); /* insert or replace */
 /* Replaces the cached metadata of a key after a store update. */
 void core_key_meta_set(struct core *c, const char *tenant, const struct store_key *meta);
 /* Records a version's new state in the cache; unloads its KEK unless enabled. */
@@ -116,5 +123,16 @@ KMS_WUR kms_err op_key_restore(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_version_disable(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_version_enable(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_key_history(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_version_schedule_destroy(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_version_cancel_destroy(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_key_legal_hold(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_tenant_config(struct core *c, struct op_ctx *x);
+/* Created time of version v+1 (when v stopped being used for encryption), or 0. */
+int64_t core_superseded_at(struct core *c, const char *tenant, const char *key, uint32_t v);
+/* Whether destroying version v of key k at time `when` is allowed; CONFLICT names the
+ * rule that refuses and, for retention, the date it becomes possible. */
+KMS_WUR kms_err core_destruction_allowed(struct core *c, const struct store_tenant *t,
+					 const struct store_key *k, uint32_t v, int64_t when);
+#define CORE_SCHEDULER_PRINCIPAL "kmsd-scheduler"
 
 #endif

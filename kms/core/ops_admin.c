@@ -27,6 +27,9 @@ static json_t *tenant_json(const struct store_tenant *t)
 	json_object_set_new(d, "name", json_string(t->name));
 	json_object_set_new(d, "retention", json_string(t->retention));
 	json_object_set_new(d, "created", json_integer(t->created));
+	json_object_set_new(d, "retention_days", json_integer(t->retention_period / 86400));
+	json_object_set_new(d, "min_destroy_wait_days", json_integer(t->min_destroy_wait / 86400));
+	json_object_set_new(d, "legal_hold", json_boolean(t->legal_hold));
 	return d;
 }
 
@@ -54,8 +57,11 @@ kms_err op_tenant_create(struct core *c, struct op_ctx *x)
 	rc = store_tenant_create(c->st, x->call->name, ret, t.created, &t.id);
 	if (rc != KMS_OK)
 		goto out;
-	snprintf(t.name, sizeof(t.name), "%s", x->call->name);
-	snprintf(t.retention, sizeof(t.retention), "%s", ret);
+	/* Cache what the store holds (its defaults for retention included), not a copy
+	 * made here that could miss a column. */
+	rc = store_tenant_get(c->st, x->call->name, &t);
+	if (rc != KMS_OK)
+		goto out;
 	core_tenant_insert(c, &t);
 	x->data = tenant_json(&t);
 out:

@@ -18,6 +18,7 @@ static const struct route {
 	{M_LIST, "/v1/sys/tenants", KMS_OP_TENANT_LIST},
 	{M_POST, "/v1/sys/tenants/:n", KMS_OP_TENANT_CREATE},
 	{M_GET, "/v1/sys/tenants/:n", KMS_OP_TENANT_READ},
+	{M_POST, "/v1/sys/tenants/:n/config", KMS_OP_TENANT_CONFIG},
 	{M_LIST, "/v1/sys/principals", KMS_OP_PRINCIPAL_LIST},
 	{M_POST, "/v1/sys/principals/:n", KMS_OP_PRINCIPAL_CREATE},
 	{M_GET, "/v1/sys/principals/:n", KMS_OP_PRINCIPAL_READ},
@@ -38,6 +39,9 @@ static const struct route {
 	{M_POST, "/v1/:t/keys/:k/versions/:r/disable", KMS_OP_VERSION_DISABLE},
 	{M_POST, "/v1/:t/keys/:k/versions/:r/enable", KMS_OP_VERSION_ENABLE},
 	{M_GET, "/v1/:t/keys/:k/history", KMS_OP_KEY_HISTORY},
+	{M_POST, "/v1/:t/keys/:k/versions/:r/schedule-destroy", KMS_OP_VERSION_SCHEDULE_DESTROY},
+	{M_POST, "/v1/:t/keys/:k/versions/:r/cancel-destroy", KMS_OP_VERSION_CANCEL_DESTROY},
+	{M_POST, "/v1/:t/keys/:k/legal-hold", KMS_OP_KEY_LEGAL_HOLD},
 };
 
 #define MAX_SEGS 8

@@ -116,6 +116,15 @@ static const char *const migrations[] = {
 	"  time INTEGER NOT NULL"
 	");"
 	"CREATE INDEX key_events_key ON key_events (key_id, id);",
+	/* 3: retention and destruction. 189216000 s = 6 x 365 days (HIPAA documentation
+	 * retention); 604800 s = 7 days. */
+	"ALTER TABLE tenants ADD COLUMN retention_period INTEGER NOT NULL DEFAULT 189216000"
+	"  CHECK (retention_period >= 0);"
+	"ALTER TABLE tenants ADD COLUMN min_destroy_wait INTEGER NOT NULL DEFAULT 604800"
+	"  CHECK (min_destroy_wait >= 604800);"
+	"ALTER TABLE tenants ADD COLUMN legal_hold INTEGER NOT NULL DEFAULT 0 CHECK (legal_hold IN (0, 1));"
+	"ALTER TABLE keys ADD COLUMN legal_hold INTEGER NOT NULL DEFAULT 0 CHECK (legal_hold IN (0, 1));"
+	"CREATE INDEX key_versions_due ON key_versions (state, destroy_after);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
@@ -174,13 +183,17 @@ enum stmt_id {
 	ST_VERSION_STATE_SET,
 	ST_EVENT_INSERT,
 	ST_EVENT_LIST,
+	ST_KEY_HOLD,
+	ST_TENANT_CONFIG,
+	ST_VERSION_DESTROY,
+	ST_DUE_LIST,
 	ST__COUNT
 };
 
-#define TENANT_COLS "id, name, retention, created"
+#define TENANT_COLS "id, name, retention, created, retention_period, min_destroy_wait, legal_hold"
 #define KEY_COLS                                                                     \
 	"id, tenant_id, name, type, created, latest_version, min_decryption_version, " \
-	"min_encryption_version, deletion_allowed, auto_rotate_period, revoked"
+	"min_encryption_version, deletion_allowed, auto_rotate_period, revoked, legal_hold"
 #define VERSION_COLS "version, mk_version, blob, mac, created, state, destroy_after"
 #define PRINCIPAL_COLS "id, name, role, created"
 
@@ -235,6 +248,18 @@ static const char *const stmt_sql[ST__COUNT] = {
 				 "WHERE key_id = ?1 AND version = ?2 AND state = ?5",
 	[ST_EVENT_INSERT] = "INSERT INTO key_events (key_id, version, event, principal, reason, time) "
 			    "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+	[ST_KEY_HOLD] = "UPDATE keys SET legal_hold = ?2 WHERE id = ?1 AND legal_hold = ?3",
+	[ST_TENANT_CONFIG] = "UPDATE tenants SET retention_period = ?2, min_destroy_wait = ?3, "
+			     "legal_hold = ?4 WHERE id = ?1",
+	/* The blob and MAC are overwritten in place with fixed filler of the same CHECKed
+	 * shape; secure_delete zeroes the freed space of the old cell. */
+	[ST_VERSION_DESTROY] = "UPDATE key_versions SET state = 'destroyed', blob = x'00', "
+			       "mac = zeroblob(32), destroy_after = 0 "
+			       "WHERE key_id = ?1 AND version = ?2 AND state = 'pending_destruction'",
+	[ST_DUE_LIST] = "SELECT v.key_id, v.version, v.destroy_after, t.name, k.name "
+			"FROM key_versions v JOIN keys k ON k.id = v.key_id JOIN tenants t ON t.id = k.tenant_id "
+			"WHERE v.state = 'pending_destruction' AND v.destroy_after <= ?1 "
+			"ORDER BY v.destroy_after, v.key_id, v.version",
 	[ST_EVENT_LIST] = "SELECT version, event, principal, reason, time FROM key_events "
 			  "WHERE key_id = ?1 ORDER BY id",
 };
@@ -399,6 +424,9 @@ static kms_err row_tenant(sqlite3_stmt *st, struct store_tenant *t)
 	    (rc = col_text(st, 2, t->retention, sizeof(t->retention), "tenants")) != KMS_OK)
 		return rc;
 	t->created = sqlite3_column_int64(st, 3);
+	t->retention_period = sqlite3_column_int64(st, 4);
+	t->min_destroy_wait = sqlite3_column_int64(st, 5);
+	t->legal_hold = sqlite3_column_int64(st, 6) != 0;
 	return KMS_OK;
 }
 
@@ -420,6 +448,7 @@ static kms_err row_key(sqlite3_stmt *st, struct store_key *k)
 	k->deletion_allowed = sqlite3_column_int64(st, 8) != 0;
 	k->auto_rotate_period = sqlite3_column_int64(st, 9);
 	k->revoked = sqlite3_column_int64(st, 10) != 0;
+	k->legal_hold = sqlite3_column_int64(st, 11) != 0;
 	return KMS_OK;
 }
 
@@ -1914,6 +1943,137 @@ kms_err store_key_events(struct store *s, int64_t key_id, struct store_event **o
 	}
 	if (src != SQLITE_DONE) {
 		rc = db_fail(s, "events list");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	free(arr);
+	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_key_set_legal_hold(struct store *s, int64_t key_id, int hold, const struct store_event *ev)
+{
+	sqlite3_stmt *st;
+	kms_err rc;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_KEY_HOLD];
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, hold ? 1 : 0) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 3, hold ? 0 : 1) != SQLITE_OK) {
+		rc = db_fail(s, "legal hold bind");
+		stmt_release(st);
+		goto out;
+	}
+	rc = update_with_event(s, st, key_id, ev, KMS_ERR_CONFLICT,
+			       hold ? "key is already under legal hold" : "key is not under legal hold",
+			       "legal hold");
+out:
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_tenant_config(struct store *s, int64_t tenant_id, const struct store_tenant *cfg)
+{
+	sqlite3_stmt *st;
+	int src;
+	kms_err rc;
+
+	if (cfg == NULL || cfg->retention_period < 0 || cfg->min_destroy_wait < 604800)
+		return kms_errf(KMS_ERR_INVALID, "invalid tenant retention settings");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_TENANT_CONFIG];
+	if (sqlite3_bind_int64(st, 1, tenant_id) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 2, cfg->retention_period) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 3, cfg->min_destroy_wait) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 4, cfg->legal_hold ? 1 : 0) != SQLITE_OK) {
+		rc = db_fail(s, "tenant config bind");
+		stmt_release(st);
+		goto out;
+	}
+	src = stmt_exec(st);
+	if (src != SQLITE_DONE)
+		rc = db_fail(s, "tenant config");
+	else if (sqlite3_changes(s->db) != 1)
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant not found");
+	else
+		rc = KMS_OK;
+out:
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_version_destroy(struct store *s, int64_t key_id, uint32_t version, const struct store_event *ev)
+{
+	sqlite3_stmt *st;
+	int src, logged = 0, ckpt = 0;
+	kms_err rc;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_VERSION_DESTROY];
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, version) != SQLITE_OK) {
+		rc = db_fail(s, "destroy bind");
+		stmt_release(st);
+		goto out;
+	}
+	rc = update_with_event(s, st, key_id, ev, KMS_ERR_CONFLICT, "key version is not pending destruction",
+			       "destroy");
+	if (rc != KMS_OK)
+		goto out;
+	/* The WAL still holds page images with the blob until checkpointed; TRUNCATE copies
+	 * them into the database (where secure_delete zeroed the cell) and empties the WAL. */
+	src = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &logged, &ckpt);
+	if (src != SQLITE_OK || logged != ckpt) {
+		kms_warn("store: WAL checkpoint after destroying a key version did not complete (sqlite %d, "
+			 "%d of %d frames); the old blob may remain in the WAL until the next checkpoint",
+			 src, ckpt, logged);
+	}
+out:
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_due_destructions(struct store *s, int64_t now, struct store_due **out, size_t *n)
+{
+	struct store_due *arr = NULL;
+	size_t cap = 0, cnt = 0;
+	sqlite3_stmt *st;
+	int src;
+	kms_err rc;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_DUE_LIST];
+	if (sqlite3_bind_int64(st, 1, now) != SQLITE_OK) {
+		rc = db_fail(s, "due bind");
+		goto out;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		void *g = grow(arr, &cap, cnt + 1, sizeof(*arr));
+		if (g == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "due list");
+			goto out;
+		}
+		arr = g;
+		memset(&arr[cnt], 0, sizeof(arr[cnt]));
+		arr[cnt].key_id = sqlite3_column_int64(st, 0);
+		if ((rc = col_u32(st, 1, &arr[cnt].version, "key_versions")) != KMS_OK)
+			goto out;
+		arr[cnt].destroy_after = sqlite3_column_int64(st, 2);
+		if ((rc = col_text(st, 3, arr[cnt].tenant, sizeof(arr[cnt].tenant), "tenants")) != KMS_OK ||
+		    (rc = col_text(st, 4, arr[cnt].key, sizeof(arr[cnt].key), "keys")) != KMS_OK)
+			goto out;
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "due list");
 		goto out;
 	}
 	*out = arr;

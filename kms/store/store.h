@@ -14,7 +14,7 @@
 
 #include "kms/base/err.h"
 
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 #define STORE_NAME_MAX 128  /* tenant, key and principal names, excluding the NUL */
 #define STORE_BLOB_MAX 64
 #define STORE_MAC_LEN 32
@@ -28,6 +28,9 @@ struct store_tenant {
 	char name[STORE_NAME_MAX + 1];
 	char retention[16]; /* "phi" or "non-phi" */
 	int64_t created;    /* unix seconds */
+	int64_t retention_period; /* seconds a superseded version is kept (phi) */
+	int64_t min_destroy_wait; /* shortest waiting period before destruction, seconds */
+	int legal_hold;		  /* blocks every destruction in the tenant */
 };
 
 struct store_key {
@@ -42,6 +45,7 @@ struct store_key {
 	int deletion_allowed;
 	int64_t auto_rotate_period; /* seconds, 0 = off */
 	int revoked;		    /* every version unusable until restored */
+	int legal_hold;		    /* blocks destruction of any version */
 };
 
 struct store_version {
@@ -141,6 +145,28 @@ KMS_WUR kms_err store_key_set_revoked(struct store *s, int64_t key_id, int revok
 KMS_WUR kms_err store_version_transition(struct store *s, int64_t key_id, uint32_t version,
 					 const char *from, const char *to, int64_t destroy_after,
 					 const struct store_event *ev);
+/* Sets a key's legal hold (0/1); CONFLICT if it already is in that state. */
+KMS_WUR kms_err store_key_set_legal_hold(struct store *s, int64_t key_id, int hold,
+					 const struct store_event *ev);
+/* Sets a tenant's retention_period, min_destroy_wait and legal_hold. */
+KMS_WUR kms_err store_tenant_config(struct store *s, int64_t tenant_id, const struct store_tenant *cfg);
+/* Destroys a version that is pending destruction: state destroyed, the wrapped KEK and
+ * its MAC overwritten (secure_delete zeroes the old cell), then the WAL is checkpointed
+ * and truncated so that no older page image keeps the blob. CONFLICT if the version is
+ * not pending destruction. */
+KMS_WUR kms_err store_version_destroy(struct store *s, int64_t key_id, uint32_t version,
+				      const struct store_event *ev);
+
+struct store_due {
+	int64_t key_id;
+	uint32_t version;
+	int64_t destroy_after;
+	char tenant[STORE_NAME_MAX + 1];
+	char key[STORE_NAME_MAX + 1];
+};
+/* Versions pending destruction whose destroy_after <= now (malloc'd, free()). */
+KMS_WUR kms_err store_due_destructions(struct store *s, int64_t now, struct store_due **out, size_t *n);
+
 /* The key's history, oldest first (malloc'd, free()). */
 KMS_WUR kms_err store_key_events(struct store *s, int64_t key_id, struct store_event **out,
 				 size_t *n);

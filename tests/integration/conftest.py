@@ -103,8 +103,19 @@ class Kmsd:
         self.audit_path = os.path.join(self.tmp, "audit.log")
         self.admin_token_file = os.path.join(self.tmp, "admin.token")
         self.node_id = "itest-1"
+        # Opt-in per test module: extra config lines, and the test clock
+        # (KMSD_TEST_CLOCK_FILE: an offset in seconds that set_clock() rewrites).
+        self.extra_opts = []
+        self.clock_file = None
         self.session = requests.Session()
         self.session.trust_env = False
+
+    def set_clock(self, offset_seconds):
+        """Moves kmsd's clock: the offset is read whenever the file changes."""
+        tmp = self.clock_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%d\n" % int(offset_seconds))
+        os.replace(tmp, self.clock_file)
 
     # -- setup -----------------------------------------------------------------
     def provision(self):
@@ -125,6 +136,9 @@ class Kmsd:
         self.user_pin_file = os.path.join(hsm, "user.pin")
         self.so_pin_file = os.path.join(hsm, "so.pin")
         self.env = kmsd_env(self.softhsm_conf)
+        if self.clock_file:
+            self.set_clock(0)
+            self.env["KMSD_TEST_CLOCK_FILE"] = self.clock_file
         opts = [
             ("listen_address", "127.0.0.1"),
             ("port", "0"),
@@ -143,7 +157,7 @@ class Kmsd:
             ("max_body_bytes", "65536"),
             ("connection_timeout", "30"),
             ("log_level", "info"),
-        ]
+        ] + list(self.extra_opts)
         with open(self.conf, "w") as f:
             f.write("# written by tests/integration/conftest.py\n")
             for k, v in opts:
@@ -418,6 +432,9 @@ def kmsd(tmp_path_factory, request):
     if os.environ.get("KMSD_KEEP_TMP"):
         print("\nkmsd tmp dir for %s: %s" % (request.module.__name__, tmp))
     srv = Kmsd(tmp)
+    srv.extra_opts = getattr(request.module, "KMSD_EXTRA_OPTS", [])
+    if getattr(request.module, "KMSD_TEST_CLOCK", False):
+        srv.clock_file = os.path.join(str(tmp), "clock")
     try:
         srv.provision()
         srv.init()

@@ -957,6 +957,59 @@ static void test_lifecycle(void **state)
 	free(evs);
 }
 
+static void test_destroy_and_due(void **state)
+{
+	struct fx *f = *state;
+	struct store_event e = ev_of("x", 1, "");
+	struct store_due *due = NULL;
+	struct store_version v, before;
+	struct store_tenant t, cfg;
+	size_t n = 0;
+	int64_t id = make_key(f, "dk");
+
+	assert_int_equal(store_version_get(f->s, id, 1, &before), KMS_OK);
+	/* only a pending version can be destroyed */
+	assert_int_equal(store_version_destroy(f->s, id, 1, &e), KMS_ERR_CONFLICT);
+	assert_int_equal(store_version_transition(f->s, id, 1, STORE_STATE_ENABLED, STORE_STATE_PENDING, 100, &e), KMS_OK);
+	assert_int_equal(store_due_destructions(f->s, 99, &due, &n), KMS_OK);
+	assert_int_equal(n, 0);
+	free(due);
+	assert_int_equal(store_due_destructions(f->s, 100, &due, &n), KMS_OK);
+	assert_int_equal(n, 1);
+	assert_int_equal(due[0].key_id, id);
+	assert_int_equal(due[0].version, 1);
+	assert_int_equal(due[0].destroy_after, 100);
+	assert_string_equal(due[0].tenant, "t1");
+	assert_string_equal(due[0].key, "dk");
+	free(due);
+	assert_int_equal(store_version_destroy(f->s, id, 1, &e), KMS_OK);
+	assert_int_equal(store_version_get(f->s, id, 1, &v), KMS_OK);
+	assert_string_equal(v.state, STORE_STATE_DESTROYED);
+	assert_int_equal(v.blob_len, 1);
+	assert_int_equal(v.blob[0], 0);
+	assert_memory_not_equal(v.mac, before.mac, STORE_MAC_LEN);
+	assert_int_equal(store_version_destroy(f->s, id, 1, &e), KMS_ERR_CONFLICT);
+	assert_int_equal(store_due_destructions(f->s, 1000, &due, &n), KMS_OK);
+	assert_int_equal(n, 0);
+	free(due);
+
+	/* tenant retention settings */
+	assert_int_equal(store_tenant_get(f->s, "t1", &t), KMS_OK);
+	assert_int_equal(t.retention_period, 189216000);
+	assert_int_equal(t.min_destroy_wait, 604800);
+	assert_int_equal(t.legal_hold, 0);
+	cfg = t;
+	cfg.legal_hold = 1;
+	cfg.min_destroy_wait = 10 * 86400;
+	assert_int_equal(store_tenant_config(f->s, t.id, &cfg), KMS_OK);
+	assert_int_equal(store_tenant_get(f->s, "t1", &t), KMS_OK);
+	assert_int_equal(t.legal_hold, 1);
+	assert_int_equal(t.min_destroy_wait, 864000);
+	cfg.min_destroy_wait = 86400; /* under the 7-day floor */
+	assert_int_equal(store_tenant_config(f->s, t.id, &cfg), KMS_ERR_INVALID);
+	assert_int_equal(store_tenant_config(f->s, 424242, &t), KMS_ERR_NOT_FOUND);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -979,6 +1032,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_principals, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lifecycle, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_destroy_and_due, setup, teardown),
 		cmocka_unit_test(test_null_handles),
 	};
 

@@ -1,0 +1,335 @@
+/* Destruction of key versions, and the rules that hold it back: a waiting period
+ * (7-30 days, cancellable), the tenant's retention class (PHI versions are kept for
+ * retention_period after their last encryption), and legal holds on tenant or key.
+ * The scheduler destroys what is due; a hold placed during the wait sends the version
+ * back to disabled instead. docs/KEY-LIFECYCLE.md has the rules and their refusals. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kms/audit/audit.h"
+#include "kms/base/json.h"
+#include "kms/base/log.h"
+#include "kms/core/core_int.h"
+
+#define DAY 86400LL
+#define WAIT_MIN_DAYS 7
+#define WAIT_MAX_DAYS 30
+
+static void day_of(int64_t t, char *buf, size_t cap)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	gmtime_r(&tt, &tm);
+	strftime(buf, cap, "%Y-%m-%d", &tm);
+}
+
+kms_err core_destruction_allowed(struct core *c, const struct store_tenant *t, const struct store_key *k,
+				 uint32_t v, int64_t when)
+{
+	if (t->legal_hold)
+		return kms_errf(KMS_ERR_CONFLICT, "destruction refused: tenant \"%s\" is under legal hold", t->name);
+	if (k->legal_hold)
+		return kms_errf(KMS_ERR_CONFLICT, "destruction refused: key \"%s\" is under legal hold", k->name);
+	if (strcmp(t->retention, "phi") == 0) {
+		int64_t sup = core_superseded_at(c, t->name, k->name, v);
+		int64_t until = sup + t->retention_period;
+		char day[16];
+		if (sup == 0)
+			return kms_errf(KMS_ERR_CONFLICT, "destruction refused: version %u is still used for encryption", v);
+		if (when < until) {
+			day_of(until, day, sizeof(day));
+			return kms_errf(KMS_ERR_CONFLICT,
+					"destruction refused: tenant \"%s\" keeps PHI key versions for %lld days after "
+					"their last encryption; version %u can be destroyed from %s",
+					t->name, (long long)(t->retention_period / DAY), v, day);
+		}
+	}
+	return KMS_OK;
+}
+
+static kms_err parse_version(const char *s, uint32_t *out)
+{
+	unsigned long long v = 0;
+
+	if (s == NULL || *s == '\0' || *s == '0' || strlen(s) > 10)
+		return kms_errf(KMS_ERR_INVALID, "key version must be a number from 1");
+	for (const char *p = s; *p; p++) {
+		if (*p < '0' || *p > '9')
+			return kms_errf(KMS_ERR_INVALID, "key version must be a number from 1");
+		v = v * 10 + (unsigned)(*p - '0');
+	}
+	if (v > UINT32_MAX)
+		return kms_errf(KMS_ERR_INVALID, "key version out of range");
+	*out = (uint32_t)v;
+	return KMS_OK;
+}
+
+static kms_err reason_event(struct op_ctx *x, json_t *body, const char *event, uint32_t v, struct store_event *ev)
+{
+	const char *reason;
+	kms_err rc = kms_json_opt_string(body, "reason", &reason);
+
+	if (rc != KMS_OK)
+		return rc;
+	if (reason == NULL || *reason == '\0')
+		return kms_errf(KMS_ERR_INVALID, "\"reason\" is required: it is kept in the key's history");
+	if (strlen(reason) > STORE_REASON_MAX)
+		return kms_errf(KMS_ERR_INVALID, "\"reason\" is longer than %d bytes", STORE_REASON_MAX);
+	memset(ev, 0, sizeof(*ev));
+	ev->version = v;
+	snprintf(ev->event, sizeof(ev->event), "%s", event);
+	snprintf(ev->principal, sizeof(ev->principal), "%s", x->who.name);
+	snprintf(ev->reason, sizeof(ev->reason), "%s", reason);
+	ev->time = core_now();
+	return KMS_OK;
+}
+
+static kms_err key_of(struct core *c, struct op_ctx *x, struct store_key *k)
+{
+	kms_err rc = store_key_get(c->st, x->tenant.id, x->call->key, k);
+
+	if (rc == KMS_ERR_NOT_FOUND)
+		return kms_errf(KMS_ERR_NOT_FOUND, "key \"%s\" not found in tenant \"%s\"", x->call->key, x->tenant.name);
+	return rc;
+}
+
+kms_err op_version_schedule_destroy(struct core *c, struct op_ctx *x)
+{
+	static const char *const allowed[] = {"days", "reason", NULL};
+	json_t *tmp = NULL, *body = x->call->body ? x->call->body : (tmp = json_object());
+	struct store_event ev;
+	struct store_version sv;
+	struct store_key k;
+	struct keyref kr;
+	long long days, min_days = (x->tenant.min_destroy_wait + DAY - 1) / DAY;
+	int64_t when;
+	uint32_t v = 0;
+	kms_err rc;
+
+	if (min_days < WAIT_MIN_DAYS)
+		min_days = WAIT_MIN_DAYS;
+	if ((rc = parse_version(x->call->version, &v)) != KMS_OK || (rc = kms_json_only(body, allowed)) != KMS_OK ||
+	    (rc = kms_json_opt_uint(body, "days", WAIT_MAX_DAYS, 1000, &days)) != KMS_OK ||
+	    (rc = reason_event(x, body, "schedule_destroy", v, &ev)) != KMS_OK)
+		goto out;
+	x->version = v;
+	if (days < min_days || days > WAIT_MAX_DAYS) {
+		rc = kms_errf(KMS_ERR_INVALID, "days must be between %lld (this tenant's minimum) and %d", min_days,
+			      WAIT_MAX_DAYS);
+		goto out;
+	}
+	if ((rc = key_of(c, x, &k)) != KMS_OK || (rc = core_key_ref(c, x->tenant.name, x->call->key, &kr)) != KMS_OK)
+		goto out;
+	if (v > k.latest_version) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "key version %u does not exist", v);
+		goto out;
+	}
+	if (v == k.latest_version) {
+		rc = kms_errf(KMS_ERR_CONFLICT, "key version %u is the active version: rotate the key first", v);
+		goto out;
+	}
+	if (!k.deletion_allowed) {
+		rc = kms_errf(KMS_ERR_CONFLICT, "deletion_allowed is false for key \"%s\": set it with the key's "
+						"config first", k.name);
+		goto out;
+	}
+	when = core_now() + days * DAY;
+	if ((rc = core_destruction_allowed(c, &x->tenant, &k, v, when)) != KMS_OK)
+		goto out;
+	if ((rc = store_version_get(c->st, k.id, v, &sv)) != KMS_OK)
+		goto out;
+	if (strcmp(sv.state, STORE_STATE_ENABLED) != 0 && strcmp(sv.state, STORE_STATE_DISABLED) != 0) {
+		rc = kms_errf(KMS_ERR_CONFLICT, "key version %u is %s", v,
+			      strcmp(sv.state, STORE_STATE_PENDING) == 0 ? "already pending destruction" : "destroyed");
+		goto out;
+	}
+	rc = store_version_transition(c->st, k.id, v, sv.state, STORE_STATE_PENDING, when, &ev);
+	if (rc != KMS_OK)
+		goto out;
+	core_version_state_set(c, x->tenant.name, x->call->key, v, KVER_PENDING, when);
+	rc = core_key_read_json(c, x->tenant.name, x->call->key, &x->data);
+out:
+	json_decref(tmp);
+	return rc;
+}
+
+kms_err op_version_cancel_destroy(struct core *c, struct op_ctx *x)
+{
+	static const char *const allowed[] = {"reason", NULL};
+	json_t *tmp = NULL, *body = x->call->body ? x->call->body : (tmp = json_object());
+	struct store_event ev;
+	struct store_key k;
+	struct keyref kr;
+	uint32_t v = 0;
+	kms_err rc;
+
+	if ((rc = parse_version(x->call->version, &v)) != KMS_OK || (rc = kms_json_only(body, allowed)) != KMS_OK ||
+	    (rc = reason_event(x, body, "cancel_destroy", v, &ev)) != KMS_OK)
+		goto out;
+	x->version = v;
+	if ((rc = key_of(c, x, &k)) != KMS_OK || (rc = core_key_ref(c, x->tenant.name, x->call->key, &kr)) != KMS_OK)
+		goto out;
+	/* A cancelled destruction leaves the version disabled: someone thought it should
+	 * go, so using it again is a decision of its own (enable). */
+	rc = store_version_transition(c->st, k.id, v, STORE_STATE_PENDING, STORE_STATE_DISABLED, 0, &ev);
+	if (rc != KMS_OK)
+		goto out;
+	core_version_state_set(c, x->tenant.name, x->call->key, v, KVER_DISABLED, 0);
+	rc = core_key_read_json(c, x->tenant.name, x->call->key, &x->data);
+out:
+	json_decref(tmp);
+	return rc;
+}
+
+kms_err op_key_legal_hold(struct core *c, struct op_ctx *x)
+{
+	static const char *const allowed[] = {"hold", "reason", NULL};
+	json_t *tmp = NULL, *body = x->call->body ? x->call->body : (tmp = json_object());
+	struct store_event ev;
+	struct store_key k;
+	int hold;
+	kms_err rc;
+
+	if ((rc = kms_json_only(body, allowed)) != KMS_OK || (rc = kms_json_opt_bool(body, "hold", -1, &hold)) != KMS_OK)
+		goto out;
+	if (hold == -1) {
+		rc = kms_errf(KMS_ERR_INVALID, "\"hold\" (true or false) is required");
+		goto out;
+	}
+	if ((rc = reason_event(x, body, hold ? "legal_hold" : "legal_hold_release", 0, &ev)) != KMS_OK ||
+	    (rc = key_of(c, x, &k)) != KMS_OK)
+		goto out;
+	rc = store_key_set_legal_hold(c->st, k.id, hold, &ev);
+	if (rc != KMS_OK)
+		goto out;
+	x->data = json_pack("{s:s,s:b}", "name", k.name, "legal_hold", hold);
+out:
+	json_decref(tmp);
+	return rc;
+}
+
+kms_err op_tenant_config(struct core *c, struct op_ctx *x)
+{
+	static const char *const allowed[] = {"retention_days", "min_destroy_wait_days", "legal_hold", "reason", NULL};
+	json_t *tmp = NULL, *body = x->call->body ? x->call->body : (tmp = json_object());
+	struct store_tenant t;
+	long long rdays, wdays;
+	int hold;
+	kms_err rc;
+
+	if ((rc = kms_json_only(body, allowed)) != KMS_OK || (rc = core_tenant_lookup(c, x->call->name, &t)) != KMS_OK)
+		goto out;
+	if ((rc = kms_json_opt_uint(body, "retention_days", t.retention_period / DAY, 36500, &rdays)) != KMS_OK ||
+	    (rc = kms_json_opt_uint(body, "min_destroy_wait_days", t.min_destroy_wait / DAY, WAIT_MAX_DAYS, &wdays)) != KMS_OK ||
+	    (rc = kms_json_opt_bool(body, "legal_hold", t.legal_hold, &hold)) != KMS_OK)
+		goto out;
+	if (strcmp(t.retention, "phi") == 0 && rdays * DAY < c->opt.phi_retention_floor) {
+		rc = kms_errf(KMS_ERR_INVALID, "retention_days for a PHI tenant may not be below %lld",
+			      (long long)(c->opt.phi_retention_floor / DAY));
+		goto out;
+	}
+	if (wdays < WAIT_MIN_DAYS) {
+		rc = kms_errf(KMS_ERR_INVALID, "min_destroy_wait_days must be between %d and %d", WAIT_MIN_DAYS,
+			      WAIT_MAX_DAYS);
+		goto out;
+	}
+	t.retention_period = rdays * DAY;
+	t.min_destroy_wait = wdays * DAY;
+	t.legal_hold = hold;
+	if ((rc = store_tenant_config(c->st, t.id, &t)) != KMS_OK)
+		goto out;
+	core_tenant_insert(c, &t);
+	x->data = json_pack("{s:s,s:s,s:I,s:I,s:b}", "name", t.name, "retention", t.retention, "retention_days",
+			    (json_int_t)rdays, "min_destroy_wait_days", (json_int_t)wdays, "legal_hold", hold);
+out:
+	json_decref(tmp);
+	return rc;
+}
+
+/* ---- the scheduler ---- */
+
+static void scheduler_audit(struct core *c, const struct store_due *d, const char *outcome, int status,
+			    const char *reason)
+{
+	struct audit_record ar = {0};
+	kms_err rc;
+
+	ar.principal = CORE_SCHEDULER_PRINCIPAL;
+	ar.auth_method = "internal";
+	ar.operation = kms_op_name(KMS_OP_VERSION_DESTROY);
+	ar.tenant = d->tenant;
+	ar.key = d->key;
+	ar.version = d->version;
+	ar.outcome = outcome;
+	ar.status = status;
+	ar.reason = reason;
+	rc = audit_append(c->au, &ar);
+	if (rc != KMS_OK)
+		kms_error("scheduler: audit record for %s/%s version %u failed: %s", d->tenant, d->key, d->version,
+			  kms_err_detail(rc));
+}
+
+static bool destroy_one(struct core *c, const struct store_due *d, int64_t now)
+{
+	struct store_tenant t;
+	struct store_key k;
+	struct store_event ev = {0};
+	struct keyref kr;
+	kms_err rc;
+
+	ev.version = d->version;
+	snprintf(ev.principal, sizeof(ev.principal), "%s", CORE_SCHEDULER_PRINCIPAL);
+	ev.time = now;
+	if ((rc = core_tenant_lookup(c, d->tenant, &t)) != KMS_OK || (rc = store_key_get(c->st, t.id, d->key, &k)) != KMS_OK ||
+	    (rc = core_key_ref(c, d->tenant, d->key, &kr)) != KMS_OK) {
+		kms_error("scheduler: %s/%s version %u: %s", d->tenant, d->key, d->version, kms_err_detail(rc));
+		return false;
+	}
+	rc = core_destruction_allowed(c, &t, &k, d->version, now);
+	if (rc != KMS_OK) {
+		/* A hold or retention rule that appeared during the wait: the destruction is
+		 * called off (back to disabled, recorded), not retried every pass. */
+		char why[256];
+		snprintf(why, sizeof(why), "%s", kms_err_detail(rc));
+		snprintf(ev.event, sizeof(ev.event), "destroy_blocked");
+		snprintf(ev.reason, sizeof(ev.reason), "%s", why);
+		if (store_version_transition(c->st, k.id, d->version, STORE_STATE_PENDING, STORE_STATE_DISABLED, 0, &ev) == KMS_OK)
+			core_version_state_set(c, d->tenant, d->key, d->version, KVER_DISABLED, 0);
+		scheduler_audit(c, d, "deny", 409, why);
+		return false;
+	}
+	snprintf(ev.event, sizeof(ev.event), "destroy");
+	snprintf(ev.reason, sizeof(ev.reason), "waiting period ended");
+	rc = store_version_destroy(c->st, k.id, d->version, &ev);
+	if (rc != KMS_OK) {
+		kms_error("scheduler: destroying %s/%s version %u failed: %s", d->tenant, d->key, d->version,
+			  kms_err_detail(rc));
+		scheduler_audit(c, d, "error", kms_err_http_status(rc), kms_err_detail(rc));
+		return false;
+	}
+	core_version_state_set(c, d->tenant, d->key, d->version, KVER_DESTROYED, 0);
+	kms_info("scheduler: destroyed %s/%s version %u", d->tenant, d->key, d->version);
+	scheduler_audit(c, d, "allow", 200, "waiting period ended");
+	return true;
+}
+
+unsigned core_scheduler_tick(struct core *c)
+{
+	struct store_due *due = NULL;
+	size_t n = 0;
+	unsigned done = 0;
+	int64_t now = core_now();
+	kms_err rc = store_due_destructions(c->st, now, &due, &n);
+
+	if (rc != KMS_OK) {
+		kms_error("scheduler: %s", kms_err_detail(rc));
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++)
+		done += destroy_one(c, &due[i], now) ? 1 : 0;
+	free(due);
+	return done;
+}
