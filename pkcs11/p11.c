@@ -739,6 +739,7 @@ struct p11 {
 
 	pthread_mutex_t obj_lock; /* object creation/destruction, and the holder session */
 	CK_SESSION_HANDLE holder;
+	uint32_t holder_gen; /* bumped when the holder is reopened; read atomically */
 	CK_OBJECT_HANDLE mk, store_mac, audit_hmac;
 	CK_OBJECT_HANDLE audit_sign, audit_pub; /* the kmsd-audit-sign pair */
 
@@ -964,6 +965,49 @@ static void pool_put(struct p11 *p, CK_SESSION_HANDLE s, CK_RV last)
 	pthread_mutex_unlock(&p->pool_lock);
 }
 
+/* ---------------------------------------------------------------- holder session */
+
+/* A serving KEK handle carries the holder generation it was made in: session objects
+ * die with the holder, so a handle from an older generation names nothing (or, worse,
+ * whatever the token reuses the number for). */
+#define KEY_MAKE(gen, h) (((p11_key)(gen) << 32) | (p11_key)(uint32_t)(h))
+#define KEY_H(k) ((CK_OBJECT_HANDLE)((k) & 0xffffffffu))
+#define KEY_GEN(k) ((uint32_t)((k) >> 32))
+
+static uint32_t holder_gen(struct p11 *p)
+{
+	return __atomic_load_n(&p->holder_gen, __ATOMIC_ACQUIRE);
+}
+
+bool p11_kek_current(struct p11 *p, p11_key k)
+{
+	return p != NULL && k != 0 && KEY_GEN(k) == holder_gen(p);
+}
+
+static bool session_lost(CK_RV rv)
+{
+	return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED;
+}
+
+/* The token lost the holder session (HSM fail-over, token reset): open a new one. The
+ * user stays logged in while any session of the application is open (the pool's are),
+ * and token objects keep their handles; every serving copy died with the old session,
+ * which the new generation tells callers. Called with obj_lock held. */
+static kms_err holder_reopen_locked(struct p11 *p, CK_RV why)
+{
+	CK_SESSION_HANDLE h;
+	CK_RV rv;
+
+	kms_warn("token: the holder session is gone (%s); opening a new one", p11_ckr_name(why));
+	rv = p->f->C_OpenSession(p->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h);
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, "C_OpenSession(holder)");
+	(void)p->f->C_CloseSession(p->holder); /* most likely already gone */
+	p->holder = h;
+	__atomic_store_n(&p->holder_gen, p->holder_gen + 1, __ATOMIC_RELEASE);
+	return KMS_OK;
+}
+
 /* ---------------------------------------------------------------- operations */
 
 /* SoftHSM2 refuses NULL data pointers even for zero lengths (CKR_ARGUMENTS_BAD). */
@@ -1025,6 +1069,8 @@ kms_err p11_kek_generate(struct p11 *p, uint8_t blob[P11_KEK_BLOB_LEN])
 		return kms_errf(KMS_ERR_INTERNAL, "token: p11_kek_generate: bad arguments");
 	pthread_mutex_lock(&p->obj_lock);
 	rv = p->f->C_GenerateKey(p->holder, &gen, tmpl, NELEM(tmpl), &kek);
+	if (session_lost(rv) && holder_reopen_locked(p, rv) == KMS_OK)
+		rv = p->f->C_GenerateKey(p->holder, &gen, tmpl, NELEM(tmpl), &kek);
 	if (rv != CKR_OK) {
 		kek = CK_INVALID_HANDLE;
 		rc = p11_ckr_err(rv, "C_GenerateKey(KEK)");
@@ -1120,7 +1166,7 @@ kms_err p11_kek_load(struct p11 *p, const uint8_t *blob, size_t blob_len, p11_ke
 	};
 	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
 	kms_err rc = KMS_OK;
-	CK_RV rv, probe_rv;
+	CK_RV rv, probe_rv = CKR_OK;
 
 	if (p == NULL || out == NULL || (blob == NULL && blob_len > 0))
 		return kms_errf(KMS_ERR_INTERNAL, "token: p11_kek_load: bad arguments");
@@ -1131,22 +1177,33 @@ kms_err p11_kek_load(struct p11 *p, const uint8_t *blob, size_t blob_len, p11_ke
 	pthread_mutex_lock(&p->obj_lock);
 	rv = p->f->C_UnwrapKey(p->holder, &kwp, p->mk, (CK_BYTE_PTR)blob, (CK_ULONG)blob_len,
 			       tmpl, NELEM(tmpl), &h);
-	if (rv == CKR_OK) {
-		*out = (p11_key)h;
+	if (session_lost(rv) && holder_reopen_locked(p, rv) == KMS_OK)
+		rv = p->f->C_UnwrapKey(p->holder, &kwp, p->mk, (CK_BYTE_PTR)blob, (CK_ULONG)blob_len,
+				       tmpl, NELEM(tmpl), &h);
+	if ((rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED) &&
+	    kek_probe_locked(p, tmpl, NELEM(tmpl), &probe_rv)) {
+		/* The token works. A bad blob fails again, deterministically; a passing
+		 * fault does not: one more try tells them apart. */
+		rv = p->f->C_UnwrapKey(p->holder, &kwp, p->mk, (CK_BYTE_PTR)blob, (CK_ULONG)blob_len,
+				       tmpl, NELEM(tmpl), &h);
+		if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED)
+			rv = CKR_WRAPPED_KEY_INVALID;
+	}
+	if (rv == CKR_OK && h > 0xffffffffu) {
+		(void)p->f->C_DestroyObject(p->holder, h);
+		rc = kms_errf(KMS_ERR_TOKEN, "token: object handle out of the range kmsd can track");
+	} else if (rv == CKR_OK) {
+		*out = KEY_MAKE(p->holder_gen, h);
 	} else if (rv == CKR_WRAPPED_KEY_INVALID || rv == CKR_WRAPPED_KEY_LEN_RANGE ||
 		   rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE) {
 		/* What compliant modules say for a blob that fails KWP's integrity check. */
 		rc = kms_errf(KMS_ERR_INVALID, "token: KEK blob does not unwrap under %s (%s)",
 			      P11_LABEL_MK, p11_ckr_name(rv));
 	} else if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED) {
-		if (kek_probe_locked(p, tmpl, NELEM(tmpl), &probe_rv))
-			rc = kms_errf(KMS_ERR_INVALID,
-				      "token: KEK blob does not unwrap under %s", P11_LABEL_MK);
-		else
-			rc = kms_errf(KMS_ERR_TOKEN,
-				      "token: C_UnwrapKey failed: %s, and a known-answer probe "
-				      "failed too: %s",
-				      p11_ckr_name(rv), p11_ckr_name(probe_rv));
+		/* the probe above failed */
+		rc = kms_errf(KMS_ERR_TOKEN,
+			      "token: C_UnwrapKey failed: %s, and a known-answer probe failed too: %s",
+			      p11_ckr_name(rv), p11_ckr_name(probe_rv));
 	} else {
 		rc = p11_ckr_err(rv, "C_UnwrapKey(KEK)");
 	}
@@ -1161,7 +1218,12 @@ void p11_kek_unload(struct p11 *p, p11_key k)
 	if (p == NULL || k == 0)
 		return;
 	pthread_mutex_lock(&p->obj_lock);
-	rv = p->f->C_DestroyObject(p->holder, (CK_OBJECT_HANDLE)k);
+	if (KEY_GEN(k) != p->holder_gen) {
+		/* died with an earlier holder session */
+		pthread_mutex_unlock(&p->obj_lock);
+		return;
+	}
+	rv = p->f->C_DestroyObject(p->holder, KEY_H(k));
 	pthread_mutex_unlock(&p->obj_lock);
 	if (rv != CKR_OK)
 		kms_warn("token: C_DestroyObject(KEK) failed: %s", p11_ckr_name(rv));
@@ -1199,9 +1261,11 @@ kms_err p11_gcm_encrypt(struct p11 *p, p11_key k, const uint8_t iv[P11_GCM_IV_LE
 		return kms_errf(KMS_ERR_INTERNAL, "token: p11_gcm_encrypt: no key");
 	if (pt_len > SIZE_MAX - P11_GCM_TAG_LEN || out_cap < pt_len + P11_GCM_TAG_LEN)
 		return kms_errf(KMS_ERR_INTERNAL, "token: GCM output buffer too small");
+	if (!p11_kek_current(p, k))
+		return kms_errf(KMS_ERR_TOKEN, "token: the serving copy of this KEK was lost with its session");
 	gcm_mechanism(&m, &gp, iv, aad, aad_len);
 	s = pool_get(p);
-	rv = p->f->C_EncryptInit(s, &m, (CK_OBJECT_HANDLE)k);
+	rv = p->f->C_EncryptInit(s, &m, KEY_H(k));
 	if (rv == CKR_OK) {
 		fn = "C_Encrypt";
 		rv = p->f->C_Encrypt(s, in_ptr(pt), (CK_ULONG)pt_len, out, &n);
@@ -1284,7 +1348,7 @@ kms_err p11_gcm_decrypt(struct p11 *p, p11_key k, const uint8_t iv[P11_GCM_IV_LE
 	const char *fn = "C_DecryptInit";
 	bool key_accepted = false;
 	size_t pt_len;
-	CK_ULONG n;
+	CK_ULONG n, n0;
 	kms_err rc = KMS_OK;
 	CK_RV rv, probe_rv;
 
@@ -1313,24 +1377,38 @@ kms_err p11_gcm_decrypt(struct p11 *p, p11_key k, const uint8_t iv[P11_GCM_IV_LE
 		}
 		n = (CK_ULONG)in_len;
 	}
+	n0 = n;
+	if (!p11_kek_current(p, k))
+		return kms_errf(KMS_ERR_TOKEN, "token: the serving copy of this KEK was lost with its session");
 	gcm_mechanism(&m, &gp, iv, aad, aad_len);
 	s = pool_get(p);
-	rv = p->f->C_DecryptInit(s, &m, (CK_OBJECT_HANDLE)k);
+	rv = p->f->C_DecryptInit(s, &m, KEY_H(k));
 	if (rv == CKR_OK) {
 		fn = "C_Decrypt";
 		rv = p->f->C_Decrypt(s, (CK_BYTE_PTR)in, (CK_ULONG)in_len, buf, &n);
 		key_accepted = true;
 	}
 	if (rv != CKR_OK && key_accepted && decrypt_needs_probe(rv)) {
-		if (gcm_probe(p, s, (CK_OBJECT_HANDLE)k, &probe_rv))
-			rc = kms_errf(KMS_ERR_DECRYPT, "ciphertext failed authentication");
-		else
+		if (!gcm_probe(p, s, KEY_H(k), &probe_rv)) {
 			rc = kms_errf(KMS_ERR_TOKEN,
 				      "token: C_Decrypt failed: %s, and a known-answer probe "
 				      "on the same key failed too: %s",
 				      p11_ckr_name(rv), p11_ckr_name(probe_rv));
-		pool_put(p, s, probe_rv);
-		goto out;
+			pool_put(p, s, probe_rv);
+			goto out;
+		}
+		/* The key works. A bad tag fails again, deterministically; a passing token
+		 * fault does not: one more try, so that a good ciphertext is never called
+		 * forged. */
+		n = n0;
+		rv = p->f->C_DecryptInit(s, &m, KEY_H(k));
+		if (rv == CKR_OK)
+			rv = p->f->C_Decrypt(s, (CK_BYTE_PTR)in, (CK_ULONG)in_len, buf, &n);
+		if (rv != CKR_OK && decrypt_needs_probe(rv)) {
+			rc = kms_errf(KMS_ERR_DECRYPT, "ciphertext failed authentication");
+			pool_put(p, s, rv);
+			goto out;
+		}
 	}
 	pool_put(p, s, rv);
 	if (rv != CKR_OK) {

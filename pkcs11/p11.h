@@ -25,6 +25,7 @@
 #ifndef KMS_PKCS11_P11_H
 #define KMS_PKCS11_P11_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -85,6 +86,10 @@ KMS_WUR kms_err p11_kek_generate(struct p11 *p, uint8_t blob[P11_KEK_BLOB_LEN]);
  * A blob that does not unwrap under the master key -> KMS_ERR_INVALID (SoftHSM2 says
  * CKR_GENERAL_ERROR for it, so a known-answer probe rules out a token fault first). */
 KMS_WUR kms_err p11_kek_load(struct p11 *p, const uint8_t *blob, size_t blob_len, p11_key *out);
+
+/* Whether a serving copy is still alive: false once the holder session that owned it
+ * was lost and reopened (the token destroyed it then). The caller loads it again. */
+bool p11_kek_current(struct p11 *p, p11_key k);
 
 /* Destroys a serving copy. Accepts 0. */
 void p11_kek_unload(struct p11 *p, p11_key k);

@@ -357,10 +357,11 @@ kms_err core_kek(struct core *c, const struct keyref *k, uint32_t version, p11_k
 		h = e->vers[version - 1].handle;
 	}
 	pthread_rwlock_unlock(&c->lock);
-	if (h != 0) {
+	if (h != 0 && p11_kek_current(c->p11, h)) {
 		*out = h;
 		return KMS_OK;
 	}
+	h = 0; /* not loaded, or died with a lost token session: load it (again) */
 	/* First use of this version in this process: check the row, unwrap it once.
 	 * Serialised so that two threads do not both unwrap the same blob. */
 	pthread_mutex_lock(&c->create_mu);
@@ -369,10 +370,11 @@ kms_err core_kek(struct core *c, const struct keyref *k, uint32_t version, p11_k
 	if (e != NULL && version >= 1 && version <= e->nvers)
 		h = e->vers[version - 1].handle;
 	pthread_rwlock_unlock(&c->lock);
-	if (h != 0) {
+	if (h != 0 && p11_kek_current(c->p11, h)) {
 		rc = KMS_OK;
 		goto out;
 	}
+	h = 0;
 	rc = store_version_get(c->st, k->key_id, version, &v);
 	if (rc == KMS_ERR_NOT_FOUND)
 		rc = kms_errf(KMS_ERR_INVALID, "key version %u does not exist", version);
@@ -388,6 +390,14 @@ kms_err core_kek(struct core *c, const struct keyref *k, uint32_t version, p11_k
 		goto out;
 	}
 	rc = p11_kek_load(c->p11, v.blob, v.blob_len, &h);
+	if (rc == KMS_ERR_INVALID) {
+		/* The row passed its MAC, so the blob is what kmsd stored: if the master key
+		 * will not unwrap it, the token is not the one (or not in the state) it
+		 * should be. Not the caller's fault. */
+		kms_error("token: master key does not unwrap %s/%s version %u (%s)", k->tenant, k->name,
+			  version, kms_err_detail(rc));
+		rc = kms_errf(KMS_ERR_TOKEN, "token: the master key does not unwrap key version %u", version);
+	}
 	if (rc != KMS_OK)
 		goto out;
 	pthread_rwlock_wrlock(&c->lock);
