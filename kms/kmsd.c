@@ -307,6 +307,10 @@ static int cmd_serve(const struct kms_config *cfg)
 		struct core_options copt = {(int64_t)cfg->phi_retention_floor_days * 86400};
 		core_configure(core, &copt);
 	}
+	if ((err = core_policy_init(core, cfg->policy_file)) != KMS_OK) {
+		kms_error("policy: %s", kms_err_detail(err));
+		goto out;
+	}
 	if ((err = core_scheduler_start(core, (unsigned)cfg->scheduler_interval)) != KMS_OK) {
 		kms_error("%s", kms_err_detail(err));
 		goto out;

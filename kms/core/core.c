@@ -501,7 +501,12 @@ kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct cor
 	pthread_mutex_init(&c->create_mu, NULL);
 	pthread_mutex_init(&c->sched_mu, NULL);
 	pthread_cond_init(&c->sched_cv, NULL);
+	pthread_mutex_init(&c->policy_mu, NULL);
 	c->opt.phi_retention_floor = 6LL * 365 * 86400;
+	if (policy_doc_default(&c->policy) != KMS_OK || (c->policy_text = strdup(policy_doc_default_json)) == NULL) {
+		core_free(c);
+		return kms_errf(KMS_ERR_INTERNAL, "the built-in policy does not compile");
+	}
 	*out = c;
 	return KMS_OK;
 }
@@ -571,6 +576,9 @@ void core_free(struct core *c)
 	pthread_mutex_destroy(&c->create_mu);
 	pthread_mutex_destroy(&c->sched_mu);
 	pthread_cond_destroy(&c->sched_cv);
+	policy_doc_free(c->policy);
+	free(c->policy_text);
+	pthread_mutex_destroy(&c->policy_mu);
 	free(c);
 }
 
@@ -681,6 +689,8 @@ static const op_fn op_table[KMS_OP__COUNT] = {
 	[KMS_OP_VERSION_CANCEL_DESTROY] = op_version_cancel_destroy,
 	[KMS_OP_KEY_LEGAL_HOLD] = op_key_legal_hold,
 	[KMS_OP_TENANT_CONFIG] = op_tenant_config,
+	[KMS_OP_POLICY_READ] = op_policy_read,
+	[KMS_OP_POLICY_WRITE] = op_policy_write,
 };
 
 static int valid_request_id(const char *s)
@@ -724,10 +734,80 @@ static json_t *error_body(const char *request_id, const char *msg)
 	return b;
 }
 
+#define CTX_PAIRS_MAX 64
+
+/* encryption_context string pairs of one item, for policy conditions; non-string values
+ * are left out (the operation refuses them itself). */
+static size_t context_pairs(const json_t *item, struct policy_kv *kv)
+{
+	json_t *ctx = item ? json_object_get(item, "encryption_context") : NULL;
+	const char *k;
+	json_t *v;
+	size_t n = 0;
+
+	if (!json_is_object(ctx))
+		return 0;
+	json_object_foreach(ctx, k, v) {
+		if (n == CTX_PAIRS_MAX)
+			break;
+		if (json_is_string(v)) {
+			kv[n].key = k;
+			kv[n].value = json_string_value(v);
+			n++;
+		}
+	}
+	return n;
+}
+
+static struct policy_doc *policy_current(struct core *c)
+{
+	struct policy_doc *d;
+
+	pthread_mutex_lock(&c->policy_mu);
+	d = policy_doc_ref(c->policy);
+	pthread_mutex_unlock(&c->policy_mu);
+	return d;
+}
+
+/* Applies the verdict's outputs that kmsd cannot satisfy yet. */
+static kms_err verdict_err(const struct policy_verdict *v)
+{
+	if (!v->allow)
+		return kms_errf(KMS_ERR_DENIED, "permission denied");
+	if (v->require_mfa)
+		return kms_errf(KMS_ERR_DENIED, "MFA step-up required by the policy; TOTP enrolment is not available yet");
+	if (v->require_quorum > 0)
+		return kms_errf(KMS_ERR_DENIED, "the policy requires %u approvals; approvals are not available yet",
+				v->require_quorum);
+	return KMS_OK;
+}
+
+kms_err core_policy_item(struct op_ctx *x, json_t *item)
+{
+	struct policy_kv kv[CTX_PAIRS_MAX];
+	struct policy_verdict v;
+
+	if (x->item_policy == NULL)
+		return KMS_OK;
+	x->pin->context = kv;
+	x->pin->n_context = context_pairs(item, kv);
+	policy_eval(x->item_policy, x->pin, &v);
+	x->pin->context = NULL;
+	x->pin->n_context = 0;
+	if (x->reason[0] == '\0' || !v.allow)
+		snprintf(x->reason, sizeof(x->reason), "%s", v.reason);
+	return verdict_err(&v);
+}
+
 void core_call(struct core *c, const struct core_call *call, struct core_result *res)
 {
 	struct op_ctx x = {.call = call};
 	struct policy_decision d = {false, "not evaluated"};
+	struct policy_input pin = {0};
+	struct policy_verdict verdict;
+	struct policy_kv kv[CTX_PAIRS_MAX];
+	struct policy_doc *doc = NULL;
+	char sname[256] = "";
 	struct audit_record ar = {0};
 	const char *outcome;
 	kms_err rc, arc;
@@ -755,23 +835,49 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 
 	rc = authenticate(c, call->token, &x);
 	if (rc == KMS_OK) {
-		struct policy_subject who = {x.role, x.scope, x.n_scope};
-		struct policy_request req = {call->op, 0};
+		pin.principal = x.who.name;
+		pin.role = x.who.role;
+		pin.scope_ids = x.scope;
+		pin.n_scope_ids = x.n_scope;
+		pin.op = call->op;
+		pin.key = call->key;
+		pin.now = core_now();
+		(void)policy_addr_from_text(call->remote_addr ? call->remote_addr : "", &pin.source);
 		if (op_has_tenant(call->op)) {
 			kms_err trc = core_tenant_lookup(c, call->tenant, &x.tenant);
+			pin.tenant = call->tenant;
 			if (trc == KMS_OK) {
 				x.have_tenant = true;
-				req.tenant_id = x.tenant.id;
+				pin.tenant_id = x.tenant.id;
 			} else if (trc == KMS_ERR_NOT_FOUND) {
-				req.tenant_id = -1;
+				pin.tenant_id = -1;
 			} else {
 				rc = trc;
 			}
+		} else if (call->op == KMS_OP_TENANT_CREATE || call->op == KMS_OP_TENANT_READ ||
+			   call->op == KMS_OP_TENANT_CONFIG) {
+			pin.tenant = call->name;
 		}
 		if (rc == KMS_OK) {
-			d = policy_decide(&who, &req);
-			if (!d.allow)
-				rc = kms_errf(KMS_ERR_DENIED, "permission denied");
+			doc = policy_current(c);
+			if ((policy_doc_uses(doc) & POLICY_USES_CONTEXT) && call->body != NULL &&
+			    json_object_get(call->body, "batch_input") != NULL) {
+				/* Decided per item, on each item's own context. */
+				x.item_policy = doc;
+				x.pin = &pin;
+				d.allow = true;
+			} else {
+				pin.n_context = context_pairs(call->body, kv);
+				pin.context = kv;
+				policy_eval(doc, &pin, &verdict);
+				pin.context = NULL;
+				snprintf(x.reason, sizeof(x.reason), "%s", verdict.reason);
+				rc = verdict_err(&verdict);
+				d.allow = verdict.allow;
+				if (rc != KMS_OK)
+					snprintf(sname, sizeof(sname), "%s", kms_err_detail(rc));
+			}
+			d.reason = x.reason;
 		}
 	}
 	if (rc == KMS_OK) {
@@ -799,7 +905,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	ar.batch = x.batch;
 	ar.outcome = outcome;
 	ar.status = status;
-	ar.reason = rc == KMS_OK ? d.reason : (rc == KMS_ERR_DENIED && !d.allow && x.who.name[0]) ? d.reason : kms_err_detail(rc);
+	ar.reason = rc == KMS_OK ? d.reason : (rc == KMS_ERR_DENIED && x.who.name[0] && x.reason[0]) ? x.reason : kms_err_detail(rc);
 
 	/* Fail closed: nothing leaves before its record is durable. */
 	arc = audit_append(c->au, &ar);
@@ -814,7 +920,9 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	res->status = status;
 	if (rc != KMS_OK) {
 		const char *msg = kms_err_detail(rc);
-		if (rc == KMS_ERR_DENIED)
+		if (rc == KMS_ERR_DENIED && sname[0] != '\0' && d.allow)
+			msg = sname; /* allowed, but the policy asks for MFA or approvals */
+		else if (rc == KMS_ERR_DENIED)
 			msg = "permission denied"; /* same body whether absent or not yours */
 		else if (rc == KMS_ERR_UNAUTHENTICATED)
 			msg = "missing client token";
@@ -840,4 +948,5 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 out:
 	json_decref(x.auth);
 	free(x.scope);
+	policy_doc_free(doc);
 }

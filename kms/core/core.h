@@ -28,6 +28,8 @@ struct core_call {
 	const char *remote_addr; /* textual peer address */
 	const char *request_id;	 /* client's X-Request-Id or NULL */
 	json_t *body;		 /* parsed JSON object, or NULL for an empty body */
+	const char *raw_body;	 /* the body as received (for error locations), or NULL */
+	size_t raw_len;
 };
 
 struct core_result {
@@ -45,6 +47,12 @@ struct core_options {
 	int64_t phi_retention_floor; /* seconds; PHI tenants may not keep versions shorter */
 };
 void core_configure(struct core *c, const struct core_options *o);
+
+/* Installs the policy: the newest of the store's latest version and, when policy_file
+ * is not empty, that file's document (which is then stored, so that the API shows it).
+ * Neither: the built-in default. A file that does not compile -> KMS_ERR_CONFIG with
+ * its line and reason. */
+KMS_WUR kms_err core_policy_init(struct core *c, const char *policy_file);
 
 /* Background work (scheduled destructions): one pass now, for tests and the scheduler
  * thread. Returns how many versions were destroyed. */

@@ -10,6 +10,8 @@
 #include "kms/store/store.h"
 #include "pkcs11/p11.h"
 #include "policy/policy.h"
+#include "policy/policy_doc.h"
+#include "policy/policy_eval.h"
 
 enum kver_state { KVER_ENABLED, KVER_DISABLED, KVER_PENDING, KVER_DESTROYED };
 
@@ -46,6 +48,10 @@ struct core {
 	struct tent *tenants[CORE_BUCKETS];
 	pthread_mutex_t create_mu; /* one key creation or rotation at a time */
 	struct core_options opt;
+	/* the policy in force: swapped whole under policy_mu, used through a reference */
+	pthread_mutex_t policy_mu;
+	struct policy_doc *policy;
+	char *policy_text;
 	/* scheduler thread */
 	pthread_t sched;
 	bool sched_running, sched_stop;
@@ -71,6 +77,10 @@ struct op_ctx {
 	int status;	   /* 0 = from the error, else forced (batch partial failure) */
 	uint32_t version;  /* for the audit record */
 	unsigned batch;
+	/* policy decided per batch item (the document has context conditions) */
+	struct policy_doc *item_policy;
+	struct policy_input *pin;
+	char reason[192];
 };
 
 /* A snapshot of a key's serving state, taken under the cache lock. */
@@ -134,5 +144,9 @@ int64_t core_superseded_at(struct core *c, const char *tenant, const char *key, 
 KMS_WUR kms_err core_destruction_allowed(struct core *c, const struct store_tenant *t,
 					 const struct store_key *k, uint32_t v, int64_t when);
 #define CORE_SCHEDULER_PRINCIPAL "kmsd-scheduler"
+/* Per batch item policy check (x->item_policy set): KMS_OK or KMS_ERR_DENIED. */
+KMS_WUR kms_err core_policy_item(struct op_ctx *x, json_t *item);
+KMS_WUR kms_err op_policy_read(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_policy_write(struct core *c, struct op_ctx *x);
 
 #endif

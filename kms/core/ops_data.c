@@ -354,7 +354,7 @@ static kms_err run(struct core *c, struct op_ctx *x, item_fn fn)
 {
 	json_t *tmp = NULL, *body = x->call->body, *batch, *results, *it;
 	struct keyref k;
-	size_t i, failed = 0;
+	size_t i, failed = 0, denied = 0;
 	kms_err rc;
 
 	if (body == NULL)
@@ -391,6 +391,10 @@ static kms_err run(struct core *c, struct op_ctx *x, item_fn fn)
 			rc = kms_errf(KMS_ERR_INVALID, "batch item %zu is not an object", i);
 		} else if (json_object_get(it, "batch_input") != NULL) {
 			rc = kms_errf(KMS_ERR_INVALID, "batch items cannot nest batch_input");
+		} else if ((rc = core_policy_item(x, it)) != KMS_OK) {
+			/* this item's context is not allowed: the item fails, not the batch */
+			denied++;
+			rc = kms_errf(KMS_ERR_INVALID, "permission denied");
 		} else {
 			rc = fn(c, x, &k, it, &r);
 		}
@@ -403,6 +407,11 @@ static kms_err run(struct core *c, struct op_ctx *x, item_fn fn)
 			failed++;
 		}
 		json_array_append_new(results, r);
+	}
+	if (denied == json_array_size(batch)) {
+		json_decref(results);
+		rc = kms_errf(KMS_ERR_DENIED, "permission denied");
+		goto out;
 	}
 	x->data = json_pack("{s:o}", "batch_results", results);
 	rc = KMS_OK;

@@ -24,6 +24,8 @@ static const struct route {
 	{M_GET, "/v1/sys/principals/:n", KMS_OP_PRINCIPAL_READ},
 	{M_POST, "/v1/sys/principals/:n/tokens", KMS_OP_TOKEN_CREATE},
 	{M_POST, "/v1/sys/tokens/revoke", KMS_OP_TOKEN_REVOKE},
+	{M_GET, "/v1/sys/policy", KMS_OP_POLICY_READ},
+	{M_POST, "/v1/sys/policy", KMS_OP_POLICY_WRITE},
 	{M_GET, "/v1/auth/token/lookup-self", KMS_OP_TOKEN_LOOKUP_SELF},
 	{M_LIST, "/v1/:t/keys", KMS_OP_KEY_LIST},
 	{M_POST, "/v1/:t/keys/:k", KMS_OP_KEY_CREATE},

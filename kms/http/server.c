@@ -216,6 +216,8 @@ static enum MHD_Result dispatch(struct http_server *s, struct MHD_Connection *co
 	call.token = presented_token(conn);
 	call.remote_addr = addr;
 	call.request_id = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+	call.raw_body = r->body;
+	call.raw_len = r->len;
 	core_call(s->core, &call, &res);
 	json_decref(call.body);
 	if (res.body == NULL)

@@ -125,6 +125,13 @@ static const char *const migrations[] = {
 	"ALTER TABLE tenants ADD COLUMN legal_hold INTEGER NOT NULL DEFAULT 0 CHECK (legal_hold IN (0, 1));"
 	"ALTER TABLE keys ADD COLUMN legal_hold INTEGER NOT NULL DEFAULT 0 CHECK (legal_hold IN (0, 1));"
 	"CREATE INDEX key_versions_due ON key_versions (state, destroy_after);",
+	/* 4: policy documents, every version kept. */
+	"CREATE TABLE policies ("
+	"  version INTEGER PRIMARY KEY CHECK (version >= 1),"
+	"  text TEXT NOT NULL CHECK (length(CAST(text AS BLOB)) BETWEEN 2 AND 1048576),"
+	"  principal TEXT NOT NULL CHECK (length(CAST(principal AS BLOB)) <= 128),"
+	"  created INTEGER NOT NULL"
+	");",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
@@ -187,6 +194,9 @@ enum stmt_id {
 	ST_TENANT_CONFIG,
 	ST_VERSION_DESTROY,
 	ST_DUE_LIST,
+	ST_POLICY_MAX,
+	ST_POLICY_INSERT,
+	ST_POLICY_LATEST,
 	ST__COUNT
 };
 
@@ -260,6 +270,9 @@ static const char *const stmt_sql[ST__COUNT] = {
 			"FROM key_versions v JOIN keys k ON k.id = v.key_id JOIN tenants t ON t.id = k.tenant_id "
 			"WHERE v.state = 'pending_destruction' AND v.destroy_after <= ?1 "
 			"ORDER BY v.destroy_after, v.key_id, v.version",
+	[ST_POLICY_MAX] = "SELECT coalesce(max(version), 0) FROM policies",
+	[ST_POLICY_INSERT] = "INSERT INTO policies (version, text, principal, created) VALUES (?1, ?2, ?3, ?4)",
+	[ST_POLICY_LATEST] = "SELECT version, text FROM policies ORDER BY version DESC LIMIT 1",
 	[ST_EVENT_LIST] = "SELECT version, event, principal, reason, time FROM key_events "
 			  "WHERE key_id = ?1 ORDER BY id",
 };
@@ -2082,6 +2095,84 @@ kms_err store_due_destructions(struct store *s, int64_t now, struct store_due **
 	rc = KMS_OK;
 out:
 	free(arr);
+	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_policy_put(struct store *s, int64_t version, const char *text, const char *principal, int64_t now)
+{
+	sqlite3_stmt *st;
+	bool in_tx = false;
+	int64_t max;
+	int src;
+	kms_err rc;
+
+	if (text == NULL || principal == NULL || version < 1)
+		return kms_errf(KMS_ERR_INVALID, "invalid policy row");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK)
+		goto out;
+	in_tx = true;
+	st = s->st[ST_POLICY_MAX];
+	src = sqlite3_step(st);
+	max = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+	stmt_release(st);
+	if (src != SQLITE_ROW) {
+		rc = db_fail(s, "policy max");
+		goto out;
+	}
+	if (version <= max) {
+		rc = kms_errf(KMS_ERR_CONFLICT, "policy version %lld is not newer than the current version %lld",
+			      (long long)version, (long long)max);
+		goto out;
+	}
+	st = s->st[ST_POLICY_INSERT];
+	if (sqlite3_bind_int64(st, 1, version) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, text, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 3, principal, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 4, now) != SQLITE_OK) {
+		rc = db_fail(s, "policy bind");
+		stmt_release(st);
+		goto out;
+	}
+	src = stmt_exec(st);
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "policy insert");
+		goto out;
+	}
+	if ((rc = tx_commit(s)) != KMS_OK)
+		goto out;
+	in_tx = false;
+out:
+	if (in_tx)
+		tx_rollback(s);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_policy_latest(struct store *s, int64_t *version, char **text)
+{
+	sqlite3_stmt *st;
+	const unsigned char *t;
+	int src;
+	kms_err rc;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_POLICY_LATEST];
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "no stored policy");
+	} else if (src != SQLITE_ROW) {
+		rc = db_fail(s, "policy latest");
+	} else {
+		*version = sqlite3_column_int64(st, 0);
+		t = sqlite3_column_text(st, 1);
+		*text = t ? strdup((const char *)t) : NULL;
+		rc = *text ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "policy text");
+	}
 	stmt_release(st);
 	store_unlock(s);
 	return rc;

@@ -14,7 +14,7 @@
 
 #include "kms/base/err.h"
 
-#define STORE_SCHEMA_VERSION 3
+#define STORE_SCHEMA_VERSION 4
 #define STORE_NAME_MAX 128  /* tenant, key and principal names, excluding the NUL */
 #define STORE_BLOB_MAX 64
 #define STORE_MAC_LEN 32
@@ -166,6 +166,13 @@ struct store_due {
 };
 /* Versions pending destruction whose destroy_after <= now (malloc'd, free()). */
 KMS_WUR kms_err store_due_destructions(struct store *s, int64_t now, struct store_due **out, size_t *n);
+
+/* Policy documents, one row per version. put: CONFLICT unless version is greater than
+ * every stored one. latest: NOT_FOUND when none was ever stored; *text is malloc'd
+ * (free()). */
+KMS_WUR kms_err store_policy_put(struct store *s, int64_t version, const char *text,
+				 const char *principal, int64_t now);
+KMS_WUR kms_err store_policy_latest(struct store *s, int64_t *version, char **text);
 
 /* The key's history, oldest first (malloc'd, free()). */
 KMS_WUR kms_err store_key_events(struct store *s, int64_t key_id, struct store_event **out,

@@ -22,6 +22,8 @@ static const char *const all_options[] = {
 	"pin_file",	  "pin_env",	    "so_pin_file",	  "store_path",
 	"audit_path",	  "node_id",	    "workers",		  "max_body_bytes",
 	"connection_timeout", "max_connections", "per_ip_connections", "log_level",
+	"scheduler_interval", "phi_retention_floor_days", "audit_checkpoint_records",
+	"audit_checkpoint_seconds", "policy_file",
 };
 
 /* Parses text as "t.conf" and expects failure with exactly this detail. */
