@@ -58,9 +58,9 @@ $(BUILD)/kmsctl: $(CLI_OBJ) $(BUILD)/libkms.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lcurl
 
 # A PKCS#11 module that forwards to SoftHSM2 and injects faults on command.
-$(BUILD)/tests/p11shim.so: $(SHIM_SRC)
+$(BUILD)/tests/p11shim.so: $(SHIM_SRC) $(wildcard tests/p11shim/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) -std=gnu11 $(OPT) -fPIC -shared $(WARN) $(INCS) -D_GNU_SOURCE -o $@ $^ -ldl
+	$(CC) -std=gnu11 $(OPT) -fPIC -shared $(WARN) $(INCS) -D_GNU_SOURCE -o $@ $(SHIM_SRC) -ldl
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TCOM_OBJ) $(BUILD)/libkms.a
 	@mkdir -p $(dir $@)
@@ -101,6 +101,7 @@ run: deps
 check: deps
 	$(MAKE) tests
 	$(MAKE) asan
+	$(MAKE) fuzz-build
 	sh scripts/check.sh
 
 clean:

@@ -5,8 +5,11 @@
 #      come from cmocka's "[  PASSED  ] N test(s)." and "[  FAILED  ] N test(s)" lines;
 #      a binary that exits non-zero (crash, sanitizer report, timeout) without a FAILED
 #      line counts as 1 failed
-#   2. pytest tests/integration with KMSD_BIN=build/kmsd, then KMSD_BIN=build/asan/kmsd;
-#      counts come from pytest's summary (passed; failed and errors count as failed)
+#   2. pytest tests/integration with KMSD_BIN=build/kmsd, then KMSD_BIN=build/asan/kmsd
+#      (KMSCTL_BIN beside it); counts come from pytest's summary (passed; failed and
+#      errors count as failed)
+#   3. each libFuzzer harness in build/fuzz/bin over its corpus in tests/fuzz/corpus
+#      (one result per harness)
 #
 # Prints each suite's result as it goes; the last line is exactly "N passed, M failed".
 # Exit status 0 only when M = 0 and N > 0.
@@ -102,7 +105,7 @@ run_pytest() { # label kmsd-binary
 	fi
 	start=$(date +%s)
 	# shellcheck disable=SC2086
-	(KMSD_BIN="$bin" timeout -k 15 "$PYTEST_TIMEOUT" "$PYTHON" -m pytest -p no:cacheprovider \
+	(KMSD_BIN="$bin" KMSCTL_BIN="$(dirname "$bin")/kmsctl" timeout -k 15 "$PYTEST_TIMEOUT" "$PYTHON" -m pytest -p no:cacheprovider \
 		-q -rfE --tb=short --color=no ${PYTEST_ARGS:-} tests/integration </dev/null 2>&1
 	echo "$?" >"$TMP/rc") | tee "$log" | sed 's/^/      /'
 	rc=$(cat "$TMP/rc" 2>/dev/null || echo 1)
@@ -141,6 +144,29 @@ run_pytest() { # label kmsd-binary
 
 run_pytest build build/kmsd
 run_pytest asan build/asan/kmsd
+
+# 3. every fuzzer's checked-in corpus, replayed once (make fuzz-build made them), so that
+#    a past crash cannot come back. One result per harness.
+echo "==> fuzz corpus replay"
+for bin in build/fuzz/bin/fuzz_*; do
+	[ -x "$bin" ] || continue
+	name=$(basename "$bin")
+	corpus="tests/fuzz/corpus/$name"
+	log="$TMP/$name.log"
+	if [ ! -d "$corpus" ]; then
+		echo "FAIL  $name: no corpus at $corpus"
+		TOTAL_FAIL=$((TOTAL_FAIL + 1))
+		continue
+	fi
+	if timeout -k 10 "$UNIT_TIMEOUT" "$bin" -runs=0 "$corpus" >"$log" 2>&1 </dev/null; then
+		printf 'ok    %-44s %3d inputs\n' "$name" "$(ls "$corpus" | wc -l)"
+		TOTAL_PASS=$((TOTAL_PASS + 1))
+	else
+		echo "FAIL  $name: replaying $corpus"
+		tail -n 30 "$log" | sed 's/^/      /'
+		TOTAL_FAIL=$((TOTAL_FAIL + 1))
+	fi
+done
 
 if [ $((TOTAL_PASS + TOTAL_FAIL)) -eq 0 ]; then
 	echo "check: nothing ran"

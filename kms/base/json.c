@@ -104,7 +104,9 @@ kms_err kms_json_opt_uint(json_t *obj, const char *name, long long dflt, long lo
 	} else if (json_is_string(v)) {
 		const char *s = json_string_value(v);
 		char *end;
-		if (*s == '\0' || *s == '-' || *s == '+' || *s == ' ')
+		/* strtoll would also skip leading whitespace (any of " \t\n\v\f\r") and
+		 * take a sign: only plain decimal digits are a number here. */
+		if (*s < '0' || *s > '9')
 			return kms_errf(KMS_ERR_INVALID, "\"%s\" must be a non-negative integer", name);
 		errno = 0;
 		x = strtoll(s, &end, 10);
