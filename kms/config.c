@@ -72,6 +72,7 @@ static const struct conf_option options[] = {
 	INT(per_ip_connections, 256, 0, 65536),
 	STRING(log_level, "info", 1, check_log_level),
 	PATH(policy_file, "", 0),
+	INT(max_encryptions_per_version, 1073741824, 1, 2147483647),
 	INT(scheduler_interval, 60, 1, 86400),
 	INT(phi_retention_floor_days, 2190, 1, 36500),
 	INT(audit_checkpoint_records, 1000, 1, 1000000),

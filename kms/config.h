@@ -28,6 +28,7 @@
  *   per_ip_connections  int     256          0..65536 (0 = no per-IP limit)
  *   log_level           string  info         debug|info|warn|error
  *   policy_file         path    ""           policy document (docs/POLICY.md); "" = stored or built-in
+ *   max_encryptions_per_version int 1073741824  GCM encryptions per key version before it is rotated, 1..2^31-1
  *   scheduler_interval  int     60           seconds between scheduler passes (destructions), 1..86400
  *   phi_retention_floor_days int 2190        shortest retention a PHI tenant may set, 1..36500
  *   audit_checkpoint_records int 1000        records between signed audit checkpoints, 1..1000000
@@ -64,6 +65,7 @@ struct kms_config {
 	int per_ip_connections;
 	char log_level[8];
 	char policy_file[KMS_CONFIG_PATH_MAX];
+	int max_encryptions_per_version;
 	int scheduler_interval;
 	int phi_retention_floor_days;
 	int audit_checkpoint_records;

@@ -304,7 +304,8 @@ static int cmd_serve(const struct kms_config *cfg)
 	if ((err = core_new(st, p11, au, &core)) != KMS_OK)
 		goto out;
 	{
-		struct core_options copt = {(int64_t)cfg->phi_retention_floor_days * 86400};
+		struct core_options copt = {(int64_t)cfg->phi_retention_floor_days * 86400,
+					    (uint64_t)cfg->max_encryptions_per_version};
 		core_configure(core, &copt);
 	}
 	if ((err = core_policy_init(core, cfg->policy_file)) != KMS_OK) {

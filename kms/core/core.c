@@ -165,6 +165,8 @@ static kms_err kent_load(struct core *c, const char *tenant, const char *key, st
 			e->vers[i].created = vs[i].created;
 			e->vers[i].state = core_state_parse(vs[i].state);
 			e->vers[i].destroy_after = vs[i].destroy_after;
+			/* what an earlier process reserved is spent, used or not */
+			e->vers[i].used = e->vers[i].reserved = vs[i].enc_reserved;
 		}
 		e->nvers = nv;
 		e->next = c->keys[b];
@@ -502,7 +504,9 @@ kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct cor
 	pthread_mutex_init(&c->sched_mu, NULL);
 	pthread_cond_init(&c->sched_cv, NULL);
 	pthread_mutex_init(&c->policy_mu, NULL);
+	pthread_mutex_init(&c->reserve_mu, NULL);
 	c->opt.phi_retention_floor = 6LL * 365 * 86400;
+	c->opt.max_encryptions = 1ULL << 30;
 	if (policy_doc_default(&c->policy) != KMS_OK || (c->policy_text = strdup(policy_doc_default_json)) == NULL) {
 		core_free(c);
 		return kms_errf(KMS_ERR_INTERNAL, "the built-in policy does not compile");
@@ -514,6 +518,122 @@ kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct cor
 void core_configure(struct core *c, const struct core_options *o)
 {
 	c->opt = *o;
+	/* NIST SP 800-38D: at most 2^32 GCM encryptions with random IVs per key */
+	if (c->opt.max_encryptions == 0 || c->opt.max_encryptions > (1ULL << 32))
+		c->opt.max_encryptions = 1ULL << 30;
+}
+
+void core_audit_internal(struct core *c, enum kms_op op, const char *tenant, const char *key, uint32_t version,
+			 const char *outcome, int status, const char *reason)
+{
+	struct audit_record ar = {0};
+	kms_err rc;
+
+	ar.principal = CORE_SCHEDULER_PRINCIPAL;
+	ar.auth_method = "internal";
+	ar.operation = kms_op_name(op);
+	ar.tenant = tenant;
+	ar.key = key;
+	ar.version = version;
+	ar.outcome = outcome;
+	ar.status = status;
+	ar.reason = reason;
+	rc = audit_append(c->au, &ar);
+	if (rc != KMS_OK)
+		kms_error("audit record for %s %s/%s failed: %s", ar.operation, tenant, key, kms_err_detail(rc));
+}
+
+kms_err core_rotate_key(struct core *c, const char *tenant, const char *key, uint32_t expect_latest, uint32_t *newv)
+{
+	struct store_version v = {0};
+	struct keyref k;
+	kms_err rc;
+
+	/* One rotation at a time in this process; the store's compare-and-set on the
+	 * latest version refuses a twin from anywhere else. The new version is durable
+	 * before the cache lets anything encrypt with it. */
+	pthread_mutex_lock(&c->create_mu);
+	rc = core_key_ref(c, tenant, key, &k);
+	if (rc == KMS_OK && expect_latest != 0 && k.latest != expect_latest) {
+		*newv = k.latest; /* someone rotated meanwhile */
+		goto out;
+	}
+	if (rc == KMS_OK) {
+		v.version = k.latest + 1;
+		v.mk_version = 1;
+		v.blob_len = P11_KEK_BLOB_LEN;
+		v.created = core_now();
+		rc = p11_kek_generate(c->p11, v.blob);
+	}
+	if (rc == KMS_OK)
+		rc = core_row_mac(c, tenant, key, &v, v.mac);
+	if (rc == KMS_OK)
+		rc = store_key_rotate(c->st, k.key_id, &v);
+	if (rc == KMS_OK)
+		rc = core_key_add_version(c, tenant, key, v.version, v.created);
+	if (rc == KMS_OK)
+		*newv = v.version;
+out:
+	pthread_mutex_unlock(&c->create_mu);
+	return rc;
+}
+
+kms_err core_take_slot(struct core *c, const struct keyref *k, uint32_t version)
+{
+	uint64_t limit = c->opt.max_encryptions;
+	uint64_t block = limit / 16 > 65536 ? 65536 : limit / 16 ? limit / 16 : 1;
+
+	for (;;) {
+		struct kent *e;
+		uint64_t used = 0, reserved = 0, upto = 0;
+		bool found = false, ok = false;
+		kms_err rc;
+
+		pthread_rwlock_rdlock(&c->lock);
+		e = kent_find_locked(c, k->tenant, k->name);
+		if (e != NULL && version >= 1 && version <= e->nvers) {
+			struct kver *v = &e->vers[version - 1];
+			found = true;
+			if (__atomic_add_fetch(&v->used, 1, __ATOMIC_ACQ_REL) <= __atomic_load_n(&v->reserved, __ATOMIC_ACQUIRE))
+				ok = true;
+			else
+				__atomic_sub_fetch(&v->used, 1, __ATOMIC_ACQ_REL);
+		}
+		pthread_rwlock_unlock(&c->lock);
+		if (!found)
+			return kms_errf(KMS_ERR_INTERNAL, "key cache out of step");
+		if (ok)
+			return KMS_OK;
+		/* The block is spent: reserve the next one durably before using it. */
+		pthread_mutex_lock(&c->reserve_mu);
+		pthread_rwlock_rdlock(&c->lock);
+		e = kent_find_locked(c, k->tenant, k->name);
+		if (e != NULL && version <= e->nvers) {
+			used = __atomic_load_n(&e->vers[version - 1].used, __ATOMIC_ACQUIRE);
+			reserved = __atomic_load_n(&e->vers[version - 1].reserved, __ATOMIC_ACQUIRE);
+		}
+		pthread_rwlock_unlock(&c->lock);
+		if (used < reserved) { /* another thread reserved meanwhile */
+			pthread_mutex_unlock(&c->reserve_mu);
+			continue;
+		}
+		if (reserved + block > limit)
+			block = limit > reserved ? limit - reserved : 1;
+		rc = store_version_reserve(c->st, k->key_id, version, block, limit, &upto);
+		if (rc == KMS_OK) {
+			pthread_rwlock_rdlock(&c->lock);
+			e = kent_find_locked(c, k->tenant, k->name);
+			if (e != NULL && version <= e->nvers)
+				__atomic_store_n(&e->vers[version - 1].reserved, upto, __ATOMIC_RELEASE);
+			pthread_rwlock_unlock(&c->lock);
+		}
+		pthread_mutex_unlock(&c->reserve_mu);
+		if (rc == KMS_ERR_CONFLICT)
+			return kms_errf(KMS_ERR_CONFLICT, "key version %u has reached its usage limit of %llu encryptions",
+					version, (unsigned long long)limit);
+		if (rc != KMS_OK)
+			return rc;
+	}
 }
 
 static void *scheduler_main(void *arg)
@@ -579,6 +699,7 @@ void core_free(struct core *c)
 	policy_doc_free(c->policy);
 	free(c->policy_text);
 	pthread_mutex_destroy(&c->policy_mu);
+	pthread_mutex_destroy(&c->reserve_mu);
 	free(c);
 }
 

@@ -45,6 +45,7 @@ void core_free(struct core *c); /* accepts NULL; unloads cached KEK session obje
 /* Settings from the configuration that the core's rules need. */
 struct core_options {
 	int64_t phi_retention_floor; /* seconds; PHI tenants may not keep versions shorter */
+	uint64_t max_encryptions;    /* per key version, before it is rotated (<= 2^32) */
 };
 void core_configure(struct core *c, const struct core_options *o);
 

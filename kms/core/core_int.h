@@ -21,6 +21,9 @@ struct kver {
 	enum kver_state state;
 	int64_t destroy_after;
 	p11_key handle; /* 0 until first use */
+	/* usage counting: slots taken and durably reserved, both absolute counts; read and
+	 * updated atomically under the cache's read lock */
+	uint64_t used, reserved;
 };
 
 struct kent {
@@ -47,6 +50,7 @@ struct core {
 	struct kent *keys[CORE_BUCKETS];
 	struct tent *tenants[CORE_BUCKETS];
 	pthread_mutex_t create_mu; /* one key creation or rotation at a time */
+	pthread_mutex_t reserve_mu; /* one counter-block reservation at a time */
 	struct core_options opt;
 	/* the policy in force: swapped whole under policy_mu, used through a reference */
 	pthread_mutex_t policy_mu;
@@ -144,6 +148,17 @@ int64_t core_superseded_at(struct core *c, const char *tenant, const char *key, 
 KMS_WUR kms_err core_destruction_allowed(struct core *c, const struct store_tenant *t,
 					 const struct store_key *k, uint32_t v, int64_t when);
 #define CORE_SCHEDULER_PRINCIPAL "kmsd-scheduler"
+/* Adds a version to a key (the one rotation routine: API, schedule by age, usage limit).
+ * expect_latest != 0: only if that is still the latest version, else nothing is done and
+ * *newv is the current latest. Serialised; durable before the cache uses it. */
+KMS_WUR kms_err core_rotate_key(struct core *c, const char *tenant, const char *key, uint32_t expect_latest,
+				uint32_t *newv);
+/* Takes one encryption slot of a version, reserving a counter block in the store first
+ * when needed. CONFLICT when the version has reached its usage limit. */
+KMS_WUR kms_err core_take_slot(struct core *c, const struct keyref *k, uint32_t version);
+/* An audit record for something kmsd did by itself (scheduler, usage limit). */
+void core_audit_internal(struct core *c, enum kms_op op, const char *tenant, const char *key, uint32_t version,
+			 const char *outcome, int status, const char *reason);
 /* Per batch item policy check (x->item_policy set): KMS_OK or KMS_ERR_DENIED. */
 KMS_WUR kms_err core_policy_item(struct op_ctx *x, json_t *item);
 KMS_WUR kms_err op_policy_read(struct core *c, struct op_ctx *x);

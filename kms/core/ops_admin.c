@@ -395,36 +395,14 @@ kms_err op_key_list(struct core *c, struct op_ctx *x)
 
 kms_err op_key_rotate(struct core *c, struct op_ctx *x)
 {
-	struct store_version v = {0};
-	struct keyref k;
+	uint32_t v = 0;
 	kms_err rc;
 
 	if (x->call->body != NULL && json_object_size(x->call->body) != 0)
 		return kms_errf(KMS_ERR_INVALID, "rotate takes no parameters");
-	rc = core_key_ref(c, x->tenant.name, x->call->key, &k);
+	rc = core_rotate_key(c, x->tenant.name, x->call->key, 0, &v);
 	if (rc != KMS_OK)
 		return rc;
-	/* One rotation at a time in this process; the store's compare-and-set on the
-	 * latest version refuses a twin from anywhere else. The new version is durable
-	 * before the cache lets anything encrypt with it. */
-	pthread_mutex_lock(&c->create_mu);
-	rc = core_key_ref(c, x->tenant.name, x->call->key, &k);
-	if (rc == KMS_OK) {
-		v.version = k.latest + 1;
-		v.mk_version = 1;
-		v.blob_len = P11_KEK_BLOB_LEN;
-		v.created = core_now();
-		rc = p11_kek_generate(c->p11, v.blob);
-	}
-	if (rc == KMS_OK)
-		rc = core_row_mac(c, x->tenant.name, x->call->key, &v, v.mac);
-	if (rc == KMS_OK)
-		rc = store_key_rotate(c->st, k.key_id, &v);
-	if (rc == KMS_OK)
-		rc = core_key_add_version(c, x->tenant.name, x->call->key, v.version, v.created);
-	pthread_mutex_unlock(&c->create_mu);
-	if (rc != KMS_OK)
-		return rc;
-	x->version = v.version;
+	x->version = v;
 	return core_key_read_json(c, x->tenant.name, x->call->key, &x->data);
 }

@@ -81,25 +81,59 @@ static kms_err common_in(json_t *item, uint8_t **ad, size_t *ad_len, const json_
 	return b64_member(item, "associated_data", false, ad, ad_len);
 }
 
-/* Encrypts pt under version ver of k, writing the wire ciphertext into a new JSON string. */
-static kms_err seal(struct core *c, const struct keyref *k, uint32_t ver, const uint8_t *iv,
+/* Encrypts pt under version *ver of k, writing the wire ciphertext into a new JSON
+ * string. Each encryption takes a counter slot of its version; when the version has
+ * reached its usage limit and the caller did not pin it (may_rotate), the key is
+ * rotated on the spot and *ver becomes the new version. */
+static kms_err seal(struct core *c, const struct keyref *k, uint32_t *ver, bool may_rotate, const uint8_t *iv,
 		    const uint8_t *pt, size_t pt_len, const uint8_t *ad, size_t ad_len,
 		    const json_t *ctx, json_t **ct_out)
 {
 	uint8_t *raw = NULL, *aad = NULL;
 	size_t raw_len = CT_IV_LEN + pt_len + CT_TAG_LEN, aad_len = 0, wl;
 	char *wire = NULL;
+	struct keyref cur = *k;
 	p11_key h;
 	kms_err rc;
 
-	rc = core_kek(c, k, ver, &h);
+	bool exhausted = false;
+
+	rc = core_kek(c, &cur, *ver, &h);
+	if (rc == KMS_OK) {
+		rc = core_take_slot(c, &cur, *ver);
+		exhausted = rc == KMS_ERR_CONFLICT; /* only this refusal rotates the key */
+	}
+	for (int tries = 0; exhausted && may_rotate && tries < 3; tries++) {
+		uint32_t old = *ver, nv = 0;
+		char why[96];
+		/* Exhausted (or the cache moved on): use, or make, the next version. */
+		if (core_key_ref(c, k->tenant, k->name, &cur) != KMS_OK)
+			break;
+		if (cur.latest == old) {
+			if (core_rotate_key(c, k->tenant, k->name, old, &nv) != KMS_OK)
+				break;
+			if (nv != old) {
+				snprintf(why, sizeof(why), "usage limit of version %u reached", old);
+				core_audit_internal(c, KMS_OP_KEY_ROTATE, k->tenant, k->name, nv, "allow", 200, why);
+			}
+			if (core_key_ref(c, k->tenant, k->name, &cur) != KMS_OK)
+				break;
+		}
+		*ver = cur.latest;
+		exhausted = false;
+		rc = core_kek(c, &cur, *ver, &h);
+		if (rc == KMS_OK) {
+			rc = core_take_slot(c, &cur, *ver);
+			exhausted = rc == KMS_ERR_CONFLICT;
+		}
+	}
 	if (rc != KMS_OK)
 		return rc;
-	rc = ct_aad_build(k->tenant, k->name, ver, ad, ad_len, ctx, &aad, &aad_len);
+	rc = ct_aad_build(k->tenant, k->name, *ver, ad, ad_len, ctx, &aad, &aad_len);
 	if (rc != KMS_OK)
 		return rc;
 	raw = malloc(raw_len);
-	wl = ct_wire_len(ver, raw_len) + 1;
+	wl = ct_wire_len(*ver, raw_len) + 1;
 	wire = malloc(wl);
 	if (raw == NULL || wire == NULL) {
 		rc = kms_errf(KMS_ERR_NOMEM, "encrypt");
@@ -108,7 +142,7 @@ static kms_err seal(struct core *c, const struct keyref *k, uint32_t ver, const 
 	memcpy(raw, iv, CT_IV_LEN);
 	rc = p11_gcm_encrypt(c->p11, h, iv, aad, aad_len, pt, pt_len, raw + CT_IV_LEN, raw_len - CT_IV_LEN);
 	if (rc == KMS_OK)
-		rc = ct_format(ver, raw, raw_len, wire, wl);
+		rc = ct_format(*ver, raw, raw_len, wire, wl);
 	if (rc == KMS_OK && (*ct_out = json_string(wire)) == NULL)
 		rc = kms_errf(KMS_ERR_NOMEM, "encrypt");
 out:
@@ -171,6 +205,14 @@ out:
 	return rc;
 }
 
+/* Whether the caller named the version to encrypt under (then it is not replaced). */
+static bool pinned(json_t *item)
+{
+	json_t *v = json_object_get(item, "key_version");
+
+	return v != NULL && !json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 0);
+}
+
 static kms_err pick_version(json_t *item, const struct keyref *k, uint32_t *ver)
 {
 	long long v;
@@ -204,6 +246,7 @@ static kms_err item_datakey(struct core *c, struct op_ctx *x, const struct keyre
 	const json_t *ctx = NULL;
 	json_t *ct = NULL;
 	long long bits;
+	uint32_t ver;
 	kms_err rc;
 
 	if ((rc = kms_json_only(item, allowed)) != KMS_OK || (rc = kms_json_opt_uint(item, "bits", 256, 512, &bits)) != KMS_OK ||
@@ -222,7 +265,8 @@ static kms_err item_datakey(struct core *c, struct op_ctx *x, const struct keyre
 	rc = p11_random(c->p11, rnd, dek_len + CT_IV_LEN);
 	if (rc != KMS_OK)
 		goto out;
-	rc = seal(c, k, k->latest, rnd + dek_len, rnd, dek_len, ad, ad_len, ctx, &ct);
+	ver = k->latest;
+	rc = seal(c, k, &ver, true, rnd + dek_len, rnd, dek_len, ad, ad_len, ctx, &ct);
 	if (rc != KMS_OK)
 		goto out;
 	*out = json_object();
@@ -231,8 +275,8 @@ static kms_err item_datakey(struct core *c, struct op_ctx *x, const struct keyre
 		json_object_set_new(*out, "plaintext", json_string(dek_b64));
 	}
 	json_object_set_new(*out, "ciphertext", ct);
-	json_object_set_new(*out, "key_version", json_integer(k->latest));
-	x->version = k->latest;
+	json_object_set_new(*out, "key_version", json_integer(ver));
+	x->version = ver;
 out:
 	kms_wipe(rnd, sizeof(rnd));
 	kms_wipe(dek_b64, sizeof(dek_b64));
@@ -258,7 +302,7 @@ static kms_err item_encrypt(struct core *c, struct op_ctx *x, const struct keyre
 		goto out;
 	rc = p11_random(c->p11, iv, sizeof(iv));
 	if (rc == KMS_OK)
-		rc = seal(c, k, ver, iv, pt, pt_len, ad, ad_len, ctx, &ct);
+		rc = seal(c, k, &ver, !pinned(item), iv, pt, pt_len, ad, ad_len, ctx, &ct);
 	if (rc != KMS_OK)
 		goto out;
 	*out = json_pack("{s:o,s:I}", "ciphertext", ct, "key_version", (json_int_t)ver);
@@ -332,7 +376,7 @@ static kms_err item_rewrap(struct core *c, struct op_ctx *x, const struct keyref
 		goto out;
 	rc = p11_random(c->p11, iv, sizeof(iv));
 	if (rc == KMS_OK)
-		rc = seal(c, k, ver, iv, pt, pt_len, ad, ad_len, ctx, &ct);
+		rc = seal(c, k, &ver, !pinned(item), iv, pt, pt_len, ad, ad_len, ctx, &ct);
 	if (rc != KMS_OK)
 		goto out;
 	*out = json_pack("{s:o,s:I}", "ciphertext", ct, "key_version", (json_int_t)ver);

@@ -254,22 +254,7 @@ out:
 static void scheduler_audit(struct core *c, const struct store_due *d, const char *outcome, int status,
 			    const char *reason)
 {
-	struct audit_record ar = {0};
-	kms_err rc;
-
-	ar.principal = CORE_SCHEDULER_PRINCIPAL;
-	ar.auth_method = "internal";
-	ar.operation = kms_op_name(KMS_OP_VERSION_DESTROY);
-	ar.tenant = d->tenant;
-	ar.key = d->key;
-	ar.version = d->version;
-	ar.outcome = outcome;
-	ar.status = status;
-	ar.reason = reason;
-	rc = audit_append(c->au, &ar);
-	if (rc != KMS_OK)
-		kms_error("scheduler: audit record for %s/%s version %u failed: %s", d->tenant, d->key, d->version,
-			  kms_err_detail(rc));
+	core_audit_internal(c, KMS_OP_VERSION_DESTROY, d->tenant, d->key, d->version, outcome, status, reason);
 }
 
 static bool destroy_one(struct core *c, const struct store_due *d, int64_t now)
@@ -316,17 +301,51 @@ static bool destroy_one(struct core *c, const struct store_due *d, int64_t now)
 	return true;
 }
 
+/* Keys whose auto_rotate_period has passed since their latest version was made. */
+static unsigned rotate_due(struct core *c, int64_t now)
+{
+	struct store_rotate_due *due = NULL;
+	size_t n = 0;
+	unsigned done = 0;
+	kms_err rc = store_rotations_due(c->st, now, &due, &n);
+
+	if (rc != KMS_OK) {
+		kms_error("scheduler: %s", kms_err_detail(rc));
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++) {
+		uint32_t v = 0;
+		rc = core_rotate_key(c, due[i].tenant, due[i].key, due[i].latest, &v);
+		if (rc != KMS_OK) {
+			kms_error("scheduler: rotating %s/%s failed: %s", due[i].tenant, due[i].key, kms_err_detail(rc));
+			core_audit_internal(c, KMS_OP_KEY_ROTATE, due[i].tenant, due[i].key, 0, "error",
+					    kms_err_http_status(rc), kms_err_detail(rc));
+			continue;
+		}
+		if (v == due[i].latest)
+			continue; /* rotated by someone else meanwhile */
+		kms_info("scheduler: rotated %s/%s to version %u (auto_rotate_period)", due[i].tenant, due[i].key, v);
+		core_audit_internal(c, KMS_OP_KEY_ROTATE, due[i].tenant, due[i].key, v, "allow", 200,
+				    "auto_rotate_period passed");
+		done++;
+	}
+	free(due);
+	return done;
+}
+
 unsigned core_scheduler_tick(struct core *c)
 {
 	struct store_due *due = NULL;
 	size_t n = 0;
 	unsigned done = 0;
 	int64_t now = core_now();
-	kms_err rc = store_due_destructions(c->st, now, &due, &n);
+	kms_err rc;
 
+	done += rotate_due(c, now);
+	rc = store_due_destructions(c->st, now, &due, &n);
 	if (rc != KMS_OK) {
 		kms_error("scheduler: %s", kms_err_detail(rc));
-		return 0;
+		return done;
 	}
 	for (size_t i = 0; i < n; i++)
 		done += destroy_one(c, &due[i], now) ? 1 : 0;

@@ -132,6 +132,8 @@ static const char *const migrations[] = {
 	"  principal TEXT NOT NULL CHECK (length(CAST(principal AS BLOB)) <= 128),"
 	"  created INTEGER NOT NULL"
 	");",
+	/* 5: encryptions reserved per key version, in blocks, before they are used. */
+	"ALTER TABLE key_versions ADD COLUMN enc_reserved INTEGER NOT NULL DEFAULT 0 CHECK (enc_reserved >= 0);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
@@ -197,6 +199,9 @@ enum stmt_id {
 	ST_POLICY_MAX,
 	ST_POLICY_INSERT,
 	ST_POLICY_LATEST,
+	ST_VERSION_RESERVE,
+	ST_VERSION_RESERVED,
+	ST_ROTATIONS_DUE,
 	ST__COUNT
 };
 
@@ -204,7 +209,7 @@ enum stmt_id {
 #define KEY_COLS                                                                     \
 	"id, tenant_id, name, type, created, latest_version, min_decryption_version, " \
 	"min_encryption_version, deletion_allowed, auto_rotate_period, revoked, legal_hold"
-#define VERSION_COLS "version, mk_version, blob, mac, created, state, destroy_after"
+#define VERSION_COLS "version, mk_version, blob, mac, created, state, destroy_after, enc_reserved"
 #define PRINCIPAL_COLS "id, name, role, created"
 
 static const char *const stmt_sql[ST__COUNT] = {
@@ -273,6 +278,14 @@ static const char *const stmt_sql[ST__COUNT] = {
 	[ST_POLICY_MAX] = "SELECT coalesce(max(version), 0) FROM policies",
 	[ST_POLICY_INSERT] = "INSERT INTO policies (version, text, principal, created) VALUES (?1, ?2, ?3, ?4)",
 	[ST_POLICY_LATEST] = "SELECT version, text FROM policies ORDER BY version DESC LIMIT 1",
+	[ST_VERSION_RESERVE] = "UPDATE key_versions SET enc_reserved = enc_reserved + ?3 "
+			       "WHERE key_id = ?1 AND version = ?2 AND enc_reserved + ?3 <= ?4",
+	[ST_VERSION_RESERVED] = "SELECT enc_reserved FROM key_versions WHERE key_id = ?1 AND version = ?2",
+	[ST_ROTATIONS_DUE] = "SELECT t.name, k.name, k.latest_version FROM keys k "
+			     "JOIN tenants t ON t.id = k.tenant_id "
+			     "JOIN key_versions v ON v.key_id = k.id AND v.version = k.latest_version "
+			     "WHERE k.auto_rotate_period > 0 AND k.revoked = 0 AND v.created + k.auto_rotate_period <= ?1 "
+			     "ORDER BY k.id",
 	[ST_EVENT_LIST] = "SELECT version, event, principal, reason, time FROM key_events "
 			  "WHERE key_id = ?1 ORDER BY id",
 };
@@ -481,6 +494,7 @@ static kms_err row_version(sqlite3_stmt *st, struct store_version *v)
 	if ((rc = col_text(st, 5, v->state, sizeof(v->state), "key_versions")) != KMS_OK)
 		return rc;
 	v->destroy_after = sqlite3_column_int64(st, 6);
+	v->enc_reserved = (uint64_t)sqlite3_column_int64(st, 7);
 	return KMS_OK;
 }
 
@@ -2173,6 +2187,96 @@ kms_err store_policy_latest(struct store *s, int64_t *version, char **text)
 		*text = t ? strdup((const char *)t) : NULL;
 		rc = *text ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "policy text");
 	}
+	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_version_reserve(struct store *s, int64_t key_id, uint32_t version, uint64_t block, uint64_t limit,
+			      uint64_t *upto)
+{
+	sqlite3_stmt *st;
+	int src, changed;
+	kms_err rc;
+
+	if (block == 0 || block > INT64_MAX || limit > INT64_MAX)
+		return kms_errf(KMS_ERR_INVALID, "bad reservation");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_VERSION_RESERVE];
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, version) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 3, (int64_t)block) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 4, (int64_t)limit) != SQLITE_OK) {
+		rc = db_fail(s, "reserve bind");
+		stmt_release(st);
+		goto out;
+	}
+	src = stmt_exec(st); /* autocommit: durable (synchronous=FULL) when it returns */
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "reserve");
+		goto out;
+	}
+	changed = sqlite3_changes(s->db);
+	st = s->st[ST_VERSION_RESERVED];
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, version) != SQLITE_OK) {
+		rc = db_fail(s, "reserved bind");
+		stmt_release(st);
+		goto out;
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_ROW) {
+		*upto = (uint64_t)sqlite3_column_int64(st, 0);
+		rc = changed == 1 ? KMS_OK : kms_errf(KMS_ERR_CONFLICT, "usage limit of this key version reached");
+	} else if (src == SQLITE_DONE) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "key version not found");
+	} else {
+		rc = db_fail(s, "reserved");
+	}
+	stmt_release(st);
+out:
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_rotations_due(struct store *s, int64_t now, struct store_rotate_due **out, size_t *n)
+{
+	struct store_rotate_due *arr = NULL;
+	size_t cap = 0, cnt = 0;
+	sqlite3_stmt *st;
+	int src;
+	kms_err rc;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_ROTATIONS_DUE];
+	if (sqlite3_bind_int64(st, 1, now) != SQLITE_OK) {
+		rc = db_fail(s, "rotations bind");
+		goto out;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		void *g = grow(arr, &cap, cnt + 1, sizeof(*arr));
+		if (g == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "rotations");
+			goto out;
+		}
+		arr = g;
+		memset(&arr[cnt], 0, sizeof(arr[cnt]));
+		if ((rc = col_text(st, 0, arr[cnt].tenant, sizeof(arr[cnt].tenant), "tenants")) != KMS_OK ||
+		    (rc = col_text(st, 1, arr[cnt].key, sizeof(arr[cnt].key), "keys")) != KMS_OK ||
+		    (rc = col_u32(st, 2, &arr[cnt].latest, "keys")) != KMS_OK)
+			goto out;
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "rotations due");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	free(arr);
 	stmt_release(st);
 	store_unlock(s);
 	return rc;

@@ -14,7 +14,7 @@
 
 #include "kms/base/err.h"
 
-#define STORE_SCHEMA_VERSION 4
+#define STORE_SCHEMA_VERSION 5
 #define STORE_NAME_MAX 128  /* tenant, key and principal names, excluding the NUL */
 #define STORE_BLOB_MAX 64
 #define STORE_MAC_LEN 32
@@ -57,6 +57,7 @@ struct store_version {
 	int64_t created;
 	char state[24];	      /* STORE_STATE_*; "enabled" for a new row */
 	int64_t destroy_after; /* unix seconds, pending_destruction only */
+	uint64_t enc_reserved; /* encryptions reserved so far (counter blocks) */
 };
 
 /* Stored state of a key version. "active" and "decrypt-only" are not stored: they
@@ -166,6 +167,22 @@ struct store_due {
 };
 /* Versions pending destruction whose destroy_after <= now (malloc'd, free()). */
 KMS_WUR kms_err store_due_destructions(struct store *s, int64_t now, struct store_due **out, size_t *n);
+
+/* Reserves the next `block` encryptions of a version: enc_reserved grows by block,
+ * durably, unless that would pass `limit` (then CONFLICT "usage limit", nothing
+ * written). *upto receives the new enc_reserved. A crash may skip reserved counts but
+ * never hands them out twice. */
+KMS_WUR kms_err store_version_reserve(struct store *s, int64_t key_id, uint32_t version, uint64_t block,
+				      uint64_t limit, uint64_t *upto);
+
+struct store_rotate_due {
+	char tenant[STORE_NAME_MAX + 1];
+	char key[STORE_NAME_MAX + 1];
+	uint32_t latest;
+};
+/* Keys with auto_rotate_period > 0 whose latest version is older than that at `now`,
+ * not revoked (malloc'd, free()). */
+KMS_WUR kms_err store_rotations_due(struct store *s, int64_t now, struct store_rotate_due **out, size_t *n);
 
 /* Policy documents, one row per version. put: CONFLICT unless version is greater than
  * every stored one. latest: NOT_FOUND when none was ever stored; *text is malloc'd

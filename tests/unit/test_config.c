@@ -23,7 +23,7 @@ static const char *const all_options[] = {
 	"audit_path",	  "node_id",	    "workers",		  "max_body_bytes",
 	"connection_timeout", "max_connections", "per_ip_connections", "log_level",
 	"scheduler_interval", "phi_retention_floor_days", "audit_checkpoint_records",
-	"audit_checkpoint_seconds", "policy_file",
+	"audit_checkpoint_seconds", "policy_file", "max_encryptions_per_version",
 };
 
 /* Parses text as "t.conf" and expects failure with exactly this detail. */
