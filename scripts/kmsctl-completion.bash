@@ -1,0 +1,116 @@
+# bash completion for kmsctl (docs/KMSCTL.md).
+#   source scripts/kmsctl-completion.bash
+# or install it as /usr/share/bash-completion/completions/kmsctl.
+# Static lists: keep them in step with kms/cli/*.c.
+
+_kmsctl()
+{
+	local cur prev words cword
+	if declare -F _init_completion >/dev/null 2>&1; then
+		_init_completion || return
+	else
+		cur=${COMP_WORDS[COMP_CWORD]}
+		prev=${COMP_WORDS[COMP_CWORD-1]}
+		words=("${COMP_WORDS[@]}")
+		cword=$COMP_CWORD
+	fi
+
+	local globals="--addr --ca-cert --token-file --config --format --timeout --help"
+	local commands="status tenant principal token key datakey encrypt decrypt rewrap audit"
+
+	# option values
+	case $prev in
+	--ca-cert|--token-file|--config|--in|--out|--aad-file|--batch|--pubkey)
+		COMPREPLY=($(compgen -f -- "$cur"))
+		[ "$prev" = --token-file ] || [ "$prev" = --in ] || [ "$prev" = --out ] ||
+			[ "$prev" = --aad-file ] || [ "$prev" = --batch ] &&
+			COMPREPLY+=($(compgen -W "-" -- "$cur"))
+		return
+		;;
+	--format) COMPREPLY=($(compgen -W "table json" -- "$cur")); return ;;
+	--retention) COMPREPLY=($(compgen -W "phi non-phi" -- "$cur")); return ;;
+	--role) COMPREPLY=($(compgen -W "admin service" -- "$cur")); return ;;
+	--legal-hold|--deletion-allowed) COMPREPLY=($(compgen -W "true false" -- "$cur")); return ;;
+	--bits) COMPREPLY=($(compgen -W "128 256 512" -- "$cur")); return ;;
+	--type) COMPREPLY=($(compgen -W "aes256-gcm96" -- "$cur")); return ;;
+	--addr|--timeout|--ttl|--days|--reason|--context|--key-version|--retention-days|\
+	--min-destroy-wait-days|--min-decryption-version|--min-encryption-version|--auto-rotate-period|\
+	--tenant)
+		return
+		;;
+	esac
+
+	# the command path so far, global options and their values left out
+	local path=() i w skip=0
+	for ((i = 1; i < cword; i++)); do
+		w=${words[i]}
+		if ((skip)); then skip=0; continue; fi
+		case $w in
+		--addr|--ca-cert|--token-file|--config|--format|--timeout) skip=1; continue ;;
+		-*) continue ;;
+		esac
+		path+=("$w")
+	done
+
+	local subs="" opts=""
+	case "${path[0]}" in
+	"") subs=$commands ;;
+	status) ;;
+	tenant)
+		subs="create read list config"
+		case "${path[1]}" in
+		create) opts="--retention" ;;
+		config) opts="--retention-days --min-destroy-wait-days --legal-hold" ;;
+		esac
+		;;
+	principal)
+		subs="create read list"
+		[ "${path[1]}" = create ] && opts="--role --tenant"
+		;;
+	token)
+		subs="create revoke lookup"
+		[ "${path[1]}" = create ] && opts="--ttl"
+		;;
+	key)
+		subs="create read list rotate config revoke restore history legal-hold version"
+		case "${path[1]}" in
+		create) opts="--type" ;;
+		config) opts="--min-decryption-version --min-encryption-version --deletion-allowed --auto-rotate-period --reason" ;;
+		revoke|restore) opts="--reason" ;;
+		legal-hold)
+			opts="--reason"
+			((${#path[@]} == 4)) && { COMPREPLY=($(compgen -W "on off" -- "$cur")); return; }
+			;;
+		version)
+			subs="disable enable schedule-destroy cancel-destroy"
+			case "${path[2]}" in
+			schedule-destroy) opts="--days --reason" ;;
+			disable|enable|cancel-destroy) opts="--reason" ;;
+			esac
+			;;
+		esac
+		;;
+	datakey) opts="--wrapped --bits --context --aad-file" ;;
+	encrypt) opts="--in --key-version --context --aad-file" ;;
+	decrypt) opts="--out --batch --context --aad-file" ;;
+	rewrap) opts="--key-version --batch --context --aad-file" ;;
+	audit)
+		subs="verify"
+		[ "${path[1]}" = verify ] && { opts="--pubkey"; COMPREPLY=($(compgen -f -- "$cur")); }
+		;;
+	esac
+
+	if [[ $cur == -* ]]; then
+		COMPREPLY+=($(compgen -W "$opts $globals" -- "$cur"))
+		return
+	fi
+	# a subcommand is wanted only right after its group
+	case "${path[0]}" in
+	"") ;;
+	key) [ "${path[1]}" = version ] && ((${#path[@]} == 2)) || ((${#path[@]} == 1)) || subs="" ;;
+	*) ((${#path[@]} == 1)) || subs="" ;;
+	esac
+	[ -n "$subs" ] && COMPREPLY=($(compgen -W "$subs" -- "$cur"))
+}
+
+complete -F _kmsctl kmsctl
