@@ -31,6 +31,7 @@ static const char *const op_names[KMS_OP__COUNT] = {
 	[KMS_OP_KEY_LEGAL_HOLD] = "key.legal_hold",
 	[KMS_OP_TENANT_CONFIG] = "tenant.config",
 	[KMS_OP_VERSION_DESTROY] = "key.version.destroy",
+	[KMS_OP_VERSION_RECEIPT] = "key.version.receipt",
 	[KMS_OP_POLICY_READ] = "policy.read",
 	[KMS_OP_POLICY_WRITE] = "policy.write",
 };

@@ -35,6 +35,7 @@ enum kms_op {
 	KMS_OP_KEY_LEGAL_HOLD,
 	KMS_OP_TENANT_CONFIG,	   /* names a tenant through the sys path, not a mount */
 	KMS_OP_VERSION_DESTROY,	   /* performed by the scheduler only; no route */
+	KMS_OP_VERSION_RECEIPT,
 	KMS_OP_POLICY_READ,
 	KMS_OP_POLICY_WRITE,
 	KMS_OP__COUNT

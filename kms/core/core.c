@@ -738,7 +738,7 @@ static bool op_has_tenant(enum kms_op op)
 	case KMS_OP_KEY_CONFIG: case KMS_OP_KEY_REVOKE: case KMS_OP_KEY_RESTORE:
 	case KMS_OP_VERSION_DISABLE: case KMS_OP_VERSION_ENABLE: case KMS_OP_KEY_HISTORY:
 	case KMS_OP_VERSION_SCHEDULE_DESTROY: case KMS_OP_VERSION_CANCEL_DESTROY:
-	case KMS_OP_KEY_LEGAL_HOLD:
+	case KMS_OP_KEY_LEGAL_HOLD: case KMS_OP_VERSION_RECEIPT:
 		return true;
 	default:
 		return false;
@@ -810,6 +810,7 @@ static const op_fn op_table[KMS_OP__COUNT] = {
 	[KMS_OP_VERSION_CANCEL_DESTROY] = op_version_cancel_destroy,
 	[KMS_OP_KEY_LEGAL_HOLD] = op_key_legal_hold,
 	[KMS_OP_TENANT_CONFIG] = op_tenant_config,
+	[KMS_OP_VERSION_RECEIPT] = op_version_receipt,
 	[KMS_OP_POLICY_READ] = op_policy_read,
 	[KMS_OP_POLICY_WRITE] = op_policy_write,
 };

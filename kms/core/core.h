@@ -6,6 +6,7 @@
 #define KMS_CORE_CORE_H
 
 #include <jansson.h>
+#include <stdint.h>
 
 #include "kms/base/err.h"
 #include "kms/base/op.h"

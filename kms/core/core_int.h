@@ -162,6 +162,7 @@ void core_audit_internal(struct core *c, enum kms_op op, const char *tenant, con
 /* Per batch item policy check (x->item_policy set): KMS_OK or KMS_ERR_DENIED. */
 KMS_WUR kms_err core_policy_item(struct op_ctx *x, json_t *item);
 KMS_WUR kms_err op_policy_read(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_version_receipt(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_policy_write(struct core *c, struct op_ctx *x);
 
 #endif

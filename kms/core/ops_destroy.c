@@ -8,9 +8,13 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/sha.h>
+
 #include "kms/audit/audit.h"
+#include "kms/base/b64.h"
 #include "kms/base/json.h"
 #include "kms/base/log.h"
+#include "kms/base/secret.h"
 #include "kms/core/core_int.h"
 
 #define DAY 86400LL
@@ -257,11 +261,85 @@ static void scheduler_audit(struct core *c, const struct store_due *d, const cha
 	core_audit_internal(c, KMS_OP_VERSION_DESTROY, d->tenant, d->key, d->version, outcome, status, reason);
 }
 
+/* The erasure receipt: a signed statement, for the tenant to hand to a data subject,
+ * of which key version was destroyed, when, at whose request and why. It names the
+ * destroyed material by the SHA-256 of its wrapped form (which reveals nothing) and is
+ * signed like the audit checkpoints, by the token's kmsd-audit-sign key. */
+static void make_receipt(struct core *c, const struct store_tenant *t, const struct store_key *k, uint32_t v,
+			 const struct store_version *before, int64_t now)
+{
+	struct store_event *ev = NULL;
+	const struct store_event *req = NULL;
+	uint8_t h[32], sig[P11_AUDIT_SIG_MAX];
+	char hx[65], when[32];
+	size_t n = 0, sig_len = 0, len;
+	time_t tt = (time_t)now;
+	struct tm tm;
+	json_t *r;
+	char *text = NULL;
+	kms_err rc;
+
+	if (store_key_events(c->st, k->id, &ev, &n) == KMS_OK)
+		for (size_t i = 0; i < n; i++)
+			if (ev[i].version == v && strcmp(ev[i].event, "schedule_destroy") == 0)
+				req = &ev[i];
+	SHA256(before->blob, before->blob_len, h);
+	kms_hex_encode(h, sizeof(h), hx);
+	gmtime_r(&tt, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	r = json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:s,s:s,s:s,s:s}", "format", "kmsd-erasure-receipt-v1", "tenant",
+		      t->name, "key", k->name, "version", (json_int_t)v, "retention", t->retention, "destroyed_at", when,
+		      "destroyed_by", CORE_SCHEDULER_PRINCIPAL, "requested_by", req ? req->principal : "unknown",
+		      "reason", req ? req->reason : "", "wrapped_key_sha256", hx);
+	text = r ? json_dumps(r, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII) : NULL;
+	json_decref(r);
+	if (text == NULL) {
+		kms_error("receipt for %s/%s version %u: out of memory", t->name, k->name, v);
+		goto out;
+	}
+	len = strlen(text);
+	SHA256((const uint8_t *)text, len, h);
+	rc = p11_audit_sign(c->p11, h, sig, sizeof(sig), &sig_len);
+	if (rc == KMS_OK)
+		rc = store_receipt_put(c->st, k->id, v, text, sig, sig_len, now);
+	if (rc != KMS_OK)
+		kms_error("receipt for %s/%s version %u not stored: %s", t->name, k->name, v, kms_err_detail(rc));
+out:
+	kms_json_free_str(text, 0);
+	free(ev);
+}
+
+kms_err op_version_receipt(struct core *c, struct op_ctx *x)
+{
+	struct store_key k;
+	uint8_t *sig = NULL;
+	size_t sig_len = 0;
+	char *text = NULL, b64[KMS_B64_ENC_LEN(256) + 1];
+	json_t *doc;
+	uint32_t v = 0;
+	kms_err rc;
+
+	if ((rc = parse_version(x->call->version, &v)) != KMS_OK || (rc = key_of(c, x, &k)) != KMS_OK)
+		return rc;
+	x->version = v;
+	rc = store_receipt_get(c->st, k.id, v, &text, &sig, &sig_len);
+	if (rc != KMS_OK)
+		return rc;
+	doc = json_loads(text, 0, NULL);
+	(void)kms_b64_encode(sig, sig_len, b64, sizeof(b64));
+	x->data = json_pack("{s:o,s:s,s:s,s:s}", "receipt", doc ? doc : json_null(), "receipt_text", text,
+			    "signature", b64, "algorithm", "ECDSA-P256-SHA256 over receipt_text, DER");
+	free(text);
+	free(sig);
+	return KMS_OK;
+}
+
 static bool destroy_one(struct core *c, const struct store_due *d, int64_t now)
 {
 	struct store_tenant t;
 	struct store_key k;
 	struct store_event ev = {0};
+	struct store_version before;
 	struct keyref kr;
 	kms_err rc;
 
@@ -288,6 +366,10 @@ static bool destroy_one(struct core *c, const struct store_due *d, int64_t now)
 	}
 	snprintf(ev.event, sizeof(ev.event), "destroy");
 	snprintf(ev.reason, sizeof(ev.reason), "waiting period ended");
+	if ((rc = store_version_get(c->st, k.id, d->version, &before)) != KMS_OK) {
+		kms_error("scheduler: %s/%s version %u: %s", d->tenant, d->key, d->version, kms_err_detail(rc));
+		return false;
+	}
 	rc = store_version_destroy(c->st, k.id, d->version, &ev);
 	if (rc != KMS_OK) {
 		kms_error("scheduler: destroying %s/%s version %u failed: %s", d->tenant, d->key, d->version,
@@ -296,6 +378,8 @@ static bool destroy_one(struct core *c, const struct store_due *d, int64_t now)
 		return false;
 	}
 	core_version_state_set(c, d->tenant, d->key, d->version, KVER_DESTROYED, 0);
+	make_receipt(c, &t, &k, d->version, &before, now);
+	kms_wipe(&before, sizeof(before));
 	kms_info("scheduler: destroyed %s/%s version %u", d->tenant, d->key, d->version);
 	scheduler_audit(c, d, "allow", 200, "waiting period ended");
 	return true;

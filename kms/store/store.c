@@ -134,6 +134,15 @@ static const char *const migrations[] = {
 	");",
 	/* 5: encryptions reserved per key version, in blocks, before they are used. */
 	"ALTER TABLE key_versions ADD COLUMN enc_reserved INTEGER NOT NULL DEFAULT 0 CHECK (enc_reserved >= 0);",
+	/* 6: signed erasure receipts for destroyed key versions. */
+	"CREATE TABLE erasure_receipts ("
+	"  key_id INTEGER NOT NULL REFERENCES keys (id),"
+	"  version INTEGER NOT NULL,"
+	"  receipt TEXT NOT NULL CHECK (length(CAST(receipt AS BLOB)) BETWEEN 2 AND 8192),"
+	"  signature BLOB NOT NULL CHECK (length(signature) BETWEEN 8 AND 256),"
+	"  created INTEGER NOT NULL,"
+	"  PRIMARY KEY (key_id, version)"
+	") WITHOUT ROWID;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
@@ -202,6 +211,8 @@ enum stmt_id {
 	ST_VERSION_RESERVE,
 	ST_VERSION_RESERVED,
 	ST_ROTATIONS_DUE,
+	ST_RECEIPT_PUT,
+	ST_RECEIPT_GET,
 	ST__COUNT
 };
 
@@ -286,6 +297,9 @@ static const char *const stmt_sql[ST__COUNT] = {
 			     "JOIN key_versions v ON v.key_id = k.id AND v.version = k.latest_version "
 			     "WHERE k.auto_rotate_period > 0 AND k.revoked = 0 AND v.created + k.auto_rotate_period <= ?1 "
 			     "ORDER BY k.id",
+	[ST_RECEIPT_PUT] = "INSERT INTO erasure_receipts (key_id, version, receipt, signature, created) "
+			   "VALUES (?1, ?2, ?3, ?4, ?5)",
+	[ST_RECEIPT_GET] = "SELECT receipt, signature FROM erasure_receipts WHERE key_id = ?1 AND version = ?2",
 	[ST_EVENT_LIST] = "SELECT version, event, principal, reason, time FROM key_events "
 			  "WHERE key_id = ?1 ORDER BY id",
 };
@@ -2277,6 +2291,81 @@ kms_err store_rotations_due(struct store *s, int64_t now, struct store_rotate_du
 	rc = KMS_OK;
 out:
 	free(arr);
+	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_receipt_put(struct store *s, int64_t key_id, uint32_t version, const char *text, const uint8_t *sig,
+			  size_t sig_len, int64_t now)
+{
+	sqlite3_stmt *st;
+	int src;
+	kms_err rc;
+
+	if (text == NULL || sig == NULL || sig_len == 0 || sig_len > 256)
+		return kms_errf(KMS_ERR_INVALID, "invalid receipt");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_RECEIPT_PUT];
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, version) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 3, text, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_blob(st, 4, sig, (int)sig_len, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 5, now) != SQLITE_OK) {
+		rc = db_fail(s, "receipt bind");
+		stmt_release(st);
+		goto out;
+	}
+	src = stmt_exec(st);
+	if (is_unique_violation(src))
+		rc = kms_errf(KMS_ERR_CONFLICT, "a receipt for this version exists");
+	else if (src != SQLITE_DONE)
+		rc = db_fail(s, "receipt insert");
+	else
+		rc = KMS_OK;
+out:
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_receipt_get(struct store *s, int64_t key_id, uint32_t version, char **text, uint8_t **sig,
+			  size_t *sig_len)
+{
+	sqlite3_stmt *st;
+	int src, n;
+	kms_err rc;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_RECEIPT_GET];
+	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, version) != SQLITE_OK) {
+		rc = db_fail(s, "receipt get bind");
+		goto out;
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "no erasure receipt for this key version");
+	} else if (src != SQLITE_ROW) {
+		rc = db_fail(s, "receipt get");
+	} else {
+		const unsigned char *t = sqlite3_column_text(st, 0);
+		const void *b = sqlite3_column_blob(st, 1);
+		n = sqlite3_column_bytes(st, 1);
+		*text = t ? strdup((const char *)t) : NULL;
+		*sig = n > 0 ? malloc((size_t)n) : NULL;
+		if (*text == NULL || *sig == NULL || b == NULL) {
+			free(*text);
+			free(*sig);
+			*text = NULL;
+			*sig = NULL;
+			rc = kms_errf(KMS_ERR_NOMEM, "receipt");
+		} else {
+			memcpy(*sig, b, (size_t)n);
+			*sig_len = (size_t)n;
+			rc = KMS_OK;
+		}
+	}
+out:
 	stmt_release(st);
 	store_unlock(s);
 	return rc;

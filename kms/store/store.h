@@ -14,7 +14,7 @@
 
 #include "kms/base/err.h"
 
-#define STORE_SCHEMA_VERSION 5
+#define STORE_SCHEMA_VERSION 6
 #define STORE_NAME_MAX 128  /* tenant, key and principal names, excluding the NUL */
 #define STORE_BLOB_MAX 64
 #define STORE_MAC_LEN 32
@@ -183,6 +183,13 @@ struct store_rotate_due {
 /* Keys with auto_rotate_period > 0 whose latest version is older than that at `now`,
  * not revoked (malloc'd, free()). */
 KMS_WUR kms_err store_rotations_due(struct store *s, int64_t now, struct store_rotate_due **out, size_t *n);
+
+/* Erasure receipts: one per destroyed key version, the signed statement of what was
+ * destroyed (text is JSON). get: NOT_FOUND when none; *text and *sig malloc'd (free()). */
+KMS_WUR kms_err store_receipt_put(struct store *s, int64_t key_id, uint32_t version, const char *text,
+				  const uint8_t *sig, size_t sig_len, int64_t now);
+KMS_WUR kms_err store_receipt_get(struct store *s, int64_t key_id, uint32_t version, char **text,
+				  uint8_t **sig, size_t *sig_len);
 
 /* Policy documents, one row per version. put: CONFLICT unless version is greater than
  * every stored one. latest: NOT_FOUND when none was ever stored; *text is malloc'd

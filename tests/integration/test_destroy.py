@@ -3,10 +3,13 @@ with kmsd's test clock moved instead of sleeping: waiting periods, PHI retention
 legal holds placed before and during the wait, the blob gone from the SQLite file's
 bytes, and nothing brought back by a restart."""
 
+import base64
 import glob
+import hashlib
 import json
 import os
 import sqlite3
+import subprocess
 import time
 
 from conftest import b64
@@ -143,6 +146,30 @@ def test_non_phi_destroyed_after_wait(kmsd):
     assert len(recs) == 1 and recs[0]["principal"] == "kmsd-scheduler" and recs[0]["outcome"] == "allow"
     ev = kmsd.get("/v1/%s/keys/%s/history" % (t, k), token=kmsd.admin_token).json()["data"]["events"]
     assert [e["event"] for e in ev][-2:] == ["schedule_destroy", "destroy"]
+    # a signed erasure receipt, verifiable with openssl and the exported audit key alone
+    r = kmsd.get("/v1/%s/keys/%s/versions/1/receipt" % (t, k), token=kmsd.admin_token)
+    assert r.status_code == 200, r.text
+    d = r.json()["data"]
+    rc = d["receipt"]
+    assert (rc["format"], rc["tenant"], rc["key"], rc["version"]) == ("kmsd-erasure-receipt-v1", t, k, 1)
+    assert rc["requested_by"] == "admin" and rc["reason"] == "erasure request 118"
+    assert rc["wrapped_key_sha256"] == hashlib.sha256(blob).hexdigest()
+    assert json.loads(d["receipt_text"]) == rc
+    work = os.path.join(kmsd.tmp, "receipt-%s" % k)
+    os.makedirs(work, exist_ok=True)
+    with open(os.path.join(work, "receipt.json"), "wb") as f:
+        f.write(d["receipt_text"].encode())
+    with open(os.path.join(work, "sig.der"), "wb") as f:
+        f.write(base64.b64decode(d["signature"]))
+    verify = ["openssl", "dgst", "-sha256", "-verify", kmsd.audit_path + ".pub.pem", "-signature",
+              os.path.join(work, "sig.der"), os.path.join(work, "receipt.json")]
+    out = subprocess.run(verify, capture_output=True, text=True)
+    assert out.returncode == 0 and "Verified OK" in out.stdout, out.stdout + out.stderr
+    with open(os.path.join(work, "receipt.json"), "wb") as f:  # one changed byte fails
+        f.write(d["receipt_text"].replace('"version":1', '"version":2').encode())
+    assert subprocess.run(verify, capture_output=True).returncode != 0
+    assert kmsd.get("/v1/%s/keys/%s/versions/2/receipt" % (t, k), token=kmsd.admin_token).status_code == 404
+    assert kmsd.get("/v1/%s/keys/%s/versions/1/receipt" % (t, k), token=tok).status_code == 403
     # cannot be cancelled or enabled any more
     r = admin(kmsd, "/v1/%s/keys/%s/versions/1/cancel-destroy" % (t, k), {"reason": "oops"})
     assert r.status_code == 409, r.text
