@@ -94,7 +94,7 @@ void kms_hex_encode(const uint8_t *in, size_t n, char *out)
 	out[2 * n] = '\0';
 }
 
-static int hex_val(char c)
+int kms_hex_digit(char c)
 {
 	if (c >= '0' && c <= '9')
 		return c - '0';
@@ -110,7 +110,7 @@ int kms_hex_decode(const char *in, size_t n, uint8_t *out, size_t outcap, size_t
 	if (n % 2 != 0 || n / 2 > outcap)
 		return -1;
 	for (size_t i = 0; i < n / 2; i++) {
-		int hi = hex_val(in[2 * i]), lo = hex_val(in[2 * i + 1]);
+		int hi = kms_hex_digit(in[2 * i]), lo = kms_hex_digit(in[2 * i + 1]);
 		if (hi < 0 || lo < 0)
 			return -1;
 		out[i] = (uint8_t)(hi << 4 | lo);

@@ -22,6 +22,9 @@ long kms_b64_decode(const char *in, size_t n, uint8_t *out, size_t outcap);
 /* Lower-case hex; out must hold 2n+1. */
 void kms_hex_encode(const uint8_t *in, size_t n, char *out);
 
+/* Value of one hex digit (either case), or -1. */
+int kms_hex_digit(char c);
+
 /* Decodes 2*outlen hex characters. Returns 0 or -1. */
 int kms_hex_decode(const char *in, size_t n, uint8_t *out, size_t outcap, size_t *outlen);
 

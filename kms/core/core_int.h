@@ -148,6 +148,13 @@ int64_t core_superseded_at(struct core *c, const char *tenant, const char *key, 
 KMS_WUR kms_err core_destruction_allowed(struct core *c, const struct store_tenant *t,
 					 const struct store_key *k, uint32_t v, int64_t when);
 #define CORE_SCHEDULER_PRINCIPAL "kmsd-scheduler"
+/* The store row of the key named by the call in its tenant (NOT_FOUND names both). */
+KMS_WUR kms_err core_key_row(struct core *c, struct op_ctx *x, struct store_key *out);
+/* A key version from the path: decimal 1..2^32-1, no sign, no leading zero. */
+KMS_WUR kms_err core_parse_version(const char *s, uint32_t *out);
+/* Fills ev with the principal, the time, and the body's "reason" (required when need). */
+KMS_WUR kms_err core_event_for(struct op_ctx *x, json_t *body, const char *event, uint32_t version, bool need,
+			       struct store_event *ev);
 /* Adds a version to a key (the one rotation routine: API, schedule by age, usage limit).
  * expect_latest != 0: only if that is still the latest version, else nothing is done and
  * *newv is the current latest. Serialised; durable before the cache uses it. */

@@ -54,52 +54,6 @@ kms_err core_destruction_allowed(struct core *c, const struct store_tenant *t, c
 	return KMS_OK;
 }
 
-static kms_err parse_version(const char *s, uint32_t *out)
-{
-	unsigned long long v = 0;
-
-	if (s == NULL || *s == '\0' || *s == '0' || strlen(s) > 10)
-		return kms_errf(KMS_ERR_INVALID, "key version must be a number from 1");
-	for (const char *p = s; *p; p++) {
-		if (*p < '0' || *p > '9')
-			return kms_errf(KMS_ERR_INVALID, "key version must be a number from 1");
-		v = v * 10 + (unsigned)(*p - '0');
-	}
-	if (v > UINT32_MAX)
-		return kms_errf(KMS_ERR_INVALID, "key version out of range");
-	*out = (uint32_t)v;
-	return KMS_OK;
-}
-
-static kms_err reason_event(struct op_ctx *x, json_t *body, const char *event, uint32_t v, struct store_event *ev)
-{
-	const char *reason;
-	kms_err rc = kms_json_opt_string(body, "reason", &reason);
-
-	if (rc != KMS_OK)
-		return rc;
-	if (reason == NULL || *reason == '\0')
-		return kms_errf(KMS_ERR_INVALID, "\"reason\" is required: it is kept in the key's history");
-	if (strlen(reason) > STORE_REASON_MAX)
-		return kms_errf(KMS_ERR_INVALID, "\"reason\" is longer than %d bytes", STORE_REASON_MAX);
-	memset(ev, 0, sizeof(*ev));
-	ev->version = v;
-	snprintf(ev->event, sizeof(ev->event), "%s", event);
-	snprintf(ev->principal, sizeof(ev->principal), "%s", x->who.name);
-	snprintf(ev->reason, sizeof(ev->reason), "%s", reason);
-	ev->time = core_now();
-	return KMS_OK;
-}
-
-static kms_err key_of(struct core *c, struct op_ctx *x, struct store_key *k)
-{
-	kms_err rc = store_key_get(c->st, x->tenant.id, x->call->key, k);
-
-	if (rc == KMS_ERR_NOT_FOUND)
-		return kms_errf(KMS_ERR_NOT_FOUND, "key \"%s\" not found in tenant \"%s\"", x->call->key, x->tenant.name);
-	return rc;
-}
-
 kms_err op_version_schedule_destroy(struct core *c, struct op_ctx *x)
 {
 	static const char *const allowed[] = {"days", "reason", NULL};
@@ -115,9 +69,9 @@ kms_err op_version_schedule_destroy(struct core *c, struct op_ctx *x)
 
 	if (min_days < WAIT_MIN_DAYS)
 		min_days = WAIT_MIN_DAYS;
-	if ((rc = parse_version(x->call->version, &v)) != KMS_OK || (rc = kms_json_only(body, allowed)) != KMS_OK ||
+	if ((rc = core_parse_version(x->call->version, &v)) != KMS_OK || (rc = kms_json_only(body, allowed)) != KMS_OK ||
 	    (rc = kms_json_opt_uint(body, "days", WAIT_MAX_DAYS, 1000, &days)) != KMS_OK ||
-	    (rc = reason_event(x, body, "schedule_destroy", v, &ev)) != KMS_OK)
+	    (rc = core_event_for(x, body, "schedule_destroy", v, true, &ev)) != KMS_OK)
 		goto out;
 	x->version = v;
 	if (days < min_days || days > WAIT_MAX_DAYS) {
@@ -125,7 +79,7 @@ kms_err op_version_schedule_destroy(struct core *c, struct op_ctx *x)
 			      WAIT_MAX_DAYS);
 		goto out;
 	}
-	if ((rc = key_of(c, x, &k)) != KMS_OK || (rc = core_key_ref(c, x->tenant.name, x->call->key, &kr)) != KMS_OK)
+	if ((rc = core_key_row(c, x, &k)) != KMS_OK || (rc = core_key_ref(c, x->tenant.name, x->call->key, &kr)) != KMS_OK)
 		goto out;
 	if (v > k.latest_version) {
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "key version %u does not exist", v);
@@ -170,11 +124,11 @@ kms_err op_version_cancel_destroy(struct core *c, struct op_ctx *x)
 	uint32_t v = 0;
 	kms_err rc;
 
-	if ((rc = parse_version(x->call->version, &v)) != KMS_OK || (rc = kms_json_only(body, allowed)) != KMS_OK ||
-	    (rc = reason_event(x, body, "cancel_destroy", v, &ev)) != KMS_OK)
+	if ((rc = core_parse_version(x->call->version, &v)) != KMS_OK || (rc = kms_json_only(body, allowed)) != KMS_OK ||
+	    (rc = core_event_for(x, body, "cancel_destroy", v, true, &ev)) != KMS_OK)
 		goto out;
 	x->version = v;
-	if ((rc = key_of(c, x, &k)) != KMS_OK || (rc = core_key_ref(c, x->tenant.name, x->call->key, &kr)) != KMS_OK)
+	if ((rc = core_key_row(c, x, &k)) != KMS_OK || (rc = core_key_ref(c, x->tenant.name, x->call->key, &kr)) != KMS_OK)
 		goto out;
 	/* A cancelled destruction leaves the version disabled: someone thought it should
 	 * go, so using it again is a decision of its own (enable). */
@@ -203,8 +157,8 @@ kms_err op_key_legal_hold(struct core *c, struct op_ctx *x)
 		rc = kms_errf(KMS_ERR_INVALID, "\"hold\" (true or false) is required");
 		goto out;
 	}
-	if ((rc = reason_event(x, body, hold ? "legal_hold" : "legal_hold_release", 0, &ev)) != KMS_OK ||
-	    (rc = key_of(c, x, &k)) != KMS_OK)
+	if ((rc = core_event_for(x, body, hold ? "legal_hold" : "legal_hold_release", 0, true, &ev)) != KMS_OK ||
+	    (rc = core_key_row(c, x, &k)) != KMS_OK)
 		goto out;
 	rc = store_key_set_legal_hold(c->st, k.id, hold, &ev);
 	if (rc != KMS_OK)
@@ -319,7 +273,7 @@ kms_err op_version_receipt(struct core *c, struct op_ctx *x)
 	uint32_t v = 0;
 	kms_err rc;
 
-	if ((rc = parse_version(x->call->version, &v)) != KMS_OK || (rc = key_of(c, x, &k)) != KMS_OK)
+	if ((rc = core_parse_version(x->call->version, &v)) != KMS_OK || (rc = core_key_row(c, x, &k)) != KMS_OK)
 		return rc;
 	x->version = v;
 	rc = store_receipt_get(c->st, k.id, v, &text, &sig, &sig_len);

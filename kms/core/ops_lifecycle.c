@@ -20,9 +20,8 @@ static json_t *body_of(struct op_ctx *x, json_t **tmp)
 	return *tmp;
 }
 
-/* Fills ev with who and when, and the caller's reason (required when `need`). */
-static kms_err event_for(struct op_ctx *x, json_t *body, const char *event, uint32_t version, bool need,
-			 struct store_event *ev)
+kms_err core_event_for(struct op_ctx *x, json_t *body, const char *event, uint32_t version, bool need,
+		       struct store_event *ev)
 {
 	const char *reason;
 	kms_err rc = kms_json_opt_string(body, "reason", &reason);
@@ -42,7 +41,7 @@ static kms_err event_for(struct op_ctx *x, json_t *body, const char *event, uint
 	return KMS_OK;
 }
 
-static kms_err key_meta(struct core *c, struct op_ctx *x, struct store_key *out)
+kms_err core_key_row(struct core *c, struct op_ctx *x, struct store_key *out)
 {
 	kms_err rc = store_key_get(c->st, x->tenant.id, x->call->key, out);
 
@@ -79,7 +78,7 @@ kms_err op_key_config(struct core *c, struct op_ctx *x)
 		goto out;
 	}
 	pthread_mutex_lock(&c->create_mu); /* against a concurrent rotation moving latest */
-	rc = key_meta(c, x, &k);
+	rc = core_key_row(c, x, &k);
 	if (rc != KMS_OK)
 		goto unlock;
 	nk = k;
@@ -108,7 +107,7 @@ kms_err op_key_config(struct core *c, struct op_ctx *x)
 	nk.min_encryption_version = (uint32_t)mine;
 	nk.deletion_allowed = del;
 	nk.auto_rotate_period = arp;
-	if ((rc = event_for(x, body, "config", 0, false, &ev)) != KMS_OK)
+	if ((rc = core_event_for(x, body, "config", 0, false, &ev)) != KMS_OK)
 		goto unlock;
 	rc = store_key_config(c->st, k.id, &nk, &ev);
 	if (rc == KMS_OK)
@@ -131,8 +130,8 @@ static kms_err set_revoked(struct core *c, struct op_ctx *x, int revoked)
 	kms_err rc;
 
 	if ((rc = kms_json_only(body, allowed)) != KMS_OK ||
-	    (rc = event_for(x, body, revoked ? "revoke" : "restore", 0, true, &ev)) != KMS_OK ||
-	    (rc = key_meta(c, x, &k)) != KMS_OK)
+	    (rc = core_event_for(x, body, revoked ? "revoke" : "restore", 0, true, &ev)) != KMS_OK ||
+	    (rc = core_key_row(c, x, &k)) != KMS_OK)
 		goto out;
 	rc = store_key_set_revoked(c->st, k.id, revoked, &ev);
 	if (rc != KMS_OK)
@@ -155,7 +154,7 @@ kms_err op_key_restore(struct core *c, struct op_ctx *x)
 	return set_revoked(c, x, 0);
 }
 
-static kms_err parse_version(const char *s, uint32_t *out)
+kms_err core_parse_version(const char *s, uint32_t *out)
 {
 	unsigned long long v = 0;
 
@@ -182,9 +181,9 @@ static kms_err version_move(struct core *c, struct op_ctx *x, const char *from, 
 	uint32_t v = 0;
 	kms_err rc;
 
-	if ((rc = parse_version(x->call->version, &v)) != KMS_OK || (rc = kms_json_only(body, allowed)) != KMS_OK ||
-	    (rc = event_for(x, body, event, v, strcmp(event, "disable") == 0, &ev)) != KMS_OK ||
-	    (rc = key_meta(c, x, &k)) != KMS_OK)
+	if ((rc = core_parse_version(x->call->version, &v)) != KMS_OK || (rc = kms_json_only(body, allowed)) != KMS_OK ||
+	    (rc = core_event_for(x, body, event, v, strcmp(event, "disable") == 0, &ev)) != KMS_OK ||
+	    (rc = core_key_row(c, x, &k)) != KMS_OK)
 		goto out;
 	x->version = v;
 	if (v > k.latest_version) {
@@ -226,7 +225,7 @@ kms_err op_key_history(struct core *c, struct op_ctx *x)
 	json_t *arr;
 	kms_err rc;
 
-	if ((rc = key_meta(c, x, &k)) != KMS_OK || (rc = store_key_events(c->st, k.id, &ev, &n)) != KMS_OK)
+	if ((rc = core_key_row(c, x, &k)) != KMS_OK || (rc = store_key_events(c->st, k.id, &ev, &n)) != KMS_OK)
 		return rc;
 	arr = json_array();
 	for (size_t i = 0; i < n; i++) {

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "kms/base/b64.h"
 #include "kms/base/json.h"
 #include "kms/base/log.h"
 #include "kms/base/secret.h"
@@ -81,17 +82,6 @@ static int body_append(struct req *r, const char *data, size_t n, size_t max)
 	return 0;
 }
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* Replaces MHD's URL unescaping: an escape that would decode to a control byte (NUL
  * above all, which would silently cut "a%00b" to "a") is left as it is, so the name
  * rules refuse it instead of acting on a shorter name. */
@@ -103,7 +93,7 @@ static size_t unescape_strict(void *cls, struct MHD_Connection *conn, char *s)
 
 	while (*r) {
 		int hi, lo;
-		if (r[0] == '%' && (hi = hexval(r[1])) >= 0 && (lo = hexval(r[2])) >= 0 &&
+		if (r[0] == '%' && (hi = kms_hex_digit(r[1])) >= 0 && (lo = kms_hex_digit(r[2])) >= 0 &&
 		    (hi << 4 | lo) >= 0x20 && (hi << 4 | lo) != 0x7f) {
 			*w++ = (char)(hi << 4 | lo);
 			r += 3;
