@@ -1,6 +1,10 @@
 #include "kms/http/server.h"
 
 #include <arpa/inet.h>
+#include <stdbool.h>
+#include <time.h>
+#include <sys/socket.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <microhttpd.h>
@@ -28,13 +32,118 @@
 /* Largest oversize body that is read and discarded before answering 413. */
 #define DRAIN_MAX (8u << 20)
 
+/* Request deadlines. libmicrohttpd's connection timeout measures idleness only: a
+ * client that trickles one byte a second (slowloris, slow body) is never idle and would
+ * hold its connection for ever. So every connection is tracked, and must deliver each
+ * complete request within connection_timeout seconds of connecting or of its previous
+ * answer; a sweeper thread shuts down the socket of one that does not (libmicrohttpd
+ * then closes it as if the client had hung up). Entries leave the list in the
+ * connection-closed notification, which libmicrohttpd sends before it closes the
+ * socket, so the sweeper, holding the list lock, never touches a reused descriptor. */
+struct conn_track {
+	struct conn_track *prev, *next;
+	MHD_socket fd;
+	int64_t deadline; /* CLOCK_MONOTONIC seconds; INT64_MAX while a request is handled */
+};
+
 struct http_server {
 	struct MHD_Daemon *d;
 	struct core *core;
 	size_t max_body;
 	char *cert_pem, *key_pem;
 	size_t key_len;
+	unsigned timeout;
+	pthread_mutex_t track_mu;
+	struct conn_track *tracked;
+	pthread_t sweeper;
+	bool sweeper_running, stopping;
+	pthread_cond_t sweep_cv;
 };
+
+static int64_t mono_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec;
+}
+
+static void track_deadline(struct http_server *s, struct MHD_Connection *conn, int64_t deadline)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	struct conn_track *t = ci != NULL ? ci->socket_context : NULL;
+
+	if (t == NULL)
+		return;
+	pthread_mutex_lock(&s->track_mu);
+	t->deadline = deadline;
+	pthread_mutex_unlock(&s->track_mu);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+			  enum MHD_ConnectionNotificationCode code)
+{
+	struct http_server *s = cls;
+	struct conn_track *t;
+
+	if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+		const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+		t = calloc(1, sizeof(*t));
+		if (t == NULL || ci == NULL) {
+			free(t);
+			*socket_context = NULL;
+			return;
+		}
+		t->fd = ci->connect_fd;
+		t->deadline = mono_now() + s->timeout;
+		pthread_mutex_lock(&s->track_mu);
+		t->next = s->tracked;
+		if (s->tracked != NULL)
+			s->tracked->prev = t;
+		s->tracked = t;
+		pthread_mutex_unlock(&s->track_mu);
+		*socket_context = t;
+		return;
+	}
+	t = *socket_context;
+	if (t == NULL)
+		return;
+	pthread_mutex_lock(&s->track_mu);
+	if (t->prev != NULL)
+		t->prev->next = t->next;
+	else
+		s->tracked = t->next;
+	if (t->next != NULL)
+		t->next->prev = t->prev;
+	pthread_mutex_unlock(&s->track_mu);
+	free(t);
+	*socket_context = NULL;
+}
+
+static void *sweeper_main(void *arg)
+{
+	struct http_server *s = arg;
+
+	pthread_mutex_lock(&s->track_mu);
+	while (!s->stopping) {
+		struct timespec until;
+		int64_t now = mono_now();
+		for (struct conn_track *t = s->tracked; t != NULL; t = t->next)
+			if (t->deadline < now) {
+				(void)shutdown(t->fd, SHUT_RDWR);
+				t->deadline = INT64_MAX;
+			}
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += 500000000L;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		(void)pthread_cond_timedwait(&s->sweep_cv, &s->track_mu, &until);
+	}
+	pthread_mutex_unlock(&s->track_mu);
+	return NULL;
+}
 
 /* Per-request state. The body may hold plaintext: it is never realloc'd, and it is
  * wiped when the request ends. */
@@ -252,17 +361,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	}
 	if (r->too_large)
 		return send_error(conn, 413, "request body too large");
+	/* Complete: no deadline while it is handled (the answer's own send is covered by
+	 * the idle timeout); the next request's clock starts in on_completed. */
+	track_deadline(s, conn, INT64_MAX);
 	return dispatch(s, conn, url, method, r);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
-	(void)cls;
-	(void)conn;
+	struct http_server *s = cls;
+
 	(void)toe;
 	req_free(*con_cls);
 	*con_cls = NULL;
+	track_deadline(s, conn, mono_now() + s->timeout);
 }
 
 static void __attribute__((format(printf, 2, 0))) on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -316,6 +429,9 @@ kms_err http_start(const struct kms_config *cfg, struct core *core, struct http_
 		return kms_errf(KMS_ERR_NOMEM, "http");
 	s->core = core;
 	s->max_body = (size_t)cfg->max_body_bytes;
+	s->timeout = (unsigned)cfg->connection_timeout;
+	pthread_mutex_init(&s->track_mu, NULL);
+	pthread_cond_init(&s->sweep_cv, NULL);
 	if (inet_pton(AF_INET, cfg->listen_address, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
 		ss.ss_family = AF_INET;
 		((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)cfg->port);
@@ -345,6 +461,7 @@ kms_err http_start(const struct kms_config *cfg, struct core *core, struct http_
 				MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->per_ip_connections,
 				MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout,
 				MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+				MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
 				MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
 				MHD_OPTION_UNESCAPE_CALLBACK, unescape_strict, s,
 				MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
@@ -357,6 +474,11 @@ kms_err http_start(const struct kms_config *cfg, struct core *core, struct http_
 			      cfg->listen_address, cfg->port);
 		goto fail;
 	}
+	if (pthread_create(&s->sweeper, NULL, sweeper_main, s) != 0) {
+		rc = kms_errf(KMS_ERR_INTERNAL, "cannot start the request-deadline thread");
+		goto fail;
+	}
+	s->sweeper_running = true;
 	di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
 	*port_out = di != NULL ? di->port : cfg->port;
 	*out = s;
@@ -370,8 +492,17 @@ void http_stop(struct http_server *s)
 {
 	if (s == NULL)
 		return;
+	if (s->sweeper_running) {
+		pthread_mutex_lock(&s->track_mu);
+		s->stopping = true;
+		pthread_cond_signal(&s->sweep_cv);
+		pthread_mutex_unlock(&s->track_mu);
+		pthread_join(s->sweeper, NULL);
+	}
 	if (s->d != NULL)
 		MHD_stop_daemon(s->d);
+	pthread_cond_destroy(&s->sweep_cv);
+	pthread_mutex_destroy(&s->track_mu);
 	free(s->cert_pem);
 	kms_secret_free(s->key_pem);
 	free(s);
