@@ -157,7 +157,11 @@ class Kmsd:
             ("max_body_bytes", "65536"),
             ("connection_timeout", "30"),
             ("log_level", "info"),
-        ] + list(self.extra_opts)
+        ]
+        # a module's extra options replace these defaults (kmsd refuses a name twice)
+        extra = dict(self.extra_opts)
+        opts = [(k, extra.pop(k)) if k in extra else (k, v) for k, v in opts]
+        opts += [(k, v) for k, v in self.extra_opts if k in extra]
         with open(self.conf, "w") as f:
             f.write("# written by tests/integration/conftest.py\n")
             for k, v in opts:
