@@ -201,26 +201,35 @@ static int cmd_init(const struct kms_config *cfg, const char *admin, const char 
 		kms_error("creating admin principal \"%s\" failed: %s", admin, kms_err_detail(err));
 		goto out;
 	}
-	err = store_meta_set(st, "initialized", "1");
-	if (err != KMS_OK) {
-		kms_error("store: %s", kms_err_detail(err));
-		goto out;
-	}
+	/* The token reaches its file (or stdout) before the store says "initialized": if it
+	 * cannot be handed over, init fails and can be run again (it then gives the same
+	 * admin principal a new token). */
 	if (fd >= 0) {
 		size_t n = strlen(token);
 		if (write(fd, token, n) != (ssize_t)n || write(fd, "\n", 1) != 1 || fsync(fd) != 0) {
 			kms_error("writing %s failed: %s", token_file, strerror(errno));
 			goto out;
 		}
-		printf("kmsd: initialized; admin token for \"%s\" written to %s\n", admin, token_file);
-	} else {
-		printf("%s\n", token);
-		fprintf(stderr, "kmsd: initialized; the admin token above is shown once: store it now\n");
+	} else if (printf("%s\n", token) < 0 || fflush(stdout) != 0) {
+		kms_error("could not print the admin token: %s", strerror(errno));
+		goto out;
 	}
+	err = store_meta_set(st, "initialized", "1");
+	if (err != KMS_OK) {
+		kms_error("store: %s", kms_err_detail(err));
+		goto out;
+	}
+	if (fd >= 0)
+		printf("kmsd: initialized; admin token for \"%s\" written to %s\n", admin, token_file);
+	else
+		fprintf(stderr, "kmsd: initialized; the admin token above is shown once: store it now\n");
 	rc = 0;
 out:
-	if (fd >= 0)
+	if (fd >= 0) {
 		close(fd);
+		if (rc != 0)
+			(void)unlink(token_file); /* ours, incomplete: let init run again */
+	}
 	kms_wipe(token, sizeof(token));
 	kms_secret_free(pin);
 	kms_secret_free(so_pin);

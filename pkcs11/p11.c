@@ -1378,8 +1378,10 @@ kms_err p11_gcm_decrypt(struct p11 *p, p11_key k, const uint8_t iv[P11_GCM_IV_LE
 		n = (CK_ULONG)in_len;
 	}
 	n0 = n;
-	if (!p11_kek_current(p, k))
-		return kms_errf(KMS_ERR_TOKEN, "token: the serving copy of this KEK was lost with its session");
+	if (!p11_kek_current(p, k)) {
+		rc = kms_errf(KMS_ERR_TOKEN, "token: the serving copy of this KEK was lost with its session");
+		goto out;
+	}
 	gcm_mechanism(&m, &gp, iv, aad, aad_len);
 	s = pool_get(p);
 	rv = p->f->C_DecryptInit(s, &m, KEY_H(k));

@@ -21,6 +21,7 @@
 
 #include "kms/audit/audit_int.h"
 #include "kms/base/b64.h"
+#include "kms/base/json.h"
 #include "kms/base/log.h"
 
 #define AUDIT_TAIL_MAX 65536 /* how far back recovery looks for the last record */
@@ -152,7 +153,7 @@ static kms_err pend_reserve(struct audit *a, size_t n)
 
 static json_t *str_or_null(const char *s)
 {
-	return s ? json_string(s) : json_null();
+	return kms_json_text(s);
 }
 
 /* The record's members up to reason, in the documented order. status 0 = null (records
@@ -166,23 +167,27 @@ static json_t *record_object(struct audit *a, uint64_t seq, const struct audit_r
 	o = json_object();
 	if (o == NULL)
 		return NULL;
-	json_object_set_new(o, "seq", json_integer((json_int_t)seq));
-	json_object_set_new(o, "time", json_string(when));
-	json_object_set_new(o, "node", json_string(a->node));
-	json_object_set_new(o, "request_id", str_or_null(r->request_id));
-	json_object_set_new(o, "principal", str_or_null(r->principal));
-	json_object_set_new(o, "auth_method", str_or_null(r->auth_method));
-	json_object_set_new(o, "mfa", json_false());
-	json_object_set_new(o, "remote_addr", str_or_null(r->remote_addr));
-	json_object_set_new(o, "operation", str_or_null(r->operation));
-	json_object_set_new(o, "tenant", str_or_null(r->tenant));
-	json_object_set_new(o, "key", str_or_null(r->key));
-	json_object_set_new(o, "version", r->version ? json_integer(r->version) : json_null());
-	if (r->batch)
-		json_object_set_new(o, "batch", json_integer(r->batch));
-	json_object_set_new(o, "outcome", str_or_null(r->outcome));
-	json_object_set_new(o, "status", r->status ? json_integer(r->status) : json_null());
-	json_object_set_new(o, "reason", str_or_null(r->reason));
+	/* Every member must make it: a record missing one is refused (no record, no answer)
+	 * rather than written incomplete. */
+	if (json_object_set_new(o, "seq", json_integer((json_int_t)seq)) != 0 ||
+	    json_object_set_new(o, "time", json_string(when)) != 0 ||
+	    json_object_set_new(o, "node", str_or_null(a->node)) != 0 ||
+	    json_object_set_new(o, "request_id", str_or_null(r->request_id)) != 0 ||
+	    json_object_set_new(o, "principal", str_or_null(r->principal)) != 0 ||
+	    json_object_set_new(o, "auth_method", str_or_null(r->auth_method)) != 0 ||
+	    json_object_set_new(o, "mfa", json_false()) != 0 ||
+	    json_object_set_new(o, "remote_addr", str_or_null(r->remote_addr)) != 0 ||
+	    json_object_set_new(o, "operation", str_or_null(r->operation)) != 0 ||
+	    json_object_set_new(o, "tenant", str_or_null(r->tenant)) != 0 ||
+	    json_object_set_new(o, "key", str_or_null(r->key)) != 0 ||
+	    json_object_set_new(o, "version", r->version ? json_integer(r->version) : json_null()) != 0 ||
+	    (r->batch && json_object_set_new(o, "batch", json_integer(r->batch)) != 0) ||
+	    json_object_set_new(o, "outcome", str_or_null(r->outcome)) != 0 ||
+	    json_object_set_new(o, "status", r->status ? json_integer(r->status) : json_null()) != 0 ||
+	    json_object_set_new(o, "reason", str_or_null(r->reason)) != 0) {
+		json_decref(o);
+		return NULL;
+	}
 	return o;
 }
 

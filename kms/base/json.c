@@ -161,3 +161,27 @@ void kms_json_free_str(char *s, size_t len)
 	(void)len;
 	json_zfree(s);
 }
+
+json_t *kms_json_text(const char *s)
+{
+	json_t *v;
+	char *copy;
+	size_t n;
+
+	if (s == NULL)
+		return json_null();
+	v = json_string(s);
+	if (v != NULL)
+		return v;
+	/* json_string refuses invalid UTF-8: keep ASCII, mask the rest */
+	n = strlen(s);
+	copy = malloc(n + 1);
+	if (copy == NULL)
+		return NULL;
+	for (size_t i = 0; i < n; i++)
+		copy[i] = (unsigned char)s[i] < 0x80 ? s[i] : '?';
+	copy[n] = '\0';
+	v = json_string(copy);
+	free(copy);
+	return v;
+}

@@ -31,6 +31,11 @@ KMS_WUR kms_err kms_json_opt_uint(json_t *obj, const char *name, long long dflt,
 /* Optional boolean (also "true"/"false" strings). */
 KMS_WUR kms_err kms_json_opt_bool(json_t *obj, const char *name, int dflt, int *out);
 
+/* A JSON string for text that may come from outside (names, error details): invalid
+ * UTF-8 bytes are replaced by '?' instead of failing, so that an answer or an audit
+ * record never loses a member. NULL s -> JSON null. Returns NULL only without memory. */
+json_t *kms_json_text(const char *s);
+
 /* Serialises compactly into a malloc'd string (the caller frees with kms_json_free_str,
  * which wipes it). */
 char *kms_json_dump(const json_t *v, size_t *len);

@@ -10,6 +10,7 @@
 #include "kms/audit/audit.h"
 #include "kms/base/b64.h"
 #include "kms/base/clock.h"
+#include "kms/base/json.h"
 #include "kms/base/log.h"
 #include "kms/base/secret.h"
 #include "policy/authn.h"
@@ -272,7 +273,44 @@ void core_version_state_set(struct core *c, const char *tenant, const char *key,
 		}
 	}
 	pthread_rwlock_unlock(&c->lock);
-	p11_kek_unload(c->p11, drop);
+	if (drop != 0) {
+		struct grave *g;
+		pthread_mutex_lock(&c->grave_mu);
+		if (c->n_graves == c->cap_graves) {
+			size_t cap = c->cap_graves ? c->cap_graves * 2 : 16;
+			g = realloc(c->graves, cap * sizeof(*g)); /* handles, not secrets */
+			if (g != NULL) {
+				c->graves = g;
+				c->cap_graves = cap;
+			}
+		}
+		if (c->n_graves < c->cap_graves) {
+			c->graves[c->n_graves].h = drop;
+			c->graves[c->n_graves].since = (int64_t)time(NULL);
+			c->n_graves++;
+			drop = 0;
+		}
+		pthread_mutex_unlock(&c->grave_mu);
+		/* no memory for the list: destroy now (a racing request gets a 503) */
+		p11_kek_unload(c->p11, drop);
+	}
+}
+
+void core_graves_reap(struct core *c, bool force)
+{
+	int64_t now = (int64_t)time(NULL);
+	size_t i = 0;
+
+	pthread_mutex_lock(&c->grave_mu);
+	while (i < c->n_graves) {
+		if (force || now - c->graves[i].since >= CORE_HANDLE_GRACE) {
+			p11_kek_unload(c->p11, c->graves[i].h);
+			c->graves[i] = c->graves[--c->n_graves];
+		} else {
+			i++;
+		}
+	}
+	pthread_mutex_unlock(&c->grave_mu);
 }
 
 kms_err core_key_ref(struct core *c, const char *tenant, const char *key, struct keyref *out)
@@ -369,8 +407,16 @@ kms_err core_kek(struct core *c, const struct keyref *k, uint32_t version, p11_k
 	pthread_mutex_lock(&c->create_mu);
 	pthread_rwlock_rdlock(&c->lock);
 	e = kent_find_locked(c, k->tenant, k->name);
-	if (e != NULL && version >= 1 && version <= e->nvers)
+	if (e != NULL && version >= 1 && version <= e->nvers) {
+		/* the state may have changed while this thread waited for the lock */
+		if (e->meta.revoked || e->vers[version - 1].state != KVER_ENABLED) {
+			pthread_rwlock_unlock(&c->lock);
+			rc = kms_errf(KMS_ERR_CONFLICT, "key version %u is not usable now (revoked, disabled or destroyed)",
+				      version);
+			goto out;
+		}
 		h = e->vers[version - 1].handle;
+	}
 	pthread_rwlock_unlock(&c->lock);
 	if (h != 0 && p11_kek_current(c->p11, h)) {
 		rc = KMS_OK;
@@ -505,6 +551,7 @@ kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct cor
 	pthread_cond_init(&c->sched_cv, NULL);
 	pthread_mutex_init(&c->policy_mu, NULL);
 	pthread_mutex_init(&c->reserve_mu, NULL);
+	pthread_mutex_init(&c->grave_mu, NULL);
 	c->opt.phi_retention_floor = 6LL * 365 * 86400;
 	c->opt.max_encryptions = 1ULL << 30;
 	if (policy_doc_default(&c->policy) != KMS_OK || (c->policy_text = strdup(policy_doc_default_json)) == NULL) {
@@ -675,6 +722,9 @@ void core_free(struct core *c)
 		pthread_mutex_unlock(&c->sched_mu);
 		pthread_join(c->sched, NULL);
 	}
+	core_graves_reap(c, true);
+	free(c->graves);
+	pthread_mutex_destroy(&c->grave_mu);
 	for (size_t b = 0; b < CORE_BUCKETS; b++) {
 		struct kent *e = c->keys[b];
 		while (e != NULL) {
@@ -713,15 +763,22 @@ kms_err core_bootstrap_admin(struct store *st, const char *name, char *token_out
 	if (cap < sizeof(token) || !core_valid_name(name))
 		return kms_errf(KMS_ERR_INVALID, "invalid admin name");
 	rc = store_principal_create(st, name, "admin", NULL, 0, core_now(), &pid);
-	if (rc != KMS_OK)
-		return rc;
-	rc = authn_token_new(token, t.accessor);
-	if (rc != KMS_OK)
-		return rc;
-	authn_token_hash(token, AUTHN_TOKEN_LEN, t.hash);
-	t.principal_id = pid;
-	t.created = core_now();
-	rc = store_token_create(st, &t);
+	if (rc == KMS_ERR_CONFLICT) {
+		/* an init that failed after this point left the principal: give it a token */
+		struct store_principal p;
+		rc = store_principal_get(st, name, &p);
+		if (rc == KMS_OK && strcmp(p.role, "admin") != 0)
+			rc = kms_errf(KMS_ERR_CONFLICT, "principal \"%s\" exists and is not an admin", name);
+		pid = p.id;
+	}
+	if (rc == KMS_OK)
+		rc = authn_token_new(token, t.accessor);
+	if (rc == KMS_OK) {
+		authn_token_hash(token, AUTHN_TOKEN_LEN, t.hash);
+		t.principal_id = pid;
+		t.created = core_now();
+		rc = store_token_create(st, &t);
+	}
 	if (rc == KMS_OK)
 		memcpy(token_out, token, sizeof(token));
 	kms_wipe(token, sizeof(token));
@@ -850,7 +907,9 @@ static json_t *error_body(const char *request_id, const char *msg)
 {
 	json_t *b = json_object(), *errs = json_array();
 
-	json_array_append_new(errs, json_string(msg));
+	json_t *m = kms_json_text(msg);
+
+	json_array_append_new(errs, m ? m : json_string("error"));
 	json_object_set_new(b, "errors", errs);
 	json_object_set_new(b, "request_id", json_string(request_id));
 	return b;
@@ -929,7 +988,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	struct policy_verdict verdict;
 	struct policy_kv kv[CTX_PAIRS_MAX];
 	struct policy_doc *doc = NULL;
-	char sname[256] = "";
+	char sname[256] = "", detail[256] = "";
 	struct audit_record ar = {0};
 	const char *outcome;
 	kms_err rc, arc;
@@ -1009,6 +1068,9 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 			rc = op_table[call->op](c, &x);
 	}
 
+	/* The detail as the operation left it: audit_append may set its own (a checkpoint
+	 * whose signature fails), which must not reach this request's answer. */
+	snprintf(detail, sizeof(detail), "%s", kms_err_detail(rc == KMS_OK ? KMS_ERR_INVALID : rc));
 	status = x.status ? x.status : kms_err_http_status(rc);
 	outcome = rc == KMS_OK && status < 400 ? "allow" : (rc == KMS_ERR_DENIED || rc == KMS_ERR_UNAUTHENTICATED) ? "deny" : "error";
 	ar.request_id = res->request_id;
@@ -1027,7 +1089,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	ar.batch = x.batch;
 	ar.outcome = outcome;
 	ar.status = status;
-	ar.reason = rc == KMS_OK ? d.reason : (rc == KMS_ERR_DENIED && x.who.name[0] && x.reason[0]) ? x.reason : kms_err_detail(rc);
+	ar.reason = rc == KMS_OK ? d.reason : (rc == KMS_ERR_DENIED && x.who.name[0] && x.reason[0]) ? x.reason : detail;
 
 	/* Fail closed: nothing leaves before its record is durable. */
 	arc = audit_append(c->au, &ar);
@@ -1041,7 +1103,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	}
 	res->status = status;
 	if (rc != KMS_OK) {
-		const char *msg = kms_err_detail(rc);
+		const char *msg = detail;
 		if (rc == KMS_ERR_DENIED && sname[0] != '\0' && d.allow)
 			msg = sname; /* allowed, but the policy asks for MFA or approvals */
 		else if (rc == KMS_ERR_DENIED)
@@ -1059,7 +1121,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	json_object_set_new(res->body, "request_id", json_string(res->request_id));
 	if (x.status >= 400) {
 		json_t *errs = json_array();
-		json_array_append_new(errs, json_string(kms_err_detail(KMS_ERR_INVALID)));
+		json_array_append_new(errs, kms_json_text(detail));
 		json_object_set_new(res->body, "errors", errs);
 	}
 	if (x.auth != NULL)

@@ -51,6 +51,11 @@ struct core {
 	struct tent *tenants[CORE_BUCKETS];
 	pthread_mutex_t create_mu; /* one key creation or rotation at a time */
 	pthread_mutex_t reserve_mu; /* one counter-block reservation at a time */
+	/* Serving copies taken out of the cache, destroyed in the token only after a grace
+	 * period, so that a request that fetched the handle just before finishes with it. */
+	pthread_mutex_t grave_mu;
+	struct grave { p11_key h; int64_t since; } *graves;
+	size_t n_graves, cap_graves;
 	struct core_options opt;
 	/* the policy in force: swapped whole under policy_mu, used through a reference */
 	pthread_mutex_t policy_mu;
@@ -155,6 +160,10 @@ KMS_WUR kms_err core_parse_version(const char *s, uint32_t *out);
 /* Fills ev with the principal, the time, and the body's "reason" (required when need). */
 KMS_WUR kms_err core_event_for(struct op_ctx *x, json_t *body, const char *event, uint32_t version, bool need,
 			       struct store_event *ev);
+#define CORE_HANDLE_GRACE 10 /* seconds a retired serving copy lives on */
+/* Destroys retired serving copies older than the grace period (all when force). */
+void core_graves_reap(struct core *c, bool force);
+
 /* Adds a version to a key (the one rotation routine: API, schedule by age, usage limit).
  * expect_latest != 0: only if that is still the latest version, else nothing is done and
  * *newv is the current latest. Serialised; durable before the cache uses it. */

@@ -447,10 +447,18 @@ static kms_err run(struct core *c, struct op_ctx *x, item_fn fn)
 			goto out;
 		}
 		if (rc != KMS_OK) {
-			r = json_pack("{s:s}", "error", kms_err_detail(rc));
+			r = json_object();
+			if (r != NULL)
+				json_object_set_new(r, "error", kms_json_text(kms_err_detail(rc)));
 			failed++;
 		}
-		json_array_append_new(results, r);
+		/* One slot per item, always: a missing one would shift every later result
+		 * onto the wrong item. */
+		if (r == NULL || json_array_append_new(results, r) != 0) {
+			json_decref(results);
+			rc = kms_errf(KMS_ERR_NOMEM, "batch results");
+			goto out;
+		}
 	}
 	if (denied == json_array_size(batch)) {
 		json_decref(results);

@@ -175,10 +175,24 @@ kms_err op_tenant_config(struct core *c, struct op_ctx *x)
 	json_t *tmp = NULL, *body = x->call->body ? x->call->body : (tmp = json_object());
 	struct store_tenant t;
 	long long rdays, wdays;
+	bool locked = false;
 	int hold;
 	kms_err rc;
 
-	if ((rc = kms_json_only(body, allowed)) != KMS_OK || (rc = core_tenant_lookup(c, x->call->name, &t)) != KMS_OK)
+	if ((rc = kms_json_only(body, allowed)) != KMS_OK)
+		goto out;
+	/* Read, change and write the row under one lock, from the store, so that two
+	 * concurrent changes (a legal hold and a retention change) cannot undo each other. */
+	pthread_mutex_lock(&c->create_mu);
+	locked = true;
+	if (!core_valid_tenant_name(x->call->name)) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant not found");
+		goto out;
+	}
+	rc = store_tenant_get(c->st, x->call->name, &t);
+	if (rc == KMS_ERR_NOT_FOUND)
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant \"%s\" not found", x->call->name);
+	if (rc != KMS_OK)
 		goto out;
 	if ((rc = kms_json_opt_uint(body, "retention_days", t.retention_period / DAY, 36500, &rdays)) != KMS_OK ||
 	    (rc = kms_json_opt_uint(body, "min_destroy_wait_days", t.min_destroy_wait / DAY, WAIT_MAX_DAYS, &wdays)) != KMS_OK ||
@@ -197,12 +211,14 @@ kms_err op_tenant_config(struct core *c, struct op_ctx *x)
 	t.retention_period = rdays * DAY;
 	t.min_destroy_wait = wdays * DAY;
 	t.legal_hold = hold;
-	if ((rc = store_tenant_config(c->st, t.id, &t)) != KMS_OK)
+	if ((rc = store_tenant_config(c->st, t.id, &t)) != KMS_OK || (rc = store_tenant_get(c->st, t.name, &t)) != KMS_OK)
 		goto out;
 	core_tenant_insert(c, &t);
 	x->data = json_pack("{s:s,s:s,s:I,s:I,s:b}", "name", t.name, "retention", t.retention, "retention_days",
 			    (json_int_t)rdays, "min_destroy_wait_days", (json_int_t)wdays, "legal_hold", hold);
 out:
+	if (locked)
+		pthread_mutex_unlock(&c->create_mu);
 	json_decref(tmp);
 	return rc;
 }
@@ -279,8 +295,12 @@ kms_err op_version_receipt(struct core *c, struct op_ctx *x)
 	rc = store_receipt_get(c->st, k.id, v, &text, &sig, &sig_len);
 	if (rc != KMS_OK)
 		return rc;
+	if (kms_b64_encode(sig, sig_len, b64, sizeof(b64)) < 0) {
+		free(text);
+		free(sig);
+		return kms_errf(KMS_ERR_STORE, "stored receipt signature is malformed");
+	}
 	doc = json_loads(text, 0, NULL);
-	(void)kms_b64_encode(sig, sig_len, b64, sizeof(b64));
 	x->data = json_pack("{s:o,s:s,s:s,s:s}", "receipt", doc ? doc : json_null(), "receipt_text", text,
 			    "signature", b64, "algorithm", "ECDSA-P256-SHA256 over receipt_text, DER");
 	free(text);
@@ -379,6 +399,7 @@ unsigned core_scheduler_tick(struct core *c)
 	int64_t now = core_now();
 	kms_err rc;
 
+	core_graves_reap(c, false);
 	done += rotate_due(c, now);
 	rc = store_due_destructions(c->st, now, &due, &n);
 	if (rc != KMS_OK) {

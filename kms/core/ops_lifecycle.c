@@ -110,7 +110,8 @@ kms_err op_key_config(struct core *c, struct op_ctx *x)
 	if ((rc = core_event_for(x, body, "config", 0, false, &ev)) != KMS_OK)
 		goto unlock;
 	rc = store_key_config(c->st, k.id, &nk, &ev);
-	if (rc == KMS_OK)
+	/* the cache follows the row as stored, not a copy read before the write */
+	if (rc == KMS_OK && (rc = core_key_row(c, x, &nk)) == KMS_OK)
 		core_key_meta_set(c, x->tenant.name, &nk);
 unlock:
 	pthread_mutex_unlock(&c->create_mu);
@@ -130,15 +131,16 @@ static kms_err set_revoked(struct core *c, struct op_ctx *x, int revoked)
 	kms_err rc;
 
 	if ((rc = kms_json_only(body, allowed)) != KMS_OK ||
-	    (rc = core_event_for(x, body, revoked ? "revoke" : "restore", 0, true, &ev)) != KMS_OK ||
-	    (rc = core_key_row(c, x, &k)) != KMS_OK)
+	    (rc = core_event_for(x, body, revoked ? "revoke" : "restore", 0, true, &ev)) != KMS_OK)
 		goto out;
-	rc = store_key_set_revoked(c->st, k.id, revoked, &ev);
-	if (rc != KMS_OK)
-		goto out;
-	k.revoked = revoked;
-	core_key_meta_set(c, x->tenant.name, &k);
-	rc = core_key_read_json(c, x->tenant.name, x->call->key, &x->data);
+	/* Serialised with config and rotation, which rewrite the cached row too. */
+	pthread_mutex_lock(&c->create_mu);
+	if ((rc = core_key_row(c, x, &k)) == KMS_OK && (rc = store_key_set_revoked(c->st, k.id, revoked, &ev)) == KMS_OK &&
+	    (rc = core_key_row(c, x, &k)) == KMS_OK)
+		core_key_meta_set(c, x->tenant.name, &k);
+	pthread_mutex_unlock(&c->create_mu);
+	if (rc == KMS_OK)
+		rc = core_key_read_json(c, x->tenant.name, x->call->key, &x->data);
 out:
 	json_decref(tmp);
 	return rc;

@@ -119,6 +119,7 @@ kms_err op_policy_write(struct core *c, struct op_ctx *x)
 	struct policy_doc *doc = NULL;
 	char *text = NULL;
 	int64_t cur, ver;
+	bool locked = false;
 	kms_err rc;
 
 	if (x->call->raw_body == NULL || x->call->raw_len == 0)
@@ -128,6 +129,10 @@ kms_err op_policy_write(struct core *c, struct op_ctx *x)
 	if (rc != KMS_OK)
 		return located(rc == KMS_ERR_NOMEM ? rc : KMS_ERR_INVALID, "policy", &perr);
 	ver = policy_doc_version(doc);
+	/* Check, store and swap as one step (create_mu serialises writers), so that a
+	 * slower writer of an older version cannot swap it in after a newer one. */
+	pthread_mutex_lock(&c->create_mu);
+	locked = true;
 	pthread_mutex_lock(&c->policy_mu);
 	cur = policy_doc_version(c->policy);
 	pthread_mutex_unlock(&c->policy_mu);
@@ -150,6 +155,8 @@ kms_err op_policy_write(struct core *c, struct op_ctx *x)
 	snprintf(x->reason, sizeof(x->reason), "policy version %lld installed", (long long)ver);
 	x->data = json_pack("{s:I,s:I}", "version", (json_int_t)ver, "previous_version", (json_int_t)cur);
 out:
+	if (locked)
+		pthread_mutex_unlock(&c->create_mu);
 	policy_doc_free(doc);
 	free(text);
 	return rc;

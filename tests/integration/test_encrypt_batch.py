@@ -1,5 +1,7 @@
 """Encrypt/decrypt round trips and batch_input on datakey, encrypt, decrypt and rewrap."""
 
+import json
+
 import pytest
 
 from conftest import b64, unb64
@@ -225,3 +227,28 @@ def test_batch_limits(kmsd, env):
     r = batch(kmsd, env, "encrypt", ok + [{"plaintext": "eA=="}])
     assert r.status_code == 400, r.text[:500]
     kmsd.serves(env.token, env.tenant, env.key)
+
+
+def test_batch_error_with_cut_multibyte_keeps_every_slot(kmsd, env):
+    """Error details are cut at 64 bytes; a cut through a multibyte character once made
+    the item's error vanish and shifted later results onto the wrong items."""
+    t, k, tok = env.tenant, env.key, env.token
+    bad_field = "f" * 63 + "\u00e9"
+    items = [{"plaintext": b64(b"one"), bad_field: 1}, {"plaintext": b64(b"two")}]
+    r = kmsd.post("/v1/%s/encrypt/%s" % (t, k), {"batch_input": items}, token=tok)
+    assert r.status_code == 400, r.text
+    res = r.json()["data"]["batch_results"]
+    assert len(res) == 2
+    assert "error" in res[0] and "unknown field" in res[0]["error"]
+    assert "ciphertext" in res[1]
+    d = kmsd.decrypt(tok, t, k, ciphertext=res[1]["ciphertext"]).json()["data"]
+    assert d["plaintext"] == b64(b"two")
+
+
+def test_invalid_utf8_in_path_is_audited_whole(kmsd, env):
+    t, tok = env.tenant, env.token
+    r = kmsd.post("/v1/%s/encrypt/x%%C3" % t, {"plaintext": b64(b"x")}, token=tok)
+    assert r.status_code in (400, 404), r.text
+    with open(kmsd.audit_path) as f:
+        last = [json.loads(line) for line in f if '"encrypt"' in line][-1]
+    assert last["key"] is not None and last["key"].startswith("x") and last["reason"]
