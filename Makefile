@@ -34,6 +34,8 @@ CLI_SRC  := $(wildcard kms/cli/*.c)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 SHIM_SRC := $(wildcard tests/p11shim/*.c)
 SHIM_SO  := $(if $(SHIM_SRC),$(BUILD)/tests/p11shim.so)
+IOF_SRC  := $(wildcard tests/iofault/*.c)
+IOF_SO   := $(if $(IOF_SRC),$(BUILD)/tests/iofault.so)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/bin/%)
 FUZZ_SECONDS ?= 60
@@ -66,7 +68,13 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TCOM_OBJ) $(BUILD)/libkms.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
 
-tests: all $(UNIT_BIN) $(SHIM_SO)
+# An LD_PRELOAD library that fails file I/O on command (tests/iofault/iofault.c).
+# Built without sanitizers: it is preloaded into the ASan build too.
+$(BUILD)/tests/iofault.so: $(IOF_SRC)
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -O1 -g -fPIC -shared $(WARN) -D_GNU_SOURCE -o $@ $(IOF_SRC) -ldl -lpthread
+
+tests: all $(UNIT_BIN) $(SHIM_SO) $(IOF_SO)
 
 # libFuzzer harnesses (clang): `make fuzz FUZZ_SECONDS=N` explores, `make fuzz-replay`
 # runs every checked-in corpus once (part of `make check`).

@@ -77,6 +77,8 @@ static const struct conf_option options[] = {
 	INT(phi_retention_floor_days, 2190, 1, 36500),
 	INT(audit_checkpoint_records, 1000, 1, 1000000),
 	INT(audit_checkpoint_seconds, 60, 1, 86400),
+	INT(audit_segment_mb, 256, 0, 1048576),
+	INT(audit_segment_seconds, 86400, 0, 31622400),
 };
 
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))

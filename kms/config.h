@@ -33,6 +33,8 @@
  *   phi_retention_floor_days int 2190        shortest retention a PHI tenant may set, 1..36500
  *   audit_checkpoint_records int 1000        records between signed audit checkpoints, 1..1000000
  *   audit_checkpoint_seconds int 60          seconds between signed audit checkpoints, 1..86400
+ *   audit_segment_mb    int     256          rotate the audit log at this size in MiB, 0..1048576 (0 = not by size)
+ *   audit_segment_seconds int   86400        ...or this long after its segment began, 0..31622400 (0 = not by time)
  */
 #ifndef KMS_CONFIG_H
 #define KMS_CONFIG_H
@@ -70,6 +72,8 @@ struct kms_config {
 	int phi_retention_floor_days;
 	int audit_checkpoint_records;
 	int audit_checkpoint_seconds;
+	int audit_segment_mb;
+	int audit_segment_seconds;
 };
 
 /* Fills cfg with every default. */

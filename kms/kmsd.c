@@ -306,8 +306,20 @@ static int cmd_serve(const struct kms_config *cfg)
 	aopt.sign_ctx = p11;
 	aopt.checkpoint_records = (unsigned)cfg->audit_checkpoint_records;
 	aopt.checkpoint_seconds = (unsigned)cfg->audit_checkpoint_seconds;
+	aopt.segment_bytes = (uint64_t)cfg->audit_segment_mb << 20;
+	aopt.segment_seconds = (unsigned)cfg->audit_segment_seconds;
+	err = store_meta_get(st, "audit_started", flag, sizeof(flag));
+	if (err != KMS_OK && err != KMS_ERR_NOT_FOUND) {
+		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
+		goto out;
+	}
+	aopt.expect_existing = err == KMS_OK;
 	if ((err = audit_open_opts(cfg->audit_path, cfg->node_id, &aopt, &au)) != KMS_OK) {
 		kms_error("%s", kms_err_detail(err));
+		goto out;
+	}
+	if (!aopt.expect_existing && (err = store_meta_set(st, "audit_started", "1")) != KMS_OK) {
+		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
 		goto out;
 	}
 	if ((err = core_new(st, p11, au, &core)) != KMS_OK)

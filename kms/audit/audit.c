@@ -7,8 +7,10 @@
  * checkpoint record under it again, so appends and commits continue meanwhile. */
 #include "kms/audit/audit.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -25,12 +27,23 @@
 #include "kms/base/log.h"
 
 #define AUDIT_TAIL_MAX 65536 /* how far back recovery looks for the last record */
+#define ROTATE_RETRY_SECONDS 60 /* after a rotation that could not start */
 
 struct audit {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;	/* a leader finished, or a signature ended */
 	pthread_cond_t tick_cv; /* CLOCK_MONOTONIC; wakes the timer thread at close */
 	int fd;
+	char path[PATH_MAX]; /* the current segment */
+	char dir[PATH_MAX];  /* its directory, synced after renames */
+	dev_t dev;	     /* fd's file, to notice it deleted, renamed or replaced */
+	ino_t ino;
+	uint64_t seg_first;	    /* seq of the current file's first record, 0 while empty */
+	uint64_t seg_bytes;	    /* its size */
+	struct timespec seg_start;  /* monotonic: when it was started (or opened) */
+	struct timespec rotate_try; /* monotonic: no rotation attempt before this */
+	uint64_t n_records, n_syncs, n_segments;
+	char why[256]; /* what failed, once failed */
 	char node[65];
 	EVP_MD *sha256;
 	EVP_MD_CTX *md; /* under mu */
@@ -188,6 +201,17 @@ static json_t *record_object(struct audit *a, uint64_t seq, const struct audit_r
 		json_decref(o);
 		return NULL;
 	}
+	if (r->extra != NULL) {
+		const char *k;
+		json_t *v;
+
+		json_object_foreach((json_t *)r->extra, k, v) {
+			if (json_object_get(o, k) != NULL || json_object_set(o, k, v) != 0) {
+				json_decref(o); /* a member may not override a standard one */
+				return NULL;
+			}
+		}
+	}
 	return o;
 }
 
@@ -267,9 +291,127 @@ static int write_all(int fd, const char *p, size_t n)
 	return 0;
 }
 
+size_t audit_segment_name(const char *path, uint64_t first_seq, char *out, size_t cap)
+{
+	size_t len = strlen(path);
+	int n;
+
+	if (len >= 4 && strcmp(path + len - 4, ".log") == 0)
+		len -= 4;
+	n = snprintf(out, cap, "%.*s-%020llu.log", (int)len, path, (unsigned long long)first_seq);
+	return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
+}
+
+static int fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int rc;
+
+	if (fd < 0)
+		return -1;
+	rc = fsync(fd);
+	close(fd);
+	return rc;
+}
+
+/* Whether fd is still the file at path: not deleted, not renamed, not replaced. Fills
+ * why otherwise. Called by the leader (no lock; it owns fd) or with mu held and no
+ * leader. */
+static bool file_intact(struct audit *a, char *why, size_t cap)
+{
+	struct stat fs, ps;
+
+	if (fstat(a->fd, &fs) != 0) {
+		snprintf(why, cap, "cannot stat the audit log: %s", strerror(errno));
+		return false;
+	}
+	if (fs.st_nlink == 0) {
+		snprintf(why, cap, "the audit log %.160s was deleted while in use", a->path);
+		return false;
+	}
+	if (stat(a->path, &ps) != 0) {
+		snprintf(why, cap, "the audit log %.160s is gone (renamed?): %s", a->path, strerror(errno));
+		return false;
+	}
+	if (ps.st_dev != fs.st_dev || ps.st_ino != fs.st_ino || fs.st_dev != a->dev ||
+	    fs.st_ino != a->ino) {
+		snprintf(why, cap, "the audit log %.160s was replaced by another file", a->path);
+		return false;
+	}
+	return true;
+}
+
+static void mark_failed_locked(struct audit *a, const char *why)
+{
+	if (a->failed)
+		return;
+	a->failed = true;
+	snprintf(a->why, sizeof(a->why), "%s", why);
+	kms_error("audit: %s; audit log marked failed, key operations are refused until an "
+		  "operator fixes the cause and restarts kmsd",
+		  why);
+}
+
+static bool rotation_due(struct audit *a, struct timespec now)
+{
+	if (a->seg_first == 0 || ts_before(now, a->rotate_try))
+		return false;
+	if (a->opt.segment_bytes > 0 && a->seg_bytes >= a->opt.segment_bytes)
+		return true;
+	return a->opt.segment_seconds > 0 &&
+	       !ts_before(now, ts_add(a->seg_start, a->opt.segment_seconds));
+}
+
+/* Rotates the current file (see audit.h "Segments"). Run by the leader after a sync,
+ * without the lock. Returns 0 when rotated, 1 when it did not start (the current file
+ * goes on; retried later), -1 when the log can no longer be trusted (why filled). */
+static int rotate_file(struct audit *a, char *why, size_t cap)
+{
+	char next[PATH_MAX + 8], seg[PATH_MAX + 32];
+	struct stat st;
+	int nfd;
+
+	if (snprintf(next, sizeof(next), "%s.next", a->path) >= (int)sizeof(next) ||
+	    audit_segment_name(a->path, a->seg_first, seg, sizeof(seg)) == 0) {
+		kms_warn("audit: segment names for %s are too long; not rotating", a->path);
+		return 1;
+	}
+	nfd = open(next, O_RDWR | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (nfd < 0) {
+		kms_warn("audit: cannot create %s: %s; rotation postponed", next, strerror(errno));
+		return 1;
+	}
+	/* link, not rename: never overwrites an existing segment of the same name */
+	if (fstat(nfd, &st) != 0 || fsync_dir(a->dir) != 0 || link(a->path, seg) != 0) {
+		kms_warn("audit: cannot rotate %s to %s: %s; rotation postponed", a->path, seg,
+			 strerror(errno));
+		close(nfd);
+		(void)unlink(next);
+		return 1;
+	}
+	if (rename(next, a->path) != 0 || fsync_dir(a->dir) != 0) {
+		snprintf(why, cap, "rotating %.100s failed half-way (%.100s is complete): %s", a->path, seg,
+			 strerror(errno));
+		close(nfd);
+		return -1;
+	}
+	close(a->fd);
+	a->fd = nfd;
+	a->dev = st.st_dev;
+	a->ino = st.st_ino;
+	kms_info("audit: rotated segment %s (seq %llu to %llu, %llu bytes)", seg,
+		 (unsigned long long)a->seg_first, (unsigned long long)a->durable_seq,
+		 (unsigned long long)a->seg_bytes);
+	a->seg_first = 0;
+	a->seg_bytes = 0;
+	a->seg_start = mono_now();
+	return 0;
+}
+
 /* Returns once record target is durable or the log has failed. Whoever finds no write
  * in flight leads: takes everything pending, writes and syncs it without the lock so
- * that others can queue the next batch meanwhile. */
+ * that others can queue the next batch meanwhile. A record counts as durable only once
+ * the sync succeeded and the file is still the one at the log's path. */
 static void commit_locked(struct audit *a, uint64_t target)
 {
 	while (!a->failed && a->durable_seq < target) {
@@ -279,24 +421,44 @@ static void commit_locked(struct audit *a, uint64_t target)
 		}
 		char *buf = a->pend;
 		size_t len = a->pend_len;
-		uint64_t upto = a->seq;
-		int ok;
+		uint64_t first = a->durable_seq + 1, upto = a->seq;
+		char why[sizeof(a->why)] = "";
+		bool ok;
+		int rot = 1;
 		a->pend = NULL;
 		a->pend_len = a->pend_cap = 0;
 		a->writing = true;
 		pthread_mutex_unlock(&a->mu);
-		ok = write_all(a->fd, buf, len) == 0 && fdatasync(a->fd) == 0;
-		if (!ok)
-			kms_error("audit: write or fdatasync failed: %s; audit log marked failed, "
-				  "key operations are refused until an operator intervenes",
-				  strerror(errno));
+		if (write_all(a->fd, buf, len) != 0)
+			snprintf(why, sizeof(why), "write to %.160s failed: %s", a->path, strerror(errno));
+		else if (fdatasync(a->fd) != 0)
+			snprintf(why, sizeof(why), "fdatasync of %.160s failed: %s", a->path, strerror(errno));
+		else
+			(void)file_intact(a, why, sizeof(why));
+		ok = why[0] == '\0';
 		free(buf);
+		if (ok) {
+			if (a->seg_first == 0)
+				a->seg_first = first;
+			a->seg_bytes += len;
+			if (rotation_due(a, mono_now()))
+				rot = rotate_file(a, why, sizeof(why));
+		}
 		pthread_mutex_lock(&a->mu);
 		a->writing = false;
-		if (ok)
+		if (ok) {
 			a->durable_seq = upto;
-		else
-			a->failed = true;
+			a->n_records += upto - first + 1;
+			a->n_syncs++;
+			if (rot == 0)
+				a->n_segments++;
+			else if (rot < 0)
+				mark_failed_locked(a, why);
+			else if (rotation_due(a, mono_now()))
+				a->rotate_try = ts_add(mono_now(), ROTATE_RETRY_SECONDS);
+		} else {
+			mark_failed_locked(a, why);
+		}
 		pthread_cond_broadcast(&a->cv);
 	}
 }
@@ -386,23 +548,23 @@ static kms_err checkpoint_locked(struct audit *a, const char *why, uint64_t *cse
 	return KMS_OK;
 }
 
+/* Once a second: notices a log file deleted or replaced while idle (a busy log notices
+ * it on the next sync), and signs by time. */
 static void *ticker_main(void *arg)
 {
 	struct audit *a = arg;
-	struct timespec now, deadline;
+	struct timespec deadline;
+	char why[sizeof(a->why)];
 	uint64_t cseq;
 
 	pthread_mutex_lock(&a->mu);
 	while (!a->stopping) {
-		now = mono_now();
-		deadline = ts_add(a->last_ckpt, a->opt.checkpoint_seconds);
-		if (ts_before(deadline, a->next_try))
-			deadline = a->next_try;
-		if (!ts_before(now, deadline)) /* overdue but nothing to sign, or busy: poll */
-			deadline = ts_add(now, 1);
+		deadline = ts_add(mono_now(), 1);
 		(void)pthread_cond_timedwait(&a->tick_cv, &a->mu, &deadline);
 		if (a->stopping)
 			break;
+		if (!a->failed && !a->writing && !file_intact(a, why, sizeof(why)))
+			mark_failed_locked(a, why);
 		if (ckpt_due_locked(a, mono_now()) == NULL)
 			continue;
 		if (checkpoint_locked(a, "time", &cseq) == KMS_OK)
@@ -414,10 +576,11 @@ static void *ticker_main(void *arg)
 
 /* ---------------------------------------------------------------- recovery */
 
-/* Reads the last complete record: seq and hash continue from it. Cuts a torn tail
- * (*cut_bytes, *cut_at say what was cut). */
-static kms_err audit_recover(struct audit *a, const char *path, uint64_t *cut_bytes,
-			     uint64_t *cut_at)
+/* Reads the last complete record of fd (the file at path): seq and hash continue from
+ * it. Cuts a torn tail if may_cut (*cut_bytes, *cut_at say what was cut), else refuses
+ * it. Leaves a->seq at 0 for a file with no complete record. */
+static kms_err audit_recover(struct audit *a, int fd, const char *path, bool may_cut,
+			     uint64_t *cut_bytes, uint64_t *cut_at)
 {
 	char hex[AUDIT_HASH_HEX + 1];
 	uint8_t h[AUDIT_HASH_LEN];
@@ -430,7 +593,7 @@ static kms_err audit_recover(struct audit *a, const char *path, uint64_t *cut_by
 	kms_err rc = KMS_ERR_IO;
 
 	*cut_bytes = *cut_at = 0;
-	if (fstat(a->fd, &st) != 0)
+	if (fstat(fd, &st) != 0)
 		return kms_errf(KMS_ERR_IO, "audit: stat %s: %s", path, strerror(errno));
 	size = st.st_size;
 	if (size == 0)
@@ -439,7 +602,7 @@ static kms_err audit_recover(struct audit *a, const char *path, uint64_t *cut_by
 	buf = malloc((size_t)(size - start) + 1);
 	if (buf == NULL)
 		return kms_errf(KMS_ERR_NOMEM, "audit recover");
-	n = pread(a->fd, buf, (size_t)(size - start), start);
+	n = pread(fd, buf, (size_t)(size - start), start);
 	if (n != size - start) {
 		rc = kms_errf(KMS_ERR_IO, "audit: read %s failed", path);
 		goto out;
@@ -455,9 +618,13 @@ static kms_err audit_recover(struct audit *a, const char *path, uint64_t *cut_by
 			goto out;
 		}
 		keep = nl ? start + (nl - buf) + 1 : start;
+		if (!may_cut) {
+			rc = kms_errf(KMS_ERR_IO, "audit: segment %s ends in a torn record", path);
+			goto out;
+		}
 		kms_warn("audit: %s ends in a torn record (%lld bytes); cutting it", path,
 			 (long long)(size - keep));
-		if (ftruncate(a->fd, keep) != 0 || fdatasync(a->fd) != 0) {
+		if (ftruncate(fd, keep) != 0 || fdatasync(fd) != 0) {
 			rc = kms_errf(KMS_ERR_IO, "audit: cannot cut torn tail of %s", path);
 			a->failed = true; /* a failed fsync is never retried */
 			goto out;
@@ -519,6 +686,106 @@ void audit_options_init(struct audit_options *o)
 	memset(o, 0, sizeof(*o));
 	o->checkpoint_records = AUDIT_DEFAULT_CHECKPOINT_RECORDS;
 	o->checkpoint_seconds = AUDIT_DEFAULT_CHECKPOINT_SECONDS;
+	o->segment_bytes = AUDIT_DEFAULT_SEGMENT_BYTES;
+	o->segment_seconds = AUDIT_DEFAULT_SEGMENT_SECONDS;
+}
+
+/* The seq of fd's first record (records begin {"seq":N,), 0 if it cannot be read. */
+static uint64_t first_seq_of(int fd)
+{
+	static const char lead[] = "{\"seq\":";
+	char buf[48];
+	ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+	unsigned long long v;
+	char *end;
+
+	if (n <= (ssize_t)(sizeof(lead) - 1))
+		return 0;
+	buf[n] = '\0';
+	if (memcmp(buf, lead, sizeof(lead) - 1) != 0)
+		return 0;
+	errno = 0;
+	v = strtoull(buf + sizeof(lead) - 1, &end, 10);
+	return errno != 0 || *end != ',' ? 0 : (uint64_t)v;
+}
+
+/* The newest rotated segment of the log at a->path, by the seq in its name: 1 and its
+ * path in out, 0 if there is none, -1 if the directory cannot be read. */
+static int newest_segment(const struct audit *a, char *out, size_t cap)
+{
+	char stem[PATH_MAX];
+	const char *base = strrchr(a->path, '/');
+	size_t blen;
+	unsigned long long best = 0;
+	struct dirent *e;
+	DIR *d;
+
+	base = base ? base + 1 : a->path;
+	blen = strlen(base);
+	if (blen >= 4 && strcmp(base + blen - 4, ".log") == 0)
+		blen -= 4;
+	snprintf(stem, sizeof(stem), "%.*s-", (int)blen, base);
+	blen = strlen(stem);
+	d = opendir(a->dir);
+	if (d == NULL)
+		return -1;
+	while ((e = readdir(d)) != NULL) {
+		const char *n = e->d_name;
+		unsigned long long v;
+		size_t i;
+
+		if (strlen(n) != blen + 20 + 4 || strncmp(n, stem, blen) != 0 ||
+		    strcmp(n + blen + 20, ".log") != 0)
+			continue;
+		for (i = 0; i < 20; i++)
+			if (n[blen + i] < '0' || n[blen + i] > '9')
+				break;
+		if (i < 20)
+			continue;
+		v = strtoull(n + blen, NULL, 10);
+		if (v > best)
+			best = v;
+	}
+	closedir(d);
+	if (best == 0)
+		return 0;
+	return audit_segment_name(a->path, best, out, cap) > 0 ? 1 : -1;
+}
+
+/* Finishes or undoes a rotation that a crash interrupted (audit.h "Segments"). */
+static kms_err settle_rotation(struct audit *a)
+{
+	char next[PATH_MAX + 8], seg[PATH_MAX + 32];
+	struct stat ns, ps, ss;
+	uint64_t first = 0;
+	int fd;
+
+	snprintf(next, sizeof(next), "%s.next", a->path);
+	if (stat(next, &ns) != 0)
+		return KMS_OK;
+	if (stat(a->path, &ps) == 0) {
+		fd = open(a->path, O_RDONLY | O_CLOEXEC);
+		if (fd >= 0) {
+			first = first_seq_of(fd);
+			close(fd);
+		}
+		if (first == 0 || audit_segment_name(a->path, first, seg, sizeof(seg)) == 0 ||
+		    stat(seg, &ss) != 0 || ss.st_ino != ps.st_ino || ss.st_dev != ps.st_dev) {
+			/* the rotation had not linked the segment yet: undo it */
+			kms_warn("audit: removing %s left by an interrupted rotation", next);
+			if (unlink(next) != 0)
+				return kms_errf(KMS_ERR_IO, "audit: cannot remove %s: %s", next,
+						strerror(errno));
+			return fsync_dir(a->dir) == 0 ? KMS_OK
+						       : kms_errf(KMS_ERR_IO, "audit: sync %s", a->dir);
+		}
+	}
+	/* the segment is linked (or the path is gone): complete the rotation */
+	kms_warn("audit: completing a rotation interrupted after the segment was written");
+	if (rename(next, a->path) != 0 || fsync_dir(a->dir) != 0)
+		return kms_errf(KMS_ERR_IO, "audit: cannot complete the rotation of %s: %s", a->path,
+				strerror(errno));
+	return KMS_OK;
 }
 
 kms_err audit_open_opts(const char *path, const char *node_id, const struct audit_options *opts,
@@ -526,7 +793,11 @@ kms_err audit_open_opts(const char *path, const char *node_id, const struct audi
 {
 	pthread_condattr_t ca;
 	uint64_t cut_bytes = 0, cut_at = 0;
+	char seg[PATH_MAX + 32], resumed[PATH_MAX + 160] = "";
+	struct stat st;
 	struct audit *a;
+	char *slash;
+	int have_seg, sfd;
 	kms_err rc;
 
 	*out = NULL;
@@ -545,11 +816,51 @@ kms_err audit_open_opts(const char *path, const char *node_id, const struct audi
 	else
 		audit_options_init(&a->opt);
 	snprintf(a->node, sizeof(a->node), "%s", node_id);
-	a->last_ckpt = mono_now();
+	a->last_ckpt = a->seg_start = mono_now();
 	a->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
 	a->md = EVP_MD_CTX_new();
 	if (a->sha256 == NULL || a->md == NULL) {
 		rc = kms_errf(KMS_ERR_INTERNAL, "audit: SHA-256 unavailable");
+		goto fail;
+	}
+	if (strlen(path) >= sizeof(a->path) - 64) {
+		rc = kms_errf(KMS_ERR_INVALID, "audit: path too long");
+		goto fail;
+	}
+	snprintf(a->path, sizeof(a->path), "%s", path);
+	snprintf(a->dir, sizeof(a->dir), "%s", path);
+	slash = strrchr(a->dir, '/');
+	if (slash == NULL)
+		snprintf(a->dir, sizeof(a->dir), ".");
+	else if (slash == a->dir)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+
+	rc = settle_rotation(a);
+	if (rc != KMS_OK)
+		goto fail;
+	have_seg = newest_segment(a, seg, sizeof(seg));
+	if (have_seg < 0) {
+		rc = kms_errf(KMS_ERR_IO, "audit: cannot read the directory %s: %s", a->dir,
+			      strerror(errno));
+		goto fail;
+	}
+	if (have_seg > 0 && stat(path, &st) != 0 && errno == ENOENT) {
+		rc = kms_errf(KMS_ERR_IO,
+			      "audit: %s is missing but rotated segments exist (newest %s): the "
+			      "current segment was deleted or moved. Restore it; or, to go on "
+			      "knowingly, create an empty %s and kmsd continues the chain from %s "
+			      "and records that it did",
+			      path, seg, path, seg);
+		goto fail;
+	}
+	if (have_seg == 0 && a->opt.expect_existing && stat(path, &st) != 0 && errno == ENOENT) {
+		rc = kms_errf(KMS_ERR_IO,
+			      "audit: %s is missing, but kmsd has written an audit log here before: "
+			      "it was deleted or moved. Restore it; or, to start a new chain "
+			      "knowingly, create an empty %s and kmsd records that it did",
+			      path, path);
 		goto fail;
 	}
 	a->fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
@@ -557,33 +868,72 @@ kms_err audit_open_opts(const char *path, const char *node_id, const struct audi
 		rc = kms_errf(KMS_ERR_IO, "audit: cannot open %s: %s", path, strerror(errno));
 		goto fail;
 	}
-	rc = audit_recover(a, path, &cut_bytes, &cut_at);
+	if (fsync_dir(a->dir) != 0) {
+		rc = kms_errf(KMS_ERR_IO, "audit: cannot sync %s: %s", a->dir, strerror(errno));
+		goto fail;
+	}
+	rc = audit_recover(a, a->fd, path, true, &cut_bytes, &cut_at);
 	if (rc != KMS_OK)
 		goto fail;
-	if (cut_bytes > 0) {
+	if (a->seq == 0 && have_seg > 0) {
+		/* an empty current file after a rotation: the chain goes on from the segment */
+		sfd = open(seg, O_RDONLY | O_CLOEXEC);
+		if (sfd < 0) {
+			rc = kms_errf(KMS_ERR_IO, "audit: cannot open %s: %s", seg, strerror(errno));
+			goto fail;
+		}
+		rc = audit_recover(a, sfd, seg, false, &(uint64_t){0}, &(uint64_t){0});
+		close(sfd);
+		if (rc == KMS_OK && a->seq == 0)
+			rc = kms_errf(KMS_ERR_IO, "audit: segment %s holds no record", seg);
+		if (rc != KMS_OK)
+			goto fail;
+		snprintf(resumed, sizeof(resumed),
+			 "the current segment was empty; the chain continues from %s (seq %llu)",
+			 seg, (unsigned long long)a->seq);
+	} else if (a->seq == 0 && a->opt.expect_existing) {
+		snprintf(resumed, sizeof(resumed),
+			 "the audit log was empty although kmsd had written one here before; a new "
+			 "chain begins");
+	} else if (a->seq > 0) {
+		a->seg_first = first_seq_of(a->fd);
+		if (a->seg_first == 0)
+			a->seg_first = a->seq; /* names the segment; the records say the rest */
+	}
+	if (fstat(a->fd, &st) != 0) {
+		rc = kms_errf(KMS_ERR_IO, "audit: stat %s: %s", path, strerror(errno));
+		goto fail;
+	}
+	a->dev = st.st_dev;
+	a->ino = st.st_ino;
+	a->seg_bytes = (uint64_t)st.st_size;
+	if (cut_bytes > 0 || resumed[0] != '\0') {
 		char why[128];
 		struct audit_record r = {.operation = AUDIT_OP_RECOVERED, .reason = why};
 
 		snprintf(why, sizeof(why), "cut a torn tail of %llu bytes at offset %llu",
 			 (unsigned long long)cut_bytes, (unsigned long long)cut_at);
 		pthread_mutex_lock(&a->mu);
-		rc = emit_record_locked(a, &r);
+		rc = cut_bytes > 0 ? emit_record_locked(a, &r) : KMS_OK;
+		if (rc == KMS_OK && resumed[0] != '\0') {
+			r.reason = resumed;
+			rc = emit_record_locked(a, &r);
+		}
 		if (rc == KMS_OK) {
 			commit_locked(a, a->seq);
 			if (a->failed)
-				rc = kms_errf(KMS_ERR_AUDIT, "audit: cannot record the cut in %s", path);
+				rc = kms_errf(KMS_ERR_AUDIT, "audit: cannot record the recovery in %s: %s",
+					      path, a->why);
 		}
 		pthread_mutex_unlock(&a->mu);
 		if (rc != KMS_OK)
 			goto fail;
 	}
-	if (a->opt.sign != NULL && a->opt.checkpoint_seconds > 0) {
-		if (pthread_create(&a->ticker_th, NULL, ticker_main, a) != 0) {
-			rc = kms_errf(KMS_ERR_INTERNAL, "audit: cannot start the checkpoint timer");
-			goto fail;
-		}
-		a->ticker = true;
+	if (pthread_create(&a->ticker_th, NULL, ticker_main, a) != 0) {
+		rc = kms_errf(KMS_ERR_INTERNAL, "audit: cannot start the audit timer");
+		goto fail;
 	}
+	a->ticker = true;
 	*out = a;
 	return KMS_OK;
 fail:
@@ -679,6 +1029,19 @@ bool audit_healthy(struct audit *a)
 	ok = !a->failed;
 	pthread_mutex_unlock(&a->mu);
 	return ok;
+}
+
+void audit_get_stats(struct audit *a, struct audit_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	pthread_mutex_lock(&a->mu);
+	st->records = a->n_records;
+	st->syncs = a->n_syncs;
+	st->segments = a->n_segments;
+	st->seq = a->durable_seq;
+	st->healthy = !a->failed;
+	snprintf(st->why, sizeof(st->why), "%s", a->failed ? a->why : "");
+	pthread_mutex_unlock(&a->mu);
 }
 
 uint64_t audit_seq(struct audit *a)

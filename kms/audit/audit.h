@@ -24,9 +24,26 @@
  *
  * Fail closed: after any failed write or fsync the log is marked failed for good (a
  * failed fsync is never retried on the same file: the kernel may already have dropped
- * the dirty pages), and every later append returns KMS_ERR_AUDIT.
+ * the dirty pages), and every later append returns KMS_ERR_AUDIT. The same happens when
+ * the file is found deleted (link count 0) or its path no longer names it (renamed or
+ * replaced): checked after every sync, before any waiting caller is told its record is
+ * durable, and once a second by a background thread while the log is idle. Recovery is
+ * an operator's: fix the cause and restart kmsd (start-up recovery below).
  *
- * Segments (rotation) extend this module without changing audit_append's contract. */
+ * Segments: when the current file reaches segment_bytes, or segment_seconds passed
+ * since it was started, the group-commit leader rotates it after a successful sync:
+ * the file is renamed to the segment name (audit_segment_name: "<path minus .log>-<seq
+ * of its first record, 20 digits>.log") and a new, empty file takes the path. The chain
+ * simply continues: the first record of the new file has the next seq and the last
+ * hash of the old one as prev. A rotated segment is never opened for writing again.
+ * Rotation is crash-safe: the new file is made as "<path>.next" first, then the two
+ * renames, then the directory is synced; start-up finishes or undoes a half-done one.
+ *
+ * Start-up with an empty or new current file continues the chain from the newest
+ * segment (its last record must match its hash) and records that with an
+ * "audit.recovered" record. With segments present but no current file and no
+ * "<path>.next", the current segment was deleted: audit_open refuses (KMS_ERR_IO) and
+ * says how to continue knowingly; the same without segments when expect_existing. */
 #ifndef KMS_AUDIT_AUDIT_H
 #define KMS_AUDIT_AUDIT_H
 
@@ -42,6 +59,9 @@
 #define AUDIT_DEFAULT_CHECKPOINT_SECONDS 60
 #define AUDIT_OP_CHECKPOINT "audit.checkpoint"
 #define AUDIT_OP_RECOVERED "audit.recovered"
+#define AUDIT_DEFAULT_SEGMENT_BYTES (256ull << 20)
+#define AUDIT_DEFAULT_SEGMENT_SECONDS 86400
+#define AUDIT_HMAC_PREFIX "hmac-sha256:"
 /* The signed message is this prefix, the covered seq in decimal, ':', its hash in hex. */
 #define AUDIT_CHECKPOINT_PREFIX "kmsd-audit-checkpoint:1:"
 
@@ -61,6 +81,9 @@ struct audit_record {
 	const char *outcome; /* "allow", "deny", "error" */
 	int status;	     /* HTTP status answered */
 	const char *reason;
+	/* Borrowed, may be NULL: members written after reason, e.g. "encryption_context":
+	 * {"k":"hmac-sha256:…"}. Only hashed values: never a plaintext context value. */
+	const void *extra; /* a jansson json_t object */
 };
 
 /* Signs a checkpoint: writes a DER ECDSA-Sig-Value over the SHA-256 digest into sig
@@ -75,9 +98,24 @@ struct audit_options {
 	unsigned checkpoint_seconds; /* ...or this long after the last one; 0: not by time */
 	audit_sign_fn sign;	     /* NULL: no checkpoints (the chain is still kept) */
 	void *sign_ctx;
+	uint64_t segment_bytes;	  /* rotate at this size; 0: never by size */
+	unsigned segment_seconds; /* ...or this long after the segment began; 0: never */
+	/* A log was written here before (kmsd keeps that fact in its store): a missing file
+	 * with no segment is then refused as deleted, and an empty one starts a new chain
+	 * with an "audit.recovered" record saying so. */
+	bool expect_existing;
 };
 
-/* Defaults (AUDIT_DEFAULT_CHECKPOINT_*) and no signer. */
+struct audit_stats {
+	uint64_t records;  /* records made durable since open (checkpoints included) */
+	uint64_t syncs;	   /* fdatasync calls that succeeded since open */
+	uint64_t segments; /* segments rotated since open */
+	uint64_t seq;	   /* last durable seq */
+	bool healthy;
+	char why[256]; /* when not healthy: what failed */
+};
+
+/* Defaults (AUDIT_DEFAULT_CHECKPOINT_*, AUDIT_DEFAULT_SEGMENT_*) and no signer. */
 void audit_options_init(struct audit_options *o);
 
 /* Opens (creates 0600) path for appending. Recovery: the last complete record must
@@ -106,6 +144,14 @@ bool audit_healthy(struct audit *a);
 
 /* The last seq on disk (records, checkpoints included; for tests and metrics). */
 uint64_t audit_seq(struct audit *a);
+
+/* Counters and health, for metrics and /v1/sys/health. */
+void audit_get_stats(struct audit *a, struct audit_stats *st);
+
+/* The name a segment of the log at path gets when rotated with first_seq its first
+ * record: path without a trailing ".log", "-", first_seq in 20 digits, ".log". Returns
+ * the length, or 0 if cap is too small. */
+size_t audit_segment_name(const char *path, uint64_t first_seq, char *out, size_t cap);
 
 /* Stops the timer thread and closes. Accepts NULL. Writes no checkpoint itself: call
  * audit_checkpoint first while the signer still works. Not while appends run. */

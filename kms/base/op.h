@@ -38,6 +38,8 @@ enum kms_op {
 	KMS_OP_VERSION_RECEIPT,
 	KMS_OP_POLICY_READ,
 	KMS_OP_POLICY_WRITE,
+	KMS_OP_AUDIT_HASH, /* HMAC a value the way audit records hash context values */
+	KMS_OP_METRICS,
 	KMS_OP__COUNT
 };
 

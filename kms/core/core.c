@@ -870,6 +870,8 @@ static const op_fn op_table[KMS_OP__COUNT] = {
 	[KMS_OP_VERSION_RECEIPT] = op_version_receipt,
 	[KMS_OP_POLICY_READ] = op_policy_read,
 	[KMS_OP_POLICY_WRITE] = op_policy_write,
+	[KMS_OP_AUDIT_HASH] = op_audit_hash,
+	[KMS_OP_METRICS] = op_metrics,
 };
 
 static int valid_request_id(const char *s)
@@ -887,10 +889,15 @@ static int valid_request_id(const char *s)
 
 static void health(struct core *c, struct core_result *res)
 {
-	bool audit_ok = audit_healthy(c->au);
+	struct audit_stats st;
 	json_t *b = json_object(), *checks = json_object();
+	bool audit_ok;
 
+	audit_get_stats(c->au, &st);
+	audit_ok = st.healthy;
 	json_object_set_new(checks, "audit", json_string(audit_ok ? "ok" : "failed"));
+	if (!audit_ok)
+		json_object_set_new(checks, "audit_error", kms_json_text(st.why));
 	json_object_set_new(b, "initialized", json_true());
 	json_object_set_new(b, "sealed", json_false());
 	json_object_set_new(b, "standby", json_false());
@@ -990,6 +997,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	struct policy_doc *doc = NULL;
 	char sname[256] = "", detail[256] = "";
 	struct audit_record ar = {0};
+	json_t *extra = NULL;
 	const char *outcome;
 	kms_err rc, arc;
 	int status;
@@ -1061,6 +1069,21 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 			d.reason = x.reason;
 		}
 	}
+	/* Context values go into the record hashed; a call whose record could not say what
+	 * it was about does not run. Only for authenticated callers: an anonymous one gets
+	 * no token work done. */
+	if (rc == KMS_OK && call->body != NULL &&
+	    (call->op == KMS_OP_DATAKEY || call->op == KMS_OP_ENCRYPT || call->op == KMS_OP_DECRYPT ||
+	     call->op == KMS_OP_REWRAP)) {
+		rc = core_audit_hashes(c, call->body, &extra);
+		if (rc != KMS_OK) {
+			char why[160];
+
+			snprintf(why, sizeof(why), "%s", kms_err_detail(rc));
+			rc = kms_errf(rc == KMS_ERR_NOMEM ? rc : KMS_ERR_TOKEN,
+				      "cannot hash the encryption context for the audit record: %s", why);
+		}
+	}
 	if (rc == KMS_OK) {
 		if (op_has_tenant(call->op) && !x.have_tenant)
 			rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant \"%.64s\" not found", call->tenant);
@@ -1090,6 +1113,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	ar.outcome = outcome;
 	ar.status = status;
 	ar.reason = rc == KMS_OK ? d.reason : (rc == KMS_ERR_DENIED && x.who.name[0] && x.reason[0]) ? x.reason : detail;
+	ar.extra = extra;
 
 	/* Fail closed: nothing leaves before its record is durable. */
 	arc = audit_append(c->au, &ar);
@@ -1099,6 +1123,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		x.data = x.auth = NULL;
 		res->status = 503;
 		res->body = error_body(res->request_id, "audit log unavailable: operation refused");
+		free(x.text);
+		x.text = NULL;
 		goto out;
 	}
 	res->status = status;
@@ -1117,6 +1143,10 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		res->body = error_body(res->request_id, msg);
 		goto out;
 	}
+	if (x.text != NULL) {
+		res->text = x.text;
+		x.text = NULL;
+	}
 	res->body = json_object();
 	json_object_set_new(res->body, "request_id", json_string(res->request_id));
 	if (x.status >= 400) {
@@ -1131,6 +1161,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	x.data = NULL;
 out:
 	json_decref(x.auth);
+	json_decref(extra);
+	free(x.text);
 	free(x.scope);
 	policy_doc_free(doc);
 }

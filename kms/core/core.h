@@ -31,11 +31,13 @@ struct core_call {
 	json_t *body;		 /* parsed JSON object, or NULL for an empty body */
 	const char *raw_body;	 /* the body as received (for error locations), or NULL */
 	size_t raw_len;
+	const char *format;	 /* ?format= query argument, or NULL */
 };
 
 struct core_result {
 	int status;
 	json_t *body;	      /* whole response body; owned by the caller (json_decref) */
+	char *text;	      /* instead of body when set: a text/plain answer (metrics); free() */
 	char request_id[65];
 };
 

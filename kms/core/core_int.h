@@ -83,6 +83,7 @@ struct op_ctx {
 	/* outputs */
 	json_t *data;	   /* "data" of the answer */
 	json_t *auth;	   /* "auth" of the answer (token creation only) */
+	char *text;	   /* a text/plain answer instead of data (metrics); malloc'd */
 	int status;	   /* 0 = from the error, else forced (batch partial failure) */
 	uint32_t version;  /* for the audit record */
 	unsigned batch;
@@ -178,6 +179,11 @@ void core_audit_internal(struct core *c, enum kms_op op, const char *tenant, con
 /* Per batch item policy check (x->item_policy set): KMS_OK or KMS_ERR_DENIED. */
 KMS_WUR kms_err core_policy_item(struct op_ctx *x, json_t *item);
 KMS_WUR kms_err op_policy_read(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_audit_hash(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_metrics(struct core *c, struct op_ctx *x);
+/* The audit record's hashed "encryption_context" and "associated_data" (and "items"
+ * for a batch) of a data-plane request body, in a new object for audit_record.extra. */
+KMS_WUR kms_err core_audit_hashes(struct core *c, const json_t *body, json_t **extra);
 KMS_WUR kms_err op_version_receipt(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_policy_write(struct core *c, struct op_ctx *x);
 

@@ -26,6 +26,9 @@ static const struct route {
 	{M_POST, "/v1/sys/tokens/revoke", KMS_OP_TOKEN_REVOKE},
 	{M_GET, "/v1/sys/policy", KMS_OP_POLICY_READ},
 	{M_POST, "/v1/sys/policy", KMS_OP_POLICY_WRITE},
+	{M_POST, "/v1/sys/audit/hash", KMS_OP_AUDIT_HASH},
+	{M_POST, "/v1/sys/audit-hash/:n", KMS_OP_AUDIT_HASH}, /* Vault's path; :n is ignored */
+	{M_GET, "/v1/sys/metrics", KMS_OP_METRICS},
 	{M_GET, "/v1/auth/token/lookup-self", KMS_OP_TOKEN_LOOKUP_SELF},
 	{M_LIST, "/v1/:t/keys", KMS_OP_KEY_LIST},
 	{M_POST, "/v1/:t/keys/:k", KMS_OP_KEY_CREATE},

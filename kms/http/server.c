@@ -243,6 +243,27 @@ static enum MHD_Result send_json(struct MHD_Connection *conn, int status, json_t
 	return ret;
 }
 
+/* Takes text (malloc'd) in every case. */
+static enum MHD_Result send_text(struct MHD_Connection *conn, int status, char *text, const char *request_id)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	resp = MHD_create_response_from_buffer_with_free_callback(strlen(text), text, free);
+	if (resp == NULL) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+	if (request_id != NULL && *request_id)
+		MHD_add_response_header(resp, "X-Request-Id", request_id);
+	ret = MHD_queue_response(conn, (unsigned)status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
 static enum MHD_Result send_error(struct MHD_Connection *conn, int status, const char *msg)
 {
 	json_t *b = json_pack("{s:[s]}", "errors", msg);
@@ -317,8 +338,14 @@ static enum MHD_Result dispatch(struct http_server *s, struct MHD_Connection *co
 	call.request_id = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
 	call.raw_body = r->body;
 	call.raw_len = r->len;
+	call.format = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "format");
 	core_call(s->core, &call, &res);
 	json_decref(call.body);
+	if (res.text != NULL) {
+		ret = send_text(conn, res.status, res.text, res.request_id);
+		json_decref(res.body);
+		return ret;
+	}
 	if (res.body == NULL)
 		return send_error(conn, 500, "internal error");
 	ret = send_json(conn, res.status, res.body, res.request_id);

@@ -583,6 +583,321 @@ static void test_open_error(void **state)
 	audit_close(NULL);
 }
 
+/* ------------------------------------------------------------------ segments, file checks */
+
+static int teardown_all(void **state)
+{
+	char cmd[160];
+	(void)state;
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+/* The rotated segments of dir in seq order (their 20-digit names sort as numbers). */
+static size_t list_segments(char names[][192], size_t cap)
+{
+	char cmd[192];
+	FILE *p;
+	size_t n = 0;
+
+	snprintf(cmd, sizeof(cmd), "ls '%s' | grep -E '^audit-[0-9]{20}\\.log$' | sort", dir);
+	p = popen(cmd, "r");
+	assert_non_null(p);
+	while (n < cap && fgets(cmd, sizeof(cmd), p) != NULL) {
+		cmd[strcspn(cmd, "\n")] = '\0';
+		snprintf(names[n++], 192, "%s/%.100s", dir, cmd);
+	}
+	pclose(p);
+	return n;
+}
+
+/* The segments then the current file verify as one log of `records` records. */
+static void verify_files_ok(char names[][192], size_t n, uint64_t records)
+{
+	const char *files[65];
+	struct audit_verify_result res;
+	char line[1024];
+	size_t i;
+
+	assert_true(n <= 64);
+	for (i = 0; i < n; i++)
+		files[i] = names[i];
+	files[n] = path;
+	assert_int_equal(audit_verify(files, n + 1, pub_path, &res), KMS_OK);
+	audit_verify_summary(&res, line, sizeof(line));
+	printf("    %s\n", line);
+	assert_int_equal(res.verdict, AUDIT_V_OK);
+	assert_int_equal(res.records, records);
+}
+
+static json_t *first_record(const char *file)
+{
+	char line[4096];
+	json_t *j;
+	FILE *f = fopen(file, "r");
+
+	assert_non_null(f);
+	assert_non_null(fgets(line, sizeof(line), f));
+	fclose(f);
+	j = json_loads(line, 0, NULL);
+	assert_non_null(j);
+	return j;
+}
+
+static void seg_opts(struct audit_options *o, struct signer *s, uint64_t bytes, unsigned seconds)
+{
+	opts_for(o, s, 10, 0);
+	o->segment_bytes = bytes;
+	o->segment_seconds = seconds;
+}
+
+/* Rotation by size: each segment is named after its first record, the chain runs on
+ * across the files (verified), and a reopen goes on from where it stopped. */
+static void test_segments_by_size(void **state)
+{
+	char names[64][192], want[192];
+	struct audit_options o;
+	struct audit_stats st;
+	struct signer s;
+	struct audit *a;
+	size_t n, i;
+	json_t *j;
+	(void)state;
+
+	signer_init(&s);
+	seg_opts(&o, &s, 2000, 0);
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	for (i = 0; i < 40; i++)
+		assert_int_equal(audit_append(a, &rec), KMS_OK);
+	audit_get_stats(a, &st);
+	assert_true(st.healthy);
+	assert_true(st.segments >= 5);
+	assert_true(st.syncs >= 1 && st.syncs <= st.records);
+	assert_int_equal(st.records, st.seq); /* a new log: every record was made here */
+	audit_close(a);
+	n = list_segments(names, 64);
+	assert_int_equal(n, st.segments);
+	for (i = 0; i < n; i++) {
+		j = first_record(names[i]);
+		assert_true(audit_segment_name(path, (uint64_t)json_integer_value(json_object_get(j, "seq")),
+					       want, sizeof(want)) > 0);
+		json_decref(j);
+		assert_string_equal(names[i], want);
+	}
+	verify_files_ok(names, n, st.seq);
+
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	for (i = 0; i < 5; i++)
+		assert_int_equal(audit_append(a, &rec), KMS_OK);
+	assert_int_equal(audit_checkpoint(a), KMS_OK);
+	audit_get_stats(a, &st);
+	audit_close(a);
+	n = list_segments(names, 64);
+	verify_files_ok(names, n, st.seq);
+	signer_free(&s);
+}
+
+/* Rotation by age (segment_seconds), and an empty current file at start: the chain
+ * continues from the newest segment and the start says so. */
+static void test_segments_by_time_and_resume(void **state)
+{
+	char names[8][192];
+	struct audit_options o;
+	struct audit_stats st;
+	struct signer s;
+	struct audit *a;
+	struct stat sb;
+	size_t n;
+	json_t *j;
+	(void)state;
+
+	signer_init(&s);
+	seg_opts(&o, &s, 0, 1);
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	assert_int_equal(audit_append(a, &rec), KMS_OK);
+	assert_int_equal(list_segments(names, 8), 0);
+	sleep(2); /* the segment is now older than segment_seconds */
+	assert_int_equal(audit_append(a, &rec), KMS_OK); /* written, then rotated */
+	audit_get_stats(a, &st);
+	assert_int_equal(st.segments, 1);
+	audit_close(a);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_size, 0);
+
+	o.segment_seconds = 0;
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	audit_close(a);
+	j = first_record(path);
+	assert_string_equal(json_string_value(json_object_get(j, "operation")), AUDIT_OP_RECOVERED);
+	assert_int_equal(json_integer_value(json_object_get(j, "seq")), 3);
+	assert_non_null(strstr(json_string_value(json_object_get(j, "reason")), "continues from"));
+	json_decref(j);
+	n = list_segments(names, 8);
+	assert_int_equal(n, 1);
+	verify_files_ok(names, n, 3);
+	signer_free(&s);
+}
+
+/* A missing current file next to segments was deleted: refused, with the way out. */
+static void test_missing_current_segment_refused(void **state)
+{
+	char names[64][192];
+	size_t n;
+	struct audit_options o;
+	struct signer s;
+	struct audit *a = NULL;
+	int i;
+	(void)state;
+
+	signer_init(&s);
+	seg_opts(&o, &s, 1500, 0);
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	for (i = 0; i < 20; i++)
+		assert_int_equal(audit_append(a, &rec), KMS_OK);
+	audit_close(a);
+	assert_int_equal(unlink(path), 0);
+	a = NULL;
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_ERR_IO);
+	assert_null(a);
+	assert_non_null(strstr(kms_err_detail(KMS_ERR_IO), "deleted or moved"));
+
+	/* without segments, refused only when a log is known to have existed */
+	o.segment_bytes = 0;
+	n = list_segments(names, 64);
+	assert_true(n > 0);
+	while (n > 0)
+		assert_int_equal(unlink(names[--n]), 0);
+	o.expect_existing = true;
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_ERR_IO);
+	assert_non_null(strstr(kms_err_detail(KMS_ERR_IO), "written an audit log here before"));
+	/* an operator's empty file: a new chain, recorded */
+	fclose(fopen(path, "w"));
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	audit_close(a);
+	{
+		json_t *j = first_record(path);
+		assert_string_equal(json_string_value(json_object_get(j, "operation")), AUDIT_OP_RECOVERED);
+		assert_non_null(strstr(json_string_value(json_object_get(j, "reason")), "new chain"));
+		json_decref(j);
+	}
+	signer_free(&s);
+}
+
+/* A rotation cut by a crash: before the segment was linked (undone) and after
+ * (completed). Either way nothing is lost and the chain verifies. */
+static void test_interrupted_rotation(void **state)
+{
+	char next[192], seg[192], names[8][192];
+	struct audit_options o;
+	struct signer s;
+	struct audit *a;
+	json_t *j;
+	FILE *f;
+	(void)state;
+
+	signer_init(&s);
+	seg_opts(&o, &s, 0, 0);
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	assert_int_equal(audit_append(a, &rec), KMS_OK);
+	assert_int_equal(audit_append(a, &rec), KMS_OK);
+	audit_close(a);
+	snprintf(next, sizeof(next), "%s.next", path);
+
+	/* crash before link: .next exists, no segment */
+	f = fopen(next, "w");
+	fclose(f);
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	assert_int_equal(audit_append(a, &rec), KMS_OK);
+	audit_close(a);
+	assert_int_equal(access(next, F_OK), -1);
+	assert_int_equal(list_segments(names, 8), 0);
+	verify_files_ok(names, 0, 3);
+
+	/* crash after link, before the rename: both names are the old file */
+	f = fopen(next, "w");
+	fclose(f);
+	assert_true(audit_segment_name(path, 1, seg, sizeof(seg)) > 0);
+	assert_int_equal(link(path, seg), 0);
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	assert_int_equal(audit_append(a, &rec), KMS_OK);
+	audit_close(a);
+	assert_int_equal(access(next, F_OK), -1);
+	assert_int_equal(list_segments(names, 8), 1);
+	j = first_record(path); /* the resumption record, then seq 5 */
+	assert_int_equal(json_integer_value(json_object_get(j, "seq")), 4);
+	json_decref(j);
+	verify_files_ok(names, 1, 5);
+	signer_free(&s);
+}
+
+/* The file deleted or replaced under a running log: the next append is refused (its
+ * record went to a file nobody will read), and an idle log notices within seconds. */
+static void test_deleted_or_replaced_file(void **state)
+{
+	struct audit_stats st;
+	struct audit *a;
+	char moved[192];
+	int i;
+	(void)state;
+
+	assert_int_equal(audit_open(path, "n", &a), KMS_OK);
+	assert_int_equal(audit_append(a, &rec), KMS_OK);
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(audit_append(a, &rec), KMS_ERR_AUDIT);
+	audit_get_stats(a, &st);
+	assert_false(st.healthy);
+	assert_non_null(strstr(st.why, "deleted"));
+	assert_int_equal(audit_append(a, &rec), KMS_ERR_AUDIT);
+	audit_close(a);
+
+	/* idle: renamed away and replaced, noticed by the timer */
+	unlink(path);
+	assert_int_equal(audit_open(path, "n", &a), KMS_OK);
+	assert_int_equal(audit_append(a, &rec), KMS_OK);
+	snprintf(moved, sizeof(moved), "%s.moved", path);
+	assert_int_equal(rename(path, moved), 0);
+	fclose(fopen(path, "w"));
+	for (i = 0; i < 50 && audit_healthy(a); i++)
+		usleep(100000);
+	audit_get_stats(a, &st);
+	assert_false(st.healthy);
+	assert_non_null(strstr(st.why, "replaced"));
+	assert_int_equal(audit_append(a, &rec), KMS_ERR_AUDIT);
+	audit_close(a);
+}
+
+/* Extra members (the hashed context) are written after reason; one that would
+ * override a standard member refuses the record. */
+static void test_extra_members(void **state)
+{
+	struct audit_record r = rec;
+	struct audit *a;
+	json_t *x, *j;
+	(void)state;
+
+	x = json_pack("{s:{s:s},s:n}", "encryption_context", "purpose", "hmac-sha256:00",
+		      "associated_data");
+	r.extra = x;
+	assert_int_equal(audit_open(path, "n", &a), KMS_OK);
+	assert_int_equal(audit_append(a, &r), KMS_OK);
+	json_decref(x);
+	x = json_pack("{s:s}", "principal", "mallory");
+	r.extra = x;
+	assert_int_not_equal(audit_append(a, &r), KMS_OK);
+	assert_true(audit_healthy(a)); /* refused, not failed */
+	json_decref(x);
+	audit_close(a);
+	j = first_record(path);
+	assert_string_equal(
+		json_string_value(json_object_get(json_object_get(j, "encryption_context"), "purpose")),
+		"hmac-sha256:00");
+	assert_true(json_is_null(json_object_get(j, "associated_data")));
+	assert_string_equal(json_string_value(json_object_get(j, "principal")), "svc");
+	json_decref(j);
+	assert_int_equal(check_lines(1), 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -600,6 +915,12 @@ int main(void)
 		cmocka_unit_test(test_fail_closed),
 		cmocka_unit_test_setup_teardown(test_fail_closed_with_signer, setup, teardown),
 		cmocka_unit_test(test_open_error),
+		cmocka_unit_test_setup_teardown(test_segments_by_size, setup, teardown_all),
+		cmocka_unit_test_setup_teardown(test_segments_by_time_and_resume, setup, teardown_all),
+		cmocka_unit_test_setup_teardown(test_missing_current_segment_refused, setup, teardown_all),
+		cmocka_unit_test_setup_teardown(test_interrupted_rotation, setup, teardown_all),
+		cmocka_unit_test_setup_teardown(test_deleted_or_replaced_file, setup, teardown_all),
+		cmocka_unit_test_setup_teardown(test_extra_members, setup, teardown_all),
 	};
 	kms_json_init();
 	return cmocka_run_group_tests_name("audit", tests, NULL, NULL);

@@ -1,0 +1,196 @@
+/* What the audit log needs from the request path: the HMAC'd encryption context and
+ * associated data of a data-plane call (docs/FORMATS.md "Audit record"), the endpoint
+ * that hashes a value the same way so an investigator can search the log for it, and
+ * the log's counters in /v1/sys/metrics. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kms/audit/audit.h"
+#include "kms/base/b64.h"
+#include "kms/base/json.h"
+#include "kms/core/core_int.h"
+
+#define HASH_TEXT_LEN (sizeof(AUDIT_HMAC_PREFIX) - 1 + 2 * P11_HMAC_LEN)
+
+/* "hmac-sha256:<hex>" of the bytes under the token's audit HMAC key. */
+static kms_err hmac_text(struct core *c, const void *data, size_t len, char out[HASH_TEXT_LEN + 1])
+{
+	uint8_t mac[P11_HMAC_LEN];
+	kms_err rc;
+
+	rc = p11_hmac(c->p11, P11_MAC_AUDIT, data, len, mac);
+	if (rc != KMS_OK)
+		return rc;
+	memcpy(out, AUDIT_HMAC_PREFIX, sizeof(AUDIT_HMAC_PREFIX) - 1);
+	kms_hex_encode(mac, sizeof(mac), out + sizeof(AUDIT_HMAC_PREFIX) - 1);
+	return KMS_OK;
+}
+
+/* A string is hashed as its UTF-8 bytes; anything else (which the operation refuses
+ * anyway) as its compact JSON text, so that the record still says what was sent. */
+static kms_err hash_value(struct core *c, const json_t *v, json_t **out)
+{
+	char h[HASH_TEXT_LEN + 1];
+	char *text = NULL;
+	kms_err rc;
+
+	*out = NULL;
+	if (json_is_string(v)) {
+		rc = hmac_text(c, json_string_value(v), json_string_length(v), h);
+	} else {
+		text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS);
+		if (text == NULL)
+			return kms_errf(KMS_ERR_NOMEM, "audit context");
+		rc = hmac_text(c, text, strlen(text), h);
+		kms_json_free_str(text, 0); /* jansson allocated it through our allocator */
+	}
+	if (rc != KMS_OK)
+		return rc;
+	*out = json_string(h);
+	return *out ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "audit context");
+}
+
+/* Sets "encryption_context" (an object of hashed values, or null) and
+ * "associated_data" (a hash, or null) of one item on dst. */
+static kms_err hash_item(struct core *c, const json_t *item, json_t *dst)
+{
+	const json_t *ctx = json_is_object(item) ? json_object_get(item, "encryption_context") : NULL;
+	const json_t *ad = json_is_object(item) ? json_object_get(item, "associated_data") : NULL;
+	json_t *hc = NULL, *hv = NULL;
+	const char *k;
+	json_t *v;
+	kms_err rc;
+
+	if (ctx != NULL && !json_is_null(ctx)) {
+		if (json_is_object(ctx)) {
+			hc = json_object();
+			if (hc == NULL)
+				return kms_errf(KMS_ERR_NOMEM, "audit context");
+			json_object_foreach((json_t *)ctx, k, v) {
+				if ((rc = hash_value(c, v, &hv)) != KMS_OK) {
+					json_decref(hc);
+					return rc;
+				}
+				if (json_object_set_new(hc, k, hv) != 0) {
+					json_decref(hc);
+					return kms_errf(KMS_ERR_NOMEM, "audit context");
+				}
+			}
+		} else if ((rc = hash_value(c, ctx, &hc)) != KMS_OK) {
+			return rc;
+		}
+	}
+	if (json_object_set_new(dst, "encryption_context", hc ? hc : json_null()) != 0)
+		return kms_errf(KMS_ERR_NOMEM, "audit context");
+	hv = NULL;
+	if (ad != NULL && !json_is_null(ad) && (rc = hash_value(c, ad, &hv)) != KMS_OK)
+		return rc;
+	if (json_object_set_new(dst, "associated_data", hv ? hv : json_null()) != 0)
+		return kms_errf(KMS_ERR_NOMEM, "audit context");
+	return KMS_OK;
+}
+
+kms_err core_audit_hashes(struct core *c, const json_t *body, json_t **extra)
+{
+	const json_t *batch = json_is_object(body) ? json_object_get(body, "batch_input") : NULL;
+	json_t *e, *items = NULL, *it;
+	size_t i;
+	kms_err rc;
+
+	*extra = NULL;
+	e = json_object();
+	if (e == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "audit context");
+	if (json_is_array(batch)) {
+		rc = json_object_set_new(e, "encryption_context", json_null()) == 0 &&
+				     json_object_set_new(e, "associated_data", json_null()) == 0 &&
+				     (items = json_array()) != NULL
+			     ? KMS_OK
+			     : kms_errf(KMS_ERR_NOMEM, "audit context");
+		for (i = 0; rc == KMS_OK && i < json_array_size(batch); i++) {
+			it = json_object();
+			if (it == NULL || json_array_append_new(items, it) != 0) {
+				rc = kms_errf(KMS_ERR_NOMEM, "audit context");
+				break;
+			}
+			rc = hash_item(c, json_array_get(batch, i), it);
+		}
+		if (rc == KMS_OK && json_object_set_new(e, "items", items) != 0)
+			rc = kms_errf(KMS_ERR_NOMEM, "audit context");
+		else if (rc != KMS_OK)
+			json_decref(items);
+	} else {
+		rc = hash_item(c, body, e);
+	}
+	if (rc != KMS_OK) {
+		json_decref(e);
+		return rc;
+	}
+	*extra = e;
+	return KMS_OK;
+}
+
+kms_err op_audit_hash(struct core *c, struct op_ctx *x)
+{
+	static const char *const allowed[] = {"input", NULL};
+	json_t *body = x->call->body;
+	const json_t *in;
+	char h[HASH_TEXT_LEN + 1];
+	kms_err rc;
+
+	if (body == NULL)
+		return kms_errf(KMS_ERR_INVALID, "\"input\" (a string) is required");
+	if ((rc = kms_json_only(body, allowed)) != KMS_OK)
+		return rc;
+	in = json_object_get(body, "input");
+	if (!json_is_string(in))
+		return kms_errf(KMS_ERR_INVALID, "\"input\" (a string) is required");
+	rc = hmac_text(c, json_string_value(in), json_string_length(in), h);
+	if (rc != KMS_OK)
+		return rc;
+	x->data = json_pack("{s:s}", "hash", h);
+	return x->data ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "audit hash");
+}
+
+/* Prometheus text format 0.0.4; the JSON form carries the same figures. */
+kms_err op_metrics(struct core *c, struct op_ctx *x)
+{
+	struct audit_stats st;
+	const char *fmt = x->call->format;
+	char *text;
+	int n;
+
+	audit_get_stats(c->au, &st);
+	if (fmt != NULL && strcmp(fmt, "prometheus") == 0) {
+		n = asprintf(&text,
+			     "# HELP kmsd_audit_records_total Audit records made durable since start.\n"
+			     "# TYPE kmsd_audit_records_total counter\n"
+			     "kmsd_audit_records_total %" PRIu64 "\n"
+			     "# HELP kmsd_audit_syncs_total fdatasync calls on the audit log since start "
+			     "(one per group commit).\n"
+			     "# TYPE kmsd_audit_syncs_total counter\n"
+			     "kmsd_audit_syncs_total %" PRIu64 "\n"
+			     "# HELP kmsd_audit_segments_rotated_total Audit segments rotated since start.\n"
+			     "# TYPE kmsd_audit_segments_rotated_total counter\n"
+			     "kmsd_audit_segments_rotated_total %" PRIu64 "\n"
+			     "# HELP kmsd_audit_last_seq Sequence number of the last durable audit record.\n"
+			     "# TYPE kmsd_audit_last_seq gauge\n"
+			     "kmsd_audit_last_seq %" PRIu64 "\n"
+			     "# HELP kmsd_audit_healthy 1 while the audit log accepts records, 0 once it failed.\n"
+			     "# TYPE kmsd_audit_healthy gauge\n"
+			     "kmsd_audit_healthy %d\n",
+			     st.records, st.syncs, st.segments, st.seq, st.healthy ? 1 : 0);
+		if (n < 0)
+			return kms_errf(KMS_ERR_NOMEM, "metrics");
+		x->text = text;
+		return KMS_OK;
+	}
+	if (fmt != NULL && strcmp(fmt, "json") != 0)
+		return kms_errf(KMS_ERR_INVALID, "format must be \"prometheus\" or \"json\"");
+	x->data = json_pack("{s:{s:I,s:I,s:I,s:I,s:b}}", "audit", "records_total", (json_int_t)st.records,
+			    "syncs_total", (json_int_t)st.syncs, "segments_rotated_total",
+			    (json_int_t)st.segments, "last_seq", (json_int_t)st.seq, "healthy", st.healthy);
+	return x->data ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "metrics");
+}

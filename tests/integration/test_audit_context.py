@@ -1,0 +1,192 @@
+"""Audit records name what a data-plane call was about without saying it: each
+encryption_context value and the associated_data go into the record as
+"hmac-sha256:<hex>" under the token's audit HMAC key (docs/FORMATS.md "Audit record"),
+and POST /v1/sys/audit/hash hashes a value the same way so an investigator can search
+for it. Also GET /v1/sys/metrics, whose audit counters show the group commit."""
+
+import json
+import re
+
+import pytest
+
+from conftest import b64, uniq
+
+HASH_RE = re.compile(r"^hmac-sha256:[0-9a-f]{64}$")
+PATIENT = "patient-4711-must-not-appear-in-clear"
+
+
+def records(kmsd):
+    with open(kmsd.audit_path, "rb") as f:
+        data = f.read()
+    return data, [json.loads(l) for l in data.decode().splitlines()]
+
+
+def by_rid(kmsd, rid):
+    _, recs = records(kmsd)
+    found = [r for r in recs if r.get("request_id") == rid]
+    assert len(found) == 1, (rid, found)
+    return found[0]
+
+
+def audit_hash(kmsd, value):
+    r = kmsd.post("/v1/sys/audit/hash", {"input": value}, token=kmsd.admin_token)
+    assert r.status_code == 200, r.text
+    h = r.json()["data"]["hash"]
+    assert HASH_RE.match(h), h
+    return h
+
+
+def test_single_call_context_hashed(kmsd, env):
+    ctx = {"purpose": "treatment", "patient": PATIENT}
+    aad = b64("record-77")
+    r = kmsd.datakey(env.token, env.tenant, env.key, encryption_context=ctx,
+                     associated_data=aad, headers={"X-Request-Id": "ctx-single-1"})
+    assert r.status_code == 200, r.text
+    rec = by_rid(kmsd, "ctx-single-1")
+    ec = rec["encryption_context"]
+    assert set(ec) == {"purpose", "patient"}
+    assert ec["purpose"] == audit_hash(kmsd, "treatment")
+    assert ec["patient"] == audit_hash(kmsd, PATIENT)
+    assert rec["associated_data"] == audit_hash(kmsd, aad)
+    assert "items" not in rec
+    data, _ = records(kmsd)
+    assert PATIENT.encode() not in data
+    assert b"treatment" not in data
+
+
+def test_no_context_is_null(kmsd, env):
+    r = kmsd.datakey(env.token, env.tenant, env.key, headers={"X-Request-Id": "ctx-none-1"})
+    assert r.status_code == 200, r.text
+    rec = by_rid(kmsd, "ctx-none-1")
+    assert rec["encryption_context"] is None and rec["associated_data"] is None
+
+
+def test_batch_items_hashed(kmsd, env):
+    items = [{"plaintext": b64("a"), "encryption_context": {"purpose": "payment"}},
+             {"plaintext": b64("b")},
+             {"plaintext": b64("c"), "encryption_context": {"purpose": "operations"},
+              "associated_data": b64("x")}]
+    r = kmsd.encrypt(env.token, env.tenant, env.key, batch_input=items,
+                     headers={"X-Request-Id": "ctx-batch-1"})
+    assert r.status_code == 200, r.text
+    rec = by_rid(kmsd, "ctx-batch-1")
+    assert rec["batch"] == 3
+    assert rec["encryption_context"] is None
+    it = rec["items"]
+    assert len(it) == 3
+    assert it[0] == {"encryption_context": {"purpose": audit_hash(kmsd, "payment")},
+                     "associated_data": None}
+    assert it[1] == {"encryption_context": None, "associated_data": None}
+    assert it[2] == {"encryption_context": {"purpose": audit_hash(kmsd, "operations")},
+                     "associated_data": audit_hash(kmsd, b64("x"))}
+
+
+def test_denied_and_refused_calls_hashed_too(kmsd, env):
+    # decrypt with a context the ciphertext was not made under: refused, still recorded
+    r = kmsd.encrypt(env.token, env.tenant, env.key, plaintext=b64("z"),
+                     encryption_context={"purpose": "treatment"})
+    ct = r.json()["data"]["ciphertext"]
+    r = kmsd.decrypt(env.token, env.tenant, env.key, ciphertext=ct,
+                     encryption_context={"purpose": "research"},
+                     headers={"X-Request-Id": "ctx-refused-1"})
+    assert r.status_code == 400, r.text
+    rec = by_rid(kmsd, "ctx-refused-1")
+    assert rec["outcome"] == "error"
+    assert rec["encryption_context"] == {"purpose": audit_hash(kmsd, "research")}
+
+
+def test_non_string_context_value_refused_and_hashed_as_json(kmsd, env):
+    r = kmsd.datakey(env.token, env.tenant, env.key, encryption_context={"n": 5},
+                     headers={"X-Request-Id": "ctx-nonstring-1"})
+    assert r.status_code == 400, r.text
+    rec = by_rid(kmsd, "ctx-nonstring-1")
+    assert rec["encryption_context"] == {"n": audit_hash(kmsd, "5")}
+
+
+def test_anonymous_call_not_hashed(kmsd, env):
+    r = kmsd.datakey(None, env.tenant, env.key, encryption_context={"p": PATIENT},
+                     headers={"X-Request-Id": "ctx-anon-1"})
+    assert r.status_code in (401, 403), r.text
+    rec = by_rid(kmsd, "ctx-anon-1")
+    assert "encryption_context" not in rec
+    data, _ = records(kmsd)
+    assert PATIENT.encode() not in data
+
+
+def test_hash_endpoint(kmsd, env):
+    a = audit_hash(kmsd, "treatment")
+    assert audit_hash(kmsd, "treatment") == a
+    assert audit_hash(kmsd, "treatment ") != a
+    assert audit_hash(kmsd, "") != a
+    # Vault's path for the same thing
+    r = kmsd.post("/v1/sys/audit-hash/file", {"input": "treatment"}, token=kmsd.admin_token)
+    assert r.status_code == 200 and r.json()["data"]["hash"] == a, r.text
+    # the hash call itself is audited, without its input
+    r = kmsd.post("/v1/sys/audit/hash", {"input": PATIENT}, token=kmsd.admin_token,
+                  headers={"X-Request-Id": "hash-call-1"})
+    assert r.status_code == 200
+    rec = by_rid(kmsd, "hash-call-1")
+    assert rec["operation"] == "audit.hash" and rec["outcome"] == "allow"
+    data, _ = records(kmsd)
+    assert PATIENT.encode() not in data
+
+
+@pytest.mark.parametrize("body,status", [
+    (None, 400),
+    ({}, 400),
+    ({"input": 5}, 400),
+    ({"input": None}, 400),
+    ({"input": "x", "extra": 1}, 400),
+])
+def test_hash_endpoint_bad_input(kmsd, body, status):
+    if body is None:
+        r = kmsd.request("POST", "/v1/sys/audit/hash", token=kmsd.admin_token)
+    else:
+        r = kmsd.post("/v1/sys/audit/hash", body, token=kmsd.admin_token)
+    assert r.status_code == status, r.text
+    assert r.json()["errors"]
+
+
+def test_hash_endpoint_needs_privilege(kmsd, env):
+    r = kmsd.post("/v1/sys/audit/hash", {"input": "x"}, token=env.token)
+    assert r.status_code == 403, r.text
+    r = kmsd.post("/v1/sys/audit/hash", {"input": "x"})
+    assert r.status_code in (401, 403), r.text
+
+
+def metrics(kmsd):
+    r = kmsd.get("/v1/sys/metrics", token=kmsd.admin_token, params={"format": "prometheus"})
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("text/plain"), r.headers
+    vals = {}
+    for line in r.text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, v = line.split()
+        vals[name] = int(v)
+    return r.text, vals
+
+
+def test_metrics_audit_counters(kmsd, env):
+    text, m0 = metrics(kmsd)
+    assert "# TYPE kmsd_audit_records_total counter" in text
+    assert "# TYPE kmsd_audit_syncs_total counter" in text
+    assert m0["kmsd_audit_healthy"] == 1
+    for _ in range(5):
+        assert kmsd.datakey(env.token, env.tenant, env.key).status_code == 200
+    _, m1 = metrics(kmsd)
+    # 5 datakeys and the first metrics call itself, at least
+    assert m1["kmsd_audit_records_total"] >= m0["kmsd_audit_records_total"] + 6
+    assert 1 <= m1["kmsd_audit_syncs_total"] <= m1["kmsd_audit_records_total"]
+    assert m1["kmsd_audit_last_seq"] >= m1["kmsd_audit_records_total"]
+    r = kmsd.get("/v1/sys/metrics", token=kmsd.admin_token)
+    assert r.status_code == 200, r.text
+    a = r.json()["data"]["audit"]
+    assert a["healthy"] is True and a["records_total"] >= m1["kmsd_audit_records_total"]
+
+
+def test_metrics_bad_format_and_privilege(kmsd, env):
+    r = kmsd.get("/v1/sys/metrics", token=kmsd.admin_token, params={"format": "xml"})
+    assert r.status_code == 400, r.text
+    r = kmsd.get("/v1/sys/metrics", token=env.token, params={"format": "prometheus"})
+    assert r.status_code == 403, r.text

@@ -1,0 +1,255 @@
+"""The audit log under I/O faults, deletion and rotation (issue 5, "Durability, fail
+closed"). Faults come from tests/iofault (an LD_PRELOAD library, build/tests/iofault.so)
+armed through a control file while kmsd runs: a write or an fdatasync of the audit log
+fails once with ENOSPC or EIO. Expected, each time: that call and every later key
+operation answer 503 with no key material, /v1/sys/health answers 503 naming the
+failure, the log is never written again by this process; after the operator restarts
+kmsd the chain verifies and the server serves again. Also: the log file deleted or
+replaced while kmsd runs is noticed, and a restart refuses to start a silent new chain;
+segments rotated by time form one verifiable chain.
+
+Each test runs its own kmsd (a failed log cannot be reused)."""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import Kmsd, kmsd_bin, sanitizer_findings
+
+BUILD = os.path.dirname(kmsd_bin())
+# the shim is built once, without sanitizers, in the normal build
+IOFAULT = os.path.join(os.path.dirname(BUILD) if BUILD.endswith("asan") else BUILD,
+                       "tests", "iofault.so")
+KMSCTL = os.path.join(BUILD, "kmsctl")
+
+
+class Server:
+    def __init__(self, tmp, extra_opts=(), preload=True):
+        self.k = Kmsd(tmp)
+        self.k.extra_opts = list(extra_opts)
+        self.ctl = os.path.join(str(tmp), "iofault.ctl")
+        open(self.ctl, "w").close()
+        self.k.provision()
+        if preload:
+            self.k.env["LD_PRELOAD"] = IOFAULT
+            self.k.env["IOFAULT_CTL"] = self.ctl
+            self.k.env["ASAN_OPTIONS"] += ":verify_asan_link_order=0"
+        self.k.init()
+        self.k.start()
+        self.t, self.key, self.tok = self.k.setup_tenant_key()
+
+    def arm(self, rule):
+        tmp = self.ctl + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(rule + "\n")
+        os.replace(tmp, self.ctl)
+
+    def disarm(self):
+        self.arm("")
+
+    def hits(self):
+        try:
+            with open(self.ctl + ".log") as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def stop(self):
+        rc, err = self.k.stop()
+        found = sanitizer_findings(err)
+        assert not found, "sanitizer report(s) %s:\n%s" % (found, err[-20000:])
+        assert rc == 0, "kmsd exit status %r\n%s" % (rc, err[-5000:])
+
+    def segments(self):
+        d = os.path.dirname(self.k.audit_path)
+        segs = sorted(n for n in os.listdir(d) if n.startswith("audit-") and n.endswith(".log"))
+        return [os.path.join(d, n) for n in segs]
+
+    def verify(self):
+        files = self.segments() + [self.k.audit_path]
+        r = subprocess.run([KMSCTL, "audit", "verify", "--pubkey", self.k.audit_path + ".pub.pem"]
+                           + files, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, "verify: %s%s" % (r.stdout, r.stderr)
+        return r.stdout
+
+
+def assert_refused_503(r):
+    assert r.status_code == 503, r.text
+    body = r.json()
+    assert "audit log unavailable" in " ".join(body["errors"]), body
+    assert "data" not in body and "plaintext" not in r.text, "key material left: %s" % r.text
+
+
+def health_failure(k):
+    r = k.get("/v1/sys/health")
+    assert r.status_code == 503, r.text
+    checks = r.json()["checks"]
+    assert checks["audit"] == "failed", checks
+    return checks["audit_error"]
+
+
+@pytest.mark.parametrize("call,err,text", [
+    ("write", "ENOSPC", "No space left on device"),
+    ("write", "EIO", "Input/output error"),
+    ("sync", "EIO", "Input/output error"),
+    ("sync", "ENOSPC", "No space left on device"),
+])
+def test_fault_fails_closed_and_recovers_on_restart(tmp_path, call, err, text):
+    s = Server(tmp_path)
+    k = s.k
+    try:
+        k.serves(s.tok, s.t, s.key)
+        s.arm("%s %s once audit.log" % (call, err))
+        r = k.datakey(s.tok, s.t, s.key)
+        assert_refused_503(r)
+        assert len(s.hits()) == 1 and s.hits()[0].startswith(call), s.hits()
+        s.disarm()
+        # a failed log is never retried: still refused although the fault is gone
+        for _ in range(3):
+            assert_refused_503(k.datakey(s.tok, s.t, s.key))
+            assert_refused_503(k.post("/v1/%s/keys/%s/rotate" % (s.t, s.key), {},
+                                      token=k.admin_token))
+        why = health_failure(k)
+        assert text in why and "audit.log" in why, why
+        assert len(s.hits()) == 1, "the log was written again after failing: %s" % s.hits()
+        size = os.path.getsize(k.audit_path)
+        time.sleep(1.2)  # the idle timer must not write either
+        assert os.path.getsize(k.audit_path) == size
+        s.stop()
+        # the operator's recovery: restart (the fault is gone)
+        k.start()
+        k.serves(s.tok, s.t, s.key)
+        out = s.verify()
+        assert out.startswith("ok"), out
+    except BaseException:
+        k.kill()
+        raise
+    s.stop()
+
+
+def test_persistent_fault_refuses_start(tmp_path):
+    """A disk that stays full: kmsd does not start rather than serve unaudited."""
+    s = Server(tmp_path)
+    k = s.k
+    try:
+        s.arm("write ENOSPC always audit.log")
+        assert_refused_503(k.datakey(s.tok, s.t, s.key))
+        s.stop()
+        # nothing needs writing at start-up (the failed write wrote nothing), so kmsd
+        # may start; then the first key operation must be refused again
+        try:
+            os.unlink(k.port_file)
+        except FileNotFoundError:
+            pass
+        k.proc = subprocess.Popen([k.bin, "-c", k.conf], env=k.env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, cwd=k.tmp)
+        deadline = time.monotonic() + 60
+        while k.proc.poll() is None and not os.path.exists(k.port_file):
+            assert time.monotonic() < deadline, "kmsd neither started nor exited"
+            time.sleep(0.05)
+        if k.proc.poll() is None:
+            time.sleep(0.2)
+            k.port = int(open(k.port_file).read())
+            k.url = "https://127.0.0.1:%d" % k.port
+            assert_refused_503(k.datakey(s.tok, s.t, s.key))
+            assert health_failure(k)
+            k.proc.kill()
+            k.proc.wait()
+        else:
+            assert k.proc.returncode != 0
+        s.disarm()
+        k.start()
+        k.serves(s.tok, s.t, s.key)
+        assert s.verify().startswith("ok")
+    except BaseException:
+        k.kill()
+        raise
+    s.stop()
+
+
+def test_deleted_log_detected_and_restart_refused(tmp_path):
+    s = Server(tmp_path, preload=False)
+    k = s.k
+    try:
+        k.serves(s.tok, s.t, s.key)
+        os.unlink(k.audit_path)
+        assert_refused_503(k.datakey(s.tok, s.t, s.key))
+        why = health_failure(k)
+        assert "deleted" in why, why
+        s.stop()
+        # restart: kmsd knows it wrote a log here and refuses a silent new chain
+        r = subprocess.run([k.bin, "-c", k.conf], env=k.env, capture_output=True, text=True,
+                           timeout=60, cwd=k.tmp)
+        assert r.returncode != 0
+        assert "deleted or moved" in r.stderr, r.stderr
+        # the operator accepts the loss knowingly: an empty file
+        open(k.audit_path, "w").close()
+        k.start()
+        k.serves(s.tok, s.t, s.key)
+        with open(k.audit_path) as f:
+            first = json.loads(f.readline())
+        assert first["operation"] == "audit.recovered" and first["seq"] == 1
+        assert "new chain" in first["reason"], first
+        assert s.verify().startswith("ok")
+    except BaseException:
+        k.kill()
+        raise
+    s.stop()
+
+
+def test_idle_log_replaced_detected(tmp_path):
+    s = Server(tmp_path, preload=False)
+    k = s.k
+    try:
+        os.rename(k.audit_path, k.audit_path + ".moved")
+        open(k.audit_path, "w").close()
+        for _ in range(50):  # the timer looks once a second
+            if k.get("/v1/sys/health").status_code == 503:
+                break
+            time.sleep(0.1)
+        why = health_failure(k)
+        assert "replaced" in why, why
+        assert_refused_503(k.datakey(s.tok, s.t, s.key))
+    except BaseException:
+        k.kill()
+        raise
+    k.stop()
+
+
+def test_segments_rotate_by_time_and_verify(tmp_path):
+    s = Server(tmp_path, extra_opts=[("audit_segment_seconds", "1")], preload=False)
+    k = s.k
+    try:
+        for _ in range(3):
+            k.serves(s.tok, s.t, s.key)
+            time.sleep(1.1)
+        k.serves(s.tok, s.t, s.key)
+        segs = s.segments()
+        assert len(segs) >= 3, segs
+        r = k.get("/v1/sys/metrics", token=k.admin_token)
+        assert r.json()["data"]["audit"]["segments_rotated_total"] >= 3
+        # each segment starts where the previous one ended
+        last = 0
+        for p in segs + [k.audit_path]:
+            with open(p) as f:
+                lines = f.read().splitlines()
+            if not lines:
+                continue
+            first = json.loads(lines[0])["seq"]
+            assert first == last + 1, (p, first, last)
+            last = json.loads(lines[-1])["seq"]
+            assert os.stat(p).st_mode & 0o077 == 0
+        out = s.verify()
+        assert out.startswith("ok"), out
+        s.stop()
+        # a restart continues the chain after the newest segment
+        k.start()
+        k.serves(s.tok, s.t, s.key)
+        assert s.verify().startswith("ok")
+    except BaseException:
+        k.kill()
+        raise
+    s.stop()
