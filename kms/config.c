@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "kms/audit/syslog.h"
 #include "kms/base/log.h"
 
 /* A config file is a few kilobytes; anything far larger is a wrong path (a log, a
@@ -42,6 +43,7 @@ static const char *check_ip(const char *v);
 static const char *check_node_id(const char *v);
 static const char *check_env_name(const char *v);
 static const char *check_log_level(const char *v);
+static const char *check_syslog(const char *v);
 
 #define FIELD(f) offsetof(struct kms_config, f), sizeof(((struct kms_config *)0)->f)
 #define STRING(n, d, req, chk) {#n, OPT_STRING, d, FIELD(n), 0, 0, req, chk}
@@ -79,6 +81,7 @@ static const struct conf_option options[] = {
 	INT(audit_checkpoint_seconds, 60, 1, 86400),
 	INT(audit_segment_mb, 256, 0, 1048576),
 	INT(audit_segment_seconds, 86400, 0, 31622400),
+	STRING(audit_syslog, "", 0, check_syslog),
 };
 
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))
@@ -113,6 +116,11 @@ static const char *check_env_name(const char *v)
 	    strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") != len)
 		return "must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*)";
 	return NULL;
+}
+
+static const char *check_syslog(const char *v)
+{
+	return *v == '\0' ? NULL : audit_syslog_target_problem(v);
 }
 
 static const char *check_log_level(const char *v)

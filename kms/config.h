@@ -35,6 +35,7 @@
  *   audit_checkpoint_seconds int 60          seconds between signed audit checkpoints, 1..86400
  *   audit_segment_mb    int     256          rotate the audit log at this size in MiB, 0..1048576 (0 = not by size)
  *   audit_segment_seconds int   86400        ...or this long after its segment began, 0..31622400 (0 = not by time)
+ *   audit_syslog        string  ""           also forward records (RFC 5424) to udp:HOST:PORT or unix:PATH; "" = no
  */
 #ifndef KMS_CONFIG_H
 #define KMS_CONFIG_H
@@ -74,6 +75,7 @@ struct kms_config {
 	int audit_checkpoint_seconds;
 	int audit_segment_mb;
 	int audit_segment_seconds;
+	char audit_syslog[256];
 };
 
 /* Fills cfg with every default. */

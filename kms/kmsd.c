@@ -308,6 +308,7 @@ static int cmd_serve(const struct kms_config *cfg)
 	aopt.checkpoint_seconds = (unsigned)cfg->audit_checkpoint_seconds;
 	aopt.segment_bytes = (uint64_t)cfg->audit_segment_mb << 20;
 	aopt.segment_seconds = (unsigned)cfg->audit_segment_seconds;
+	aopt.syslog_target = cfg->audit_syslog;
 	err = store_meta_get(st, "audit_started", flag, sizeof(flag));
 	if (err != KMS_OK && err != KMS_ERR_NOT_FOUND) {
 		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "kms/audit/audit_int.h"
+#include "kms/audit/syslog.h"
 #include "kms/base/b64.h"
 #include "kms/base/json.h"
 #include "kms/base/log.h"
@@ -43,6 +44,7 @@ struct audit {
 	struct timespec seg_start;  /* monotonic: when it was started (or opened) */
 	struct timespec rotate_try; /* monotonic: no rotation attempt before this */
 	uint64_t n_records, n_syncs, n_segments;
+	struct audit_syslog *slog; /* used by the leader only */
 	char why[256]; /* what failed, once failed */
 	char node[65];
 	EVP_MD *sha256;
@@ -436,6 +438,8 @@ static void commit_locked(struct audit *a, uint64_t target)
 		else
 			(void)file_intact(a, why, sizeof(why));
 		ok = why[0] == '\0';
+		if (ok && a->slog != NULL)
+			audit_syslog_send(a->slog, buf, len);
 		free(buf);
 		if (ok) {
 			if (a->seg_first == 0)
@@ -837,6 +841,12 @@ kms_err audit_open_opts(const char *path, const char *node_id, const struct audi
 	else
 		*slash = '\0';
 
+	if (a->opt.syslog_target != NULL && a->opt.syslog_target[0] != '\0') {
+		rc = audit_syslog_open(a->opt.syslog_target, &a->slog);
+		if (rc != KMS_OK)
+			goto fail;
+	}
+	a->opt.syslog_target = NULL; /* the caller's string is not kept */
 	rc = settle_rotation(a);
 	if (rc != KMS_OK)
 		goto fail;
@@ -959,6 +969,7 @@ void audit_close(struct audit *a)
 	}
 	if (a->fd >= 0)
 		close(a->fd);
+	audit_syslog_close(a->slog);
 	free(a->pend);
 	EVP_MD_CTX_free(a->md);
 	EVP_MD_free(a->sha256);
@@ -1042,6 +1053,8 @@ void audit_get_stats(struct audit *a, struct audit_stats *st)
 	st->healthy = !a->failed;
 	snprintf(st->why, sizeof(st->why), "%s", a->failed ? a->why : "");
 	pthread_mutex_unlock(&a->mu);
+	if (a->slog != NULL)
+		audit_syslog_counts(a->slog, &st->syslog_sent, &st->syslog_dropped);
 }
 
 uint64_t audit_seq(struct audit *a)

@@ -104,6 +104,8 @@ struct audit_options {
 	 * with no segment is then refused as deleted, and an empty one starts a new chain
 	 * with an "audit.recovered" record saying so. */
 	bool expect_existing;
+	/* NULL or "": no forwarding; else records are forwarded once durable (syslog.h). */
+	const char *syslog_target;
 };
 
 struct audit_stats {
@@ -113,6 +115,7 @@ struct audit_stats {
 	uint64_t seq;	   /* last durable seq */
 	bool healthy;
 	char why[256]; /* when not healthy: what failed */
+	uint64_t syslog_sent, syslog_dropped;
 };
 
 /* Defaults (AUDIT_DEFAULT_CHECKPOINT_*, AUDIT_DEFAULT_SEGMENT_*) and no signer. */

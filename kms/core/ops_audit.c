@@ -180,8 +180,15 @@ kms_err op_metrics(struct core *c, struct op_ctx *x)
 			     "kmsd_audit_last_seq %" PRIu64 "\n"
 			     "# HELP kmsd_audit_healthy 1 while the audit log accepts records, 0 once it failed.\n"
 			     "# TYPE kmsd_audit_healthy gauge\n"
-			     "kmsd_audit_healthy %d\n",
-			     st.records, st.syncs, st.segments, st.seq, st.healthy ? 1 : 0);
+			     "kmsd_audit_healthy %d\n"
+			     "# HELP kmsd_audit_syslog_sent_total Records forwarded to syslog (audit_syslog).\n"
+			     "# TYPE kmsd_audit_syslog_sent_total counter\n"
+			     "kmsd_audit_syslog_sent_total %" PRIu64 "\n"
+			     "# HELP kmsd_audit_syslog_dropped_total Records that could not be forwarded to syslog.\n"
+			     "# TYPE kmsd_audit_syslog_dropped_total counter\n"
+			     "kmsd_audit_syslog_dropped_total %" PRIu64 "\n",
+			     st.records, st.syncs, st.segments, st.seq, st.healthy ? 1 : 0, st.syslog_sent,
+			     st.syslog_dropped);
 		if (n < 0)
 			return kms_errf(KMS_ERR_NOMEM, "metrics");
 		x->text = text;
@@ -189,8 +196,10 @@ kms_err op_metrics(struct core *c, struct op_ctx *x)
 	}
 	if (fmt != NULL && strcmp(fmt, "json") != 0)
 		return kms_errf(KMS_ERR_INVALID, "format must be \"prometheus\" or \"json\"");
-	x->data = json_pack("{s:{s:I,s:I,s:I,s:I,s:b}}", "audit", "records_total", (json_int_t)st.records,
-			    "syncs_total", (json_int_t)st.syncs, "segments_rotated_total",
-			    (json_int_t)st.segments, "last_seq", (json_int_t)st.seq, "healthy", st.healthy);
+	x->data = json_pack("{s:{s:I,s:I,s:I,s:I,s:b,s:I,s:I}}", "audit", "records_total",
+			    (json_int_t)st.records, "syncs_total", (json_int_t)st.syncs,
+			    "segments_rotated_total", (json_int_t)st.segments, "last_seq", (json_int_t)st.seq,
+			    "healthy", st.healthy, "syslog_sent_total", (json_int_t)st.syslog_sent,
+			    "syslog_dropped_total", (json_int_t)st.syslog_dropped);
 	return x->data ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "metrics");
 }

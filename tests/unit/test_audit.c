@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "kms/audit/audit.h"
+#include "kms/audit/syslog.h"
 #include "kms/audit/verify.h"
 #include "kms/base/json.h"
 
@@ -898,6 +899,29 @@ static void test_extra_members(void **state)
 	assert_int_equal(check_lines(1), 1);
 }
 
+static void test_syslog_targets(void **state)
+{
+	static const char *const good[] = {"udp:127.0.0.1:514", "udp:[::1]:6514", "unix:/dev/log"};
+	static const char *const bad[] = {"", "tcp:127.0.0.1:514", "udp:127.0.0.1", "udp:127.0.0.1:0",
+					  "udp:127.0.0.1:65536", "udp:localhost:514", "udp:::1:514",
+					  "udp:[::1]514", "udp::514", "unix:dev/log", "udp:1.2.3.4:5x"};
+	struct audit_syslog *s = NULL;
+	size_t i;
+	(void)state;
+
+	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		assert_null(audit_syslog_target_problem(good[i]));
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		if (audit_syslog_target_problem(bad[i]) == NULL)
+			fail_msg("accepted %s", bad[i]);
+		assert_int_equal(audit_syslog_open(bad[i], &s), KMS_ERR_CONFIG);
+		assert_null(s);
+	}
+	assert_int_equal(audit_syslog_open("udp:127.0.0.1:9", &s), KMS_OK);
+	audit_syslog_send(s, "{\"time\":\"t\"}\n{\"x\":1}\n", 24);
+	audit_syslog_close(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -921,6 +945,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_interrupted_rotation, setup, teardown_all),
 		cmocka_unit_test_setup_teardown(test_deleted_or_replaced_file, setup, teardown_all),
 		cmocka_unit_test_setup_teardown(test_extra_members, setup, teardown_all),
+		cmocka_unit_test(test_syslog_targets),
 	};
 	kms_json_init();
 	return cmocka_run_group_tests_name("audit", tests, NULL, NULL);
