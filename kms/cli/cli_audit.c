@@ -28,7 +28,8 @@ static void verify_usage(FILE *f)
 		"hash, seq order and prev link, and every checkpoint's ECDSA P-256 signature.\n"
 		"\n"
 		"  --pubkey FILE  the PEM public key kmsd exported (default: the first\n"
-		"                 SEGMENT followed by .pub.pem, as kmsd writes it)\n"
+		"                 SEGMENT.pub.pem that exists; kmsd writes audit.log.pub.pem,\n"
+		"                 so `kmsctl audit verify var/audit*.log` finds it)\n"
 		"\n"
 		"Prints `ok: N records, M checkpoints, last signed seq S` (and the size of the\n"
 		"unsigned tail: records after the last checkpoint, which are not an error),\n"
@@ -69,19 +70,22 @@ static int audit_verify_cmd(int argc, char **argv)
 		verify_usage(stderr);
 		return CLI_USAGE;
 	}
-	if (pubkey == NULL) {
-		if (asprintf(&dflt, "%s.pub.pem", argv[optind]) < 0) {
+	for (c = optind; pubkey == NULL && c < argc; c++) {
+		free(dflt);
+		if (asprintf(&dflt, "%s.pub.pem", argv[c]) < 0) {
 			fprintf(stderr, "kmsctl: out of memory\n");
 			return CLI_FAIL;
 		}
-		if (access(dflt, R_OK) != 0) {
-			fprintf(stderr,
-				"kmsctl audit verify: no --pubkey given and %s is not readable\n",
-				dflt);
-			free(dflt);
-			return CLI_USAGE;
-		}
-		pubkey = dflt;
+		if (access(dflt, R_OK) == 0)
+			pubkey = dflt;
+	}
+	if (pubkey == NULL) {
+		fprintf(stderr,
+			"kmsctl audit verify: no --pubkey given and no SEGMENT.pub.pem is readable "
+			"(tried %s.pub.pem ... %s)\n",
+			argv[optind], dflt);
+		free(dflt);
+		return CLI_USAGE;
 	}
 	err = audit_verify((const char *const *)(argv + optind), (size_t)(argc - optind), pubkey,
 			   &res);

@@ -10,6 +10,7 @@ segments rotated by time form one verifiable chain.
 
 Each test runs its own kmsd (a failed log cannot be reused)."""
 
+import glob
 import json
 import os
 import subprocess
@@ -244,6 +245,12 @@ def test_segments_rotate_by_time_and_verify(tmp_path):
             assert os.stat(p).st_mode & 0o077 == 0
         out = s.verify()
         assert out.startswith("ok"), out
+        # as the docs say it: the sorted glob, and the key found next to audit.log
+        files = sorted(glob.glob(os.path.join(os.path.dirname(k.audit_path), "audit*.log")))
+        assert files[-1] == k.audit_path and len(files) == len(segs) + 1, files
+        r = subprocess.run([KMSCTL, "audit", "verify"] + files, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
         s.stop()
         # a restart continues the chain after the newest segment
         k.start()
