@@ -178,6 +178,7 @@ struct vstate {
 	const char *pubkey_path;
 	struct slot *ring; /* AUDIT_VERIFY_WINDOW entries, by seq modulo */
 	uint64_t plain, signed_plain;
+	uint64_t first_seq; /* of the files given: 1, or more with AUDIT_VERIFY_PARTIAL */
 	struct audit_verify_result *res;
 };
 
@@ -226,14 +227,17 @@ static bool check_checkpoint(struct vstate *s, const struct reader *r, const str
 		return false;
 	}
 	sl = &s->ring[cov % AUDIT_VERIFY_WINDOW];
-	if (x->seq - cov > AUDIT_VERIFY_WINDOW - 1 || sl->seq != cov) {
+	if (cov < s->first_seq) {
+		/* partial: the covered record is in a segment not given; the signature
+		 * still proves the checkpoint, and the chain links the rest to it */
+	} else if (x->seq - cov > AUDIT_VERIFY_WINDOW - 1 || sl->seq != cov) {
 		fail(s, AUDIT_V_CHECKPOINT, x->seq, r,
 		     "bad checkpoint: covers seq %llu, more than %d records back",
 		     (unsigned long long)cov, AUDIT_VERIFY_WINDOW - 1);
 		return false;
 	}
-	if (kms_hex_decode(hex, AUDIT_HASH_HEX, h, sizeof(h), &hl) != 0 ||
-	    memcmp(h, sl->hash, sizeof(h)) != 0) {
+	if (cov >= s->first_seq && (kms_hex_decode(hex, AUDIT_HASH_HEX, h, sizeof(h), &hl) != 0 ||
+				    memcmp(h, sl->hash, sizeof(h)) != 0)) {
 		kms_hex_encode(sl->hash, AUDIT_HASH_LEN, have);
 		fail(s, AUDIT_V_CHECKPOINT, x->seq, r,
 		     "bad checkpoint: covers seq %llu with hash %.16s..., but that record's "
@@ -334,6 +338,12 @@ static kms_err load_pubkey(const char *path, EVP_PKEY **out)
 kms_err audit_verify(const char *const *files, size_t n_files, const char *pubkey_path,
 		     struct audit_verify_result *res)
 {
+	return audit_verify_opts(files, n_files, pubkey_path, 0, res);
+}
+
+kms_err audit_verify_opts(const char *const *files, size_t n_files, const char *pubkey_path,
+			  unsigned flags, struct audit_verify_result *res)
+{
 	static const char zeros[AUDIT_HASH_HEX + 1] =
 		"0000000000000000000000000000000000000000000000000000000000000000";
 	char prev[AUDIT_HASH_HEX + 1], got[AUDIT_HASH_HEX + 1];
@@ -368,6 +378,7 @@ kms_err audit_verify(const char *const *files, size_t n_files, const char *pubke
 		goto out;
 	}
 	memcpy(prev, zeros, sizeof(prev));
+	s.first_seq = 1;
 	while ((more = reader_next(&r)) == 1) {
 		if (!r.nl) {
 			fail(&s, AUDIT_V_TRUNCATED, expect, &r,
@@ -398,6 +409,12 @@ kms_err audit_verify(const char *const *files, size_t n_files, const char *pubke
 				     got, x.hash);
 			break;
 		}
+		if (res->records == 0 && (flags & AUDIT_VERIFY_PARTIAL) && x.seq > 1) {
+			/* the first record kept: trusted as the start, its prev as given */
+			expect = s.first_seq = x.seq;
+			memcpy(prev, x.prev, sizeof(prev));
+		}
+		res->first_seq = s.first_seq;
 		if (x.seq != expect) {
 			rc = misplaced(&s, &r, &x, expect);
 			if (rc != KMS_OK)
@@ -455,15 +472,19 @@ void audit_verify_summary(const struct audit_verify_result *res, char *buf, size
 			 res->file ? res->file : "?", res->why);
 		return;
 	}
+	char from[64] = "";
+
+	if (res->first_seq > 1)
+		snprintf(from, sizeof(from), " from seq %llu", (unsigned long long)res->first_seq);
 	if (res->unsigned_tail > 0)
 		snprintf(buf, cap,
-			 "ok: %llu records, %llu checkpoints, last signed seq %llu, unsigned tail "
+			 "ok: %llu records%s, %llu checkpoints, last signed seq %llu, unsigned tail "
 			 "of %llu records",
-			 (unsigned long long)res->records, (unsigned long long)res->checkpoints,
+			 (unsigned long long)res->records, from, (unsigned long long)res->checkpoints,
 			 (unsigned long long)res->last_signed_seq,
 			 (unsigned long long)res->unsigned_tail);
 	else
-		snprintf(buf, cap, "ok: %llu records, %llu checkpoints, last signed seq %llu",
-			 (unsigned long long)res->records, (unsigned long long)res->checkpoints,
+		snprintf(buf, cap, "ok: %llu records%s, %llu checkpoints, last signed seq %llu",
+			 (unsigned long long)res->records, from, (unsigned long long)res->checkpoints,
 			 (unsigned long long)res->last_signed_seq);
 }

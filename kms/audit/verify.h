@@ -42,6 +42,7 @@ struct audit_verify_result {
 	uint64_t checkpoints;	  /* valid checkpoints */
 	uint64_t last_signed_seq; /* seq covered by the last valid checkpoint, 0 if none */
 	uint64_t unsigned_tail;	  /* non-checkpoint records after last_signed_seq */
+	uint64_t first_seq;	  /* the first record's seq: 1, or more when partial */
 	/* When verdict != AUDIT_V_OK: the first bad record. */
 	uint64_t seq;	  /* the seq at fault (for deleted: the first missing one) */
 	uint64_t line;	  /* 1-based line in file */
@@ -56,7 +57,16 @@ struct audit_verify_result {
 KMS_WUR kms_err audit_verify(const char *const *files, size_t n_files, const char *pubkey_path,
 			     struct audit_verify_result *res);
 
-/* "ok: N records, M checkpoints, last signed seq S[, unsigned tail of K records]" or
+/* AUDIT_VERIFY_PARTIAL: the files may start after seq 1 (older segments were removed
+ * under the retention policy). Their first record is then taken as the start, with its
+ * prev as given, and a checkpoint that covers a record before it is checked by its
+ * signature alone. Nothing before the first record given is verified, of course. */
+#define AUDIT_VERIFY_PARTIAL 1u
+KMS_WUR kms_err audit_verify_opts(const char *const *files, size_t n_files,
+				  const char *pubkey_path, unsigned flags,
+				  struct audit_verify_result *res);
+
+/* "ok: N records[ from seq F], M checkpoints, last signed seq S[, unsigned tail of K records]" or
  * "FAIL: record seq S (line L of FILE): <why>", without a newline. */
 void audit_verify_summary(const struct audit_verify_result *res, char *buf, size_t cap);
 

@@ -696,6 +696,38 @@ static void test_segments_by_size(void **state)
 	audit_close(a);
 	n = list_segments(names, 64);
 	verify_files_ok(names, n, st.seq);
+
+	/* retention removed the two oldest segments: a plain verify calls that deletion,
+	 * a partial one verifies what is left, checkpoints by signature */
+	{
+		const char *files[65];
+		struct audit_verify_result res;
+		char line[512];
+		uint64_t first;
+
+		j = first_record(names[2]);
+		first = (uint64_t)json_integer_value(json_object_get(j, "seq"));
+		json_decref(j);
+		for (i = 2; i < n; i++)
+			files[i - 2] = names[i];
+		files[n - 2] = path;
+		assert_int_equal(audit_verify(files, n - 1, pub_path, &res), KMS_OK);
+		assert_int_equal(res.verdict, AUDIT_V_DELETED);
+		assert_int_equal(audit_verify_opts(files, n - 1, pub_path, AUDIT_VERIFY_PARTIAL, &res),
+				 KMS_OK);
+		audit_verify_summary(&res, line, sizeof(line));
+		printf("    %s\n", line);
+		assert_int_equal(res.verdict, AUDIT_V_OK);
+		assert_int_equal(res.first_seq, first);
+		assert_int_equal(res.records, st.seq - first + 1);
+		assert_true(res.checkpoints >= 1);
+		assert_non_null(strstr(line, "from seq"));
+		/* partial still catches an edit after the start */
+		files[0] = names[3];
+		files[1] = names[2];
+		assert_int_equal(audit_verify_opts(files, 2, pub_path, AUDIT_VERIFY_PARTIAL, &res), KMS_OK);
+		assert_int_not_equal(res.verdict, AUDIT_V_OK);
+	}
 	signer_free(&s);
 }
 
