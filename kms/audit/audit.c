@@ -391,8 +391,19 @@ static int rotate_file(struct audit *a, char *why, size_t cap)
 		(void)unlink(next);
 		return 1;
 	}
-	if (rename(next, a->path) != 0 || fsync_dir(a->dir) != 0) {
-		snprintf(why, cap, "rotating %.100s failed half-way (%.100s is complete): %s", a->path, seg,
+	if (rename(next, a->path) != 0) {
+		/* undo: the segment name is only a second link to the current file */
+		kms_warn("audit: cannot rename %s to %s: %s; rotation postponed", next, a->path,
+			 strerror(errno));
+		close(nfd);
+		if (unlink(seg) == 0 && unlink(next) == 0 && fsync_dir(a->dir) == 0)
+			return 1;
+		snprintf(why, cap, "rotating %.100s failed half-way and could not be undone: %s",
+			 a->path, strerror(errno));
+		return -1;
+	}
+	if (fsync_dir(a->dir) != 0) {
+		snprintf(why, cap, "rotating %.100s: syncing its directory failed: %s", a->path,
 			 strerror(errno));
 		close(nfd);
 		return -1;

@@ -429,6 +429,67 @@ def _http_parse(buf):
     return status, hdrs, rest
 
 
+_BUILD = os.path.dirname(kmsd_bin())
+# the shim is built once, without sanitizers, in the normal build
+IOFAULT = os.path.join(os.path.dirname(_BUILD) if _BUILD.endswith("asan") else _BUILD,
+                       "tests", "iofault.so")
+
+
+class FaultServer:
+    """A kmsd of a test's own, started with tests/iofault (build/tests/iofault.so)
+    preloaded and armed through a control file (arm/disarm); hits() lists the faults
+    it injected. preload=False: the same server without the library."""
+
+    def __init__(self, tmp, extra_opts=(), preload=True):
+        self.k = Kmsd(tmp)
+        self.k.extra_opts = list(extra_opts)
+        self.ctl = os.path.join(str(tmp), "iofault.ctl")
+        open(self.ctl, "w").close()
+        self.k.provision()
+        if preload:
+            self.k.env["LD_PRELOAD"] = IOFAULT
+            self.k.env["IOFAULT_CTL"] = self.ctl
+            self.k.env["ASAN_OPTIONS"] += ":verify_asan_link_order=0"
+        self.k.init()
+        self.k.start()
+        self.t, self.key, self.tok = self.k.setup_tenant_key()
+
+    def arm(self, rule):
+        tmp = self.ctl + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(rule + "\n")
+        os.replace(tmp, self.ctl)
+
+    def disarm(self):
+        self.arm("")
+
+    def hits(self):
+        try:
+            with open(self.ctl + ".log") as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def stop(self):
+        rc, err = self.k.stop()
+        found = sanitizer_findings(err)
+        assert not found, "sanitizer report(s) %s:\n%s" % (found, err[-20000:])
+        assert rc == 0, "kmsd exit status %r\n%s" % (rc, err[-5000:])
+
+    def segments(self):
+        d = os.path.dirname(self.k.audit_path)
+        segs = sorted(n for n in os.listdir(d) if n.startswith("audit-") and n.endswith(".log"))
+        return [os.path.join(d, n) for n in segs]
+
+    def verify(self):
+        files = self.segments() + [self.k.audit_path]
+        r = subprocess.run([os.path.join(_BUILD, "kmsctl"), "audit", "verify",
+                            "--pubkey", self.k.audit_path + ".pub.pem"] + files,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, "verify: %s%s" % (r.stdout, r.stderr)
+        return r.stdout
+
+
 @pytest.fixture(scope="module")
 def kmsd(tmp_path_factory, request):
     """A fresh kmsd for this test module; asserts a clean exit at teardown."""

@@ -18,63 +18,10 @@ import time
 
 import pytest
 
-from conftest import Kmsd, kmsd_bin, sanitizer_findings
+from conftest import FaultServer, kmsd_bin
 
-BUILD = os.path.dirname(kmsd_bin())
-# the shim is built once, without sanitizers, in the normal build
-IOFAULT = os.path.join(os.path.dirname(BUILD) if BUILD.endswith("asan") else BUILD,
-                       "tests", "iofault.so")
-KMSCTL = os.path.join(BUILD, "kmsctl")
-
-
-class Server:
-    def __init__(self, tmp, extra_opts=(), preload=True):
-        self.k = Kmsd(tmp)
-        self.k.extra_opts = list(extra_opts)
-        self.ctl = os.path.join(str(tmp), "iofault.ctl")
-        open(self.ctl, "w").close()
-        self.k.provision()
-        if preload:
-            self.k.env["LD_PRELOAD"] = IOFAULT
-            self.k.env["IOFAULT_CTL"] = self.ctl
-            self.k.env["ASAN_OPTIONS"] += ":verify_asan_link_order=0"
-        self.k.init()
-        self.k.start()
-        self.t, self.key, self.tok = self.k.setup_tenant_key()
-
-    def arm(self, rule):
-        tmp = self.ctl + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(rule + "\n")
-        os.replace(tmp, self.ctl)
-
-    def disarm(self):
-        self.arm("")
-
-    def hits(self):
-        try:
-            with open(self.ctl + ".log") as f:
-                return f.read().splitlines()
-        except FileNotFoundError:
-            return []
-
-    def stop(self):
-        rc, err = self.k.stop()
-        found = sanitizer_findings(err)
-        assert not found, "sanitizer report(s) %s:\n%s" % (found, err[-20000:])
-        assert rc == 0, "kmsd exit status %r\n%s" % (rc, err[-5000:])
-
-    def segments(self):
-        d = os.path.dirname(self.k.audit_path)
-        segs = sorted(n for n in os.listdir(d) if n.startswith("audit-") and n.endswith(".log"))
-        return [os.path.join(d, n) for n in segs]
-
-    def verify(self):
-        files = self.segments() + [self.k.audit_path]
-        r = subprocess.run([KMSCTL, "audit", "verify", "--pubkey", self.k.audit_path + ".pub.pem"]
-                           + files, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, "verify: %s%s" % (r.stdout, r.stderr)
-        return r.stdout
+KMSCTL = os.path.join(os.path.dirname(kmsd_bin()), "kmsctl")
+Server = FaultServer
 
 
 def assert_refused_503(r):
@@ -255,6 +202,37 @@ def test_segments_rotate_by_time_and_verify(tmp_path):
         # a restart continues the chain after the newest segment
         k.start()
         k.serves(s.tok, s.t, s.key)
+        assert s.verify().startswith("ok")
+    except BaseException:
+        k.kill()
+        raise
+    s.stop()
+
+
+@pytest.mark.parametrize("rule", ["open EIO always audit.log.next",
+                                  "rename EIO always audit.log"])
+def test_rotation_fault_postpones(tmp_path, rule):
+    """A rotation that cannot start (the new file cannot be made, or cannot take the
+    log's name) is undone and postponed: requests go on in the current file, the log
+    stays healthy, and the chain verifies; after a restart rotation works again."""
+    s = Server(tmp_path, extra_opts=[("audit_segment_seconds", "1")])
+    k = s.k
+    try:
+        s.arm(rule)
+        time.sleep(1.1)
+        for _ in range(3):
+            k.serves(s.tok, s.t, s.key)
+        assert s.hits(), "the rotation was not attempted"
+        assert s.segments() == [] and not os.path.exists(k.audit_path + ".next")
+        assert k.get("/v1/sys/health").status_code == 200
+        s.disarm()
+        assert s.verify().startswith("ok")
+        s.stop()
+        k.start()
+        time.sleep(1.1)
+        k.serves(s.tok, s.t, s.key)
+        k.serves(s.tok, s.t, s.key)
+        assert len(s.segments()) >= 1
         assert s.verify().startswith("ok")
     except BaseException:
         k.kill()

@@ -10,8 +10,9 @@
  *              for writing or creating), rename (either name), truncate (ftruncate),
  *              or any
  *   errno      ENOSPC, EIO, EDQUOT, EROFS, EFBIG or a number
- *   mode       once (the first matching call fails, then the rule is spent), always, or
- *              after:N (matching calls 1..N pass, every later one fails)
+ *   mode       once (the first matching call fails, then the rule is spent), always,
+ *              after:N (matching calls 1..N pass, every later one fails), or nth:N
+ *              (only matching call N fails; 1-based)
  *   substring  the rule applies to files whose path contains it (the path of an fd is
  *              read from /proc/self/fd)
  *
@@ -43,7 +44,7 @@ static struct rule {
 	bool armed;
 	enum call call;
 	int err;
-	int mode; /* 0 once, 1 always, 2 after */
+	int mode; /* 0 once, 1 always, 2 after, 3 nth */
 	unsigned long after, seen;
 	char sub[PATH_MAX];
 	/* the control file version this rule came from */
@@ -119,6 +120,9 @@ static void refresh_locked(const char *ctl)
 			else if (strncmp(mode, "after:", 6) == 0) {
 				rule.mode = 2;
 				rule.after = strtoul(mode + 6, NULL, 10);
+			} else if (strncmp(mode, "nth:", 4) == 0) {
+				rule.mode = 3;
+				rule.after = strtoul(mode + 4, NULL, 10);
 			}
 			snprintf(rule.sub, sizeof(rule.sub), "%s", sub);
 			rule.armed = rule.err > 0;
@@ -159,6 +163,8 @@ static bool should_fail(enum call c, const char *path)
 		if (rule.mode == 0) {
 			fail = true;
 			rule.armed = false;
+		} else if (rule.mode == 3) {
+			fail = rule.seen == rule.after;
 		} else if (rule.mode == 1 || rule.seen > rule.after) {
 			fail = true;
 		}
