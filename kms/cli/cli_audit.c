@@ -303,8 +303,8 @@ static int hash_contexts(struct query *q)
 			cli_print_http_error(status, ans);
 			if (status == 404 || status == 405)
 				fprintf(stderr,
-					"kmsctl %s: the server has no POST %s; hash the value there "
-					"some other way and give --context-hash %s=%s<hex>\n",
+					"kmsctl %s: the server has no POST %s (an older kmsd?); give "
+					"the value's HMAC instead: --context-hash %s=%s<hex>\n",
 					cli_cmd, HASH_PATH, q->ctx_key[i], AUDIT_HMAC_PREFIX);
 		}
 		if (rc == CLI_OK) {
