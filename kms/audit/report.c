@@ -167,17 +167,14 @@ static int ctx_put(json_t *set, const json_t *ctx)
 	return rc;
 }
 
+static int ctx_put_cb(void *set, const json_t *ctx)
+{
+	return ctx_put(set, ctx) != 0 ? -1 : 0;
+}
+
 static int contexts(json_t *row, const struct audit_view *r)
 {
-	json_t *set = json_object_get(row, "_contexts"), *e;
-	size_t i;
-
-	if (ctx_put(set, r->context) != 0)
-		return -1;
-	json_array_foreach(r->contexts, i, e)
-		if (ctx_put(set, e) != 0)
-			return -1;
-	return 0;
+	return audit_view_each_context(r, ctx_put_cb, json_object_get(row, "_contexts"));
 }
 
 /* requests, items, operations, first/last and remote addresses. */

@@ -17,8 +17,8 @@
  * items under the version in question.
  *
  * Context hashes: the distinct encryption_context objects (each value an HMAC) of the
- * records that returned results (allow, or a batch answered 400), taken from
- * encryption_context and from every item of contexts. Memory grows with the number of
+ * records that returned results (allow, or a batch answered 400), from the record and
+ * its batch items (audit_view_each_context). Memory grows with the number of
  * rows, distinct contexts, remote addresses and request ids, not with the log. */
 #ifndef KMS_AUDIT_REPORT_H
 #define KMS_AUDIT_REPORT_H

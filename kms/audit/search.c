@@ -236,6 +236,13 @@ static bool string_map(const json_t *o)
 	return true;
 }
 
+/* An encryption_context as kmsd writes it: null, an object of HMACs, or the HMAC of a
+ * value that was not an object. */
+static bool ctx_member(const json_t *m)
+{
+	return absent(m) || json_is_string(m) || string_map(m);
+}
+
 /* An integer member in [lo, hi], or null/absent (0). */
 static bool int_member(json_t *o, const char *name, json_int_t lo, json_int_t hi, json_int_t *out)
 {
@@ -316,12 +323,32 @@ const char *audit_view_parse(const char *line, size_t len, struct audit_view *ou
 	}
 	out->status = (int)n;
 	m = json_object_get(v, "encryption_context");
+	if (!ctx_member(m)) {
+		bad(why, cap, "\"encryption_context\" is not an object of strings, a string or null");
+		goto fail;
+	}
+	out->context = json_is_object(m) ? m : NULL;
+	m = json_object_get(v, "items");
 	if (!absent(m)) {
-		if (!string_map(m)) {
-			bad(why, cap, "\"encryption_context\" is not an object of strings");
+		json_t *e;
+
+		if (!json_is_array(m)) {
+			bad(why, cap, "\"items\" is not an array");
 			goto fail;
 		}
-		out->context = m;
+		json_array_foreach(m, i, e) {
+			json_t *ad = json_object_get(e, "associated_data");
+
+			if (absent(e))
+				continue;
+			if (!json_is_object(e) || !ctx_member(json_object_get(e, "encryption_context")) ||
+			    !(absent(ad) || json_is_string(ad))) {
+				bad(why, cap, "\"items\" holds an item that is not "
+					      "{\"encryption_context\", \"associated_data\"}");
+				goto fail;
+			}
+		}
+		out->items = m;
 	}
 	m = json_object_get(v, "contexts");
 	if (!absent(m)) {
@@ -359,25 +386,43 @@ static bool same(const char *want, const char *have)
 	return want == NULL || (have != NULL && strcmp(want, have) == 0);
 }
 
-static bool ctx_has(const json_t *o, const struct audit_ctx_pair *p, size_t n)
+int audit_view_each_context(const struct audit_view *r, int (*fn)(void *arg, const json_t *ctx),
+			    void *arg)
 {
-	if (!json_is_object(o))
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		const char *h = json_string_value(json_object_get(o, p[i].key));
+	const json_t *e, *c;
+	size_t i;
+	int rc;
 
-		/* kmsd writes lower-case hex; compare as such (the filter is normalised) */
-		if (h == NULL || strcasecmp(h, p[i].hash) != 0)
-			return false;
+	if (r->context != NULL && (rc = fn(arg, r->context)) != 0)
+		return rc;
+	json_array_foreach(r->items, i, e) {
+		c = json_object_get(e, "encryption_context");
+		if (json_is_object(c) && (rc = fn(arg, c)) != 0)
+			return rc;
 	}
-	return true;
+	json_array_foreach(r->contexts, i, e)
+		if (json_is_object(e) && (rc = fn(arg, e)) != 0)
+			return rc;
+	return 0;
+}
+
+/* 1 when every pair of the filter is in the context object o. */
+static int ctx_has(void *arg, const json_t *o)
+{
+	const struct audit_filter *f = arg;
+
+	for (size_t i = 0; i < f->n_ctx; i++) {
+		const char *h = json_string_value(json_object_get(o, f->ctx[i].key));
+
+		/* the filter's hex is lower case; so is kmsd's, but do not depend on it */
+		if (h == NULL || strcasecmp(h, f->ctx[i].hash) != 0)
+			return 0;
+	}
+	return 1;
 }
 
 bool audit_filter_match(const struct audit_filter *f, const struct audit_view *r)
 {
-	const json_t *e;
-	size_t i;
-
 	if (!same(f->principal, r->principal) || !same(f->tenant, r->tenant) ||
 	    !same(f->key, r->key) || !same(f->outcome, r->outcome) ||
 	    !same(f->request_id, r->request_id) || !same(f->node, r->node))
@@ -393,12 +438,7 @@ bool audit_filter_match(const struct audit_filter *f, const struct audit_view *r
 		return false;
 	if (f->has_to && r->time_us >= f->to_us)
 		return false;
-	if (f->n_ctx == 0 || ctx_has(r->context, f->ctx, f->n_ctx))
-		return true;
-	json_array_foreach(r->contexts, i, e)
-		if (ctx_has(e, f->ctx, f->n_ctx))
-			return true;
-	return false;
+	return f->n_ctx == 0 || audit_view_each_context(r, ctx_has, (void *)f) == 1;
 }
 
 /* ---------------------------------------------------------------- segments */

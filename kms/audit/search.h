@@ -12,8 +12,15 @@
  * A line that is longer, empty, not one JSON object (duplicate members are refused), or
  * whose members have the wrong types, is malformed: it is reported through the note
  * callback with its file and line, and skipped. Members a record lacks are treated as
- * null, so records from before a member existed (encryption_context, contexts,
- * associated_data, batch) are read as well as newer ones. The scan holds one line and
+ * null, so records from before a member existed (encryption_context, items,
+ * associated_data, batch) are read as well as newer ones.
+ *
+ * Contexts (docs/FORMATS.md "Audit record"): a single call's encryption_context is an
+ * object whose values are HMACs, or null (or, when the caller sent something that is
+ * not an object, that value's HMAC as a string, which names no key); a batch record
+ * has encryption_context null and an "items" array with one {"encryption_context",
+ * "associated_data"} object per item. A "contexts" array of context objects (one per
+ * item) is read too. The scan holds one line and
  * one parsed record at a time: memory does not grow with the log. */
 #ifndef KMS_AUDIT_SEARCH_H
 #define KMS_AUDIT_SEARCH_H
@@ -67,9 +74,15 @@ struct audit_view {
 	unsigned batch;
 	int status;
 	const json_t *context;	     /* encryption_context: object of strings, or NULL */
-	const json_t *contexts;	     /* per batch item: array of such objects (or null), or NULL */
+	const json_t *items;	     /* batch: array of {encryption_context, associated_data} */
+	const json_t *contexts;	     /* per batch item: array of context objects (or null) */
 	const char *associated_data; /* its HMAC, or NULL */
 };
+
+/* Calls fn on each context object of r (encryption_context, then each item's, then
+ * each of contexts) until fn returns non-zero; returns that, or 0. */
+int audit_view_each_context(const struct audit_view *r, int (*fn)(void *arg, const json_t *ctx),
+			    void *arg);
 
 /* Parses one line (len bytes, no newline). Returns NULL and fills out, or why (the
  * reason for a malformed line, written there, cap >= 160 recommended; out is then
@@ -105,8 +118,7 @@ struct audit_filter {
 	bool has_from, has_to;
 	int64_t from_us; /* time >= from */
 	int64_t to_us;	 /* time < to */
-	/* All pairs must be found in one context object: the record's encryption_context,
-	 * or one item of its contexts array. */
+	/* All pairs must be found in one context object (audit_view_each_context). */
 	const struct audit_ctx_pair *ctx;
 	size_t n_ctx;
 };

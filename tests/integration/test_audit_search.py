@@ -316,9 +316,17 @@ def test_search_context_on_this_server(kmsd, traffic, tmp_path):
     if r.returncode == 1:
         assert "/v1/sys/audit/hash" in r.stderr and "--context-hash" in r.stderr, r.stderr
         assert r.stdout == ""
-    else:
-        assert r.returncode == 0, r.stderr
-        assert r.stdout.splitlines()[-1].startswith("-- ")
+        return
+    assert r.returncode == 0, r.stderr
+    assert x.has_ctx, "the server hashes values but writes no contexts"
+    # alice's two datakeys, one decrypt, the partial batch and the rewrap carried p1
+    got = search("--context", "patient=p1", "--token-file", tok, x.dir, env=env)
+    assert sorted(g["request_id"] for g in got) == sorted(
+        x.rids[x.alice][i] for i in (0, 2, 3, 5, 7)), got
+    # purpose=treat was in every data-plane call's context
+    got = search("--context", "patient=p2", "--context", "purpose=treat", "--token-file", tok,
+                 x.dir, env=env)
+    assert {g["principal"] for g in got} == {x.alice, x.bob}
 
 
 # ---- part 2: hand-made logs --------------------------------------------------------
@@ -345,7 +353,9 @@ def write(path, lines, newline=True):
 
 @pytest.fixture
 def segs(tmp_path):
-    """Three segments and an empty file: seq 1-4, 5-8 (with a malformed line), 9-11."""
+    """Three segments and an empty file: seq 1-4, 5-8 (with a malformed line), 9-11.
+    Batch contexts in both shapes: kmsd's items[] (seq 8) and a contexts[] array (seq 7);
+    seq 9 has a context that was hashed whole (a string: it names no key)."""
     d = tmp_path / "log"
     d.mkdir()
     ec = lambda p: {"encryption_context": {"patient": H[p], "purpose": H["treat"]},  # noqa: E731
@@ -361,11 +371,13 @@ def segs(tmp_path):
         '{"seq":6,"time":"2026-03-01T10:00:06Z","tenant":5}',
         rec(7, principal="bob", version=2, batch=3,
             contexts=[{"patient": H["p1"]}, None, {"patient": H["p3"], "purpose": H["pay"]}]),
-        rec(8, principal="bob", outcome="error", status=400, batch=2,
-            contexts=[{"patient": H["p3"]}, {"patient": H["p2"]}]),
+        rec(8, principal="bob", outcome="error", status=400, batch=2, encryption_context=None,
+            associated_data=None,
+            items=[{"encryption_context": {"patient": H["p3"]}, "associated_data": None},
+                   {"encryption_context": {"patient": H["p2"]}, "associated_data": H["aad"]}]),
     ])
     cur = write(d / "audit.log", [
-        rec(9, op="key.rotate", principal="admin", version=2),
+        rec(9, op="key.rotate", principal="admin", version=2, encryption_context=H["p1"]),
         rec(10, principal="alice", outcome="deny", status=403, version=None, **ec("p3")),
         rec(11, principal="alice", op="audit.checkpoint", tenant=None, key=None, version=None),
     ])

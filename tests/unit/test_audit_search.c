@@ -147,6 +147,17 @@ static void test_view_full_and_minimal(void **state)
 	audit_view_clear(&v);
 	free(line);
 
+	/* A batch record as kmsd writes it: items; a context that was not an object is
+	 * hashed whole (a string): accepted, names no key. */
+	assert_null(parse("{\"seq\":2,\"time\":\"2026-03-01T00:00:00Z\",\"batch\":2,"
+			  "\"encryption_context\":null,\"associated_data\":null,\"items\":["
+			  "{\"encryption_context\":{\"patient\":\"" H_A "\"},\"associated_data\":null},"
+			  "{\"encryption_context\":\"" H_B "\",\"associated_data\":\"" H_C "\"}]}",
+			  &v));
+	assert_null(v.context);
+	assert_int_equal(json_array_size(v.items), 2);
+	audit_view_clear(&v);
+
 	/* A record from before the context members, and the log's own records: nulls. */
 	assert_null(parse("{\"seq\":1,\"time\":\"2026-03-01T00:00:00.000000Z\",\"principal\":null,"
 			  "\"version\":null,\"status\":null,\"outcome\":null}",
@@ -179,7 +190,12 @@ static void test_view_malformed(void **state)
 		"{\"seq\":1,\"time\":\"2026-03-01\",\"version\":\"1\"}",
 		"{\"seq\":1,\"time\":\"2026-03-01\",\"batch\":true}",
 		"{\"seq\":1,\"time\":\"2026-03-01\",\"status\":1000}",
-		"{\"seq\":1,\"time\":\"2026-03-01\",\"encryption_context\":\"x\"}",
+		"{\"seq\":1,\"time\":\"2026-03-01\",\"encryption_context\":5}",
+		"{\"seq\":1,\"time\":\"2026-03-01\",\"encryption_context\":[]}",
+		"{\"seq\":1,\"time\":\"2026-03-01\",\"items\":{}}",
+		"{\"seq\":1,\"time\":\"2026-03-01\",\"items\":[5]}",
+		"{\"seq\":1,\"time\":\"2026-03-01\",\"items\":[{\"encryption_context\":{\"a\":1}}]}",
+		"{\"seq\":1,\"time\":\"2026-03-01\",\"items\":[{\"associated_data\":5}]}",
 		"{\"seq\":1,\"time\":\"2026-03-01\",\"encryption_context\":{\"a\":1}}",
 		"{\"seq\":1,\"time\":\"2026-03-01\",\"contexts\":{}}",
 		"{\"seq\":1,\"time\":\"2026-03-01\",\"contexts\":[5]}",
@@ -288,6 +304,25 @@ static void test_filters(void **state)
 	f.n_ctx = 1;
 	assert_true(match(&f, l));
 	assert_true(match(&f, b));
+	/* kmsd's batch form: items[].encryption_context */
+	{
+		char *it = rec(92, "bob", "decrypt", "t1", "k1", 1, "allow", 200,
+			       ",\"batch\":3,\"encryption_context\":null,\"items\":[{\"encryption_context\":"
+			       "null,\"associated_data\":null},{\"encryption_context\":{\"patient\":\"" H_C
+			       "\",\"purpose\":\"" H_B "\"},\"associated_data\":null},{\"encryption_context\":\""
+			       H_A "\",\"associated_data\":\"" H_A "\"}]");
+
+		f.ctx = pc;
+		f.n_ctx = 2;
+		assert_true(match(&f, it));
+		f.ctx = pa;
+		assert_false(match(&f, it));
+		f.n_ctx = 1; /* patient=H_A: only as a whole-value hash, which names no key */
+		assert_false(match(&f, it));
+		free(it);
+	}
+	f.ctx = &pa[1];
+	f.n_ctx = 1;
 	/* a record without contexts never matches a context filter */
 	assert_false(match(&f, "{\"seq\":1,\"time\":\"2026-03-01\"}"));
 
@@ -570,6 +605,11 @@ static void test_report_access(void **state)
 		",\"batch\":3,\"contexts\":[{\"patient\":\"" H_C "\"},null,{}]");
 	add_rec(rp, 6, "alice", "key.rotate", "k1", 2, "allow", 200, NULL);
 	add_rec(rp, 7, "alice", "decrypt", "k0", 0, "error", 400, NULL);
+	/* kmsd's batch form, under version 2: one new context, one repeated */
+	add_rec(rp, 8, "alice", "decrypt", "k1", 2, "allow", 200,
+		",\"batch\":2,\"items\":[{\"encryption_context\":{\"patient\":\"" H_B
+		"\"},\"associated_data\":null},{\"encryption_context\":{\"patient\":\"" H_B
+		"\"},\"associated_data\":null}]");
 	rows = audit_report_rows(rp);
 	assert_non_null(rows);
 	assert_int_equal(json_array_size(rows), 3);
@@ -599,7 +639,9 @@ static void test_report_access(void **state)
 	r = json_array_get(rows, 2);
 	assert_int_equal(ival(r, "version"), 2);
 	assert_int_equal(ival(json_object_get(r, "operations"), "key.rotate"), 1);
-	assert_int_equal(ival(r, "context_count"), 0);
+	assert_int_equal(ival(json_object_get(r, "operations"), "decrypt"), 1);
+	assert_int_equal(ival(r, "items"), 3);
+	assert_int_equal(ival(r, "context_count"), 1);
 	json_decref(rows);
 	audit_report_free(rp);
 }
