@@ -32,10 +32,21 @@ _kmsctl()
 	--role) COMPREPLY=($(compgen -W "admin service" -- "$cur")); return ;;
 	--legal-hold|--deletion-allowed) COMPREPLY=($(compgen -W "true false" -- "$cur")); return ;;
 	--bits) COMPREPLY=($(compgen -W "128 256 512" -- "$cur")); return ;;
+	--outcome) COMPREPLY=($(compgen -W "allow deny error" -- "$cur")); return ;;
+	--operation)
+		COMPREPLY=($(compgen -W "datakey encrypt decrypt rewrap 'key.*' key.create key.read key.list
+			key.rotate key.config key.revoke key.restore key.history key.legal_hold
+			key.version.disable key.version.enable key.version.schedule_destroy
+			key.version.cancel_destroy key.version.destroy key.version.receipt tenant.create
+			tenant.read tenant.list tenant.config principal.create principal.read principal.list
+			token.create token.revoke token.lookup_self policy.read policy.write
+			audit.checkpoint audit.recovered" -- "$cur"))
+		return
+		;;
 	--type) COMPREPLY=($(compgen -W "aes256-gcm96" -- "$cur")); return ;;
 	--addr|--timeout|--ttl|--days|--reason|--context|--key-version|--retention-days|\
 	--min-destroy-wait-days|--min-decryption-version|--min-encryption-version|--auto-rotate-period|\
-	--tenant)
+	--tenant|--principal|--key|--version|--status|--request-id|--node|--from|--to|--context-hash)
 		return
 		;;
 	esac
@@ -95,8 +106,22 @@ _kmsctl()
 	decrypt) opts="--out --batch --context --aad-file" ;;
 	rewrap) opts="--key-version --batch --context --aad-file" ;;
 	audit)
-		subs="verify"
-		[ "${path[1]}" = verify ] && { opts="--pubkey"; COMPREPLY=($(compgen -f -- "$cur")); }
+		subs="verify search report"
+		case "${path[1]}" in
+		verify) opts="--pubkey"; COMPREPLY=($(compgen -f -- "$cur")) ;;
+		search)
+			opts="--principal --tenant --key --version --operation --outcome --status
+				--request-id --node --from --to --context --context-hash --lenient"
+			COMPREPLY=($(compgen -f -- "$cur"))
+			;;
+		report)
+			subs="access exposure"
+			case "${path[2]}" in
+			access) opts="--principal --from --to --lenient"; COMPREPLY=($(compgen -f -- "$cur")) ;;
+			exposure) opts="--tenant --key --version --from --to --lenient"; COMPREPLY=($(compgen -f -- "$cur")) ;;
+			esac
+			;;
+		esac
 		;;
 	esac
 
@@ -108,6 +133,7 @@ _kmsctl()
 	case "${path[0]}" in
 	"") ;;
 	key) [ "${path[1]}" = version ] && ((${#path[@]} == 2)) || ((${#path[@]} == 1)) || subs="" ;;
+	audit) [ "${path[1]}" = report ] && ((${#path[@]} == 2)) || ((${#path[@]} == 1)) || subs="" ;;
 	*) ((${#path[@]} == 1)) || subs="" ;;
 	esac
 	[ -n "$subs" ] && COMPREPLY=($(compgen -W "$subs" -- "$cur"))

@@ -106,6 +106,9 @@ struct cli_client {
 int cli_connect(struct cli_client *c, int need_token);
 /* Wipes the token and frees everything. */
 void cli_disconnect(struct cli_client *c);
+/* The output format alone (flag, then config file), for commands that need no server:
+ * *json = 1 for json. Returns CLI_OK or CLI_USAGE after a message. */
+int cli_output_json(int *json);
 
 /* "/v1/<seg>/<seg>..." with each segment percent-escaped; the list ends with NULL.
  * Returns malloc'd memory or NULL. */

@@ -217,6 +217,22 @@ static const char *first_set(const char *a, const char *b, const char *c, const 
 	return NULL;
 }
 
+int cli_output_json(int *json)
+{
+	const char *fmt;
+	int rc = conf_load();
+
+	if (rc != CLI_OK)
+		goto out;
+	fmt = first_set(cli_opts.format, conf.format, NULL, NULL);
+	*json = fmt != NULL && strcmp(fmt, "json") == 0;
+	if (fmt != NULL && !*json && strcmp(fmt, "table") != 0)
+		rc = gen_error("format \"%s\": use table or json", fmt);
+out:
+	conf_free();
+	return rc;
+}
+
 /* ---- the token ------------------------------------------------------------------- */
 
 /* One line from fd into secret memory, without the line end. Returns the length, or -1. */

@@ -26,7 +26,8 @@ static const struct cli_command commands[] = {
 	{"encrypt", "encrypt a file's bytes or stdin (service)", cli_encrypt, cli_encrypt_usage},
 	{"decrypt", "decrypt a ciphertext, or a batch of them (service)", cli_decrypt, cli_decrypt_usage},
 	{"rewrap", "move ciphertexts to the latest key version (service)", cli_rewrap, cli_rewrap_usage},
-	{"audit", "offline audit log tools: verify the hash chain and checkpoint signatures",
+	{"audit", "offline audit log tools: verify the chain and signatures, search,\n"
+		  "             access and exposure reports",
 	 cli_audit, cli_audit_usage},
 };
 

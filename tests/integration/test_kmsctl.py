@@ -135,7 +135,8 @@ LEAVES = {
     "key": ["create", "read", "list", "rotate", "config", "revoke", "restore", "history",
             "legal-hold", "version"],
     "key version": ["disable", "enable", "schedule-destroy", "cancel-destroy"],
-    "audit": ["verify"],
+    "audit": ["verify", "search", "report"],
+    "audit report": ["access", "exposure"],
 }
 TOP = ["status", "tenant", "principal", "token", "key", "datakey", "encrypt", "decrypt",
        "rewrap", "audit"]
