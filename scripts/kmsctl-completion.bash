@@ -39,7 +39,7 @@ _kmsctl()
 			key.version.disable key.version.enable key.version.schedule_destroy
 			key.version.cancel_destroy key.version.destroy key.version.receipt tenant.create
 			tenant.read tenant.list tenant.config principal.create principal.read principal.list
-			token.create token.revoke token.lookup_self policy.read policy.write
+			token.create token.revoke token.lookup_self policy.read policy.write audit.hash sys.metrics
 			audit.checkpoint audit.recovered" -- "$cur"))
 		return
 		;;
@@ -108,7 +108,7 @@ _kmsctl()
 	audit)
 		subs="verify search report"
 		case "${path[1]}" in
-		verify) opts="--pubkey"; COMPREPLY=($(compgen -f -- "$cur")) ;;
+		verify) opts="--pubkey --partial"; COMPREPLY=($(compgen -f -- "$cur")) ;;
 		search)
 			opts="--principal --tenant --key --version --operation --outcome --status
 				--request-id --node --from --to --context --context-hash --lenient"

@@ -31,11 +31,11 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "kms/audit/audit.h"
 #include "kms/base/err.h"
 
 #define AUDIT_SEARCH_LINE_MAX (1u << 20)
-/* An HMAC'd value as kmsd writes it: "hmac-sha256:" and 64 lower-case hex digits. */
-#define AUDIT_HMAC_PREFIX "hmac-sha256:"
+/* An HMAC'd value as kmsd writes it: AUDIT_HMAC_PREFIX and 64 lower-case hex digits. */
 #define AUDIT_HMAC_LEN (sizeof(AUDIT_HMAC_PREFIX) - 1 + 64)
 
 /* ---- segments -------------------------------------------------------------------- */

@@ -31,41 +31,59 @@ void cli_audit_usage(FILE *f)
 static void verify_usage(FILE *f)
 {
 	fprintf(f,
-		"usage: kmsctl audit verify [--pubkey FILE] SEGMENT...\n"
+		"usage: kmsctl audit verify [--pubkey FILE] [--partial] SEGMENT|DIR...\n"
 		"\n"
-		"Verifies the audit log made of the SEGMENT files, read in the order given\n"
-		"(the first must start at seq 1), without a server or token: every record's\n"
-		"hash, seq order and prev link, and every checkpoint's ECDSA P-256 signature.\n"
+		"Verifies the audit log made of the SEGMENT files (in any order: they are\n"
+		"read in the order of their first records; a DIR stands for every audit*.log\n"
+		"in it), without a server or token: every record's hash, seq order and prev\n"
+		"link, and every checkpoint's ECDSA P-256 signature. The log must start at\n"
+		"seq 1 unless --partial.\n"
 		"\n"
 		"  --pubkey FILE  the PEM public key kmsd exported (default: the first\n"
-		"                 SEGMENT.pub.pem that exists; kmsd writes audit.log.pub.pem,\n"
-		"                 so `kmsctl audit verify var/audit*.log` finds it)\n"
+		"                 SEGMENT.pub.pem that exists; kmsd writes audit.log.pub.pem\n"
+		"                 beside audit.log)\n"
+		"  --partial      the oldest segments were removed (retention): start at the\n"
+		"                 first record given, trusting its prev; checkpoints over\n"
+		"                 records before it are checked by their signature alone\n"
 		"\n"
 		"Prints `ok: N records, M checkpoints, last signed seq S` (and the size of the\n"
 		"unsigned tail: records after the last checkpoint, which are not an error),\n"
 		"or the first bad record:\n"
 		"  FAIL: record seq S (line L of FILE): edited|deleted|inserted|reordered|\n"
 		"        chain broken|truncated|bad checkpoint|bad signature: details\n"
-		"Exit status: 0 ok, 1 FAIL, 2 usage error or unreadable input.\n");
+		"Exit status: 0 ok, 1 FAIL, 2 usage error or unreadable input.\n"
+		"\n"
+		"Examples:\n"
+		"  kmsctl audit verify /var/lib/kmsd/audit*.log\n"
+		"  kmsctl audit verify --pubkey kmsd-audit.pub.pem /archive/kmsd/\n"
+		"  kmsctl audit verify --partial /archive/kmsd/2031/\n");
 }
 
 static int audit_verify_cmd(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"pubkey", required_argument, NULL, 'k'},
+		{"partial", no_argument, NULL, 'p'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	struct audit_verify_result res;
+	struct audit_segs segs = {0};
 	const char *pubkey = NULL;
+	const char **files = NULL;
 	char *dflt = NULL, line[1024];
+	unsigned flags = 0;
 	kms_err err;
-	int c, rc;
+	size_t i;
+	int c, rc = CLI_USAGE;
 
-	while ((c = getopt_long(argc, argv, "k:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "k:ph", opts, NULL)) != -1) {
 		switch (c) {
 		case 'k':
 			pubkey = optarg;
+			break;
+		case 'p':
+			flags |= AUDIT_VERIFY_PARTIAL;
 			break;
 		case 'h':
 			verify_usage(stdout);
@@ -80,25 +98,37 @@ static int audit_verify_cmd(int argc, char **argv)
 		verify_usage(stderr);
 		return CLI_USAGE;
 	}
-	for (c = optind; pubkey == NULL && c < argc; c++) {
+	err = audit_segs_collect((const char *const *)(argv + optind), (size_t)(argc - optind), &segs);
+	if (err != KMS_OK) {
+		fprintf(stderr, "kmsctl audit verify: %s\n", kms_err_detail(err));
+		return CLI_USAGE;
+	}
+	files = calloc(segs.n, sizeof(*files));
+	if (files == NULL) {
+		fprintf(stderr, "kmsctl: out of memory\n");
+		rc = CLI_FAIL;
+		goto out;
+	}
+	for (i = 0; i < segs.n; i++)
+		files[i] = segs.v[i].path;
+	for (i = segs.n; pubkey == NULL && i > 0; i--) { /* audit.log is usually last */
 		free(dflt);
-		if (asprintf(&dflt, "%s.pub.pem", argv[c]) < 0) {
+		if (asprintf(&dflt, "%s.pub.pem", files[i - 1]) < 0) {
+			dflt = NULL;
 			fprintf(stderr, "kmsctl: out of memory\n");
-			return CLI_FAIL;
+			rc = CLI_FAIL;
+			goto out;
 		}
 		if (access(dflt, R_OK) == 0)
 			pubkey = dflt;
 	}
 	if (pubkey == NULL) {
 		fprintf(stderr,
-			"kmsctl audit verify: no --pubkey given and no SEGMENT.pub.pem is readable "
-			"(tried %s.pub.pem ... %s)\n",
-			argv[optind], dflt);
-		free(dflt);
-		return CLI_USAGE;
+			"kmsctl audit verify: no --pubkey given and no SEGMENT.pub.pem beside the "
+			"files is readable\n");
+		goto out;
 	}
-	err = audit_verify((const char *const *)(argv + optind), (size_t)(argc - optind), pubkey,
-			   &res);
+	err = audit_verify_opts(files, segs.n, pubkey, flags, &res);
 	if (err != KMS_OK) {
 		fprintf(stderr, "kmsctl audit verify: %s\n", kms_err_detail(err));
 		rc = CLI_USAGE;
@@ -107,7 +137,10 @@ static int audit_verify_cmd(int argc, char **argv)
 		printf("%s\n", line);
 		rc = res.verdict == AUDIT_V_OK ? CLI_OK : CLI_FAIL;
 	}
+out:
+	free(files);
 	free(dflt);
+	audit_segs_free(&segs);
 	return rc;
 }
 

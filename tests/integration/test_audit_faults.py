@@ -198,6 +198,21 @@ def test_segments_rotate_by_time_and_verify(tmp_path):
         r = subprocess.run([KMSCTL, "audit", "verify"] + files, capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
+        # any order, or the directory; after retention removed the oldest segment,
+        # only --partial accepts the rest
+        d = os.path.dirname(k.audit_path)
+        for args in (list(reversed(files)), [d]):
+            r = subprocess.run([KMSCTL, "audit", "verify"] + args, capture_output=True,
+                               text=True, timeout=120)
+            assert r.returncode == 0 and r.stdout == out, r.stdout + r.stderr
+        os.rename(segs[0], os.path.join(str(tmp_path), "expired.log"))
+        r = subprocess.run([KMSCTL, "audit", "verify", d], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 1 and "deleted" in r.stdout, r.stdout + r.stderr
+        r = subprocess.run([KMSCTL, "audit", "verify", "--partial", d], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0 and "from seq" in r.stdout, r.stdout + r.stderr
+        os.rename(os.path.join(str(tmp_path), "expired.log"), segs[0])
         s.stop()
         # a restart continues the chain after the newest segment
         k.start()
