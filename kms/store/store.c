@@ -308,6 +308,13 @@ struct store {
 	pthread_mutex_t mu;
 	sqlite3 *db;
 	sqlite3_stmt *st[ST__COUNT];
+	/* The descriptor store_open checked the file with, kept open until the connection
+	 * is closed: closing any descriptor of a file drops every POSIX lock the process
+	 * holds on it, SQLite's included (the shared lock that tells other processes a
+	 * connection is still using the WAL). Another process closing the store would then
+	 * think itself the last, checkpoint and delete the WAL under us, and we would go on
+	 * reading a stale snapshot. */
+	int fd;
 };
 
 /* ---- helpers; every one of them expects the caller to hold s->mu ---- */
@@ -812,6 +819,7 @@ kms_err store_open(const char *path, struct store **out)
 		rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
 		goto out;
 	}
+	s->fd = -1;
 	if (pthread_mutex_init(&s->mu, NULL) != 0) {
 		rc = kms_errf(KMS_ERR_INTERNAL, "store lock init failed");
 		goto out;
@@ -838,12 +846,12 @@ kms_err store_open(const char *path, struct store **out)
 			goto out;
 		}
 	}
+	s->fd = fd; /* only fchmod'ed, never written; closed after the connection */
+	fd = -1;
 	*out = s;
 	s = NULL;
 	rc = KMS_OK;
 out:
-	if (fd >= 0)
-		(void)close(fd); /* only fchmod'ed, never written */
 	if (s != NULL) {
 		for (i = 0; i < ST__COUNT; i++)
 			(void)sqlite3_finalize(s->st[i]); /* NULL-safe; no step pending */
@@ -853,6 +861,8 @@ out:
 			(void)pthread_mutex_destroy(&s->mu);
 		free(s);
 	}
+	if (fd >= 0)
+		(void)close(fd); /* after the connection: see struct store */
 	return rc;
 }
 
@@ -868,6 +878,8 @@ void store_close(struct store *s)
 	 * it. A failure here leaves the WAL on disk, which the next open replays. */
 	if (sqlite3_close(s->db) != SQLITE_OK)
 		kms_error("store: close: %s", sqlite3_errmsg(s->db));
+	if (s->fd >= 0)
+		(void)close(s->fd);
 	(void)pthread_mutex_destroy(&s->mu);
 	free(s);
 }

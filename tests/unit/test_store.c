@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kms/base/err.h"
@@ -1010,8 +1011,56 @@ static void test_destroy_and_due(void **state)
 	assert_int_equal(store_tenant_config(f->s, 424242, &t), KMS_ERR_NOT_FOUND);
 }
 
-int main(void)
+/* Another process opening and closing the store must not take our view of it away:
+ * closing a descriptor drops every POSIX lock of the process on that file, so a store
+ * that closed its checking descriptor lost SQLite's shared lock; the other process then
+ * took itself for the last user, deleted the WAL, and we kept reading a stale snapshot
+ * (kmsd did not see what `kmsd master-key rotate` wrote). */
+static void test_other_process_close_keeps_our_view(void **state)
 {
+	struct fx *f = *state;
+	char v[16], round_s[16];
+	pid_t pid;
+	int st = 0;
+
+	assert_int_equal(store_meta_set(f->s, "mine", "1"), KMS_OK);
+	for (int round = 0; round < 2; round++) {
+		/* A process of its own (fork alone would share SQLite's per-process state of
+		 * the file with us): this binary again, as the child (see main). */
+		snprintf(round_s, sizeof(round_s), "%d", round);
+		pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			execl("/proc/self/exe", "test_store", "--child-open-close-write", f->path, round_s,
+			      (char *)NULL);
+			_exit(127);
+		}
+		assert_int_equal(waitpid(pid, &st, 0), pid);
+		assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+		assert_int_equal(store_meta_get(f->s, "theirs", v, sizeof(v)), KMS_OK);
+		assert_int_equal(atoi(v), round);
+		assert_int_equal(store_meta_set(f->s, "mine", round_s), KMS_OK);
+	}
+}
+
+/* The child of the test above: open and close, then open, write, close. */
+static int child_open_close_write(const char *path, const char *val)
+{
+	struct store *o = NULL;
+
+	if (store_open(path, &o) != KMS_OK)
+		return 1;
+	store_close(o);
+	if (store_open(path, &o) != KMS_OK || store_meta_set(o, "theirs", val) != KMS_OK)
+		return 2;
+	store_close(o);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 4 && strcmp(argv[1], "--child-open-close-write") == 0)
+		return child_open_close_write(argv[2], argv[3]);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_open_mode_0600, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_mode_ignores_umask_and_tightens, setup,
@@ -1033,6 +1082,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lifecycle, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_destroy_and_due, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_other_process_close_keeps_our_view, setup, teardown),
 		cmocka_unit_test(test_null_handles),
 	};
 
