@@ -400,6 +400,7 @@ unsigned core_scheduler_tick(struct core *c)
 	kms_err rc;
 
 	core_graves_reap(c, false);
+	core_mk_relay(c);
 	done += rotate_due(c, now);
 	rc = store_due_destructions(c->st, now, &due, &n);
 	if (rc != KMS_OK) {
