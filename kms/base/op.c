@@ -34,6 +34,7 @@ static const char *const op_names[KMS_OP__COUNT] = {
 	[KMS_OP_VERSION_RECEIPT] = "key.version.receipt",
 	[KMS_OP_POLICY_READ] = "policy.read",
 	[KMS_OP_POLICY_WRITE] = "policy.write",
+	[KMS_OP_KEY_TRIM] = "key.trim",
 	[KMS_OP_MASTER_KEY_ROTATE] = "sys.master_key.rotate",
 };
 

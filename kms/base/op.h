@@ -38,6 +38,7 @@ enum kms_op {
 	KMS_OP_VERSION_RECEIPT,
 	KMS_OP_POLICY_READ,
 	KMS_OP_POLICY_WRITE,
+	KMS_OP_KEY_TRIM,
 	KMS_OP_MASTER_KEY_ROTATE, /* steps of kmsd master-key rotate, relayed; no route */
 	KMS_OP__COUNT
 };

@@ -841,7 +841,7 @@ static bool op_has_tenant(enum kms_op op)
 	case KMS_OP_KEY_CONFIG: case KMS_OP_KEY_REVOKE: case KMS_OP_KEY_RESTORE:
 	case KMS_OP_VERSION_DISABLE: case KMS_OP_VERSION_ENABLE: case KMS_OP_KEY_HISTORY:
 	case KMS_OP_VERSION_SCHEDULE_DESTROY: case KMS_OP_VERSION_CANCEL_DESTROY:
-	case KMS_OP_KEY_LEGAL_HOLD: case KMS_OP_VERSION_RECEIPT:
+	case KMS_OP_KEY_LEGAL_HOLD: case KMS_OP_VERSION_RECEIPT: case KMS_OP_KEY_TRIM:
 		return true;
 	default:
 		return false;
@@ -916,6 +916,7 @@ static const op_fn op_table[KMS_OP__COUNT] = {
 	[KMS_OP_VERSION_RECEIPT] = op_version_receipt,
 	[KMS_OP_POLICY_READ] = op_policy_read,
 	[KMS_OP_POLICY_WRITE] = op_policy_write,
+	[KMS_OP_KEY_TRIM] = op_key_trim,
 };
 
 static int valid_request_id(const char *s)

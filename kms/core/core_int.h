@@ -156,6 +156,7 @@ KMS_WUR kms_err op_key_history(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_version_schedule_destroy(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_version_cancel_destroy(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_key_legal_hold(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_key_trim(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_tenant_config(struct core *c, struct op_ctx *x);
 /* Created time of version v+1 (when v stopped being used for encryption), or 0. */
 int64_t core_superseded_at(struct core *c, const char *tenant, const char *key, uint32_t v);
