@@ -17,7 +17,7 @@
  *   token_label         string  kmsd         label of the token to use
  *   pin_file            path    ""           user PIN file (mode 0600); either this or pin_env
  *   pin_env             string  ""           name of the environment variable with the user PIN
- *   so_pin_file         path    ""           SO PIN file, read only by `kmsd init`
+ *   so_pin_file         path    ""           SO PIN file, read only by `kmsd init` and `kmsd master-key rotate`
  *   store_path          path    ./var/kmsd.db
  *   audit_path          path    ./var/audit.log
  *   node_id             string  kmsd-1       1..64 chars [A-Za-z0-9._-]

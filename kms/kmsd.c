@@ -1,5 +1,7 @@
-/* kmsd: the key management server. `kmsd -c FILE [serve]` or `kmsd -c FILE init`. */
+/* kmsd: the key management server. `kmsd -c FILE [serve]`, `kmsd -c FILE init`, or
+ * `kmsd -c FILE master-key rotate|status`. */
 #include <errno.h>
+#include <pwd.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
@@ -26,12 +28,20 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: kmsd [-c CONFIG] [serve]\n"
 		   "       kmsd [-c CONFIG] init [--admin NAME] [--admin-token-file PATH]\n"
+		   "       kmsd [-c CONFIG] master-key rotate [--so-pin-file PATH] [--batch N]\n"
+		   "       kmsd [-c CONFIG] master-key status\n"
 		   "       kmsd --version\n"
 		   "\n"
 		   "serve  start the HTTPS server (default)\n"
 		   "init   create the master key in the token (needs so_pin_file), the store,\n"
 		   "       and the first admin principal; its token is written to PATH\n"
 		   "       (created 0600) or printed once on stdout\n"
+		   "master-key rotate  make the next master key in the token (SO PIN from\n"
+		   "       --so-pin-file or so_pin_file, a 0600 file), rewrap every tenant KEK\n"
+		   "       under it in batches of N (default 100), destroy the old one; runs\n"
+		   "       beside a serving kmsd; run it again to resume an interrupted rotation\n"
+		   "master-key status  the active master key, rows per master key, and which\n"
+		   "       master keys the token holds, as JSON\n"
 		   "CONFIG defaults to ./kmsd.conf. Exit status: 0 ok, 1 error, 2 usage.\n");
 }
 
@@ -237,6 +247,236 @@ out:
 	return rc;
 }
 
+/* ---- master-key rotation (issue 3) --------------------------------------------------
+ * A process of its own, beside the serving kmsd: the SO ceremony logs this process's
+ * user out, which in kmsd would destroy every serving copy (session objects), and the
+ * SO PIN never has to be given to the server. The steps are recorded in the store
+ * (master_key_events), which kmsd relays into its audit log: the audit file has one
+ * writer, the server. docs/KEY-LIFECYCLE.md "Master-key rotation". */
+
+/* "os:<login>" of whoever runs the command, for the recorded steps. */
+static void os_principal(char *buf, size_t cap)
+{
+	struct passwd pw, *res = NULL;
+	char tmp[1024];
+
+	if (getpwuid_r(getuid(), &pw, tmp, sizeof(tmp), &res) == 0 && res != NULL)
+		snprintf(buf, cap, "os:%.100s", res->pw_name);
+	else
+		snprintf(buf, cap, "os:uid-%u", (unsigned)getuid());
+}
+
+static void mk_progress(void *ctx, uint64_t moved, uint64_t remaining)
+{
+	(void)ctx;
+	printf("kmsd: master-key rotation: %llu key versions rewrapped, %llu to go\n",
+	       (unsigned long long)moved, (unsigned long long)remaining);
+	fflush(stdout);
+}
+
+static int open_initialized_store(const struct kms_config *cfg, struct store **st)
+{
+	char flag[8];
+	kms_err err = store_open(cfg->store_path, st);
+
+	if (err == KMS_OK) {
+		err = store_meta_get(*st, "initialized", flag, sizeof(flag));
+		if (err == KMS_ERR_NOT_FOUND) {
+			kms_error("store %s is not initialized: run `kmsd -c CONFIG init` first", cfg->store_path);
+			return -1;
+		}
+	}
+	if (err != KMS_OK) {
+		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
+		return -1;
+	}
+	return 0;
+}
+
+static int cmd_mk_rotate(const struct kms_config *cfg, const char *so_pin_path, long batch)
+{
+	struct p11_config pc = p11cfg(cfg, 1);
+	struct core_mk_opts o = {0};
+	struct store_mk_status ms;
+	struct store *st = NULL;
+	struct p11 *p11 = NULL;
+	char who[128], detail[STORE_REASON_MAX + 1];
+	char *pin = NULL, *so_pin = NULL;
+	size_t pin_len = 0, so_len = 0;
+	const char *delay = getenv("KMSD_TEST_MK_BATCH_DELAY_MS");
+	uint32_t from, to;
+	int rc = 1;
+	kms_err err;
+
+	os_principal(who, sizeof(who));
+	o.batch = (size_t)batch;
+	o.principal = who;
+	o.progress = mk_progress;
+	if (delay != NULL && *delay != '\0') {
+		o.test_delay_ms = (unsigned)strtoul(delay, NULL, 10);
+		kms_warn("KMSD_TEST_MK_BATCH_DELAY_MS is set: each batch waits %u ms before its commit. "
+			 "Never in production.", o.test_delay_ms);
+	}
+	if (open_initialized_store(cfg, &st) != 0)
+		goto out;
+	if ((err = store_mk_status(st, &ms)) != KMS_OK) {
+		kms_error("store: %s", kms_err_detail(err));
+		goto out;
+	}
+	if (read_pin(cfg, &pin, &pin_len) != 0)
+		goto out;
+	if (ms.retiring != 0) {
+		/* Resuming needs no SO: the new key exists and the store says which it is. */
+		from = ms.retiring;
+		to = ms.active;
+		printf("kmsd: resuming the master-key rotation from version %u to %u\n", from, to);
+	} else {
+		from = ms.active;
+		to = ms.highest + 1;
+		if (to == 0) {
+			kms_error("no master key version is left above %u", ms.highest);
+			goto out;
+		}
+		if (so_pin_path == NULL || *so_pin_path == '\0') {
+			kms_error("master-key rotate needs the SO PIN (the SO marks the new master key trusted): "
+				  "--so-pin-file PATH or so_pin_file in the configuration");
+			goto out;
+		}
+		if (kms_secret_read_file(so_pin_path, &so_pin, &so_len) != 0) {
+			kms_error("cannot read the SO PIN file %s: %s (it must be a regular file of mode 0600)",
+				  so_pin_path, strerror(errno));
+			goto out;
+		}
+		printf("kmsd: rotating the master key from version %u to %u\n", from, to);
+		err = p11_mk_create(&pc, to, so_pin, so_len, pin, pin_len);
+		kms_secret_free(so_pin);
+		so_pin = NULL;
+		if (err == KMS_ERR_CONFLICT) {
+			kms_warn("master key version %u is already in the token (left by an interrupted run); "
+				 "using it", to);
+			err = KMS_OK;
+		} else if (err == KMS_OK) {
+			snprintf(detail, sizeof(detail), "master key version %u created in the token (SO ceremony)", to);
+			if (core_mk_record(st, &o, to, "mk_created", detail) != KMS_OK)
+				kms_warn("could not record the step in the store");
+		}
+		if (err != KMS_OK) {
+			snprintf(detail, sizeof(detail), "creating master key version %u failed: %s", to,
+				 kms_err_detail(err));
+			kms_error("%s; nothing was changed", detail);
+			if (core_mk_record(st, &o, to, "rotate_refused", detail) != KMS_OK)
+				kms_warn("could not record the refusal in the store");
+			goto out;
+		}
+	}
+	err = p11_open(&pc, pin, pin_len, &p11);
+	kms_secret_free(pin);
+	pin = NULL;
+	if (err != KMS_OK) {
+		kms_error("token: %s", kms_err_detail(err));
+		goto out;
+	}
+	if ((err = p11_mk_check(p11, to)) != KMS_OK) {
+		kms_error("%s", kms_err_detail(err));
+		goto out;
+	}
+	if (ms.retiring == 0) {
+		if ((err = p11_mk_check(p11, from)) != KMS_OK) {
+			kms_error("the active master key: %s", kms_err_detail(err));
+			goto out;
+		}
+		/* From here on the serving kmsd wraps new KEKs under `to`. */
+		if ((err = core_mk_begin(st, &o, from, to)) != KMS_OK) {
+			kms_error("store: %s", kms_err_detail(err));
+			goto out;
+		}
+	}
+	err = core_mk_rotate_rows(st, p11, from, to, &o);
+	if (err != KMS_OK) {
+		kms_error("master-key rotation stopped: %s; run `kmsd master-key rotate` again to resume",
+			  kms_err_detail(err));
+		goto out;
+	}
+	printf("kmsd: master-key rotation complete: every key version is wrapped under master key version %u; "
+	       "version %u is destroyed\n",
+	       to, from);
+	rc = 0;
+out:
+	p11_close(p11);
+	store_close(st);
+	kms_secret_free(pin);
+	kms_secret_free(so_pin);
+	return rc;
+}
+
+static int cmd_mk_status(const struct kms_config *cfg)
+{
+	struct p11_config pc = p11cfg(cfg, 1);
+	struct store_mk_status ms;
+	struct store *st = NULL;
+	struct p11 *p11 = NULL;
+	json_t *out = NULL, *rows, *tok;
+	char *pin = NULL, *text = NULL, num[16];
+	size_t pin_len = 0;
+	int rc = 1;
+	kms_err err;
+
+	if (open_initialized_store(cfg, &st) != 0)
+		goto out;
+	if ((err = store_mk_status(st, &ms)) != KMS_OK) {
+		kms_error("store: %s", kms_err_detail(err));
+		goto out;
+	}
+	if (read_pin(cfg, &pin, &pin_len) != 0)
+		goto out;
+	err = p11_open(&pc, pin, pin_len, &p11);
+	kms_secret_free(pin);
+	pin = NULL;
+	if (err != KMS_OK) {
+		kms_error("token: %s", kms_err_detail(err));
+		goto out;
+	}
+	out = json_object();
+	rows = json_object();
+	tok = json_object();
+	if (out == NULL || rows == NULL || tok == NULL) {
+		json_decref(rows);
+		json_decref(tok);
+		goto out;
+	}
+	for (size_t i = 0; i < ms.n_counts; i++) {
+		snprintf(num, sizeof(num), "%u", ms.counts[i].mk_version);
+		json_object_set_new(rows, num, json_integer((json_int_t)ms.counts[i].rows));
+	}
+	/* One past the highest: a key left in the token by a rotation that stopped before
+	 * the store recorded it. */
+	for (uint32_t v = 1; v <= ms.highest + 1 && v != 0; v++) {
+		err = p11_mk_check(p11, v);
+		snprintf(num, sizeof(num), "%u", v);
+		json_object_set_new(tok, num, err == KMS_OK ? json_string("present")
+					      : err == KMS_ERR_NOT_FOUND ? json_string("absent")
+									 : json_string(kms_err_detail(err)));
+	}
+	json_object_set_new(out, "active", json_integer(ms.active));
+	json_object_set_new(out, "rotation_in_progress", json_boolean(ms.retiring != 0));
+	json_object_set_new(out, "retiring", ms.retiring ? json_integer(ms.retiring) : json_null());
+	json_object_set_new(out, "key_versions_by_master_key", rows);
+	json_object_set_new(out, "destroyed_key_versions", json_integer((json_int_t)ms.destroyed_rows));
+	json_object_set_new(out, "token_master_keys", tok);
+	text = json_dumps(out, JSON_INDENT(2) | JSON_SORT_KEYS);
+	if (text == NULL || printf("%s\n", text) < 0 || fflush(stdout) != 0)
+		goto out;
+	rc = 0;
+out:
+	kms_json_free_str(text, 0);
+	json_decref(out);
+	p11_close(p11);
+	store_close(st);
+	kms_secret_free(pin);
+	return rc;
+}
+/* ---- end master-key rotation ------------------------------------------------------- */
+
 static int write_port_file(const char *path, int port)
 {
 	char tmp[KMS_CONFIG_PATH_MAX + 8];
@@ -297,6 +537,28 @@ static int cmd_serve(const struct kms_config *cfg)
 	if (err != KMS_OK) {
 		kms_error("token: %s", kms_err_detail(err));
 		goto out;
+	}
+	/* The master key new KEKs are wrapped under must be in the token; the one a
+	 * rotation is retiring should be, while rows still need it. */
+	{
+		struct store_mk_status ms;
+
+		if ((err = store_mk_status(st, &ms)) != KMS_OK) {
+			kms_error("store: %s", kms_err_detail(err));
+			goto out;
+		}
+		if ((err = p11_mk_check(p11, ms.active)) != KMS_OK) {
+			kms_error("token: the active master key (version %u): %s (run kmsd init?)", ms.active,
+				  kms_err_detail(err));
+			goto out;
+		}
+		if (ms.retiring != 0) {
+			kms_warn("a master-key rotation from version %u to %u is in progress: run `kmsd master-key "
+				 "rotate` to finish it (kmsd serves meanwhile)",
+				 ms.retiring, ms.active);
+			if (p11_mk_check(p11, ms.retiring) != KMS_OK)
+				kms_warn("master key version %u: %s", ms.retiring, kms_err_detail(KMS_ERR_NOT_FOUND));
+		}
 	}
 	/* The log is opened after the token, whose key signs its checkpoints. */
 	if (write_audit_pubkey(cfg, p11) != 0)
@@ -380,11 +642,16 @@ int main(int argc, char **argv)
 		{"config", required_argument, NULL, 'c'},
 		{"admin", required_argument, NULL, 'a'},
 		{"admin-token-file", required_argument, NULL, 't'},
+		{"so-pin-file", required_argument, NULL, 's'},
+		{"batch", required_argument, NULL, 'b'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = "kmsd.conf", *admin = "admin", *token_file = NULL, *cmd = "serve";
+	const char *so_pin_file = NULL, *sub = NULL;
+	long batch = 100;
+	char *end;
 	struct kms_config cfg;
 	kms_err err;
 	int c;
@@ -396,6 +663,15 @@ int main(int argc, char **argv)
 		case 'c': config = optarg; break;
 		case 'a': admin = optarg; break;
 		case 't': token_file = optarg; break;
+		case 's': so_pin_file = optarg; break;
+		case 'b':
+			errno = 0;
+			batch = strtol(optarg, &end, 10);
+			if (errno != 0 || *end != '\0' || batch < 1 || batch > 10000) {
+				fprintf(stderr, "kmsd: --batch must be 1..10000\n");
+				return 2;
+			}
+			break;
 		case 'V': printf("kmsd %s\n", KMS_VERSION); return 0;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -403,7 +679,12 @@ int main(int argc, char **argv)
 	}
 	if (optind < argc)
 		cmd = argv[optind++];
-	if (optind < argc || (strcmp(cmd, "serve") != 0 && strcmp(cmd, "init") != 0)) {
+	if (strcmp(cmd, "master-key") == 0 && optind < argc)
+		sub = argv[optind++];
+	if (optind < argc ||
+	    (strcmp(cmd, "serve") != 0 && strcmp(cmd, "init") != 0 && strcmp(cmd, "master-key") != 0) ||
+	    (strcmp(cmd, "master-key") == 0 &&
+	     (sub == NULL || (strcmp(sub, "rotate") != 0 && strcmp(sub, "status") != 0)))) {
 		usage(stderr);
 		return 2;
 	}
@@ -420,5 +701,9 @@ int main(int argc, char **argv)
 								: KMS_LOG_INFO);
 	if (strcmp(cmd, "init") == 0)
 		return cmd_init(&cfg, admin, token_file);
+	if (strcmp(cmd, "master-key") == 0 && strcmp(sub, "rotate") == 0)
+		return cmd_mk_rotate(&cfg, so_pin_file != NULL ? so_pin_file : cfg.so_pin_file, batch);
+	if (strcmp(cmd, "master-key") == 0)
+		return cmd_mk_status(&cfg);
 	return cmd_serve(&cfg);
 }

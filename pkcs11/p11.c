@@ -39,6 +39,7 @@ _Static_assert(sizeof(CK_ULONG) >= sizeof(size_t), "CK_ULONG must hold a size_t"
 _Static_assert(sizeof(p11_key) >= sizeof(CK_OBJECT_HANDLE), "p11_key must hold a handle");
 
 #define P11_MAX_SESSIONS 1024
+#define P11_MK_CACHE 8 /* master key versions whose handles are remembered */
 #define P11_LABEL_MAX 32 /* CK_TOKEN_INFO.label: 32 bytes, space padded */
 /* Decrypt needs an output buffer as large as ct || tag on SoftHSM2 (SymDecrypt checks
  * *pulDataLen >= ulEncryptedDataLen). When the caller's buffer is only pt-sized we
@@ -354,15 +355,21 @@ static CK_ATTRIBUTE mk_unwrap_template[] = {
 
 /* ---------------------------------------------------------------- master key checks */
 
-static kms_err mk_bad(const char *what)
+static kms_err mk_bad(const char *label, const char *what)
 {
-	kms_error("token: master key %s %s; refusing to use it", P11_LABEL_MK, what);
-	return kms_errf(KMS_ERR_TOKEN, "token: master key %s %s", P11_LABEL_MK, what);
+	kms_error("token: master key %s %s; refusing to use it", label, what);
+	return kms_errf(KMS_ERR_TOKEN, "token: master key %s %s", label, what);
+}
+
+static void mk_label(uint32_t version, char *buf, size_t cap)
+{
+	snprintf(buf, cap, P11_LABEL_MK_FMT, (unsigned)version);
 }
 
 /* Checks the properties DESIGN relies on: a copy that lost any of them would reopen an
  * extraction path, so it is refused loudly rather than used. */
-static kms_err mk_verify(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE mk)
+static kms_err mk_verify(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE mk,
+			 const char *label)
 {
 	CK_BBOOL trusted = CK_FALSE, token = CK_FALSE, priv = CK_FALSE, sensitive = CK_FALSE;
 	CK_BBOOL extractable = CK_TRUE;
@@ -385,30 +392,30 @@ static kms_err mk_verify(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_
 	if (rv != CKR_OK)
 		return p11_ckr_err(rv, "C_GetAttributeValue(master key)");
 	if (trusted != CK_TRUE)
-		return mk_bad("is not CKA_TRUSTED");
+		return mk_bad(label, "is not CKA_TRUSTED");
 	if (token != CK_TRUE || priv != CK_TRUE)
-		return mk_bad("is not a private token object");
+		return mk_bad(label, "is not a private token object");
 	if (sensitive != CK_TRUE || extractable != CK_FALSE)
-		return mk_bad("is not sensitive and unextractable");
+		return mk_bad(label, "is not sensitive and unextractable");
 
 	rv = f->C_GetAttributeValue(s, mk, &mech_attr, 1);
 	if (rv == CKR_BUFFER_TOO_SMALL || rv == CKR_ATTRIBUTE_TYPE_INVALID)
-		return mk_bad("does not restrict CKA_ALLOWED_MECHANISMS to CKM_AES_KEY_WRAP_PAD");
+		return mk_bad(label, "does not restrict CKA_ALLOWED_MECHANISMS to CKM_AES_KEY_WRAP_PAD");
 	if (rv != CKR_OK)
 		return p11_ckr_err(rv, "C_GetAttributeValue(CKA_ALLOWED_MECHANISMS)");
 	if (mech_attr.ulValueLen != sizeof(CK_MECHANISM_TYPE) || mechs[0] != CKM_AES_KEY_WRAP_PAD)
-		return mk_bad("does not restrict CKA_ALLOWED_MECHANISMS to CKM_AES_KEY_WRAP_PAD");
+		return mk_bad(label, "does not restrict CKA_ALLOWED_MECHANISMS to CKM_AES_KEY_WRAP_PAD");
 
 	/* An attribute array is read in two steps: its size, then values by type. The
 	 * module fills as many entries as the array has, so the size must match ours
 	 * exactly before a buffer is handed over. */
 	rv = f->C_GetAttributeValue(s, mk, &ut, 1);
 	if (rv == CKR_ATTRIBUTE_TYPE_INVALID)
-		return mk_bad("has no CKA_UNWRAP_TEMPLATE");
+		return mk_bad(label, "has no CKA_UNWRAP_TEMPLATE");
 	if (rv != CKR_OK)
 		return p11_ckr_err(rv, "C_GetAttributeValue(CKA_UNWRAP_TEMPLATE)");
 	if (ut.ulValueLen != sizeof(ut_inner))
-		return mk_bad("has an unexpected CKA_UNWRAP_TEMPLATE");
+		return mk_bad(label, "has an unexpected CKA_UNWRAP_TEMPLATE");
 	ut.pValue = ut_inner;
 	ut.ulValueLen = sizeof(ut_inner);
 	rv = f->C_GetAttributeValue(s, mk, &ut, 1);
@@ -416,7 +423,7 @@ static kms_err mk_verify(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_
 		return p11_ckr_err(rv, "C_GetAttributeValue(CKA_UNWRAP_TEMPLATE)");
 	if (ut_inner[0].type != CKA_SENSITIVE || ut_inner[1].type != CKA_WRAP_WITH_TRUSTED ||
 	    ut_sensitive != CK_TRUE || ut_wwt != CK_TRUE)
-		return mk_bad("has an unexpected CKA_UNWRAP_TEMPLATE");
+		return mk_bad(label, "has an unexpected CKA_UNWRAP_TEMPLATE");
 	return KMS_OK;
 }
 
@@ -441,12 +448,11 @@ static kms_err logout(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, enum login_st
  * survives), the user logs in and copies it into a private token object, which keeps
  * CKA_TRUSTED, the unwrap template and the mechanism list, and the staging key is
  * destroyed. Enters and leaves with the user logged in on s. */
-static kms_err mk_ceremony(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *so_pin,
-			   size_t so_pin_len, const char *user_pin, size_t user_pin_len,
-			   enum login_state *st)
+static kms_err mk_ceremony(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *label,
+			   const char *so_pin, size_t so_pin_len, const char *user_pin,
+			   size_t user_pin_len, enum login_state *st)
 {
 	static char staging_label[] = P11_LABEL_MK_STAGING;
-	static char mk_label[] = P11_LABEL_MK;
 	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
 	CK_ATTRIBUTE staging_tmpl[] = {
 		A(CKA_CLASS, cls_secret),
@@ -471,7 +477,7 @@ static kms_err mk_ceremony(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const ch
 	CK_ATTRIBUTE copy_tmpl[] = {
 		A(CKA_TOKEN, ck_true),
 		A(CKA_PRIVATE, ck_true),
-		{CKA_LABEL, mk_label, sizeof(mk_label) - 1},
+		{CKA_LABEL, (void *)label, strlen(label)},
 	};
 	CK_OBJECT_HANDLE staging = CK_INVALID_HANDLE, mk = CK_INVALID_HANDLE;
 	kms_err rc;
@@ -504,7 +510,7 @@ static kms_err mk_ceremony(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const ch
 		rc = p11_ckr_err(rv, "C_CopyObject(master key)");
 		goto out;
 	}
-	rc = mk_verify(f, s, mk);
+	rc = mk_verify(f, s, mk, label);
 	if (rc != KMS_OK) {
 		rv = f->C_DestroyObject(s, mk);
 		if (rv != CKR_OK)
@@ -512,8 +518,7 @@ static kms_err mk_ceremony(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const ch
 				  p11_ckr_name(rv));
 		goto out;
 	}
-	kms_info("token: master key %s created (trusted, wrap/unwrap with KWP only)",
-		 P11_LABEL_MK);
+	kms_info("token: master key %s created (trusted, wrap/unwrap with KWP only)", label);
 out:
 	if (staging != CK_INVALID_HANDLE) {
 		rv = f->C_DestroyObject(s, staging);
@@ -691,7 +696,8 @@ kms_err p11_provision(const struct p11_config *cfg, const char *so_pin, size_t s
 	if (n == 1) {
 		mk_existed = true;
 	} else {
-		rc = mk_ceremony(f, s, so_pin, so_pin_len, user_pin, user_pin_len, &st);
+		rc = mk_ceremony(f, s, P11_LABEL_MK, so_pin, so_pin_len, user_pin, user_pin_len,
+				 &st);
 		if (rc != KMS_OK)
 			goto out;
 	}
@@ -730,6 +736,72 @@ out:
 	return rc;
 }
 
+kms_err p11_mk_create(const struct p11_config *cfg, uint32_t version, const char *so_pin,
+		      size_t so_pin_len, const char *user_pin, size_t user_pin_len)
+{
+	struct p11_module *mod = NULL;
+	CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+	enum login_state st = LOGGED_OUT;
+	CK_OBJECT_HANDLE h;
+	CK_FUNCTION_LIST_PTR f;
+	CK_SLOT_ID slot = 0;
+	char label[P11_LABEL_MAX + 1];
+	unsigned n;
+	kms_err rc;
+	CK_RV rv;
+
+	rc = check_config(cfg);
+	if (rc != KMS_OK)
+		return rc;
+	if (version < 1)
+		return kms_errf(KMS_ERR_INVALID, "token: master key versions start at 1");
+	if (user_pin == NULL || user_pin_len == 0)
+		return kms_errf(KMS_ERR_INVALID, "token: user PIN required");
+	mk_label(version, label, sizeof(label));
+	rc = module_acquire(module_path(cfg), &mod);
+	if (rc != KMS_OK)
+		return rc;
+	f = mod->f;
+	rc = find_slot(f, cfg->token_label, &slot);
+	if (rc != KMS_OK)
+		goto out;
+	rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
+	if (rv != CKR_OK) {
+		s = CK_INVALID_HANDLE;
+		rc = p11_ckr_err(rv, "C_OpenSession");
+		goto out;
+	}
+	rc = login(f, s, CKU_USER, user_pin, user_pin_len);
+	if (rc != KMS_OK)
+		goto out;
+	st = LOGGED_USER;
+	rc = find_key(f, s, label, &h, &n);
+	if (rc != KMS_OK)
+		goto out;
+	if (n > 1) {
+		rc = kms_errf(KMS_ERR_TOKEN, "token: several objects are labelled %s", label);
+		goto out;
+	}
+	if (n == 1) {
+		/* Left by a run that stopped before the store recorded it: usable only if it
+		 * is still everything a master key must be. */
+		rc = mk_verify(f, s, h, label);
+		if (rc == KMS_OK)
+			rc = kms_errf(KMS_ERR_CONFLICT, "token: master key %s already exists", label);
+		goto out;
+	}
+	rc = mk_ceremony(f, s, label, so_pin, so_pin_len, user_pin, user_pin_len, &st);
+out:
+	if (s != CK_INVALID_HANDLE) {
+		/* As in p11_provision: closing our only session logs the user out. */
+		rv = f->C_CloseSession(s);
+		if (rv != CKR_OK)
+			kms_warn("token: C_CloseSession failed: %s", p11_ckr_name(rv));
+	}
+	module_release(mod);
+	return rc;
+}
+
 /* ---------------------------------------------------------------- the open token */
 
 struct p11 {
@@ -740,7 +812,16 @@ struct p11 {
 	pthread_mutex_t obj_lock; /* object creation/destruction, and the holder session */
 	CK_SESSION_HANDLE holder;
 	uint32_t holder_gen; /* bumped when the holder is reopened; read atomically */
-	CK_OBJECT_HANDLE mk, store_mac, audit_hmac;
+	CK_OBJECT_HANDLE store_mac, audit_hmac;
+	/* Master keys found so far, by version (under obj_lock). Several live side by side
+	 * while a rotation moves blobs from one to the next; another process (kmsd
+	 * master-key rotate) creates and destroys them, so a miss or a stale handle sends
+	 * the lookup back to the token, by label. */
+	struct p11_mk {
+		uint32_t version;
+		CK_OBJECT_HANDLE h;
+	} mks[P11_MK_CACHE];
+	unsigned n_mks, next_mk;
 	CK_OBJECT_HANDLE audit_sign, audit_pub; /* the kmsd-audit-sign pair */
 
 	pthread_mutex_t pool_lock;
@@ -862,17 +943,15 @@ kms_err p11_open(const struct p11_config *cfg, const char *pin, size_t pin_len, 
 		p->n_free++;
 		p->n_sessions++;
 	}
-	rc = find_required(p, P11_LABEL_MK, &p->mk);
-	if (rc == KMS_OK)
-		rc = find_required(p, P11_LABEL_STORE_MAC, &p->store_mac);
+	/* The master keys are looked up by version when first used (p11_mk_check): which
+	 * ones exist is the store's to say, and changes under a master-key rotation. */
+	rc = find_required(p, P11_LABEL_STORE_MAC, &p->store_mac);
 	if (rc == KMS_OK)
 		rc = find_required(p, P11_LABEL_AUDIT_HMAC, &p->audit_hmac);
 	if (rc == KMS_OK)
 		rc = find_required_class(p, CKO_PRIVATE_KEY, P11_LABEL_AUDIT_SIGN, &p->audit_sign);
 	if (rc == KMS_OK)
 		rc = find_required_class(p, CKO_PUBLIC_KEY, P11_LABEL_AUDIT_SIGN, &p->audit_pub);
-	if (rc == KMS_OK)
-		rc = mk_verify(p->f, p->holder, p->mk);
 	if (rc == KMS_OK)
 		rc = audit_sign_verify(p);
 	if (rc != KMS_OK)
@@ -1008,6 +1087,111 @@ static kms_err holder_reopen_locked(struct p11 *p, CK_RV why)
 	return KMS_OK;
 }
 
+/* ---------------------------------------------------------------- master keys */
+
+static void mk_forget_locked(struct p11 *p, uint32_t version)
+{
+	unsigned i;
+
+	for (i = 0; i < p->n_mks; i++) {
+		if (p->mks[i].version == version) {
+			p->mks[i] = p->mks[--p->n_mks];
+			p->next_mk = 0;
+			return;
+		}
+	}
+}
+
+/* The handle of kmsd-mk-<version>: remembered, unless refresh; else found by label and
+ * checked (mk_verify: a copy that lost a property is refused, never used) before it is
+ * remembered. KMS_ERR_NOT_FOUND when the token holds no such key. obj_lock held. */
+static kms_err mk_get_locked(struct p11 *p, uint32_t version, bool refresh, CK_OBJECT_HANDLE *out)
+{
+	char label[P11_LABEL_MAX + 1];
+	CK_OBJECT_HANDLE h;
+	unsigned n, i;
+	kms_err rc;
+
+	*out = CK_INVALID_HANDLE;
+	if (version == 0)
+		return kms_errf(KMS_ERR_INTERNAL, "token: master key version 0 does not exist");
+	if (!refresh) {
+		for (i = 0; i < p->n_mks; i++) {
+			if (p->mks[i].version == version) {
+				*out = p->mks[i].h;
+				return KMS_OK;
+			}
+		}
+	}
+	mk_forget_locked(p, version);
+	mk_label(version, label, sizeof(label));
+	rc = find_key(p->f, p->holder, label, &h, &n);
+	if (rc != KMS_OK)
+		return rc;
+	if (n == 0)
+		return kms_errf(KMS_ERR_NOT_FOUND, "token: master key %s is not in the token", label);
+	if (n > 1)
+		return kms_errf(KMS_ERR_TOKEN, "token: several objects are labelled %s", label);
+	rc = mk_verify(p->f, p->holder, h, label);
+	if (rc != KMS_OK)
+		return rc;
+	if (p->n_mks < P11_MK_CACHE) {
+		i = p->n_mks++;
+	} else {
+		i = p->next_mk;
+		p->next_mk = (p->next_mk + 1) % P11_MK_CACHE;
+	}
+	p->mks[i].version = version;
+	p->mks[i].h = h;
+	*out = h;
+	return KMS_OK;
+}
+
+/* A master key handle that no longer names the key: another process destroyed it (or
+ * the token renumbered its objects). Look it up again by label. */
+static bool mk_stale(CK_RV rv)
+{
+	return rv == CKR_WRAPPING_KEY_HANDLE_INVALID || rv == CKR_UNWRAPPING_KEY_HANDLE_INVALID ||
+	       rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID;
+}
+
+kms_err p11_mk_check(struct p11 *p, uint32_t version)
+{
+	CK_OBJECT_HANDLE h;
+	kms_err rc;
+
+	if (p == NULL)
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_mk_check: bad arguments");
+	pthread_mutex_lock(&p->obj_lock);
+	rc = mk_get_locked(p, version, true, &h);
+	pthread_mutex_unlock(&p->obj_lock);
+	return rc;
+}
+
+kms_err p11_mk_destroy(struct p11 *p, uint32_t version)
+{
+	CK_OBJECT_HANDLE h;
+	kms_err rc;
+	CK_RV rv;
+
+	if (p == NULL)
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_mk_destroy: bad arguments");
+	pthread_mutex_lock(&p->obj_lock);
+	rc = mk_get_locked(p, version, true, &h);
+	if (rc == KMS_OK) {
+		rv = p->f->C_DestroyObject(p->holder, h);
+		if (session_lost(rv) && holder_reopen_locked(p, rv) == KMS_OK)
+			rv = p->f->C_DestroyObject(p->holder, h);
+		if (rv != CKR_OK)
+			rc = p11_ckr_err(rv, "C_DestroyObject(master key)");
+		else
+			kms_info("token: master key version %u destroyed", (unsigned)version);
+		mk_forget_locked(p, version);
+	}
+	pthread_mutex_unlock(&p->obj_lock);
+	return rc;
+}
+
 /* ---------------------------------------------------------------- operations */
 
 /* SoftHSM2 refuses NULL data pointers even for zero lengths (CKR_ARGUMENTS_BAD). */
@@ -1037,7 +1221,7 @@ kms_err p11_random(struct p11 *p, uint8_t *out, size_t n)
 	return KMS_OK;
 }
 
-kms_err p11_kek_generate(struct p11 *p, uint8_t blob[P11_KEK_BLOB_LEN])
+kms_err p11_kek_generate(struct p11 *p, uint32_t mk_version, uint8_t blob[P11_KEK_BLOB_LEN])
 {
 	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
 	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
@@ -1060,7 +1244,7 @@ kms_err p11_kek_generate(struct p11 *p, uint8_t blob[P11_KEK_BLOB_LEN])
 		A(CKA_VERIFY, ck_false),
 		A(CKA_DERIVE, ck_false),
 	};
-	CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE;
+	CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE, mk = CK_INVALID_HANDLE;
 	CK_ULONG n = P11_KEK_BLOB_LEN;
 	kms_err rc = KMS_OK;
 	CK_RV rv;
@@ -1068,6 +1252,9 @@ kms_err p11_kek_generate(struct p11 *p, uint8_t blob[P11_KEK_BLOB_LEN])
 	if (p == NULL || blob == NULL)
 		return kms_errf(KMS_ERR_INTERNAL, "token: p11_kek_generate: bad arguments");
 	pthread_mutex_lock(&p->obj_lock);
+	rc = mk_get_locked(p, mk_version, false, &mk);
+	if (rc != KMS_OK)
+		goto out;
 	rv = p->f->C_GenerateKey(p->holder, &gen, tmpl, NELEM(tmpl), &kek);
 	if (session_lost(rv) && holder_reopen_locked(p, rv) == KMS_OK)
 		rv = p->f->C_GenerateKey(p->holder, &gen, tmpl, NELEM(tmpl), &kek);
@@ -1076,7 +1263,14 @@ kms_err p11_kek_generate(struct p11 *p, uint8_t blob[P11_KEK_BLOB_LEN])
 		rc = p11_ckr_err(rv, "C_GenerateKey(KEK)");
 		goto out;
 	}
-	rv = p->f->C_WrapKey(p->holder, &kwp, p->mk, kek, blob, &n);
+	rv = p->f->C_WrapKey(p->holder, &kwp, mk, kek, blob, &n);
+	if (mk_stale(rv)) {
+		rc = mk_get_locked(p, mk_version, true, &mk);
+		if (rc != KMS_OK)
+			goto out;
+		n = P11_KEK_BLOB_LEN;
+		rv = p->f->C_WrapKey(p->holder, &kwp, mk, kek, blob, &n);
+	}
 	if (rv != CKR_OK) {
 		rc = p11_ckr_err(rv, "C_WrapKey(KEK under master key)");
 		goto out;
@@ -1106,7 +1300,8 @@ out:
  * check fails as CKR_GENERAL_ERROR, the same code as an internal fault. If a fresh KEK
  * still wraps and unwraps under the MK, the token is fine and the blob was bad.
  * Called with obj_lock held; creates and destroys its own objects. */
-static bool kek_probe_locked(struct p11 *p, const CK_ATTRIBUTE *tmpl, CK_ULONG n_tmpl, CK_RV *why)
+static bool kek_probe_locked(struct p11 *p, CK_OBJECT_HANDLE mk, const CK_ATTRIBUTE *tmpl,
+			     CK_ULONG n_tmpl, CK_RV *why)
 {
 	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
 	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
@@ -1127,10 +1322,10 @@ static bool kek_probe_locked(struct p11 *p, const CK_ATTRIBUTE *tmpl, CK_ULONG n
 		kek = CK_INVALID_HANDLE;
 		goto out;
 	}
-	rv = p->f->C_WrapKey(p->holder, &kwp, p->mk, kek, blob, &n);
+	rv = p->f->C_WrapKey(p->holder, &kwp, mk, kek, blob, &n);
 	if (rv != CKR_OK)
 		goto out;
-	rv = p->f->C_UnwrapKey(p->holder, &kwp, p->mk, blob, n, (CK_ATTRIBUTE_PTR)tmpl, n_tmpl,
+	rv = p->f->C_UnwrapKey(p->holder, &kwp, mk, blob, n, (CK_ATTRIBUTE_PTR)tmpl, n_tmpl,
 			       &back);
 	if (rv != CKR_OK)
 		back = CK_INVALID_HANDLE;
@@ -1143,9 +1338,74 @@ out:
 	return rv == CKR_OK;
 }
 
-kms_err p11_kek_load(struct p11 *p, const uint8_t *blob, size_t blob_len, p11_key *out)
+/* One C_UnwrapKey of a KEK blob under master key version mk_version, with everything
+ * that can go wrong on the way told apart: a lost holder session (reopened, tried
+ * again), a stale master key handle (looked up again by label, tried again), and
+ * CKR_GENERAL_ERROR, which is a bad blob only if a known-answer probe shows the token
+ * works (then KMS_ERR_INVALID). KMS_ERR_NOT_FOUND when the master key is not in the
+ * token. obj_lock held. */
+static kms_err unwrap_locked(struct p11 *p, uint32_t mk_version, const uint8_t *blob,
+			     size_t blob_len, CK_ATTRIBUTE *tmpl, CK_ULONG n_tmpl,
+			     CK_OBJECT_HANDLE *out)
 {
 	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	CK_OBJECT_HANDLE mk = CK_INVALID_HANDLE, h = CK_INVALID_HANDLE;
+	char label[P11_LABEL_MAX + 1];
+	CK_RV rv, probe_rv = CKR_OK;
+	kms_err rc;
+
+	*out = CK_INVALID_HANDLE;
+	rc = mk_get_locked(p, mk_version, false, &mk);
+	if (rc != KMS_OK)
+		return rc;
+	rv = p->f->C_UnwrapKey(p->holder, &kwp, mk, (CK_BYTE_PTR)blob, (CK_ULONG)blob_len, tmpl,
+			       n_tmpl, &h);
+	if (session_lost(rv) && holder_reopen_locked(p, rv) == KMS_OK)
+		rv = p->f->C_UnwrapKey(p->holder, &kwp, mk, (CK_BYTE_PTR)blob, (CK_ULONG)blob_len,
+				       tmpl, n_tmpl, &h);
+	if (mk_stale(rv)) {
+		rc = mk_get_locked(p, mk_version, true, &mk);
+		if (rc != KMS_OK)
+			return rc;
+		rv = p->f->C_UnwrapKey(p->holder, &kwp, mk, (CK_BYTE_PTR)blob, (CK_ULONG)blob_len,
+				       tmpl, n_tmpl, &h);
+	}
+	if ((rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED) &&
+	    kek_probe_locked(p, mk, tmpl, n_tmpl, &probe_rv)) {
+		/* The token works. A bad blob fails again, deterministically; a passing
+		 * fault does not: one more try tells them apart. */
+		rv = p->f->C_UnwrapKey(p->holder, &kwp, mk, (CK_BYTE_PTR)blob, (CK_ULONG)blob_len,
+				       tmpl, n_tmpl, &h);
+		if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED)
+			rv = CKR_WRAPPED_KEY_INVALID;
+	}
+	mk_label(mk_version, label, sizeof(label));
+	if (rv == CKR_OK && h > 0xffffffffu) {
+		(void)p->f->C_DestroyObject(p->holder, h);
+		return kms_errf(KMS_ERR_TOKEN, "token: object handle out of the range kmsd can track");
+	}
+	if (rv == CKR_OK) {
+		*out = h;
+		return KMS_OK;
+	}
+	if (rv == CKR_WRAPPED_KEY_INVALID || rv == CKR_WRAPPED_KEY_LEN_RANGE ||
+	    rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE) {
+		/* What compliant modules say for a blob that fails KWP's integrity check. */
+		return kms_errf(KMS_ERR_INVALID, "token: KEK blob does not unwrap under %s (%s)",
+				label, p11_ckr_name(rv));
+	}
+	if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED) {
+		/* the probe above failed */
+		return kms_errf(KMS_ERR_TOKEN,
+				"token: C_UnwrapKey failed: %s, and a known-answer probe failed too: %s",
+				p11_ckr_name(rv), p11_ckr_name(probe_rv));
+	}
+	return p11_ckr_err(rv, "C_UnwrapKey(KEK)");
+}
+
+kms_err p11_kek_load(struct p11 *p, uint32_t mk_version, const uint8_t *blob, size_t blob_len,
+		     p11_key *out)
+{
 	/* SENSITIVE and WRAP_WITH_TRUSTED must be named: the MK's unwrap template demands
 	 * them, and a template that omits them is refused. */
 	CK_ATTRIBUTE tmpl[] = {
@@ -1165,8 +1425,7 @@ kms_err p11_kek_load(struct p11 *p, const uint8_t *blob, size_t blob_len, p11_ke
 		A(CKA_DERIVE, ck_false),
 	};
 	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-	kms_err rc = KMS_OK;
-	CK_RV rv, probe_rv = CKR_OK;
+	kms_err rc;
 
 	if (p == NULL || out == NULL || (blob == NULL && blob_len > 0))
 		return kms_errf(KMS_ERR_INTERNAL, "token: p11_kek_load: bad arguments");
@@ -1175,39 +1434,108 @@ kms_err p11_kek_load(struct p11 *p, const uint8_t *blob, size_t blob_len, p11_ke
 		return kms_errf(KMS_ERR_INVALID, "token: a KEK blob is %d bytes, not %zu",
 				P11_KEK_BLOB_LEN, blob_len);
 	pthread_mutex_lock(&p->obj_lock);
-	rv = p->f->C_UnwrapKey(p->holder, &kwp, p->mk, (CK_BYTE_PTR)blob, (CK_ULONG)blob_len,
-			       tmpl, NELEM(tmpl), &h);
-	if (session_lost(rv) && holder_reopen_locked(p, rv) == KMS_OK)
-		rv = p->f->C_UnwrapKey(p->holder, &kwp, p->mk, (CK_BYTE_PTR)blob, (CK_ULONG)blob_len,
-				       tmpl, NELEM(tmpl), &h);
-	if ((rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED) &&
-	    kek_probe_locked(p, tmpl, NELEM(tmpl), &probe_rv)) {
-		/* The token works. A bad blob fails again, deterministically; a passing
-		 * fault does not: one more try tells them apart. */
-		rv = p->f->C_UnwrapKey(p->holder, &kwp, p->mk, (CK_BYTE_PTR)blob, (CK_ULONG)blob_len,
-				       tmpl, NELEM(tmpl), &h);
-		if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED)
-			rv = CKR_WRAPPED_KEY_INVALID;
-	}
-	if (rv == CKR_OK && h > 0xffffffffu) {
-		(void)p->f->C_DestroyObject(p->holder, h);
-		rc = kms_errf(KMS_ERR_TOKEN, "token: object handle out of the range kmsd can track");
-	} else if (rv == CKR_OK) {
+	rc = unwrap_locked(p, mk_version, blob, blob_len, tmpl, NELEM(tmpl), &h);
+	if (rc == KMS_OK)
 		*out = KEY_MAKE(p->holder_gen, h);
-	} else if (rv == CKR_WRAPPED_KEY_INVALID || rv == CKR_WRAPPED_KEY_LEN_RANGE ||
-		   rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE) {
-		/* What compliant modules say for a blob that fails KWP's integrity check. */
-		rc = kms_errf(KMS_ERR_INVALID, "token: KEK blob does not unwrap under %s (%s)",
-			      P11_LABEL_MK, p11_ckr_name(rv));
-	} else if (rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED) {
-		/* the probe above failed */
-		rc = kms_errf(KMS_ERR_TOKEN,
-			      "token: C_UnwrapKey failed: %s, and a known-answer probe failed too: %s",
-			      p11_ckr_name(rv), p11_ckr_name(probe_rv));
-	} else {
-		rc = p11_ckr_err(rv, "C_UnwrapKey(KEK)");
+	pthread_mutex_unlock(&p->obj_lock);
+	return rc;
+}
+
+kms_err p11_kek_rewrap(struct p11 *p, uint32_t from_mk, const uint8_t *blob, size_t blob_len,
+		       uint32_t to_mk, uint8_t out[P11_KEK_BLOB_LEN])
+{
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	/* The transit copy: extractable (so that the new MK can wrap it), and still
+	 * SENSITIVE and WRAP_WITH_TRUSTED as the old MK's unwrap template demands: its value
+	 * cannot be read, and only a trusted key (a master key) can wrap it. No ENCRYPT or
+	 * DECRYPT: it exists only to be wrapped, and lives only until then. */
+	CK_ATTRIBUTE transit[] = {
+		A(CKA_CLASS, cls_secret),
+		A(CKA_KEY_TYPE, kt_aes),
+		A(CKA_TOKEN, ck_false),
+		A(CKA_PRIVATE, ck_true),
+		A(CKA_SENSITIVE, ck_true),
+		A(CKA_EXTRACTABLE, ck_true),
+		A(CKA_WRAP_WITH_TRUSTED, ck_true),
+		A(CKA_ENCRYPT, ck_false),
+		A(CKA_DECRYPT, ck_false),
+		A(CKA_WRAP, ck_false),
+		A(CKA_UNWRAP, ck_false),
+		A(CKA_SIGN, ck_false),
+		A(CKA_VERIFY, ck_false),
+		A(CKA_DERIVE, ck_false),
+	};
+	/* The check: the new blob unwraps under the new MK as a serving copy would. */
+	CK_ATTRIBUTE check[] = {
+		A(CKA_CLASS, cls_secret),
+		A(CKA_KEY_TYPE, kt_aes),
+		A(CKA_TOKEN, ck_false),
+		A(CKA_PRIVATE, ck_true),
+		A(CKA_SENSITIVE, ck_true),
+		A(CKA_EXTRACTABLE, ck_false),
+		A(CKA_WRAP_WITH_TRUSTED, ck_true),
+		A(CKA_ENCRYPT, ck_true),
+		A(CKA_DECRYPT, ck_true),
+	};
+	CK_OBJECT_HANDLE kek = CK_INVALID_HANDLE, back = CK_INVALID_HANDLE, to = CK_INVALID_HANDLE;
+	CK_ULONG n = P11_KEK_BLOB_LEN;
+	kms_err rc;
+	CK_RV rv;
+
+	if (p == NULL || out == NULL || (blob == NULL && blob_len > 0))
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_kek_rewrap: bad arguments");
+	if (from_mk == to_mk)
+		return kms_errf(KMS_ERR_INTERNAL, "token: rewrap under the same master key");
+	if (blob_len != P11_KEK_BLOB_LEN)
+		return kms_errf(KMS_ERR_INVALID, "token: a KEK blob is %d bytes, not %zu",
+				P11_KEK_BLOB_LEN, blob_len);
+	pthread_mutex_lock(&p->obj_lock);
+	rc = mk_get_locked(p, to_mk, false, &to);
+	if (rc != KMS_OK)
+		goto out;
+	rc = unwrap_locked(p, from_mk, blob, blob_len, transit, NELEM(transit), &kek);
+	if (rc != KMS_OK)
+		goto out;
+	rv = p->f->C_WrapKey(p->holder, &kwp, to, kek, out, &n);
+	if (mk_stale(rv)) {
+		rc = mk_get_locked(p, to_mk, true, &to);
+		if (rc != KMS_OK)
+			goto out;
+		n = P11_KEK_BLOB_LEN;
+		rv = p->f->C_WrapKey(p->holder, &kwp, to, kek, out, &n);
+	}
+	if (rv != CKR_OK) {
+		rc = p11_ckr_err(rv, "C_WrapKey(KEK under the new master key)");
+		goto out;
+	}
+	if (n != P11_KEK_BLOB_LEN) {
+		rc = kms_errf(KMS_ERR_INTERNAL, "token: KEK blob is %lu bytes, expected %d",
+			      (unsigned long)n, P11_KEK_BLOB_LEN);
+		goto out;
+	}
+	rv = p->f->C_UnwrapKey(p->holder, &kwp, to, out, n, check, NELEM(check), &back);
+	if (rv != CKR_OK) {
+		back = CK_INVALID_HANDLE;
+		rc = p11_ckr_err(rv, "C_UnwrapKey(check of the rewrapped KEK)");
+		goto out;
+	}
+	rc = KMS_OK;
+out:
+	if (back != CK_INVALID_HANDLE && p->f->C_DestroyObject(p->holder, back) != CKR_OK)
+		kms_warn("token: could not destroy the rewrap check copy");
+	if (kek != CK_INVALID_HANDLE) {
+		rv = p->f->C_DestroyObject(p->holder, kek);
+		if (rv != CKR_OK) {
+			/* As in p11_kek_generate: never leave an extractable copy behind. */
+			kms_error("token: could not destroy the transit copy of a KEK: %s",
+				  p11_ckr_name(rv));
+			if (rc == KMS_OK)
+				rc = p11_ckr_err(rv, "C_DestroyObject(KEK transit copy)");
+		}
 	}
 	pthread_mutex_unlock(&p->obj_lock);
+	if (rc != KMS_OK)
+		kms_wipe(out, P11_KEK_BLOB_LEN);
 	return rc;
 }
 
@@ -1655,8 +1983,15 @@ CK_SESSION_HANDLE p11_internal_holder(struct p11 *p)
 
 CK_OBJECT_HANDLE p11_internal_object(struct p11 *p, const char *label)
 {
-	if (strcmp(label, P11_LABEL_MK) == 0)
-		return p->mk;
+	if (strcmp(label, P11_LABEL_MK) == 0) {
+		CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+
+		pthread_mutex_lock(&p->obj_lock);
+		if (mk_get_locked(p, 1, false, &h) != KMS_OK)
+			h = CK_INVALID_HANDLE;
+		pthread_mutex_unlock(&p->obj_lock);
+		return h;
+	}
 	if (strcmp(label, P11_LABEL_STORE_MAC) == 0)
 		return p->store_mac;
 	if (strcmp(label, P11_LABEL_AUDIT_HMAC) == 0)

@@ -2,10 +2,15 @@
  * call is one whole operation), so that it could later move into a process of its own.
  *
  * Objects in the token (labels fixed here, see docs/ARCHITECTURE.md):
- *   kmsd-mk-1        master wrapping key: AES-256, token, private, sensitive, not
- *                    extractable, WRAP/UNWRAP only, ALLOWED_MECHANISMS={AES_KEY_WRAP_PAD},
+ *   kmsd-mk-<N>      master wrapping key version N (kmsd init makes kmsd-mk-1, each
+ *                    master-key rotation the next): AES-256, token, private, sensitive,
+ *                    not extractable, WRAP/UNWRAP only, ALLOWED_MECHANISMS={AES_KEY_WRAP_PAD},
  *                    UNWRAP_TEMPLATE={SENSITIVE, WRAP_WITH_TRUSTED}, TRUSTED (set by the SO
  *                    on a session staging key, then copied to a token object by the user).
+ *                    Which versions exist is the store's to say (master_keys); a struct
+ *                    p11 looks each up by label on first use, checks its attributes, and
+ *                    looks it up again when its handle goes stale (another process made
+ *                    or destroyed one).
  *   kmsd-store-mac   HMAC-SHA256 key binding store rows (tenant, key, version, blob).
  *   kmsd-audit-hmac  HMAC-SHA256 key for hashing context values in audit records.
  *   kmsd-audit-sign  ECDSA P-256 key pair signing audit checkpoints. Private key: token,
@@ -14,7 +19,7 @@
  *                    CKM_ECDSA_SHA256, so the SHA-256 is computed by the caller).
  *                    Public key: token, public, VERIFY only, same label.
  * Tenant KEK versions never become token objects: they are generated as session
- * objects, wrapped with KWP under the master key into a P11_KEK_BLOB_LEN blob, and
+ * objects, wrapped with KWP under a master key into a P11_KEK_BLOB_LEN blob, and
  * destroyed; serving copies are unwrapped on demand as sensitive, non-extractable
  * session objects owned by a holder session that stays open for the process's life.
  *
@@ -62,11 +67,23 @@ enum p11_mac_key { P11_MAC_STORE, P11_MAC_AUDIT };
 KMS_WUR kms_err p11_provision(const struct p11_config *cfg, const char *so_pin, size_t so_pin_len,
 			      const char *user_pin, size_t user_pin_len);
 
+/* Creates master key version `version` (kmsd-mk-<version>) by the same ceremony as
+ * p11_provision (needs the SO PIN; the SO is logged out again whatever happens).
+ * KMS_ERR_CONFLICT if it exists already and passes the master-key checks (a run that
+ * stopped before recording it left it: reuse it); KMS_ERR_TOKEN if it exists and fails
+ * them; a wrong SO PIN -> the CKR mapping (KMS_ERR_CONFIG for CKR_PIN_INCORRECT), and
+ * nothing is created. Like p11_provision, initialises and finalises the module itself,
+ * and logs out this process's user on the way: call it before p11_open, never in a
+ * process that serves (a logout destroys every session object of the process). */
+KMS_WUR kms_err p11_mk_create(const struct p11_config *cfg, uint32_t version, const char *so_pin,
+			      size_t so_pin_len, const char *user_pin, size_t user_pin_len);
+
 /* Loads the module (C_GetInterface, else C_GetFunctionList), C_Initialize with
  * CKF_OS_LOCKING_OK, finds the slot by token label, opens the holder session, logs in
- * as user, opens the session pool and finds the objects above by label (all must
- * exist: KMS_ERR_TOKEN "token not provisioned" otherwise). The PIN is not kept; the
- * caller wipes its copy. On success *out is owned by the caller (p11_close). */
+ * as user, opens the session pool and finds the objects above by label (all but the
+ * master keys must exist: KMS_ERR_TOKEN "token not provisioned" otherwise; master keys
+ * are looked up by version, see p11_mk_check). The PIN is not kept; the caller wipes
+ * its copy. On success *out is owned by the caller (p11_close). */
 KMS_WUR kms_err p11_open(const struct p11_config *cfg, const char *pin, size_t pin_len,
 			 struct p11 **out);
 
@@ -77,15 +94,39 @@ void p11_close(struct p11 *p);
 /* Fills out with n bytes from the token's RNG. */
 KMS_WUR kms_err p11_random(struct p11 *p, uint8_t *out, size_t n);
 
-/* Generates a new AES-256 tenant KEK inside the token and returns it only as a KWP
- * blob under the master key. */
-KMS_WUR kms_err p11_kek_generate(struct p11 *p, uint8_t blob[P11_KEK_BLOB_LEN]);
+/* Finds master key version `version` by label and checks its attributes (a key that
+ * lost one is refused loudly, KMS_ERR_TOKEN); KMS_ERR_NOT_FOUND when the token has no
+ * such key. The handle is remembered for the calls below. */
+KMS_WUR kms_err p11_mk_check(struct p11 *p, uint32_t version);
 
-/* Unwraps a KEK blob into a serving session object (sensitive, not extractable,
- * ENCRYPT/DECRYPT). The handle stays valid until p11_kek_unload or p11_close.
+/* Destroys master key version `version` in the token. KMS_ERR_NOT_FOUND when it is not
+ * there (already destroyed). Irreversible: every blob still wrapped under it is lost,
+ * so the caller proves none is left first. */
+KMS_WUR kms_err p11_mk_destroy(struct p11 *p, uint32_t version);
+
+/* In the functions below, a master key version the token does not hold ->
+ * KMS_ERR_NOT_FOUND. */
+
+/* Generates a new AES-256 tenant KEK inside the token and returns it only as a KWP
+ * blob under master key version mk_version. */
+KMS_WUR kms_err p11_kek_generate(struct p11 *p, uint32_t mk_version, uint8_t blob[P11_KEK_BLOB_LEN]);
+
+/* Unwraps a KEK blob (wrapped under master key version mk_version) into a serving
+ * session object (sensitive, not extractable, ENCRYPT/DECRYPT). The handle stays valid
+ * until p11_kek_unload or p11_close, whatever happens to the master key meanwhile.
  * A blob that does not unwrap under the master key -> KMS_ERR_INVALID (SoftHSM2 says
  * CKR_GENERAL_ERROR for it, so a known-answer probe rules out a token fault first). */
-KMS_WUR kms_err p11_kek_load(struct p11 *p, const uint8_t *blob, size_t blob_len, p11_key *out);
+KMS_WUR kms_err p11_kek_load(struct p11 *p, uint32_t mk_version, const uint8_t *blob,
+			     size_t blob_len, p11_key *out);
+
+/* Master-key rotation of one KEK, entirely inside the token: unwraps blob under
+ * master key from_mk as a transit session object (SENSITIVE, WRAP_WITH_TRUSTED, and
+ * EXTRACTABLE so that it can be wrapped again; no ENCRYPT/DECRYPT), wraps it with KWP
+ * under to_mk into out, destroys the transit copy, and checks that out unwraps under
+ * to_mk. Errors as p11_kek_load; out is wiped on failure. The KEK's value never
+ * leaves the token. */
+KMS_WUR kms_err p11_kek_rewrap(struct p11 *p, uint32_t from_mk, const uint8_t *blob,
+			       size_t blob_len, uint32_t to_mk, uint8_t out[P11_KEK_BLOB_LEN]);
 
 /* Whether a serving copy is still alive: false once the holder session that owned it
  * was lost and reopened (the token destroyed it then). The caller loads it again. */

@@ -8,7 +8,8 @@
 
 #include "pkcs11/p11.h"
 
-#define P11_LABEL_MK "kmsd-mk-1"
+#define P11_LABEL_MK_FMT "kmsd-mk-%u" /* master key version N */
+#define P11_LABEL_MK "kmsd-mk-1"       /* the one kmsd init makes */
 #define P11_LABEL_MK_STAGING "kmsd-mk-staging"
 #define P11_LABEL_STORE_MAC "kmsd-store-mac"
 #define P11_LABEL_AUDIT_HMAC "kmsd-audit-hmac"
@@ -24,9 +25,9 @@ CK_SLOT_ID p11_internal_slot(struct p11 *p);
  * under the object lock. */
 CK_SESSION_HANDLE p11_internal_holder(struct p11 *p);
 
-/* The handle of one of the token objects found at p11_open (P11_LABEL_MK,
- * P11_LABEL_STORE_MAC, P11_LABEL_AUDIT_HMAC; P11_LABEL_AUDIT_SIGN gives the private
- * key), or CK_INVALID_HANDLE. */
+/* The handle of one of the token objects found at p11_open (P11_LABEL_STORE_MAC,
+ * P11_LABEL_AUDIT_HMAC; P11_LABEL_AUDIT_SIGN gives the private key) or of master key
+ * version 1 (P11_LABEL_MK, looked up and checked on first use), or CK_INVALID_HANDLE. */
 CK_OBJECT_HANDLE p11_internal_object(struct p11 *p, const char *label);
 
 /* The public key object of P11_LABEL_AUDIT_SIGN. */

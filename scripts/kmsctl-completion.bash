@@ -83,9 +83,10 @@ _kmsctl()
 		[ "${path[1]}" = create ] && opts="--ttl"
 		;;
 	key)
-		subs="create read list rotate config revoke restore history legal-hold version"
+		subs="create read list rotate config revoke restore history legal-hold trim version"
 		case "${path[1]}" in
 		create) opts="--type" ;;
+		trim) opts="--min-available-version --days --reason" ;;
 		config) opts="--min-decryption-version --min-encryption-version --deletion-allowed --auto-rotate-period --reason" ;;
 		revoke|restore) opts="--reason" ;;
 		legal-hold)

@@ -241,6 +241,43 @@ fail:
 	return rc;
 }
 
+/* TENANT KEY --min-available-version N --reason TEXT [--days N] */
+static int key_trim(int argc, char **argv)
+{
+	static const struct option opts[] = {{"min-available-version", required_argument, NULL, 'm'},
+					     {"reason", required_argument, NULL, 'r'},
+					     {"days", required_argument, NULL, 'd'},
+					     {NULL, 0, NULL, 0}};
+	json_t *body = json_object();
+	long long v;
+	int c, rc = CLI_USAGE;
+
+	while ((c = cli_getopt(argc, argv, opts)) != -1) {
+		if (c == 'r') {
+			json_object_set_new(body, "reason", json_string(optarg));
+		} else if (c == 'm' || c == 'd') {
+			if (cli_parse_uint(c == 'm' ? "--min-available-version" : "--days", optarg,
+					   c == 'm' ? 4294967295LL : 100000, &v) != 0)
+				goto fail;
+			json_object_set_new(body, c == 'm' ? "min_available_version" : "days", json_integer(v));
+		} else {
+			goto fail;
+		}
+	}
+	if ((rc = cli_positionals(argc, argv, 2, 2)) != CLI_OK)
+		goto fail;
+	rc = CLI_USAGE;
+	if (json_object_get(body, "min_available_version") == NULL) {
+		cli_usage_error("--min-available-version is required");
+		goto fail;
+	}
+	return cli_simple_call("POST", cli_path(argv[optind], "keys", argv[optind + 1], "trim", NULL), body,
+			       key_table);
+fail:
+	json_decref(body);
+	return rc;
+}
+
 static int version_disable(int argc, char **argv)
 {
 	return key_action(argc, argv, "disable", 1, 0);
@@ -385,6 +422,17 @@ static const struct cli_leaf key_leaves[] = {
 	 "example:\n"
 	 "  kmsctl key legal-hold cardiology patient-records on --reason \"litigation 2025-17\"\n",
 	 key_legal_hold, NULL},
+	{"trim", "schedule destruction of every version below a floor (admin)",
+	 "TENANT KEY --min-available-version N --reason TEXT [--days 7..30]",
+	 "Vault's trim under kmsd's destruction rules: every version below N that is not\n"
+	 "already pending destruction or destroyed is scheduled for destruction, as\n"
+	 "`key version schedule-destroy` would (cancel each with cancel-destroy). N may not\n"
+	 "be above min_decryption_version or min_encryption_version. Needs deletion_allowed;\n"
+	 "a legal hold or PHI retention refusing any one version refuses the whole trim.\n"
+	 "\n"
+	 "example:\n"
+	 "  kmsctl key trim research study-key --min-available-version 3 --days 7 --reason \"GDPR erasure #91\"\n",
+	 key_trim, NULL},
 	{"version", "disable, enable, schedule-destroy, cancel-destroy a version", "SUBCOMMAND ...",
 	 "", NULL, &version_group},
 };

@@ -345,6 +345,12 @@ kms_err core_key_ref(struct core *c, const char *tenant, const char *key, struct
 kms_err core_row_mac(struct core *c, const char *tenant, const char *key, const struct store_version *v,
 		     uint8_t mac[STORE_MAC_LEN])
 {
+	return core_row_mac_p11(c->p11, tenant, key, v, mac);
+}
+
+kms_err core_row_mac_p11(struct p11 *p11, const char *tenant, const char *key, const struct store_version *v,
+			 uint8_t mac[STORE_MAC_LEN])
+{
 	uint8_t buf[16 + 4 + STORE_NAME_MAX + 4 + STORE_NAME_MAX + 8 + 4 + STORE_BLOB_MAX], *p = buf;
 	size_t tl = strlen(tenant), kl = strlen(key);
 
@@ -366,12 +372,36 @@ kms_err core_row_mac(struct core *c, const char *tenant, const char *key, const 
 		*p++ = (uint8_t)(v->blob_len >> (24 - 8 * i));
 	memcpy(p, v->blob, v->blob_len);
 	p += v->blob_len;
-	return p11_hmac(c->p11, P11_MAC_STORE, buf, (size_t)(p - buf), mac);
+	return p11_hmac(p11, P11_MAC_STORE, buf, (size_t)(p - buf), mac);
+}
+
+kms_err core_kek_row_new(struct core *c, const char *tenant, const char *key, struct store_version *v)
+{
+	kms_err rc = store_mk_active(c->st, &v->mk_version);
+
+	v->blob_len = P11_KEK_BLOB_LEN;
+	if (rc == KMS_OK)
+		rc = p11_kek_generate(c->p11, v->mk_version, v->blob);
+	if (rc == KMS_ERR_NOT_FOUND) {
+		kms_error("token: master key version %u, which the store says is active, is not in the token",
+			  v->mk_version);
+		rc = kms_errf(KMS_ERR_TOKEN, "token: the active master key is not in the token");
+	}
+	if (rc == KMS_OK)
+		rc = core_row_mac(c, tenant, key, v, v->mac);
+	return rc;
+}
+
+bool core_mk_moved(struct core *c, uint32_t used)
+{
+	uint32_t now = 0;
+
+	return store_mk_active(c->st, &now) == KMS_OK && now != used;
 }
 
 kms_err core_kek(struct core *c, const struct keyref *k, uint32_t version, p11_key *out)
 {
-	struct store_version v;
+	struct store_version v = {0};
 	uint8_t mac[STORE_MAC_LEN];
 	struct kent *e;
 	p11_key h = 0;
@@ -423,28 +453,44 @@ kms_err core_kek(struct core *c, const struct keyref *k, uint32_t version, p11_k
 		goto out;
 	}
 	h = 0;
-	rc = store_version_get(c->st, k->key_id, version, &v);
-	if (rc == KMS_ERR_NOT_FOUND)
-		rc = kms_errf(KMS_ERR_INVALID, "key version %u does not exist", version);
-	if (rc != KMS_OK)
-		goto out;
-	rc = core_row_mac(c, k->tenant, k->name, &v, mac);
-	if (rc != KMS_OK)
-		goto out;
-	if (CRYPTO_memcmp(mac, v.mac, STORE_MAC_LEN) != 0) {
-		kms_error("store row for %s/%s version %u fails its integrity check: refusing to unwrap",
-			  k->tenant, k->name, version);
-		rc = kms_errf(KMS_ERR_INTERNAL, "key version record failed its integrity check");
-		goto out;
-	}
-	rc = p11_kek_load(c->p11, v.blob, v.blob_len, &h);
-	if (rc == KMS_ERR_INVALID) {
-		/* The row passed its MAC, so the blob is what kmsd stored: if the master key
-		 * will not unwrap it, the token is not the one (or not in the state) it
-		 * should be. Not the caller's fault. */
-		kms_error("token: master key does not unwrap %s/%s version %u (%s)", k->tenant, k->name,
-			  version, kms_err_detail(rc));
-		rc = kms_errf(KMS_ERR_TOKEN, "token: the master key does not unwrap key version %u", version);
+	/* Twice at most: a master-key rotation running in another process may rewrap the
+	 * row (and then destroy the old master key) between our read and the unwrap; the
+	 * row read again names the master key that wraps it now. */
+	for (int attempt = 0;; attempt++) {
+		uint32_t tried_mk = v.mk_version;
+
+		rc = store_version_get(c->st, k->key_id, version, &v);
+		if (rc == KMS_ERR_NOT_FOUND)
+			rc = kms_errf(KMS_ERR_INVALID, "key version %u does not exist", version);
+		if (rc != KMS_OK)
+			goto out;
+		if (attempt > 0 && v.mk_version == tried_mk) {
+			/* The row passed its MAC, so the blob is what kmsd stored: if its master
+			 * key is gone or will not unwrap it, the token is not the one (or not in
+			 * the state) it should be. Not the caller's fault. */
+			kms_error("token: master key version %u does not unwrap %s/%s version %u", v.mk_version,
+				  k->tenant, k->name, version);
+			rc = kms_errf(KMS_ERR_TOKEN, "token: the master key does not unwrap key version %u", version);
+			goto out;
+		}
+		rc = core_row_mac(c, k->tenant, k->name, &v, mac);
+		if (rc != KMS_OK)
+			goto out;
+		if (CRYPTO_memcmp(mac, v.mac, STORE_MAC_LEN) != 0) {
+			kms_error("store row for %s/%s version %u fails its integrity check: refusing to unwrap",
+				  k->tenant, k->name, version);
+			rc = kms_errf(KMS_ERR_INTERNAL, "key version record failed its integrity check");
+			goto out;
+		}
+		rc = p11_kek_load(c->p11, v.mk_version, v.blob, v.blob_len, &h);
+		if ((rc == KMS_ERR_INVALID || rc == KMS_ERR_NOT_FOUND) && attempt == 0)
+			continue;
+		if (rc == KMS_ERR_INVALID || rc == KMS_ERR_NOT_FOUND) {
+			kms_error("token: master key version %u does not unwrap %s/%s version %u (%s)",
+				  v.mk_version, k->tenant, k->name, version, kms_err_detail(rc));
+			rc = kms_errf(KMS_ERR_TOKEN, "token: the master key does not unwrap key version %u", version);
+		}
+		break;
 	}
 	if (rc != KMS_OK)
 		goto out;
@@ -607,15 +653,15 @@ kms_err core_rotate_key(struct core *c, const char *tenant, const char *key, uin
 	}
 	if (rc == KMS_OK) {
 		v.version = k.latest + 1;
-		v.mk_version = 1;
-		v.blob_len = P11_KEK_BLOB_LEN;
 		v.created = core_now();
-		rc = p11_kek_generate(c->p11, v.blob);
+		for (int attempt = 0;; attempt++) {
+			rc = core_kek_row_new(c, tenant, key, &v);
+			if (rc == KMS_OK)
+				rc = store_key_rotate(c->st, k.key_id, &v);
+			if (rc != KMS_ERR_CONFLICT || attempt == 3 || !core_mk_moved(c, v.mk_version))
+				break;
+		}
 	}
-	if (rc == KMS_OK)
-		rc = core_row_mac(c, tenant, key, &v, v.mac);
-	if (rc == KMS_OK)
-		rc = store_key_rotate(c->st, k.key_id, &v);
 	if (rc == KMS_OK)
 		rc = core_key_add_version(c, tenant, key, v.version, v.created);
 	if (rc == KMS_OK)
@@ -795,7 +841,7 @@ static bool op_has_tenant(enum kms_op op)
 	case KMS_OP_KEY_CONFIG: case KMS_OP_KEY_REVOKE: case KMS_OP_KEY_RESTORE:
 	case KMS_OP_VERSION_DISABLE: case KMS_OP_VERSION_ENABLE: case KMS_OP_KEY_HISTORY:
 	case KMS_OP_VERSION_SCHEDULE_DESTROY: case KMS_OP_VERSION_CANCEL_DESTROY:
-	case KMS_OP_KEY_LEGAL_HOLD: case KMS_OP_VERSION_RECEIPT:
+	case KMS_OP_KEY_LEGAL_HOLD: case KMS_OP_VERSION_RECEIPT: case KMS_OP_KEY_TRIM:
 		return true;
 	default:
 		return false;
@@ -872,6 +918,7 @@ static const op_fn op_table[KMS_OP__COUNT] = {
 	[KMS_OP_POLICY_WRITE] = op_policy_write,
 	[KMS_OP_AUDIT_HASH] = op_audit_hash,
 	[KMS_OP_METRICS] = op_metrics,
+	[KMS_OP_KEY_TRIM] = op_key_trim,
 };
 
 static int valid_request_id(const char *s)

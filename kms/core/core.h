@@ -66,6 +66,30 @@ unsigned core_scheduler_tick(struct core *c);
  * core_free. */
 KMS_WUR kms_err core_scheduler_start(struct core *c, unsigned interval_s);
 
+/* Master-key rotation (kmsd master-key rotate; docs/KEY-LIFECYCLE.md). The caller made
+ * the new master key in the token (p11_mk_create) and started the rotation in the store
+ * (store_mk_begin), or found one in progress (store_mk_status: retiring != 0). */
+typedef void (*core_mk_progress_fn)(void *ctx, uint64_t moved, uint64_t remaining);
+struct core_mk_opts {
+	size_t batch;		/* key versions per store transaction (0: 100) */
+	const char *principal;	/* who runs it, for the recorded steps */
+	unsigned test_delay_ms; /* tests only: a pause before each batch's commit */
+	core_mk_progress_fn progress; /* after each batch, and once at the end; may be NULL */
+	void *progress_ctx;
+};
+/* Rewraps every key version not destroyed from its master key onto `to`, batch by
+ * batch, each batch one transaction recorded in master_key_events; then, once the
+ * store shows no row under `from`, destroys `from` in the token and records it
+ * (store_mk_finish). Resumable: run it again after any failure or kill. CONFLICT when
+ * some rows cannot be moved (named in the log; `from` is kept). */
+KMS_WUR kms_err core_mk_rotate_rows(struct store *st, struct p11 *p11, uint32_t from, uint32_t to,
+				    const struct core_mk_opts *o);
+/* store_mk_begin with the step recorded as o's. */
+KMS_WUR kms_err core_mk_begin(struct store *st, const struct core_mk_opts *o, uint32_t from, uint32_t to);
+/* Records one step (an event of master_key_events) with o's principal. */
+KMS_WUR kms_err core_mk_record(struct store *st, const struct core_mk_opts *o, uint32_t version, const char *event,
+			       const char *detail);
+
 /* Always fills res (status and body), whatever happens. */
 void core_call(struct core *c, const struct core_call *call, struct core_result *res);
 

@@ -116,8 +116,19 @@ void core_version_state_set(struct core *c, const char *tenant, const char *key,
 			    enum kver_state st, int64_t destroy_after);
 enum kver_state core_state_parse(const char *s);
 const char *core_state_name(enum kver_state st);
+/* A new tenant KEK for a version row: v's blob (generated in the token, wrapped under
+ * the store's active master key), blob_len, mk_version and MAC; v->version must be set. */
+KMS_WUR kms_err core_kek_row_new(struct core *c, const char *tenant, const char *key, struct store_version *v);
+/* After a CONFLICT from inserting a row wrapped under master key `used`: whether a
+ * master-key rotation made another version active meanwhile (then wrap again, retry). */
+bool core_mk_moved(struct core *c, uint32_t used);
 KMS_WUR kms_err core_row_mac(struct core *c, const char *tenant, const char *key,
 			     const struct store_version *v, uint8_t mac[STORE_MAC_LEN]);
+KMS_WUR kms_err core_row_mac_p11(struct p11 *p11, const char *tenant, const char *key,
+				 const struct store_version *v, uint8_t mac[STORE_MAC_LEN]);
+/* Relays master-key rotation steps recorded in the store (by kmsd master-key rotate,
+ * another process) into the audit log; called by the scheduler. */
+void core_mk_relay(struct core *c);
 
 /* operations */
 KMS_WUR kms_err op_tenant_create(struct core *c, struct op_ctx *x);
@@ -146,6 +157,7 @@ KMS_WUR kms_err op_key_history(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_version_schedule_destroy(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_version_cancel_destroy(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_key_legal_hold(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_key_trim(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_tenant_config(struct core *c, struct op_ctx *x);
 /* Created time of version v+1 (when v stopped being used for encryption), or 0. */
 int64_t core_superseded_at(struct core *c, const char *tenant, const char *key, uint32_t v);

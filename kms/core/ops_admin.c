@@ -348,14 +348,15 @@ kms_err op_key_create(struct core *c, struct op_ctx *x)
 			      x->tenant.name);
 	} else if (rc == KMS_ERR_NOT_FOUND) {
 		v.version = 1;
-		v.mk_version = 1;
-		v.blob_len = P11_KEK_BLOB_LEN;
 		v.created = core_now();
-		rc = p11_kek_generate(c->p11, v.blob);
-		if (rc == KMS_OK)
-			rc = core_row_mac(c, x->tenant.name, x->call->key, &v, v.mac);
-		if (rc == KMS_OK)
-			rc = store_key_create(c->st, x->tenant.id, x->call->key, "aes256-gcm96", v.created, &v, &key_id);
+		for (int attempt = 0;; attempt++) {
+			rc = core_kek_row_new(c, x->tenant.name, x->call->key, &v);
+			if (rc == KMS_OK)
+				rc = store_key_create(c->st, x->tenant.id, x->call->key, "aes256-gcm96", v.created, &v,
+						      &key_id);
+			if (rc != KMS_ERR_CONFLICT || attempt == 3 || !core_mk_moved(c, v.mk_version))
+				break;
+		}
 	}
 	pthread_mutex_unlock(&c->create_mu);
 	if (rc != KMS_OK)

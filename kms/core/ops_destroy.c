@@ -114,6 +114,106 @@ out:
 	return rc;
 }
 
+/* Vault's trim (drop the versions below min_available_version), with kmsd's rules for
+ * destruction: every version below the floor that is not already pending destruction
+ * or destroyed is scheduled for destruction, as schedule-destroy would, after the
+ * same waiting period (cancellable one by one). All or nothing: if deletion_allowed,
+ * a legal hold or PHI retention refuses any one of them, nothing is scheduled and the
+ * 409 names the version and the rule. */
+kms_err op_key_trim(struct core *c, struct op_ctx *x)
+{
+	static const char *const allowed[] = {"min_available_version", "days", "reason", NULL};
+	json_t *tmp = NULL, *body = x->call->body ? x->call->body : (tmp = json_object());
+	struct store_version *vs = NULL;
+	struct store_event ev;
+	struct store_key k;
+	struct keyref kr;
+	long long minav, days, min_days = (x->tenant.min_destroy_wait + DAY - 1) / DAY;
+	size_t nv = 0, todo = 0;
+	bool locked = false;
+	int64_t when;
+	kms_err rc;
+
+	if (min_days < WAIT_MIN_DAYS)
+		min_days = WAIT_MIN_DAYS;
+	if ((rc = kms_json_only(body, allowed)) != KMS_OK ||
+	    (rc = kms_json_opt_uint(body, "min_available_version", 0, UINT32_MAX, &minav)) != KMS_OK ||
+	    (rc = kms_json_opt_uint(body, "days", WAIT_MAX_DAYS, 1000, &days)) != KMS_OK ||
+	    (rc = core_event_for(x, body, "trim", 0, true, &ev)) != KMS_OK)
+		goto out;
+	if (minav < 1) {
+		rc = kms_errf(KMS_ERR_INVALID, "\"min_available_version\" (1 or more) is required");
+		goto out;
+	}
+	if (days < min_days || days > WAIT_MAX_DAYS) {
+		rc = kms_errf(KMS_ERR_INVALID, "days must be between %lld (this tenant's minimum) and %d", min_days,
+			      WAIT_MAX_DAYS);
+		goto out;
+	}
+	/* against a concurrent rotation or config change moving the floors */
+	pthread_mutex_lock(&c->create_mu);
+	locked = true;
+	if ((rc = core_key_row(c, x, &k)) != KMS_OK || (rc = core_key_ref(c, x->tenant.name, x->call->key, &kr)) != KMS_OK)
+		goto out;
+	if (minav > k.latest_version) {
+		rc = kms_errf(KMS_ERR_INVALID, "min_available_version (%lld) may not be above the latest version (%u)",
+			      minav, k.latest_version);
+		goto out;
+	}
+	if (minav > k.min_decryption_version) {
+		rc = kms_errf(KMS_ERR_INVALID,
+			      "min_available_version (%lld) may not be above min_decryption_version (%u): raise that "
+			      "first with the key's config",
+			      minav, k.min_decryption_version);
+		goto out;
+	}
+	if (k.min_encryption_version != 0 && minav > k.min_encryption_version) {
+		rc = kms_errf(KMS_ERR_INVALID, "min_available_version (%lld) may not be above min_encryption_version (%u)",
+			      minav, k.min_encryption_version);
+		goto out;
+	}
+	if ((rc = store_version_list(c->st, k.id, &vs, &nv)) != KMS_OK)
+		goto out;
+	when = core_now() + days * DAY;
+	/* Check every version first: nothing is scheduled unless all of them may be. */
+	for (size_t i = 0; i < nv && vs[i].version < (uint32_t)minav; i++) {
+		if (strcmp(vs[i].state, STORE_STATE_ENABLED) != 0 && strcmp(vs[i].state, STORE_STATE_DISABLED) != 0)
+			continue; /* already pending destruction or destroyed */
+		if (!k.deletion_allowed) {
+			rc = kms_errf(KMS_ERR_CONFLICT, "deletion_allowed is false for key \"%s\": set it with the key's "
+							"config first", k.name);
+			goto out;
+		}
+		if ((rc = core_destruction_allowed(c, &x->tenant, &k, vs[i].version, when)) != KMS_OK) {
+			char why[256];
+			snprintf(why, sizeof(why), "%s", kms_err_detail(rc));
+			rc = kms_errf(KMS_ERR_CONFLICT, "trim refused at version %u, nothing was scheduled: %s",
+				      vs[i].version, why);
+			goto out;
+		}
+		todo++;
+	}
+	for (size_t i = 0; i < nv && vs[i].version < (uint32_t)minav && todo > 0; i++) {
+		if (strcmp(vs[i].state, STORE_STATE_ENABLED) != 0 && strcmp(vs[i].state, STORE_STATE_DISABLED) != 0)
+			continue;
+		ev.version = vs[i].version;
+		rc = store_version_transition(c->st, k.id, vs[i].version, vs[i].state, STORE_STATE_PENDING, when, &ev);
+		if (rc != KMS_OK) /* changed meanwhile by another call: say so; those before stay scheduled */
+			goto out;
+		core_version_state_set(c, x->tenant.name, x->call->key, vs[i].version, KVER_PENDING, when);
+		x->version = vs[i].version;
+	}
+	rc = core_key_read_json(c, x->tenant.name, x->call->key, &x->data);
+	if (rc == KMS_OK)
+		json_object_set_new(x->data, "min_available_version", json_integer(minav));
+out:
+	if (locked)
+		pthread_mutex_unlock(&c->create_mu);
+	free(vs);
+	json_decref(tmp);
+	return rc;
+}
+
 kms_err op_version_cancel_destroy(struct core *c, struct op_ctx *x)
 {
 	static const char *const allowed[] = {"reason", NULL};
@@ -251,7 +351,8 @@ static void make_receipt(struct core *c, const struct store_tenant *t, const str
 
 	if (store_key_events(c->st, k->id, &ev, &n) == KMS_OK)
 		for (size_t i = 0; i < n; i++)
-			if (ev[i].version == v && strcmp(ev[i].event, "schedule_destroy") == 0)
+			if (ev[i].version == v &&
+			    (strcmp(ev[i].event, "schedule_destroy") == 0 || strcmp(ev[i].event, "trim") == 0))
 				req = &ev[i];
 	SHA256(before->blob, before->blob_len, h);
 	kms_hex_encode(h, sizeof(h), hx);
@@ -400,6 +501,7 @@ unsigned core_scheduler_tick(struct core *c)
 	kms_err rc;
 
 	core_graves_reap(c, false);
+	core_mk_relay(c);
 	done += rotate_due(c, now);
 	rc = store_due_destructions(c->st, now, &due, &n);
 	if (rc != KMS_OK) {

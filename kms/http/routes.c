@@ -47,6 +47,7 @@ static const struct route {
 	{M_POST, "/v1/:t/keys/:k/versions/:r/schedule-destroy", KMS_OP_VERSION_SCHEDULE_DESTROY},
 	{M_POST, "/v1/:t/keys/:k/versions/:r/cancel-destroy", KMS_OP_VERSION_CANCEL_DESTROY},
 	{M_POST, "/v1/:t/keys/:k/legal-hold", KMS_OP_KEY_LEGAL_HOLD},
+	{M_POST, "/v1/:t/keys/:k/trim", KMS_OP_KEY_TRIM},
 	{M_GET, "/v1/:t/keys/:k/versions/:r/receipt", KMS_OP_VERSION_RECEIPT},
 };
 

@@ -143,6 +143,25 @@ static const char *const migrations[] = {
 	"  created INTEGER NOT NULL,"
 	"  PRIMARY KEY (key_id, version)"
 	") WITHOUT ROWID;",
+	/* 7: master-key versions and the steps of their rotation. No row means a store
+	 * from before rotation existed: version 1 (made by kmsd init) is active. The partial
+	 * unique index allows one active and one retiring version at a time. */
+	"CREATE TABLE master_keys ("
+	"  version INTEGER PRIMARY KEY CHECK (version BETWEEN 1 AND 4294967295),"
+	"  state TEXT NOT NULL CHECK (state IN ('active', 'retiring', 'destroyed')),"
+	"  since INTEGER NOT NULL"
+	");"
+	"CREATE UNIQUE INDEX master_keys_live ON master_keys (state)"
+	"  WHERE state IN ('active', 'retiring');"
+	"CREATE TABLE master_key_events ("
+	"  id INTEGER PRIMARY KEY,"
+	"  time INTEGER NOT NULL,"
+	"  mk_version INTEGER NOT NULL CHECK (mk_version BETWEEN 0 AND 4294967295),"
+	"  event TEXT NOT NULL CHECK (length(CAST(event AS BLOB)) BETWEEN 1 AND 31),"
+	"  principal TEXT NOT NULL CHECK (length(CAST(principal AS BLOB)) <= 128),"
+	"  detail TEXT NOT NULL CHECK (length(CAST(detail AS BLOB)) <= 512)"
+	");"
+	"CREATE INDEX key_versions_mk ON key_versions (mk_version, state);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
@@ -213,6 +232,17 @@ enum stmt_id {
 	ST_ROTATIONS_DUE,
 	ST_RECEIPT_PUT,
 	ST_RECEIPT_GET,
+	ST_MK_LIVE,
+	ST_MK_MAX,
+	ST_MK_SET,
+	ST_MK_FINISH,
+	ST_MK_ROWS,
+	ST_MK_PENDING_COUNT,
+	ST_MK_COUNTS,
+	ST_MK_PENDING,
+	ST_MK_REWRAP,
+	ST_MK_EVENT_INSERT,
+	ST_MK_EVENT_LIST,
 	ST__COUNT
 };
 
@@ -221,6 +251,9 @@ enum stmt_id {
 	"id, tenant_id, name, type, created, latest_version, min_decryption_version, " \
 	"min_encryption_version, deletion_allowed, auto_rotate_period, revoked, legal_hold"
 #define VERSION_COLS "version, mk_version, blob, mac, created, state, destroy_after, enc_reserved"
+#define VERSION_COLS_V                                                                     \
+	"v.version, v.mk_version, v.blob, v.mac, v.created, v.state, v.destroy_after, " \
+	"v.enc_reserved"
 #define PRINCIPAL_COLS "id, name, role, created"
 
 static const char *const stmt_sql[ST__COUNT] = {
@@ -302,12 +335,43 @@ static const char *const stmt_sql[ST__COUNT] = {
 	[ST_RECEIPT_GET] = "SELECT receipt, signature FROM erasure_receipts WHERE key_id = ?1 AND version = ?2",
 	[ST_EVENT_LIST] = "SELECT version, event, principal, reason, time FROM key_events "
 			  "WHERE key_id = ?1 ORDER BY id",
+	[ST_MK_LIVE] = "SELECT version, state FROM master_keys WHERE state IN ('active', 'retiring')",
+	[ST_MK_MAX] = "SELECT coalesce(max(version), 0), count(*) FROM master_keys",
+	[ST_MK_SET] = "INSERT INTO master_keys (version, state, since) VALUES (?1, ?2, ?3) "
+		      "ON CONFLICT (version) DO UPDATE SET state = excluded.state, since = excluded.since",
+	[ST_MK_FINISH] = "UPDATE master_keys SET state = 'destroyed', since = ?2 "
+			 "WHERE version = ?1 AND state = 'retiring'",
+	[ST_MK_ROWS] = "SELECT count(*) FROM key_versions WHERE mk_version = ?1 AND state != 'destroyed'",
+	[ST_MK_PENDING_COUNT] = "SELECT count(*) FROM key_versions WHERE mk_version != ?1 AND state != 'destroyed'",
+	[ST_MK_COUNTS] = "SELECT mk_version, state = 'destroyed', count(*) FROM key_versions "
+			 "GROUP BY 1, 2 ORDER BY 1, 2",
+	[ST_MK_PENDING] = "SELECT v.key_id, t.name, k.name, " VERSION_COLS_V " FROM key_versions v "
+			  "JOIN keys k ON k.id = v.key_id JOIN tenants t ON t.id = k.tenant_id "
+			  "WHERE v.mk_version != ?1 AND v.state != 'destroyed' "
+			  "AND (v.key_id > ?2 OR (v.key_id = ?2 AND v.version > ?3)) "
+			  "ORDER BY v.key_id, v.version LIMIT ?4",
+	/* Compare-and-set on (mk_version, blob): a row changed since it was read (destroyed,
+	 * or moved by another run) is left alone. */
+	[ST_MK_REWRAP] = "UPDATE key_versions SET blob = ?3, mac = ?4, mk_version = ?5 "
+			 "WHERE key_id = ?1 AND version = ?2 AND mk_version = ?6 AND blob = ?7 "
+			 "AND state != 'destroyed'",
+	[ST_MK_EVENT_INSERT] = "INSERT INTO master_key_events (time, mk_version, event, principal, detail) "
+			       "VALUES (?1, ?2, ?3, ?4, ?5)",
+	[ST_MK_EVENT_LIST] = "SELECT id, time, mk_version, event, principal, detail FROM master_key_events "
+			     "WHERE id > ?1 ORDER BY id LIMIT ?2",
 };
 
 struct store {
 	pthread_mutex_t mu;
 	sqlite3 *db;
 	sqlite3_stmt *st[ST__COUNT];
+	/* The descriptor store_open checked the file with, kept open until the connection
+	 * is closed: closing any descriptor of a file drops every POSIX lock the process
+	 * holds on it, SQLite's included (the shared lock that tells other processes a
+	 * connection is still using the WAL). Another process closing the store would then
+	 * think itself the last, checkpoint and delete the WAL under us, and we would go on
+	 * reading a stale snapshot. */
+	int fd;
 };
 
 /* ---- helpers; every one of them expects the caller to hold s->mu ---- */
@@ -812,6 +876,7 @@ kms_err store_open(const char *path, struct store **out)
 		rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
 		goto out;
 	}
+	s->fd = -1;
 	if (pthread_mutex_init(&s->mu, NULL) != 0) {
 		rc = kms_errf(KMS_ERR_INTERNAL, "store lock init failed");
 		goto out;
@@ -838,12 +903,12 @@ kms_err store_open(const char *path, struct store **out)
 			goto out;
 		}
 	}
+	s->fd = fd; /* only fchmod'ed, never written; closed after the connection */
+	fd = -1;
 	*out = s;
 	s = NULL;
 	rc = KMS_OK;
 out:
-	if (fd >= 0)
-		(void)close(fd); /* only fchmod'ed, never written */
 	if (s != NULL) {
 		for (i = 0; i < ST__COUNT; i++)
 			(void)sqlite3_finalize(s->st[i]); /* NULL-safe; no step pending */
@@ -853,6 +918,8 @@ out:
 			(void)pthread_mutex_destroy(&s->mu);
 		free(s);
 	}
+	if (fd >= 0)
+		(void)close(fd); /* after the connection: see struct store */
 	return rc;
 }
 
@@ -868,6 +935,8 @@ void store_close(struct store *s)
 	 * it. A failure here leaves the WAL on disk, which the next open replays. */
 	if (sqlite3_close(s->db) != SQLITE_OK)
 		kms_error("store: close: %s", sqlite3_errmsg(s->db));
+	if (s->fd >= 0)
+		(void)close(s->fd);
 	(void)pthread_mutex_destroy(&s->mu);
 	free(s);
 }
@@ -1065,11 +1134,54 @@ out:
 
 /* ---- keys ---- */
 
+/* The master key new blobs must be wrapped under: the active row of master_keys, or 0
+ * when the table is empty (a store that never saw a rotation: version 1, kmsd init's,
+ * is in use, and nothing needs checking). *retiring: the version a rotation is moving
+ * blobs away from, or 0. s->mu held. */
+static kms_err mk_live_locked(struct store *s, uint32_t *active, uint32_t *retiring)
+{
+	sqlite3_stmt *st = s->st[ST_MK_LIVE];
+	char state[16];
+	uint32_t v = 0;
+	int src;
+	kms_err rc = KMS_OK;
+
+	*active = 0;
+	if (retiring != NULL)
+		*retiring = 0;
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		if ((rc = col_u32(st, 0, &v, "master_keys")) != KMS_OK ||
+		    (rc = col_text(st, 1, state, sizeof(state), "master_keys")) != KMS_OK)
+			break;
+		if (strcmp(state, STORE_MK_ACTIVE) == 0)
+			*active = v;
+		else if (retiring != NULL)
+			*retiring = v;
+	}
+	if (rc == KMS_OK && src != SQLITE_DONE)
+		rc = db_fail(s, "master keys");
+	stmt_release(st);
+	return rc;
+}
+
 static kms_err version_insert_locked(struct store *s, int64_t key_id,
 				     const struct store_version *v, const char *key_what)
 {
 	sqlite3_stmt *st = s->st[ST_VERSION_INSERT];
+	uint32_t active;
 	int src;
+	kms_err rc;
+
+	/* Checked inside the writer's transaction: once a rotation has made another master
+	 * key active, no blob under an older one can be added behind its back (the caller
+	 * wraps again under the active one and retries). */
+	if ((rc = mk_live_locked(s, &active, NULL)) != KMS_OK)
+		return rc;
+	if (active != 0 && v->mk_version != active)
+		return kms_errf(KMS_ERR_CONFLICT,
+				"key versions are now wrapped under master key version %" PRIu32
+				", not %" PRIu32,
+				active, v->mk_version);
 
 	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK ||
 	    sqlite3_bind_int64(st, 2, v->version) != SQLITE_OK ||
@@ -1077,8 +1189,7 @@ static kms_err version_insert_locked(struct store *s, int64_t key_id,
 	    sqlite3_bind_blob(st, 4, v->mac, STORE_MAC_LEN, SQLITE_STATIC) != SQLITE_OK ||
 	    sqlite3_bind_int64(st, 5, v->mk_version) != SQLITE_OK ||
 	    sqlite3_bind_int64(st, 6, v->created) != SQLITE_OK) {
-		kms_err rc = db_fail(s, "version insert bind");
-
+		rc = db_fail(s, "version insert bind");
 		stmt_release(st);
 		return rc;
 	}
@@ -2366,6 +2477,421 @@ kms_err store_receipt_get(struct store *s, int64_t key_id, uint32_t version, cha
 		}
 	}
 out:
+	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+/* ---- master keys ---- */
+
+static kms_err mk_event_locked(struct store *s, const struct store_mk_event *ev)
+{
+	sqlite3_stmt *st = s->st[ST_MK_EVENT_INSERT];
+
+	if (ev == NULL)
+		return kms_errf(KMS_ERR_INVALID, "master key event missing");
+	if (sqlite3_bind_int64(st, 1, ev->time) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 2, ev->mk_version) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 3, ev->event, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 4, ev->principal, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 5, ev->detail, -1, SQLITE_STATIC) != SQLITE_OK) {
+		kms_err rc = db_fail(s, "master key event bind");
+
+		stmt_release(st);
+		return rc;
+	}
+	if (stmt_exec(st) != SQLITE_DONE)
+		return db_fail(s, "master key event insert");
+	return KMS_OK;
+}
+
+static kms_err mk_rows_locked(struct store *s, uint32_t version, uint64_t *n)
+{
+	sqlite3_stmt *st = s->st[ST_MK_ROWS];
+	kms_err rc = KMS_OK;
+
+	if (sqlite3_bind_int64(st, 1, version) != SQLITE_OK) {
+		rc = db_fail(s, "master key rows bind");
+	} else if (sqlite3_step(st) != SQLITE_ROW) {
+		rc = db_fail(s, "master key rows");
+	} else {
+		*n = (uint64_t)sqlite3_column_int64(st, 0);
+	}
+	stmt_release(st);
+	return rc;
+}
+
+kms_err store_mk_active(struct store *s, uint32_t *out)
+{
+	kms_err rc;
+
+	if (out == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for the master key version");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	rc = mk_live_locked(s, out, NULL);
+	if (rc == KMS_OK && *out == 0)
+		*out = 1;
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_mk_status(struct store *s, struct store_mk_status *out)
+{
+	sqlite3_stmt *st;
+	uint32_t v = 0;
+	int src;
+	kms_err rc;
+
+	if (out == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for the master key status");
+	memset(out, 0, sizeof(*out));
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = mk_live_locked(s, &out->active, &out->retiring)) != KMS_OK)
+		goto out;
+	if (out->active == 0)
+		out->active = 1;
+	st = s->st[ST_MK_MAX];
+	if (sqlite3_step(st) != SQLITE_ROW) {
+		rc = db_fail(s, "master key max");
+		stmt_release(st);
+		goto out;
+	}
+	rc = col_u32(st, 0, &out->highest, "master_keys");
+	stmt_release(st);
+	if (rc != KMS_OK)
+		goto out;
+	if (out->highest < out->active)
+		out->highest = out->active;
+	st = s->st[ST_MK_COUNTS];
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		int64_t cnt = sqlite3_column_int64(st, 2);
+		if ((rc = col_u32(st, 0, &v, "key_versions")) != KMS_OK)
+			break;
+		if (sqlite3_column_int64(st, 1) != 0) {
+			out->destroyed_rows += (uint64_t)cnt;
+			continue;
+		}
+		if (out->n_counts == STORE_MK_COUNTS_MAX) {
+			rc = db_corrupt("key_versions (too many master key versions)");
+			break;
+		}
+		out->counts[out->n_counts].mk_version = v;
+		out->counts[out->n_counts].rows = (uint64_t)cnt;
+		out->n_counts++;
+	}
+	if (rc == KMS_OK && src != SQLITE_DONE)
+		rc = db_fail(s, "master key counts");
+	stmt_release(st);
+out:
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_mk_begin(struct store *s, uint32_t version, const struct store_mk_event *ev)
+{
+	sqlite3_stmt *st;
+	uint32_t active, retiring, highest = 0;
+	bool in_tx = false;
+	kms_err rc;
+
+	if (ev == NULL)
+		return kms_errf(KMS_ERR_INVALID, "master key event missing");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK)
+		goto out;
+	in_tx = true;
+	if ((rc = mk_live_locked(s, &active, &retiring)) != KMS_OK)
+		goto out;
+	if (retiring != 0) {
+		rc = kms_errf(KMS_ERR_CONFLICT,
+			      "a master-key rotation from version %" PRIu32 " to %" PRIu32 " is in progress",
+			      retiring, active);
+		goto out;
+	}
+	if (active == 0)
+		active = 1;
+	st = s->st[ST_MK_MAX];
+	if (sqlite3_step(st) != SQLITE_ROW) {
+		rc = db_fail(s, "master key max");
+		stmt_release(st);
+		goto out;
+	}
+	rc = col_u32(st, 0, &highest, "master_keys");
+	stmt_release(st);
+	if (rc != KMS_OK)
+		goto out;
+	if (version <= active || version <= highest) {
+		rc = kms_errf(KMS_ERR_CONFLICT,
+			      "master key version %" PRIu32 " is not newer than every known one", version);
+		goto out;
+	}
+	st = s->st[ST_MK_SET];
+	if (sqlite3_bind_int64(st, 1, active) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, STORE_MK_RETIRING, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 3, ev->time) != SQLITE_OK || stmt_exec(st) != SQLITE_DONE) {
+		rc = db_fail(s, "master key retire");
+		stmt_release(st);
+		goto out;
+	}
+	if (sqlite3_bind_int64(st, 1, version) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, STORE_MK_ACTIVE, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 3, ev->time) != SQLITE_OK || stmt_exec(st) != SQLITE_DONE) {
+		rc = db_fail(s, "master key activate");
+		stmt_release(st);
+		goto out;
+	}
+	if ((rc = mk_event_locked(s, ev)) != KMS_OK || (rc = tx_commit(s)) != KMS_OK)
+		goto out;
+	in_tx = false;
+out:
+	if (in_tx)
+		tx_rollback(s);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_mk_pending(struct store *s, uint32_t to, int64_t after_key, uint32_t after_version,
+			 size_t max, struct store_mk_row *out, size_t *n)
+{
+	sqlite3_stmt *st;
+	int src;
+	kms_err rc = KMS_OK;
+
+	if (out == NULL || n == NULL || max == 0 || max > INT32_MAX)
+		return kms_errf(KMS_ERR_INVALID, "bad master key row query");
+	*n = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_MK_PENDING];
+	if (sqlite3_bind_int64(st, 1, to) != SQLITE_OK || sqlite3_bind_int64(st, 2, after_key) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 3, after_version) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 4, (int64_t)max) != SQLITE_OK) {
+		rc = db_fail(s, "master key rows bind");
+		goto out;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		struct store_mk_row *r = &out[*n];
+		memset(r, 0, sizeof(*r));
+		r->key_id = sqlite3_column_int64(st, 0);
+		if ((rc = col_text(st, 1, r->tenant, sizeof(r->tenant), "tenants")) != KMS_OK ||
+		    (rc = col_text(st, 2, r->key, sizeof(r->key), "keys")) != KMS_OK)
+			goto out;
+		/* row_version reads columns 0..7: step past the three in front */
+		{
+			struct store_version *v = &r->v;
+			if ((rc = col_u32(st, 3, &v->version, "key_versions")) != KMS_OK ||
+			    (rc = col_u32(st, 4, &v->mk_version, "key_versions")) != KMS_OK ||
+			    (rc = col_blob(st, 5, v->blob, 1, STORE_BLOB_MAX, &v->blob_len, "key_versions")) != KMS_OK ||
+			    (rc = col_blob(st, 6, v->mac, STORE_MAC_LEN, STORE_MAC_LEN, NULL, "key_versions")) != KMS_OK)
+				goto out;
+			v->created = sqlite3_column_int64(st, 7);
+			if ((rc = col_text(st, 8, v->state, sizeof(v->state), "key_versions")) != KMS_OK)
+				goto out;
+			v->destroy_after = sqlite3_column_int64(st, 9);
+			v->enc_reserved = (uint64_t)sqlite3_column_int64(st, 10);
+		}
+		(*n)++;
+	}
+	if (src != SQLITE_DONE)
+		rc = db_fail(s, "master key rows");
+out:
+	stmt_release(st);
+	store_unlock(s);
+	if (rc != KMS_OK)
+		*n = 0;
+	return rc;
+}
+
+kms_err store_mk_rewrap(struct store *s, const struct store_mk_row *rows, const struct store_version *nv,
+			size_t n, const struct store_mk_event *ev, size_t *done)
+{
+	sqlite3_stmt *st;
+	bool in_tx = false;
+	size_t i, changed = 0;
+	kms_err rc;
+
+	if (done == NULL || (n > 0 && (rows == NULL || nv == NULL)) || ev == NULL)
+		return kms_errf(KMS_ERR_INVALID, "bad master key rewrap");
+	*done = 0;
+	for (i = 0; i < n; i++)
+		if ((rc = check_version_row(&nv[i])) != KMS_OK)
+			return rc;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK)
+		goto out;
+	in_tx = true;
+	st = s->st[ST_MK_REWRAP];
+	for (i = 0; i < n; i++) {
+		if (sqlite3_bind_int64(st, 1, rows[i].key_id) != SQLITE_OK ||
+		    sqlite3_bind_int64(st, 2, rows[i].v.version) != SQLITE_OK ||
+		    sqlite3_bind_blob(st, 3, nv[i].blob, (int)nv[i].blob_len, SQLITE_STATIC) != SQLITE_OK ||
+		    sqlite3_bind_blob(st, 4, nv[i].mac, STORE_MAC_LEN, SQLITE_STATIC) != SQLITE_OK ||
+		    sqlite3_bind_int64(st, 5, nv[i].mk_version) != SQLITE_OK ||
+		    sqlite3_bind_int64(st, 6, rows[i].v.mk_version) != SQLITE_OK ||
+		    sqlite3_bind_blob(st, 7, rows[i].v.blob, (int)rows[i].v.blob_len, SQLITE_STATIC) != SQLITE_OK) {
+			rc = db_fail(s, "rewrap bind");
+			stmt_release(st);
+			goto out;
+		}
+		if (stmt_exec(st) != SQLITE_DONE) {
+			rc = db_fail(s, "rewrap");
+			goto out;
+		}
+		changed += (size_t)sqlite3_changes(s->db);
+	}
+	if ((rc = mk_event_locked(s, ev)) != KMS_OK || (rc = tx_commit(s)) != KMS_OK)
+		goto out;
+	in_tx = false;
+	*done = changed;
+out:
+	if (in_tx)
+		tx_rollback(s);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_mk_rows(struct store *s, uint32_t version, uint64_t *n)
+{
+	kms_err rc;
+
+	if (n == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for the row count");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	rc = mk_rows_locked(s, version, n);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_mk_finish(struct store *s, uint32_t version, const struct store_mk_event *ev)
+{
+	sqlite3_stmt *st;
+	bool in_tx = false;
+	uint64_t left = 0;
+	kms_err rc;
+
+	if (ev == NULL)
+		return kms_errf(KMS_ERR_INVALID, "master key event missing");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK)
+		goto out;
+	in_tx = true;
+	if ((rc = mk_rows_locked(s, version, &left)) != KMS_OK)
+		goto out;
+	if (left > 0) {
+		rc = kms_errf(KMS_ERR_CONFLICT, "%" PRIu64 " key versions are still wrapped under master key version %" PRIu32,
+			      left, version);
+		goto out;
+	}
+	st = s->st[ST_MK_FINISH];
+	if (sqlite3_bind_int64(st, 1, version) != SQLITE_OK || sqlite3_bind_int64(st, 2, ev->time) != SQLITE_OK) {
+		rc = db_fail(s, "master key finish bind");
+		stmt_release(st);
+		goto out;
+	}
+	if (stmt_exec(st) != SQLITE_DONE) {
+		rc = db_fail(s, "master key finish");
+		goto out;
+	}
+	if (sqlite3_changes(s->db) != 1) {
+		rc = kms_errf(KMS_ERR_CONFLICT, "master key version %" PRIu32 " is not being retired", version);
+		goto out;
+	}
+	if ((rc = mk_event_locked(s, ev)) != KMS_OK || (rc = tx_commit(s)) != KMS_OK)
+		goto out;
+	in_tx = false;
+out:
+	if (in_tx)
+		tx_rollback(s);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_mk_event_add(struct store *s, const struct store_mk_event *ev)
+{
+	kms_err rc;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	rc = mk_event_locked(s, ev);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_mk_events_since(struct store *s, int64_t after_id, size_t max, struct store_mk_event **out, size_t *n)
+{
+	struct store_mk_event *arr = NULL;
+	size_t cap = 0, cnt = 0;
+	sqlite3_stmt *st;
+	int src;
+	kms_err rc;
+
+	if (out == NULL || n == NULL || max == 0 || max > INT32_MAX)
+		return kms_errf(KMS_ERR_INVALID, "bad master key event query");
+	*out = NULL;
+	*n = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_MK_EVENT_LIST];
+	if (sqlite3_bind_int64(st, 1, after_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, (int64_t)max) != SQLITE_OK) {
+		rc = db_fail(s, "master key events bind");
+		goto out;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		struct store_mk_event *e;
+		void *g = grow(arr, &cap, cnt + 1, sizeof(*arr));
+		if (g == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "master key events");
+			goto out;
+		}
+		arr = g;
+		e = &arr[cnt];
+		memset(e, 0, sizeof(*e));
+		e->id = sqlite3_column_int64(st, 0);
+		e->time = sqlite3_column_int64(st, 1);
+		if ((rc = col_u32(st, 2, &e->mk_version, "master_key_events")) != KMS_OK ||
+		    (rc = col_text(st, 3, e->event, sizeof(e->event), "master_key_events")) != KMS_OK ||
+		    (rc = col_text(st, 4, e->principal, sizeof(e->principal), "master_key_events")) != KMS_OK ||
+		    (rc = col_text(st, 5, e->detail, sizeof(e->detail), "master_key_events")) != KMS_OK)
+			goto out;
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "master key events");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	free(arr);
+	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_mk_pending_count(struct store *s, uint32_t to, uint64_t *n)
+{
+	sqlite3_stmt *st;
+	kms_err rc;
+
+	if (n == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for the row count");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_MK_PENDING_COUNT];
+	if (sqlite3_bind_int64(st, 1, to) != SQLITE_OK)
+		rc = db_fail(s, "pending count bind");
+	else if (sqlite3_step(st) != SQLITE_ROW)
+		rc = db_fail(s, "pending count");
+	else
+		*n = (uint64_t)sqlite3_column_int64(st, 0);
 	stmt_release(st);
 	store_unlock(s);
 	return rc;

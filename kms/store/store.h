@@ -14,7 +14,7 @@
 
 #include "kms/base/err.h"
 
-#define STORE_SCHEMA_VERSION 6
+#define STORE_SCHEMA_VERSION 7
 #define STORE_NAME_MAX 128  /* tenant, key and principal names, excluding the NUL */
 #define STORE_BLOB_MAX 64
 #define STORE_MAC_LEN 32
@@ -201,6 +201,77 @@ KMS_WUR kms_err store_policy_latest(struct store *s, int64_t *version, char **te
 /* The key's history, oldest first (malloc'd, free()). */
 KMS_WUR kms_err store_key_events(struct store *s, int64_t key_id, struct store_event **out,
 				 size_t *n);
+
+/* Master keys (schema 7). Every key_versions row names the master key version that
+ * wrapped its blob (mk_version). The table master_keys says which version new blobs
+ * are wrapped under (active) and which one a rotation is moving blobs away from
+ * (retiring); no row at all means a store that never saw a rotation, whose active
+ * version is 1. Once a rotation began, a version row whose mk_version is not the active
+ * one cannot be added (store_key_create and store_key_rotate answer CONFLICT "key
+ * versions are now wrapped under master key version N": wrap again and retry). */
+#define STORE_MK_ACTIVE "active"
+#define STORE_MK_RETIRING "retiring"
+#define STORE_MK_DESTROYED "destroyed"
+#define STORE_MK_COUNTS_MAX 16
+
+/* One step of a master-key rotation, kept in master_key_events (kmsd relays them into
+ * the audit log). */
+struct store_mk_event {
+	int64_t id; /* set by the store */
+	int64_t time;
+	uint32_t mk_version;
+	char event[32];
+	char principal[STORE_NAME_MAX + 1];
+	char detail[STORE_REASON_MAX + 1];
+};
+
+struct store_mk_status {
+	uint32_t active;   /* new blobs are wrapped under this version */
+	uint32_t retiring; /* 0, or the version a rotation in progress moves blobs away from */
+	uint32_t highest;  /* the highest version ever recorded (or active) */
+	struct {
+		uint32_t mk_version;
+		uint64_t rows; /* key versions not destroyed, wrapped under mk_version */
+	} counts[STORE_MK_COUNTS_MAX];
+	size_t n_counts;	 /* ascending by mk_version */
+	uint64_t destroyed_rows; /* destroyed key versions (no blob, under no master key) */
+};
+
+/* A key version row with its place, for rewrapping. */
+struct store_mk_row {
+	int64_t key_id;
+	char tenant[STORE_NAME_MAX + 1];
+	char key[STORE_NAME_MAX + 1];
+	struct store_version v;
+};
+
+KMS_WUR kms_err store_mk_active(struct store *s, uint32_t *out);
+KMS_WUR kms_err store_mk_status(struct store *s, struct store_mk_status *out);
+/* Starts a rotation to `version` in one transaction: the active version becomes
+ * retiring, `version` active, ev is appended. CONFLICT if a rotation is in progress
+ * (a retiring version exists) or version is not above every known version; nothing is
+ * written then. */
+KMS_WUR kms_err store_mk_begin(struct store *s, uint32_t version, const struct store_mk_event *ev);
+/* Up to max key versions, not destroyed, whose mk_version is not `to`, after the row
+ * (after_key, after_version) in (key_id, version) order; out has room for max. */
+KMS_WUR kms_err store_mk_pending(struct store *s, uint32_t to, int64_t after_key, uint32_t after_version,
+				 size_t max, struct store_mk_row *out, size_t *n);
+/* One transaction: rows[i] gets nv[i]'s blob, mac and mk_version if it still has the
+ * mk_version and blob it was read with and is not destroyed (compare-and-set: a row
+ * changed meanwhile is left alone and not counted); ev is appended. *done: rows changed. */
+KMS_WUR kms_err store_mk_rewrap(struct store *s, const struct store_mk_row *rows, const struct store_version *nv,
+				size_t n, const struct store_mk_event *ev, size_t *done);
+/* Key versions, not destroyed, not wrapped under `to`. */
+KMS_WUR kms_err store_mk_pending_count(struct store *s, uint32_t to, uint64_t *n);
+/* Key versions, not destroyed, wrapped under `version`. */
+KMS_WUR kms_err store_mk_rows(struct store *s, uint32_t version, uint64_t *n);
+/* Ends a rotation: the retiring `version` becomes destroyed, ev is appended. CONFLICT if
+ * any key version not destroyed is still wrapped under it, or it is not retiring. */
+KMS_WUR kms_err store_mk_finish(struct store *s, uint32_t version, const struct store_mk_event *ev);
+KMS_WUR kms_err store_mk_event_add(struct store *s, const struct store_mk_event *ev);
+/* Events with id > after_id, oldest first, at most max (malloc'd, free()). */
+KMS_WUR kms_err store_mk_events_since(struct store *s, int64_t after_id, size_t max,
+				      struct store_mk_event **out, size_t *n);
 
 /* principals: role "admin" or "service"; tenant_ids are the tenants a service may
  * use (ignored for admins). CONFLICT if the name exists, NOT_FOUND for an unknown

@@ -133,7 +133,7 @@ LEAVES = {
     "principal": ["create", "read", "list"],
     "token": ["create", "revoke", "lookup"],
     "key": ["create", "read", "list", "rotate", "config", "revoke", "restore", "history",
-            "legal-hold", "version"],
+            "legal-hold", "trim", "version"],
     "key version": ["disable", "enable", "schedule-destroy", "cancel-destroy"],
     "audit": ["verify", "search", "report"],
     "audit report": ["access", "exposure"],
@@ -308,6 +308,14 @@ def test_key_commands(ctl):
     fails(ctl.run("key", "version", "schedule-destroy", t, k, "1", "--days", "7", "--reason", "x",
                   token=ctl.admin, want=1), 409, "legal hold")
     ctl.ok("key", "legal-hold", t, k, "off", "--reason", "settled", token=ctl.admin)
+
+    # trim: the floor is required, and may not pass min_decryption_version
+    ctl.run("key", "trim", t, k, "--reason", "x", token=ctl.admin, want=2)
+    fails(ctl.run("key", "trim", t, k, "--min-available-version", "2", "--reason", "x",
+                  token=ctl.admin, want=1), 400, "min_decryption_version")
+    j = ctl.json("key", "trim", t, k, "--min-available-version", "1", "--reason", "noop",
+                 token=ctl.admin)
+    assert j["versions"]["1"]["state"] == "decrypt-only", j
 
     # version states
     j = ctl.json("key", "version", "disable", t, k, "1", "--reason", "INC-2", token=ctl.admin)

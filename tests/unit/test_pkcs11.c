@@ -209,11 +209,11 @@ static void test_kek_generate_and_load(void **state)
 	uint8_t a[P11_KEK_BLOB_LEN], b[P11_KEK_BLOB_LEN];
 	p11_key ka = 0, kb = 0;
 
-	assert_int_equal(p11_kek_generate(x->p, a), KMS_OK);
-	assert_int_equal(p11_kek_generate(x->p, b), KMS_OK);
+	assert_int_equal(p11_kek_generate(x->p, 1, a), KMS_OK);
+	assert_int_equal(p11_kek_generate(x->p, 1, b), KMS_OK);
 	assert_memory_not_equal(a, b, sizeof(a));
-	assert_int_equal(p11_kek_load(x->p, a, sizeof(a), &ka), KMS_OK);
-	assert_int_equal(p11_kek_load(x->p, b, sizeof(b), &kb), KMS_OK);
+	assert_int_equal(p11_kek_load(x->p, 1, a, sizeof(a), &ka), KMS_OK);
+	assert_int_equal(p11_kek_load(x->p, 1, b, sizeof(b), &kb), KMS_OK);
 	assert_true(ka != 0 && kb != 0 && ka != kb);
 	p11_kek_unload(x->p, ka);
 	p11_kek_unload(x->p, kb);
@@ -229,7 +229,7 @@ static void test_kek_leaves_no_session_object(void **state)
 	CK_OBJECT_HANDLE h[4];
 	CK_ULONG n = 99;
 
-	assert_int_equal(p11_kek_generate(x->p, blob), KMS_OK);
+	assert_int_equal(p11_kek_generate(x->p, 1, blob), KMS_OK);
 	assert_int_equal(x->f->C_FindObjectsInit(x->s, find, 1), CKR_OK);
 	assert_int_equal(x->f->C_FindObjects(x->s, h, NELEM(h), &n), CKR_OK);
 	assert_int_equal(x->f->C_FindObjectsFinal(x->s), CKR_OK);
@@ -245,8 +245,8 @@ static void test_gcm_round_trip(void **state)
 	size_t i, n;
 	p11_key k = 0;
 
-	assert_int_equal(p11_kek_generate(x->p, blob), KMS_OK);
-	assert_int_equal(p11_kek_load(x->p, blob, sizeof(blob), &k), KMS_OK);
+	assert_int_equal(p11_kek_generate(x->p, 1, blob), KMS_OK);
+	assert_int_equal(p11_kek_load(x->p, 1, blob, sizeof(blob), &k), KMS_OK);
 	for (i = 0; i < NELEM(sizes); i++) {
 		size_t len = sizes[i];
 		uint8_t *pt = malloc(len + 1), *ct = malloc(len + P11_GCM_TAG_LEN);
@@ -297,8 +297,8 @@ static void test_gcm_buffer_checks(void **state)
 	size_t n;
 	p11_key k = 0;
 
-	assert_int_equal(p11_kek_generate(x->p, blob), KMS_OK);
-	assert_int_equal(p11_kek_load(x->p, blob, sizeof(blob), &k), KMS_OK);
+	assert_int_equal(p11_kek_generate(x->p, 1, blob), KMS_OK);
+	assert_int_equal(p11_kek_load(x->p, 1, blob, sizeof(blob), &k), KMS_OK);
 	assert_int_equal(p11_gcm_encrypt(x->p, k, iv, NULL, 0, pt, sizeof(pt), ct, sizeof(ct) - 1),
 			 KMS_ERR_INTERNAL);
 	assert_int_equal(p11_gcm_encrypt(x->p, k, iv, NULL, 0, pt, sizeof(pt), ct, sizeof(ct)),
@@ -326,10 +326,10 @@ static void test_gcm_tamper_is_decrypt_error(void **state)
 	size_t n;
 	p11_key k = 0, other = 0;
 
-	assert_int_equal(p11_kek_generate(x->p, blob), KMS_OK);
-	assert_int_equal(p11_kek_generate(x->p, blob2), KMS_OK);
-	assert_int_equal(p11_kek_load(x->p, blob, sizeof(blob), &k), KMS_OK);
-	assert_int_equal(p11_kek_load(x->p, blob2, sizeof(blob2), &other), KMS_OK);
+	assert_int_equal(p11_kek_generate(x->p, 1, blob), KMS_OK);
+	assert_int_equal(p11_kek_generate(x->p, 1, blob2), KMS_OK);
+	assert_int_equal(p11_kek_load(x->p, 1, blob, sizeof(blob), &k), KMS_OK);
+	assert_int_equal(p11_kek_load(x->p, 1, blob2, sizeof(blob2), &other), KMS_OK);
 	assert_int_equal(p11_random(x->p, pt, sizeof(pt)), KMS_OK);
 	assert_int_equal(p11_random(x->p, iv, sizeof(iv)), KMS_OK);
 	assert_int_equal(p11_gcm_encrypt(x->p, k, iv, aad, sizeof(aad), pt, sizeof(pt), ct,
@@ -416,19 +416,19 @@ static void test_bad_blob_is_invalid(void **state)
 	size_t i;
 	p11_key k = 0;
 
-	assert_int_equal(p11_kek_generate(x->p, blob), KMS_OK);
+	assert_int_equal(p11_kek_generate(x->p, 1, blob), KMS_OK);
 	for (i = 0; i < sizeof(blob); i += 13) {
 		memcpy(bad, blob, sizeof(bad));
 		bad[i] ^= 0x40;
-		assert_int_equal(p11_kek_load(x->p, bad, sizeof(bad), &k), KMS_ERR_INVALID);
+		assert_int_equal(p11_kek_load(x->p, 1, bad, sizeof(bad), &k), KMS_ERR_INVALID);
 		assert_int_equal(k, 0);
 	}
 	printf("    bad blob: %s\n", kms_err_detail(KMS_ERR_INVALID));
 	assert_int_equal(p11_random(x->p, bad, sizeof(bad)), KMS_OK);
-	assert_int_equal(p11_kek_load(x->p, bad, sizeof(bad), &k), KMS_ERR_INVALID);
-	assert_int_equal(p11_kek_load(x->p, blob, sizeof(blob) - 8, &k), KMS_ERR_INVALID);
-	assert_int_equal(p11_kek_load(x->p, blob, 0, &k), KMS_ERR_INVALID);
-	assert_int_equal(p11_kek_load(x->p, blob, sizeof(blob), &k), KMS_OK);
+	assert_int_equal(p11_kek_load(x->p, 1, bad, sizeof(bad), &k), KMS_ERR_INVALID);
+	assert_int_equal(p11_kek_load(x->p, 1, blob, sizeof(blob) - 8, &k), KMS_ERR_INVALID);
+	assert_int_equal(p11_kek_load(x->p, 1, blob, 0, &k), KMS_ERR_INVALID);
+	assert_int_equal(p11_kek_load(x->p, 1, blob, sizeof(blob), &k), KMS_OK);
 	p11_kek_unload(x->p, k);
 }
 
@@ -484,6 +484,101 @@ static void test_open_unprovisioned(void **state)
 	printf("    unprovisioned: %s\n", kms_err_detail(KMS_ERR_TOKEN));
 }
 
+/* ------------------------------------------------------------------ master-key rotation */
+
+/* Session objects of the token, counted on a session of p's. */
+static CK_ULONG session_objects(struct p11 *p)
+{
+	CK_FUNCTION_LIST_PTR f = p11_internal_functions(p);
+	CK_SESSION_HANDLE s = p11_internal_holder(p);
+	CK_BBOOL no = CK_FALSE;
+	CK_ATTRIBUTE find[] = {{CKA_TOKEN, &no, 1}};
+	CK_OBJECT_HANDLE h[8];
+	CK_ULONG n = 99;
+
+	assert_int_equal(f->C_FindObjectsInit(s, find, 1), CKR_OK);
+	assert_int_equal(f->C_FindObjects(s, h, NELEM(h), &n), CKR_OK);
+	assert_int_equal(f->C_FindObjectsFinal(s), CKR_OK);
+	return n;
+}
+
+/* A second master key by the init ceremony, a KEK moved onto it inside the token (the
+ * same key: it decrypts what the old serving copy encrypted), the old master key
+ * destroyed, and what each call answers before and after. */
+static void test_mk_rotation(void **state)
+{
+	struct fx *x = *state;
+	static const uint8_t pt[16] = "PHI: MRN 000042";
+	uint8_t b1[P11_KEK_BLOB_LEN], b2[P11_KEK_BLOB_LEN], b3[P11_KEK_BLOB_LEN];
+	uint8_t iv[P11_GCM_IV_LEN] = {1, 2, 3}, ct[sizeof(pt) + P11_GCM_TAG_LEN], back[sizeof(ct)];
+	size_t n = 0;
+	p11_key k1 = 0, k2 = 0, k;
+
+	assert_int_equal(p11_provision(&x->cfg, x->t.so_pin, x->t.so_pin_len, x->t.user_pin,
+				       x->t.user_pin_len),
+			 KMS_OK);
+	assert_int_equal(p11_open(&x->cfg, x->t.user_pin, x->t.user_pin_len, &x->p), KMS_OK);
+	assert_int_equal(p11_mk_check(x->p, 1), KMS_OK);
+	assert_int_equal(p11_mk_check(x->p, 2), KMS_ERR_NOT_FOUND);
+	assert_int_equal(p11_kek_generate(x->p, 1, b1), KMS_OK);
+	assert_int_equal(p11_kek_generate(x->p, 2, b3), KMS_ERR_NOT_FOUND);
+	assert_int_equal(p11_kek_rewrap(x->p, 1, b1, sizeof(b1), 2, b2), KMS_ERR_NOT_FOUND);
+	assert_int_equal(p11_kek_rewrap(x->p, 1, b1, sizeof(b1), 1, b2), KMS_ERR_INTERNAL);
+	assert_int_equal(p11_kek_load(x->p, 1, b1, sizeof(b1), &k1), KMS_OK);
+	assert_int_equal(p11_gcm_encrypt(x->p, k1, iv, NULL, 0, pt, sizeof(pt), ct, sizeof(ct)), KMS_OK);
+	p11_close(x->p);
+	x->p = NULL;
+
+	/* the ceremony: SO PIN required and checked, nothing made when it fails */
+	assert_int_equal(p11_mk_create(&x->cfg, 2, NULL, 0, x->t.user_pin, x->t.user_pin_len),
+			 KMS_ERR_INVALID);
+	assert_int_equal(p11_mk_create(&x->cfg, 2, "wrong-so-pin", 12, x->t.user_pin, x->t.user_pin_len),
+			 KMS_ERR_CONFIG);
+	assert_int_equal(p11_mk_create(&x->cfg, 0, x->t.so_pin, x->t.so_pin_len, x->t.user_pin,
+				       x->t.user_pin_len),
+			 KMS_ERR_INVALID);
+	assert_int_equal(p11_mk_create(&x->cfg, 2, x->t.so_pin, x->t.so_pin_len, x->t.user_pin,
+				       x->t.user_pin_len),
+			 KMS_OK);
+	/* a second run finds it and reuses it (after checking it) */
+	assert_int_equal(p11_mk_create(&x->cfg, 2, x->t.so_pin, x->t.so_pin_len, x->t.user_pin,
+				       x->t.user_pin_len),
+			 KMS_ERR_CONFLICT);
+
+	assert_int_equal(p11_open(&x->cfg, x->t.user_pin, x->t.user_pin_len, &x->p), KMS_OK);
+	assert_int_equal(p11_mk_check(x->p, 2), KMS_OK); /* trusted, unwrap template, mechanisms */
+	assert_int_equal(session_objects(x->p), 0);
+	assert_int_equal(p11_kek_rewrap(x->p, 1, b1, sizeof(b1), 2, b2), KMS_OK);
+	assert_int_equal(session_objects(x->p), 0); /* the transit and check copies are gone */
+	assert_memory_not_equal(b1, b2, sizeof(b1));
+	/* a blob answers only to its own master key */
+	assert_int_equal(p11_kek_load(x->p, 1, b2, sizeof(b2), &k), KMS_ERR_INVALID);
+	assert_int_equal(p11_kek_load(x->p, 2, b1, sizeof(b1), &k), KMS_ERR_INVALID);
+	assert_int_equal(p11_kek_load(x->p, 2, b2, sizeof(b2), &k2), KMS_OK);
+	assert_int_equal(p11_gcm_decrypt(x->p, k2, iv, NULL, 0, ct, sizeof(ct), back, sizeof(back), &n),
+			 KMS_OK);
+	assert_int_equal(n, sizeof(pt));
+	assert_memory_equal(back, pt, sizeof(pt));
+	/* a blob that is not a KEK under the old key is refused, nothing is written */
+	memcpy(b3, b1, sizeof(b3));
+	b3[5] ^= 1;
+	assert_int_equal(p11_kek_rewrap(x->p, 1, b3, sizeof(b3), 2, b2), KMS_ERR_INVALID);
+	assert_int_equal(session_objects(x->p), 1); /* k2 only */
+
+	assert_int_equal(p11_mk_destroy(x->p, 1), KMS_OK);
+	assert_int_equal(p11_mk_destroy(x->p, 1), KMS_ERR_NOT_FOUND);
+	assert_int_equal(p11_mk_check(x->p, 1), KMS_ERR_NOT_FOUND);
+	assert_int_equal(p11_kek_load(x->p, 1, b1, sizeof(b1), &k), KMS_ERR_NOT_FOUND);
+	assert_int_equal(p11_kek_rewrap(x->p, 1, b1, sizeof(b1), 2, b3), KMS_ERR_NOT_FOUND);
+	/* serving copies do not depend on the master key that unwrapped them */
+	memset(back, 0, sizeof(back));
+	assert_int_equal(p11_gcm_decrypt(x->p, k2, iv, NULL, 0, ct, sizeof(ct), back, sizeof(back), &n),
+			 KMS_OK);
+	assert_memory_equal(back, pt, sizeof(pt));
+	assert_int_equal(p11_kek_generate(x->p, 2, b3), KMS_OK);
+	p11_kek_unload(x->p, k2);
+}
+
 /* ------------------------------------------------------------------ extraction paths */
 
 static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
@@ -506,8 +601,8 @@ static void test_values_are_sensitive(void **state)
 		show(labels[i], rv);
 		assert_int_equal(rv, CKR_ATTRIBUTE_SENSITIVE);
 	}
-	assert_int_equal(p11_kek_generate(x->p, blob), KMS_OK);
-	assert_int_equal(p11_kek_load(x->p, blob, sizeof(blob), &k), KMS_OK);
+	assert_int_equal(p11_kek_generate(x->p, 1, blob), KMS_OK);
+	assert_int_equal(p11_kek_load(x->p, 1, blob, sizeof(blob), &k), KMS_OK);
 	a.ulValueLen = sizeof(v);
 	rv = x->f->C_GetAttributeValue(x->s, (CK_OBJECT_HANDLE)k, &a, 1);
 	show("C_GetAttributeValue(CKA_VALUE) on a loaded KEK", rv);
@@ -561,7 +656,7 @@ static void test_unwrap_as_readable_is_refused(void **state)
 	size_t i;
 	CK_RV rv;
 
-	assert_int_equal(p11_kek_generate(x->p, blob), KMS_OK);
+	assert_int_equal(p11_kek_generate(x->p, 1, blob), KMS_OK);
 	for (i = 0; i < NELEM(cases); i++) {
 		h = CK_INVALID_HANDLE;
 		rv = x->f->C_UnwrapKey(x->s, &kwp, mk, blob, sizeof(blob), cases[i].t, cases[i].n,
@@ -586,7 +681,7 @@ static void test_mk_as_decryptor_is_refused(void **state)
 	CK_ULONG n = sizeof(out);
 	CK_RV rv_set, rv_init, rv;
 
-	assert_int_equal(p11_kek_generate(x->p, blob), KMS_OK);
+	assert_int_equal(p11_kek_generate(x->p, 1, blob), KMS_OK);
 	rv_set = x->f->C_SetAttributeValue(x->s, mk, &set_dec, 1);
 	show("C_SetAttributeValue(MK, CKA_DECRYPT=TRUE)", rv_set);
 	rv_init = x->f->C_DecryptInit(x->s, &ecb, mk);
@@ -658,8 +753,8 @@ static void test_wrap_under_own_key_is_refused(void **state)
 	p11_key k = 0;
 	CK_RV rv;
 
-	assert_int_equal(p11_kek_generate(x->p, blob), KMS_OK);
-	assert_int_equal(p11_kek_load(x->p, blob, sizeof(blob), &k), KMS_OK);
+	assert_int_equal(p11_kek_generate(x->p, 1, blob), KMS_OK);
+	assert_int_equal(p11_kek_load(x->p, 1, blob, sizeof(blob), &k), KMS_OK);
 
 	n = sizeof(out);
 	rv = x->f->C_WrapKey(x->s, &kwp, own, (CK_OBJECT_HANDLE)k, out, &n);
@@ -716,8 +811,8 @@ static void test_other_paths_are_refused(void **state)
 	p11_key k = 0;
 	CK_RV rv;
 
-	assert_int_equal(p11_kek_generate(x->p, blob), KMS_OK);
-	assert_int_equal(p11_kek_load(x->p, blob, sizeof(blob), &k), KMS_OK);
+	assert_int_equal(p11_kek_generate(x->p, 1, blob), KMS_OK);
+	assert_int_equal(p11_kek_load(x->p, 1, blob, sizeof(blob), &k), KMS_OK);
 
 	rv = x->f->C_SetAttributeValue(x->s, (CK_OBJECT_HANDLE)k, &unsens, 1);
 	show("C_SetAttributeValue(KEK, CKA_SENSITIVE=FALSE)", rv);
@@ -880,7 +975,7 @@ static void *worker_main(void *arg)
 
 	for (i = 0; i < ROUNDS; i++) {
 		k = 0;
-		if (p11_kek_load(w->p, w->blob, P11_KEK_BLOB_LEN, &k) != KMS_OK ||
+		if (p11_kek_load(w->p, 1, w->blob, P11_KEK_BLOB_LEN, &k) != KMS_OK ||
 		    p11_random(w->p, iv, sizeof(iv)) != KMS_OK ||
 		    p11_random(w->p, pt, sizeof(pt)) != KMS_OK ||
 		    p11_gcm_encrypt(w->p, k, iv, iv, sizeof(iv), pt, sizeof(pt), ct, sizeof(ct)) !=
@@ -895,7 +990,7 @@ static void *worker_main(void *arg)
 		if (p11_gcm_decrypt(w->p, k, iv, iv, sizeof(iv), ct, sizeof(ct), back, sizeof(back),
 				    &n) != KMS_ERR_DECRYPT)
 			w->failures++;
-		if (i % 5 == 0 && p11_kek_generate(w->p, blob) != KMS_OK)
+		if (i % 5 == 0 && p11_kek_generate(w->p, 1, blob) != KMS_OK)
 			w->failures++;
 		p11_kek_unload(w->p, k);
 	}
@@ -912,7 +1007,7 @@ static void test_concurrent_use(void **state)
 	uint8_t blob[P11_KEK_BLOB_LEN];
 	int i;
 
-	assert_int_equal(p11_kek_generate(x->p, blob), KMS_OK);
+	assert_int_equal(p11_kek_generate(x->p, 1, blob), KMS_OK);
 	for (i = 0; i < THREADS; i++) {
 		w[i].p = x->p;
 		w[i].blob = blob;
@@ -959,6 +1054,7 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_audit_sign_key_missing, setup_open, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_use, setup_open, teardown),
+		cmocka_unit_test_setup_teardown(test_mk_rotation, setup_token, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

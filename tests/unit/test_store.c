@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kms/base/err.h"
@@ -1010,8 +1011,205 @@ static void test_destroy_and_due(void **state)
 	assert_int_equal(store_tenant_config(f->s, 424242, &t), KMS_ERR_NOT_FOUND);
 }
 
-int main(void)
+/* Another process opening and closing the store must not take our view of it away:
+ * closing a descriptor drops every POSIX lock of the process on that file, so a store
+ * that closed its checking descriptor lost SQLite's shared lock; the other process then
+ * took itself for the last user, deleted the WAL, and we kept reading a stale snapshot
+ * (kmsd did not see what `kmsd master-key rotate` wrote). */
+static void test_other_process_close_keeps_our_view(void **state)
 {
+	struct fx *f = *state;
+	char v[16], round_s[16];
+	pid_t pid;
+	int st = 0;
+
+	assert_int_equal(store_meta_set(f->s, "mine", "1"), KMS_OK);
+	for (int round = 0; round < 2; round++) {
+		/* A process of its own (fork alone would share SQLite's per-process state of
+		 * the file with us): this binary again, as the child (see main). */
+		snprintf(round_s, sizeof(round_s), "%d", round);
+		pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			execl("/proc/self/exe", "test_store", "--child-open-close-write", f->path, round_s,
+			      (char *)NULL);
+			_exit(127);
+		}
+		assert_int_equal(waitpid(pid, &st, 0), pid);
+		assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+		assert_int_equal(store_meta_get(f->s, "theirs", v, sizeof(v)), KMS_OK);
+		assert_int_equal(atoi(v), round);
+		assert_int_equal(store_meta_set(f->s, "mine", round_s), KMS_OK);
+	}
+}
+
+/* The child of the test above: open and close, then open, write, close. */
+static int child_open_close_write(const char *path, const char *val)
+{
+	struct store *o = NULL;
+
+	if (store_open(path, &o) != KMS_OK)
+		return 1;
+	store_close(o);
+	if (store_open(path, &o) != KMS_OK || store_meta_set(o, "theirs", val) != KMS_OK)
+		return 2;
+	store_close(o);
+	return 0;
+}
+
+static uint32_t row_mk(struct fx *f, int64_t key, uint32_t version)
+{
+	struct store_version v;
+
+	assert_int_equal(store_version_get(f->s, key, version, &v), KMS_OK);
+	return v.mk_version;
+}
+
+static void mk_ev(struct store_mk_event *ev, uint32_t version, const char *event)
+{
+	memset(ev, 0, sizeof(*ev));
+	ev->time = 5000;
+	ev->mk_version = version;
+	snprintf(ev->event, sizeof(ev->event), "%s", event);
+	snprintf(ev->principal, sizeof(ev->principal), "os:test");
+	snprintf(ev->detail, sizeof(ev->detail), "unit test");
+}
+
+static void test_master_keys(void **state)
+{
+	struct fx *f = *state;
+	struct store_mk_status ms;
+	struct store_mk_event ev, *evs = NULL;
+	struct store_mk_row rows[8];
+	struct store_version v, nv[8];
+	int64_t k1, k2;
+	uint64_t cnt;
+	uint32_t active;
+	size_t n, done;
+
+	/* a store that never saw a rotation: version 1, anything may be inserted */
+	assert_int_equal(store_mk_active(f->s, &active), KMS_OK);
+	assert_int_equal(active, 1);
+	make_version(&v, 1, 1);
+	v.mk_version = 1;
+	assert_int_equal(store_key_create(f->s, f->tenant, "a", "aes256-gcm96", 1000, &v, &k1), KMS_OK);
+	make_version(&v, 2, 2);
+	v.mk_version = 1;
+	assert_int_equal(store_key_rotate(f->s, k1, &v), KMS_OK);
+	make_version(&v, 1, 3);
+	v.mk_version = 1;
+	assert_int_equal(store_key_create(f->s, f->tenant, "b", "aes256-gcm96", 1000, &v, &k2), KMS_OK);
+	assert_int_equal(store_mk_status(f->s, &ms), KMS_OK);
+	assert_int_equal(ms.active, 1);
+	assert_int_equal(ms.retiring, 0);
+	assert_int_equal(ms.highest, 1);
+	assert_int_equal(ms.n_counts, 1);
+	assert_int_equal(ms.counts[0].rows, 3);
+
+	/* begin: 1 retiring, 2 active; no second rotation, no going back */
+	mk_ev(&ev, 2, "rotate_start");
+	assert_int_equal(store_mk_begin(f->s, 1, &ev), KMS_ERR_CONFLICT);
+	assert_int_equal(store_mk_begin(f->s, 2, &ev), KMS_OK);
+	assert_int_equal(store_mk_begin(f->s, 3, &ev), KMS_ERR_CONFLICT);
+	assert_detail_has(KMS_ERR_CONFLICT, "in progress");
+	assert_int_equal(store_mk_active(f->s, &active), KMS_OK);
+	assert_int_equal(active, 2);
+
+	/* new rows only under the active key */
+	make_version(&v, 3, 4);
+	v.mk_version = 1;
+	assert_int_equal(store_key_rotate(f->s, k1, &v), KMS_ERR_CONFLICT);
+	assert_detail_has(KMS_ERR_CONFLICT, "master key version 2");
+	v.mk_version = 2;
+	assert_int_equal(store_key_rotate(f->s, k1, &v), KMS_OK);
+
+	/* pending rows, in (key, version) order, with their place; paging by cursor */
+	assert_int_equal(store_mk_pending_count(f->s, 2, &cnt), KMS_OK);
+	assert_int_equal(cnt, 3);
+	assert_int_equal(store_mk_pending(f->s, 2, 0, 0, 2, rows, &n), KMS_OK);
+	assert_int_equal(n, 2);
+	assert_int_equal(rows[0].key_id, k1);
+	assert_int_equal(rows[0].v.version, 1);
+	assert_int_equal(rows[1].v.version, 2);
+	assert_string_equal(rows[0].tenant, "t1");
+	assert_string_equal(rows[0].key, "a");
+	assert_int_equal(store_mk_pending(f->s, 2, k1, 2, 8, rows + 2, &n), KMS_OK);
+	assert_int_equal(n, 1);
+	assert_int_equal(rows[2].key_id, k2);
+
+	/* finish refused while rows remain */
+	mk_ev(&ev, 1, "mk_destroyed");
+	assert_int_equal(store_mk_finish(f->s, 1, &ev), KMS_ERR_CONFLICT);
+	assert_detail_has(KMS_ERR_CONFLICT, "still wrapped");
+
+	/* rewrap: compare-and-set; a row destroyed meanwhile is left alone */
+	for (int i = 0; i < 3; i++) {
+		make_version(&nv[i], rows[i].v.version, (uint8_t)(0x40 + i));
+		nv[i].mk_version = 2;
+	}
+	assert_int_equal(store_version_transition(f->s, k2, 1, STORE_STATE_ENABLED, STORE_STATE_PENDING, 1, NULL),
+			 KMS_ERR_INVALID);
+	{
+		struct store_event e = {.version = 1, .time = 1};
+		snprintf(e.event, sizeof(e.event), "schedule_destroy");
+		assert_int_equal(store_version_transition(f->s, k2, 1, STORE_STATE_ENABLED, STORE_STATE_PENDING, 1, &e),
+				 KMS_OK);
+		snprintf(e.event, sizeof(e.event), "destroy");
+		assert_int_equal(store_version_destroy(f->s, k2, 1, &e), KMS_OK);
+	}
+	mk_ev(&ev, 2, "rewrap");
+	assert_int_equal(store_mk_rewrap(f->s, rows, nv, 3, &ev, &done), KMS_OK);
+	assert_int_equal(done, 2);
+	assert_int_equal(row_mk(f, k1, 1), 2);
+	assert_int_equal(row_mk(f, k1, 2), 2);
+	assert_int_equal(row_mk(f, k2, 1), 1); /* destroyed: not resurrected */
+	assert_int_equal(store_version_get(f->s, k2, 1, &v), KMS_OK);
+	assert_string_equal(v.state, STORE_STATE_DESTROYED);
+	assert_int_equal(v.blob_len, 1);
+	/* the same batch again changes nothing: the rows moved on */
+	assert_int_equal(store_mk_rewrap(f->s, rows, nv, 3, &ev, &done), KMS_OK);
+	assert_int_equal(done, 0);
+	assert_int_equal(store_mk_pending_count(f->s, 2, &cnt), KMS_OK);
+	assert_int_equal(cnt, 0);
+
+	assert_int_equal(store_mk_status(f->s, &ms), KMS_OK);
+	assert_int_equal(ms.retiring, 1);
+	assert_int_equal(ms.destroyed_rows, 1);
+	assert_int_equal(ms.n_counts, 1);
+	assert_int_equal(ms.counts[0].mk_version, 2);
+	assert_int_equal(ms.counts[0].rows, 3);
+
+	mk_ev(&ev, 1, "mk_destroyed");
+	assert_int_equal(store_mk_finish(f->s, 1, &ev), KMS_OK);
+	assert_int_equal(store_mk_finish(f->s, 1, &ev), KMS_ERR_CONFLICT);
+	assert_int_equal(store_mk_status(f->s, &ms), KMS_OK);
+	assert_int_equal(ms.active, 2);
+	assert_int_equal(ms.retiring, 0);
+	assert_int_equal(ms.highest, 2);
+	mk_ev(&ev, 2, "rotate_start");
+	assert_int_equal(store_mk_begin(f->s, 2, &ev), KMS_ERR_CONFLICT); /* not newer */
+	mk_ev(&ev, 3, "rotate_start");
+	assert_int_equal(store_mk_begin(f->s, 3, &ev), KMS_OK);
+
+	/* the events, in order, paged by id */
+	assert_int_equal(store_mk_events_since(f->s, 0, 100, &evs, &n), KMS_OK);
+	assert_int_equal(n, 5); /* refused steps wrote nothing; an empty rewrap batch is recorded */
+	assert_string_equal(evs[0].event, "rotate_start");
+	assert_string_equal(evs[3].event, "mk_destroyed");
+	assert_string_equal(evs[4].event, "rotate_start");
+	assert_int_equal(evs[4].mk_version, 3);
+	free(evs);
+	assert_int_equal(store_mk_events_since(f->s, 1, 1, &evs, &n), KMS_OK);
+	assert_int_equal(n, 1);
+	assert_string_equal(evs[0].event, "rewrap");
+	free(evs);
+	assert_int_equal(store_mk_events_since(f->s, 0, 0, &evs, &n), KMS_ERR_INVALID);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 4 && strcmp(argv[1], "--child-open-close-write") == 0)
+		return child_open_close_write(argv[2], argv[3]);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_open_mode_0600, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_mode_ignores_umask_and_tightens, setup,
@@ -1033,6 +1231,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lifecycle, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_destroy_and_due, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_other_process_close_keeps_our_view, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_master_keys, setup, teardown),
 		cmocka_unit_test(test_null_handles),
 	};
 
