@@ -98,7 +98,7 @@ def settings_from_env(env):
         "runs": int(g("BENCH_RUNS") or 3),
         "conns": int_list(g("BENCH_CONNS") or ("1 64" if quick else "1 16 64 256"), "BENCH_CONNS"),
         "ops": (g("BENCH_OPS") or " ".join(OPS)).replace(",", " ").split(),
-        "batches": int_list(g("BENCH_BATCHES") or "1 10 100", "BENCH_BATCHES"),
+        "batches": int_list(g("BENCH_BATCHES") or ("1 100" if quick else "1 10 100"), "BENCH_BATCHES"),
         "workers": int(g("BENCH_WORKERS")) if g("BENCH_WORKERS") else None,
         "context": g("BENCH_CONTEXT") not in ("", "0"),
         "keep": g("BENCH_KEEP") not in ("", "0"),
@@ -251,8 +251,10 @@ def children_cpu_s():
 
 
 class AuditCounter:
-    """Counts lines appended to the audit log since the last call, in every file of its
-    directory whose name starts with the log's name (so rotated segments still count)."""
+    """Counts records appended to the audit log since the last call, in every file of its
+    directory whose name starts with the log's name (so rotated segments still count).
+    take() returns (records, of which checkpoints); a line still being written is left
+    for the next call."""
 
     def __init__(self, path):
         self.dir = os.path.dirname(path)
@@ -261,7 +263,7 @@ class AuditCounter:
         self.take()
 
     def take(self):
-        n = 0
+        n = cp = 0
         for name in sorted(os.listdir(self.dir)):
             if not name.startswith(self.base):
                 continue
@@ -275,14 +277,29 @@ class AuditCounter:
                 off = 0
             with open(p, "rb") as f:
                 f.seek(off)
-                while True:
-                    b = f.read(1 << 20)
-                    if not b:
-                        break
-                    n += b.count(b"\n")
-                    off += len(b)
-            self.pos[name] = (st.st_ino, off)
-        return n
+                data = f.read()
+            end = data.rfind(b"\n") + 1
+            n += data.count(b"\n", 0, end)
+            cp += data.count(b'"operation":"audit.checkpoint"', 0, end)
+            self.pos[name] = (st.st_ino, off + end)
+        return n, cp
+
+    def settle(self, quiet=0.2, limit=15.0):
+        """After the load generator stopped, kmsd may still be finishing requests that
+        were in flight (their records land late). Waits until the log has not grown for
+        `quiet` seconds (at most `limit`) and returns everything appended meanwhile."""
+        n = cp = 0
+        deadline = time.monotonic() + limit
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            a, b = self.take()
+            n, cp = n + a, cp + b
+            if a:
+                last = time.monotonic()
+            elif time.monotonic() - last >= quiet:
+                break
+            time.sleep(0.05)
+        return n, cp
 
 
 # ---------------------------------------------------------------- kmsd
@@ -555,11 +572,13 @@ class Bench:
         args = ["wrk", "-t", str(threads), "-c", str(conns), "-d", "%ds" % self.s["seconds"],
                 "--timeout", "10s", "-s", WRK_LUA, self.srv.url + path]
         m0 = self.srv.metrics() if self.has_metrics else None
-        self.audit.take()
+        self.audit.take()  # the previous run settled already
         cpu0, busy0, wrk0, t0 = proc_cpu_ticks(pid), machine_busy_ticks(), children_cpu_s(), time.monotonic()
         rc, out, err = self.kids.run(args, self.s["seconds"] + 60, env=env)
-        cpu1, busy1, wrk1, t1 = proc_cpu_ticks(pid), machine_busy_ticks(), children_cpu_s(), time.monotonic()
-        records = self.audit.take()
+        t1 = time.monotonic()
+        # the requests wrk left in flight finish now: their records and CPU belong here
+        records, checkpoints = self.audit.settle()
+        cpu1, busy1, wrk1, t2 = proc_cpu_ticks(pid), machine_busy_ticks(), children_cpu_s(), time.monotonic()
         m1 = self.srv.metrics() if self.has_metrics else None
         if self.srv.proc.poll() is not None:
             raise BenchError("kmsd exited (%d) during a run:\n%s" % (
@@ -570,7 +589,9 @@ class Bench:
         w = json.loads(line[-1][len("BENCHJSON "):])
         secs = w["duration_us"] / 1e6
         n = w["requests"]
-        wall = t1 - t0
+        # requests kmsd served: wrk does not count those still in flight when it stops,
+        # but each data-plane request wrote exactly one audit record (health: none)
+        served = max(n, records - checkpoints)
         srv_cpu_s = (cpu1 - cpu0) / CLK_TCK
         wrk_cpu_s = wrk1 - wrk0
         machine_s = (busy1 - busy0) / CLK_TCK
@@ -579,15 +600,16 @@ class Bench:
             "req_per_s": n / secs if secs > 0 else None,
             "p50_ms": w["latency_us"]["p50"] / 1000, "p90_ms": w["latency_us"]["p90"] / 1000,
             "p99_ms": w["latency_us"]["p99"] / 1000, "max_ms": w["latency_us"]["max"] / 1000,
-            "server_cpu_us_per_req": srv_cpu_s * 1e6 / n if n else None,
-            "server_cpu_cores": srv_cpu_s / wall,
+            "served": served,
+            "server_cpu_us_per_req": srv_cpu_s * 1e6 / served if served else None,
+            "server_cpu_cores": srv_cpu_s / (t2 - t0),
             "loadgen_cpu_us_per_req": wrk_cpu_s * 1e6 / n if n else None,
             # CPU used on this machine by neither kmsd nor wrk during the run, in cores:
             # the other engineers' load, i.e. how noisy this figure is
-            "other_cpu_cores": max(0.0, (machine_s - srv_cpu_s - wrk_cpu_s) / wall),
+            "other_cpu_cores": max(0.0, (machine_s - srv_cpu_s - wrk_cpu_s) / (t2 - t0)),
             "rss_mib": (proc_status_kib(pid, "VmRSS") or 0) / 1024,
             "rss_peak_mib": (proc_status_kib(pid, "VmHWM") or 0) / 1024,
-            "audit_records": records,
+            "audit_records": records, "audit_checkpoints": checkpoints,
             "audit_records_per_s": records / secs if secs > 0 else None,
             "audit_syncs_per_s": None, "records_per_sync": None,
         }
@@ -909,8 +931,45 @@ def self_test():
         assert not os.path.exists(p + ".tmp")
     finally:
         shutil.rmtree(tmp)
+    tools_self_test(os.environ.get("BUILD") or "build")
     print("bench self-test: ok")
     return 0
+
+
+def tools_self_test(build):
+    """Runs each ceiling tool for a moment (fsyncloop on a temporary file, p11loop on a
+    throwaway token) and checks that it answers with the JSON the bench reads. Skipped
+    when the tools are not built. No timing is asserted, only that work was done."""
+    tools = os.path.join(REPO, build, "bench")
+    if not all(os.access(os.path.join(tools, t), os.X_OK) for t in ("fsyncloop", "p11loop")):
+        print("bench self-test: %s/bench tools not built, skipping them" % build)
+        return
+    kids = Children()
+    tmp = tempfile.mkdtemp(prefix="kmsd-bench-selftest.")
+    try:
+        rc, out, err = kids.run([os.path.join(tools, "fsyncloop"), "--file",
+                                 os.path.join(tmp, "f"), "--per-sync", "4", "--seconds",
+                                 "0.05"], 60)
+        assert rc == 0, err
+        j = json.loads(out)
+        assert j["per_sync"] == 4 and j["records"] == 4 * j["syncs"] > 0, j
+        assert not os.path.exists(os.path.join(tmp, "f")), "fsyncloop left its file"
+        rc, out, err = kids.run(["sh", os.path.join(SCRIPTS, "dev-token.sh"),
+                                 os.path.join(tmp, "hsm")], 60)
+        assert rc == 0, err
+        conf = out.strip().splitlines()[-1]
+        rc, out, err = kids.run(
+            [os.path.join(tools, "p11loop"), "--so-pin-file", os.path.join(tmp, "hsm", "so.pin"),
+             "--pin-file", os.path.join(tmp, "hsm", "user.pin"), "--threads", "2",
+             "--seconds", "0.05"], 120, env=dict(os.environ, SOFTHSM2_CONF=conf))
+        assert rc == 0, err
+        j = json.loads(out.strip().splitlines()[-1])
+        assert j["threads"] == 2 and j["ops"] == sum(j["per_thread"]) > 0, j
+        rc, out, err = kids.run([os.path.join(tools, "p11loop"), "--threads", "0"], 60)
+        assert rc == 2, "p11loop took a bad usage"
+    finally:
+        kids.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv):
