@@ -100,7 +100,7 @@ run: deps
 	sh scripts/dev-run.sh
 
 check: deps
-	$(MAKE) tests
+	$(MAKE) tests bench-tools
 	$(MAKE) asan
 	$(MAKE) fuzz-build
 	sh scripts/check.sh
