@@ -251,37 +251,40 @@ def children_cpu_s():
 
 
 class AuditCounter:
-    """Counts records appended to the audit log since the last call, in every file of its
-    directory whose name starts with the log's name (so rotated segments still count).
-    take() returns (records, of which checkpoints); a line still being written is left
-    for the next call."""
+    """Counts records appended to the audit log since the last call. Rotation renames
+    the current file to "<stem>-<seq>.log" and starts a new one (through
+    "<path>.next"), so every file of the log's directory whose name starts with the stem
+    is read, and progress is kept per inode: a renamed segment goes on from where it
+    was, a new file starts at 0. take() returns (records, of which checkpoints); a line
+    still being written is left for the next call."""
 
     def __init__(self, path):
         self.dir = os.path.dirname(path)
-        self.base = os.path.basename(path)
-        self.pos = {}  # name -> (inode, offset)
+        base = os.path.basename(path)
+        self.stem = base[:-4] if base.endswith(".log") else base
+        self.pos = {}  # inode -> offset
         self.take()
 
     def take(self):
         n = cp = 0
         for name in sorted(os.listdir(self.dir)):
-            if not name.startswith(self.base):
+            if not name.startswith(self.stem):
                 continue
             p = os.path.join(self.dir, name)
             try:
-                st = os.stat(p)
-            except FileNotFoundError:
-                continue
-            ino, off = self.pos.get(name, (st.st_ino, 0))
-            if ino != st.st_ino or st.st_size < off:
-                off = 0
-            with open(p, "rb") as f:
-                f.seek(off)
-                data = f.read()
+                with open(p, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    off = self.pos.get(st.st_ino, 0)
+                    if st.st_size < off:
+                        off = 0
+                    f.seek(off)
+                    data = f.read()
+            except (FileNotFoundError, IsADirectoryError):
+                continue  # renamed between listdir and open: seen at the next call
             end = data.rfind(b"\n") + 1
             n += data.count(b"\n", 0, end)
             cp += data.count(b'"operation":"audit.checkpoint"', 0, end)
-            self.pos[name] = (st.st_ino, off + end)
+            self.pos[st.st_ino] = off + end
         return n, cp
 
     def settle(self, quiet=0.2, limit=15.0):
@@ -437,22 +440,31 @@ class Server:
             f.write(self.service_token + "\n")
 
     def metrics(self):
-        """kmsd_audit_records_total / kmsd_audit_syncs_total from GET /v1/sys/metrics
-        (tried without a token, then with the admin token), or None."""
+        """kmsd_audit_records_total / kmsd_audit_syncs_total from GET /v1/sys/metrics,
+        or None. Tries ?format=prometheus and the plain path (whose JSON form carries
+        data.audit.records_total / syncs_total), each without a token and with the admin
+        token; the first way that works is kept."""
         want = ("kmsd_audit_records_total", "kmsd_audit_syncs_total")
         tries = [self.metrics_way] if getattr(self, "metrics_way", None) else [
-            (path, tok) for path in ("/v1/sys/metrics", "/v1/sys/metrics?format=prometheus")
+            (path, tok) for path in ("/v1/sys/metrics?format=prometheus", "/v1/sys/metrics")
             for tok in (None, self.admin_token)]
         for path, tok in tries:
             try:
                 st, body = self.call("GET", path, token=tok)
             except (OSError, http.client.HTTPException):
                 return None
-            if st == 200 and isinstance(body, str):
+            if st != 200:
+                continue
+            m = {}
+            if isinstance(body, str):
                 m = parse_prometheus(body, want)
-                if all(k in m for k in want):
-                    self.metrics_way = (path, tok)
-                    return m
+            elif isinstance(body, dict):
+                a = (body.get("data") or {}).get("audit") or {}
+                if isinstance(a.get("records_total"), int) and isinstance(a.get("syncs_total"), int):
+                    m = {want[0]: float(a["records_total"]), want[1]: float(a["syncs_total"])}
+            if all(k in m for k in want):
+                self.metrics_way = (path, tok)
+                return m
         return None
 
     def stop(self):
@@ -931,9 +943,39 @@ def self_test():
         assert not os.path.exists(p + ".tmp")
     finally:
         shutil.rmtree(tmp)
+    audit_counter_self_test()
     tools_self_test(os.environ.get("BUILD") or "build")
     print("bench self-test: ok")
     return 0
+
+
+def audit_counter_self_test():
+    """AuditCounter across a rotation: the renamed segment goes on where it was, the new
+    file counts from 0, a half-written line waits for its newline."""
+    tmp = tempfile.mkdtemp(prefix="kmsd-bench-selftest.")
+    try:
+        log = os.path.join(tmp, "audit.log")
+        rec = b'{"seq":1,"operation":"datakey"}\n'
+        cpt = b'{"seq":2,"operation":"audit.checkpoint"}\n'
+        with open(log, "wb") as f:
+            f.write(rec * 3)
+        ac = AuditCounter(log)
+        assert ac.take() == (0, 0)
+        with open(log, "ab") as f:
+            f.write(rec + cpt + b'{"seq":')
+        assert ac.take() == (2, 1)
+        with open(log, "ab") as f:
+            f.write(b'3}\n')
+        os.rename(log, os.path.join(tmp, "audit-%020d.log" % 1))
+        with open(log + ".next", "wb") as f:
+            f.write(rec * 2)
+        os.rename(log + ".next", log)
+        with open(os.path.join(tmp, "fsyncloop.dat"), "wb") as f:
+            f.write(rec * 10)
+        assert ac.take() == (3, 0)
+        assert ac.take() == (0, 0)
+    finally:
+        shutil.rmtree(tmp)
 
 
 def tools_self_test(build):
