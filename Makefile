@@ -39,8 +39,9 @@ IOF_SO   := $(if $(IOF_SRC),$(BUILD)/tests/iofault.so)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/bin/%)
 FUZZ_SECONDS ?= 60
+BENCH_BIN := $(BUILD)/bench/p11loop $(BUILD)/bench/fsyncloop
 
-.PHONY: all deps run check asan tests clean fuzz fuzz-build fuzz-replay
+.PHONY: all deps run check asan tests clean fuzz fuzz-build fuzz-replay bench bench-tools
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/kmsd $(if $(CLI_SRC),$(BUILD)/kmsctl)
@@ -107,12 +108,31 @@ run: deps
 	sh scripts/dev-run.sh
 
 check: deps
-	$(MAKE) tests
+	$(MAKE) tests bench-tools
 	$(MAKE) asan
 	$(MAKE) fuzz-build
 	sh scripts/check.sh
 
+# The measuring harness (docs/BENCH.md): never part of `make check`, never asserts a timing.
+# BENCH_QUICK=1 is a smoke run; BENCH_SECONDS, BENCH_RUNS, BENCH_CONNS, BENCH_OPS,
+# BENCH_BATCHES, BENCH_WORKERS override the defaults.
+bench-tools: $(BENCH_BIN)
+
+$(BUILD)/bench/p11loop: $(BUILD)/bench/p11loop.o $(BUILD)/libkms.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/bench/fsyncloop: $(BUILD)/bench/fsyncloop.o
+	$(CC) $(LDFLAGS) -o $@ $^
+
+bench:
+	@sh scripts/deps.sh bench
+	$(MAKE) -s all bench-tools
+	BUILD=$(BUILD) BENCH_QUICK=$(BENCH_QUICK) BENCH_SECONDS=$(BENCH_SECONDS) \
+	  BENCH_RUNS=$(BENCH_RUNS) BENCH_CONNS="$(BENCH_CONNS)" BENCH_OPS="$(BENCH_OPS)" \
+	  BENCH_BATCHES="$(BENCH_BATCHES)" BENCH_WORKERS=$(BENCH_WORKERS) \
+	  /usr/bin/python3 bench/bench.py
+
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(TCOM_OBJ:.o=.d) $(BUILD)/kms/kmsd.d $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%.d)
+-include $(LIB_OBJ:.o=.d) $(TCOM_OBJ:.o=.d) $(BUILD)/kms/kmsd.d $(BENCH_BIN:%=%.d) $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%.d)

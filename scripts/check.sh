@@ -10,6 +10,8 @@
 #      errors count as failed)
 #   3. each libFuzzer harness in build/fuzz/bin over its corpus in tests/fuzz/corpus
 #      (one result per harness)
+#   4. bench/bench.py --self-test (make bench's statistics, JSON writer and ceiling
+#      tools, no timing; one result)
 #
 # Prints each suite's result as it goes; the last line is exactly "N passed, M failed".
 # Exit status 0 only when M = 0 and N > 0.
@@ -167,6 +169,18 @@ for bin in build/fuzz/bin/fuzz_*; do
 		TOTAL_FAIL=$((TOTAL_FAIL + 1))
 	fi
 done
+
+# 4. make bench's own parts, without a benchmark: its statistics and JSON writer on
+#    made-up figures, and each ceiling tool run for a moment (no timing asserted).
+echo "==> bench self-test"
+if timeout -k 10 "$UNIT_TIMEOUT" "$PYTHON" bench/bench.py --self-test >"$TMP/bench.log" 2>&1 </dev/null; then
+	echo "ok    bench self-test"
+	TOTAL_PASS=$((TOTAL_PASS + 1))
+else
+	echo "FAIL  bench self-test"
+	tail -n 30 "$TMP/bench.log" | sed 's/^/      /'
+	TOTAL_FAIL=$((TOTAL_FAIL + 1))
+fi
 
 if [ $((TOTAL_PASS + TOTAL_FAIL)) -eq 0 ]; then
 	echo "check: nothing ran"
