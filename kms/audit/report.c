@@ -177,25 +177,86 @@ static int contexts(json_t *row, const struct audit_view *r)
 	return audit_view_each_context(r, ctx_put_cb, json_object_get(row, "_contexts"));
 }
 
-/* requests, items, operations, first/last and remote addresses. */
-static int counts(json_t *row, const struct audit_view *r)
+/* requests, items (n, or the record's item count when n is 0), operations, first/last
+ * and remote addresses. */
+static int counts_n(json_t *row, const struct audit_view *r, json_int_t n)
 {
 	json_t *ops = json_object_get(row, "operations");
 
 	if (incr(row, "requests", 1) != 0 ||
-	    incr(row, "items", r->batch ? (json_int_t)r->batch : 1) != 0 ||
+	    incr(row, "items", n > 0 ? n : r->batch ? (json_int_t)r->batch : 1) != 0 ||
 	    incr(ops, r->operation ? r->operation : "-", 1) != 0 || times(row, r) != 0 ||
 	    set_put(json_object_get(row, "_addrs"), r->remote_addr) != 0)
 		return -1;
 	return 0;
 }
 
+static int counts(json_t *row, const struct audit_view *r)
+{
+	return counts_n(row, r, 0);
+}
+
+static bool uses(const json_t *o, uint32_t v)
+{
+	json_t *a = json_object_get(o, "version"), *b = json_object_get(o, "from_version");
+
+	return (json_is_integer(a) && json_integer_value(a) == (json_int_t)v) ||
+	       (json_is_integer(b) && json_integer_value(b) == (json_int_t)v);
+}
+
+/* Newer records (docs/FORMATS.md "Audit record", items) say each batch item's outcome and key version (and a
+ * rewrap's source version). Returns how many items of r used version v and were
+ * answered, adding their contexts to ctxset when not NULL; -1 when r does not say
+ * (an older record), -2 without memory. */
+static long items_using(const struct audit_view *r, uint32_t v, json_t *ctxset)
+{
+	const json_t *first = json_array_get(r->items, 0);
+	json_t *it;
+	size_t i;
+	long n = 0;
+
+	if (!json_is_array(r->items) || json_object_get(first, "outcome") == NULL)
+		return -1;
+	json_array_foreach((json_t *)r->items, i, it) {
+		const char *o = json_string_value(json_object_get(it, "outcome"));
+
+		if (o == NULL || strcmp(o, "allow") != 0 || !uses(it, v))
+			continue;
+		n++;
+		if (ctxset != NULL && ctx_put(ctxset, json_object_get(it, "encryption_context")) != 0)
+			return -2;
+	}
+	return n;
+}
+
 kms_err audit_report_add(struct audit_report *rp, const struct audit_view *r)
 {
 	bool released = audit_released(r);
 	json_t *row;
+	long n;
 	int bad;
 
+	if (rp->kind == AUDIT_REPORT_EXPOSURE && audit_op_is_data(r->operation) &&
+	    (n = items_using(r, rp->version, NULL)) >= 0) {
+		/* per-item versions: exactly the items that used this version */
+		if (n == 0)
+			return KMS_OK;
+		row = row_for(rp, r);
+		if (row == NULL || counts_n(row, r, n) != 0 ||
+		    set_put(json_object_get(row, "_rids"), r->request_id) != 0 ||
+		    items_using(r, rp->version, json_object_get(row, "_contexts")) < 0)
+			goto oom;
+		return KMS_OK;
+	}
+	if (rp->kind == AUDIT_REPORT_EXPOSURE && r->batch == 0 && released &&
+	    audit_op_is_data(r->operation) && r->version != rp->version && uses(r->v, rp->version)) {
+		/* a single rewrap from this version (its record's version is the target) */
+		row = row_for(rp, r);
+		if (row == NULL || counts(row, r) != 0 ||
+		    set_put(json_object_get(row, "_rids"), r->request_id) != 0 || contexts(row, r) != 0)
+			goto oom;
+		return KMS_OK;
+	}
 	if (rp->kind == AUDIT_REPORT_EXPOSURE) {
 		/* version 0: no item of the request succeeded, nothing went out */
 		if (!audit_op_is_data(r->operation) || !released || r->version == 0)

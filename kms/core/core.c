@@ -1046,7 +1046,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	struct audit_record ar = {0};
 	json_t *extra = NULL;
 	const char *outcome;
-	kms_err rc, arc;
+	kms_err rc, arc, rc2;
 	int status;
 
 	memset(res, 0, sizeof(*res));
@@ -1160,6 +1160,14 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	ar.outcome = outcome;
 	ar.status = status;
 	ar.reason = rc == KMS_OK ? d.reason : (rc == KMS_ERR_DENIED && x.who.name[0] && x.reason[0]) ? x.reason : detail;
+	if (extra != NULL && (rc2 = core_audit_results(call->op, call->body, x.data, extra)) != KMS_OK) {
+		/* the record would say less than it should: fail closed */
+		json_decref(x.data);
+		x.data = NULL;
+		res->status = 503;
+		res->body = error_body(res->request_id, "audit record incomplete: operation refused");
+		goto out;
+	}
 	ar.extra = extra;
 
 	/* Fail closed: nothing leaves before its record is durable. */

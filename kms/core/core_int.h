@@ -196,6 +196,12 @@ KMS_WUR kms_err op_metrics(struct core *c, struct op_ctx *x);
 /* The audit record's hashed "encryption_context" and "associated_data" (and "items"
  * for a batch) of a data-plane request body, in a new object for audit_record.extra. */
 KMS_WUR kms_err core_audit_hashes(struct core *c, const json_t *body, json_t **extra);
+/* Adds what the call's answer says to extra: each batch item's "outcome" (allow, deny,
+ * error, or none when the batch failed whole), "version" (the key version the item
+ * used, null if it failed) and, for rewrap, "from_version"; a single rewrap's
+ * "from_version". */
+KMS_WUR kms_err core_audit_results(enum kms_op op, const json_t *body, const json_t *data,
+				   json_t *extra);
 KMS_WUR kms_err op_version_receipt(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_policy_write(struct core *c, struct op_ctx *x);
 

@@ -132,6 +132,60 @@ kms_err core_audit_hashes(struct core *c, const json_t *body, json_t **extra)
 	return KMS_OK;
 }
 
+/* N of a "vault:vN:..." string, 0 for anything else. */
+static uint32_t ct_version(const json_t *ct)
+{
+	const char *s = json_string_value(ct);
+	unsigned long v;
+	char *end;
+
+	if (s == NULL || strncmp(s, "vault:v", 7) != 0 || s[7] < '1' || s[7] > '9')
+		return 0;
+	v = strtoul(s + 7, &end, 10);
+	return *end == ':' && v <= UINT32_MAX ? (uint32_t)v : 0;
+}
+
+static int set_version(json_t *dst, const char *name, uint32_t v)
+{
+	return json_object_set_new(dst, name, v ? json_integer(v) : json_null());
+}
+
+kms_err core_audit_results(enum kms_op op, const json_t *body, const json_t *data, json_t *extra)
+{
+	const json_t *items = json_object_get(extra, "items");
+	const json_t *res = json_object_get(data, "batch_results");
+	const json_t *in = json_object_get(body, "batch_input");
+	size_t i;
+
+	if (op == KMS_OP_REWRAP && items == NULL &&
+	    set_version(extra, "from_version", ct_version(json_object_get(body, "ciphertext"))) != 0)
+		return kms_errf(KMS_ERR_NOMEM, "audit record");
+	if (!json_is_array(items))
+		return KMS_OK;
+	for (i = 0; i < json_array_size(items); i++) {
+		json_t *it = json_array_get(items, i);
+		const json_t *r = json_array_get(res, i);
+		const json_t *src = json_object_get(json_array_get(in, i), "ciphertext");
+		const char *err = json_string_value(json_object_get(r, "error"));
+		const char *outcome = "allow";
+		uint32_t v = 0;
+
+		if (r == NULL)
+			outcome = "none"; /* the batch failed as a whole */
+		else if (err != NULL)
+			outcome = strcmp(err, "permission denied") == 0 ? "deny" : "error";
+		else if (op == KMS_OP_DECRYPT)
+			v = ct_version(src);
+		else
+			v = ct_version(json_object_get(r, "ciphertext"));
+		if (json_object_set_new(it, "outcome", json_string(outcome)) != 0 ||
+		    set_version(it, "version", v) != 0 ||
+		    (op == KMS_OP_REWRAP && set_version(it, "from_version", ct_version(src)) != 0))
+			return kms_errf(KMS_ERR_NOMEM, "audit record");
+	}
+	return KMS_OK;
+}
+
 kms_err op_audit_hash(struct core *c, struct op_ctx *x)
 {
 	static const char *const allowed[] = {"input", NULL};

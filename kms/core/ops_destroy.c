@@ -358,10 +358,13 @@ static void make_receipt(struct core *c, const struct store_tenant *t, const str
 	kms_hex_encode(h, sizeof(h), hx);
 	gmtime_r(&tt, &tm);
 	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	r = json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:s,s:s,s:s,s:s}", "format", "kmsd-erasure-receipt-v1", "tenant",
-		      t->name, "key", k->name, "version", (json_int_t)v, "retention", t->retention, "destroyed_at", when,
-		      "destroyed_by", CORE_SCHEDULER_PRINCIPAL, "requested_by", req ? req->principal : "unknown",
-		      "reason", req ? req->reason : "", "wrapped_key_sha256", hx);
+	/* approvals: the quorum approvals behind the request; none exist yet (the policy
+	 * issue adds them), so the receipt says so rather than leaving the question open */
+	r = json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:[]}", "format", "kmsd-erasure-receipt-v1",
+		      "tenant", t->name, "key", k->name, "version", (json_int_t)v, "retention", t->retention,
+		      "destroyed_at", when, "destroyed_by", CORE_SCHEDULER_PRINCIPAL, "requested_by",
+		      req ? req->principal : "unknown", "reason", req ? req->reason : "", "wrapped_key_sha256", hx,
+		      "approvals");
 	text = r ? json_dumps(r, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII) : NULL;
 	json_decref(r);
 	if (text == NULL) {

@@ -75,10 +75,44 @@ def test_batch_items_hashed(kmsd, env):
     it = rec["items"]
     assert len(it) == 3
     assert it[0] == {"encryption_context": {"purpose": audit_hash(kmsd, "payment")},
-                     "associated_data": None}
-    assert it[1] == {"encryption_context": None, "associated_data": None}
+                     "associated_data": None, "outcome": "allow", "version": 1}
+    assert it[1] == {"encryption_context": None, "associated_data": None,
+                     "outcome": "allow", "version": 1}
     assert it[2] == {"encryption_context": {"purpose": audit_hash(kmsd, "operations")},
-                     "associated_data": audit_hash(kmsd, b64("x"))}
+                     "associated_data": audit_hash(kmsd, b64("x")),
+                     "outcome": "allow", "version": 1}
+
+
+def test_batch_items_outcome_and_version(kmsd):
+    """Each item says whether it was answered and under which key version, so that
+    a partial batch (answered 400, its good items' results returned) and a batch
+    mixing versions are on record item by item; a rewrap says where it came from."""
+    t, k, tok = kmsd.setup_tenant_key()
+    v1 = kmsd.encrypt(tok, t, k, plaintext=b64("one")).json()["data"]["ciphertext"]
+    kmsd.rotate(t, k)
+    v2 = kmsd.encrypt(tok, t, k, plaintext=b64("two")).json()["data"]["ciphertext"]
+    r = kmsd.decrypt(tok, t, k, batch_input=[{"ciphertext": v1}, {"ciphertext": "vault:v1:AAAA"},
+                                             {"ciphertext": v2}],
+                     headers={"X-Request-Id": "items-mixed-1"})
+    assert r.status_code == 400, r.text
+    rec = by_rid(kmsd, "items-mixed-1")
+    assert rec["outcome"] == "error" and rec["status"] == 400
+    assert [(i["outcome"], i["version"]) for i in rec["items"]] == \
+        [("allow", 1), ("error", None), ("allow", 2)]
+    r = kmsd.rewrap(tok, t, k, batch_input=[{"ciphertext": v1}, {"ciphertext": v2}],
+                    headers={"X-Request-Id": "items-rewrap-1"})
+    assert r.status_code == 200, r.text
+    rec = by_rid(kmsd, "items-rewrap-1")
+    assert [(i["outcome"], i["from_version"], i["version"]) for i in rec["items"]] == \
+        [("allow", 1, 2), ("allow", 2, 2)]
+    r = kmsd.rewrap(tok, t, k, ciphertext=v1, headers={"X-Request-Id": "single-rewrap-1"})
+    assert r.status_code == 200, r.text
+    rec = by_rid(kmsd, "single-rewrap-1")
+    assert rec["version"] == 2 and rec["from_version"] == 1
+    r = kmsd.datakey(tok, t, k, batch_input=[{}, {}], headers={"X-Request-Id": "items-dk-1"})
+    if r.status_code == 200:  # batch datakey, where the API offers it
+        rec = by_rid(kmsd, "items-dk-1")
+        assert [(i["outcome"], i["version"]) for i in rec["items"]] == [("allow", 2)] * 2
 
 
 def test_denied_and_refused_calls_hashed_too(kmsd, env):

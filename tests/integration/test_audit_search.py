@@ -117,10 +117,10 @@ def traffic(kmsd, tmp_path_factory):
     call(x.alice, ta, "/v1/%s/datakey/plaintext/other" % x.t2, {}, 403)
     x.t_before_rotate = read_log(kmsd.audit_path)[-1]["time"]
     kmsd.rotate(t, k)
-    # alice rewraps a v1 ciphertext: recorded under version 2
+    # alice rewraps a v1 ciphertext: recorded under version 2, from_version 1
     call(x.alice, ta, "/v1/%s/rewrap/%s" % (t, k), dict(ctx("p1"), ciphertext=cts[0][0]), 200)
     # bob: two encrypts under v2, a decrypt of a v1 ciphertext, a bad ciphertext (no
-    # version), and a batch of a v1 and a v2 ciphertext (recorded under v2)
+    # version), and a batch of a v1 and a v2 ciphertext (each item's version recorded)
     v2 = []
     for p in ("p3", "p3"):
         d = call(x.bob, tb, "/v1/%s/encrypt/%s" % (t, k), dict(ctx(p), plaintext=b64("hi")), 200)
@@ -151,22 +151,24 @@ def test_report_exposure_version_1(kmsd, traffic):
     rows = {r["principal"]: r for r in rep["rows"]}
     assert set(rows) == {x.alice, x.bob}, rep["rows"]
     a, b = rows[x.alice], rows[x.bob]
-    # alice: 3 datakeys, 2 decrypts, the partial batch (2 items)
-    assert a["requests"] == 6 and a["items"] == 7, a
-    assert a["operations"] == {"datakey": 3, "decrypt": 3}, a
-    assert a["partial_batches"] == 1 and a["uncertain_batches"] == 0, a
-    assert a["request_ids"] == 6 and a["remote_addrs"] == ["127.0.0.1"], a
-    # bob: one decrypt of a v1 ciphertext; his mixed batch is recorded under v2
-    assert b["requests"] == 1 and b["items"] == 1 and b["operations"] == {"decrypt": 1}, b
-    assert b["uncertain_batches"] == 1, b
+    # The records say each batch item's outcome and version, and a rewrap's source
+    # version: alice: 3 datakeys, 2 decrypts, the one good item of the partial batch,
+    # and the rewrap away from v1
+    assert a["requests"] == 7 and a["items"] == 7, a
+    assert a["operations"] == {"datakey": 3, "decrypt": 3, "rewrap": 1}, a
+    assert a["partial_batches"] == 0 and a["uncertain_batches"] == 0, a
+    assert a["request_ids"] == 7 and a["remote_addrs"] == ["127.0.0.1"], a
+    # bob: one decrypt of a v1 ciphertext and the v1 item of his mixed batch
+    assert b["requests"] == 2 and b["items"] == 2 and b["operations"] == {"decrypt": 2}, b
+    assert b["uncertain_batches"] == 0, b
     if x.has_ctx:
         assert a["context_count"] == 2, a
         assert all(c["patient"].startswith("hmac-sha256:") for c in a["contexts"]), a
     else:
         assert a["context_count"] == 0 and a["contexts"] == [], a
     # first/last are the times of alice's first and last counted record
-    mine = [r for r in x.log if r.get("principal") == x.alice and r.get("version") == 1
-            and r["operation"] in ("datakey", "decrypt")]
+    mine = [r for r in x.log if r.get("principal") == x.alice and r["operation"] in
+            ("datakey", "decrypt", "rewrap") and 1 in (r.get("version"), r.get("from_version"))]
     assert a["first"] == mine[0]["time"] and a["last"] == mine[-1]["time"], (a, mine)
 
 
@@ -177,19 +179,19 @@ def test_report_exposure_version_2_and_time_range(kmsd, traffic):
     assert set(rows) == {x.alice, x.bob}, rep["rows"]  # the admin's rotate is no use
     assert rows[x.alice]["operations"] == {"rewrap": 1}
     b = rows[x.bob]
-    assert b["requests"] == 3 and b["items"] == 4 and b["operations"] == {"encrypt": 2, "decrypt": 1}
+    assert b["requests"] == 3 and b["items"] == 3 and b["operations"] == {"encrypt": 2, "decrypt": 1}
     assert b["partial_batches"] == 0 and b["uncertain_batches"] == 0
     # --to before the rotation: no version 2 yet; --from after it: no version 1 use by alice
     rep = report("exposure", "--tenant", x.t, "--key", x.k, "--version", "2",
                  "--to", x.t_before_rotate, x.dir)
     assert rep["to"] == x.t_before_rotate
-    # ...only alice's partial batch (recorded under v1): it may hold v2 items, as far as
-    # the log can tell
-    assert [(r["principal"], r["requests"], r["uncertain_batches"]) for r in rep["rows"]] == \
-        [(x.alice, 0, 1)]
+    # (alice's partial batch says its good item used v1)
+    assert rep["rows"] == [], rep["rows"]
     rep = report("exposure", "--tenant", x.t, "--key", x.k, "--version", "1",
                  "--from", x.t_before_rotate, x.dir)
-    assert [r["principal"] for r in rep["rows"] if r["requests"]] == [x.bob]
+    # after the rotation, v1 was still used: bob's decrypts and alice's rewrap from it
+    assert sorted(r["principal"] for r in rep["rows"] if r["requests"]) == \
+        sorted([x.alice, x.bob])
     # a key version nobody used
     rep = report("exposure", "--tenant", x.t, "--key", x.k, "--version", "9", x.dir)
     assert all(r["requests"] == 0 for r in rep["rows"]), rep
@@ -200,7 +202,7 @@ def test_report_exposure_version_2_and_time_range(kmsd, traffic):
     assert lines[0].startswith("exposure report: tenant %s, key %s, version 1" % (x.t, x.k))
     assert lines[2].split()[:5] == ["PRINCIPAL", "REQUESTS", "ITEMS", "PARTIAL", "UNCERTAIN"]
     row = [ln.split() for ln in lines[3:] if ln.startswith(x.alice)][0]
-    assert row[1:5] == ["6", "7", "1", "0"], row
+    assert row[1:5] == ["7", "7", "0", "0"], row
     assert "datakey=3" in lines[3 + [ln.startswith(x.alice) for ln in lines[3:]].index(True)]
 
 

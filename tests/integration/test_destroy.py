@@ -154,6 +154,7 @@ def test_non_phi_destroyed_after_wait(kmsd):
     assert (rc["format"], rc["tenant"], rc["key"], rc["version"]) == ("kmsd-erasure-receipt-v1", t, k, 1)
     assert rc["requested_by"] == "admin" and rc["reason"] == "erasure request 118"
     assert rc["wrapped_key_sha256"] == hashlib.sha256(blob).hexdigest()
+    assert rc["approvals"] == []
     assert json.loads(d["receipt_text"]) == rc
     work = os.path.join(kmsd.tmp, "receipt-%s" % k)
     os.makedirs(work, exist_ok=True)
