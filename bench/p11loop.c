@@ -170,8 +170,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "p11loop: open: %s\n", kms_err_detail(err));
 		goto out;
 	}
-	if ((err = p11_kek_generate(p, blob)) != KMS_OK ||
-	    (err = p11_kek_load(p, blob, sizeof(blob), &key)) != KMS_OK) {
+	if ((err = p11_kek_generate(p, 1, blob)) != KMS_OK || /* a fresh token: master key 1 */
+	    (err = p11_kek_load(p, 1, blob, sizeof(blob), &key)) != KMS_OK) {
 		fprintf(stderr, "p11loop: KEK: %s\n", kms_err_detail(err));
 		goto out;
 	}
