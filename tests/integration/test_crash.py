@@ -4,7 +4,8 @@ before the answer; the store is SQLite WAL with synchronous=FULL).
 
 Per iteration: 4-8 client threads send a random mix (datakey with encryption_context,
 encrypt, decrypt of earlier ciphertexts, an occasional rotate and key create by the
-admin) for a random 50-400 ms, every request with a unique X-Request-Id recorded with
+admin, a policy replacement, and a crypto-shredding flow on a non-PHI tenant: create a
+key, allow deletion, rotate, schedule-destroy version 1) for a random 50-400 ms, every request with a unique X-Request-Id recorded with
 its outcome; then SIGKILL while requests are in flight, and a restart. After the
 restart:
   (a) PRAGMA integrity_check on the store (read-only) is "ok";
@@ -16,7 +17,9 @@ restart:
   (d) every ciphertext answered with 200 in this iteration (and a sample of older
       ones) still decrypts with its context to the same plaintext; acknowledged
       rotations are visible (latest_version at least as high);
-  (e) keys whose creation was answered 200 exist.
+  (e) keys whose creation was answered 200 exist; versions whose schedule-destroy was
+      answered 200 are pending destruction; the policy version is at least the highest
+      one whose replacement was answered 200.
 At the end every acknowledged request and every ciphertext is checked once more.
 
 Requests that got no answer (connection error during the kill) have an unknown outcome
@@ -74,8 +77,14 @@ class Ct:
 class State:
     """What the client knows, across iterations."""
 
-    def __init__(self, tenant, keys, token, admin):
+    def __init__(self, tenant, keys, token, admin, shred_tenant, policy_doc):
         self.tenant = tenant
+        self.shred_tenant = shred_tenant    # non-PHI: versions may be scheduled for destruction
+        self.policy_doc = policy_doc        # the document in force, re-posted with new versions
+        self.policy_next = policy_doc["version"] + 1
+        self.policy_lock = threading.Lock()
+        self.policy_acked = policy_doc["version"]
+        self.scheduled = []                 # shred keys whose version 1 schedule was acknowledged
         self.keys = list(keys)          # keys known to exist (created with a 200)
         self.keys_lock = threading.Lock()
         self.token = token
@@ -98,6 +107,8 @@ class Worker(threading.Thread):
         self.new_cts = []
         self.rotated = []    # (key, latest_version)
         self.created = []
+        self.scheduled = []  # shred keys whose schedule-destroy of version 1 got a 200
+        self.policy = []     # policy versions whose replacement got a 200
         self.versions = []   # (key, key_version) seen in data answers
         self.bad = []        # unexpected answers while the server was up
         self.n = 0
@@ -131,7 +142,22 @@ class Worker(threading.Thread):
         with st.keys_lock:
             key = rng.choice(st.keys)
         x = rng.random()
-        if x < 0.02:
+        if x < 0.006:
+            self.shred_flow(sess, st)
+            return
+        if x < 0.012:
+            op = "policy.write"
+            with st.policy_lock:
+                v = st.policy_next
+                st.policy_next += 1
+            body = dict(st.policy_doc, version=v)
+            rid, r = self.post(sess, "/v1/sys/policy", body, st.admin)
+            if r is not None and r.status_code == 409:
+                self.log.append((rid, op, 409))   # overtaken by a newer one: fine
+                return
+            if r is not None and r.status_code == 200:
+                self.policy.append(v)
+        elif x < 0.02:
             op = "key.rotate"
             rid, r = self.post(sess, "/v1/%s/keys/%s/rotate" % (t, key), {}, st.admin)
         elif x < 0.03:
@@ -171,6 +197,8 @@ class Worker(threading.Thread):
         if r.status_code != 200:
             self.bad.append("%s %s %s -> %d %s" % (rid, op, key, r.status_code, r.text[:200]))
             return
+        if op == "policy.write":
+            return
         try:
             d = r.json()["data"]
         except ValueError:
@@ -201,6 +229,28 @@ class Worker(threading.Thread):
         elif op == "decrypt":
             if c.plain is not None and d["plaintext"] != c.plain:
                 self.bad.append("%s decrypt of %s (%s): wrong plaintext" % (rid, c.rid, c.key))
+
+
+    def shred_flow(self, sess, st):
+        """A non-PHI key made, rotated and its version 1 scheduled for destruction, one
+        request at a time; stops at the first request without a 200."""
+        t = st.shred_tenant
+        key = "sk-%d-%d-%d" % (self.it, self.idx, self.n + 1)
+        steps = [("key.create", "/v1/%s/keys/%s" % (t, key), {"type": "aes256-gcm96"}),
+                 ("key.config", "/v1/%s/keys/%s/config" % (t, key), {"deletion_allowed": True}),
+                 ("key.rotate", "/v1/%s/keys/%s/rotate" % (t, key), {}),
+                 ("key.version.schedule_destroy",
+                  "/v1/%s/keys/%s/versions/1/schedule-destroy" % (t, key),
+                  {"days": 7, "reason": "crash loop erasure"})]
+        for op, path, body in steps:
+            rid, r = self.post(sess, path, body, st.admin)
+            self.log.append((rid, op, r.status_code if r is not None else None))
+            if r is None:
+                return
+            if r.status_code != 200:
+                self.bad.append("%s %s %s -> %d %s" % (rid, op, key, r.status_code, r.text[:200]))
+                return
+        self.scheduled.append(key)
 
 
 # ---------------------------------------------------------------- checks
@@ -320,7 +370,9 @@ def test_crash_loop(kmsd, capsys):
     assert os.access(KMSCTL, os.X_OK), "%s missing (make)" % KMSCTL
     t = srv.create_tenant()
     keys = [srv.create_key(t), srv.create_key(t)]
-    st = State(t, keys, srv.service([t]), srv.admin_token)
+    shred = srv.create_tenant(retention="non-phi")
+    doc = srv.get("/v1/sys/policy", token=srv.admin_token).json()["data"]["document"]
+    st = State(t, keys, srv.service([t]), srv.admin_token, shred, doc)
     audit = AuditReader(srv.audit_path)
     totals = dict(torn=0, torn_injected=0, in_flight=0, redecrypted=0, checked=0, cut=0)
     t0 = time.monotonic()
@@ -430,6 +482,19 @@ def test_crash_loop(kmsd, capsys):
             assert code == 200, "%s: key %s (acknowledged) -> %d" % (where, k, code)
             assert latest >= st.min_latest[k], "%s: key %s latest_version %d < %d " \
                 "acknowledged" % (where, k, latest, st.min_latest[k])
+        for w in workers:
+            st.scheduled += w.scheduled
+            for k in w.scheduled:
+                r = vreq(srv, "/v1/%s/keys/%s" % (st.shred_tenant, k), None, st.admin,
+                         method="GET")
+                assert r.status_code == 200, "%s: shred key %s -> %d" % (where, k, r.status_code)
+                state = r.json()["data"]["versions"]["1"]["state"]
+                assert state == "pending-destruction", "%s: %s v1 acknowledged as scheduled " \
+                    "for destruction, now %s" % (where, k, state)
+            st.policy_acked = max([st.policy_acked] + w.policy)
+        r = vreq(srv, "/v1/sys/policy", None, st.admin, method="GET")
+        assert r.status_code == 200 and r.json()["data"]["version"] >= st.policy_acked, \
+            "%s: policy version %s < %d acknowledged" % (where, r.text[:100], st.policy_acked)
 
     # Once more over everything: no earlier record, ciphertext or key went missing.
     audit.read_new()
@@ -459,11 +524,13 @@ def test_crash_loop(kmsd, capsys):
               "  audit: %d records read, %d acknowledged records checked, lost = 0, "
               "torn tails cut and recorded: %d left by the kill + %d simulated\n"
               "  data: %d ciphertexts re-decrypted after restarts + %d in the final pass, "
-              "%d keys created, %d versions\n"
+              "%d keys created, %d versions, %d versions scheduled for destruction, "
+              "policy at version %d\n"
               "  kmsctl audit verify: %s" % (
                   os.path.relpath(srv.bin), SEED, ITER, time.monotonic() - t0, load_time,
                   st.sent, len(st.acked), acked200,
                   ", ".join("%s %d" % kv for kv in sorted(st.ops.items())), st.unknown,
                   totals["cut"], audit.records, totals["checked"], totals["torn"],
                   totals["torn_injected"], totals["redecrypted"], len(st.cts), len(st.created),
-                  sum(st.min_latest.values()), v.stdout.strip()))
+                  sum(st.min_latest.values()), len(st.scheduled), st.policy_acked,
+                  v.stdout.strip()))
