@@ -16,6 +16,8 @@
 #include <unistd.h>
 
 #include "kms/audit/syslog.h"
+#include "kms/base/op.h"
+#include "kms/core/ratelimit.h"
 #include "kms/base/log.h"
 
 /* A config file is a few kilobytes; anything far larger is a wrong path (a log, a
@@ -44,6 +46,7 @@ static const char *check_node_id(const char *v);
 static const char *check_env_name(const char *v);
 static const char *check_log_level(const char *v);
 static const char *check_syslog(const char *v);
+static const char *check_rate_ops(const char *v);
 
 #define FIELD(f) offsetof(struct kms_config, f), sizeof(((struct kms_config *)0)->f)
 #define STRING(n, d, req, chk) {#n, OPT_STRING, d, FIELD(n), 0, 0, req, chk}
@@ -82,6 +85,11 @@ static const struct conf_option options[] = {
 	INT(audit_segment_mb, 256, 0, 1048576),
 	INT(audit_segment_seconds, 86400, 0, 31622400),
 	STRING(audit_syslog, "", 0, check_syslog),
+	INT(rate_limit_rps, 0, 0, 1000000),
+	INT(rate_limit_burst, 0, 0, 10000000),
+	STRING(rate_limit_ops, "", 0, check_rate_ops),
+	INT(auth_fail_rps, 5, 0, 100000),
+	INT(auth_fail_burst, 50, 0, 1000000),
 };
 
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))
@@ -116,6 +124,13 @@ static const char *check_env_name(const char *v)
 	    strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") != len)
 		return "must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*)";
 	return NULL;
+}
+
+static const char *check_rate_ops(const char *v)
+{
+	double rate[KMS_OP__COUNT], burst[KMS_OP__COUNT];
+
+	return ratelimit_parse_ops(v, rate, burst, KMS_OP__COUNT);
 }
 
 static const char *check_syslog(const char *v)

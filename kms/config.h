@@ -36,6 +36,11 @@
  *   audit_segment_mb    int     256          rotate the audit log at this size in MiB, 0..1048576 (0 = not by size)
  *   audit_segment_seconds int   86400        ...or this long after its segment began, 0..31622400 (0 = not by time)
  *   audit_syslog        string  ""           also forward records (RFC 5424) to udp:HOST:PORT or unix:PATH; "" = no
+ *   rate_limit_rps      int     0            calls a second per principal, 0..1000000 (0 = no limit)
+ *   rate_limit_burst    int     0            bucket size per principal, 0..10000000 (0 = 2 x rate)
+ *   rate_limit_ops      string  ""           per principal and operation: "op=rate[:burst],..."
+ *   auth_fail_rps       int     5            failed authentications a second per source address, 0..100000 (0 = no limit)
+ *   auth_fail_burst     int     50           ...bucket size, 0..1000000 (0 = 2 x rate)
  */
 #ifndef KMS_CONFIG_H
 #define KMS_CONFIG_H
@@ -76,6 +81,11 @@ struct kms_config {
 	int audit_segment_mb;
 	int audit_segment_seconds;
 	char audit_syslog[256];
+	int rate_limit_rps;
+	int rate_limit_burst;
+	char rate_limit_ops[1024];
+	int auth_fail_rps;
+	int auth_fail_burst;
 };
 
 /* Fills cfg with every default. */

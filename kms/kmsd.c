@@ -588,9 +588,19 @@ static int cmd_serve(const struct kms_config *cfg)
 	if ((err = core_new(st, p11, au, &core)) != KMS_OK)
 		goto out;
 	{
-		struct core_options copt = {(int64_t)cfg->phi_retention_floor_days * 86400,
-					    (uint64_t)cfg->max_encryptions_per_version};
-		core_configure(core, &copt);
+		struct core_options copt = {
+			.phi_retention_floor = (int64_t)cfg->phi_retention_floor_days * 86400,
+			.max_encryptions = (uint64_t)cfg->max_encryptions_per_version,
+			.principal_rps = cfg->rate_limit_rps,
+			.principal_burst = cfg->rate_limit_burst,
+			.op_limits = cfg->rate_limit_ops,
+			.auth_fail_rps = cfg->auth_fail_rps,
+			.auth_fail_burst = cfg->auth_fail_burst,
+		};
+		if ((err = core_configure(core, &copt)) != KMS_OK) {
+			kms_error("%s", kms_err_detail(err));
+			goto out;
+		}
 	}
 	if ((err = core_policy_init(core, cfg->policy_file)) != KMS_OK) {
 		kms_error("policy: %s", kms_err_detail(err));

@@ -18,13 +18,13 @@
 #
 # Environment: PYTHON (default /usr/bin/python3, Debian's, which has pytest, requests and
 # hvac), UNIT_TIMEOUT (seconds per unit binary, default 300), PYTEST_TIMEOUT (seconds
-# per pytest run, default 480), PYTEST_ARGS (extra pytest arguments).
+# per pytest run, default 900), PYTEST_ARGS (extra pytest arguments).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd -P)
 PYTHON=${PYTHON:-/usr/bin/python3}
 UNIT_TIMEOUT=${UNIT_TIMEOUT:-300}
-PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-480}
+PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-900}
 
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0"
 export LSAN_OPTIONS="suppressions=$ROOT/tests/lsan.supp"

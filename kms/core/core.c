@@ -608,12 +608,64 @@ kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct cor
 	return KMS_OK;
 }
 
-void core_configure(struct core *c, const struct core_options *o)
+#define RL_MAX_PRINCIPALS 100000
+#define RL_MAX_SOURCES 65536
+
+kms_err core_configure(struct core *c, const struct core_options *o)
 {
+	const char *why;
+	kms_err rc;
+	bool any_op = false;
+
 	c->opt = *o;
+	c->opt.op_limits = NULL; /* parsed below; the caller's string is not kept */
 	/* NIST SP 800-38D: at most 2^32 GCM encryptions with random IVs per key */
 	if (c->opt.max_encryptions == 0 || c->opt.max_encryptions > (1ULL << 32))
 		c->opt.max_encryptions = 1ULL << 30;
+	if (c->opt.principal_rps > 0 && c->opt.principal_burst < 1)
+		c->opt.principal_burst = 2 * c->opt.principal_rps;
+	if (c->opt.auth_fail_rps > 0 && c->opt.auth_fail_burst < 1)
+		c->opt.auth_fail_burst = 2 * c->opt.auth_fail_rps;
+	why = ratelimit_parse_ops(o->op_limits ? o->op_limits : "", c->op_rps, c->op_burst, KMS_OP__COUNT);
+	if (why != NULL)
+		return kms_errf(KMS_ERR_CONFIG, "rate_limit_ops: %s", why);
+	for (size_t i = 0; i < KMS_OP__COUNT; i++)
+		any_op = any_op || c->op_rps[i] > 0;
+	if ((c->opt.principal_rps > 0 || any_op) && c->rl_principal == NULL &&
+	    (rc = ratelimit_new(RL_MAX_PRINCIPALS, &c->rl_principal)) != KMS_OK)
+		return rc;
+	if (c->opt.auth_fail_rps > 0 && c->rl_source == NULL &&
+	    (rc = ratelimit_new(RL_MAX_SOURCES, &c->rl_source)) != KMS_OK)
+		return rc;
+	return KMS_OK;
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The principal's buckets: all its calls, and this operation's. Returns the seconds to
+ * wait, 0 when the call may go on. */
+static unsigned principal_limited(struct core *c, const char *who, enum kms_op op)
+{
+	char name[STORE_NAME_MAX + 80];
+	int64_t now = mono_ms();
+	unsigned w = 0, w2;
+
+	if (c->rl_principal == NULL)
+		return 0;
+	if (c->opt.principal_rps > 0)
+		w = ratelimit_take(c->rl_principal, who, c->opt.principal_rps, c->opt.principal_burst, now);
+	if (w == 0 && c->op_rps[op] > 0) {
+		snprintf(name, sizeof(name), "%s\x1f%s", who, kms_op_name(op));
+		w2 = ratelimit_take(c->rl_principal, name, c->op_rps[op], c->op_burst[op], now);
+		w = w2;
+	}
+	return w;
 }
 
 void core_audit_internal(struct core *c, enum kms_op op, const char *tenant, const char *key, uint32_t version,
@@ -769,6 +821,8 @@ void core_free(struct core *c)
 		pthread_join(c->sched, NULL);
 	}
 	core_graves_reap(c, true);
+	ratelimit_free(c->rl_principal);
+	ratelimit_free(c->rl_source);
 	free(c->graves);
 	pthread_mutex_destroy(&c->grave_mu);
 	for (size_t b = 0; b < CORE_BUCKETS; b++) {
@@ -1069,7 +1123,25 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		return;
 	}
 
-	rc = authenticate(c, call->token, &x);
+	/* A source that keeps failing to authenticate is refused before its token is
+	 * looked at (no oracle for guessing); only failures take from its bucket. */
+	if (c->rl_source != NULL && call->remote_addr != NULL &&
+	    (res->retry_after = ratelimit_peek(c->rl_source, call->remote_addr, c->opt.auth_fail_rps,
+					       c->opt.auth_fail_burst, mono_ms())) > 0) {
+		rc = kms_errf(KMS_ERR_RATE_LIMITED,
+			      "too many failed authentications from this address; retry after %u s",
+			      res->retry_after);
+	} else {
+		rc = authenticate(c, call->token, &x);
+		if (rc != KMS_OK && x.who.name[0] == '\0' && c->rl_source != NULL &&
+		    call->remote_addr != NULL &&
+		    (rc == KMS_ERR_UNAUTHENTICATED || rc == KMS_ERR_DENIED))
+			(void)ratelimit_take(c->rl_source, call->remote_addr, c->opt.auth_fail_rps,
+					     c->opt.auth_fail_burst, mono_ms());
+		if (rc == KMS_OK && (res->retry_after = principal_limited(c, x.who.name, call->op)) > 0)
+			rc = kms_errf(KMS_ERR_RATE_LIMITED, "rate limit exceeded; retry after %u s",
+				      res->retry_after);
+	}
 	if (rc == KMS_OK) {
 		pin.principal = x.who.name;
 		pin.role = x.who.role;
@@ -1142,7 +1214,9 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	 * whose signature fails), which must not reach this request's answer. */
 	snprintf(detail, sizeof(detail), "%s", kms_err_detail(rc == KMS_OK ? KMS_ERR_INVALID : rc));
 	status = x.status ? x.status : kms_err_http_status(rc);
-	outcome = rc == KMS_OK && status < 400 ? "allow" : (rc == KMS_ERR_DENIED || rc == KMS_ERR_UNAUTHENTICATED) ? "deny" : "error";
+	outcome = rc == KMS_OK && status < 400 ? "allow"
+		  : (rc == KMS_ERR_DENIED || rc == KMS_ERR_UNAUTHENTICATED || rc == KMS_ERR_RATE_LIMITED) ? "deny"
+											     : "error";
 	ar.request_id = res->request_id;
 	ar.principal = x.who.name[0] ? x.who.name : NULL;
 	ar.auth_method = x.who.name[0] ? "token" : NULL;

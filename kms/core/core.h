@@ -38,6 +38,7 @@ struct core_result {
 	int status;
 	json_t *body;	      /* whole response body; owned by the caller (json_decref) */
 	char *text;	      /* instead of body when set: a text/plain answer (metrics); free() */
+	unsigned retry_after; /* seconds, for a Retry-After header (429); 0 = none */
 	char request_id[65];
 };
 
@@ -49,8 +50,13 @@ void core_free(struct core *c); /* accepts NULL; unloads cached KEK session obje
 struct core_options {
 	int64_t phi_retention_floor; /* seconds; PHI tenants may not keep versions shorter */
 	uint64_t max_encryptions;    /* per key version, before it is rotated (<= 2^32) */
+	/* rate limits (docs/API.md "Rate limits"); 0 = none */
+	double principal_rps, principal_burst;	   /* every call of one principal */
+	const char *op_limits;			   /* "op=rate[:burst],..." per principal */
+	double auth_fail_rps, auth_fail_burst;	   /* failed authentications per source */
 };
-void core_configure(struct core *c, const struct core_options *o);
+/* KMS_ERR_CONFIG for a malformed op_limits (validated with the configuration first). */
+KMS_WUR kms_err core_configure(struct core *c, const struct core_options *o);
 
 /* Installs the policy: the newest of the store's latest version and, when policy_file
  * is not empty, that file's document (which is then stored, so that the API shows it).

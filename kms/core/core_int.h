@@ -8,6 +8,7 @@
 
 #include "kms/core/core.h"
 #include "kms/store/store.h"
+#include "kms/core/ratelimit.h"
 #include "pkcs11/p11.h"
 #include "policy/policy.h"
 #include "policy/policy_doc.h"
@@ -57,6 +58,9 @@ struct core {
 	struct grave { p11_key h; int64_t since; } *graves;
 	size_t n_graves, cap_graves;
 	struct core_options opt;
+	/* rate limits: buckets by principal (and principal + operation), by source address */
+	struct ratelimit *rl_principal, *rl_source;
+	double op_rps[KMS_OP__COUNT], op_burst[KMS_OP__COUNT];
 	/* the policy in force: swapped whole under policy_mu, used through a reference */
 	pthread_mutex_t policy_mu;
 	struct policy_doc *policy;

@@ -219,8 +219,11 @@ static void free_json_str(void *p)
 	kms_json_free_str(p, 0);
 }
 
-static enum MHD_Result send_json(struct MHD_Connection *conn, int status, json_t *body, const char *request_id)
+static enum MHD_Result send_json(struct MHD_Connection *conn, int status, json_t *body, const char *request_id,
+				 unsigned retry_after)
 {
+	char ra[16];
+
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
 	size_t len = 0;
@@ -238,6 +241,10 @@ static enum MHD_Result send_json(struct MHD_Connection *conn, int status, json_t
 	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
 	if (request_id != NULL && *request_id)
 		MHD_add_response_header(resp, "X-Request-Id", request_id);
+	if (retry_after > 0) {
+		snprintf(ra, sizeof(ra), "%u", retry_after);
+		MHD_add_response_header(resp, "Retry-After", ra);
+	}
 	ret = MHD_queue_response(conn, (unsigned)status, resp);
 	MHD_destroy_response(resp);
 	return ret;
@@ -271,7 +278,7 @@ static enum MHD_Result send_error(struct MHD_Connection *conn, int status, const
 
 	if (b == NULL)
 		return MHD_NO;
-	ret = send_json(conn, status, b, NULL);
+	ret = send_json(conn, status, b, NULL, 0);
 	json_decref(b);
 	return ret;
 }
@@ -348,7 +355,7 @@ static enum MHD_Result dispatch(struct http_server *s, struct MHD_Connection *co
 	}
 	if (res.body == NULL)
 		return send_error(conn, 500, "internal error");
-	ret = send_json(conn, res.status, res.body, res.request_id);
+	ret = send_json(conn, res.status, res.body, res.request_id, res.retry_after);
 	json_decref(res.body);
 	return ret;
 }

@@ -24,14 +24,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 #define STRINGS(X)                                                                         \
 	X(listen_address) X(port_file) X(tls_cert) X(tls_key) X(pkcs11_module) X(token_label) \
 	X(pin_file) X(pin_env) X(so_pin_file) X(store_path) X(audit_path) X(node_id) X(log_level) \
-	X(policy_file) X(audit_syslog)
+	X(policy_file) X(audit_syslog) X(rate_limit_ops)
 #define INTS(X)                                                                             \
 	X(port, 0, 65535) X(workers, 0, 256) X(max_body_bytes, 1024, 16777216)              \
 	X(connection_timeout, 1, 3600) X(max_connections, 1, 65536) X(per_ip_connections, 0, 65536) \
 	X(scheduler_interval, 1, 86400) X(phi_retention_floor_days, 1, 36500)              \
 	X(audit_checkpoint_records, 1, 1000000) X(audit_checkpoint_seconds, 1, 86400)      \
 	X(audit_segment_mb, 0, 1048576) X(audit_segment_seconds, 0, 31622400)              \
-	X(max_encryptions_per_version, 1, 2147483647)
+	X(max_encryptions_per_version, 1, 2147483647) X(rate_limit_rps, 0, 1000000)           \
+	X(rate_limit_burst, 0, 10000000) X(auth_fail_rps, 0, 100000) X(auth_fail_burst, 0, 1000000)
 
 static void check_ranges(const struct kms_config *c)
 {

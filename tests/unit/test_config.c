@@ -24,7 +24,8 @@ static const char *const all_options[] = {
 	"connection_timeout", "max_connections", "per_ip_connections", "log_level",
 	"scheduler_interval", "phi_retention_floor_days", "audit_checkpoint_records",
 	"audit_checkpoint_seconds", "policy_file", "max_encryptions_per_version",
-	"audit_segment_mb", "audit_segment_seconds", "audit_syslog",
+	"audit_segment_mb", "audit_segment_seconds", "audit_syslog", "rate_limit_rps",
+	"rate_limit_burst", "rate_limit_ops", "auth_fail_rps", "auth_fail_burst",
 };
 
 /* Parses text as "t.conf" and expects failure with exactly this detail. */
