@@ -950,7 +950,14 @@ static void test_syslog_targets(void **state)
 		assert_null(s);
 	}
 	assert_int_equal(audit_syslog_open("udp:127.0.0.1:9", &s), KMS_OK);
-	audit_syslog_send(s, "{\"time\":\"t\"}\n{\"x\":1}\n", 24);
+	{
+		static const char two[] = "{\"time\":\"t\"}\n{\"x\":1}\n";
+		uint64_t sent = 0, dropped = 0;
+
+		audit_syslog_send(s, two, sizeof(two) - 1);
+		audit_syslog_counts(s, &sent, &dropped);
+		assert_int_equal(sent + dropped, 2);
+	}
 	audit_syslog_close(s);
 }
 
