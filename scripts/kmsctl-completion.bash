@@ -39,7 +39,7 @@ _kmsctl()
 			key.version.disable key.version.enable key.version.schedule_destroy
 			key.version.cancel_destroy key.version.destroy key.version.receipt tenant.create
 			tenant.read tenant.list tenant.config principal.create principal.read principal.list
-			token.create token.revoke token.lookup_self policy.read policy.write audit.hash sys.metrics
+			token.create token.revoke token.lookup_self token.lookup_accessor policy.read policy.write audit.hash sys.metrics
 			audit.checkpoint audit.recovered" -- "$cur"))
 		return
 		;;

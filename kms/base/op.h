@@ -40,6 +40,7 @@ enum kms_op {
 	KMS_OP_POLICY_WRITE,
 	KMS_OP_AUDIT_HASH, /* HMAC a value the way audit records hash context values */
 	KMS_OP_METRICS,
+	KMS_OP_TOKEN_LOOKUP_ACCESSOR,
 	KMS_OP_KEY_TRIM,
 	KMS_OP_MASTER_KEY_ROTATE, /* steps of kmsd master-key rotate, relayed; no route */
 	KMS_OP__COUNT

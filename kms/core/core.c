@@ -932,6 +932,21 @@ static kms_err authenticate(struct core *c, const char *token, struct op_ctx *x)
 	x->role = policy_role_parse(x->who.role);
 	snprintf(x->accessor, sizeof(x->accessor), "%s", acc);
 	x->token_expires = t.expires;
+	x->token_last_used = t.last_used;
+	/* last used, kept to the minute: one store write a minute per busy token, not one
+	 * per request. It is bookkeeping: a failed write is logged, not fatal. */
+	{
+		int64_t now = core_now();
+
+		if (now - t.last_used >= CORE_TOKEN_TOUCH_SECONDS) {
+			kms_err trc = store_token_touch(c->st, acc, now);
+
+			if (trc != KMS_OK)
+				kms_warn("token %s: last-used time not recorded: %s", acc, kms_err_detail(trc));
+			else
+				x->token_last_used = now;
+		}
+	}
 	if (x->role == POLICY_ROLE_SERVICE)
 		return store_principal_tenants(c->st, x->who.id, &x->scope, &x->n_scope);
 	return KMS_OK;
@@ -970,6 +985,7 @@ static const op_fn op_table[KMS_OP__COUNT] = {
 	[KMS_OP_VERSION_RECEIPT] = op_version_receipt,
 	[KMS_OP_POLICY_READ] = op_policy_read,
 	[KMS_OP_POLICY_WRITE] = op_policy_write,
+	[KMS_OP_TOKEN_LOOKUP_ACCESSOR] = op_token_lookup_accessor,
 	[KMS_OP_AUDIT_HASH] = op_audit_hash,
 	[KMS_OP_METRICS] = op_metrics,
 	[KMS_OP_KEY_TRIM] = op_key_trim,

@@ -82,6 +82,7 @@ struct op_ctx {
 	size_t n_scope;
 	char accessor[STORE_ACCESSOR_MAX + 1];
 	int64_t token_expires;
+	int64_t token_last_used;
 	bool have_tenant;
 	struct store_tenant tenant;
 	/* outputs */
@@ -144,6 +145,8 @@ KMS_WUR kms_err op_principal_list(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_token_create(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_token_revoke(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_token_lookup_self(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_token_lookup_accessor(struct core *c, struct op_ctx *x);
+#define CORE_TOKEN_TOUCH_SECONDS 60
 KMS_WUR kms_err op_key_create(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_key_read(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_key_list(struct core *c, struct op_ctx *x);

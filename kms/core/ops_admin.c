@@ -299,9 +299,41 @@ out:
 kms_err op_token_lookup_self(struct core *c, struct op_ctx *x)
 {
 	(void)c;
-	x->data = json_pack("{s:s,s:s,s:[s],s:o}", "display_name", x->who.name, "accessor", x->accessor,
-			    "policies", x->who.role, "expire_time", time_or_null(x->token_expires));
+	x->data = json_pack("{s:s,s:s,s:[s],s:o,s:o}", "display_name", x->who.name, "accessor", x->accessor,
+			    "policies", x->who.role, "expire_time", time_or_null(x->token_expires), "last_used",
+			    time_or_null(x->token_last_used));
 	return KMS_OK;
+}
+
+/* Vault's auth/token/lookup-accessor: a token's metadata by its accessor (admin). */
+kms_err op_token_lookup_accessor(struct core *c, struct op_ctx *x)
+{
+	static const char *const allowed[] = {"accessor", NULL};
+	json_t *tmp = NULL, *body = body_or_empty(x, &tmp);
+	struct store_principal p;
+	struct store_token t;
+	const char *acc;
+	kms_err rc;
+
+	if ((rc = kms_json_only(body, allowed)) != KMS_OK || (rc = kms_json_opt_string(body, "accessor", &acc)) != KMS_OK)
+		goto out;
+	if (acc == NULL || strlen(acc) > STORE_ACCESSOR_MAX) {
+		rc = kms_errf(KMS_ERR_INVALID, "accessor is required");
+		goto out;
+	}
+	rc = store_token_get(c->st, acc, &t);
+	if (rc == KMS_ERR_NOT_FOUND || (rc == KMS_ERR_INVALID))
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "no token with that accessor");
+	if (rc == KMS_OK)
+		rc = store_principal_get_id(c->st, t.principal_id, &p);
+	if (rc != KMS_OK)
+		goto out;
+	x->data = json_pack("{s:s,s:s,s:[s],s:o,s:o,s:o,s:b}", "accessor", t.accessor, "display_name", p.name,
+			    "policies", p.role, "creation_time", time_or_null(t.created), "expire_time",
+			    time_or_null(t.expires), "last_used", time_or_null(t.last_used), "revoked", t.revoked);
+out:
+	json_decref(tmp);
+	return rc;
 }
 
 /* ---- keys ---- */

@@ -162,6 +162,8 @@ static const char *const migrations[] = {
 	"  detail TEXT NOT NULL CHECK (length(CAST(detail AS BLOB)) <= 512)"
 	");"
 	"CREATE INDEX key_versions_mk ON key_versions (mk_version, state);",
+	/* 8: when each API token was last used (0 = never), kept to the minute. */
+	"ALTER TABLE api_tokens ADD COLUMN last_used INTEGER NOT NULL DEFAULT 0;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
@@ -214,6 +216,7 @@ enum stmt_id {
 	ST_TOKEN_INSERT,
 	ST_TOKEN_GET,
 	ST_TOKEN_REVOKE,
+	ST_TOKEN_TOUCH,
 	ST_KEY_CONFIG,
 	ST_KEY_REVOKED,
 	ST_VERSION_STATE_GET,
@@ -296,8 +299,9 @@ static const char *const stmt_sql[ST__COUNT] = {
 	[ST_TOKEN_INSERT] = "INSERT INTO api_tokens "
 			    "(accessor, principal_id, hash, created, expires, revoked) "
 			    "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-	[ST_TOKEN_GET] = "SELECT accessor, principal_id, hash, created, expires, revoked "
+	[ST_TOKEN_GET] = "SELECT accessor, principal_id, hash, created, expires, revoked, last_used "
 			 "FROM api_tokens WHERE accessor = ?1",
+	[ST_TOKEN_TOUCH] = "UPDATE api_tokens SET last_used = ?2 WHERE accessor = ?1 AND last_used < ?2",
 	[ST_TOKEN_REVOKE] = "UPDATE api_tokens SET revoked = 1 WHERE accessor = ?1",
 	[ST_KEY_CONFIG] = "UPDATE keys SET min_decryption_version = ?2, min_encryption_version = ?3, "
 			  "deletion_allowed = ?4, auto_rotate_period = ?5 WHERE id = ?1",
@@ -1858,9 +1862,34 @@ kms_err store_token_get(struct store *s, const char *accessor, struct store_toke
 	out->created = sqlite3_column_int64(st, 3);
 	out->expires = sqlite3_column_int64(st, 4);
 	out->revoked = sqlite3_column_int64(st, 5) != 0;
+	out->last_used = sqlite3_column_int64(st, 6);
 	rc = KMS_OK;
 out:
 	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_token_touch(struct store *s, const char *accessor, int64_t when)
+{
+	sqlite3_stmt *st;
+	kms_err rc;
+
+	if (accessor == NULL)
+		return kms_errf(KMS_ERR_INVALID, "token accessor missing");
+	if ((rc = check_accessor(accessor, STORE_ACCESSOR_MAX + 1)) != KMS_OK)
+		return rc;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_TOKEN_TOUCH];
+	if (sqlite3_bind_text(st, 1, accessor, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 2, when) != SQLITE_OK) {
+		rc = db_fail(s, "token touch bind");
+		stmt_release(st);
+		goto out;
+	}
+	rc = stmt_exec(st) == SQLITE_DONE ? KMS_OK : db_fail(s, "token touch");
+out:
 	store_unlock(s);
 	return rc;
 }

@@ -14,7 +14,7 @@
 
 #include "kms/base/err.h"
 
-#define STORE_SCHEMA_VERSION 7
+#define STORE_SCHEMA_VERSION 8
 #define STORE_NAME_MAX 128  /* tenant, key and principal names, excluding the NUL */
 #define STORE_BLOB_MAX 64
 #define STORE_MAC_LEN 32
@@ -91,6 +91,7 @@ struct store_token {
 	int64_t created;
 	int64_t expires; /* 0 = never */
 	int revoked;
+	int64_t last_used; /* unix seconds, kept to the minute; 0 = never */
 };
 
 /* Opens (creating if absent, mode 0600) and migrates. A store whose schema is newer
@@ -292,5 +293,7 @@ KMS_WUR kms_err store_principal_list(struct store *s, struct store_principal **o
 KMS_WUR kms_err store_token_create(struct store *s, const struct store_token *t);
 KMS_WUR kms_err store_token_get(struct store *s, const char *accessor, struct store_token *out);
 KMS_WUR kms_err store_token_revoke(struct store *s, const char *accessor); /* NOT_FOUND */
+/* Sets last_used to when if it is older (no row changed is not an error). */
+KMS_WUR kms_err store_token_touch(struct store *s, const char *accessor, int64_t when);
 
 #endif

@@ -823,6 +823,13 @@ static void test_tokens(void **state)
 	assert_int_equal(got.created, 300);
 	assert_int_equal(got.expires, 0);
 	assert_int_equal(got.revoked, 0);
+	assert_int_equal(got.last_used, 0);
+	/* last used only moves forward; an unknown accessor changes nothing */
+	assert_int_equal(store_token_touch(f->s, "hvs.acc-1", 400), KMS_OK);
+	assert_int_equal(store_token_touch(f->s, "hvs.acc-1", 350), KMS_OK);
+	assert_int_equal(store_token_touch(f->s, "hvs.nobody", 500), KMS_OK);
+	assert_int_equal(store_token_get(f->s, "hvs.acc-1", &got), KMS_OK);
+	assert_int_equal(got.last_used, 400);
 
 	assert_int_equal(store_token_create(f->s, &t), KMS_ERR_CONFLICT);
 	assert_detail_has(KMS_ERR_CONFLICT, "already exists");
