@@ -414,10 +414,16 @@ static int token_revoke(int argc, char **argv)
 
 static int token_lookup(int argc, char **argv)
 {
-	int rc = plain_args(argc, argv, 0);
+	int c, rc;
 
+	while ((c = cli_getopt(argc, argv, no_opts)) != -1)
+		return CLI_USAGE;
+	rc = cli_positionals(argc, argv, 0, 1);
 	if (rc != CLI_OK)
 		return rc;
+	if (optind < argc)
+		return cli_simple_call("POST", cli_path("auth", "token", "lookup-accessor", NULL),
+				       json_pack("{s:s}", "accessor", argv[optind]), NULL);
 	return cli_simple_call("GET", cli_path("auth", "token", "lookup-self", NULL), NULL, NULL);
 }
 
@@ -442,12 +448,15 @@ static const struct cli_leaf token_leaves[] = {
 	 "example:\n"
 	 "  kmsctl token revoke 4b7c0e1d2a9f...\n",
 	 token_revoke, NULL},
-	{"lookup", "show the calling token: principal, accessor, role, expiry", "",
-	 "Shows the token kmsctl is using (GET /v1/auth/token/lookup-self); never the\n"
-	 "token itself.\n"
+	{"lookup", "show a token: principal, role, expiry, last use", "[ACCESSOR]",
+	 "Without ACCESSOR, shows the token kmsctl is using (GET\n"
+	 "/v1/auth/token/lookup-self); with one, any token (POST\n"
+	 "/v1/auth/token/lookup-accessor, admin): principal, role, creation, expiry,\n"
+	 "last use (to the minute) and whether it is revoked. Never the token itself.\n"
 	 "\n"
-	 "example:\n"
-	 "  KMS_TOKEN=$(cat service.token) kmsctl token lookup\n",
+	 "examples:\n"
+	 "  KMS_TOKEN=$(cat service.token) kmsctl token lookup\n"
+	 "  kmsctl token lookup 4b7c0e1d2a9f...\n",
 	 token_lookup, NULL},
 };
 

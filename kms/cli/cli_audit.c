@@ -12,6 +12,7 @@
 #include "kms/audit/report.h"
 #include "kms/audit/search.h"
 #include "kms/audit/verify.h"
+#include "kms/base/secret.h"
 #include "kms/cli/cli.h"
 
 void cli_audit_usage(FILE *f)
@@ -24,6 +25,7 @@ void cli_audit_usage(FILE *f)
 		   "             time or context\n"
 		   "  report     access (what a principal used) and exposure (who used a key\n"
 		   "             version) reports\n"
+		   "  hash       hash a value as the log hashes context values (server)\n"
 		   "\n"
 		   "`kmsctl audit SUBCOMMAND --help` describes a subcommand.\n");
 }
@@ -892,8 +894,78 @@ static void report_usage(FILE *f)
 	cli_group_usage(&report_group, f);
 }
 
+static void hash_usage(FILE *f)
+{
+	fprintf(f,
+		"usage: kmsctl audit hash [FILE|-]\n"
+		"\n"
+		"Hashes a value the way audit records hash encryption_context values and\n"
+		"associated data (HMAC-SHA256 under the token's audit key: POST\n"
+		"/v1/sys/audit/hash, admin), and prints hmac-sha256:<hex> to search the log\n"
+		"for. The value is read from FILE or standard input (default), never from the\n"
+		"command line, since it may be a patient identifier; one trailing newline is\n"
+		"dropped.\n"
+		"\n"
+		"examples:\n"
+		"  printf %%s treatment | kmsctl audit hash\n"
+		"  grep \"$(printf %%s MRN-0042 | kmsctl audit hash)\" /var/lib/kmsd/audit*.log\n"
+		"Exit status: 0, 1 refused (4xx), 2 usage, 3 unreachable, 4 server error.\n");
+}
+
+static void hash_table(const json_t *data)
+{
+	const char *h = json_string_value(json_object_get(data, "hash"));
+
+	printf("%s\n", h ? h : "");
+}
+
+static int audit_hash_cmd(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	unsigned char *buf = NULL;
+	size_t len = 0;
+	json_t *body;
+	int c, rc;
+
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		if (c == 'h') {
+			hash_usage(stdout);
+			return CLI_OK;
+		}
+		hash_usage(stderr);
+		return CLI_USAGE;
+	}
+	if (argc - optind > 1) {
+		hash_usage(stderr);
+		return CLI_USAGE;
+	}
+	rc = cli_read_input(optind < argc ? argv[optind] : "-", 4096, &buf, &len);
+	if (rc != CLI_OK)
+		return rc;
+	if (len > 0 && buf[len - 1] == '\n')
+		len--;
+	if (len > 0 && buf[len - 1] == '\r')
+		len--;
+	body = json_object();
+	if (body == NULL || json_object_set_new(body, "input", json_stringn((const char *)buf, len)) != 0 ||
+	    json_object_get(body, "input") == NULL) {
+		fprintf(stderr, "kmsctl audit hash: the value is not UTF-8 text\n");
+		json_decref(body);
+		kms_wipe(buf, len);
+		free(buf);
+		return CLI_USAGE;
+	}
+	kms_wipe(buf, len);
+	free(buf);
+	return cli_simple_call("POST", strdup(HASH_PATH), body, hash_table);
+}
+
 static const struct cli_command subcommands[] = {
 	{"verify", "check a log offline", audit_verify_cmd, verify_usage},
+	{"hash", "hash a value as the log does (server)", audit_hash_cmd, hash_usage},
 	{"search", "find records", audit_search_cmd, search_usage},
 	{"report", "access and exposure reports", audit_report_cmd, report_usage},
 };

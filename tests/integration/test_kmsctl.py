@@ -652,3 +652,33 @@ def test_server_errors_exit_4(ctl, fake):
     t0 = time.monotonic()
     r = ctl.run("tenant", "read", "slow", *a, "--timeout", "1", token=ctl.admin, want=3)
     assert time.monotonic() - t0 < 2.5 and "within 1 s" in r.stderr
+
+
+def test_token_lookup_by_accessor(ctl, tk):
+    t, k, svc = tk
+    p = ctl.kmsd.create_principal(tenants=[t])
+    tok, acc = ctl.kmsd.create_token(p)
+    assert ctl.kmsd.datakey(tok, t, k).status_code == 200
+    j = ctl.json("token", "lookup", acc, token=ctl.admin)
+    assert j["accessor"] == acc and j["display_name"] == p and j["revoked"] is False
+    assert j["last_used"] is not None
+    r = ctl.run("token", "lookup", "no-such-accessor", token=ctl.admin, want=1)
+    assert "404" in r.stderr
+    ctl.run("token", "lookup", acc, token=svc, want=1)  # a service may not
+    ctl.run("token", "lookup", acc, "extra", token=ctl.admin, want=2)
+
+
+def test_audit_hash(ctl, tk):
+    want = ctl.kmsd.post("/v1/sys/audit/hash", {"input": "MRN-0042"},
+                         token=ctl.kmsd.admin_token).json()["data"]["hash"]
+    r = ctl.ok("audit", "hash", token=ctl.admin, stdin="MRN-0042\n")
+    assert r.stdout.strip() == want
+    f = ctl.tmp / "value.txt"
+    f.write_text("MRN-0042")
+    assert ctl.ok("audit", "hash", str(f), token=ctl.admin).stdout.strip() == want
+    assert ctl.json("audit", "hash", token=ctl.admin, stdin="MRN-0042")["hash"] == want
+    # the value never goes on the command line: a second argument is a usage error
+    ctl.run("audit", "hash", str(f), "MRN-0042", token=ctl.admin, want=2)
+    # a service token may not hash
+    ctl.run("audit", "hash", token=tk[2], stdin="x", want=1)
+    assert "hash" in ctl.ok("audit", "hash", "--help").stdout
