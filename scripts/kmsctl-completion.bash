@@ -107,7 +107,7 @@ _kmsctl()
 	decrypt) opts="--out --batch --context --aad-file" ;;
 	rewrap) opts="--key-version --batch --context --aad-file" ;;
 	audit)
-		subs="verify search report"
+		subs="verify search report hash"
 		case "${path[1]}" in
 		verify) opts="--pubkey --partial"; COMPREPLY=($(compgen -f -- "$cur")) ;;
 		search)
