@@ -656,6 +656,7 @@ static int cmd_serve(const struct kms_config *cfg)
 	}
 	kms_info("listening on %s://%s:%d (%u workers, node %s)", cfg->tls ? "https" : "http",
 		 cfg->listen_address, port, workers, cfg->node_id);
+	kms_proc_notify("READY=1\nSTATUS=serving");
 	for (;;) {
 		if (sigwait(&set, &sig) != 0)
 			continue;
@@ -666,6 +667,7 @@ static int cmd_serve(const struct kms_config *cfg)
 		break;
 	}
 	kms_info("signal %d: shutting down", sig);
+	kms_proc_notify("STOPPING=1");
 	rc = 0;
 out:
 	http_stop(http);

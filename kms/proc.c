@@ -1,14 +1,18 @@
-/* Leaving root for the configured account; see proc.h for the contract. */
+/* Leaving root for the configured account, and sd_notify; see proc.h. */
 #include "kms/proc.h"
 
 #include <errno.h>
 #include <grp.h>
 #include <linux/capability.h>
 #include <pwd.h>
+#include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "kms/base/log.h"
@@ -141,4 +145,35 @@ kms_err kms_proc_drop(const char *user)
 		return kms_errf(KMS_ERR_INTERNAL, "user: PR_SET_NO_NEW_PRIVS: %s", strerror(errno));
 	kms_info("running as %s (uid %u, gid %u)", user, (unsigned)pw.pw_uid, (unsigned)pw.pw_gid);
 	return KMS_OK;
+}
+
+void kms_proc_notify(const char *state)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	size_t plen, slen = strlen(state);
+	socklen_t alen;
+	ssize_t n;
+	int fd;
+
+	if (path == NULL || path[0] == '\0')
+		return;
+	plen = strlen(path);
+	if ((path[0] != '/' && path[0] != '@') || plen >= sizeof(sa.sun_path)) {
+		kms_warn("NOTIFY_SOCKET is not a unix socket path; systemd is not told \"%s\"", state);
+		return;
+	}
+	memcpy(sa.sun_path, path, plen);
+	if (path[0] == '@')
+		sa.sun_path[0] = '\0'; /* abstract: the length below delimits the name */
+	alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen + (path[0] == '/'));
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		kms_warn("sd_notify: socket: %s", strerror(errno));
+		return;
+	}
+	n = sendto(fd, state, slen, MSG_NOSIGNAL, (struct sockaddr *)&sa, alen);
+	if (n != (ssize_t)slen)
+		kms_warn("sd_notify %s: %s", path, n < 0 ? strerror(errno) : "short send");
+	(void)close(fd);
 }

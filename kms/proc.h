@@ -1,7 +1,8 @@
 /* Leaving root. kmsd reads what only root may read (PIN file, TLS key) and binds its
  * port as whoever started it, then becomes the configured `user` before it opens the
  * token, the store or the audit log, so that everything it creates belongs to that
- * account and nothing it serves runs as root. docs/SECURITY.md "Process hygiene". */
+ * account and nothing it serves runs as root. docs/SECURITY.md "Process hygiene".
+ * Also the readiness notice for systemd (contrib/systemd/kmsd.service). */
 #ifndef KMS_PROC_H
 #define KMS_PROC_H
 
@@ -25,5 +26,12 @@ KMS_WUR kms_err kms_proc_drop(const char *user);
  * process can become it, the root rules above), so that a bad `user` is reported
  * before anything else is read. Same errors. */
 KMS_WUR kms_err kms_proc_check(const char *user);
+
+/* Tells systemd (Type=notify) about a state change, e.g. "READY=1" once serving,
+ * "STOPPING=1" at shutdown: one datagram to the unix socket named by NOTIFY_SOCKET
+ * (a path, or "@name" in the abstract namespace), as sd_notify(3) does, without
+ * libsystemd. Does nothing when NOTIFY_SOCKET is unset; a failure is logged, never
+ * fatal (systemd then times the start out and says so). */
+void kms_proc_notify(const char *state);
 
 #endif
