@@ -347,6 +347,8 @@ class Server:
             ("per_ip_connections", "0"),
             ("log_level", "warn"),
         ]
+        if os.geteuid() == 0:
+            opts.append(("user", "root"))  # kmsd refuses root unless told (kmsd.conf.sample)
         if self.s["workers"] is not None:
             opts.append(("workers", str(self.s["workers"])))
         with open(self.conf, "w") as f:

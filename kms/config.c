@@ -47,6 +47,7 @@ static const char *check_env_name(const char *v);
 static const char *check_log_level(const char *v);
 static const char *check_syslog(const char *v);
 static const char *check_rate_ops(const char *v);
+static const char *check_user(const char *v);
 
 #define FIELD(f) offsetof(struct kms_config, f), sizeof(((struct kms_config *)0)->f)
 #define STRING(n, d, req, chk) {#n, OPT_STRING, d, FIELD(n), 0, 0, req, chk}
@@ -90,6 +91,8 @@ static const struct conf_option options[] = {
 	STRING(rate_limit_ops, "", 0, check_rate_ops),
 	INT(auth_fail_rps, 5, 0, 100000),
 	INT(auth_fail_burst, 50, 0, 1000000),
+	/* Whether the account exists is checked when kmsd switches to it (kms/proc.c). */
+	STRING(user, "", 0, check_user),
 };
 
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))
@@ -136,6 +139,19 @@ static const char *check_rate_ops(const char *v)
 static const char *check_syslog(const char *v)
 {
 	return *v == '\0' ? NULL : audit_syslog_target_problem(v);
+}
+
+/* A login name as useradd accepts it, without the trailing '$' of machine accounts:
+ * nothing that getpwnam could read as a number or an option. */
+static const char *check_user(const char *v)
+{
+	size_t len = strlen(v);
+
+	if (len > 32 || v[0] == '-' || (v[0] >= '0' && v[0] <= '9') ||
+	    strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != len)
+		return "must be a login name: 1 to 32 characters from A-Z a-z 0-9 . _ -, "
+		       "not starting with a digit or '-'";
+	return NULL;
 }
 
 static const char *check_log_level(const char *v)

@@ -41,6 +41,8 @@
  *   rate_limit_ops      string  ""           per principal and operation: "op=rate[:burst],..."
  *   auth_fail_rps       int     5            failed authentications a second per source address, 0..100000 (0 = no limit)
  *   auth_fail_burst     int     50           ...bucket size, 0..1000000 (0 = 2 x rate)
+ *   user                string  ""           account to run as when started as root (kms/proc.h); "" = refuse
+ *                                            to run as root; "root" = stay root (logged as a warning)
  */
 #ifndef KMS_CONFIG_H
 #define KMS_CONFIG_H
@@ -86,6 +88,7 @@ struct kms_config {
 	char rate_limit_ops[1024];
 	int auth_fail_rps;
 	int auth_fail_burst;
+	char user[33]; /* a login name, 1..32 chars */
 };
 
 /* Fills cfg with every default. */

@@ -21,6 +21,7 @@
 #include "kms/config.h"
 #include "kms/core/core.h"
 #include "kms/http/server.h"
+#include "kms/proc.h"
 #include "kms/store/store.h"
 #include "pkcs11/p11.h"
 
@@ -66,6 +67,20 @@ static int read_pin(const struct kms_config *cfg, char **pin, size_t *len)
 	}
 	if (kms_secret_from_env(cfg->pin_env, pin, len) != 0) {
 		kms_error("environment variable %s (pin_env) is not set", cfg->pin_env);
+		return -1;
+	}
+	return 0;
+}
+
+/* Every command reads what may be root's alone (PIN files, the TLS key, a port below
+ * 1024) first, then leaves root here, before it opens the token, the store or the audit
+ * log: all of those are then the configured account's (docs/SECURITY.md). */
+static int drop_root(const struct kms_config *cfg)
+{
+	kms_err err = kms_proc_drop(cfg->user);
+
+	if (err != KMS_OK) {
+		kms_error("%s", kms_err_detail(err));
 		return -1;
 	}
 	return 0;
@@ -157,10 +172,18 @@ static int cmd_init(const struct kms_config *cfg, const char *admin, const char 
 		kms_error("init needs so_pin_file in the configuration (the SO marks the master key trusted)");
 		return 1;
 	}
+	if (read_pin(cfg, &pin, &pin_len) != 0)
+		goto out;
+	if (kms_secret_read_file(cfg->so_pin_file, &so_pin, &so_len) != 0) {
+		kms_error("cannot read so_pin_file %s: %s", cfg->so_pin_file, strerror(errno));
+		goto out;
+	}
+	if (drop_root(cfg) != 0)
+		goto out;
 	err = store_open(cfg->store_path, &st);
 	if (err != KMS_OK) {
 		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
-		return 1;
+		goto out;
 	}
 	err = store_meta_get(st, "initialized", flag, sizeof(flag));
 	if (err == KMS_OK) {
@@ -169,12 +192,6 @@ static int cmd_init(const struct kms_config *cfg, const char *admin, const char 
 	}
 	if (err != KMS_ERR_NOT_FOUND) {
 		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
-		goto out;
-	}
-	if (read_pin(cfg, &pin, &pin_len) != 0)
-		goto out;
-	if (kms_secret_read_file(cfg->so_pin_file, &so_pin, &so_len) != 0) {
-		kms_error("cannot read so_pin_file %s: %s", cfg->so_pin_file, strerror(errno));
 		goto out;
 	}
 	err = p11_provision(&pc, so_pin, so_len, pin, pin_len);
@@ -305,7 +322,7 @@ static int cmd_mk_rotate(const struct kms_config *cfg, const char *so_pin_path, 
 	size_t pin_len = 0, so_len = 0;
 	const char *delay = getenv("KMSD_TEST_MK_BATCH_DELAY_MS");
 	uint32_t from, to;
-	int rc = 1;
+	int rc = 1, so_errno = ENOENT;
 	kms_err err;
 
 	os_principal(who, sizeof(who));
@@ -317,15 +334,24 @@ static int cmd_mk_rotate(const struct kms_config *cfg, const char *so_pin_path, 
 		kms_warn("KMSD_TEST_MK_BATCH_DELAY_MS is set: each batch waits %u ms before its commit. "
 			 "Never in production.", o.test_delay_ms);
 	}
+	/* Both PINs before leaving root; the SO PIN is needed only when not resuming, so
+	 * a failure to read it is reported then. */
+	if (read_pin(cfg, &pin, &pin_len) != 0)
+		goto out;
+	if (so_pin_path != NULL && *so_pin_path != '\0' &&
+	    kms_secret_read_file(so_pin_path, &so_pin, &so_len) != 0)
+		so_errno = errno;
+	if (drop_root(cfg) != 0)
+		goto out;
 	if (open_initialized_store(cfg, &st) != 0)
 		goto out;
 	if ((err = store_mk_status(st, &ms)) != KMS_OK) {
 		kms_error("store: %s", kms_err_detail(err));
 		goto out;
 	}
-	if (read_pin(cfg, &pin, &pin_len) != 0)
-		goto out;
 	if (ms.retiring != 0) {
+		kms_secret_free(so_pin);
+		so_pin = NULL;
 		/* Resuming needs no SO: the new key exists and the store says which it is. */
 		from = ms.retiring;
 		to = ms.active;
@@ -342,9 +368,9 @@ static int cmd_mk_rotate(const struct kms_config *cfg, const char *so_pin_path, 
 				  "--so-pin-file PATH or so_pin_file in the configuration");
 			goto out;
 		}
-		if (kms_secret_read_file(so_pin_path, &so_pin, &so_len) != 0) {
+		if (so_pin == NULL) {
 			kms_error("cannot read the SO PIN file %s: %s (it must be a regular file of mode 0600)",
-				  so_pin_path, strerror(errno));
+				  so_pin_path, strerror(so_errno));
 			goto out;
 		}
 		printf("kmsd: rotating the master key from version %u to %u\n", from, to);
@@ -421,14 +447,14 @@ static int cmd_mk_status(const struct kms_config *cfg)
 	int rc = 1;
 	kms_err err;
 
+	if (read_pin(cfg, &pin, &pin_len) != 0 || drop_root(cfg) != 0)
+		goto out;
 	if (open_initialized_store(cfg, &st) != 0)
 		goto out;
 	if ((err = store_mk_status(st, &ms)) != KMS_OK) {
 		kms_error("store: %s", kms_err_detail(err));
 		goto out;
 	}
-	if (read_pin(cfg, &pin, &pin_len) != 0)
-		goto out;
 	err = p11_open(&pc, pin, pin_len, &p11);
 	kms_secret_free(pin);
 	pin = NULL;
@@ -516,6 +542,16 @@ static int cmd_serve(const struct kms_config *cfg)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	/* As whoever started kmsd: the PIN, the TLS key and the socket. Connections wait in
+	 * the listen backlog until http_start. */
+	if (read_pin(cfg, &pin, &pin_len) != 0)
+		goto out;
+	if ((err = http_prepare(cfg, &http, &port)) != KMS_OK) {
+		kms_error("%s", kms_err_detail(err));
+		goto out;
+	}
+	if (drop_root(cfg) != 0)
+		goto out;
 	if ((err = store_open(cfg->store_path, &st)) != KMS_OK) {
 		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
 		goto out;
@@ -529,8 +565,6 @@ static int cmd_serve(const struct kms_config *cfg)
 		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
 		goto out;
 	}
-	if (read_pin(cfg, &pin, &pin_len) != 0)
-		goto out;
 	err = p11_open(&pc, pin, pin_len, &p11);
 	kms_secret_free(pin);
 	pin = NULL;
@@ -612,7 +646,7 @@ static int cmd_serve(const struct kms_config *cfg)
 	}
 	if (kms_clock_is_test())
 		kms_warn("KMSD_TEST_CLOCK_FILE is set: time is shifted by a test file. Never in production.");
-	if ((err = http_start(cfg, core, &http, &port)) != KMS_OK) {
+	if ((err = http_start(http, cfg, core)) != KMS_OK) {
 		kms_error("%s", kms_err_detail(err));
 		goto out;
 	}
@@ -622,6 +656,7 @@ static int cmd_serve(const struct kms_config *cfg)
 	}
 	kms_info("listening on %s://%s:%d (%u workers, node %s)", cfg->tls ? "https" : "http",
 		 cfg->listen_address, port, workers, cfg->node_id);
+	kms_proc_notify("READY=1\nSTATUS=serving");
 	for (;;) {
 		if (sigwait(&set, &sig) != 0)
 			continue;
@@ -632,6 +667,7 @@ static int cmd_serve(const struct kms_config *cfg)
 		break;
 	}
 	kms_info("signal %d: shutting down", sig);
+	kms_proc_notify("STOPPING=1");
 	rc = 0;
 out:
 	http_stop(http);
@@ -701,6 +737,8 @@ int main(int argc, char **argv)
 	err = kms_config_load(config, &cfg);
 	if (err == KMS_OK)
 		err = kms_config_validate(&cfg);
+	if (err == KMS_OK)
+		err = kms_proc_check(cfg.user);
 	if (err != KMS_OK) {
 		fprintf(stderr, "kmsd: %s\n", kms_err_detail(err));
 		return 1;

@@ -116,6 +116,12 @@ node_id = dev-1
 workers = $WORKERS
 log_level = $LOG_LEVEL
 EOF
+if [ "$(id -u)" -eq 0 ]; then
+	# kmsd refuses to run as root unless `user` says which account to become. A dev
+	# setup under ./var stays root's (in a container, root is often the only user);
+	# production uses an account of its own.
+	printf '%s\n' "# started as root: stay root (dev only; see user in kmsd.conf.sample)" "user = root" >>"$CONF.tmp"
+fi
 mv -f "$CONF.tmp" "$CONF"
 
 # -- init, once ----------------------------------------------------------------------------

@@ -23,11 +23,13 @@
 #include "kms/core/core.h"
 #include "kms/http/routes.h"
 
-/* TLS 1.2 and 1.3 only, AEAD ciphers with forward secrecy. */
+/* TLS 1.2 and 1.3 only, AEAD ciphers with forward secrecy, ECDHE only. -KX-ALL does
+ * not reach TLS 1.3, whose key exchange is chosen by group: without -GROUP-DH-ALL a
+ * TLS 1.3 client could still agree on finite-field DHE (ffdhe2048..8192; sslscan). */
 #define TLS_PRIORITIES                                                                          \
 	"SECURE128:+SECURE192:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:"    \
 	"+AES-128-GCM:+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:"     \
-	"-DHE-RSA:%SERVER_PRECEDENCE"
+	"-DHE-RSA:-GROUP-DH-ALL:%SERVER_PRECEDENCE"
 
 /* Largest oversize body that is read and discarded before answering 413. */
 #define DRAIN_MAX (8u << 20)
@@ -51,7 +53,9 @@ struct http_server {
 	struct core *core;
 	size_t max_body;
 	char *cert_pem, *key_pem;
-	size_t key_len;
+	size_t cert_len, key_len;
+	int listen_fd; /* until libmicrohttpd takes it; -1 after */
+	bool ipv6;
 	unsigned timeout;
 	pthread_mutex_t track_mu;
 	struct conn_track *tracked;
@@ -449,47 +453,94 @@ fail:
 	return NULL;
 }
 
-kms_err http_start(const struct kms_config *cfg, struct core *core, struct http_server **out, int *port_out)
+/* The listening socket, made here rather than by libmicrohttpd so that it can be bound
+ * before kmsd leaves root. SO_REUSEADDR only (restart past TIME_WAIT); not
+ * SO_REUSEPORT, which would let another process of the same account bind the port. */
+static kms_err listen_socket(const struct kms_config *cfg, int *fd_out)
+{
+	struct sockaddr_storage ss = {0};
+	socklen_t sl;
+	int fd, one = 1;
+
+	if (inet_pton(AF_INET, cfg->listen_address, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+		ss.ss_family = AF_INET;
+		((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)cfg->port);
+		sl = sizeof(struct sockaddr_in);
+	} else if (inet_pton(AF_INET6, cfg->listen_address, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+		ss.ss_family = AF_INET6;
+		((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)cfg->port);
+		sl = sizeof(struct sockaddr_in6);
+	} else {
+		return kms_errf(KMS_ERR_CONFIG, "listen_address \"%s\" is not an IP address", cfg->listen_address);
+	}
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return kms_errf(KMS_ERR_IO, "socket: %s", strerror(errno));
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+	    (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0) ||
+	    bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, SOMAXCONN) != 0) {
+		int e = errno;
+
+		close(fd);
+		return kms_errf(KMS_ERR_IO, "cannot listen on %s port %d: %s", cfg->listen_address, cfg->port,
+				strerror(e));
+	}
+	*fd_out = fd;
+	return KMS_OK;
+}
+
+kms_err http_prepare(const struct kms_config *cfg, struct http_server **out, int *port_out)
 {
 	struct http_server *s = calloc(1, sizeof(*s));
 	struct sockaddr_storage ss = {0};
-	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
-	unsigned workers = kms_config_workers(cfg);
-	const union MHD_DaemonInfo *di;
-	size_t cert_len = 0;
+	socklen_t sl = sizeof(ss);
 	kms_err rc;
 
 	if (s == NULL)
 		return kms_errf(KMS_ERR_NOMEM, "http");
-	s->core = core;
-	s->max_body = (size_t)cfg->max_body_bytes;
-	s->timeout = (unsigned)cfg->connection_timeout;
+	s->listen_fd = -1;
+	s->ipv6 = strchr(cfg->listen_address, ':') != NULL;
 	pthread_mutex_init(&s->track_mu, NULL);
 	pthread_cond_init(&s->sweep_cv, NULL);
-	if (inet_pton(AF_INET, cfg->listen_address, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
-		ss.ss_family = AF_INET;
-		((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)cfg->port);
-	} else if (inet_pton(AF_INET6, cfg->listen_address, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
-		ss.ss_family = AF_INET6;
-		((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)cfg->port);
-		flags |= MHD_USE_IPv6;
-	} else {
-		rc = kms_errf(KMS_ERR_CONFIG, "listen_address \"%s\" is not an IP address", cfg->listen_address);
-		goto fail;
-	}
 	if (cfg->tls) {
-		s->cert_pem = read_pem(cfg->tls_cert, &cert_len, 0);
+		s->cert_pem = read_pem(cfg->tls_cert, &s->cert_len, 0);
 		s->key_pem = read_pem(cfg->tls_key, &s->key_len, 1);
 		if (s->cert_pem == NULL || s->key_pem == NULL) {
 			rc = kms_errf(KMS_ERR_CONFIG, "cannot read tls_cert %s or tls_key %s", cfg->tls_cert, cfg->tls_key);
 			goto fail;
 		}
-		flags |= MHD_USE_TLS;
-	} else {
-		kms_warn("TLS is OFF: tokens and key material cross the network in the clear. Local debugging only.");
 	}
-	s->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, s,
-				MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+	if ((rc = listen_socket(cfg, &s->listen_fd)) != KMS_OK)
+		goto fail;
+	if (getsockname(s->listen_fd, (struct sockaddr *)&ss, &sl) != 0) {
+		rc = kms_errf(KMS_ERR_IO, "getsockname: %s", strerror(errno));
+		goto fail;
+	}
+	*port_out = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+						   : ((struct sockaddr_in *)&ss)->sin_port);
+	*out = s;
+	return KMS_OK;
+fail:
+	http_stop(s);
+	return rc;
+}
+
+kms_err http_start(struct http_server *s, const struct kms_config *cfg, struct core *core)
+{
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+	unsigned workers = kms_config_workers(cfg);
+
+	s->core = core;
+	s->max_body = (size_t)cfg->max_body_bytes;
+	s->timeout = (unsigned)cfg->connection_timeout;
+	if (s->ipv6)
+		flags |= MHD_USE_IPv6;
+	if (cfg->tls)
+		flags |= MHD_USE_TLS;
+	else
+		kms_warn("TLS is OFF: tokens and key material cross the network in the clear. Local debugging only.");
+	s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
+				MHD_OPTION_LISTEN_SOCKET, (MHD_socket)s->listen_fd,
 				MHD_OPTION_THREAD_POOL_SIZE, workers,
 				MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
 				MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->per_ip_connections,
@@ -498,28 +549,18 @@ kms_err http_start(const struct kms_config *cfg, struct core *core, struct http_
 				MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
 				MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
 				MHD_OPTION_UNESCAPE_CALLBACK, unescape_strict, s,
-				MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
 				cfg->tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, s->cert_pem,
 				MHD_OPTION_HTTPS_MEM_KEY, s->key_pem,
 				MHD_OPTION_HTTPS_PRIORITIES, TLS_PRIORITIES,
 				MHD_OPTION_END);
-	if (s->d == NULL) {
-		rc = kms_errf(KMS_ERR_IO, "cannot listen on %s port %d (in use, or TLS material invalid)",
-			      cfg->listen_address, cfg->port);
-		goto fail;
-	}
-	if (pthread_create(&s->sweeper, NULL, sweeper_main, s) != 0) {
-		rc = kms_errf(KMS_ERR_INTERNAL, "cannot start the request-deadline thread");
-		goto fail;
-	}
+	if (s->d == NULL)
+		return kms_errf(KMS_ERR_IO, "cannot serve on %s port %d (TLS material invalid?)",
+				cfg->listen_address, cfg->port);
+	s->listen_fd = -1; /* libmicrohttpd's now: it closes it in MHD_stop_daemon */
+	if (pthread_create(&s->sweeper, NULL, sweeper_main, s) != 0)
+		return kms_errf(KMS_ERR_INTERNAL, "cannot start the request-deadline thread");
 	s->sweeper_running = true;
-	di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
-	*port_out = di != NULL ? di->port : cfg->port;
-	*out = s;
 	return KMS_OK;
-fail:
-	http_stop(s);
-	return rc;
 }
 
 void http_stop(struct http_server *s)
@@ -535,6 +576,8 @@ void http_stop(struct http_server *s)
 	}
 	if (s->d != NULL)
 		MHD_stop_daemon(s->d);
+	if (s->listen_fd >= 0)
+		(void)close(s->listen_fd);
 	pthread_cond_destroy(&s->sweep_cv);
 	pthread_mutex_destroy(&s->track_mu);
 	free(s->cert_pem);

@@ -158,6 +158,10 @@ class Kmsd:
             ("connection_timeout", "30"),
             ("log_level", "info"),
         ]
+        # kmsd refuses to run as root unless told which account to be; the suite runs
+        # as root in CI and keeps it (test_hygiene.py covers the switch to another user)
+        if os.geteuid() == 0:
+            opts.append(("user", "root"))
         # a module's extra options replace these defaults (kmsd refuses a name twice)
         extra = dict(self.extra_opts)
         opts = [(k, extra.pop(k)) if k in extra else (k, v) for k, v in opts]

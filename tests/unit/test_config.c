@@ -25,7 +25,7 @@ static const char *const all_options[] = {
 	"scheduler_interval", "phi_retention_floor_days", "audit_checkpoint_records",
 	"audit_checkpoint_seconds", "policy_file", "max_encryptions_per_version",
 	"audit_segment_mb", "audit_segment_seconds", "audit_syslog", "rate_limit_rps",
-	"rate_limit_burst", "rate_limit_ops", "auth_fail_rps", "auth_fail_burst",
+	"rate_limit_burst", "rate_limit_ops", "auth_fail_rps", "auth_fail_burst", "user",
 };
 
 /* Parses text as "t.conf" and expects failure with exactly this detail. */
@@ -76,6 +76,7 @@ static void assert_cfg_equal(const struct kms_config *a, const struct kms_config
 	assert_int_equal(a->max_connections, b->max_connections);
 	assert_int_equal(a->per_ip_connections, b->per_ip_connections);
 	assert_string_equal(a->log_level, b->log_level);
+	assert_string_equal(a->user, b->user);
 }
 
 static void test_defaults(void **state)
@@ -105,6 +106,7 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg.max_connections, 1024);
 	assert_int_equal(cfg.per_ip_connections, 256);
 	assert_string_equal(cfg.log_level, "info");
+	assert_string_equal(cfg.user, "");
 
 	/* an empty file means all defaults */
 	memset(&cfg, 0, sizeof(cfg));
@@ -134,7 +136,8 @@ static void test_every_option(void **state)
 				   "connection_timeout = 3600\n"
 				   "max_connections = 65536\n"
 				   "per_ip_connections = 0\n"
-				   "log_level = debug\n";
+				   "log_level = debug\n"
+				   "user = kmsd\n";
 	struct kms_config cfg;
 
 	(void)state;
@@ -159,6 +162,7 @@ static void test_every_option(void **state)
 	assert_int_equal(cfg.max_connections, 65536);
 	assert_int_equal(cfg.per_ip_connections, 0);
 	assert_string_equal(cfg.log_level, "debug");
+	assert_string_equal(cfg.user, "kmsd");
 }
 
 static void test_syntax(void **state)
@@ -250,6 +254,16 @@ static void test_errors(void **state)
 	expect_error("store_path =\n", "t.conf:1: store_path: must not be empty");
 	expect_error("audit_path = \"\"\n", "t.conf:1: audit_path: must not be empty");
 	expect_error("pkcs11_module = \"\"\n", "t.conf:1: pkcs11_module: must not be empty");
+	/* user: a login name, never a number or something getpwnam could misread */
+	expect_error("user = 0\n", "t.conf:1: user: must be a login name: 1 to 32 characters from "
+				  "A-Z a-z 0-9 . _ -, not starting with a digit or '-'");
+	expect_error("user = -kmsd\n", "t.conf:1: user: must be a login name: 1 to 32 characters from "
+				      "A-Z a-z 0-9 . _ -, not starting with a digit or '-'");
+	expect_error("user = k m\n", "t.conf:1: user: must be a login name: 1 to 32 characters from "
+				     "A-Z a-z 0-9 . _ -, not starting with a digit or '-'");
+	expect_error("user = kmsd/x\n", "t.conf:1: user: must be a login name: 1 to 32 characters "
+				       "from A-Z a-z 0-9 . _ -, not starting with a digit or '-'");
+	expect_error("user = 0123456789abcdef0123456789abcdefX\n", "t.conf:1: user: longer than 32 bytes");
 }
 
 static void test_error_keeps_cfg(void **state)
