@@ -27,7 +27,8 @@
 #include "kms/base/json.h"
 #include "kms/base/log.h"
 
-#define AUDIT_TAIL_MAX 65536 /* how far back recovery looks for the last record */
+#define AUDIT_TAIL_FIRST 65536	   /* recovery reads this much of the tail first... */
+#define AUDIT_TAIL_MAX (64 << 20) /* ...and up to this much for a long last record */
 #define ROTATE_RETRY_SECONDS 60 /* after a rotation that could not start */
 
 struct audit {
@@ -41,7 +42,7 @@ struct audit {
 	ino_t ino;
 	uint64_t seg_first;	    /* seq of the current file's first record, 0 while empty */
 	uint64_t seg_bytes;	    /* its size */
-	struct timespec seg_start;  /* monotonic: when it was started (or opened) */
+	time_t seg_start;	    /* wall clock: the time of the current file's first record */
 	struct timespec rotate_try; /* monotonic: no rotation attempt before this */
 	uint64_t n_records, n_syncs, n_segments;
 	struct audit_syslog *slog; /* used by the leader only */
@@ -361,7 +362,7 @@ static bool rotation_due(struct audit *a, struct timespec now)
 	if (a->opt.segment_bytes > 0 && a->seg_bytes >= a->opt.segment_bytes)
 		return true;
 	return a->opt.segment_seconds > 0 &&
-	       !ts_before(now, ts_add(a->seg_start, a->opt.segment_seconds));
+	       time(NULL) - a->seg_start >= (time_t)a->opt.segment_seconds;
 }
 
 /* Rotates the current file (see audit.h "Segments"). Run by the leader after a sync,
@@ -383,11 +384,19 @@ static int rotate_file(struct audit *a, char *why, size_t cap)
 		kms_warn("audit: cannot create %s: %s; rotation postponed", next, strerror(errno));
 		return 1;
 	}
-	/* link, not rename: never overwrites an existing segment of the same name */
-	if (fstat(nfd, &st) != 0 || fsync_dir(a->dir) != 0 || link(a->path, seg) != 0) {
+	/* link, not rename: never overwrites an existing segment of the same name; the
+	 * link is made durable before the rename can replace the current name */
+	if (fstat(nfd, &st) != 0 || fsync_dir(a->dir) != 0 || link(a->path, seg) != 0 ||
+	    fsync_dir(a->dir) != 0) {
 		kms_warn("audit: cannot rotate %s to %s: %s; rotation postponed", a->path, seg,
 			 strerror(errno));
 		close(nfd);
+		if (access(seg, F_OK) == 0 && unlink(seg) != 0) {
+			snprintf(why, cap, "rotating %.100s: cannot undo the link %.100s: %s", a->path, seg,
+				 strerror(errno));
+			(void)unlink(next);
+			return -1;
+		}
 		(void)unlink(next);
 		return 1;
 	}
@@ -415,9 +424,8 @@ static int rotate_file(struct audit *a, char *why, size_t cap)
 	kms_info("audit: rotated segment %s (seq %llu to %llu, %llu bytes)", seg,
 		 (unsigned long long)a->seg_first, (unsigned long long)a->durable_seq,
 		 (unsigned long long)a->seg_bytes);
-	a->seg_first = 0;
+	a->seg_first = 0; /* the next record starts the new file's age */
 	a->seg_bytes = 0;
-	a->seg_start = mono_now();
 	return 0;
 }
 
@@ -453,8 +461,10 @@ static void commit_locked(struct audit *a, uint64_t target)
 			audit_syslog_send(a->slog, buf, len);
 		free(buf);
 		if (ok) {
-			if (a->seg_first == 0)
+			if (a->seg_first == 0) {
 				a->seg_first = first;
+				a->seg_start = time(NULL);
+			}
 			a->seg_bytes += len;
 			if (rotation_due(a, mono_now()))
 				rot = rotate_file(a, why, sizeof(why));
@@ -613,17 +623,30 @@ static kms_err audit_recover(struct audit *a, int fd, const char *path, bool may
 	size = st.st_size;
 	if (size == 0)
 		return KMS_OK;
-	start = size > AUDIT_TAIL_MAX ? size - AUDIT_TAIL_MAX : 0;
-	buf = malloc((size_t)(size - start) + 1);
-	if (buf == NULL)
-		return kms_errf(KMS_ERR_NOMEM, "audit recover");
-	n = pread(fd, buf, (size_t)(size - start), start);
-	if (n != size - start) {
-		rc = kms_errf(KMS_ERR_IO, "audit: read %s failed", path);
-		goto out;
+	/* Read enough of the tail to hold the last complete line whole: start with
+	 * AUDIT_TAIL_FIRST and widen (a batch record can be large) up to AUDIT_TAIL_MAX. */
+	for (off_t win = AUDIT_TAIL_FIRST;; win *= 4) {
+		char *prev_nl;
+
+		if (win > AUDIT_TAIL_MAX)
+			win = AUDIT_TAIL_MAX;
+		start = size > win ? size - win : 0;
+		free(buf);
+		buf = malloc((size_t)(size - start) + 1);
+		if (buf == NULL)
+			return kms_errf(KMS_ERR_NOMEM, "audit recover");
+		n = pread(fd, buf, (size_t)(size - start), start);
+		if (n != size - start) {
+			rc = kms_errf(KMS_ERR_IO, "audit: read %s failed", path);
+			goto out;
+		}
+		buf[n] = '\0';
+		nl = memrchr(buf, '\n', (size_t)n);
+		prev_nl = nl ? memrchr(buf, '\n', (size_t)(nl - buf)) : NULL;
+		/* enough: the whole file, or a last line with the newline before it */
+		if (start == 0 || prev_nl != NULL || win == AUDIT_TAIL_MAX)
+			break;
 	}
-	buf[n] = '\0';
-	nl = memrchr(buf, '\n', (size_t)n);
 	if (buf[n - 1] != '\n') {
 		if (nl == NULL && start > 0) {
 			rc = kms_errf(KMS_ERR_IO,
@@ -724,6 +747,25 @@ static uint64_t first_seq_of(int fd)
 	return errno != 0 || *end != ',' ? 0 : (uint64_t)v;
 }
 
+/* The time of fd's first record (its "time" member, UTC), or now if it cannot be read:
+ * a segment's age for rotation counts from its first record, across restarts. */
+static time_t first_time_of(int fd)
+{
+	static const char key[] = "\"time\":\"";
+	char buf[512], *p;
+	ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+	struct tm tm;
+
+	if (n <= 0)
+		return time(NULL);
+	buf[n] = '\0';
+	p = strstr(buf, key);
+	memset(&tm, 0, sizeof(tm));
+	if (p == NULL || strptime(p + sizeof(key) - 1, "%Y-%m-%dT%H:%M:%S", &tm) == NULL)
+		return time(NULL);
+	return timegm(&tm);
+}
+
 /* The newest rotated segment of the log at a->path, by the seq in its name: 1 and its
  * path in out, 0 if there is none, -1 if the directory cannot be read. */
 static int newest_segment(const struct audit *a, char *out, size_t cap)
@@ -778,7 +820,15 @@ static kms_err settle_rotation(struct audit *a)
 	snprintf(next, sizeof(next), "%s.next", a->path);
 	if (stat(next, &ns) != 0)
 		return KMS_OK;
-	if (stat(a->path, &ps) == 0) {
+	/* Rotation keeps the current name in place until the rename that completes it,
+	 * so a crash never leaves .next without the current file: that is a deletion. */
+	if (stat(a->path, &ps) != 0)
+		return kms_errf(KMS_ERR_IO,
+				"audit: %s is missing and %s exists: the current segment was "
+				"deleted or moved, not left by a rotation. Restore it; or, to go "
+				"on knowingly, remove %s and create an empty %s",
+				a->path, next, next, a->path);
+	{
 		fd = open(a->path, O_RDONLY | O_CLOEXEC);
 		if (fd >= 0) {
 			first = first_seq_of(fd);
@@ -795,7 +845,7 @@ static kms_err settle_rotation(struct audit *a)
 						       : kms_errf(KMS_ERR_IO, "audit: sync %s", a->dir);
 		}
 	}
-	/* the segment is linked (or the path is gone): complete the rotation */
+	/* the segment is linked: complete the rotation */
 	kms_warn("audit: completing a rotation interrupted after the segment was written");
 	if (rename(next, a->path) != 0 || fsync_dir(a->dir) != 0)
 		return kms_errf(KMS_ERR_IO, "audit: cannot complete the rotation of %s: %s", a->path,
@@ -831,7 +881,7 @@ kms_err audit_open_opts(const char *path, const char *node_id, const struct audi
 	else
 		audit_options_init(&a->opt);
 	snprintf(a->node, sizeof(a->node), "%s", node_id);
-	a->last_ckpt = a->seg_start = mono_now();
+	a->last_ckpt = mono_now();
 	a->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
 	a->md = EVP_MD_CTX_new();
 	if (a->sha256 == NULL || a->md == NULL) {
@@ -920,6 +970,7 @@ kms_err audit_open_opts(const char *path, const char *node_id, const struct audi
 		a->seg_first = first_seq_of(a->fd);
 		if (a->seg_first == 0)
 			a->seg_first = a->seq; /* names the segment; the records say the rest */
+		a->seg_start = first_time_of(a->fd);
 	}
 	if (fstat(a->fd, &st) != 0) {
 		rc = kms_errf(KMS_ERR_IO, "audit: stat %s: %s", path, strerror(errno));

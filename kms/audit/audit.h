@@ -31,7 +31,7 @@
  * an operator's: fix the cause and restart kmsd (start-up recovery below).
  *
  * Segments: when the current file reaches segment_bytes, or segment_seconds passed
- * since it was started, the group-commit leader rotates it after a successful sync:
+ * since its first record was written, the group-commit leader rotates it after a successful sync:
  * the file is renamed to the segment name (audit_segment_name: "<path minus .log>-<seq
  * of its first record, 20 digits>.log") and a new, empty file takes the path. The chain
  * simply continues: the first record of the new file has the next seq and the last

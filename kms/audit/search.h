@@ -34,7 +34,7 @@
 #include "kms/audit/audit.h"
 #include "kms/base/err.h"
 
-#define AUDIT_SEARCH_LINE_MAX (1u << 20)
+#define AUDIT_SEARCH_LINE_MAX (8u << 20) /* above the writer's largest record (ops_audit.c) */
 /* An HMAC'd value as kmsd writes it: AUDIT_HMAC_PREFIX and 64 lower-case hex digits. */
 #define AUDIT_HMAC_LEN (sizeof(AUDIT_HMAC_PREFIX) - 1 + 64)
 

@@ -149,11 +149,21 @@ static int record_time(const char *line, size_t len, const char **t)
 	return (int)(q - p);
 }
 
+/* From the record's own outcome: the first "outcome" member, which comes before any
+ * batch item's (audit.c writes the standard members first). */
 static int severity(const char *line, size_t len)
 {
-	if (memmem(line, len, "\"outcome\":\"deny\"", 16) != NULL)
+	static const char key[] = "\"outcome\":\"";
+	const char *p = memmem(line, len, key, sizeof(key) - 1);
+	size_t rest;
+
+	if (p == NULL)
+		return 6;
+	p += sizeof(key) - 1;
+	rest = len - (size_t)(p - line);
+	if (rest >= 5 && memcmp(p, "deny\"", 5) == 0)
 		return 5;
-	if (memmem(line, len, "\"outcome\":\"error\"", 17) != NULL)
+	if (rest >= 6 && memcmp(p, "error\"", 6) == 0)
 		return 4;
 	return 6;
 }

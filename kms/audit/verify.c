@@ -227,10 +227,16 @@ static bool check_checkpoint(struct vstate *s, const struct reader *r, const str
 		return false;
 	}
 	sl = &s->ring[cov % AUDIT_VERIFY_WINDOW];
+	if (x->seq - cov > AUDIT_VERIFY_WINDOW - 1) {
+		fail(s, AUDIT_V_CHECKPOINT, x->seq, r,
+		     "bad checkpoint: covers seq %llu, more than %d records back",
+		     (unsigned long long)cov, AUDIT_VERIFY_WINDOW - 1);
+		return false;
+	}
 	if (cov < s->first_seq) {
 		/* partial: the covered record is in a segment not given; the signature
 		 * still proves the checkpoint, and the chain links the rest to it */
-	} else if (x->seq - cov > AUDIT_VERIFY_WINDOW - 1 || sl->seq != cov) {
+	} else if (sl->seq != cov) {
 		fail(s, AUDIT_V_CHECKPOINT, x->seq, r,
 		     "bad checkpoint: covers seq %llu, more than %d records back",
 		     (unsigned long long)cov, AUDIT_VERIFY_WINDOW - 1);
@@ -258,7 +264,7 @@ static bool check_checkpoint(struct vstate *s, const struct reader *r, const str
 		return false;
 	}
 	s->res->last_signed_seq = cov;
-	s->signed_plain = sl->plain;
+	s->signed_plain = cov < s->first_seq ? 0 : sl->plain; /* none of the given records */
 	s->res->checkpoints++;
 	return true;
 }

@@ -1,5 +1,7 @@
 #include "kms/core/core_int.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <stdio.h>
@@ -648,6 +650,23 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* The failed-authentication bucket's name for a source: the address, or for IPv6 its
+ * /64 (one host usually holds a whole /64, and could otherwise rotate through it). */
+static void source_name(const char *addr, char *out, size_t cap)
+{
+	struct in6_addr a6;
+
+	if (strchr(addr, ':') != NULL && inet_pton(AF_INET6, addr, &a6) == 1 &&
+	    !IN6_IS_ADDR_V4MAPPED(&a6)) {
+		memset(a6.s6_addr + 8, 0, 8);
+		if (inet_ntop(AF_INET6, &a6, out, (socklen_t)cap) != NULL) {
+			strncat(out, "/64", cap - strlen(out) - 1);
+			return;
+		}
+	}
+	snprintf(out, cap, "%s", addr);
+}
+
 /* The principal's buckets: all its calls, and this operation's. Returns the seconds to
  * wait, 0 when the call may go on. */
 static unsigned principal_limited(struct core *c, const char *who, enum kms_op op)
@@ -1115,6 +1134,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	char sname[256] = "", detail[256] = "";
 	struct audit_record ar = {0};
 	json_t *extra = NULL;
+	char src[INET6_ADDRSTRLEN + 8] = "";
 	const char *outcome;
 	kms_err rc, arc, rc2;
 	int status;
@@ -1141,8 +1161,10 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 
 	/* A source that keeps failing to authenticate is refused before its token is
 	 * looked at (no oracle for guessing); only failures take from its bucket. */
+	if (c->rl_source != NULL && call->remote_addr != NULL)
+		source_name(call->remote_addr, src, sizeof(src));
 	if (c->rl_source != NULL && call->remote_addr != NULL &&
-	    (res->retry_after = ratelimit_peek(c->rl_source, call->remote_addr, c->opt.auth_fail_rps,
+	    (res->retry_after = ratelimit_peek(c->rl_source, src, c->opt.auth_fail_rps,
 					       c->opt.auth_fail_burst, mono_ms())) > 0) {
 		rc = kms_errf(KMS_ERR_RATE_LIMITED,
 			      "too many failed authentications from this address; retry after %u s",
@@ -1152,8 +1174,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		if (rc != KMS_OK && x.who.name[0] == '\0' && c->rl_source != NULL &&
 		    call->remote_addr != NULL &&
 		    (rc == KMS_ERR_UNAUTHENTICATED || rc == KMS_ERR_DENIED))
-			(void)ratelimit_take(c->rl_source, call->remote_addr, c->opt.auth_fail_rps,
-					     c->opt.auth_fail_burst, mono_ms());
+			(void)ratelimit_take(c->rl_source, src, c->opt.auth_fail_rps, c->opt.auth_fail_burst,
+					     mono_ms());
 		if (rc == KMS_OK && (res->retry_after = principal_limited(c, x.who.name, call->op)) > 0)
 			rc = kms_errf(KMS_ERR_RATE_LIMITED, "rate limit exceeded; retry after %u s",
 				      res->retry_after);
@@ -1226,6 +1248,15 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 			rc = op_table[call->op](c, &x);
 	}
 
+	/* What the answer says about each batch item goes into the record; if that cannot
+	 * be written down (memory), no result leaves and the refusal is what is recorded. */
+	if (extra != NULL && (rc2 = core_audit_results(call->op, call->body, x.data, extra)) != KMS_OK) {
+		json_decref(x.data);
+		x.data = NULL;
+		x.status = 0;
+		rc = kms_errf(rc2, "audit record incomplete: operation refused");
+	}
+
 	/* The detail as the operation left it: audit_append may set its own (a checkpoint
 	 * whose signature fails), which must not reach this request's answer. */
 	snprintf(detail, sizeof(detail), "%s", kms_err_detail(rc == KMS_OK ? KMS_ERR_INVALID : rc));
@@ -1250,14 +1281,6 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	ar.outcome = outcome;
 	ar.status = status;
 	ar.reason = rc == KMS_OK ? d.reason : (rc == KMS_ERR_DENIED && x.who.name[0] && x.reason[0]) ? x.reason : detail;
-	if (extra != NULL && (rc2 = core_audit_results(call->op, call->body, x.data, extra)) != KMS_OK) {
-		/* the record would say less than it should: fail closed */
-		json_decref(x.data);
-		x.data = NULL;
-		res->status = 503;
-		res->body = error_body(res->request_id, "audit record incomplete: operation refused");
-		goto out;
-	}
 	ar.extra = extra;
 
 	/* Fail closed: nothing leaves before its record is durable. */

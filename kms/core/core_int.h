@@ -147,6 +147,7 @@ KMS_WUR kms_err op_token_revoke(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_token_lookup_self(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_token_lookup_accessor(struct core *c, struct op_ctx *x);
 #define CORE_TOKEN_TOUCH_SECONDS 60
+#define CORE_BATCH_MAX 1000 /* items in one batch_input */
 KMS_WUR kms_err op_key_create(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_key_read(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_key_list(struct core *c, struct op_ctx *x);

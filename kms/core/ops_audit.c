@@ -10,6 +10,7 @@
 #include "kms/audit/audit.h"
 #include "kms/base/b64.h"
 #include "kms/base/json.h"
+#include "kms/core/ciphertext.h"
 #include "kms/core/core_int.h"
 
 #define HASH_TEXT_LEN (sizeof(AUDIT_HMAC_PREFIX) - 1 + 2 * P11_HMAC_LEN)
@@ -28,33 +29,72 @@ static kms_err hmac_text(struct core *c, const void *data, size_t len, char out[
 	return KMS_OK;
 }
 
+/* One request's hashing: values already hashed in this request are not sent to the
+ * token again (batches often repeat a context), and the hashes written are counted
+ * against AUDIT_EXTRA_MAX so that one request cannot make an oversized record. */
+#define AUDIT_EXTRA_MAX (4u << 20) /* bytes of hashed members in one record */
+#define INVALID_TEXT "invalid"	   /* in place of a value the call refuses anyway */
+
+struct hasher {
+	struct core *c;
+	json_t *memo; /* value -> hash text, for values without NUL bytes */
+	size_t used;  /* bytes of record the hashes and keys take so far */
+};
+
 /* A string is hashed as its UTF-8 bytes; anything else (which the operation refuses
- * anyway) as its compact JSON text, so that the record still says what was sent. */
-static kms_err hash_value(struct core *c, const json_t *v, json_t **out)
+ * anyway) as its compact JSON text, so that the record still says what was sent. A
+ * value over CT_CTX_MAX_LEN bytes (refused as well) is recorded as "invalid". */
+static kms_err hash_value(struct hasher *hs, const json_t *v, json_t **out)
 {
 	char h[HASH_TEXT_LEN + 1];
+	const char *in;
 	char *text = NULL;
+	size_t len;
+	json_t *m;
 	kms_err rc;
 
 	*out = NULL;
 	if (json_is_string(v)) {
-		rc = hmac_text(c, json_string_value(v), json_string_length(v), h);
+		in = json_string_value(v);
+		len = json_string_length(v);
 	} else {
 		text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS);
 		if (text == NULL)
 			return kms_errf(KMS_ERR_NOMEM, "audit context");
-		rc = hmac_text(c, text, strlen(text), h);
-		kms_json_free_str(text, 0); /* jansson allocated it through our allocator */
+		in = text;
+		len = strlen(text);
 	}
+	if (len > CT_CTX_MAX_LEN) {
+		*out = json_string(INVALID_TEXT);
+		rc = *out ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "audit context");
+		goto out;
+	}
+	if (strlen(in) == len && (m = json_object_get(hs->memo, in)) != NULL) {
+		*out = json_incref(m);
+		rc = KMS_OK;
+		goto out;
+	}
+	rc = hmac_text(hs->c, in, len, h);
 	if (rc != KMS_OK)
-		return rc;
+		goto out;
 	*out = json_string(h);
-	return *out ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "audit context");
+	if (*out == NULL) {
+		rc = kms_errf(KMS_ERR_NOMEM, "audit context");
+		goto out;
+	}
+	if (strlen(in) == len)
+		(void)json_object_set(hs->memo, in, *out);
+	rc = KMS_OK;
+out:
+	if (text != NULL)
+		kms_json_free_str(text, 0); /* jansson allocated it through our allocator */
+	return rc;
 }
 
-/* Sets "encryption_context" (an object of hashed values, or null) and
- * "associated_data" (a hash, or null) of one item on dst. */
-static kms_err hash_item(struct core *c, const json_t *item, json_t *dst)
+/* Sets "encryption_context" (an object of hashed values, "invalid" for one the call
+ * refuses by its size, or null) and "associated_data" (a hash, or null) of one item
+ * on dst. */
+static kms_err hash_item(struct hasher *hs, const json_t *item, json_t *dst)
 {
 	const json_t *ctx = json_is_object(item) ? json_object_get(item, "encryption_context") : NULL;
 	const json_t *ad = json_is_object(item) ? json_object_get(item, "associated_data") : NULL;
@@ -64,29 +104,37 @@ static kms_err hash_item(struct core *c, const json_t *item, json_t *dst)
 	kms_err rc;
 
 	if (ctx != NULL && !json_is_null(ctx)) {
-		if (json_is_object(ctx)) {
+		if (json_is_object(ctx) && json_object_size(ctx) > CT_CTX_MAX_PAIRS) {
+			hc = json_string(INVALID_TEXT);
+			if (hc == NULL)
+				return kms_errf(KMS_ERR_NOMEM, "audit context");
+		} else if (json_is_object(ctx)) {
 			hc = json_object();
 			if (hc == NULL)
 				return kms_errf(KMS_ERR_NOMEM, "audit context");
 			json_object_foreach((json_t *)ctx, k, v) {
-				if ((rc = hash_value(c, v, &hv)) != KMS_OK) {
+				const char *key = strlen(k) > CT_CTX_MAX_LEN ? INVALID_TEXT : k;
+
+				if ((rc = hash_value(hs, v, &hv)) != KMS_OK) {
 					json_decref(hc);
 					return rc;
 				}
-				if (json_object_set_new(hc, k, hv) != 0) {
+				hs->used += strlen(key) + HASH_TEXT_LEN + 6;
+				if (json_object_set_new(hc, key, hv) != 0) {
 					json_decref(hc);
 					return kms_errf(KMS_ERR_NOMEM, "audit context");
 				}
 			}
-		} else if ((rc = hash_value(c, ctx, &hc)) != KMS_OK) {
+		} else if ((rc = hash_value(hs, ctx, &hc)) != KMS_OK) {
 			return rc;
 		}
 	}
 	if (json_object_set_new(dst, "encryption_context", hc ? hc : json_null()) != 0)
 		return kms_errf(KMS_ERR_NOMEM, "audit context");
 	hv = NULL;
-	if (ad != NULL && !json_is_null(ad) && (rc = hash_value(c, ad, &hv)) != KMS_OK)
+	if (ad != NULL && !json_is_null(ad) && (rc = hash_value(hs, ad, &hv)) != KMS_OK)
 		return rc;
+	hs->used += HASH_TEXT_LEN + 64;
 	if (json_object_set_new(dst, "associated_data", hv ? hv : json_null()) != 0)
 		return kms_errf(KMS_ERR_NOMEM, "audit context");
 	return KMS_OK;
@@ -95,35 +143,58 @@ static kms_err hash_item(struct core *c, const json_t *item, json_t *dst)
 kms_err core_audit_hashes(struct core *c, const json_t *body, json_t **extra)
 {
 	const json_t *batch = json_is_object(body) ? json_object_get(body, "batch_input") : NULL;
+	struct hasher hs = {.c = c};
 	json_t *e, *items = NULL, *it;
-	size_t i;
+	size_t i, n;
 	kms_err rc;
 
 	*extra = NULL;
 	e = json_object();
-	if (e == NULL)
+	hs.memo = json_object();
+	if (e == NULL || hs.memo == NULL) {
+		json_decref(e);
+		json_decref(hs.memo);
 		return kms_errf(KMS_ERR_NOMEM, "audit context");
+	}
 	if (json_is_array(batch)) {
+		n = json_array_size(batch);
 		rc = json_object_set_new(e, "encryption_context", json_null()) == 0 &&
-				     json_object_set_new(e, "associated_data", json_null()) == 0 &&
-				     (items = json_array()) != NULL
+				     json_object_set_new(e, "associated_data", json_null()) == 0
 			     ? KMS_OK
 			     : kms_errf(KMS_ERR_NOMEM, "audit context");
-		for (i = 0; rc == KMS_OK && i < json_array_size(batch); i++) {
+		/* a batch the call refuses by its size is not hashed item by item */
+		if (rc == KMS_OK && (n == 0 || n > CORE_BATCH_MAX)) {
+			if (json_object_set_new(e, "items", json_null()) != 0)
+				rc = kms_errf(KMS_ERR_NOMEM, "audit context");
+			goto done;
+		}
+		if (rc == KMS_OK && (items = json_array()) == NULL)
+			rc = kms_errf(KMS_ERR_NOMEM, "audit context");
+		for (i = 0; rc == KMS_OK && i < n && hs.used <= AUDIT_EXTRA_MAX; i++) {
 			it = json_object();
 			if (it == NULL || json_array_append_new(items, it) != 0) {
 				rc = kms_errf(KMS_ERR_NOMEM, "audit context");
 				break;
 			}
-			rc = hash_item(c, json_array_get(batch, i), it);
+			rc = hash_item(&hs, json_array_get(batch, i), it);
 		}
-		if (rc == KMS_OK && json_object_set_new(e, "items", items) != 0)
-			rc = kms_errf(KMS_ERR_NOMEM, "audit context");
-		else if (rc != KMS_OK)
+		if (rc == KMS_OK && hs.used > AUDIT_EXTRA_MAX) {
+			/* too much to record item by item: say so rather than write it */
 			json_decref(items);
+			items = NULL;
+			if (json_object_set_new(e, "items", json_null()) != 0 ||
+			    json_object_set_new(e, "items_omitted", json_string("over the audit record size limit")) != 0)
+				rc = kms_errf(KMS_ERR_NOMEM, "audit context");
+		} else if (rc == KMS_OK && json_object_set_new(e, "items", items) != 0) {
+			rc = kms_errf(KMS_ERR_NOMEM, "audit context");
+		} else if (rc != KMS_OK) {
+			json_decref(items);
+		}
 	} else {
-		rc = hash_item(c, body, e);
+		rc = hash_item(&hs, body, e);
 	}
+done:
+	json_decref(hs.memo);
 	if (rc != KMS_OK) {
 		json_decref(e);
 		return rc;

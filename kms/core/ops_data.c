@@ -10,7 +10,6 @@
 #include "kms/core/ciphertext.h"
 #include "kms/core/core_int.h"
 
-#define BATCH_MAX 1000
 
 struct item_in {
 	const uint8_t *ad;
@@ -411,8 +410,8 @@ static kms_err run(struct core *c, struct op_ctx *x, item_fn fn)
 		rc = fn(c, x, &k, body, &x->data);
 		goto out;
 	}
-	if (!json_is_array(batch) || json_array_size(batch) == 0 || json_array_size(batch) > BATCH_MAX) {
-		rc = kms_errf(KMS_ERR_INVALID, "batch_input must be an array of 1 to %d items", BATCH_MAX);
+	if (!json_is_array(batch) || json_array_size(batch) == 0 || json_array_size(batch) > CORE_BATCH_MAX) {
+		rc = kms_errf(KMS_ERR_INVALID, "batch_input must be an array of 1 to %d items", CORE_BATCH_MAX);
 		goto out;
 	}
 	{

@@ -128,8 +128,19 @@ static unsigned bucket_op(struct ratelimit *rl, const char *name, double rate, d
 		if (strncmp(b->name, name, len) == 0 && b->name[len] == '\0')
 			break;
 	if (b == NULL && !take) {
+		/* no bucket: a full one, unless the table is full of busy names, in which
+		 * case a name it cannot track is limited (as ratelimit_take would) */
 		pthread_mutex_unlock(&rl->mu[s]);
-		return 0; /* no bucket: a full one */
+		pthread_mutex_lock(&rl->count_mu);
+		full = rl->n >= rl->max;
+		pthread_mutex_unlock(&rl->count_mu);
+		if (!full)
+			return 0;
+		sweep(rl, now_ms);
+		pthread_mutex_lock(&rl->count_mu);
+		full = rl->n >= rl->max;
+		pthread_mutex_unlock(&rl->count_mu);
+		return full ? wait_s(1, rate) : 0;
 	}
 	if (b == NULL) {
 		pthread_mutex_lock(&rl->count_mu);

@@ -224,3 +224,41 @@ def test_metrics_bad_format_and_privilege(kmsd, env):
     assert r.status_code == 400, r.text
     r = kmsd.get("/v1/sys/metrics", token=env.token, params={"format": "prometheus"})
     assert r.status_code == 403, r.text
+
+
+def test_refused_batches_make_small_records(kmsd, env):
+    """A batch the call refuses by its size is not hashed item by item, and a context
+    over the limits is recorded as "invalid": one small request cannot make a huge
+    record or many token calls."""
+    body = {"batch_input": [{} for _ in range(1500)]}
+    r = kmsd.encrypt(env.token, env.tenant, env.key, headers={"X-Request-Id": "big-batch-1"},
+                     **body)
+    assert r.status_code == 400, r.text
+    rec = by_rid(kmsd, "big-batch-1")
+    assert rec["items"] is None
+    many = {"k%d" % i: "v" for i in range(65)}
+    r = kmsd.datakey(env.token, env.tenant, env.key, encryption_context=many,
+                     headers={"X-Request-Id": "many-pairs-1"})
+    assert r.status_code == 400, r.text
+    assert by_rid(kmsd, "many-pairs-1")["encryption_context"] == "invalid"
+    r = kmsd.datakey(env.token, env.tenant, env.key, encryption_context={"p": "x" * 2000},
+                     headers={"X-Request-Id": "long-value-1"})
+    assert r.status_code == 400, r.text
+    assert by_rid(kmsd, "long-value-1")["encryption_context"] == {"p": "invalid"}
+    with open(kmsd.audit_path, "rb") as f:
+        longest = max(len(l) for l in f)
+    assert longest < 200000, longest
+
+
+def test_repeated_contexts_hashed_once_per_request(kmsd, env):
+    """A batch of 500 items (as many as the 64 KiB body allows) with the same context:
+    every item's record carries the hash (computed once per distinct value)."""
+    items = [{"plaintext": b64("x"), "encryption_context": {"purpose": "treatment"}}
+             for _ in range(500)]
+    r = kmsd.encrypt(env.token, env.tenant, env.key, batch_input=items,
+                     headers={"X-Request-Id": "same-ctx-1"})
+    assert r.status_code == 200, r.text
+    rec = by_rid(kmsd, "same-ctx-1")
+    want = audit_hash(kmsd, "treatment")
+    assert len(rec["items"]) == 500
+    assert all(i["encryption_context"] == {"purpose": want} for i in rec["items"])

@@ -415,11 +415,11 @@ def test_torn_and_overlong_lines_and_overlap(segs, tmp_path):
     r = run("--format", "json", "audit", "search", segs["cur"], want=1)
     assert [json.loads(ln)["seq"] for ln in r.stdout.splitlines()] == [9]
     assert "audit.log:2: malformed line skipped" in r.stderr and "no newline" in r.stderr
-    big = "{" + "x" * (1 << 20) + "}"
+    big = "{" + "x" * (8 << 20) + "}"
     write(segs["cur"], [rec(9), big, rec(10)])
     r = run("--format", "json", "audit", "search", segs["cur"], want=1)
     assert [json.loads(ln)["seq"] for ln in r.stdout.splitlines()] == [9, 10]
-    assert "audit.log:2: malformed line skipped: longer than 1048576 bytes" in r.stderr
+    assert "audit.log:2: malformed line skipped: longer than 8388608 bytes" in r.stderr
     # a copy of a segment under another name: records counted twice, said so
     other = tmp_path / "copy"
     other.mkdir()

@@ -961,6 +961,69 @@ static void test_syslog_targets(void **state)
 	audit_syslog_close(s);
 }
 
+/* A last record far over the first 64 KiB recovery reads (a large batch record) is
+ * found by widening the window, whole or torn after it. */
+static void test_long_last_record_recovered(void **state)
+{
+	struct audit_record r = rec;
+	struct audit *a;
+	size_t big = 300000;
+	char *reason = malloc(big + 1);
+	FILE *f;
+	(void)state;
+
+	assert_non_null(reason);
+	memset(reason, 'r', big);
+	reason[big] = '\0';
+	r.reason = reason;
+	assert_int_equal(audit_open(path, "n", &a), KMS_OK);
+	assert_int_equal(audit_append(a, &rec), KMS_OK);
+	assert_int_equal(audit_append(a, &r), KMS_OK);
+	audit_close(a);
+	assert_int_equal(audit_open(path, "n", &a), KMS_OK); /* the big record is the last */
+	assert_int_equal(audit_seq(a), 2);
+	assert_int_equal(audit_append(a, &r), KMS_OK);
+	audit_close(a);
+	f = fopen(path, "a"); /* a torn copy of it after: cut, and the chain goes on */
+	assert_non_null(f);
+	fwrite("{\"seq\":4,", 1, 9, f);
+	fwrite(reason, 1, 100000, f);
+	fclose(f);
+	assert_int_equal(audit_open(path, "n", &a), KMS_OK);
+	assert_int_equal(audit_seq(a), 4); /* 3, then the recovery record */
+	audit_close(a);
+	{
+		/* four lines, the last the recovery record (check_lines reads short lines only) */
+		FILE *g = fopen(path, "r");
+		size_t lines = 0, len = 0;
+		char *all, *last;
+		json_t *j;
+		long sz;
+
+		assert_non_null(g);
+		fseek(g, 0, SEEK_END);
+		sz = ftell(g);
+		rewind(g);
+		all = malloc((size_t)sz + 1);
+		assert_non_null(all);
+		len = fread(all, 1, (size_t)sz, g);
+		fclose(g);
+		all[len] = '\0';
+		for (size_t i = 0; i < len; i++)
+			lines += all[i] == '\n';
+		assert_int_equal(lines, 4);
+		all[len - 1] = '\0';
+		last = strrchr(all, '\n') + 1;
+		j = json_loads(last, 0, NULL);
+		assert_non_null(j);
+		assert_int_equal(json_integer_value(json_object_get(j, "seq")), 4);
+		assert_string_equal(json_string_value(json_object_get(j, "operation")), AUDIT_OP_RECOVERED);
+		json_decref(j);
+		free(all);
+	}
+	free(reason);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -985,6 +1048,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_deleted_or_replaced_file, setup, teardown_all),
 		cmocka_unit_test_setup_teardown(test_extra_members, setup, teardown_all),
 		cmocka_unit_test(test_syslog_targets),
+		cmocka_unit_test_setup_teardown(test_long_last_record_recovered, setup, teardown_all),
 	};
 	kms_json_init();
 	return cmocka_run_group_tests_name("audit", tests, NULL, NULL);

@@ -71,8 +71,10 @@ static void test_bounded_table(void **state)
 		assert_int_equal(ratelimit_take(rl, name, 1, 3, 0), 0);
 	}
 	assert_int_equal(ratelimit_size(rl), 4);
-	/* full of busy names: a new one is limited rather than let through unlimited */
+	/* full of busy names: a new one is limited rather than let through unlimited,
+	 * whether it is taken from or only looked at */
 	assert_int_not_equal(ratelimit_take(rl, "10.0.0.99", 1, 3, 500), 0);
+	assert_int_not_equal(ratelimit_peek(rl, "10.0.0.98", 1, 3, 500), 0);
 	assert_int_equal(ratelimit_size(rl), 4);
 	/* once they refilled (3 s at 1/s), they are swept and the new name gets a bucket */
 	assert_int_equal(ratelimit_take(rl, "10.0.0.99", 1, 3, 3000), 0);
