@@ -130,6 +130,7 @@ kms_err op_key_trim(struct core *c, struct op_ctx *x)
 	struct keyref kr;
 	long long minav, days, min_days = (x->tenant.min_destroy_wait + DAY - 1) / DAY;
 	size_t nv = 0, todo = 0;
+	json_t *scheduled = json_array();
 	bool locked = false;
 	int64_t when;
 	kms_err rc;
@@ -193,22 +194,48 @@ kms_err op_key_trim(struct core *c, struct op_ctx *x)
 		}
 		todo++;
 	}
-	for (size_t i = 0; i < nv && vs[i].version < (uint32_t)minav && todo > 0; i++) {
-		if (strcmp(vs[i].state, STORE_STATE_ENABLED) != 0 && strcmp(vs[i].state, STORE_STATE_DISABLED) != 0)
-			continue;
-		ev.version = vs[i].version;
-		rc = store_version_transition(c->st, k.id, vs[i].version, vs[i].state, STORE_STATE_PENDING, when, &ev);
-		if (rc != KMS_OK) /* changed meanwhile by another call: say so; those before stay scheduled */
+	if (todo > 0) {
+		/* all of them in one transaction: a version changed meanwhile by another call
+		 * refuses the whole trim, nothing half-scheduled */
+		uint32_t *vers = calloc(todo, sizeof(*vers));
+		const char **from = calloc(todo, sizeof(*from));
+		size_t m = 0;
+
+		if (vers == NULL || from == NULL) {
+			free(vers);
+			free((void *)from);
+			rc = kms_errf(KMS_ERR_NOMEM, "trim");
 			goto out;
-		core_version_state_set(c, x->tenant.name, x->call->key, vs[i].version, KVER_PENDING, when);
-		x->version = vs[i].version;
+		}
+		for (size_t i = 0; i < nv && vs[i].version < (uint32_t)minav && m < todo; i++) {
+			if (strcmp(vs[i].state, STORE_STATE_ENABLED) != 0 &&
+			    strcmp(vs[i].state, STORE_STATE_DISABLED) != 0)
+				continue;
+			vers[m] = vs[i].version;
+			from[m++] = vs[i].state;
+		}
+		rc = store_versions_transition(c->st, k.id, m, vers, from, STORE_STATE_PENDING, when, &ev);
+		if (rc == KMS_OK) {
+			for (size_t i = 0; i < m; i++) {
+				core_version_state_set(c, x->tenant.name, x->call->key, vers[i], KVER_PENDING, when);
+				json_array_append_new(scheduled, json_integer(vers[i]));
+			}
+			x->version = vers[m - 1];
+		}
+		free(vers);
+		free((void *)from);
+		if (rc != KMS_OK)
+			goto out;
 	}
 	rc = core_key_read_json(c, x->tenant.name, x->call->key, &x->data);
-	if (rc == KMS_OK)
+	if (rc == KMS_OK) {
 		json_object_set_new(x->data, "min_available_version", json_integer(minav));
+		json_object_set(x->data, "scheduled_versions", scheduled);
+	}
 out:
 	if (locked)
 		pthread_mutex_unlock(&c->create_mu);
+	json_decref(scheduled);
 	free(vs);
 	json_decref(tmp);
 	return rc;

@@ -2089,6 +2089,60 @@ out:
 	return rc;
 }
 
+kms_err store_versions_transition(struct store *s, int64_t key_id, size_t n, const uint32_t *versions,
+				  const char *const *from, const char *to, int64_t destroy_after,
+				  const struct store_event *ev)
+{
+	struct store_event e;
+	sqlite3_stmt *st;
+	bool in_tx = false;
+	kms_err rc;
+
+	if (ev == NULL || !valid_state(to))
+		return kms_errf(KMS_ERR_INVALID, "version transition: bad arguments");
+	for (size_t i = 0; i < n; i++)
+		if (!valid_state(from[i]))
+			return kms_errf(KMS_ERR_INVALID, "unknown key version state");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK)
+		goto out;
+	in_tx = true;
+	e = *ev;
+	for (size_t i = 0; i < n; i++) {
+		st = s->st[ST_VERSION_STATE_SET];
+		if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK ||
+		    sqlite3_bind_int64(st, 2, versions[i]) != SQLITE_OK ||
+		    sqlite3_bind_text(st, 3, to, -1, SQLITE_STATIC) != SQLITE_OK ||
+		    sqlite3_bind_int64(st, 4, destroy_after) != SQLITE_OK ||
+		    sqlite3_bind_text(st, 5, from[i], -1, SQLITE_STATIC) != SQLITE_OK) {
+			rc = db_fail(s, "version state bind");
+			stmt_release(st);
+			goto out;
+		}
+		if (stmt_exec(st) != SQLITE_DONE) {
+			rc = db_fail(s, "version state");
+			goto out;
+		}
+		if (sqlite3_changes(s->db) != 1) {
+			rc = kms_errf(KMS_ERR_CONFLICT, "key version %" PRIu32 " changed meanwhile; nothing was changed",
+				      versions[i]);
+			goto out;
+		}
+		e.version = versions[i];
+		if ((rc = event_insert_locked(s, key_id, &e)) != KMS_OK)
+			goto out;
+	}
+	if ((rc = tx_commit(s)) != KMS_OK)
+		goto out;
+	in_tx = false;
+out:
+	if (in_tx)
+		tx_rollback(s);
+	store_unlock(s);
+	return rc;
+}
+
 kms_err store_key_events(struct store *s, int64_t key_id, struct store_event **out, size_t *n)
 {
 	struct store_event *arr = NULL;

@@ -144,6 +144,12 @@ KMS_WUR kms_err store_key_set_revoked(struct store *s, int64_t key_id, int revok
 				      const struct store_event *ev);
 /* Moves a version from state `from` to `to` (compare-and-set: CONFLICT, naming the
  * current state, when it is not in `from`). destroy_after is stored with it. */
+/* Moves versions[0..n) from from[i] to `to` (with destroy_after), one event each (ev
+ * with its version set per row), all in one transaction: every version changes, or
+ * none (KMS_ERR_CONFLICT naming the first that was no longer in its state). */
+KMS_WUR kms_err store_versions_transition(struct store *s, int64_t key_id, size_t n, const uint32_t *versions,
+					  const char *const *from, const char *to, int64_t destroy_after,
+					  const struct store_event *ev);
 KMS_WUR kms_err store_version_transition(struct store *s, int64_t key_id, uint32_t version,
 					 const char *from, const char *to, int64_t destroy_after,
 					 const struct store_event *ev);

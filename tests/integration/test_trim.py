@@ -90,6 +90,7 @@ def test_trim_schedules_destruction_below_the_floor(kmsd):
     assert r.status_code == 200, r.text
     d = r.json()["data"]
     assert d["min_available_version"] == 3
+    assert d["scheduled_versions"] == [1, 2]
     assert {int(v): s["state"] for v, s in d["versions"].items()} == {
         1: "pending-destruction", 2: "pending-destruction", 3: "decrypt-only", 4: "active"}
     ev = kmsd.get("/v1/%s/keys/%s/history" % (t, k), token=kmsd.admin_token).json()["data"]["events"]
@@ -99,6 +100,7 @@ def test_trim_schedules_destruction_below_the_floor(kmsd):
     # again: nothing new to schedule, same answer
     r = trim(kmsd, t, k, {"min_available_version": 3, "days": 7, "reason": "again"})
     assert r.status_code == 200, r.text
+    assert r.json()["data"]["scheduled_versions"] == []
     assert len([e for e in kmsd.get("/v1/%s/keys/%s/history" % (t, k),
                                     token=kmsd.admin_token).json()["data"]["events"]
                 if e["event"] == "trim"]) == 2

@@ -925,6 +925,42 @@ static void test_lifecycle(void **state)
 	assert_string_equal(v.state, STORE_STATE_PENDING);
 	assert_int_equal(v.destroy_after, 777);
 
+	/* several versions at once: all or none */
+	{
+		struct store_version v2, v3;
+		uint32_t vers[2] = {2, 3};
+		const char *from[2] = {STORE_STATE_ENABLED, STORE_STATE_DISABLED}; /* 3 is enabled */
+		struct store_event *hist = NULL;
+		size_t nh = 0;
+
+		make_version(&v2, 2, 0x22);
+		make_version(&v3, 3, 0x33);
+		assert_int_equal(store_key_rotate(f->s, id, &v2), KMS_OK);
+		assert_int_equal(store_key_rotate(f->s, id, &v3), KMS_OK);
+		e = ev_of("trim", 0, "");
+		assert_int_equal(store_versions_transition(f->s, id, 2, vers, from, STORE_STATE_PENDING, 888, &e),
+				 KMS_ERR_CONFLICT);
+		assert_detail_has(KMS_ERR_CONFLICT, "key version 3 changed meanwhile");
+		assert_int_equal(store_version_get(f->s, id, 2, &v), KMS_OK);
+		assert_string_equal(v.state, STORE_STATE_ENABLED); /* rolled back */
+		from[1] = STORE_STATE_ENABLED;
+		assert_int_equal(store_versions_transition(f->s, id, 2, vers, from, STORE_STATE_PENDING, 888, &e),
+				 KMS_OK);
+		assert_int_equal(store_version_get(f->s, id, 3, &v), KMS_OK);
+		assert_string_equal(v.state, STORE_STATE_PENDING);
+		assert_int_equal(v.destroy_after, 888);
+		assert_int_equal(store_key_events(f->s, id, &hist, &nh), KMS_OK);
+		assert_int_equal(nh, 4); /* disable, schedule, and one trim per version */
+		assert_int_equal(hist[2].version, 2);
+		assert_int_equal(hist[3].version, 3);
+		free(hist);
+		/* back out of them for the rest of this test */
+		e = ev_of("cancel", 0, "");
+		from[0] = from[1] = STORE_STATE_PENDING;
+		assert_int_equal(store_versions_transition(f->s, id, 2, vers, from, STORE_STATE_DISABLED, 0, &e),
+				 KMS_OK);
+	}
+
 	/* revocation */
 	e = ev_of("revoke", 0, "stolen");
 	assert_int_equal(store_key_set_revoked(f->s, id, 1, &e), KMS_OK);
@@ -951,17 +987,19 @@ static void test_lifecycle(void **state)
 
 	/* the history holds exactly the transitions that happened, in order */
 	assert_int_equal(store_key_events(f->s, id, &evs, &n), KMS_OK);
-	assert_int_equal(n, 5);
+	assert_int_equal(n, 9);
 	assert_string_equal(evs[0].event, "disable");
 	assert_int_equal(evs[0].version, 1);
 	assert_string_equal(evs[0].reason, "suspected");
 	assert_string_equal(evs[1].event, "schedule");
-	assert_string_equal(evs[2].event, "revoke");
-	assert_int_equal(evs[2].version, 0);
-	assert_string_equal(evs[3].event, "restore");
-	assert_string_equal(evs[4].event, "config");
-	assert_string_equal(evs[4].principal, "admin");
-	assert_int_equal(evs[4].time, 5000);
+	assert_string_equal(evs[2].event, "trim");
+	assert_string_equal(evs[4].event, "cancel");
+	assert_string_equal(evs[6].event, "revoke");
+	assert_int_equal(evs[6].version, 0);
+	assert_string_equal(evs[7].event, "restore");
+	assert_string_equal(evs[8].event, "config");
+	assert_string_equal(evs[8].principal, "admin");
+	assert_int_equal(evs[8].time, 5000);
 	free(evs);
 }
 
