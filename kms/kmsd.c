@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -322,7 +323,7 @@ static int cmd_mk_rotate(const struct kms_config *cfg, const char *so_pin_path, 
 	size_t pin_len = 0, so_len = 0;
 	const char *delay = getenv("KMSD_TEST_MK_BATCH_DELAY_MS");
 	uint32_t from, to;
-	int rc = 1, so_errno = ENOENT;
+	int rc = 1, so_errno = ENOENT, lock_fd = -1;
 	kms_err err;
 
 	os_principal(who, sizeof(who));
@@ -345,6 +346,20 @@ static int cmd_mk_rotate(const struct kms_config *cfg, const char *so_pin_path, 
 		goto out;
 	if (open_initialized_store(cfg, &st) != 0)
 		goto out;
+	/* One rotation at a time: two would each make a new master key in the token. The
+	 * lock lives beside the store and goes with the process, however it ends. */
+	{
+		char lpath[sizeof(cfg->store_path) + 16];
+
+		snprintf(lpath, sizeof(lpath), "%s.mkrotate.lock", cfg->store_path);
+		lock_fd = open(lpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+			kms_error("master-key rotate: %s: %s", lpath,
+				  lock_fd >= 0 && errno == EWOULDBLOCK ? "another master-key rotation is running"
+								       : strerror(errno));
+			goto out;
+		}
+	}
 	if ((err = store_mk_status(st, &ms)) != KMS_OK) {
 		kms_error("store: %s", kms_err_detail(err));
 		goto out;
@@ -430,6 +445,8 @@ static int cmd_mk_rotate(const struct kms_config *cfg, const char *so_pin_path, 
 out:
 	p11_close(p11);
 	store_close(st);
+	if (lock_fd >= 0)
+		close(lock_fd); /* releases the lock */
 	kms_secret_free(pin);
 	kms_secret_free(so_pin);
 	return rc;

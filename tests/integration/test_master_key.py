@@ -208,3 +208,26 @@ def test_rotation_steps_are_in_the_audit_log(kmsd):
     assert all(x["outcome"] == "allow" for x in recs if not x["reason"].startswith("rotate_refused"))
     r = kmsd.run_cli("-h")
     assert "master-key rotate" in r.stdout
+
+
+def test_one_rotation_at_a_time(kmsd):
+    """A second `master-key rotate` while one runs is refused (it would make a second
+    new master key in the token); the first completes."""
+    import subprocess
+    import time
+    env = dict(kmsd.env)
+    env["KMSD_TEST_MK_BATCH_DELAY_MS"] = "300"
+    first = subprocess.Popen([kmsd.bin, "-c", kmsd.conf, "master-key", "rotate", "--batch", "1"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # it holds the lock from before its first batch
+        assert first.poll() is None, "the first rotation ended too soon to test against"
+        r = rotate(kmsd)
+        assert r.returncode != 0
+        assert "another master-key rotation is running" in r.stderr, r.stderr
+    finally:
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, out + err
+    s = status(kmsd)
+    assert s["rotation_in_progress"] is False
+    assert list(s["key_versions_by_master_key"]) == [str(s["active"])]
