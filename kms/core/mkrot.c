@@ -247,7 +247,10 @@ void core_mk_relay(struct core *c)
 		snprintf(reason, sizeof(reason), "%s: %s (master_key_events #%lld, time %lld)", ev[i].event,
 			 ev[i].detail, (long long)ev[i].id, (long long)ev[i].time);
 		ar.principal = ev[i].principal;
-		ar.auth_method = "so-pin (kmsd master-key rotate)";
+		/* The command runs on the host with the token's PINs (the SO PIN only when it
+		 * makes a new master key); the principal is the OS account that ran it, as
+		 * the OS reported it, not a kmsd-authenticated identity. */
+		ar.auth_method = "local command (kmsd master-key rotate)";
 		ar.operation = kms_op_name(KMS_OP_MASTER_KEY_ROTATE);
 		ar.version = ev[i].mk_version;
 		ar.outcome = bad ? "error" : "allow";
