@@ -642,6 +642,14 @@ kms_err core_configure(struct core *c, const struct core_options *o)
 	return KMS_OK;
 }
 
+static uint64_t mono_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 static int64_t mono_ms(void)
 {
 	struct timespec ts;
@@ -1134,12 +1142,14 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	char sname[256] = "", detail[256] = "";
 	struct audit_record ar = {0};
 	json_t *extra = NULL;
+	uint64_t t0;
 	char src[INET6_ADDRSTRLEN + 8] = "";
 	const char *outcome;
 	kms_err rc, arc, rc2;
 	int status;
 
 	memset(res, 0, sizeof(*res));
+	t0 = mono_us();
 	kms_err_clear();
 	if (valid_request_id(call->request_id)) {
 		snprintf(res->request_id, sizeof(res->request_id), "%s", call->request_id);
@@ -1293,9 +1303,14 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		res->body = error_body(res->request_id, "audit log unavailable: operation refused");
 		free(x.text);
 		x.text = NULL;
+		metrics_observe(&c->met, call->op, METRICS_ERROR, 503, KMS_ERR_AUDIT, x.who.name[0] != '\0',
+				mono_us() - t0);
 		goto out;
 	}
 	res->status = status;
+	metrics_observe(&c->met, call->op,
+			outcome[0] == 'a' ? METRICS_ALLOW : outcome[0] == 'd' ? METRICS_DENY : METRICS_ERROR, status, rc,
+			x.who.name[0] != '\0', mono_us() - t0);
 	if (rc != KMS_OK) {
 		const char *msg = detail;
 		if (rc == KMS_ERR_DENIED && sname[0] != '\0' && d.allow)

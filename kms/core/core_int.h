@@ -8,6 +8,7 @@
 
 #include "kms/core/core.h"
 #include "kms/store/store.h"
+#include "kms/core/metrics.h"
 #include "kms/core/ratelimit.h"
 #include "pkcs11/p11.h"
 #include "policy/policy.h"
@@ -60,6 +61,7 @@ struct core {
 	struct core_options opt;
 	/* rate limits: buckets by principal (and principal + operation), by source address */
 	struct ratelimit *rl_principal, *rl_source;
+	struct core_metrics met;
 	double op_rps[KMS_OP__COUNT], op_burst[KMS_OP__COUNT];
 	/* the policy in force: swapped whole under policy_mu, used through a reference */
 	pthread_mutex_t policy_mu;

@@ -279,43 +279,51 @@ kms_err op_audit_hash(struct core *c, struct op_ctx *x)
 	return x->data ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "audit hash");
 }
 
-/* Prometheus text format 0.0.4; the JSON form carries the same figures. */
+/* Prometheus text format 0.0.4; the JSON form carries the audit figures and the
+ * request counts. */
 kms_err op_metrics(struct core *c, struct op_ctx *x)
 {
 	struct audit_stats st;
 	const char *fmt = x->call->format;
-	char *text;
-	int n;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f;
 
 	audit_get_stats(c->au, &st);
 	if (fmt != NULL && strcmp(fmt, "prometheus") == 0) {
-		n = asprintf(&text,
-			     "# HELP kmsd_audit_records_total Audit records made durable since start.\n"
-			     "# TYPE kmsd_audit_records_total counter\n"
-			     "kmsd_audit_records_total %" PRIu64 "\n"
-			     "# HELP kmsd_audit_syncs_total fdatasync calls on the audit log since start "
-			     "(one per group commit).\n"
-			     "# TYPE kmsd_audit_syncs_total counter\n"
-			     "kmsd_audit_syncs_total %" PRIu64 "\n"
-			     "# HELP kmsd_audit_segments_rotated_total Audit segments rotated since start.\n"
-			     "# TYPE kmsd_audit_segments_rotated_total counter\n"
-			     "kmsd_audit_segments_rotated_total %" PRIu64 "\n"
-			     "# HELP kmsd_audit_last_seq Sequence number of the last durable audit record.\n"
-			     "# TYPE kmsd_audit_last_seq gauge\n"
-			     "kmsd_audit_last_seq %" PRIu64 "\n"
-			     "# HELP kmsd_audit_healthy 1 while the audit log accepts records, 0 once it failed.\n"
-			     "# TYPE kmsd_audit_healthy gauge\n"
-			     "kmsd_audit_healthy %d\n"
-			     "# HELP kmsd_audit_syslog_sent_total Records forwarded to syslog (audit_syslog).\n"
-			     "# TYPE kmsd_audit_syslog_sent_total counter\n"
-			     "kmsd_audit_syslog_sent_total %" PRIu64 "\n"
-			     "# HELP kmsd_audit_syslog_dropped_total Records that could not be forwarded to syslog.\n"
-			     "# TYPE kmsd_audit_syslog_dropped_total counter\n"
-			     "kmsd_audit_syslog_dropped_total %" PRIu64 "\n",
-			     st.records, st.syncs, st.segments, st.seq, st.healthy ? 1 : 0, st.syslog_sent,
-			     st.syslog_dropped);
-		if (n < 0)
+		f = open_memstream(&text, &len);
+		if (f == NULL)
 			return kms_errf(KMS_ERR_NOMEM, "metrics");
+		fprintf(f,
+			"# HELP kmsd_audit_records_total Audit records made durable since start.\n"
+			"# TYPE kmsd_audit_records_total counter\n"
+			"kmsd_audit_records_total %" PRIu64 "\n"
+			"# HELP kmsd_audit_syncs_total fdatasync calls on the audit log since start "
+			"(one per group commit).\n"
+			"# TYPE kmsd_audit_syncs_total counter\n"
+			"kmsd_audit_syncs_total %" PRIu64 "\n"
+			"# HELP kmsd_audit_segments_rotated_total Audit segments rotated since start.\n"
+			"# TYPE kmsd_audit_segments_rotated_total counter\n"
+			"kmsd_audit_segments_rotated_total %" PRIu64 "\n"
+			"# HELP kmsd_audit_last_seq Sequence number of the last durable audit record.\n"
+			"# TYPE kmsd_audit_last_seq gauge\n"
+			"kmsd_audit_last_seq %" PRIu64 "\n"
+			"# HELP kmsd_audit_healthy 1 while the audit log accepts records, 0 once it failed.\n"
+			"# TYPE kmsd_audit_healthy gauge\n"
+			"kmsd_audit_healthy %d\n"
+			"# HELP kmsd_audit_syslog_sent_total Records forwarded to syslog (audit_syslog).\n"
+			"# TYPE kmsd_audit_syslog_sent_total counter\n"
+			"kmsd_audit_syslog_sent_total %" PRIu64 "\n"
+			"# HELP kmsd_audit_syslog_dropped_total Records that could not be forwarded to syslog.\n"
+			"# TYPE kmsd_audit_syslog_dropped_total counter\n"
+			"kmsd_audit_syslog_dropped_total %" PRIu64 "\n",
+			st.records, st.syncs, st.segments, st.seq, st.healthy ? 1 : 0, st.syslog_sent,
+			st.syslog_dropped);
+		metrics_write_prometheus(&c->met, f);
+		if (fclose(f) != 0 || text == NULL) {
+			free(text);
+			return kms_errf(KMS_ERR_NOMEM, "metrics");
+		}
 		x->text = text;
 		return KMS_OK;
 	}
@@ -326,5 +334,21 @@ kms_err op_metrics(struct core *c, struct op_ctx *x)
 			    "segments_rotated_total", (json_int_t)st.segments, "last_seq", (json_int_t)st.seq,
 			    "healthy", st.healthy, "syslog_sent_total", (json_int_t)st.syslog_sent,
 			    "syslog_dropped_total", (json_int_t)st.syslog_dropped);
+	if (x->data != NULL) {
+		json_t *req = json_object();
+
+		for (int op = 1; req != NULL && op < KMS_OP__COUNT; op++) {
+			uint64_t al = __atomic_load_n(&c->met.requests[op][METRICS_ALLOW], __ATOMIC_RELAXED);
+			uint64_t de = __atomic_load_n(&c->met.requests[op][METRICS_DENY], __ATOMIC_RELAXED);
+			uint64_t er = __atomic_load_n(&c->met.requests[op][METRICS_ERROR], __ATOMIC_RELAXED);
+
+			if (al + de + er > 0)
+				json_object_set_new(req, kms_op_name((enum kms_op)op),
+						    json_pack("{s:I,s:I,s:I}", "allow", (json_int_t)al, "deny",
+							      (json_int_t)de, "error", (json_int_t)er));
+		}
+		if (req == NULL || json_object_set_new(x->data, "requests", req) != 0)
+			return kms_errf(KMS_ERR_NOMEM, "metrics");
+	}
 	return x->data ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "metrics");
 }

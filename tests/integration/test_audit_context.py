@@ -197,7 +197,7 @@ def metrics(kmsd):
         if line.startswith("#") or not line.strip():
             continue
         name, v = line.split()
-        vals[name] = int(v)
+        vals[name] = float(v) if "." in v else int(v)
     return r.text, vals
 
 
@@ -262,3 +262,24 @@ def test_repeated_contexts_hashed_once_per_request(kmsd, env):
     want = audit_hash(kmsd, "treatment")
     assert len(rec["items"]) == 500
     assert all(i["encryption_context"] == {"purpose": want} for i in rec["items"])
+
+
+def test_metrics_requests_and_latency(kmsd, env):
+    _, m0 = metrics(kmsd)
+    for _ in range(3):
+        assert kmsd.datakey(env.token, env.tenant, env.key).status_code == 200
+    assert kmsd.datakey(env.token, "no-such-" + uniq("t"), env.key).status_code in (403, 404)
+    assert kmsd.datakey("bogus-token", env.tenant, env.key).status_code == 403
+    text, m1 = metrics(kmsd)
+    key = 'kmsd_requests_total{operation="datakey",outcome="allow"}'
+    assert m1[key] - m0.get(key, 0) == 3, text
+    assert m1["kmsd_auth_failures_total"] >= m0["kmsd_auth_failures_total"] + 1
+    assert "# TYPE kmsd_request_duration_seconds histogram" in text
+    inf = 'kmsd_request_duration_seconds_bucket{operation="datakey",le="+Inf"}'
+    cnt = 'kmsd_request_duration_seconds_count{operation="datakey"}'
+    assert m1[inf] == m1[cnt] >= 5
+    buckets = [int(l.split()[-1]) for l in text.splitlines()
+               if l.startswith('kmsd_request_duration_seconds_bucket{operation="datakey"')]
+    assert buckets == sorted(buckets), buckets  # cumulative
+    j = kmsd.get("/v1/sys/metrics", token=kmsd.admin_token).json()["data"]
+    assert j["requests"]["datakey"]["allow"] >= 3
