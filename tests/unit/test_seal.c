@@ -349,7 +349,7 @@ static void test_header_rejects(void **state)
 	{
 		char *big = malloc(KMS_SEAL_HEADER_MAX);
 		json_t *ctx = json_object();
-		char k[8], *canon;
+		char k[16], *canon;
 
 		assert_non_null(big);
 		memset(big, 'v', 1024);
