@@ -16,7 +16,7 @@ _kmsctl()
 	fi
 
 	local globals="--addr --ca-cert --token-file --config --format --timeout --help"
-	local commands="status tenant principal token key datakey encrypt decrypt rewrap audit"
+	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open audit"
 
 	# option values
 	case $prev in
@@ -44,6 +44,7 @@ _kmsctl()
 		return
 		;;
 	--type) COMPREPLY=($(compgen -W "aes256-gcm96" -- "$cur")); return ;;
+	--chunk-size) COMPREPLY=($(compgen -W "65536 1048576" -- "$cur")); return ;;
 	--addr|--timeout|--ttl|--days|--reason|--context|--key-version|--retention-days|\
 	--min-destroy-wait-days|--min-decryption-version|--min-encryption-version|--auto-rotate-period|\
 	--tenant|--principal|--key|--version|--status|--request-id|--node|--from|--to|--context-hash)
@@ -106,6 +107,11 @@ _kmsctl()
 	encrypt) opts="--in --key-version --context --aad-file" ;;
 	decrypt) opts="--out --batch --context --aad-file" ;;
 	rewrap) opts="--key-version --batch --context --aad-file" ;;
+	seal|open)
+		# IN and OUT: files, or - for stdin/stdout
+		[ "${path[0]}" = seal ] && opts="--tenant --key --context --chunk-size"
+		[[ $cur == -* ]] || { COMPREPLY=($(compgen -f -- "$cur") $(compgen -W "-" -- "$cur")); return; }
+		;;
 	audit)
 		subs="verify search report hash"
 		case "${path[1]}" in

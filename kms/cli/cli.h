@@ -171,6 +171,11 @@ int cli_decrypt(int argc, char **argv);
 void cli_decrypt_usage(FILE *f);
 int cli_rewrap(int argc, char **argv);
 void cli_rewrap_usage(FILE *f);
+/* seal / open (cli_seal.c): envelope encryption of files. */
+int cli_seal(int argc, char **argv);
+void cli_seal_usage(FILE *f);
+int cli_open(int argc, char **argv);
+void cli_open_usage(FILE *f);
 
 /* The global options' help, shared by every level's --help. */
 void cli_global_help(FILE *f);

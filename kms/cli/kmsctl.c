@@ -26,6 +26,8 @@ static const struct cli_command commands[] = {
 	{"encrypt", "encrypt a file's bytes or stdin (service)", cli_encrypt, cli_encrypt_usage},
 	{"decrypt", "decrypt a ciphertext, or a batch of them (service)", cli_decrypt, cli_decrypt_usage},
 	{"rewrap", "move ciphertexts to the latest key version (service)", cli_rewrap, cli_rewrap_usage},
+	{"seal", "envelope-encrypt a file of any size (service)", cli_seal, cli_seal_usage},
+	{"open", "decrypt a sealed file (service)", cli_open, cli_open_usage},
 	{"audit", "offline audit log tools: verify the chain and signatures, search,\n"
 		  "             access and exposure reports",
 	 cli_audit, cli_audit_usage},
