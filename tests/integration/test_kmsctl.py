@@ -135,11 +135,11 @@ LEAVES = {
     "key": ["create", "read", "list", "rotate", "config", "revoke", "restore", "history",
             "legal-hold", "trim", "version"],
     "key version": ["disable", "enable", "schedule-destroy", "cancel-destroy"],
-    "audit": ["verify", "search", "report"],
+    "audit": ["verify", "search", "report", "hash"],
     "audit report": ["access", "exposure"],
 }
 TOP = ["status", "tenant", "principal", "token", "key", "datakey", "encrypt", "decrypt",
-       "rewrap", "audit"]
+       "rewrap", "audit", "seal", "open"]
 
 
 def test_help_at_every_level(ctl):
