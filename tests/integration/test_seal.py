@@ -356,3 +356,29 @@ def test_big_file_through_pipes_constant_memory(s, ctl):
         assert results["big"][i] - results["small"][i] < 4 * 1024, results
         if "/asan/" not in kmsctl_bin():
             assert results["big"][i] < (mib << 10) // 2, results
+
+
+def test_sealed_under_v1_opens_after_rotation(ctl):
+    """A file sealed under version 1 opens after the key rotated (its header names the
+    version its DEK was wrapped under), and one sealed after the rotation is under v2;
+    with version 1 disabled, the old file is refused (409) and nothing is written."""
+    t = ctl.kmsd.create_tenant()
+    k = ctl.kmsd.create_key(t)
+    svc = ctl.service_token([t])
+    s = Sealer(ctl, (t, k, svc))
+    pt = data(200000, b"rotation")
+    old = s.seal(pt, "--context", "purpose=treatment")
+    assert b"vault:v1:" in old[:4096]
+    ctl.kmsd.rotate(t, k)
+    ctl.kmsd.rotate(t, k)
+    _, got = s.open(old)
+    assert got == pt
+    new = s.seal(pt, "--context", "purpose=treatment")
+    assert b"vault:v3:" in new[:4096]
+    assert s.open(new)[1] == pt
+    r = ctl.kmsd.post("/v1/%s/keys/%s/versions/1/disable" % (t, k), {"reason": "test"},
+                      token=ctl.kmsd.admin_token)
+    assert r.status_code == 200, r.text
+    r, _ = s.open(old, want=1)
+    assert b"409" in r.stderr
+    assert s.open(new)[1] == pt
