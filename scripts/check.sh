@@ -6,8 +6,9 @@
 #      a binary that exits non-zero (crash, sanitizer report, timeout) without a FAILED
 #      line counts as 1 failed
 #   2. pytest tests/integration with KMSD_BIN=build/kmsd, then KMSD_BIN=build/asan/kmsd
-#      (KMSCTL_BIN beside it); counts come from pytest's summary (passed; failed and
-#      errors count as failed)
+#      (KMSCTL_BIN beside it); then tests/integration/test_stress.py alone with
+#      KMSD_BIN=build/tsan/kmsd (make tsan) for STRESS_SECONDS (default 20); counts
+#      come from pytest's summary (passed; failed and errors count as failed)
 #   3. each libFuzzer harness in build/fuzz/bin over its corpus in tests/fuzz/corpus
 #      (one result per harness)
 #   4. bench/bench.py --self-test (make bench's statistics, JSON writer and ceiling
@@ -18,7 +19,8 @@
 #
 # Environment: PYTHON (default /usr/bin/python3, Debian's, which has pytest, requests and
 # hvac), UNIT_TIMEOUT (seconds per unit binary, default 300), PYTEST_TIMEOUT (seconds
-# per pytest run, default 900), PYTEST_ARGS (extra pytest arguments).
+# per pytest run, default 900), PYTEST_ARGS (extra pytest arguments), STRESS_SECONDS
+# (the ThreadSanitizer stress run's length, default 20).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd -P)
@@ -95,20 +97,22 @@ for dir in build/tests build/asan/tests; do
 	[ "$found" -eq 1 ] || echo "--    $dir/test_*: no unit test binaries"
 done
 
-run_pytest() { # label kmsd-binary
+run_pytest() { # label kmsd-binary [test paths, default tests/integration]
 	label=$1
 	bin=$2
+	shift 2
+	paths=${*:-tests/integration}
 	log="$TMP/pytest-$label.log"
 	echo "==> integration tests ($label): KMSD_BIN=$bin"
 	if [ ! -x "$bin" ]; then
-		echo "FAIL  integration ($label): $bin is missing (make / make asan)"
+		echo "FAIL  integration ($label): $bin is missing (make / make asan / make tsan)"
 		TOTAL_FAIL=$((TOTAL_FAIL + 1))
 		return
 	fi
 	start=$(date +%s)
 	# shellcheck disable=SC2086
-	(KMSD_BIN="$bin" KMSCTL_BIN="$(dirname "$bin")/kmsctl" timeout -k 15 "$PYTEST_TIMEOUT" "$PYTHON" -m pytest -p no:cacheprovider \
-		-q -rfE --tb=short --color=no ${PYTEST_ARGS:-} tests/integration </dev/null 2>&1
+	(KMSD_BIN="$bin" KMSCTL_BIN="$(dirname "$bin")/kmsctl" STRESS_SECONDS="$RUN_STRESS" timeout -k 15 "$PYTEST_TIMEOUT" "$PYTHON" -m pytest -p no:cacheprovider \
+		-q -rfE --tb=short --color=no ${PYTEST_ARGS:-} $paths </dev/null 2>&1
 	echo "$?" >"$TMP/rc") | tee "$log" | sed 's/^/      /'
 	rc=$(cat "$TMP/rc" 2>/dev/null || echo 1)
 	secs=$(($(date +%s) - start))
@@ -144,8 +148,13 @@ run_pytest() { # label kmsd-binary
 	fi
 }
 
+RUN_STRESS=${STRESS_SECONDS:-6} # test_stress.py's length in the normal and ASan runs
 run_pytest build build/kmsd
 run_pytest asan build/asan/kmsd
+# ThreadSanitizer: the concurrency stress test only (the whole suite under TSan is far
+# slower and adds no concurrency the stress test lacks); any TSan report fails it.
+RUN_STRESS=${STRESS_SECONDS:-20}
+run_pytest tsan build/tsan/kmsd tests/integration/test_stress.py
 
 # 3. every fuzzer's checked-in corpus, replayed once (make fuzz-build made them), so that
 #    a past crash cannot come back. One result per harness.

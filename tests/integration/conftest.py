@@ -4,10 +4,14 @@ Every test module gets its own server (module-scoped `kmsd` fixture): a fresh to
 (scripts/dev-token.sh), fresh certificates (scripts/dev-certs.sh), a config file with
 `port = 0` and a `port_file`, `kmsd init`, then `kmsd -c CONF` in the background.
 At teardown kmsd gets SIGTERM and must exit 0 with no sanitizer report on stderr;
-that is how ASan/LSan/UBSan findings fail the suite (KMSD_BIN=build/asan/kmsd).
+that is how ASan/LSan/UBSan findings fail the suite (KMSD_BIN=build/asan/kmsd), and
+ThreadSanitizer's (KMSD_BIN=build/tsan/kmsd, tests/tsan.supp) and valgrind's
+(KMSD_PREFIX, below) too.
 
 Environment:
   KMSD_BIN              the server binary (default build/kmsd, relative to the repo root)
+  KMSD_PREFIX           a command run in front of every kmsd, split on blanks (make
+                        valgrind: "valgrind --leak-check=full ..."); empty by default
   KMSD_STARTUP_TIMEOUT  seconds to wait for health after start (default 60)
   KMSD_KEEP_TMP=1       print the temporary directory of each server and keep it
 """
@@ -30,7 +34,14 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SCRIPTS = os.path.join(REPO, "scripts")
 PKCS11_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
-SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "WARNING: ThreadSanitizer", "ERROR: ThreadSanitizer",
+                     "FATAL: ThreadSanitizer")
+# valgrind (make valgrind): any error, or memory definitely or indirectly lost. The
+# summary lines are always printed, so these match only a non-zero count.
+VALGRIND_MARKERS = (re.compile(r"==\d+== ERROR SUMMARY: [1-9]"),
+                    re.compile(r"==\d+==\s+definitely lost: [1-9]"),
+                    re.compile(r"==\d+==\s+indirectly lost: [1-9]"))
 
 # Loopback only: never let a proxy from the environment see these requests.
 for _v in ("NO_PROXY", "no_proxy"):
@@ -44,17 +55,25 @@ def kmsd_bin():
     return b
 
 
+def kmsd_prefix():
+    return os.environ.get("KMSD_PREFIX", "").split()
+
+
 def kmsd_env(softhsm_conf):
     env = dict(os.environ)
     env["SOFTHSM2_CONF"] = softhsm_conf
     env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0"
     env["LSAN_OPTIONS"] = "suppressions=" + os.path.join(REPO, "tests", "lsan.supp")
     env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+    # exitcode=66 (TSan's default) also makes a report fail the exit-status check
+    env["TSAN_OPTIONS"] = "suppressions=%s:halt_on_error=0:second_deadlock_stack=1:exitcode=66" % (
+        os.path.join(REPO, "tests", "tsan.supp"))
     return env
 
 
 def sanitizer_findings(text):
-    return [m for m in SANITIZER_MARKERS if m in text]
+    return [m for m in SANITIZER_MARKERS if m in text] + [
+        m.pattern for m in VALGRIND_MARKERS if m.search(text)]
 
 
 def b64(data):
@@ -69,7 +88,7 @@ def unb64(s):
 
 def run_kmsd(binary, conf, env, *args, timeout=120):
     """Runs `kmsd -c conf args...` to completion; asserts no sanitizer finding."""
-    r = subprocess.run([binary, "-c", conf] + list(args), env=env, capture_output=True,
+    r = subprocess.run(kmsd_prefix() + [binary, "-c", conf] + list(args), env=env, capture_output=True,
                        text=True, timeout=timeout)
     found = sanitizer_findings(r.stderr)
     assert not found, "kmsd %s: sanitizer report %s:\n%s" % (args, found, r.stderr)
@@ -196,7 +215,7 @@ class Kmsd:
         out = open(self.stdout_path, "ab")
         err = open(self.stderr_path, "ab")
         try:
-            self.proc = subprocess.Popen([self.bin, "-c", self.conf], env=self.env,
+            self.proc = subprocess.Popen(kmsd_prefix() + [self.bin, "-c", self.conf], env=self.env,
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                          cwd=self.tmp)
         finally:
@@ -434,8 +453,8 @@ def _http_parse(buf):
 
 
 _BUILD = os.path.dirname(kmsd_bin())
-# the shim is built once, without sanitizers, in the normal build
-IOFAULT = os.path.join(os.path.dirname(_BUILD) if _BUILD.endswith("asan") else _BUILD,
+# the shim is built once, without sanitizers, in the normal build (used by asan and tsan)
+IOFAULT = os.path.join(os.path.dirname(_BUILD) if _BUILD.endswith(("asan", "tsan")) else _BUILD,
                        "tests", "iofault.so")
 
 

@@ -888,7 +888,7 @@ static void test_device_error_with_lost_session(void **state)
 struct racer {
 	struct fx *f;
 	int ok, unavailable, wrong;
-	volatile int stop;
+	int stop; /* atomic: volatile is no synchronisation (a data race under TSan) */
 };
 
 static void *race(void *arg)
@@ -896,7 +896,7 @@ static void *race(void *arg)
 	struct racer *r = arg;
 	int st;
 
-	while (!r->stop) {
+	while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
 		json_t *b = run_path(r->f, P_DECRYPT, "k1", &st);
 
 		if (st == 200 && dstr(b, "plaintext") != NULL && strcmp(dstr(b, "plaintext"), r->f->dek) == 0)
@@ -951,7 +951,7 @@ static void test_faults_under_load(void **state)
 		}
 	}
 	for (int i = 0; i < 2; i++) {
-		r[i].stop = 1;
+		__atomic_store_n(&r[i].stop, 1, __ATOMIC_RELEASE);
 		assert_int_equal(pthread_join(t[i], NULL), 0);
 		assert_int_equal(r[i].wrong, 0);
 		assert_true(r[i].ok > 0);
