@@ -51,12 +51,13 @@ KMSC_LIBS := -lcurl -ljansson -lcrypto -lpthread
 KMSC_A    := $(BUILD)/libkmsclient.a
 KMSC_SO   := $(BUILD)/libkmsclient.so
 CLIENT    := $(KMSC_A) $(KMSC_SO) $(BUILD)/kmsclient.pc $(BUILD)/tests/kmsc_itest
+EXAMPLES  := $(BUILD)/examples/phi-records/phi-records
 PREFIX  ?= /usr/local
 LIBDIR  ?= $(PREFIX)/lib
 INCDIR  ?= $(PREFIX)/include
 
 .PHONY: all deps run check asan tests clean fuzz fuzz-build fuzz-replay bench bench-tools \
-        client install
+        client examples install
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/kmsd $(if $(CLI_SRC),$(BUILD)/kmsctl)
@@ -90,9 +91,9 @@ $(BUILD)/tests/iofault.so: $(IOF_SRC)
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -O1 -g -fPIC -shared $(WARN) -D_GNU_SOURCE -o $@ $(IOF_SRC) -ldl -lpthread
 
-tests: all $(UNIT_BIN) $(SHIM_SO) $(IOF_SO) $(CLIENT)
+tests: all $(UNIT_BIN) $(SHIM_SO) $(IOF_SO) $(CLIENT) $(EXAMPLES)
 
-# ---- libkmsclient and its integration driver -----------------------------------------
+# ---- libkmsclient, its integration driver, the example --------------------------------
 client: $(CLIENT)
 
 $(BUILD)/pic/%.o: %.c
@@ -117,12 +118,17 @@ $(BUILD)/kmsclient.pc: kms/client/kmsclient.pc.in Makefile
 $(BUILD)/tests/test_kmsc_cache: $(KMSC_A)
 $(BUILD)/tests/test_kmsc_cache: LIBS += -lcurl
 
-# Built as a customer would: <kmsclient.h> from include/, the static library.
-$(BUILD)/tests/client/%.o: CFLAGS += -Iinclude
-
 $(BUILD)/tests/kmsc_itest: $(BUILD)/tests/client/kmsc_itest.o $(KMSC_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(KMSC_LIBS)
+
+examples: $(EXAMPLES)
+
+# Built as a customer would: <kmsclient.h> from include/, the static library.
+$(BUILD)/examples/%.o $(BUILD)/tests/client/%.o: CFLAGS += -Iinclude
+
+$(BUILD)/examples/phi-records/phi-records: $(BUILD)/examples/phi-records/phi-records.o $(KMSC_A)
+	$(CC) $(LDFLAGS) -o $@ $^ $(KMSC_LIBS) -lsqlite3
 
 install: $(KMSC_A) $(KMSC_SO) $(BUILD)/kmsclient.pc
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)
@@ -194,5 +200,5 @@ bench:
 clean:
 	rm -rf build
 
--include $(KMSC_OBJ:.o=.d) $(BUILD)/tests/client/kmsc_itest.d
+-include $(KMSC_OBJ:.o=.d) $(BUILD)/tests/client/kmsc_itest.d $(BUILD)/examples/phi-records/phi-records.d
 -include $(LIB_OBJ:.o=.d) $(TCOM_OBJ:.o=.d) $(BUILD)/kms/kmsd.d $(BENCH_BIN:%=%.d) $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%.d)
