@@ -52,7 +52,8 @@ typedef enum kmsc_err {
 	KMSC_ERR_TRANSPORT,       /* no answer: connect, TLS or timeout */
 	KMSC_ERR_DECRYPT,         /* a sealed buffer or stream failed authentication */
 	KMSC_ERR_FORMAT,          /* not a sealed buffer/stream, or a header we refuse */
-	KMSC_ERR_CONTEXT,         /* kmsc_open_*: the header's context is not the one expected */
+	KMSC_ERR_MISMATCH,        /* kmsc_open_*: the header's tenant, key or context is not
+				   * the one the caller expected (struct kmsc_want) */
 	KMSC_ERR_PARTIAL,         /* batch: the call went through, some items failed */
 	KMSC_ERR_IO,              /* reading or writing a file descriptor */
 	KMSC_ERR_NOMEM,
@@ -70,6 +71,16 @@ struct kmsc_kv {
 struct kmsc_ctx {
 	const struct kmsc_kv *kv;
 	size_t n;
+};
+
+/* What kmsc_open_buffer / kmsc_open_fd insist on before anything is unwrapped: each
+ * non-NULL member must equal the sealed header's (ctx compared in canonical form; an empty
+ * ctx means "no context"). Sealed data names its own tenant and key, so whoever can write
+ * it can point the client at any key the token may use: say what you expect. */
+struct kmsc_want {
+	const char *tenant;
+	const char *key;
+	const struct kmsc_ctx *ctx;
 };
 
 struct kmsc_config {
@@ -153,10 +164,11 @@ KMSC_API KMSC_WUR kmsc_err kmsc_seal_buffer(struct kmsc *c, const char *tenant, 
 					    uint8_t **out, size_t *out_len);
 
 /* Opens a sealed buffer: *pt, *pt_len (kmsc_free_secret; *pt is non-NULL even when
- * *pt_len is 0). want: NULL accepts the header's context; else the header's context
- * must equal want (KMSC_ERR_CONTEXT). Uses the cache of unwrapped DEKs when on. */
+ * *pt_len is 0). want: NULL accepts whatever the header names; else KMSC_ERR_MISMATCH
+ * unless the header matches it. Uses the cache of unwrapped DEKs when on. */
 KMSC_API KMSC_WUR kmsc_err kmsc_open_buffer(struct kmsc *c, const void *in, size_t n,
-					    const struct kmsc_ctx *want, uint8_t **pt, size_t *pt_len);
+					    const struct kmsc_want *want, uint8_t **pt,
+					    size_t *pt_len);
 
 /* Streams in_fd to out_fd, sealed (chunk_size 0: 65536) or opened, in constant memory.
  * A stream gets a fresh data key: the cache is not used. kmsc_open_fd writes only
@@ -166,7 +178,7 @@ KMSC_API KMSC_WUR kmsc_err kmsc_seal_fd(struct kmsc *c, const char *tenant, cons
 					const struct kmsc_ctx *ctx, uint32_t chunk_size, int in_fd,
 					int out_fd);
 KMSC_API KMSC_WUR kmsc_err kmsc_open_fd(struct kmsc *c, int in_fd, int out_fd,
-					const struct kmsc_ctx *want);
+					const struct kmsc_want *want);
 
 /* Wipes and frees a secret buffer returned by this library. Accepts NULL. */
 KMSC_API void kmsc_free_secret(void *p);

@@ -10,8 +10,8 @@
  * KMS_TENANT, KMS_KEY.
  *
  * Each field is sealed under the context {"resourceType":"Patient","field":"<name>"}, and
- * opened only under that same context: a sealed birthDate copied into the name column
- * does not open. The data-key cache is on, so one data key seals many records' names
+ * opened only if its header names our tenant, key and that same context: a sealed
+ * birthDate copied into the name column does not open. The data-key cache is on, so one data key seals many records' names
  * (within its bounds) instead of one server call per field. */
 #include <jansson.h>
 #include <sqlite3.h>
@@ -126,7 +126,7 @@ out:
 	return rc;
 }
 
-static int read_back(struct kmsc *c, sqlite3 *db)
+static int read_back(struct kmsc *c, sqlite3 *db, const char *tenant, const char *key)
 {
 	sqlite3_stmt *st = NULL;
 	int rc = 1, n = 0, step;
@@ -146,8 +146,9 @@ static int read_back(struct kmsc *c, sqlite3 *db)
 			goto out;
 		for (size_t f = 0; f < NSEALED; f++) {
 			struct kmsc_kv kv[2];
-			/* the context the field must have been sealed under */
-			struct kmsc_ctx want = field_ctx(SEALED_FIELDS[f], kv);
+			/* where the field must have been sealed: our tenant and key, its context */
+			struct kmsc_ctx ctx = field_ctx(SEALED_FIELDS[f], kv);
+			struct kmsc_want want = {tenant, key, &ctx};
 			const void *blob = sqlite3_column_blob(st, 2 + (int)f);
 			size_t blen = (size_t)sqlite3_column_bytes(st, 2 + (int)f);
 			uint8_t *plain = NULL;
@@ -219,7 +220,7 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "read") != 0 && store(c, db, tenant, key) != 0)
 		goto out;
-	if (strcmp(argv[1], "store") != 0 && read_back(c, db) != 0)
+	if (strcmp(argv[1], "store") != 0 && read_back(c, db, tenant, key) != 0)
 		goto out;
 	rc = 0;
 out:

@@ -67,7 +67,8 @@ static const struct {
 	[KMSC_ERR_TRANSPORT] = {"KMSC_ERR_TRANSPORT", "cannot reach the server"},
 	[KMSC_ERR_DECRYPT] = {"KMSC_ERR_DECRYPT", "sealed data failed authentication"},
 	[KMSC_ERR_FORMAT] = {"KMSC_ERR_FORMAT", "not sealed data, or a header refused"},
-	[KMSC_ERR_CONTEXT] = {"KMSC_ERR_CONTEXT", "the sealed data's context is not the one expected"},
+	[KMSC_ERR_MISMATCH] = {"KMSC_ERR_MISMATCH",
+			       "the sealed data's tenant, key or context is not the one expected"},
 	[KMSC_ERR_PARTIAL] = {"KMSC_ERR_PARTIAL", "some batch items failed"},
 	[KMSC_ERR_IO] = {"KMSC_ERR_IO", "I/O error"},
 	[KMSC_ERR_NOMEM] = {"KMSC_ERR_NOMEM", "out of memory"},
@@ -1029,8 +1030,8 @@ out:
 	return e;
 }
 
-/* Checks the header's context against want (NULL: any). */
-static kmsc_err check_want(const struct kms_seal_header *h, const struct kmsc_ctx *want)
+/* Checks the header against want (NULL, or NULL members: anything). */
+static kmsc_err check_want(const struct kms_seal_header *h, const struct kmsc_want *want)
 {
 	json_t *cj = NULL;
 	char *canon = NULL;
@@ -1038,18 +1039,25 @@ static kmsc_err check_want(const struct kms_seal_header *h, const struct kmsc_ct
 
 	if (want == NULL)
 		return KMSC_OK;
-	if ((e = ctx_json(want, &cj, &canon)) != KMSC_OK)
+	if (want->tenant != NULL && strcmp(want->tenant, h->tenant) != 0)
+		return fail(KMSC_ERR_MISMATCH, 0, "sealed under tenant %.64s, not the one expected",
+			    h->tenant);
+	if (want->key != NULL && strcmp(want->key, h->key) != 0)
+		return fail(KMSC_ERR_MISMATCH, 0, "sealed under key %.64s, not the one expected", h->key);
+	if (want->ctx == NULL)
+		return KMSC_OK;
+	if ((e = ctx_json(want->ctx, &cj, &canon)) != KMSC_OK)
 		return e;
 	e = strcmp(canon, h->context) == 0
 		    ? KMSC_OK
-		    : fail(KMSC_ERR_CONTEXT, 0, "sealed under context %.200s, not the one expected",
+		    : fail(KMSC_ERR_MISMATCH, 0, "sealed under context %.200s, not the one expected",
 			   h->context);
 	free(canon);
 	json_decref(cj);
 	return e;
 }
 
-kmsc_err kmsc_open_buffer(struct kmsc *c, const void *in, size_t n, const struct kmsc_ctx *want,
+kmsc_err kmsc_open_buffer(struct kmsc *c, const void *in, size_t n, const struct kmsc_want *want,
 			  uint8_t **pt, size_t *pt_len)
 {
 	struct kms_seal_header h = {0};
@@ -1238,7 +1246,7 @@ out:
 	return e;
 }
 
-kmsc_err kmsc_open_fd(struct kmsc *c, int in_fd, int out_fd, const struct kmsc_ctx *want)
+kmsc_err kmsc_open_fd(struct kmsc *c, int in_fd, int out_fd, const struct kmsc_want *want)
 {
 	struct kms_seal_header h = {0};
 	struct kms_seal_stream st = {0};

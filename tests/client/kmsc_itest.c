@@ -4,7 +4,8 @@
  *
  *   roundtrip T K            datakey, decrypt, rewrap, decrypt again
  *   batch T K                the three batch calls, and one item failing (KMSC_ERR_PARTIAL)
- *   seal-buf T K IN OUT [k=v...]   open-buf IN OUT [k=v...] (the pairs: the expected context)
+ *   seal-buf T K IN OUT [k=v...]   open-buf IN OUT [T K [k=v...]] (expected tenant, key,
+ *                                  context; "-" for T or K: any)
  *   seal-fd T K IN OUT [k=v...]    open-fd IN OUT
  *   err datakey|decrypt T K [WRAPPED] [k=v...]   prints "KIND STATUS MESSAGE", exit 0
  *   threads T K N M          N threads share one client, M seal/open round trips each
@@ -201,7 +202,10 @@ static int open_buf(const char *in, const char *out, int argc, char **argv)
 {
 	struct kmsc *c = client(0, 1, 0);
 	struct kmsc_kv kv[64];
-	struct kmsc_ctx want = ctx_of(argc, argv, kv);
+	struct kmsc_ctx ctx = ctx_of(argc > 2 ? argc - 2 : 0, argv + 2, kv);
+	struct kmsc_want want = {argc > 0 && strcmp(argv[0], "-") != 0 ? argv[0] : NULL,
+				 argc > 1 && strcmp(argv[1], "-") != 0 ? argv[1] : NULL,
+				 argc > 2 ? &ctx : NULL};
 	size_t n, pn;
 	uint8_t *sealed = slurp(in, &n), *pt;
 	kmsc_err e = kmsc_open_buffer(c, sealed, n, argc > 0 ? &want : NULL, &pt, &pn);
@@ -292,6 +296,7 @@ static void *thread_main(void *arg)
 	char idtxt[16], rec[128];
 	struct kmsc_kv kv[] = {{"thread", idtxt}};
 	struct kmsc_ctx ctx = {kv, 1};
+	struct kmsc_want want = {j->t, j->k, &ctx};
 
 	snprintf(idtxt, sizeof(idtxt), "%d", j->id);
 	for (int r = 0; r < j->rounds; r++) {
@@ -301,7 +306,7 @@ static void *thread_main(void *arg)
 
 		if (kmsc_seal_buffer(j->c, j->t, j->k, &ctx, rec, (size_t)n, &sealed, &sn) != KMSC_OK)
 			return NULL;
-		if (kmsc_open_buffer(j->c, sealed, sn, &ctx, &pt, &pn) != KMSC_OK) {
+		if (kmsc_open_buffer(j->c, sealed, sn, &want, &pt, &pn) != KMSC_OK) {
 			kmsc_free(sealed);
 			return NULL;
 		}
@@ -341,12 +346,13 @@ static int threads(const char *t, const char *k, int n, int m)
 static char *seal_one(struct kmsc *c, const char *t, const char *k, const struct kmsc_ctx *ctx,
 		      const char *rec)
 {
+	struct kmsc_want want = {t, k, ctx};
 	uint8_t *sealed, *pt;
 	size_t sn, pn;
 	char *w;
 
 	CHECK(kmsc_seal_buffer(c, t, k, ctx, rec, strlen(rec), &sealed, &sn) == KMSC_OK);
-	CHECK(kmsc_open_buffer(c, sealed, sn, ctx, &pt, &pn) == KMSC_OK);
+	CHECK(kmsc_open_buffer(c, sealed, sn, &want, &pt, &pn) == KMSC_OK);
 	CHECK(pn == strlen(rec) && memcmp(pt, rec, pn) == 0);
 	w = wrapped_of(sealed);
 	kmsc_free(sealed);

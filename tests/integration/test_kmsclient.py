@@ -8,6 +8,7 @@ Environment: KMSD_BIN (the driver is taken from beside it, KMSCTL_BIN as for
 test_kmsctl.py); KMSC_ITEST_BIN overrides the driver (e.g. an ASan build of it against
 the normal kmsd)."""
 
+import json
 import os
 import subprocess
 
@@ -106,11 +107,18 @@ def test_buffers_interop_with_kmsctl(d, ctl, tk, n):
     # kmsctl seals, library opens (with and without the expected context)
     sealed2, back2 = d.path("sealed"), d.path("back")
     ctl.ok("seal", "--tenant", t, "--key", k, "--context", "field=name", src, sealed2, token=tok)
-    assert d.run("open-buf", sealed2, back2, "field=name") == "ok\n"
+    assert d.run("open-buf", sealed2, back2, t, k, "field=name") == "ok\n"
     assert read(back2) == pt
     assert d.run("open-buf", sealed2, back2) == "ok\n"
-    out = d.run("open-buf", sealed2, back2, "field=birthDate")
-    assert out.startswith("KMSC_ERR_CONTEXT 0 ")
+    assert d.run("open-buf", sealed2, back2, "-", "-") == "ok\n"
+    # what the caller expects is checked before anything is sent
+    for want in ([t, k, "field=birthDate"], [t, k], ["other", "-"], ["-", "other"],
+                 [t, k, "field=name", "x=y"]):
+        out = d.run("open-buf", sealed2, back2, *want)
+        if want == [t, k]:
+            assert out == "ok\n"
+        else:
+            assert out.startswith("KMSC_ERR_MISMATCH 0 "), (want, out)
 
 
 @pytest.mark.parametrize("n", [0, 999, 1000, 1001, 250000])
@@ -180,11 +188,30 @@ def test_threads_share_one_client(d, tk, cache):
     assert d.run("threads", tk[0], tk[1], 8, 25, env={"KMSC_CACHE": cache}) == "ok\n"
 
 
-def test_cache_bounds_and_isolation(d, ctl, tk):
-    t, k, _ = tk
+def audit_ops(kmsd, tenant):
+    """Counts of allowed data-plane records for tenant in the audit log."""
+    counts = {}
+    with open(kmsd.audit_path) as f:
+        for line in f:
+            r = json.loads(line)
+            if r.get("tenant") == tenant and r.get("outcome") == "allow":
+                counts[r["operation"]] = counts.get(r["operation"], 0) + 1
+    return counts
+
+
+def test_cache_bounds_and_isolation(d, ctl):
+    t = ctl.kmsd.create_tenant()
+    k = ctl.kmsd.create_key(t)
     k2 = ctl.kmsd.create_key(t)
     t2 = ctl.kmsd.create_tenant()
     ctl.kmsd.create_key(t2, k)
     # a token for both tenants
     tok = ctl.service_token([t, t2])
     assert d.run("cache", t, k, k2, t2, token_file=tok) == "ok\n"
+    # what the server saw: 11 records sealed and opened, but (t, k, name) took one data
+    # key per 3 records and one after the age bound (4), the other context and key one
+    # each; opening unwrapped each of those DEKs once
+    a = audit_ops(ctl.kmsd, t)
+    assert a.get("datakey") == 6 and a.get("decrypt") == 6, a
+    a = audit_ops(ctl.kmsd, t2)
+    assert a.get("datakey") == 1 and a.get("decrypt") == 1, a

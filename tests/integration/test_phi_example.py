@@ -91,7 +91,7 @@ def test_moved_field_does_not_open(setup):
     con.commit()
     con.close()
     r = run(env, "read", db, want=1)
-    assert "context is not the one expected" in r.stderr, r.stderr
+    assert "sealed under context" in r.stderr and "not the one expected" in r.stderr, r.stderr
 
 
 def test_wrong_tenant_token_is_refused(setup, kmsd):
