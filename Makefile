@@ -51,7 +51,7 @@ KMSC_LIBS := -lcurl -ljansson -lcrypto -lpthread
 KMSC_A    := $(BUILD)/libkmsclient.a
 KMSC_SO   := $(BUILD)/libkmsclient.so
 CLIENT    := $(KMSC_A) $(KMSC_SO) $(BUILD)/kmsclient.pc $(BUILD)/tests/kmsc_itest
-EXAMPLES  := $(BUILD)/examples/phi-records/phi-records
+EXAMPLES  := $(BUILD)/examples/phi-records/phi-records $(BUILD)/examples/phi-records/phi-records-shared
 PREFIX  ?= /usr/local
 LIBDIR  ?= $(PREFIX)/lib
 INCDIR  ?= $(PREFIX)/include
@@ -129,6 +129,10 @@ $(BUILD)/examples/%.o $(BUILD)/tests/client/%.o: CFLAGS += -Iinclude
 
 $(BUILD)/examples/phi-records/phi-records: $(BUILD)/examples/phi-records/phi-records.o $(KMSC_A)
 	$(CC) $(LDFLAGS) -o $@ $^ $(KMSC_LIBS) -lsqlite3
+
+# The same against the shared library (found beside it in $(BUILD) through its rpath).
+$(BUILD)/examples/phi-records/phi-records-shared: $(BUILD)/examples/phi-records/phi-records.o $(KMSC_SO)
+	$(CC) $(LDFLAGS) -o $@ $< -L$(BUILD) -lkmsclient -Wl,-rpath,'$$ORIGIN/../..' -ljansson -lsqlite3
 
 install: $(KMSC_A) $(KMSC_SO) $(BUILD)/kmsclient.pc
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)

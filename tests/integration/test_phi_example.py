@@ -3,8 +3,9 @@ sample Patients with name, birthDate and identifier sealed field by field in SQL
 reads them back in a fresh process, and leaves no plaintext in the database file; a
 sealed field moved into another column does not open.
 
-Environment: KMSD_BIN (the example is taken from beside it: examples/phi-records/);
-PHI_EXAMPLE_BIN overrides it."""
+Environment: KMSD_BIN (the example is taken from beside it: examples/phi-records/, both
+phi-records and phi-records-shared, linked to libkmsclient.so); PHI_EXAMPLE_BIN overrides
+it (and PHI_EXAMPLE_BIN-shared)."""
 
 import json
 import os
@@ -19,16 +20,19 @@ SECRETS = [b"Doe", b"Jane", b"Roe", b"Richard", b"Nguyen", b"MRN-0042", b"MRN-00
            b"MRN-0044", b"1970-01-01", b"1982-07-14", b"2001-02-28"]
 
 
-def example_bin():
+def example_bin(shared=False):
     if os.environ.get("PHI_EXAMPLE_BIN"):
-        return os.path.abspath(os.environ["PHI_EXAMPLE_BIN"])
-    return os.path.join(os.path.dirname(kmsd_bin()), "examples", "phi-records", "phi-records")
+        b = os.path.abspath(os.environ["PHI_EXAMPLE_BIN"])
+    else:
+        b = os.path.join(os.path.dirname(kmsd_bin()), "examples", "phi-records", "phi-records")
+    return b + "-shared" if shared else b
 
 
 @pytest.fixture(scope="module")
 def setup(kmsd, tmp_path_factory):
-    if not os.access(example_bin(), os.X_OK):
-        pytest.fail("%s does not exist (make examples)" % example_bin())
+    for shared in (False, True):
+        if not os.access(example_bin(shared), os.X_OK):
+            pytest.fail("%s does not exist (make examples)" % example_bin(shared))
     tmp = tmp_path_factory.mktemp("phi")
     t, k, tok = kmsd.setup_tenant_key()
     tf = tmp / "svc.token"
@@ -41,8 +45,8 @@ def setup(kmsd, tmp_path_factory):
     return tmp, env
 
 
-def run(env, *args, want=0):
-    r = subprocess.run([example_bin()] + list(args), env=env, capture_output=True, text=True,
+def run(env, *args, want=0, shared=False):
+    r = subprocess.run([example_bin(shared)] + list(args), env=env, capture_output=True, text=True,
                        timeout=120)
     assert not sanitizer_findings(r.stderr), r.stderr
     assert r.returncode == want, "phi-records %s -> %d\n%s%s" % (args, r.returncode, r.stdout,
@@ -66,8 +70,9 @@ def test_store_and_read_back(setup):
     assert jane["birthDate"] == "1970-01-01"
     assert jane["identifier"][0]["value"] == "MRN-0042"
     assert jane["resourceType"] == "Patient" and jane["gender"] == "female"
-    # a fresh process (no cached keys) reads the same
+    # a fresh process (no cached keys) reads the same, also linked to libkmsclient.so
     assert patients(run(env, "read", db).stdout) == ps
+    assert patients(run(env, "read", db, shared=True).stdout) == ps
     # the database holds no sensitive value in the clear, only sealed blobs
     with open(db, "rb") as f:
         raw = f.read()
