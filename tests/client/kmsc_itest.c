@@ -4,6 +4,7 @@
  *
  *   roundtrip T K            datakey, decrypt, rewrap, decrypt again
  *   batch T K                the three batch calls, and one item failing (KMSC_ERR_PARTIAL)
+ *   rewrap T K WRAPPED [k=v...]   prints the rewrapped key
  *   seal-buf T K IN OUT [k=v...]   open-buf IN OUT [T K [k=v...]] (expected tenant, key,
  *                                  context; "-" for T or K: any)
  *   seal-fd T K IN OUT [k=v...]    open-fd IN OUT
@@ -122,6 +123,20 @@ static int roundtrip(const char *t, const char *k)
 	kmsc_free_secret(dek2);
 	kmsc_free_secret(dek3);
 	kmsc_free(w);
+	kmsc_free(w2);
+	kmsc_close(c);
+	return 0;
+}
+
+static int rewrap(const char *t, const char *k, const char *w, int argc, char **argv)
+{
+	struct kmsc *c = client(0, 1, 0);
+	struct kmsc_kv kv[64];
+	struct kmsc_ctx ctx = ctx_of(argc, argv, kv);
+	char *w2;
+
+	CHECK(kmsc_rewrap(c, t, k, w, &ctx, &w2) == KMSC_OK);
+	printf("%s\n", w2);
 	kmsc_free(w2);
 	kmsc_close(c);
 	return 0;
@@ -404,6 +419,8 @@ int main(int argc, char **argv)
 {
 	if (argc >= 4 && strcmp(argv[1], "roundtrip") == 0)
 		return roundtrip(argv[2], argv[3]);
+	if (argc >= 5 && strcmp(argv[1], "rewrap") == 0)
+		return rewrap(argv[2], argv[3], argv[4], argc - 5, argv + 5);
 	if (argc >= 4 && strcmp(argv[1], "batch") == 0)
 		return batch(argv[2], argv[3]);
 	if (argc >= 6 && strcmp(argv[1], "seal-buf") == 0)
@@ -420,6 +437,6 @@ int main(int argc, char **argv)
 		return threads(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
 	if (argc >= 6 && strcmp(argv[1], "cache") == 0)
 		return cache(argv[2], argv[3], argv[4], argv[5]);
-	fprintf(stderr, "usage: kmsc_itest roundtrip|batch|seal-buf|open-buf|seal-fd|open-fd|err|threads|cache ...\n");
+	fprintf(stderr, "usage: kmsc_itest roundtrip|rewrap|batch|seal-buf|open-buf|seal-fd|open-fd|err|threads|cache ...\n");
 	return 2;
 }

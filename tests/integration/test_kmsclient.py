@@ -72,6 +72,9 @@ def test_roundtrip_and_rewrap(d, tk):
     w1, w2 = d.run("roundtrip", t, k).split()
     assert w1.startswith("vault:v1:") and w2.startswith("vault:v1:")
     d.kmsd.rotate(t, k)
+    # a v1 key rewraps to v2 (the roundtrip's context, in another order)
+    w3 = d.run("rewrap", t, k, w1, "field=name", "resourceType=Patient").strip()
+    assert w3.startswith("vault:v2:")
     w1, w2 = d.run("roundtrip", t, k).split()
     assert w1.startswith("vault:v2:") and w2.startswith("vault:v2:")
 
