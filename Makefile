@@ -46,7 +46,23 @@ FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/bin/%)
 FUZZ_SECONDS ?= 60
 BENCH_BIN := $(BUILD)/bench/p11loop $(BUILD)/bench/fsyncloop
 
-.PHONY: all deps run check asan tsan valgrind tests clean fuzz fuzz-build fuzz-replay bench bench-tools
+# libkmsclient (docs/CLIENT.md): its own sources and the pure base modules it shares with
+# kmsctl, built position-independent with only the kmsc_ API visible.
+KMSC_SOVER := 0
+KMSC_VER   := 0.1.0
+KMSC_SRC  := $(wildcard kms/client/*.c) kms/base/seal.c kms/base/secret.c kms/base/b64.c kms/base/err.c
+KMSC_OBJ  := $(KMSC_SRC:%.c=$(BUILD)/pic/%.o)
+KMSC_LIBS := -lcurl -ljansson -lcrypto -lpthread
+KMSC_A    := $(BUILD)/libkmsclient.a
+KMSC_SO   := $(BUILD)/libkmsclient.so
+CLIENT    := $(KMSC_A) $(KMSC_SO) $(BUILD)/kmsclient.pc $(BUILD)/tests/kmsc_itest
+EXAMPLES  := $(BUILD)/examples/phi-records/phi-records $(BUILD)/examples/phi-records/phi-records-shared
+PREFIX  ?= /usr/local
+LIBDIR  ?= $(PREFIX)/lib
+INCDIR  ?= $(PREFIX)/include
+
+.PHONY: all deps run check asan tsan valgrind tests clean fuzz fuzz-build fuzz-replay bench \
+        bench-tools client examples install
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/kmsd $(if $(CLI_SRC),$(BUILD)/kmsctl)
@@ -80,7 +96,60 @@ $(BUILD)/tests/iofault.so: $(IOF_SRC)
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -O1 -g -fPIC -shared $(WARN) -D_GNU_SOURCE -o $@ $(IOF_SRC) -ldl -lpthread
 
-tests: all $(UNIT_BIN) $(SHIM_SO) $(IOF_SO)
+tests: all $(UNIT_BIN) $(SHIM_SO) $(IOF_SO) $(CLIENT) $(EXAMPLES)
+
+# ---- libkmsclient, its integration driver, the example --------------------------------
+client: $(CLIENT)
+
+$(BUILD)/pic/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC -fvisibility=hidden -c $< -o $@
+
+$(KMSC_A): $(KMSC_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(KMSC_SO): $(KMSC_OBJ)
+	$(CC) -shared -Wl,-soname,libkmsclient.so.$(KMSC_SOVER) -Wl,-z,relro,-z,now -Wl,-z,noexecstack \
+	  -Wl,--no-undefined $(SANLD) -o $@.$(KMSC_VER) $^ $(KMSC_LIBS)
+	ln -sf libkmsclient.so.$(KMSC_VER) $@.$(KMSC_SOVER)
+	ln -sf libkmsclient.so.$(KMSC_VER) $@
+
+$(BUILD)/kmsclient.pc: kms/client/kmsclient.pc.in Makefile
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCDIR@|$(INCDIR)|' \
+	  -e 's|@VERSION@|$(KMSC_VER)|' $< > $@
+
+# The cache's unit test needs the cache module.
+$(BUILD)/tests/test_kmsc_cache: $(KMSC_A)
+$(BUILD)/tests/test_kmsc_cache: LIBS += -lcurl
+
+$(BUILD)/tests/kmsc_itest: $(BUILD)/tests/client/kmsc_itest.o $(KMSC_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(KMSC_LIBS)
+
+examples: $(EXAMPLES)
+
+# Built as a customer would: <kmsclient.h> from include/, the static library.
+$(BUILD)/examples/%.o $(BUILD)/tests/client/%.o: CFLAGS += -Iinclude
+
+$(BUILD)/examples/phi-records/phi-records: $(BUILD)/examples/phi-records/phi-records.o $(KMSC_A)
+	$(CC) $(LDFLAGS) -o $@ $^ $(KMSC_LIBS) -lsqlite3
+
+# The same against the shared library (found beside it in $(BUILD) through its rpath).
+$(BUILD)/examples/phi-records/phi-records-shared: $(BUILD)/examples/phi-records/phi-records.o $(KMSC_SO)
+	$(CC) $(LDFLAGS) -o $@ $< -L$(BUILD) -lkmsclient -Wl,-rpath,'$$ORIGIN/../..' -ljansson -lsqlite3
+
+install: $(KMSC_A) $(KMSC_SO) $(BUILD)/kmsclient.pc
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)
+	install -m 644 $(KMSC_A) $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(KMSC_SO).$(KMSC_VER) $(DESTDIR)$(LIBDIR)/
+	ln -sf libkmsclient.so.$(KMSC_VER) $(DESTDIR)$(LIBDIR)/libkmsclient.so.$(KMSC_SOVER)
+	ln -sf libkmsclient.so.$(KMSC_VER) $(DESTDIR)$(LIBDIR)/libkmsclient.so
+	install -m 644 include/kmsclient.h $(DESTDIR)$(INCDIR)/
+	@# written here, not copied: PREFIX/LIBDIR/INCDIR of this run, whatever build/ holds
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCDIR@|$(INCDIR)|' \
+	  -e 's|@VERSION@|$(KMSC_VER)|' kms/client/kmsclient.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/kmsclient.pc
+	chmod 644 $(DESTDIR)$(LIBDIR)/pkgconfig/kmsclient.pc
 
 # libFuzzer harnesses (clang): `make fuzz FUZZ_SECONDS=N` explores, `make fuzz-replay`
 # runs every checked-in corpus once (part of `make check`).
@@ -164,4 +233,5 @@ bench:
 clean:
 	rm -rf build
 
+-include $(KMSC_OBJ:.o=.d) $(BUILD)/tests/client/kmsc_itest.d $(BUILD)/examples/phi-records/phi-records.d
 -include $(LIB_OBJ:.o=.d) $(TCOM_OBJ:.o=.d) $(BUILD)/kms/kmsd.d $(BENCH_BIN:%=%.d) $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%.d)
