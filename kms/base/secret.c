@@ -30,7 +30,7 @@ void *kms_secret_alloc(size_t n)
 	size_t need, map_len;
 	struct secret_hdr *h;
 
-	if (n == 0 || n > (1u << 20))
+	if (n == 0 || n > KMS_SECRET_MAX)
 		return NULL;
 	need = sizeof(*h) + n;
 	map_len = (need + page - 1) / page * page;

@@ -6,7 +6,12 @@
 
 #include <stddef.h>
 
-/* Returns zeroed memory of n bytes (n > 0), or NULL. Free with kms_secret_free. */
+/* The largest secret allocation: room for a sealed file's largest chunk (4 MiB) of
+ * plaintext. */
+#define KMS_SECRET_MAX (8u << 20)
+
+/* Returns zeroed memory of n bytes (0 < n <= KMS_SECRET_MAX), or NULL. Free with
+ * kms_secret_free. */
 void *kms_secret_alloc(size_t n);
 
 /* Wipes and frees. Accepts NULL. */

@@ -382,3 +382,12 @@ def test_sealed_under_v1_opens_after_rotation(ctl):
     r, _ = s.open(old, want=1)
     assert b"409" in r.stderr
     assert s.open(new)[1] == pt
+
+
+def test_largest_chunk_size(s):
+    """The format's largest chunk (4 MiB) seals and opens: the plaintext buffer of that
+    size comes from secret memory too."""
+    pt = data((4 << 20) + 123, b"big-chunks")
+    sealed = s.seal(pt, "--chunk-size", str(4 << 20))
+    assert parse_header(sealed)[1] == 4 << 20
+    assert s.open(sealed)[1] == pt
