@@ -273,19 +273,28 @@ out:
 	return rc;
 }
 
-kms_err op_token_revoke(struct core *c, struct op_ctx *x)
+/* The {"accessor":"…"} body of the token calls: *acc points into the body (or tmp). */
+static kms_err accessor_body(struct op_ctx *x, json_t **tmp, const char **acc)
 {
 	static const char *const allowed[] = {"accessor", NULL};
-	json_t *tmp = NULL, *body = body_or_empty(x, &tmp);
+	json_t *body = body_or_empty(x, tmp);
+	kms_err rc;
+
+	if ((rc = kms_json_only(body, allowed)) != KMS_OK || (rc = kms_json_opt_string(body, "accessor", acc)) != KMS_OK)
+		return rc;
+	if (*acc == NULL || strlen(*acc) > STORE_ACCESSOR_MAX)
+		return kms_errf(KMS_ERR_INVALID, "accessor is required");
+	return KMS_OK;
+}
+
+kms_err op_token_revoke(struct core *c, struct op_ctx *x)
+{
+	json_t *tmp = NULL;
 	const char *acc;
 	kms_err rc;
 
-	if ((rc = kms_json_only(body, allowed)) != KMS_OK || (rc = kms_json_opt_string(body, "accessor", &acc)) != KMS_OK)
+	if ((rc = accessor_body(x, &tmp, &acc)) != KMS_OK)
 		goto out;
-	if (acc == NULL || strlen(acc) > STORE_ACCESSOR_MAX) {
-		rc = kms_errf(KMS_ERR_INVALID, "accessor is required");
-		goto out;
-	}
 	rc = store_token_revoke(c->st, acc);
 	if (rc == KMS_ERR_NOT_FOUND)
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "no token with that accessor");
@@ -308,19 +317,14 @@ kms_err op_token_lookup_self(struct core *c, struct op_ctx *x)
 /* Vault's auth/token/lookup-accessor: a token's metadata by its accessor (admin). */
 kms_err op_token_lookup_accessor(struct core *c, struct op_ctx *x)
 {
-	static const char *const allowed[] = {"accessor", NULL};
-	json_t *tmp = NULL, *body = body_or_empty(x, &tmp);
+	json_t *tmp = NULL;
 	struct store_principal p;
 	struct store_token t;
 	const char *acc;
 	kms_err rc;
 
-	if ((rc = kms_json_only(body, allowed)) != KMS_OK || (rc = kms_json_opt_string(body, "accessor", &acc)) != KMS_OK)
+	if ((rc = accessor_body(x, &tmp, &acc)) != KMS_OK)
 		goto out;
-	if (acc == NULL || strlen(acc) > STORE_ACCESSOR_MAX) {
-		rc = kms_errf(KMS_ERR_INVALID, "accessor is required");
-		goto out;
-	}
 	rc = store_token_get(c->st, acc, &t);
 	if (rc == KMS_ERR_NOT_FOUND || (rc == KMS_ERR_INVALID))
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "no token with that accessor");

@@ -25,18 +25,6 @@ SOURCES = ["127.0.1.%d" % i for i in range(1, 26)]   # 200 each, below per_ip_co
 ROUNDS_ALLOWED = 8                                    # backlog rounds of connection_timeout
 
 
-@pytest.fixture(scope="module")
-def env(kmsd):
-    t, k, tok = kmsd.setup_tenant_key()
-
-    class E:
-        pass
-
-    e = E()
-    e.tenant, e.key, e.token = t, k, tok
-    return e
-
-
 def test_five_thousand_idle_connections(kmsd, env):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = N + 512
