@@ -204,11 +204,15 @@ run: deps
 	$(MAKE) all
 	sh scripts/dev-run.sh
 
+# The builds run in parallel, one job a core (JOBS=1 for a serial build); the tests
+# themselves run one suite at a time (scripts/check.sh).
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
 check: deps
-	$(MAKE) tests bench-tools
-	$(MAKE) asan
-	$(MAKE) tsan
-	$(MAKE) fuzz-build
+	$(MAKE) -j$(JOBS) tests bench-tools
+	$(MAKE) -j$(JOBS) asan
+	$(MAKE) -j$(JOBS) tsan
+	$(MAKE) -j$(JOBS) fuzz-build
 	sh scripts/check.sh
 
 # The measuring harness (docs/BENCH.md): never part of `make check`, never asserts a timing.
