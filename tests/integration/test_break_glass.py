@@ -246,3 +246,28 @@ def test_reviews(kmsd):
             if x["operation"] == "breakglass.review" and x.get("break_glass_grant") == g["id"]]
     assert {(x["principal"], x["status"]) for x in recs} >= {
         (w.oncall_admin_name, 403), (w.names["b"], 200), (w.names["c"], 200), (w.names["b"], 409)}
+
+
+def test_kmsctl_break_glass(kmsd, tmp_path):
+    from test_kmsctl import Ctl, fails, write_secret
+    w = world(kmsd)
+    ctl = Ctl(kmsd, tmp_path)
+    on = write_secret(tmp_path / "oncall.token", w.oncall)
+    tb = write_secret(tmp_path / "b.token", w.b)
+
+    ctl.run("break-glass", "activate", w.tenant, token=on, want=2)  # no --reason
+    r = ctl.run("break-glass", "activate", w.tenant, "--reason", "x", "--ttl", "2h", token=on, want=1)
+    fails(r, 400, "ttl")
+    g = ctl.json("break-glass", "activate", w.tenant, "--reason", "EHR down (kmsctl)", "--key", "k-phi*",
+                 "--ttl", "2m", token=on)
+    assert g["expires"] - g["granted"] == 120 and g["key"] == "k-phi*"
+    r = ctl.ok("break-glass", "list", token=ctl.admin)
+    assert g["id"] in r.stdout and "EHR down (kmsctl)" in r.stdout
+    ctl.run("break-glass", "review", g["id"], "--verdict", "justified", token=tb, want=2)  # no --note
+    ctl.run("break-glass", "review", g["id"], "--verdict", "ok", "--note", "x", token=tb, want=2)
+    r = ctl.run("break-glass", "review", g["id"], "--verdict", "justified", "--note", "x", token=on, want=1)
+    fails(r, 403)
+    d = ctl.json("break-glass", "review", g["id"], "--verdict", "justified", "--note", "INC-1", token=tb)
+    assert [x["principal"] for x in d["reviews"]] == [w.names["b"]] and d["reviewed"] is False
+    r = ctl.ok("break-glass", "list", token=ctl.admin)
+    assert "1 of 2" in r.stdout

@@ -319,3 +319,38 @@ def test_policy_evaluated_again_at_execution(kmsd):
         doc["version"] = cur["version"] + 2
         r = kmsd.request("POST", "/v1/sys/policy", token=w.a, data=json.dumps(doc))
         assert r.status_code == 200, r.text
+
+
+def test_kmsctl_approval(kmsd, tmp_path):
+    from test_kmsctl import Ctl, fails, write_secret
+    w = world(kmsd)
+    ctl = Ctl(kmsd, tmp_path)
+    tb = write_secret(tmp_path / "b.token", w.b)
+    tc = write_secret(tmp_path / "c.token", w.c)
+    key = qkey(kmsd, w)
+
+    d = ctl.json("key", "rotate", w.tenant, key, token=ctl.admin)
+    aid = d["approval_id"]
+    assert d["state"] == "pending" and d["required_approvals"] == 2
+    r = ctl.ok("approval", "list", token=tb)
+    assert aid in r.stdout and "key.rotate" in r.stdout and "0 of 2" in r.stdout
+    assert aid in [x["id"] for x in ctl.json("approval", "list", token=tb)["requests"]]
+
+    r = ctl.run("approval", "approve", aid, token=ctl.admin, want=1)
+    fails(r, 403, "own request")
+    ctl.ok("approval", "approve", aid, "--note", "looks right", token=tb)
+    r = ctl.run("approval", "approve", aid, token=tb, want=1)
+    fails(r, 409, "already voted")
+    r = ctl.ok("approval", "approve", aid, token=tc)
+    assert "approved-executed" in r.stdout and "result status       200" in r.stdout
+    d = ctl.json("approval", "show", aid, token=ctl.admin)
+    assert d["state"] == "approved-executed" and d["result"]["status"] == 200
+    assert latest(kmsd, w, key) == 2
+
+    d = ctl.json("key", "rotate", w.tenant, key, token=ctl.admin)
+    d = ctl.json("approval", "deny", d["approval_id"], "--note", "no ticket", token=tb)
+    assert d["state"] == "denied"
+    ctl.run("approval", "approve", token=tb, want=2)
+    ctl.run("approval", "frobnicate", token=tb, want=2)
+    r = ctl.run("approval", "show", "0" * 32, token=tb, want=1)
+    fails(r, 404)
