@@ -262,13 +262,10 @@ kms_err op_approval_list(struct core *c, struct op_ctx *x)
 {
 	struct store_approval *arr = NULL;
 	size_t n = 0;
-	const char *state = NULL;
 	json_t *list, *ids;
 	kms_err rc;
 
 	core_approvals_expire(c);
-	if (x->call->body != NULL && (rc = kms_json_opt_string(x->call->body, "state", &state)) != KMS_OK)
-		return rc;
 	rc = store_approval_list(c->st, APPROVAL_LIST_MAX, &arr, &n);
 	if (rc != KMS_OK)
 		return rc;

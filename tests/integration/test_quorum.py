@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 
 import requests
 
@@ -29,6 +30,8 @@ POLICY = {
         {"name": "admin-management", "effect": "allow", "principals": ["role:admin"], "operations": ["*"]},
         {"name": "q-keys-need-two", "effect": "allow", "principals": ["role:admin"], "keys": ["q-*"],
          "operations": ["key.rotate", "key.version.disable"], "require_quorum": 2},
+        {"name": "qd-destruction-needs-two", "effect": "allow", "principals": ["role:admin"],
+         "keys": ["qd-*"], "operations": ["key.version.schedule_destroy"], "require_quorum": 2},
         {"name": "service-data-plane", "effect": "allow", "principals": ["role:service"],
          "tenants": ["@scope"], "operations": ["datakey", "encrypt", "decrypt", "rewrap"]},
         {"name": "service-datakey-q-needs-one", "effect": "allow", "principals": ["role:service"],
@@ -43,7 +46,8 @@ POLICY_FILE = os.path.join(_DIR, "policy.json")
 with open(POLICY_FILE, "w") as _f:
     json.dump(POLICY, _f, indent=2)
 
-KMSD_EXTRA_OPTS = [("policy_file", POLICY_FILE), ("approval_ttl", str(APPROVAL_TTL))]
+KMSD_EXTRA_OPTS = [("policy_file", POLICY_FILE), ("approval_ttl", str(APPROVAL_TTL)),
+                   ("scheduler_interval", "1")]
 KMSD_TEST_CLOCK = True
 
 
@@ -354,3 +358,36 @@ def test_kmsctl_approval(kmsd, tmp_path):
     ctl.run("approval", "frobnicate", token=tb, want=2)
     r = ctl.run("approval", "show", "0" * 32, token=tb, want=1)
     fails(r, 404)
+
+
+def test_erasure_receipt_lists_the_approvers(kmsd):
+    """Destruction scheduled through a quorum: the signed receipt names the approvers."""
+    w = world(kmsd)
+    t = kmsd.create_tenant(uniq("er"), retention="non-phi")
+    k = kmsd.create_key(t, uniq("qd-k"))
+    kmsd.rotate(t, k)
+    r = kmsd.post("/v1/%s/keys/%s/config" % (t, k), {"deletion_allowed": True}, token=w.a)
+    assert r.status_code == 200, r.text
+    r = kmsd.post("/v1/%s/keys/%s/versions/1/schedule-destroy" % (t, k),
+                  {"days": 7, "reason": "erasure request 7"}, token=w.a)
+    assert r.status_code == 202, r.text
+    aid = r.json()["data"]["approval_id"]
+    assert approve(kmsd, w.c, aid).status_code == 200
+    r = approve(kmsd, w.b, aid)
+    assert r.status_code == 200 and r.json()["data"]["result"]["status"] == 200, r.text
+    try:
+        kmsd.set_clock(8 * 86400)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            d = kmsd.get("/v1/%s/keys/%s" % (t, k), token=w.a).json()["data"]
+            if d["versions"]["1"]["state"] == "destroyed":
+                break
+            time.sleep(0.2)
+        assert d["versions"]["1"]["state"] == "destroyed", d
+        r = kmsd.get("/v1/%s/keys/%s/versions/1/receipt" % (t, k), token=w.a)
+        assert r.status_code == 200, r.text
+        rc = r.json()["data"]["receipt"]
+        assert sorted(rc["approvals"]) == sorted([w.names["c"], w.names["b"]])  # by time, then name
+        assert rc["reason"] == "erasure request 7"
+    finally:
+        kmsd.set_clock(0)
