@@ -1239,8 +1239,10 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 			struct store_tenant bt;
 			pin.tenant = json_string_value(json_object_get(call->body, "tenant"));
 			pin.tenant_id = core_tenant_lookup(c, pin.tenant, &bt) == KMS_OK ? bt.id : -1;
-			if (json_is_string(json_object_get(call->body, "key")))
-				pin.key = json_string_value(json_object_get(call->body, "key"));
+			/* the grant's key pattern; absent means every key ("*") */
+			pin.key = json_is_string(json_object_get(call->body, "key"))
+					  ? json_string_value(json_object_get(call->body, "key"))
+					  : "*";
 		}
 		if (rc == KMS_OK) {
 			doc = policy_current(c);

@@ -110,8 +110,9 @@ kms_err op_breakglass_activate(struct core *c, struct op_ctx *x)
 	g.expires = g.granted + ttl;
 	/* Recorded as an alert before it can be used: the audit record of this call (made
 	 * durable by core_call before the answer leaves) carries these members. */
-	x->audit_more = json_pack("{s:b,s:s,s:b,s:s,s:s,s:I}", "alert", 1, "severity", "alert", "break_glass", 1,
-				  "break_glass_grant", g.id, "grant_key", g.key, "grant_expires", (json_int_t)g.expires);
+	x->audit_more = json_pack("{s:b,s:s,s:b,s:s,s:s,s:s,s:I}", "alert", 1, "severity", "alert", "break_glass", 1,
+				  "break_glass_grant", g.id, "grant_tenant", g.tenant, "grant_key", g.key, "grant_expires",
+				  (json_int_t)g.expires);
 	if (x->audit_more == NULL)
 		return kms_errf(KMS_ERR_NOMEM, "break-glass");
 	if ((rc = store_grant_create(c->st, &g)) != KMS_OK)

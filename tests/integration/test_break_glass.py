@@ -183,6 +183,7 @@ def test_grant_allows_decrypt_until_expiry(kmsd):
     act = [x for x in recs if x["operation"] == "breakglass.activate" and x.get("break_glass_grant") == g["id"]]
     assert len(act) == 1 and act[0]["alert"] is True and act[0]["severity"] == "alert"
     assert act[0]["principal"] == w.oncall_name and act[0]["outcome"] == "allow"
+    assert act[0]["grant_tenant"] == w.tenant and act[0]["grant_key"] == "k-phi*"
     used = [x for x in recs if x.get("break_glass_grant") == g["id"] and x["operation"] in ("decrypt", "rewrap")]
     assert len(used) == 2 and all(x["break_glass"] is True and x["outcome"] == "allow" for x in used)
     assert all(g["id"] in x["reason"] for x in used)

@@ -184,7 +184,7 @@ struct racer {
 	struct store *s;
 	const char *id;
 	int64_t pid;
-	char name[8];
+	char name[16];
 	pthread_barrier_t *bar;
 	enum store_vote_result r;
 	kms_err rc;
