@@ -1268,6 +1268,10 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 					snprintf(verdict.reason, sizeof(verdict.reason), "break-glass grant %s", x.bg_grant);
 					x.bg_used = true;
 				}
+				/* An approved request's step-up was the requester's, when it was made
+				 * (and each approver passes its own on the vote): not asked again. */
+				if (call->approved != NULL)
+					verdict.require_mfa = false;
 				snprintf(x.reason, sizeof(x.reason), "%s", verdict.reason);
 				rc = verdict_err(&verdict, true);
 				if (rc == KMS_OK && verdict.require_quorum > 0)
