@@ -39,6 +39,13 @@ static const char *const op_names[KMS_OP__COUNT] = {
 	[KMS_OP_TOKEN_LOOKUP_ACCESSOR] = "token.lookup_accessor",
 	[KMS_OP_KEY_TRIM] = "key.trim",
 	[KMS_OP_MASTER_KEY_ROTATE] = "sys.master_key.rotate",
+	[KMS_OP_APPROVAL_LIST] = "approval.list",
+	[KMS_OP_APPROVAL_READ] = "approval.read",
+	[KMS_OP_APPROVAL_APPROVE] = "approval.approve",
+	[KMS_OP_APPROVAL_DENY] = "approval.deny",
+	[KMS_OP_BREAKGLASS_ACTIVATE] = "breakglass.activate",
+	[KMS_OP_BREAKGLASS_LIST] = "breakglass.list",
+	[KMS_OP_BREAKGLASS_REVIEW] = "breakglass.review",
 };
 
 const char *kms_op_name(enum kms_op op)

@@ -43,6 +43,14 @@ enum kms_op {
 	KMS_OP_TOKEN_LOOKUP_ACCESSOR,
 	KMS_OP_KEY_TRIM,
 	KMS_OP_MASTER_KEY_ROTATE, /* steps of kmsd master-key rotate, relayed; no route */
+	/* quorum approvals and break-glass (docs/API.md "Approvals", "Break-glass") */
+	KMS_OP_APPROVAL_LIST,
+	KMS_OP_APPROVAL_READ,
+	KMS_OP_APPROVAL_APPROVE,
+	KMS_OP_APPROVAL_DENY,
+	KMS_OP_BREAKGLASS_ACTIVATE,
+	KMS_OP_BREAKGLASS_LIST,
+	KMS_OP_BREAKGLASS_REVIEW,
 	KMS_OP__COUNT
 };
 

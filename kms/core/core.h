@@ -32,6 +32,18 @@ struct core_call {
 	const char *raw_body;	 /* the body as received (for error locations), or NULL */
 	size_t raw_len;
 	const char *format;	 /* ?format= query argument, or NULL */
+	const char *method;	 /* HTTP method and path as received, kept with a quorum request */
+	const char *path;
+	/* Set only when an approved quorum request is executed (ops_approval.c): the call
+	 * then runs as its requester, without a token, with these approvals behind it. */
+	const struct core_approved *approved;
+};
+
+struct core_approved {
+	const char *id;		 /* the approval request's id */
+	int64_t requester_id;	 /* principal id of the requester */
+	unsigned count;		 /* approvals recorded */
+	const json_t *approvers; /* array of approver names, for the audit record */
 };
 
 struct core_result {
@@ -54,6 +66,9 @@ struct core_options {
 	double principal_rps, principal_burst;	   /* every call of one principal */
 	const char *op_limits;			   /* "op=rate[:burst],..." per principal */
 	double auth_fail_rps, auth_fail_burst;	   /* failed authentications per source */
+	int64_t approval_ttl;	     /* seconds a quorum request stays pending; 0: 86400 */
+	int64_t break_glass_max_ttl; /* longest break-glass grant in seconds; 0: 3600 */
+	unsigned break_glass_reviews; /* admin reviews a grant needs; 0: 2 */
 };
 /* KMS_ERR_CONFIG for a malformed op_limits (validated with the configuration first). */
 KMS_WUR kms_err core_configure(struct core *c, const struct core_options *o);

@@ -85,4 +85,9 @@ void metrics_write_prometheus(const struct core_metrics *m, FILE *f)
 	counter(f, "kmsd_store_errors_total", "Requests failed by the metadata store.", GET(&m->store_errors));
 	counter(f, "kmsd_audit_refusals_total",
 		"Requests refused because their audit record could not be written.", GET(&m->audit_refused));
+	counter(f, "kmsd_break_glass_activations_total", "Break-glass grants made.",
+		GET(&m->break_glass_activations));
+	counter(f, "kmsd_break_glass_decrypts_total",
+		"Decrypt and rewrap calls the policy refused and a break-glass grant allowed.",
+		GET(&m->break_glass_decrypts));
 }

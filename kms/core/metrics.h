@@ -25,6 +25,8 @@ struct core_metrics {
 	uint64_t token_errors;	  /* calls failed by the PKCS#11 token */
 	uint64_t store_errors;	  /* ... by the metadata store */
 	uint64_t audit_refused;	  /* answered 503 because the record could not be written */
+	uint64_t break_glass_activations; /* break-glass grants made */
+	uint64_t break_glass_decrypts;	  /* decrypt/rewrap calls allowed only by a grant */
 };
 
 /* Counts one answered request: its operation, outcome, status, duration and, for a
