@@ -41,6 +41,9 @@
  *   rate_limit_ops      string  ""           per principal and operation: "op=rate[:burst],..."
  *   auth_fail_rps       int     5            failed authentications a second per source address, 0..100000 (0 = no limit)
  *   auth_fail_burst     int     50           ...bucket size, 0..1000000 (0 = 2 x rate)
+ *   metrics_listen      string  ""           ADDRESS:PORT of the tokenless Prometheus listener (GET /metrics
+ *                                            only, plain HTTP; docs/API.md "Metrics listener"); "" = off
+ *   metrics_port_file   path    ""           if set, the metrics listener's bound port is written there
  *   user                string  ""           account to run as when started as root (kms/proc.h); "" = refuse
  *                                            to run as root; "root" = stay root (logged as a warning)
  */
@@ -48,6 +51,7 @@
 #define KMS_CONFIG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "kms/base/err.h"
 
@@ -89,6 +93,8 @@ struct kms_config {
 	int auth_fail_rps;
 	int auth_fail_burst;
 	char user[33]; /* a login name, 1..32 chars */
+	char metrics_listen[72]; /* "" or ADDRESS:PORT */
+	char metrics_port_file[KMS_CONFIG_PATH_MAX];
 };
 
 /* Fills cfg with every default. */
@@ -109,5 +115,9 @@ unsigned kms_config_workers(const struct kms_config *cfg);
 
 /* Cross-option checks after loading (tls needs cert and key, a PIN source is set). */
 KMS_WUR kms_err kms_config_validate(const struct kms_config *cfg);
+
+/* Splits "IPv4:PORT" or "[IPv6]:PORT" (the form of metrics_listen) into an address
+ * literal (host, cap bytes) and a port 0..65535. 0 when valid, -1 otherwise. */
+int kms_config_parse_listen(const char *v, char *host, size_t cap, int *port);
 
 #endif

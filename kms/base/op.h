@@ -43,6 +43,7 @@ enum kms_op {
 	KMS_OP_TOKEN_LOOKUP_ACCESSOR,
 	KMS_OP_KEY_TRIM,
 	KMS_OP_MASTER_KEY_ROTATE, /* steps of kmsd master-key rotate, relayed; no route */
+	KMS_OP_COMPLIANCE, /* GET /v1/sys/compliance: the data of kmsctl report compliance */
 	KMS_OP__COUNT
 };
 

@@ -73,6 +73,12 @@ struct core {
 	unsigned sched_interval;
 	pthread_mutex_t sched_mu;
 	pthread_cond_t sched_cv;
+	/* key-state gauges for metrics, refreshed at most once a second (ops_report.c) */
+	pthread_mutex_t gauge_mu;
+	int64_t gauge_at_ms;
+	struct store_tenant_states *gauge_tenants;
+	size_t gauge_n;
+	struct store_usage gauge_usage;
 };
 
 /* What an operation sees: the authenticated principal and the resolved tenant. */
@@ -203,6 +209,7 @@ KMS_WUR kms_err core_policy_item(struct op_ctx *x, json_t *item);
 KMS_WUR kms_err op_policy_read(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_audit_hash(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_metrics(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_compliance(struct core *c, struct op_ctx *x); /* ops_report.c */
 /* The audit record's hashed "encryption_context" and "associated_data" (and "items"
  * for a batch) of a data-plane request body, in a new object for audit_record.extra. */
 KMS_WUR kms_err core_audit_hashes(struct core *c, const json_t *body, json_t **extra);

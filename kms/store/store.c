@@ -2979,3 +2979,226 @@ kms_err store_mk_pending_count(struct store *s, uint32_t to, uint64_t *n)
 	store_unlock(s);
 	return rc;
 }
+
+/* ---- metrics gauges and the compliance report (read-only aggregates) ---- */
+
+/* Ad hoc statements: these run once per scrape or report, not per request, so they
+ * are prepared on demand rather than kept in s->st. Caller holds the lock. */
+static kms_err prepare_once(struct store *s, const char *sql, sqlite3_stmt **st)
+{
+	if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK) {
+		*st = NULL;
+		return db_fail(s, "prepare");
+	}
+	return KMS_OK;
+}
+
+kms_err store_version_gauges(struct store *s, uint64_t limit, struct store_tenant_states **out, size_t *n,
+			     struct store_usage *u)
+{
+	static const char *const by_state =
+		"SELECT t.name, v.state, count(*) FROM key_versions v JOIN keys k ON k.id = v.key_id"
+		" JOIN tenants t ON t.id = k.tenant_id GROUP BY t.name, v.state ORDER BY t.name";
+	static const char *const usage =
+		"SELECT coalesce(max(enc_reserved), 0), coalesce(sum(enc_reserved * 2 >= ?1), 0),"
+		" coalesce(sum(enc_reserved * 10 >= ?1 * 9), 0),"
+		" min(CASE WHEN state = 'pending_destruction' THEN destroy_after END)"
+		" FROM key_versions WHERE state != 'destroyed'";
+	struct store_tenant_states *arr = NULL;
+	sqlite3_stmt *st = NULL;
+	size_t cap = 0, cnt = 0;
+	int src;
+	kms_err rc;
+
+	if (out == NULL || n == NULL || u == NULL || limit == 0 || limit > INT64_MAX / 10)
+		return kms_errf(KMS_ERR_INVALID, "bad gauge query");
+	memset(u, 0, sizeof(*u));
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = prepare_once(s, by_state, &st)) != KMS_OK)
+		goto out;
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *state = (const char *)sqlite3_column_text(st, 1);
+		char tname[STORE_NAME_MAX + 1];
+		int idx;
+
+		if ((rc = col_text(st, 0, tname, sizeof(tname), "tenants")) != KMS_OK)
+			goto out;
+		if (state == NULL)
+			idx = -1;
+		else if (strcmp(state, STORE_STATE_ENABLED) == 0)
+			idx = 0;
+		else if (strcmp(state, STORE_STATE_DISABLED) == 0)
+			idx = 1;
+		else if (strcmp(state, STORE_STATE_PENDING) == 0)
+			idx = 2;
+		else if (strcmp(state, STORE_STATE_DESTROYED) == 0)
+			idx = 3;
+		else
+			idx = -1;
+		if (idx < 0) {
+			rc = db_corrupt("key_versions");
+			goto out;
+		}
+		if (cnt == 0 || strcmp(arr[cnt - 1].tenant, tname) != 0) {
+			void *g = grow(arr, &cap, cnt, sizeof(*arr));
+
+			if (g == NULL) {
+				rc = kms_errf(KMS_ERR_NOMEM, "gauges");
+				goto out;
+			}
+			arr = g;
+			memset(&arr[cnt], 0, sizeof(arr[cnt]));
+			memcpy(arr[cnt].tenant, tname, sizeof(tname));
+			cnt++;
+		}
+		arr[cnt - 1].versions[idx] = (uint64_t)sqlite3_column_int64(st, 2);
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "version states");
+		goto out;
+	}
+	sqlite3_finalize(st);
+	if ((rc = prepare_once(s, usage, &st)) != KMS_OK)
+		goto out;
+	if (sqlite3_bind_int64(st, 1, (int64_t)limit) != SQLITE_OK) {
+		rc = db_fail(s, "usage bind");
+		goto out;
+	}
+	if (sqlite3_step(st) != SQLITE_ROW) {
+		rc = db_fail(s, "version usage");
+		goto out;
+	}
+	u->max_reserved = (uint64_t)sqlite3_column_int64(st, 0);
+	u->over_half = (uint64_t)sqlite3_column_int64(st, 1);
+	u->over_90 = (uint64_t)sqlite3_column_int64(st, 2);
+	u->next_destroy = sqlite3_column_type(st, 3) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 3);
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	sqlite3_finalize(st);
+	store_unlock(s);
+	free(arr);
+	return rc;
+}
+
+kms_err store_compliance_rows(struct store *s, struct store_crow **out, size_t *n)
+{
+	static const char *const sql =
+		"SELECT t.name, t.retention, t.legal_hold, k.name, k.created, k.latest_version,"
+		" k.auto_rotate_period, k.revoked, k.legal_hold, v.version, v.created, v.state,"
+		" v.destroy_after, v.enc_reserved"
+		" FROM tenants t LEFT JOIN keys k ON k.tenant_id = t.id"
+		" LEFT JOIN key_versions v ON v.key_id = k.id ORDER BY t.name, k.name, v.version";
+	struct store_crow *arr = NULL;
+	sqlite3_stmt *st = NULL;
+	size_t cap = 0, cnt = 0;
+	int src;
+	kms_err rc;
+
+	if (out == NULL || n == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for compliance rows");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = prepare_once(s, sql, &st)) != KMS_OK)
+		goto out;
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		struct store_crow *r;
+		void *g = grow(arr, &cap, cnt, sizeof(*arr));
+
+		if (g == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "compliance rows");
+			goto out;
+		}
+		arr = g;
+		r = &arr[cnt];
+		memset(r, 0, sizeof(*r));
+		if ((rc = col_text(st, 0, r->tenant, sizeof(r->tenant), "tenants")) != KMS_OK ||
+		    (rc = col_text(st, 1, r->retention, sizeof(r->retention), "tenants")) != KMS_OK)
+			goto out;
+		r->tenant_hold = sqlite3_column_int(st, 2);
+		if (sqlite3_column_type(st, 3) != SQLITE_NULL) {
+			if ((rc = col_text(st, 3, r->key, sizeof(r->key), "keys")) != KMS_OK ||
+			    (rc = col_u32(st, 5, &r->latest, "keys")) != KMS_OK)
+				goto out;
+			r->key_created = sqlite3_column_int64(st, 4);
+			r->auto_rotate_period = sqlite3_column_int64(st, 6);
+			r->revoked = sqlite3_column_int(st, 7);
+			r->key_hold = sqlite3_column_int(st, 8);
+		}
+		if (sqlite3_column_type(st, 9) != SQLITE_NULL) {
+			if ((rc = col_u32(st, 9, &r->version, "key_versions")) != KMS_OK ||
+			    (rc = col_text(st, 11, r->state, sizeof(r->state), "key_versions")) != KMS_OK)
+				goto out;
+			r->created = sqlite3_column_int64(st, 10);
+			r->destroy_after = sqlite3_column_int64(st, 12);
+			r->enc_reserved = (uint64_t)sqlite3_column_int64(st, 13);
+		}
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "compliance rows");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	sqlite3_finalize(st);
+	store_unlock(s);
+	free(arr);
+	return rc;
+}
+
+kms_err store_tokens_without_expiry(struct store *s, struct store_token_owner **out, size_t *n)
+{
+	static const char *const sql =
+		"SELECT a.accessor, p.name, p.role, a.created, a.last_used FROM api_tokens a"
+		" JOIN principals p ON p.id = a.principal_id WHERE a.expires = 0 AND a.revoked = 0"
+		" ORDER BY p.name, a.created, a.accessor";
+	struct store_token_owner *arr = NULL;
+	sqlite3_stmt *st = NULL;
+	size_t cap = 0, cnt = 0;
+	int src;
+	kms_err rc;
+
+	if (out == NULL || n == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for the token list");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = prepare_once(s, sql, &st)) != KMS_OK)
+		goto out;
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		void *g = grow(arr, &cap, cnt, sizeof(*arr));
+
+		if (g == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "token list");
+			goto out;
+		}
+		arr = g;
+		memset(&arr[cnt], 0, sizeof(arr[cnt]));
+		if ((rc = col_text(st, 0, arr[cnt].accessor, sizeof(arr[cnt].accessor), "api_tokens")) != KMS_OK ||
+		    (rc = col_text(st, 1, arr[cnt].principal, sizeof(arr[cnt].principal), "principals")) != KMS_OK ||
+		    (rc = col_text(st, 2, arr[cnt].role, sizeof(arr[cnt].role), "principals")) != KMS_OK)
+			goto out;
+		arr[cnt].created = sqlite3_column_int64(st, 3);
+		arr[cnt].last_used = sqlite3_column_int64(st, 4);
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "token list");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	sqlite3_finalize(st);
+	store_unlock(s);
+	free(arr);
+	return rc;
+}
