@@ -177,6 +177,10 @@ void cli_seal_usage(FILE *f);
 int cli_open(int argc, char **argv);
 void cli_open_usage(FILE *f);
 
+/* report compliance (cli_report.c). */
+int cli_report(int argc, char **argv);
+void cli_report_usage(FILE *f);
+
 /* The global options' help, shared by every level's --help. */
 void cli_global_help(FILE *f);
 

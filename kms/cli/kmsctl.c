@@ -31,6 +31,8 @@ static const struct cli_command commands[] = {
 	{"audit", "offline audit log tools: verify the chain and signatures, search,\n"
 		  "             access and exposure reports",
 	 cli_audit, cli_audit_usage},
+	{"report", "compliance report: md, json or a self-contained HTML page (admin)", cli_report,
+	 cli_report_usage},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
