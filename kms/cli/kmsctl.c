@@ -174,8 +174,9 @@ int main(int argc, char **argv)
 	argc = take_globals(argc, argv);
 	if (argc < 0)
 		return CLI_USAGE;
+	/* `report` takes formats of its own (md, json, html) and checks them itself */
 	if (cli_opts.format != NULL && strcmp(cli_opts.format, "table") != 0 &&
-	    strcmp(cli_opts.format, "json") != 0) {
+	    strcmp(cli_opts.format, "json") != 0 && !(argc >= 2 && strcmp(argv[1], "report") == 0)) {
 		fprintf(stderr, "kmsctl: --format %s: use table or json\n", cli_opts.format);
 		return CLI_USAGE;
 	}
