@@ -459,17 +459,21 @@ static void commit_locked(struct audit *a, uint64_t target)
 		a->pend_len = a->pend_cap = 0;
 		a->writing = true;
 		pthread_mutex_unlock(&a->mu);
-		if (write_all(a->fd, buf, len) != 0)
+		if (write_all(a->fd, buf, len) != 0) {
 			snprintf(why, sizeof(why), "write to %.160s failed: %s", a->path, strerror(errno));
-		else if (clock_gettime(CLOCK_MONOTONIC, &f0), fdatasync(a->fd) != 0)
-			snprintf(why, sizeof(why), "fdatasync of %.160s failed: %s", a->path, strerror(errno));
-		else
-			(void)file_intact(a, why, sizeof(why));
-		ok = why[0] == '\0';
-		if (ok) {
-			clock_gettime(CLOCK_MONOTONIC, &f1);
-			fsync_us = (uint64_t)((f1.tv_sec - f0.tv_sec) * 1000000LL + (f1.tv_nsec - f0.tv_nsec) / 1000);
+		} else {
+			clock_gettime(CLOCK_MONOTONIC, &f0);
+			if (fdatasync(a->fd) != 0) {
+				snprintf(why, sizeof(why), "fdatasync of %.160s failed: %s", a->path,
+					 strerror(errno));
+			} else {
+				clock_gettime(CLOCK_MONOTONIC, &f1);
+				fsync_us = (uint64_t)((f1.tv_sec - f0.tv_sec) * 1000000LL +
+						      (f1.tv_nsec - f0.tv_nsec) / 1000);
+				(void)file_intact(a, why, sizeof(why));
+			}
 		}
+		ok = why[0] == '\0';
 		if (ok && a->slog != NULL)
 			audit_syslog_send(a->slog, buf, len);
 		free(buf);

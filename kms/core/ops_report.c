@@ -48,6 +48,21 @@ static void gauges_refresh_locked(struct core *c)
 	c->gauge_at_ms = now;
 }
 
+/* A label value as the exposition format wants it: backslash, quote and newline
+ * escaped. Tenant names cannot hold them (the API checks names), but the store is a
+ * file that could have been edited. */
+static void put_label(FILE *f, const char *s)
+{
+	for (; *s; s++) {
+		if (*s == '\\' || *s == '"')
+			fputc('\\', f);
+		if (*s == '\n')
+			fputs("\\n", f);
+		else
+			fputc(*s, f);
+	}
+}
+
 static void gauges_write(struct core *c, FILE *f)
 {
 	static const char *const states[4] = {"enabled", "disabled", "pending_destruction", "destroyed"};
@@ -59,9 +74,11 @@ static void gauges_write(struct core *c, FILE *f)
 	fprintf(f, "# HELP kmsd_key_versions Key versions by tenant and stored state.\n"
 		   "# TYPE kmsd_key_versions gauge\n");
 	for (size_t i = 0; i < c->gauge_n; i++)
-		for (int s = 0; s < 4; s++)
-			fprintf(f, "kmsd_key_versions{tenant=\"%s\",state=\"%s\"} %" PRIu64 "\n",
-				c->gauge_tenants[i].tenant, states[s], c->gauge_tenants[i].versions[s]);
+		for (int s = 0; s < 4; s++) {
+			fputs("kmsd_key_versions{tenant=\"", f);
+			put_label(f, c->gauge_tenants[i].tenant);
+			fprintf(f, "\",state=\"%s\"} %" PRIu64 "\n", states[s], c->gauge_tenants[i].versions[s]);
+		}
 	fprintf(f,
 		"# HELP kmsd_key_version_encryption_limit Encryptions allowed per key version "
 		"(max_encryptions_per_version).\n"
