@@ -3084,62 +3084,38 @@ out:
 	return rc;
 }
 
-kms_err store_compliance_rows(struct store *s, struct store_crow **out, size_t *n)
+/* Runs sql (no parameters) and collects one elem-sized, zeroed entry a row, filled by
+ * row(); *out malloc'd (free()). */
+static kms_err query_rows(struct store *s, const char *sql, size_t elem, kms_err (*row)(sqlite3_stmt *, void *),
+			  void **out, size_t *n)
 {
-	static const char *const sql =
-		"SELECT t.name, t.retention, t.legal_hold, k.name, k.created, k.latest_version,"
-		" k.auto_rotate_period, k.revoked, k.legal_hold, v.version, v.created, v.state,"
-		" v.destroy_after, v.enc_reserved"
-		" FROM tenants t LEFT JOIN keys k ON k.tenant_id = t.id"
-		" LEFT JOIN key_versions v ON v.key_id = k.id ORDER BY t.name, k.name, v.version";
-	struct store_crow *arr = NULL;
+	char *arr = NULL;
 	sqlite3_stmt *st = NULL;
 	size_t cap = 0, cnt = 0;
 	int src;
 	kms_err rc;
 
 	if (out == NULL || n == NULL)
-		return kms_errf(KMS_ERR_INVALID, "no output for compliance rows");
+		return kms_errf(KMS_ERR_INVALID, "no output for the rows");
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	if ((rc = prepare_once(s, sql, &st)) != KMS_OK)
 		goto out;
 	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-		struct store_crow *r;
-		void *g = grow(arr, &cap, cnt, sizeof(*arr));
+		void *g = grow(arr, &cap, cnt, elem);
 
 		if (g == NULL) {
-			rc = kms_errf(KMS_ERR_NOMEM, "compliance rows");
+			rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
 			goto out;
 		}
 		arr = g;
-		r = &arr[cnt];
-		memset(r, 0, sizeof(*r));
-		if ((rc = col_text(st, 0, r->tenant, sizeof(r->tenant), "tenants")) != KMS_OK ||
-		    (rc = col_text(st, 1, r->retention, sizeof(r->retention), "tenants")) != KMS_OK)
+		memset(arr + cnt * elem, 0, elem);
+		if ((rc = row(st, arr + cnt * elem)) != KMS_OK)
 			goto out;
-		r->tenant_hold = sqlite3_column_int(st, 2);
-		if (sqlite3_column_type(st, 3) != SQLITE_NULL) {
-			if ((rc = col_text(st, 3, r->key, sizeof(r->key), "keys")) != KMS_OK ||
-			    (rc = col_u32(st, 5, &r->latest, "keys")) != KMS_OK)
-				goto out;
-			r->key_created = sqlite3_column_int64(st, 4);
-			r->auto_rotate_period = sqlite3_column_int64(st, 6);
-			r->revoked = sqlite3_column_int(st, 7);
-			r->key_hold = sqlite3_column_int(st, 8);
-		}
-		if (sqlite3_column_type(st, 9) != SQLITE_NULL) {
-			if ((rc = col_u32(st, 9, &r->version, "key_versions")) != KMS_OK ||
-			    (rc = col_text(st, 11, r->state, sizeof(r->state), "key_versions")) != KMS_OK)
-				goto out;
-			r->created = sqlite3_column_int64(st, 10);
-			r->destroy_after = sqlite3_column_int64(st, 12);
-			r->enc_reserved = (uint64_t)sqlite3_column_int64(st, 13);
-		}
 		cnt++;
 	}
 	if (src != SQLITE_DONE) {
-		rc = db_fail(s, "compliance rows");
+		rc = db_fail(s, "report rows");
 		goto out;
 	}
 	*out = arr;
@@ -3153,52 +3129,81 @@ out:
 	return rc;
 }
 
+static kms_err row_crow(sqlite3_stmt *st, void *p)
+{
+	struct store_crow *r = p;
+	kms_err rc;
+
+	if ((rc = col_text(st, 0, r->tenant, sizeof(r->tenant), "tenants")) != KMS_OK ||
+	    (rc = col_text(st, 1, r->retention, sizeof(r->retention), "tenants")) != KMS_OK)
+		return rc;
+	r->tenant_hold = sqlite3_column_int(st, 2);
+	if (sqlite3_column_type(st, 3) != SQLITE_NULL) {
+		if ((rc = col_text(st, 3, r->key, sizeof(r->key), "keys")) != KMS_OK ||
+		    (rc = col_u32(st, 5, &r->latest, "keys")) != KMS_OK)
+			return rc;
+		r->key_created = sqlite3_column_int64(st, 4);
+		r->auto_rotate_period = sqlite3_column_int64(st, 6);
+		r->revoked = sqlite3_column_int(st, 7);
+		r->key_hold = sqlite3_column_int(st, 8);
+	}
+	if (sqlite3_column_type(st, 9) != SQLITE_NULL) {
+		if ((rc = col_u32(st, 9, &r->version, "key_versions")) != KMS_OK ||
+		    (rc = col_text(st, 11, r->state, sizeof(r->state), "key_versions")) != KMS_OK)
+			return rc;
+		r->created = sqlite3_column_int64(st, 10);
+		r->destroy_after = sqlite3_column_int64(st, 12);
+		r->enc_reserved = (uint64_t)sqlite3_column_int64(st, 13);
+	}
+	return KMS_OK;
+}
+
+kms_err store_compliance_rows(struct store *s, struct store_crow **out, size_t *n)
+{
+	static const char *const sql =
+		"SELECT t.name, t.retention, t.legal_hold, k.name, k.created, k.latest_version,"
+		" k.auto_rotate_period, k.revoked, k.legal_hold, v.version, v.created, v.state,"
+		" v.destroy_after, v.enc_reserved"
+		" FROM tenants t LEFT JOIN keys k ON k.tenant_id = t.id"
+		" LEFT JOIN key_versions v ON v.key_id = k.id ORDER BY t.name, k.name, v.version";
+	void *rows = NULL;
+	kms_err rc;
+
+	if (out == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for the rows");
+	rc = query_rows(s, sql, sizeof(**out), row_crow, &rows, n);
+	if (rc == KMS_OK)
+		*out = rows;
+	return rc;
+}
+
+static kms_err row_token_owner(sqlite3_stmt *st, void *p)
+{
+	struct store_token_owner *t = p;
+	kms_err rc;
+
+	if ((rc = col_text(st, 0, t->accessor, sizeof(t->accessor), "api_tokens")) != KMS_OK ||
+	    (rc = col_text(st, 1, t->principal, sizeof(t->principal), "principals")) != KMS_OK ||
+	    (rc = col_text(st, 2, t->role, sizeof(t->role), "principals")) != KMS_OK)
+		return rc;
+	t->created = sqlite3_column_int64(st, 3);
+	t->last_used = sqlite3_column_int64(st, 4);
+	return KMS_OK;
+}
+
 kms_err store_tokens_without_expiry(struct store *s, struct store_token_owner **out, size_t *n)
 {
 	static const char *const sql =
 		"SELECT a.accessor, p.name, p.role, a.created, a.last_used FROM api_tokens a"
 		" JOIN principals p ON p.id = a.principal_id WHERE a.expires = 0 AND a.revoked = 0"
 		" ORDER BY p.name, a.created, a.accessor";
-	struct store_token_owner *arr = NULL;
-	sqlite3_stmt *st = NULL;
-	size_t cap = 0, cnt = 0;
-	int src;
+	void *rows = NULL;
 	kms_err rc;
 
-	if (out == NULL || n == NULL)
-		return kms_errf(KMS_ERR_INVALID, "no output for the token list");
-	if ((rc = store_lock(s)) != KMS_OK)
-		return rc;
-	if ((rc = prepare_once(s, sql, &st)) != KMS_OK)
-		goto out;
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-		void *g = grow(arr, &cap, cnt, sizeof(*arr));
-
-		if (g == NULL) {
-			rc = kms_errf(KMS_ERR_NOMEM, "token list");
-			goto out;
-		}
-		arr = g;
-		memset(&arr[cnt], 0, sizeof(arr[cnt]));
-		if ((rc = col_text(st, 0, arr[cnt].accessor, sizeof(arr[cnt].accessor), "api_tokens")) != KMS_OK ||
-		    (rc = col_text(st, 1, arr[cnt].principal, sizeof(arr[cnt].principal), "principals")) != KMS_OK ||
-		    (rc = col_text(st, 2, arr[cnt].role, sizeof(arr[cnt].role), "principals")) != KMS_OK)
-			goto out;
-		arr[cnt].created = sqlite3_column_int64(st, 3);
-		arr[cnt].last_used = sqlite3_column_int64(st, 4);
-		cnt++;
-	}
-	if (src != SQLITE_DONE) {
-		rc = db_fail(s, "token list");
-		goto out;
-	}
-	*out = arr;
-	*n = cnt;
-	arr = NULL;
-	rc = KMS_OK;
-out:
-	sqlite3_finalize(st);
-	store_unlock(s);
-	free(arr);
+	if (out == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for the rows");
+	rc = query_rows(s, sql, sizeof(**out), row_token_owner, &rows, n);
+	if (rc == KMS_OK)
+		*out = rows;
 	return rc;
 }
