@@ -48,6 +48,7 @@ static const char *check_log_level(const char *v);
 static const char *check_syslog(const char *v);
 static const char *check_rate_ops(const char *v);
 static const char *check_user(const char *v);
+static const char *check_metrics_listen(const char *v);
 
 #define FIELD(f) offsetof(struct kms_config, f), sizeof(((struct kms_config *)0)->f)
 #define STRING(n, d, req, chk) {#n, OPT_STRING, d, FIELD(n), 0, 0, req, chk}
@@ -96,6 +97,9 @@ static const struct conf_option options[] = {
 	INT(break_glass_reviews, 2, 1, 16),
 	/* Whether the account exists is checked when kmsd switches to it (kms/proc.c). */
 	STRING(user, "", 0, check_user),
+	/* The Prometheus listener (kms/http/metrics_listen.h): off unless set. */
+	STRING(metrics_listen, "", 0, check_metrics_listen),
+	PATH(metrics_port_file, "", 0),
 };
 
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))
@@ -515,4 +519,52 @@ unsigned kms_config_workers(const struct kms_config *cfg)
 	if (n < 1)
 		n = 1;
 	return n > 32 ? 256 : (unsigned)n * 8;
+}
+
+int kms_config_parse_listen(const char *v, char *host, size_t cap, int *port)
+{
+	const char *colon, *h = v;
+	size_t hlen;
+	char *end;
+	long p;
+	unsigned char buf[sizeof(struct in6_addr)];
+
+	if (v == NULL || *v == '\0')
+		return -1;
+	if (*v == '[') {
+		const char *rb = strchr(v, ']');
+
+		if (rb == NULL || rb[1] != ':')
+			return -1;
+		h = v + 1;
+		hlen = (size_t)(rb - h);
+		colon = rb + 1;
+	} else {
+		colon = strrchr(v, ':');
+		if (colon == NULL || memchr(v, ':', (size_t)(colon - v)) != NULL)
+			return -1; /* an IPv6 address needs brackets */
+		hlen = (size_t)(colon - v);
+	}
+	if (hlen == 0 || hlen >= cap || colon[1] < '0' || colon[1] > '9')
+		return -1;
+	errno = 0;
+	p = strtol(colon + 1, &end, 10);
+	if (errno != 0 || *end != '\0' || p < 0 || p > 65535)
+		return -1;
+	memcpy(host, h, hlen);
+	host[hlen] = '\0';
+	if (inet_pton(AF_INET, host, buf) != 1 && inet_pton(AF_INET6, host, buf) != 1)
+		return -1;
+	*port = (int)p;
+	return 0;
+}
+
+static const char *check_metrics_listen(const char *v)
+{
+	char host[64];
+	int port;
+
+	if (*v == '\0' || kms_config_parse_listen(v, host, sizeof(host), &port) == 0)
+		return NULL;
+	return "must be empty (off) or ADDRESS:PORT with an IP address literal, e.g. 127.0.0.1:9102 or [::1]:9102";
 }

@@ -44,6 +44,9 @@
  *   approval_ttl        int     86400        seconds a quorum request waits for approvals, 60..2592000
  *   break_glass_max_ttl int     3600         longest break-glass grant in seconds, 60..86400
  *   break_glass_reviews int     2            admin reviews a break-glass grant needs, 1..16
+ *   metrics_listen      string  ""           ADDRESS:PORT of the tokenless Prometheus listener (GET /metrics
+ *                                            only, plain HTTP; docs/API.md "Metrics listener"); "" = off
+ *   metrics_port_file   path    ""           if set, the metrics listener's bound port is written there
  *   user                string  ""           account to run as when started as root (kms/proc.h); "" = refuse
  *                                            to run as root; "root" = stay root (logged as a warning)
  */
@@ -51,6 +54,7 @@
 #define KMS_CONFIG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "kms/base/err.h"
 
@@ -95,6 +99,8 @@ struct kms_config {
 	int break_glass_max_ttl;
 	int break_glass_reviews;
 	char user[33]; /* a login name, 1..32 chars */
+	char metrics_listen[72]; /* "" or ADDRESS:PORT */
+	char metrics_port_file[KMS_CONFIG_PATH_MAX];
 };
 
 /* Fills cfg with every default. */
@@ -115,5 +121,9 @@ unsigned kms_config_workers(const struct kms_config *cfg);
 
 /* Cross-option checks after loading (tls needs cert and key, a PIN source is set). */
 KMS_WUR kms_err kms_config_validate(const struct kms_config *cfg);
+
+/* Splits "IPv4:PORT" or "[IPv6]:PORT" (the form of metrics_listen) into an address
+ * literal (host, cap bytes) and a port 0..65535. 0 when valid, -1 otherwise. */
+int kms_config_parse_listen(const char *v, char *host, size_t cap, int *port);
 
 #endif

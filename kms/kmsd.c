@@ -22,6 +22,7 @@
 #include "kms/config.h"
 #include "kms/core/core.h"
 #include "kms/http/server.h"
+#include "kms/http/metrics_listen.h"
 #include "kms/proc.h"
 #include "kms/store/store.h"
 #include "pkcs11/p11.h"
@@ -545,6 +546,8 @@ static int cmd_serve(const struct kms_config *cfg)
 	struct p11 *p11 = NULL;
 	struct core *core = NULL;
 	struct http_server *http = NULL;
+	struct metrics_listener *mlisten = NULL;
+	int mport = 0;
 	char *pin = NULL, flag[8];
 	size_t pin_len = 0;
 	sigset_t set;
@@ -564,6 +567,10 @@ static int cmd_serve(const struct kms_config *cfg)
 	if (read_pin(cfg, &pin, &pin_len) != 0)
 		goto out;
 	if ((err = http_prepare(cfg, &http, &port)) != KMS_OK) {
+		kms_error("%s", kms_err_detail(err));
+		goto out;
+	}
+	if (cfg->metrics_listen[0] && (err = metrics_listen_prepare(cfg, &mlisten, &mport)) != KMS_OK) {
 		kms_error("%s", kms_err_detail(err));
 		goto out;
 	}
@@ -676,6 +683,17 @@ static int cmd_serve(const struct kms_config *cfg)
 	}
 	kms_info("listening on %s://%s:%d (%u workers, node %s)", cfg->tls ? "https" : "http",
 		 cfg->listen_address, port, workers, cfg->node_id);
+	if (mlisten != NULL) {
+		if ((err = metrics_listen_start(mlisten, core)) != KMS_OK) {
+			kms_error("%s", kms_err_detail(err));
+			goto out;
+		}
+		if (cfg->metrics_port_file[0] && write_port_file(cfg->metrics_port_file, mport) != 0) {
+			kms_error("cannot write metrics_port_file %s: %s", cfg->metrics_port_file, strerror(errno));
+			goto out;
+		}
+		kms_info("metrics on http://%s (GET /metrics, port %d, no token)", cfg->metrics_listen, mport);
+	}
 	kms_proc_notify("READY=1\nSTATUS=serving");
 	for (;;) {
 		if (sigwait(&set, &sig) != 0)
@@ -690,6 +708,7 @@ static int cmd_serve(const struct kms_config *cfg)
 	kms_proc_notify("STOPPING=1");
 	rc = 0;
 out:
+	metrics_listen_stop(mlisten);
 	http_stop(http);
 	core_free(core);
 	/* audit signing (issue 5): sign the tail while the token is still open */

@@ -11,6 +11,7 @@
  * themselves and do not rely on the table for that one code. */
 #include "pkcs11/ckr.h"
 
+#include <stdint.h>
 #include <stdio.h>
 
 #ifndef CKR_AEAD_DECRYPT_FAILED
@@ -148,10 +149,41 @@ kms_err p11_ckr_category(CK_RV rv)
 	return KMS_ERR_TOKEN;
 }
 
+#define N_CKR (sizeof(ckr_table) / sizeof(ckr_table[0]))
+
+/* Failed token calls by return value: one slot per table entry, the last for values
+ * the table does not know. Relaxed atomic adds: a metric, not a synchronisation. */
+static uint64_t ckr_counts[N_CKR + 1];
+
+static void ckr_count(CK_RV rv)
+{
+	size_t i;
+
+	for (i = 0; i < N_CKR; i++)
+		if (ckr_table[i].rv == rv)
+			break;
+	__atomic_fetch_add(&ckr_counts[i], 1, __ATOMIC_RELAXED);
+}
+
+void p11_ckr_counts_write(FILE *f)
+{
+	fprintf(f, "# HELP kmsd_token_call_errors_total Failed PKCS#11 calls, by return value "
+		   "(CKR_OTHER: a value kmsd does not know).\n"
+		   "# TYPE kmsd_token_call_errors_total counter\n");
+	for (size_t i = 0; i <= N_CKR; i++) {
+		uint64_t v = __atomic_load_n(&ckr_counts[i], __ATOMIC_RELAXED);
+
+		if (v > 0)
+			fprintf(f, "kmsd_token_call_errors_total{ckr=\"%s\"} %llu\n",
+				i < N_CKR ? ckr_table[i].name : "CKR_OTHER", (unsigned long long)v);
+	}
+}
+
 kms_err p11_ckr_err(CK_RV rv, const char *fn)
 {
 	kms_err e = p11_ckr_category(rv);
 
+	ckr_count(rv);
 	if (e == KMS_OK) /* a caller bug: never report success as a failure's cause */
 		e = KMS_ERR_INTERNAL;
 	return kms_errf(e, "token: %s failed: %s", fn, p11_ckr_name(rv));

@@ -4,6 +4,7 @@
 #define KMS_PKCS11_CKR_H
 
 #include <p11-kit/pkcs11.h>
+#include <stdio.h>
 
 #include "kms/base/err.h"
 
@@ -17,5 +18,9 @@ kms_err p11_ckr_category(CK_RV rv);
 /* Sets the detail "token: <fn> failed: <CKR name>" and returns p11_ckr_category(rv).
  * rv must not be CKR_OK. */
 kms_err p11_ckr_err(CK_RV rv, const char *fn);
+
+/* Writes kmsd_token_call_errors_total{ckr} (Prometheus text): every failure reported
+ * through p11_ckr_err since start, by CKR value. Lock-free. */
+void p11_ckr_counts_write(FILE *f);
 
 #endif

@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/bio.h>
 #include <openssl/bn.h>
@@ -1202,7 +1203,7 @@ static CK_BYTE_PTR in_ptr(const uint8_t *b)
 	return b != NULL ? (CK_BYTE_PTR)b : empty_input;
 }
 
-kms_err p11_random(struct p11 *p, uint8_t *out, size_t n)
+static kms_err random_call(struct p11 *p, uint8_t *out, size_t n)
 {
 	CK_SESSION_HANDLE s;
 	CK_RV rv;
@@ -1221,7 +1222,7 @@ kms_err p11_random(struct p11 *p, uint8_t *out, size_t n)
 	return KMS_OK;
 }
 
-kms_err p11_kek_generate(struct p11 *p, uint32_t mk_version, uint8_t blob[P11_KEK_BLOB_LEN])
+static kms_err kek_generate_call(struct p11 *p, uint32_t mk_version, uint8_t blob[P11_KEK_BLOB_LEN])
 {
 	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
 	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
@@ -1403,7 +1404,7 @@ static kms_err unwrap_locked(struct p11 *p, uint32_t mk_version, const uint8_t *
 	return p11_ckr_err(rv, "C_UnwrapKey(KEK)");
 }
 
-kms_err p11_kek_load(struct p11 *p, uint32_t mk_version, const uint8_t *blob, size_t blob_len,
+static kms_err kek_load_call(struct p11 *p, uint32_t mk_version, const uint8_t *blob, size_t blob_len,
 		     p11_key *out)
 {
 	/* SENSITIVE and WRAP_WITH_TRUSTED must be named: the MK's unwrap template demands
@@ -1571,7 +1572,7 @@ static void gcm_mechanism(CK_MECHANISM *m, CK_GCM_PARAMS *gp, const uint8_t *iv,
 	m->ulParameterLen = sizeof(*gp);
 }
 
-kms_err p11_gcm_encrypt(struct p11 *p, p11_key k, const uint8_t iv[P11_GCM_IV_LEN],
+static kms_err gcm_encrypt_call(struct p11 *p, p11_key k, const uint8_t iv[P11_GCM_IV_LEN],
 			const uint8_t *aad, size_t aad_len, const uint8_t *pt, size_t pt_len,
 			uint8_t *out, size_t out_cap)
 {
@@ -1664,7 +1665,7 @@ static bool decrypt_needs_probe(CK_RV rv)
 	       rv == 0x35UL /* CKR_AEAD_DECRYPT_FAILED */;
 }
 
-kms_err p11_gcm_decrypt(struct p11 *p, p11_key k, const uint8_t iv[P11_GCM_IV_LEN],
+static kms_err gcm_decrypt_call(struct p11 *p, p11_key k, const uint8_t iv[P11_GCM_IV_LEN],
 			const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len,
 			uint8_t *out, size_t out_cap, size_t *out_len)
 {
@@ -1762,7 +1763,7 @@ out:
 	return rc;
 }
 
-kms_err p11_hmac(struct p11 *p, enum p11_mac_key which, const uint8_t *data, size_t len,
+static kms_err hmac_call(struct p11 *p, enum p11_mac_key which, const uint8_t *data, size_t len,
 		 uint8_t out[P11_HMAC_LEN])
 {
 	CK_MECHANISM m = {CKM_SHA256_HMAC, NULL, 0};
@@ -1841,7 +1842,7 @@ out:
 	return rc;
 }
 
-kms_err p11_audit_sign(struct p11 *p, const uint8_t digest[P11_SHA256_LEN], uint8_t *sig,
+static kms_err audit_sign_call(struct p11 *p, const uint8_t digest[P11_SHA256_LEN], uint8_t *sig,
 		       size_t sig_cap, size_t *sig_len)
 {
 	CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
@@ -2004,4 +2005,133 @@ CK_OBJECT_HANDLE p11_internal_object(struct p11 *p, const char *label)
 CK_OBJECT_HANDLE p11_internal_audit_pubkey(struct p11 *p)
 {
 	return p->audit_pub;
+}
+
+/* ---------------------------------------------------------------- call timing */
+
+/* The serving path's token calls, timed for kmsd_token_call_duration_seconds: each
+ * public entry point above is its *_call plus a histogram entry. */
+static struct p11_call_stats call_stats[P11_CALL__N];
+
+static const char *const call_names[P11_CALL__N] = {
+	"random", "kek_generate", "kek_load", "gcm_encrypt", "gcm_decrypt", "hmac", "audit_sign",
+};
+
+static const double call_bounds_s[P11_CALL_BUCKETS] = {0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+							0.0025,	 0.005,	 0.01,	  0.05,	  0.25};
+
+static int64_t call_start(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static void call_end(enum p11_call c, int64_t t0)
+{
+	uint64_t ns = (uint64_t)(call_start() - t0);
+	double s = (double)ns / 1e9;
+	unsigned b = 0;
+
+	while (b < P11_CALL_BUCKETS && s > call_bounds_s[b])
+		b++;
+	__atomic_fetch_add(&call_stats[c].hist[b], 1, __ATOMIC_RELAXED);
+	__atomic_fetch_add(&call_stats[c].ns_sum, ns, __ATOMIC_RELAXED);
+}
+
+kms_err p11_random(struct p11 *p, uint8_t *out, size_t n)
+{
+	int64_t t0 = call_start();
+	kms_err rc = random_call(p, out, n);
+
+	call_end(P11_CALL_RANDOM, t0);
+	return rc;
+}
+
+kms_err p11_kek_generate(struct p11 *p, uint32_t mk_version, uint8_t blob[P11_KEK_BLOB_LEN])
+{
+	int64_t t0 = call_start();
+	kms_err rc = kek_generate_call(p, mk_version, blob);
+
+	call_end(P11_CALL_KEK_GENERATE, t0);
+	return rc;
+}
+
+kms_err p11_kek_load(struct p11 *p, uint32_t mk_version, const uint8_t *blob, size_t blob_len,
+		     p11_key *out)
+{
+	int64_t t0 = call_start();
+	kms_err rc = kek_load_call(p, mk_version, blob, blob_len, out);
+
+	call_end(P11_CALL_KEK_LOAD, t0);
+	return rc;
+}
+
+kms_err p11_gcm_encrypt(struct p11 *p, p11_key k, const uint8_t iv[P11_GCM_IV_LEN],
+			const uint8_t *aad, size_t aad_len, const uint8_t *pt, size_t pt_len,
+			uint8_t *out, size_t out_cap)
+{
+	int64_t t0 = call_start();
+	kms_err rc = gcm_encrypt_call(p, k, iv, aad, aad_len, pt, pt_len, out, out_cap);
+
+	call_end(P11_CALL_GCM_ENCRYPT, t0);
+	return rc;
+}
+
+kms_err p11_gcm_decrypt(struct p11 *p, p11_key k, const uint8_t iv[P11_GCM_IV_LEN],
+			const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len,
+			uint8_t *out, size_t out_cap, size_t *out_len)
+{
+	int64_t t0 = call_start();
+	kms_err rc = gcm_decrypt_call(p, k, iv, aad, aad_len, in, in_len, out, out_cap, out_len);
+
+	call_end(P11_CALL_GCM_DECRYPT, t0);
+	return rc;
+}
+
+kms_err p11_hmac(struct p11 *p, enum p11_mac_key which, const uint8_t *data, size_t len,
+		 uint8_t out[P11_HMAC_LEN])
+{
+	int64_t t0 = call_start();
+	kms_err rc = hmac_call(p, which, data, len, out);
+
+	call_end(P11_CALL_HMAC, t0);
+	return rc;
+}
+
+kms_err p11_audit_sign(struct p11 *p, const uint8_t digest[P11_SHA256_LEN], uint8_t *sig,
+		       size_t sig_cap, size_t *sig_len)
+{
+	int64_t t0 = call_start();
+	kms_err rc = audit_sign_call(p, digest, sig, sig_cap, sig_len);
+
+	call_end(P11_CALL_AUDIT_SIGN, t0);
+	return rc;
+}
+
+void p11_metrics_write(FILE *f)
+{
+	fprintf(f, "# HELP kmsd_token_call_duration_seconds Time of the token operations on the "
+		   "serving path (one message-shaped call of pkcs11/, token calls and session pool "
+		   "wait included).\n"
+		   "# TYPE kmsd_token_call_duration_seconds histogram\n");
+	for (int c = 0; c < P11_CALL__N; c++) {
+		uint64_t cum = 0;
+
+		for (int b = 0; b <= P11_CALL_BUCKETS; b++) {
+			cum += __atomic_load_n(&call_stats[c].hist[b], __ATOMIC_RELAXED);
+			if (b < P11_CALL_BUCKETS)
+				fprintf(f, "kmsd_token_call_duration_seconds_bucket{call=\"%s\",le=\"%g\"} %llu\n",
+					call_names[c], call_bounds_s[b], (unsigned long long)cum);
+			else
+				fprintf(f, "kmsd_token_call_duration_seconds_bucket{call=\"%s\",le=\"+Inf\"} %llu\n",
+					call_names[c], (unsigned long long)cum);
+		}
+		fprintf(f, "kmsd_token_call_duration_seconds_sum{call=\"%s\"} %.9f\n", call_names[c],
+			(double)__atomic_load_n(&call_stats[c].ns_sum, __ATOMIC_RELAXED) / 1e9);
+		fprintf(f, "kmsd_token_call_duration_seconds_count{call=\"%s\"} %llu\n", call_names[c],
+			(unsigned long long)cum);
+	}
+	p11_ckr_counts_write(f);
 }

@@ -33,6 +33,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "kms/base/err.h"
 
@@ -167,5 +168,28 @@ KMS_WUR kms_err p11_audit_sign(struct p11 *p, const uint8_t digest[P11_SHA256_LE
  * CKA_EC_POINT (DER OCTET STRING or raw, uncompressed) and checked to be on the curve.
  * *pem is malloc'd; the caller frees it (it is public, no wipe needed). */
 KMS_WUR kms_err p11_audit_pubkey_pem(struct p11 *p, char **pem);
+
+/* Token call metrics (Prometheus text 0.0.4), process-wide since start:
+ * kmsd_token_call_duration_seconds{call} for p11_random, p11_kek_generate, p11_kek_load,
+ * p11_gcm_encrypt, p11_gcm_decrypt, p11_hmac and p11_audit_sign (failed calls included),
+ * and kmsd_token_call_errors_total{ckr}: every failed PKCS#11 call reported as a token
+ * error, by CKR value. A GCM tag mismatch (a forged or damaged ciphertext, answered
+ * 400) is not a token error and is not counted there. Lock-free (relaxed atomics). */
+enum p11_call {
+	P11_CALL_RANDOM,
+	P11_CALL_KEK_GENERATE,
+	P11_CALL_KEK_LOAD,
+	P11_CALL_GCM_ENCRYPT,
+	P11_CALL_GCM_DECRYPT,
+	P11_CALL_HMAC,
+	P11_CALL_AUDIT_SIGN,
+	P11_CALL__N
+};
+#define P11_CALL_BUCKETS 10
+struct p11_call_stats {
+	uint64_t hist[P11_CALL_BUCKETS + 1];
+	uint64_t ns_sum;
+};
+void p11_metrics_write(FILE *f);
 
 #endif

@@ -16,7 +16,7 @@ _kmsctl()
 	fi
 
 	local globals="--addr --ca-cert --token-file --config --format --timeout --help"
-	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open audit approval break-glass"
+	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open audit approval break-glass report"
 
 	# option values
 	case $prev in
@@ -41,7 +41,7 @@ _kmsctl()
 			key.version.cancel_destroy key.version.destroy key.version.receipt tenant.create
 			tenant.read tenant.list tenant.config principal.create principal.read principal.list
 			token.create token.revoke token.lookup_self token.lookup_accessor policy.read policy.write audit.hash sys.metrics
-			approval.list approval.read approval.approve approval.deny approval.expire breakglass.activate
+			sys.compliance approval.list approval.read approval.approve approval.deny approval.expire breakglass.activate
 			breakglass.list breakglass.review audit.checkpoint audit.recovered" -- "$cur"))
 		return
 		;;
@@ -142,6 +142,12 @@ _kmsctl()
 			esac
 			;;
 		esac
+		;;
+	report)
+		subs="compliance"
+		[ "${path[1]}" = compliance ] && opts="--out"
+		# --format here takes md, json or html
+		[ "$prev" = --format ] && { COMPREPLY=($(compgen -W "md json html" -- "$cur")); return; }
 		;;
 	esac
 

@@ -67,7 +67,14 @@ struct audit {
 	bool signing;
 	bool ticker, stopping;
 	pthread_t ticker_th;
+	/* metrics and the compliance report, under mu */
+	uint64_t fsync_hist[AUDIT_FSYNC_BUCKETS + 1];
+	uint64_t fsync_us_sum;
+	uint64_t ckpt_seq, ckpt_covered;
+	char ckpt_time[40];
 };
+
+static const uint64_t fsync_bounds_us[AUDIT_FSYNC_BUCKETS] = AUDIT_FSYNC_BOUNDS_US;
 
 /* ---------------------------------------------------------------- line format */
 
@@ -446,16 +453,26 @@ static void commit_locked(struct audit *a, uint64_t target)
 		char why[sizeof(a->why)] = "";
 		bool ok;
 		int rot = 1;
+		struct timespec f0 = {0}, f1 = {0};
+		uint64_t fsync_us = 0;
 		a->pend = NULL;
 		a->pend_len = a->pend_cap = 0;
 		a->writing = true;
 		pthread_mutex_unlock(&a->mu);
-		if (write_all(a->fd, buf, len) != 0)
+		if (write_all(a->fd, buf, len) != 0) {
 			snprintf(why, sizeof(why), "write to %.160s failed: %s", a->path, strerror(errno));
-		else if (fdatasync(a->fd) != 0)
-			snprintf(why, sizeof(why), "fdatasync of %.160s failed: %s", a->path, strerror(errno));
-		else
-			(void)file_intact(a, why, sizeof(why));
+		} else {
+			clock_gettime(CLOCK_MONOTONIC, &f0);
+			if (fdatasync(a->fd) != 0) {
+				snprintf(why, sizeof(why), "fdatasync of %.160s failed: %s", a->path,
+					 strerror(errno));
+			} else {
+				clock_gettime(CLOCK_MONOTONIC, &f1);
+				fsync_us = (uint64_t)((f1.tv_sec - f0.tv_sec) * 1000000LL +
+						      (f1.tv_nsec - f0.tv_nsec) / 1000);
+				(void)file_intact(a, why, sizeof(why));
+			}
+		}
 		ok = why[0] == '\0';
 		if (ok && a->slog != NULL)
 			audit_syslog_send(a->slog, buf, len);
@@ -475,6 +492,14 @@ static void commit_locked(struct audit *a, uint64_t target)
 			a->durable_seq = upto;
 			a->n_records += upto - first + 1;
 			a->n_syncs++;
+			{
+				unsigned b = 0;
+
+				while (b < AUDIT_FSYNC_BUCKETS && fsync_us > fsync_bounds_us[b])
+					b++;
+				a->fsync_hist[b]++;
+				a->fsync_us_sum += fsync_us;
+			}
 			if (rot == 0)
 				a->n_segments++;
 			else if (rot < 0)
@@ -563,10 +588,17 @@ static kms_err checkpoint_locked(struct audit *a, const char *why, uint64_t *cse
 		json_decref(o);
 		return kms_errf(KMS_ERR_NOMEM, "audit checkpoint");
 	}
+	{
+		const char *t = json_string_value(json_object_get(o, "time"));
+
+		snprintf(a->ckpt_time, sizeof(a->ckpt_time), "%s", t ? t : "");
+	}
 	rc = emit_locked(a, o, false);
 	json_decref(o);
 	if (rc != KMS_OK)
 		return rc;
+	a->ckpt_seq = a->seq;
+	a->ckpt_covered = covered;
 	a->plain_signed = plain_at;
 	a->last_ckpt = mono_now();
 	*cseq = a->seq;
@@ -710,6 +742,15 @@ static kms_err audit_recover(struct audit *a, int fd, const char *path, bool may
 	a->plain_total = json_is_string(jop) && strcmp(json_string_value(jop), AUDIT_OP_CHECKPOINT) == 0
 				 ? 0
 				 : 1;
+	if (a->plain_total == 0) { /* a checkpoint: the last signature is known */
+		json_t *cp = json_object_get(v, "checkpoint");
+		const char *t = json_string_value(json_object_get(v, "time"));
+		json_t *cs = json_object_get(cp, "seq");
+
+		a->ckpt_seq = a->seq;
+		a->ckpt_covered = json_is_integer(cs) && json_integer_value(cs) > 0 ? (uint64_t)json_integer_value(cs) : 0;
+		snprintf(a->ckpt_time, sizeof(a->ckpt_time), "%s", t ? t : "");
+	}
 	rc = KMS_OK;
 out:
 	json_decref(v);
@@ -1114,6 +1155,16 @@ void audit_get_stats(struct audit *a, struct audit_stats *st)
 	st->seq = a->durable_seq;
 	st->healthy = !a->failed;
 	snprintf(st->why, sizeof(st->why), "%s", a->failed ? a->why : "");
+	memcpy(st->fsync_hist, a->fsync_hist, sizeof(st->fsync_hist));
+	st->fsync_us_sum = a->fsync_us_sum;
+	st->queue_depth = a->seq - a->durable_seq;
+	st->head_seq = a->seq;
+	kms_hex_encode(a->last_hash, AUDIT_HASH_LEN, st->head_hash);
+	st->ckpt_seq = a->ckpt_seq;
+	st->ckpt_covered = a->ckpt_covered;
+	snprintf(st->ckpt_time, sizeof(st->ckpt_time), "%s", a->ckpt_time);
+	st->unsigned_records = a->plain_total - a->plain_signed;
+	st->signer = a->opt.sign != NULL;
 	pthread_mutex_unlock(&a->mu);
 	if (a->slog != NULL)
 		audit_syslog_counts(a->slog, &st->syslog_sent, &st->syslog_dropped);

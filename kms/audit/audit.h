@@ -108,6 +108,11 @@ struct audit_options {
 	const char *syslog_target;
 };
 
+#define AUDIT_FSYNC_BUCKETS 10
+/* Upper bounds of the fdatasync latency buckets, microseconds. */
+#define AUDIT_FSYNC_BOUNDS_US {100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000, 1000000}
+#define AUDIT_HASH_HEX_LEN 64
+
 struct audit_stats {
 	uint64_t records;  /* records made durable since open (checkpoints included) */
 	uint64_t syncs;	   /* fdatasync calls that succeeded since open */
@@ -116,6 +121,20 @@ struct audit_stats {
 	bool healthy;
 	char why[256]; /* when not healthy: what failed */
 	uint64_t syslog_sent, syslog_dropped;
+	/* fdatasync latency: counts per bucket of AUDIT_FSYNC_BOUNDS_US (cumulative is the
+	 * reader's job), the last one above every bound; the sum in microseconds */
+	uint64_t fsync_hist[AUDIT_FSYNC_BUCKETS + 1];
+	uint64_t fsync_us_sum;
+	uint64_t queue_depth; /* records given a seq but not yet durable */
+	char head_hash[AUDIT_HASH_HEX_LEN + 1]; /* hash of the last record given a seq */
+	uint64_t head_seq;
+	/* the last signed checkpoint this process wrote or found as the log's last record
+	 * at open; 0 / "" when none is known */
+	uint64_t ckpt_seq;	 /* the checkpoint record's own seq */
+	uint64_t ckpt_covered;	 /* the seq it signs */
+	char ckpt_time[40];	 /* its "time" member */
+	uint64_t unsigned_records; /* non-checkpoint records given a seq since then */
+	bool signer;		   /* checkpoints are configured */
 };
 
 /* Defaults (AUDIT_DEFAULT_CHECKPOINT_*, AUDIT_DEFAULT_SEGMENT_*) and no signer. */

@@ -36,6 +36,7 @@ static const char *const op_names[KMS_OP__COUNT] = {
 	[KMS_OP_POLICY_WRITE] = "policy.write",
 	[KMS_OP_AUDIT_HASH] = "audit.hash",
 	[KMS_OP_METRICS] = "sys.metrics",
+	[KMS_OP_COMPLIANCE] = "sys.compliance",
 	[KMS_OP_TOKEN_LOOKUP_ACCESSOR] = "token.lookup_accessor",
 	[KMS_OP_KEY_TRIM] = "key.trim",
 	[KMS_OP_MASTER_KEY_ROTATE] = "sys.master_key.rotate",

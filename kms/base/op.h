@@ -51,6 +51,7 @@ enum kms_op {
 	KMS_OP_BREAKGLASS_ACTIVATE,
 	KMS_OP_BREAKGLASS_LIST,
 	KMS_OP_BREAKGLASS_REVIEW,
+	KMS_OP_COMPLIANCE, /* GET /v1/sys/compliance: the data of kmsctl report compliance */
 	KMS_OP__COUNT
 };
 

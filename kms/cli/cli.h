@@ -182,6 +182,9 @@ int cli_approval(int argc, char **argv);
 void cli_approval_usage(FILE *f);
 int cli_break_glass(int argc, char **argv);
 void cli_break_glass_usage(FILE *f);
+/* report compliance (cli_report.c). */
+int cli_report(int argc, char **argv);
+void cli_report_usage(FILE *f);
 
 /* The global options' help, shared by every level's --help. */
 void cli_global_help(FILE *f);

@@ -596,6 +596,7 @@ kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct cor
 	pthread_rwlock_init(&c->lock, NULL);
 	pthread_mutex_init(&c->create_mu, NULL);
 	pthread_mutex_init(&c->sched_mu, NULL);
+	pthread_mutex_init(&c->gauge_mu, NULL);
 	pthread_cond_init(&c->sched_cv, NULL);
 	pthread_mutex_init(&c->policy_mu, NULL);
 	pthread_mutex_init(&c->reserve_mu, NULL);
@@ -873,6 +874,8 @@ void core_free(struct core *c)
 	pthread_rwlock_destroy(&c->lock);
 	pthread_mutex_destroy(&c->create_mu);
 	pthread_mutex_destroy(&c->sched_mu);
+	pthread_mutex_destroy(&c->gauge_mu);
+	free(c->gauge_tenants);
 	pthread_cond_destroy(&c->sched_cv);
 	policy_doc_free(c->policy);
 	free(c->policy_text);
@@ -1016,6 +1019,7 @@ static const op_fn op_table[KMS_OP__COUNT] = {
 	[KMS_OP_TOKEN_LOOKUP_ACCESSOR] = op_token_lookup_accessor,
 	[KMS_OP_AUDIT_HASH] = op_audit_hash,
 	[KMS_OP_METRICS] = op_metrics,
+	[KMS_OP_COMPLIANCE] = op_compliance,
 	[KMS_OP_KEY_TRIM] = op_key_trim,
 	[KMS_OP_APPROVAL_LIST] = op_approval_list,
 	[KMS_OP_APPROVAL_READ] = op_approval_read,

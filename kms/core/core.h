@@ -122,4 +122,13 @@ int core_valid_name(const char *s);
  * token_out (>= 90 bytes), for the caller to show once and wipe. */
 KMS_WUR kms_err core_bootstrap_admin(struct store *st, const char *name, char *token_out, size_t cap);
 
+/* The Prometheus text (version 0.0.4) of GET /v1/sys/metrics?format=prometheus, also
+ * served by the separate metrics listener (metrics_listen): request, audit and token
+ * counters, and the key-state gauges, which come from one store aggregate refreshed
+ * at most once a second (CORE_GAUGE_REFRESH_MS), however often it is scraped. *text is
+ * malloc'd (free()). Holds nothing secret: no key material, token, principal or
+ * context value; tenant names appear as label values. */
+#define CORE_GAUGE_REFRESH_MS 1000
+KMS_WUR kms_err core_metrics_prometheus(struct core *c, char **text);
+
 #endif

@@ -75,6 +75,12 @@ struct core {
 	pthread_cond_t sched_cv;
 	/* latest expiry of any break-glass grant: decrypts skip the store lookup after it */
 	int64_t bg_until;
+	/* key-state gauges for metrics, refreshed at most once a second (ops_report.c) */
+	pthread_mutex_t gauge_mu;
+	int64_t gauge_at_ms;
+	struct store_tenant_states *gauge_tenants;
+	size_t gauge_n;
+	struct store_usage gauge_usage;
 };
 
 /* What an operation sees: the authenticated principal and the resolved tenant. */
@@ -211,6 +217,7 @@ KMS_WUR kms_err core_policy_item(struct op_ctx *x, json_t *item);
 KMS_WUR kms_err op_policy_read(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_audit_hash(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_metrics(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_compliance(struct core *c, struct op_ctx *x); /* ops_report.c */
 /* The audit record's hashed "encryption_context" and "associated_data" (and "items"
  * for a batch) of a data-plane request body, in a new object for audit_record.extra. */
 KMS_WUR kms_err core_audit_hashes(struct core *c, const json_t *body, json_t **extra);
@@ -246,6 +253,10 @@ KMS_WUR kms_err op_approval_approve(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_approval_deny(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_breakglass_activate(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_breakglass_list(struct core *c, struct op_ctx *x);
+/* Grants newest first (at most 1000) as GET /v1/sys/break-glass shows them: *ids their
+ * ids, *grants the objects (both new arrays, the caller's); with unreviewed_only, only
+ * those with fewer reviews than break_glass_reviews. */
+KMS_WUR kms_err core_breakglass_grants(struct core *c, bool unreviewed_only, json_t **ids, json_t **grants);
 KMS_WUR kms_err op_breakglass_review(struct core *c, struct op_ctx *x);
 
 #endif

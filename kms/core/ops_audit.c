@@ -286,44 +286,13 @@ kms_err op_metrics(struct core *c, struct op_ctx *x)
 	struct audit_stats st;
 	const char *fmt = x->call->format;
 	char *text = NULL;
-	size_t len = 0;
-	FILE *f;
 
 	audit_get_stats(c->au, &st);
 	if (fmt != NULL && strcmp(fmt, "prometheus") == 0) {
-		f = open_memstream(&text, &len);
-		if (f == NULL)
-			return kms_errf(KMS_ERR_NOMEM, "metrics");
-		fprintf(f,
-			"# HELP kmsd_audit_records_total Audit records made durable since start.\n"
-			"# TYPE kmsd_audit_records_total counter\n"
-			"kmsd_audit_records_total %" PRIu64 "\n"
-			"# HELP kmsd_audit_syncs_total fdatasync calls on the audit log since start "
-			"(one per group commit).\n"
-			"# TYPE kmsd_audit_syncs_total counter\n"
-			"kmsd_audit_syncs_total %" PRIu64 "\n"
-			"# HELP kmsd_audit_segments_rotated_total Audit segments rotated since start.\n"
-			"# TYPE kmsd_audit_segments_rotated_total counter\n"
-			"kmsd_audit_segments_rotated_total %" PRIu64 "\n"
-			"# HELP kmsd_audit_last_seq Sequence number of the last durable audit record.\n"
-			"# TYPE kmsd_audit_last_seq gauge\n"
-			"kmsd_audit_last_seq %" PRIu64 "\n"
-			"# HELP kmsd_audit_healthy 1 while the audit log accepts records, 0 once it failed.\n"
-			"# TYPE kmsd_audit_healthy gauge\n"
-			"kmsd_audit_healthy %d\n"
-			"# HELP kmsd_audit_syslog_sent_total Records forwarded to syslog (audit_syslog).\n"
-			"# TYPE kmsd_audit_syslog_sent_total counter\n"
-			"kmsd_audit_syslog_sent_total %" PRIu64 "\n"
-			"# HELP kmsd_audit_syslog_dropped_total Records that could not be forwarded to syslog.\n"
-			"# TYPE kmsd_audit_syslog_dropped_total counter\n"
-			"kmsd_audit_syslog_dropped_total %" PRIu64 "\n",
-			st.records, st.syncs, st.segments, st.seq, st.healthy ? 1 : 0, st.syslog_sent,
-			st.syslog_dropped);
-		metrics_write_prometheus(&c->met, f);
-		if (fclose(f) != 0 || text == NULL) {
-			free(text);
-			return kms_errf(KMS_ERR_NOMEM, "metrics");
-		}
+		kms_err rc = core_metrics_prometheus(c, &text);
+
+		if (rc != KMS_OK)
+			return rc;
 		x->text = text;
 		return KMS_OK;
 	}

@@ -153,7 +153,7 @@ static json_t *grant_json(struct core *c, const struct store_grant *g, const str
 	return o;
 }
 
-kms_err op_breakglass_list(struct core *c, struct op_ctx *x)
+kms_err core_breakglass_grants(struct core *c, bool unreviewed_only, json_t **ids, json_t **grants)
 {
 	struct store_grant *gs = NULL;
 	struct store_review *rv = NULL;
@@ -162,6 +162,7 @@ kms_err op_breakglass_list(struct core *c, struct op_ctx *x)
 	json_t *list, *keys;
 	kms_err rc;
 
+	*ids = *grants = NULL;
 	if ((rc = store_grant_list(c->st, GRANT_LIST_MAX, &gs, &ng)) != KMS_OK)
 		return rc;
 	if ((rc = store_review_list(c->st, NULL, &rv, &nr)) != KMS_OK) {
@@ -171,11 +172,34 @@ kms_err op_breakglass_list(struct core *c, struct op_ctx *x)
 	list = json_array();
 	keys = json_array();
 	for (size_t i = 0; i < ng; i++) {
+		json_t *g = grant_json(c, &gs[i], rv, nr, now);
+
+		if (g != NULL && unreviewed_only && json_is_true(json_object_get(g, "reviewed"))) {
+			json_decref(g);
+			continue;
+		}
 		json_array_append_new(keys, json_string(gs[i].id));
-		json_array_append_new(list, grant_json(c, &gs[i], rv, nr, now));
+		json_array_append_new(list, g);
 	}
 	free(gs);
 	free(rv);
+	if (list == NULL || keys == NULL || json_array_size(list) != json_array_size(keys)) {
+		json_decref(list);
+		json_decref(keys);
+		return kms_errf(KMS_ERR_NOMEM, "break-glass list");
+	}
+	*ids = keys;
+	*grants = list;
+	return KMS_OK;
+}
+
+kms_err op_breakglass_list(struct core *c, struct op_ctx *x)
+{
+	json_t *keys, *list;
+	kms_err rc;
+
+	if ((rc = core_breakglass_grants(c, false, &keys, &list)) != KMS_OK)
+		return rc;
 	x->data = json_pack("{s:o,s:o}", "keys", keys, "grants", list);
 	return x->data ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "break-glass list");
 }

@@ -3809,3 +3809,221 @@ unlock:
 	store_unlock(s);
 	return rc;
 }
+
+/* ---- metrics gauges and the compliance report (read-only aggregates) ---- */
+
+
+kms_err store_version_gauges(struct store *s, uint64_t limit, struct store_tenant_states **out, size_t *n,
+			     struct store_usage *u)
+{
+	static const char *const by_state =
+		"SELECT t.name, v.state, count(*) FROM key_versions v JOIN keys k ON k.id = v.key_id"
+		" JOIN tenants t ON t.id = k.tenant_id GROUP BY t.name, v.state ORDER BY t.name";
+	static const char *const usage =
+		"SELECT coalesce(max(enc_reserved), 0), coalesce(sum(enc_reserved * 2 >= ?1), 0),"
+		" coalesce(sum(enc_reserved * 10 >= ?1 * 9), 0),"
+		" min(CASE WHEN state = 'pending_destruction' THEN destroy_after END)"
+		" FROM key_versions WHERE state != 'destroyed'";
+	struct store_tenant_states *arr = NULL;
+	sqlite3_stmt *st = NULL;
+	size_t cap = 0, cnt = 0;
+	int src;
+	kms_err rc;
+
+	if (out == NULL || n == NULL || u == NULL || limit == 0 || limit > INT64_MAX / 10)
+		return kms_errf(KMS_ERR_INVALID, "bad gauge query");
+	memset(u, 0, sizeof(*u));
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = prep(s, by_state, &st)) != KMS_OK)
+		goto out;
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *state = (const char *)sqlite3_column_text(st, 1);
+		char tname[STORE_NAME_MAX + 1];
+		int idx;
+
+		if ((rc = col_text(st, 0, tname, sizeof(tname), "tenants")) != KMS_OK)
+			goto out;
+		if (state == NULL)
+			idx = -1;
+		else if (strcmp(state, STORE_STATE_ENABLED) == 0)
+			idx = 0;
+		else if (strcmp(state, STORE_STATE_DISABLED) == 0)
+			idx = 1;
+		else if (strcmp(state, STORE_STATE_PENDING) == 0)
+			idx = 2;
+		else if (strcmp(state, STORE_STATE_DESTROYED) == 0)
+			idx = 3;
+		else
+			idx = -1;
+		if (idx < 0) {
+			rc = db_corrupt("key_versions");
+			goto out;
+		}
+		if (cnt == 0 || strcmp(arr[cnt - 1].tenant, tname) != 0) {
+			void *g = grow(arr, &cap, cnt, sizeof(*arr));
+
+			if (g == NULL) {
+				rc = kms_errf(KMS_ERR_NOMEM, "gauges");
+				goto out;
+			}
+			arr = g;
+			memset(&arr[cnt], 0, sizeof(arr[cnt]));
+			memcpy(arr[cnt].tenant, tname, sizeof(tname));
+			cnt++;
+		}
+		arr[cnt - 1].versions[idx] = (uint64_t)sqlite3_column_int64(st, 2);
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "version states");
+		goto out;
+	}
+	sqlite3_finalize(st);
+	if ((rc = prep(s, usage, &st)) != KMS_OK)
+		goto out;
+	if (sqlite3_bind_int64(st, 1, (int64_t)limit) != SQLITE_OK) {
+		rc = db_fail(s, "usage bind");
+		goto out;
+	}
+	if (sqlite3_step(st) != SQLITE_ROW) {
+		rc = db_fail(s, "version usage");
+		goto out;
+	}
+	u->max_reserved = (uint64_t)sqlite3_column_int64(st, 0);
+	u->over_half = (uint64_t)sqlite3_column_int64(st, 1);
+	u->over_90 = (uint64_t)sqlite3_column_int64(st, 2);
+	u->next_destroy = sqlite3_column_type(st, 3) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 3);
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	sqlite3_finalize(st);
+	store_unlock(s);
+	free(arr);
+	return rc;
+}
+
+/* Runs sql (no parameters) and collects one elem-sized, zeroed entry a row, filled by
+ * row(); *out malloc'd (free()). */
+static kms_err query_rows(struct store *s, const char *sql, size_t elem, kms_err (*row)(sqlite3_stmt *, void *),
+			  void **out, size_t *n)
+{
+	char *arr = NULL;
+	sqlite3_stmt *st = NULL;
+	size_t cap = 0, cnt = 0;
+	int src;
+	kms_err rc;
+
+	if (out == NULL || n == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for the rows");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = prep(s, sql, &st)) != KMS_OK)
+		goto out;
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		void *g = grow(arr, &cap, cnt, elem);
+
+		if (g == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		arr = g;
+		memset(arr + cnt * elem, 0, elem);
+		if ((rc = row(st, arr + cnt * elem)) != KMS_OK)
+			goto out;
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "report rows");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	sqlite3_finalize(st);
+	store_unlock(s);
+	free(arr);
+	return rc;
+}
+
+static kms_err row_crow(sqlite3_stmt *st, void *p)
+{
+	struct store_crow *r = p;
+	kms_err rc;
+
+	if ((rc = col_text(st, 0, r->tenant, sizeof(r->tenant), "tenants")) != KMS_OK ||
+	    (rc = col_text(st, 1, r->retention, sizeof(r->retention), "tenants")) != KMS_OK)
+		return rc;
+	r->tenant_hold = sqlite3_column_int(st, 2);
+	if (sqlite3_column_type(st, 3) != SQLITE_NULL) {
+		if ((rc = col_text(st, 3, r->key, sizeof(r->key), "keys")) != KMS_OK ||
+		    (rc = col_u32(st, 5, &r->latest, "keys")) != KMS_OK)
+			return rc;
+		r->key_created = sqlite3_column_int64(st, 4);
+		r->auto_rotate_period = sqlite3_column_int64(st, 6);
+		r->revoked = sqlite3_column_int(st, 7);
+		r->key_hold = sqlite3_column_int(st, 8);
+	}
+	if (sqlite3_column_type(st, 9) != SQLITE_NULL) {
+		if ((rc = col_u32(st, 9, &r->version, "key_versions")) != KMS_OK ||
+		    (rc = col_text(st, 11, r->state, sizeof(r->state), "key_versions")) != KMS_OK)
+			return rc;
+		r->created = sqlite3_column_int64(st, 10);
+		r->destroy_after = sqlite3_column_int64(st, 12);
+		r->enc_reserved = (uint64_t)sqlite3_column_int64(st, 13);
+	}
+	return KMS_OK;
+}
+
+kms_err store_compliance_rows(struct store *s, struct store_crow **out, size_t *n)
+{
+	static const char *const sql =
+		"SELECT t.name, t.retention, t.legal_hold, k.name, k.created, k.latest_version,"
+		" k.auto_rotate_period, k.revoked, k.legal_hold, v.version, v.created, v.state,"
+		" v.destroy_after, v.enc_reserved"
+		" FROM tenants t LEFT JOIN keys k ON k.tenant_id = t.id"
+		" LEFT JOIN key_versions v ON v.key_id = k.id ORDER BY t.name, k.name, v.version";
+	void *rows = NULL;
+	kms_err rc;
+
+	if (out == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for the rows");
+	rc = query_rows(s, sql, sizeof(**out), row_crow, &rows, n);
+	if (rc == KMS_OK)
+		*out = rows;
+	return rc;
+}
+
+static kms_err row_token_owner(sqlite3_stmt *st, void *p)
+{
+	struct store_token_owner *t = p;
+	kms_err rc;
+
+	if ((rc = col_text(st, 0, t->accessor, sizeof(t->accessor), "api_tokens")) != KMS_OK ||
+	    (rc = col_text(st, 1, t->principal, sizeof(t->principal), "principals")) != KMS_OK ||
+	    (rc = col_text(st, 2, t->role, sizeof(t->role), "principals")) != KMS_OK)
+		return rc;
+	t->created = sqlite3_column_int64(st, 3);
+	t->last_used = sqlite3_column_int64(st, 4);
+	return KMS_OK;
+}
+
+kms_err store_tokens_without_expiry(struct store *s, struct store_token_owner **out, size_t *n)
+{
+	static const char *const sql =
+		"SELECT a.accessor, p.name, p.role, a.created, a.last_used FROM api_tokens a"
+		" JOIN principals p ON p.id = a.principal_id WHERE a.expires = 0 AND a.revoked = 0"
+		" ORDER BY p.name, a.created, a.accessor";
+	void *rows = NULL;
+	kms_err rc;
+
+	if (out == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for the rows");
+	rc = query_rows(s, sql, sizeof(**out), row_token_owner, &rows, n);
+	if (rc == KMS_OK)
+		*out = rows;
+	return rc;
+}

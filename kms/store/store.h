@@ -403,5 +403,53 @@ KMS_WUR kms_err store_review_list(struct store *s, const char *grant_id, struct 
 /* NOT_FOUND for an unknown grant, DENIED when the reviewer is the grantee, CONFLICT for
  * a second review by the same principal. */
 KMS_WUR kms_err store_grant_review(struct store *s, const struct store_review *r);
+/* ---- metrics gauges and the compliance report: read-only aggregates, one query
+ * each, for a scrape or a report (never per request) ---- */
+
+/* Key versions of one tenant by stored state: [0] enabled, [1] disabled,
+ * [2] pending_destruction, [3] destroyed. */
+struct store_tenant_states {
+	char tenant[STORE_NAME_MAX + 1];
+	uint64_t versions[4];
+};
+/* Over versions not destroyed: the largest enc_reserved, how many have reserved at
+ * least half and at least 90% of limit, and the earliest destroy_after of a version
+ * pending destruction (0 = none). */
+struct store_usage {
+	uint64_t max_reserved, over_half, over_90;
+	int64_t next_destroy;
+};
+/* *out: malloc'd (free()), one entry per tenant that has a version, sorted by name.
+ * limit: 1 .. INT64_MAX / 10. */
+KMS_WUR kms_err store_version_gauges(struct store *s, uint64_t limit, struct store_tenant_states **out,
+				     size_t *n, struct store_usage *u);
+
+/* One row per (tenant, key, version), sorted so; a tenant without keys gives one row
+ * with key "" and a key without versions (never, by construction) one with version 0. */
+struct store_crow {
+	char tenant[STORE_NAME_MAX + 1];
+	char retention[16];
+	int tenant_hold;
+	char key[STORE_NAME_MAX + 1];
+	int64_t key_created;
+	uint32_t latest;
+	int64_t auto_rotate_period;
+	int revoked, key_hold;
+	uint32_t version;
+	int64_t created;
+	char state[24];
+	int64_t destroy_after;
+	uint64_t enc_reserved;
+};
+KMS_WUR kms_err store_compliance_rows(struct store *s, struct store_crow **out, size_t *n);
+
+/* Live (not revoked) API tokens that never expire, with their owner; malloc'd. */
+struct store_token_owner {
+	char accessor[STORE_ACCESSOR_MAX + 1];
+	char principal[STORE_NAME_MAX + 1];
+	char role[16];
+	int64_t created, last_used;
+};
+KMS_WUR kms_err store_tokens_without_expiry(struct store *s, struct store_token_owner **out, size_t *n);
 
 #endif

@@ -124,6 +124,17 @@ def metric(kmsd, name):
     return int(m.group(1))
 
 
+def unreviewed_in_compliance(kmsd):
+    """Ids of the grants the compliance report lists as not yet reviewed."""
+    r = kmsd.get("/v1/sys/compliance", token=kmsd.admin_token)
+    assert r.status_code == 200, r.text
+    sec = r.json()["data"]["break_glass_without_review"]
+    assert sec["controls"] == ["§164.312(a)(2)(ii)", "§164.308(a)(1)(ii)(D)"]
+    for x in sec["grants"]:
+        assert x["reviewed"] is False and len(x["reviews"]) < x["reviews_required"]
+    return [x["id"] for x in sec["grants"]]
+
+
 def test_activation_refusals(kmsd):
     w = world(kmsd)
     for body in ({"tenant": w.tenant}, {"tenant": w.tenant, "reason": ""}, {"tenant": w.tenant, "reason": "  "},
@@ -224,6 +235,8 @@ def test_reviews(kmsd):
     ct = ciphertext(kmsd, w, w.tenant, w.key)
     assert kmsd.decrypt(w.oncall_admin, w.tenant, w.key, ciphertext=ct).status_code == 200
 
+    assert g["id"] in unreviewed_in_compliance(kmsd)
+
     path = "/v1/sys/break-glass/%s/review" % g["id"]
     r = kmsd.post(path, {"verdict": "justified", "note": "mine"}, token=w.oncall_admin)
     assert r.status_code == 403, r.text
@@ -241,6 +254,7 @@ def test_reviews(kmsd):
     assert r.status_code == 200, r.text
     d = r.json()["data"]
     assert d["reviewed"] is True
+    assert g["id"] not in unreviewed_in_compliance(kmsd)
     assert [(x["principal"], x["verdict"]) for x in d["reviews"]] == [
         (w.names["b"], "justified"), (w.names["c"], "unjustified")]
     recs = [x for x in audit_records(kmsd)

@@ -586,6 +586,62 @@ static void test_open_error(void **state)
 
 /* ------------------------------------------------------------------ segments, file checks */
 
+/* The figures behind metrics and the compliance report: fsync histogram, queue depth,
+ * chain head and the last checkpoint, also when it is found at open. */
+static void test_stats_for_metrics(void **state)
+{
+	struct audit_options o;
+	struct audit_stats st;
+	struct signer s;
+	struct audit *a;
+	uint64_t n = 0;
+	json_t *v;
+	(void)state;
+
+	signer_init(&s);
+	opts_for(&o, &s, 10, 0);
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	audit_get_stats(a, &st);
+	assert_int_equal(st.ckpt_seq, 0);
+	assert_true(st.signer);
+	for (int i = 0; i < 12; i++)
+		assert_int_equal(audit_append(a, &rec), KMS_OK);
+	audit_get_stats(a, &st);
+	for (int b = 0; b <= AUDIT_FSYNC_BUCKETS; b++)
+		n += st.fsync_hist[b];
+	assert_int_equal(n, st.syncs);
+	assert_true(st.syncs >= 1);
+	assert_int_equal(st.queue_depth, 0);
+	assert_int_equal(st.head_seq, 13); /* 10 records, checkpoint 11, 2 more */
+	assert_int_equal(st.ckpt_seq, 11);
+	assert_int_equal(st.ckpt_covered, 10);
+	assert_int_equal(st.unsigned_records, 2);
+	v = read_record(11);
+	assert_string_equal(st.ckpt_time, json_string_value(json_object_get(v, "time")));
+	json_decref(v);
+	v = read_record(13);
+	assert_string_equal(st.head_hash, json_string_value(json_object_get(v, "hash")));
+	json_decref(v);
+	assert_int_equal(audit_checkpoint(a), KMS_OK);
+	audit_close(a);
+	/* reopened: the last record is a checkpoint, so the last signature is known */
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	audit_get_stats(a, &st);
+	assert_int_equal(st.ckpt_seq, 14);
+	assert_int_equal(st.ckpt_covered, 13);
+	assert_int_equal(st.unsigned_records, 0);
+	assert_int_equal(st.head_seq, 14);
+	audit_close(a);
+	/* without a signer nothing is claimed */
+	assert_int_equal(audit_open(path, "n", &a), KMS_OK);
+	assert_int_equal(audit_append(a, &rec), KMS_OK);
+	audit_get_stats(a, &st);
+	assert_false(st.signer);
+	assert_int_equal(st.ckpt_seq, 14); /* still the last one found at open */
+	audit_close(a);
+	signer_free(&s);
+}
+
 static int teardown_all(void **state)
 {
 	char cmd[160];
@@ -1034,6 +1090,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_torn_only_line, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refuses_bad_last_record, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_checkpoint_every_n, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stats_for_metrics, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_checkpoint_by_time, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_signer_failure_keeps_records, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_group_commit, setup, teardown),

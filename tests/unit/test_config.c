@@ -26,6 +26,7 @@ static const char *const all_options[] = {
 	"audit_checkpoint_seconds", "policy_file", "max_encryptions_per_version",
 	"audit_segment_mb", "audit_segment_seconds", "audit_syslog", "rate_limit_rps",
 	"rate_limit_burst", "rate_limit_ops", "auth_fail_rps", "auth_fail_burst", "user",
+	"metrics_listen", "metrics_port_file",
 };
 
 /* Parses text as "t.conf" and expects failure with exactly this detail. */
@@ -445,6 +446,34 @@ static void test_sample(void **state)
 			fail_msg("kmsd.conf.sample sets %s %zu times", all_options[i], seen[i]);
 }
 
+static void test_metrics_listen(void **state)
+{
+	static const char *const bad[] = {"127.0.0.1", "localhost:9102", "::1:9102", "127.0.0.1:70000",
+					  "[::1]9102", "127.0.0.1:-1", "127.0.0.1:", ":9102", "[::1]:",
+					  "[127.0.0.1:1", "1.2.3.4:12x", "1.2.3.4: 1", "[]:1"};
+	struct kms_config cfg;
+	char host[64];
+	int port = -1;
+
+	(void)state;
+	assert_int_equal(kms_config_parse_listen("127.0.0.1:9102", host, sizeof(host), &port), 0);
+	assert_string_equal(host, "127.0.0.1");
+	assert_int_equal(port, 9102);
+	assert_int_equal(kms_config_parse_listen("[::1]:0", host, sizeof(host), &port), 0);
+	assert_string_equal(host, "::1");
+	assert_int_equal(port, 0);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_int_equal(kms_config_parse_listen(bad[i], host, sizeof(host), &port), -1);
+	assert_int_equal(kms_config_parse_listen("1.2.3.4:1", host, 4, &port), -1); /* no room */
+	assert_int_equal(kms_config_parse("metrics_listen = [::1]:9102\n", "t.conf", &cfg), KMS_OK);
+	assert_string_equal(cfg.metrics_listen, "[::1]:9102");
+	assert_int_equal(kms_config_parse("metrics_listen =\n", "t.conf", &cfg), KMS_OK);
+	assert_string_equal(cfg.metrics_listen, "");
+	kms_err_clear();
+	assert_int_equal(kms_config_parse("metrics_listen = localhost:9102\n", "t.conf", &cfg), KMS_ERR_CONFIG);
+	assert_non_null(strstr(kms_err_detail(KMS_ERR_CONFIG), "metrics_listen"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -452,6 +481,7 @@ int main(void)
 		cmocka_unit_test(test_syntax),	      cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_error_keeps_cfg), cmocka_unit_test(test_validate),
 		cmocka_unit_test(test_load),	      cmocka_unit_test(test_sample),
+		cmocka_unit_test(test_metrics_listen),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1251,6 +1251,92 @@ static void test_master_keys(void **state)
 	assert_int_equal(store_mk_events_since(f->s, 0, 0, &evs, &n), KMS_ERR_INVALID);
 }
 
+/* Gauges and compliance rows: one aggregate each, figures as the rows say. */
+static void test_gauges_and_report_rows(void **state)
+{
+	struct fx *f = *state;
+	struct store_event e = ev_of("x", 1, "");
+	struct store_tenant_states *ts = NULL;
+	struct store_crow *rows = NULL;
+	struct store_token_owner *to = NULL;
+	struct store_usage u;
+	struct store_version v2;
+	struct store_token tok;
+	int64_t t2, pid, a, b;
+	size_t n = 0;
+	uint64_t upto = 0;
+
+	/* a tenant, no key: nothing to count */
+	assert_int_equal(store_version_gauges(f->s, 100, &ts, &n, &u), KMS_OK);
+	assert_int_equal(n, 0);
+	assert_int_equal(u.max_reserved, 0);
+	assert_int_equal(u.next_destroy, 0);
+	free(ts);
+	assert_int_equal(store_version_gauges(f->s, 0, &ts, &n, &u), KMS_ERR_INVALID);
+
+	a = make_key(f, "a");
+	b = make_key(f, "b");
+	make_version(&v2, 2, 0x22);
+	assert_int_equal(store_key_rotate(f->s, a, &v2), KMS_OK);
+	assert_int_equal(store_version_transition(f->s, a, 1, STORE_STATE_ENABLED, STORE_STATE_PENDING, 5000, &e),
+			 KMS_OK);
+	assert_int_equal(store_version_reserve(f->s, b, 1, 60, 100, &upto), KMS_OK);
+	assert_int_equal(store_version_reserve(f->s, a, 2, 95, 100, &upto), KMS_OK);
+	assert_int_equal(store_tenant_create(f->s, "t0", "non-phi", 1000, &t2), KMS_OK);
+	assert_int_equal(store_version_gauges(f->s, 100, &ts, &n, &u), KMS_OK);
+	assert_int_equal(n, 1); /* t0 has no version */
+	assert_string_equal(ts[0].tenant, "t1");
+	assert_int_equal(ts[0].versions[0], 2);
+	assert_int_equal(ts[0].versions[1], 0);
+	assert_int_equal(ts[0].versions[2], 1);
+	assert_int_equal(ts[0].versions[3], 0);
+	assert_int_equal(u.max_reserved, 95);
+	assert_int_equal(u.over_half, 2);
+	assert_int_equal(u.over_90, 1);
+	assert_int_equal(u.next_destroy, 5000);
+	free(ts);
+
+	assert_int_equal(store_compliance_rows(f->s, &rows, &n), KMS_OK);
+	assert_int_equal(n, 4); /* t0 (no key), t1/a v1, t1/a v2, t1/b v1 */
+	assert_string_equal(rows[0].tenant, "t0");
+	assert_string_equal(rows[0].key, "");
+	assert_int_equal(rows[0].version, 0);
+	assert_string_equal(rows[1].key, "a");
+	assert_int_equal(rows[1].version, 1);
+	assert_string_equal(rows[1].state, STORE_STATE_PENDING);
+	assert_int_equal(rows[1].destroy_after, 5000);
+	assert_int_equal(rows[2].version, 2);
+	assert_int_equal(rows[2].latest, 2);
+	assert_int_equal(rows[2].enc_reserved, 95);
+	assert_string_equal(rows[3].key, "b");
+	assert_string_equal(rows[3].retention, "phi");
+	free(rows);
+
+	assert_int_equal(store_principal_create(f->s, "svc", "service", &f->tenant, 1, 1600, &pid), KMS_OK);
+	memset(&tok, 0, sizeof(tok));
+	tok.principal_id = pid;
+	memset(tok.hash, 0x5a, sizeof(tok.hash));
+	tok.created = 1700;
+	snprintf(tok.accessor, sizeof(tok.accessor), "forever");
+	assert_int_equal(store_token_create(f->s, &tok), KMS_OK);
+	snprintf(tok.accessor, sizeof(tok.accessor), "expires");
+	tok.expires = 9999;
+	memset(tok.hash, 0x5b, sizeof(tok.hash));
+	assert_int_equal(store_token_create(f->s, &tok), KMS_OK);
+	snprintf(tok.accessor, sizeof(tok.accessor), "revoked");
+	tok.expires = 0;
+	memset(tok.hash, 0x5c, sizeof(tok.hash));
+	assert_int_equal(store_token_create(f->s, &tok), KMS_OK);
+	assert_int_equal(store_token_revoke(f->s, "revoked"), KMS_OK);
+	assert_int_equal(store_tokens_without_expiry(f->s, &to, &n), KMS_OK);
+	assert_int_equal(n, 1);
+	assert_string_equal(to[0].accessor, "forever");
+	assert_string_equal(to[0].principal, "svc");
+	assert_string_equal(to[0].role, "service");
+	assert_int_equal(to[0].created, 1700);
+	free(to);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 4 && strcmp(argv[1], "--child-open-close-write") == 0)
@@ -1279,6 +1365,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_other_process_close_keeps_our_view, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_master_keys, setup, teardown),
 		cmocka_unit_test(test_null_handles),
+		cmocka_unit_test_setup_teardown(test_gauges_and_report_rows, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
