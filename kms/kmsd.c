@@ -20,6 +20,7 @@
 #include "kms/base/log.h"
 #include "kms/base/secret.h"
 #include "kms/config.h"
+#include "kms/core/backup.h"
 #include "kms/core/core.h"
 #include "kms/http/server.h"
 #include "kms/proc.h"
@@ -32,6 +33,7 @@ static void usage(FILE *f)
 		   "       kmsd [-c CONFIG] init [--admin NAME] [--admin-token-file PATH]\n"
 		   "       kmsd [-c CONFIG] master-key rotate [--so-pin-file PATH] [--batch N]\n"
 		   "       kmsd [-c CONFIG] master-key status\n"
+		   "       kmsd [-c CONFIG] restore --from FILE [--force]\n"
 		   "       kmsd --version\n"
 		   "\n"
 		   "serve  start the HTTPS server (default)\n"
@@ -44,6 +46,11 @@ static void usage(FILE *f)
 		   "       beside a serving kmsd; run it again to resume an interrupted rotation\n"
 		   "master-key status  the active master key, rows per master key, and which\n"
 		   "       master keys the token holds, as JSON\n"
+		   "restore  put a backup archive (kmsctl backup) back: the store, the audit\n"
+		   "       segments and the audit public key, checked against the token's master\n"
+		   "       key and every checksum; offline (stop kmsd first). Existing files are\n"
+		   "       refused unless --force, which moves them into kmsd-pre-restore-<time>/\n"
+		   "       beside them (nothing is deleted)\n"
 		   "CONFIG defaults to ./kmsd.conf. Exit status: 0 ok, 1 error, 2 usage.\n");
 }
 
@@ -520,6 +527,54 @@ out:
 }
 /* ---- end master-key rotation ------------------------------------------------------- */
 
+/* ---- restore (issue 9) -------------------------------------------------------------
+ * Offline: the archive is checked whole before anything is put in place
+ * (kms/core/backup.c, docs/OPERATIONS.md "Backup and restore"). */
+static int cmd_restore(const struct kms_config *cfg, const char *from, bool force)
+{
+	struct p11_config pc = p11cfg(cfg, 1);
+	struct backup_restore_opts o = {0};
+	struct p11 *p11 = NULL;
+	char who[128], *pin = NULL;
+	size_t pin_len = 0;
+	kms_err err;
+	int rc = 1;
+
+	if (from == NULL || *from == '\0') {
+		fprintf(stderr, "kmsd: restore needs --from FILE (an archive made by kmsctl backup)\n");
+		return 2;
+	}
+	os_principal(who, sizeof(who));
+	if (read_pin(cfg, &pin, &pin_len) != 0 || drop_root(cfg) != 0)
+		goto out;
+	err = p11_open(&pc, pin, pin_len, &p11);
+	kms_secret_free(pin);
+	pin = NULL;
+	if (err != KMS_OK) {
+		kms_error("token: %s", kms_err_detail(err));
+		goto out;
+	}
+	o.archive = from;
+	o.store_path = cfg->store_path;
+	o.audit_path = cfg->audit_path;
+	o.node_id = cfg->node_id;
+	o.principal = who;
+	o.force = force;
+	err = backup_restore(p11, &o);
+	if (err != KMS_OK) {
+		fprintf(stderr, "kmsd: restore refused: %s\n", kms_err_detail(err));
+		goto out;
+	}
+	printf("kmsd: restored %s into %s and %s; start kmsd, then check the log with kmsctl audit verify\n",
+	       from, cfg->store_path, cfg->audit_path);
+	rc = 0;
+out:
+	p11_close(p11);
+	kms_secret_free(pin);
+	return rc;
+}
+/* ---- end restore ------------------------------------------------------------------- */
+
 static int write_port_file(const char *path, int port)
 {
 	char tmp[KMS_CONFIG_PATH_MAX + 8];
@@ -707,12 +762,15 @@ int main(int argc, char **argv)
 		{"admin-token-file", required_argument, NULL, 't'},
 		{"so-pin-file", required_argument, NULL, 's'},
 		{"batch", required_argument, NULL, 'b'},
+		{"from", required_argument, NULL, 'f'},
+		{"force", no_argument, NULL, 'F'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = "kmsd.conf", *admin = "admin", *token_file = NULL, *cmd = "serve";
-	const char *so_pin_file = NULL, *sub = NULL;
+	const char *so_pin_file = NULL, *sub = NULL, *from = NULL;
+	bool force = false;
 	long batch = 100;
 	char *end;
 	struct kms_config cfg;
@@ -727,6 +785,8 @@ int main(int argc, char **argv)
 		case 'a': admin = optarg; break;
 		case 't': token_file = optarg; break;
 		case 's': so_pin_file = optarg; break;
+		case 'f': from = optarg; break;
+		case 'F': force = true; break;
 		case 'b':
 			errno = 0;
 			batch = strtol(optarg, &end, 10);
@@ -745,7 +805,8 @@ int main(int argc, char **argv)
 	if (strcmp(cmd, "master-key") == 0 && optind < argc)
 		sub = argv[optind++];
 	if (optind < argc ||
-	    (strcmp(cmd, "serve") != 0 && strcmp(cmd, "init") != 0 && strcmp(cmd, "master-key") != 0) ||
+	    (strcmp(cmd, "serve") != 0 && strcmp(cmd, "init") != 0 && strcmp(cmd, "master-key") != 0 &&
+	     strcmp(cmd, "restore") != 0) ||
 	    (strcmp(cmd, "master-key") == 0 &&
 	     (sub == NULL || (strcmp(sub, "rotate") != 0 && strcmp(sub, "status") != 0)))) {
 		usage(stderr);
@@ -766,6 +827,8 @@ int main(int argc, char **argv)
 								: KMS_LOG_INFO);
 	if (strcmp(cmd, "init") == 0)
 		return cmd_init(&cfg, admin, token_file);
+	if (strcmp(cmd, "restore") == 0)
+		return cmd_restore(&cfg, from, force);
 	if (strcmp(cmd, "master-key") == 0 && strcmp(sub, "rotate") == 0)
 		return cmd_mk_rotate(&cfg, so_pin_file != NULL ? so_pin_file : cfg.so_pin_file, batch);
 	if (strcmp(cmd, "master-key") == 0)

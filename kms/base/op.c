@@ -39,6 +39,8 @@ static const char *const op_names[KMS_OP__COUNT] = {
 	[KMS_OP_TOKEN_LOOKUP_ACCESSOR] = "token.lookup_accessor",
 	[KMS_OP_KEY_TRIM] = "key.trim",
 	[KMS_OP_MASTER_KEY_ROTATE] = "sys.master_key.rotate",
+	[KMS_OP_SYS_BACKUP] = "sys.backup",
+	[KMS_OP_SYS_RESTORE] = "sys.restore",
 };
 
 const char *kms_op_name(enum kms_op op)

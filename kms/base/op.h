@@ -43,6 +43,8 @@ enum kms_op {
 	KMS_OP_TOKEN_LOOKUP_ACCESSOR,
 	KMS_OP_KEY_TRIM,
 	KMS_OP_MASTER_KEY_ROTATE, /* steps of kmsd master-key rotate, relayed; no route */
+	KMS_OP_SYS_BACKUP,  /* POST /v1/sys/backup: an encrypted archive (docs/OPERATIONS.md) */
+	KMS_OP_SYS_RESTORE, /* kmsd restore, recorded in the restored log; no route */
 	KMS_OP__COUNT
 };
 

@@ -177,6 +177,10 @@ void cli_seal_usage(FILE *f);
 int cli_open(int argc, char **argv);
 void cli_open_usage(FILE *f);
 
+/* backup (cli_backup.c): an encrypted archive from POST /v1/sys/backup. */
+int cli_backup(int argc, char **argv);
+void cli_backup_usage(FILE *f);
+
 /* The global options' help, shared by every level's --help. */
 void cli_global_help(FILE *f);
 

@@ -31,6 +31,8 @@ static const struct cli_command commands[] = {
 	{"audit", "offline audit log tools: verify the chain and signatures, search,\n"
 		  "             access and exposure reports",
 	 cli_audit, cli_audit_usage},
+	{"backup", "an encrypted backup archive of the store and audit log (admin)", cli_backup,
+	 cli_backup_usage},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))

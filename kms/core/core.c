@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kms/audit/audit.h"
 #include "kms/base/b64.h"
@@ -1016,6 +1017,7 @@ static const op_fn op_table[KMS_OP__COUNT] = {
 	[KMS_OP_AUDIT_HASH] = op_audit_hash,
 	[KMS_OP_METRICS] = op_metrics,
 	[KMS_OP_KEY_TRIM] = op_key_trim,
+	[KMS_OP_SYS_BACKUP] = op_sys_backup,
 };
 
 static int valid_request_id(const char *s)
@@ -1330,6 +1332,12 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		res->text = x.text;
 		x.text = NULL;
 	}
+	if (x.has_file) { /* the archive leaves only now, its record durable */
+		res->has_file = true;
+		res->file_fd = x.file_fd;
+		res->file_size = x.file_size;
+		x.has_file = false;
+	}
 	res->body = json_object();
 	json_object_set_new(res->body, "request_id", json_string(res->request_id));
 	if (x.status >= 400) {
@@ -1343,6 +1351,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	json_object_set_new(res->body, "data", x.data ? x.data : json_object());
 	x.data = NULL;
 out:
+	if (x.has_file)
+		close(x.file_fd);
 	json_decref(x.auth);
 	json_decref(extra);
 	free(x.text);

@@ -91,6 +91,9 @@ struct op_ctx {
 	json_t *data;	   /* "data" of the answer */
 	json_t *auth;	   /* "auth" of the answer (token creation only) */
 	char *text;	   /* a text/plain answer instead of data (metrics); malloc'd */
+	bool has_file;	   /* a binary answer instead of data (backup): file_fd, file_size */
+	int file_fd;
+	uint64_t file_size;
 	int status;	   /* 0 = from the error, else forced (batch partial failure) */
 	uint32_t version;  /* for the audit record */
 	unsigned batch;
@@ -168,6 +171,7 @@ KMS_WUR kms_err op_version_schedule_destroy(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_version_cancel_destroy(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_key_legal_hold(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_key_trim(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_sys_backup(struct core *c, struct op_ctx *x); /* ops_backup.c */
 KMS_WUR kms_err op_tenant_config(struct core *c, struct op_ctx *x);
 /* Created time of version v+1 (when v stopped being used for encryption), or 0. */
 int64_t core_superseded_at(struct core *c, const char *tenant, const char *key, uint32_t v);

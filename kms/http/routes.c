@@ -29,6 +29,7 @@ static const struct route {
 	{M_POST, "/v1/sys/audit/hash", KMS_OP_AUDIT_HASH},
 	{M_POST, "/v1/sys/audit-hash/:n", KMS_OP_AUDIT_HASH}, /* Vault's path; :n is ignored */
 	{M_GET, "/v1/sys/metrics", KMS_OP_METRICS},
+	{M_POST, "/v1/sys/backup", KMS_OP_SYS_BACKUP},
 	{M_GET, "/v1/auth/token/lookup-self", KMS_OP_TOKEN_LOOKUP_SELF},
 	{M_POST, "/v1/auth/token/lookup-accessor", KMS_OP_TOKEN_LOOKUP_ACCESSOR},
 	{M_LIST, "/v1/:t/keys", KMS_OP_KEY_LIST},

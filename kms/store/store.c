@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "kms/base/log.h"
+#include "kms/base/secret.h"
 
 #define XSTR(x) STR(x)
 #define STR(x) #x
@@ -2977,5 +2978,59 @@ kms_err store_mk_pending_count(struct store *s, uint32_t to, uint64_t *n)
 		*n = (uint64_t)sqlite3_column_int64(st, 0);
 	stmt_release(st);
 	store_unlock(s);
+	return rc;
+}
+
+/* ---- online snapshot (backup) ------------------------------------------------------ */
+
+kms_err store_snapshot(struct store *s, uint8_t **out, size_t *len)
+{
+	sqlite3 *mem = NULL;
+	sqlite3_backup *b;
+	unsigned char *ser = NULL;
+	sqlite3_int64 n = 0;
+	kms_err rc = KMS_OK;
+	int src;
+
+	*out = NULL;
+	*len = 0;
+	if (sqlite3_open_v2(":memory:", &mem, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
+		sqlite3_close(mem);
+		return kms_errf(KMS_ERR_NOMEM, "store snapshot: cannot open an in-memory database");
+	}
+	pthread_mutex_lock(&s->mu);
+	/* One step copies every page inside one read transaction of the serving connection:
+	 * the copy is the store as of one commit, whatever the other threads wait to write. */
+	b = sqlite3_backup_init(mem, "main", s->db, "main");
+	if (b == NULL) {
+		kms_error("store: snapshot: %s", sqlite3_errmsg(mem));
+		rc = kms_errf(KMS_ERR_STORE, "metadata store error");
+	} else {
+		src = sqlite3_backup_step(b, -1);
+		if (sqlite3_backup_finish(b) != SQLITE_OK || src != SQLITE_DONE) {
+			kms_error("store: snapshot: sqlite %d: %s", src, sqlite3_errmsg(mem));
+			rc = kms_errf(KMS_ERR_STORE, "metadata store error");
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (rc == KMS_OK) {
+		ser = sqlite3_serialize(mem, "main", &n, 0);
+		if (ser == NULL || n <= 0)
+			rc = kms_errf(KMS_ERR_NOMEM, "store snapshot: cannot serialize the copy");
+	}
+	if (rc == KMS_OK) {
+		*out = malloc((size_t)n);
+		if (*out == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "store snapshot: out of memory");
+		} else {
+			memcpy(*out, ser, (size_t)n);
+			*len = (size_t)n;
+		}
+	}
+	if (ser != NULL) {
+		kms_wipe(ser, (size_t)n);
+		sqlite3_free(ser);
+	}
+	sqlite3_close(mem);
 	return rc;
 }

@@ -302,4 +302,10 @@ KMS_WUR kms_err store_token_revoke(struct store *s, const char *accessor); /* NO
 /* Sets last_used to when if it is older (no row changed is not an error). */
 KMS_WUR kms_err store_token_touch(struct store *s, const char *accessor, int64_t when);
 
+/* An online snapshot for backups: the whole store as of one commit, copied with
+ * SQLite's online backup API (sqlite3_backup_*) into memory and returned as the bytes
+ * of a database file (*out malloc'd; the caller wipes and frees it). Other store calls
+ * wait while the pages are copied (memory speed). */
+KMS_WUR kms_err store_snapshot(struct store *s, uint8_t **out, size_t *len);
+
 #endif
