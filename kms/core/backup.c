@@ -148,7 +148,7 @@ struct enc {
 	int fd;
 	uint8_t hh[32];
 	uint8_t *pt, *ct;
-	size_t fill;
+	size_t fill, chunk;
 	uint64_t index;
 };
 
@@ -181,9 +181,9 @@ static kms_err enc_write(struct enc *e, const void *data, size_t n)
 	while (n > 0) {
 		size_t take;
 
-		if (e->fill == BACKUP_CHUNK && (rc = enc_emit(e, false)) != KMS_OK)
+		if (e->fill == e->chunk && (rc = enc_emit(e, false)) != KMS_OK)
 			return rc;
-		take = BACKUP_CHUNK - e->fill < n ? BACKUP_CHUNK - e->fill : n;
+		take = e->chunk - e->fill < n ? e->chunk - e->fill : n;
 		memcpy(e->pt + e->fill, p, take);
 		e->fill += take;
 		p += take;
@@ -252,6 +252,22 @@ static json_t *file_entry(const char *name, const char *kind, uint64_t size, con
 			 "sha256", h);
 }
 
+/* Plaintext bytes per chunk: BACKUP_CHUNK, unless a test asks for small chunks (so
+ * that a small archive has many). */
+static size_t chunk_size(void)
+{
+	const char *t = getenv("KMSD_TEST_BACKUP_CHUNK");
+	long v;
+
+	if (t == NULL || *t == '\0')
+		return BACKUP_CHUNK;
+	v = atol(t);
+	if (v < 1 || v > (long)BACKUP_CHUNK)
+		return BACKUP_CHUNK;
+	kms_warn("KMSD_TEST_BACKUP_CHUNK is set: backup chunks of %ld bytes. Never in production.", v);
+	return (size_t)v;
+}
+
 /* The schema a manifest claims: the store's, unless a test asks for another. */
 static int manifest_schema(void)
 {
@@ -286,7 +302,7 @@ kms_err backup_write(struct p11 *p11, struct store *st, struct audit *au, int *o
 {
 	struct audit_snapshot snap = {0};
 	struct store_mk_status ms;
-	struct enc e = {.p11 = p11, .fd = -1};
+	struct enc e = {.p11 = p11, .fd = -1, .chunk = chunk_size()};
 	uint8_t fp[32], blob[P11_KEK_BLOB_LEN], sha[32], *db = NULL, *buf = NULL;
 	char fph[65], b64[80], hdr_len[4], pub_path[8192], pem[PUBKEY_MAX], when[32];
 	char *hdr = NULL, *man = NULL;
@@ -385,7 +401,7 @@ kms_err backup_write(struct p11 *p11, struct store *st, struct audit *au, int *o
 		      (json_int_t)snap.last_seq, "files", files);
 	h = json_pack("{s:i, s:i, s:s, s:s, s:s, s:i, s:I}", "format", BACKUP_FORMAT, "mk_version",
 		      (int)ms.active, "mk_label", "", "mk_fingerprint", fph, "key_blob", "", "chunk_size",
-		      (int)BACKUP_CHUNK, "created", (json_int_t)now);
+		      (int)e.chunk, "created", (json_int_t)now);
 	if (m == NULL || h == NULL) {
 		rc = kms_errf(KMS_ERR_NOMEM, "backup: out of memory");
 		goto out;
@@ -856,7 +872,11 @@ kms_err backup_restore(struct p11 *p11, const struct backup_restore_opts *o)
 		const char *fps = json_string_value(json_object_get(h, "mk_fingerprint"));
 		const char *kb = json_string_value(json_object_get(h, "key_blob"));
 
-		if (!json_is_integer(f) || json_integer_value(f) != BACKUP_FORMAT) {
+		if (!json_is_integer(f)) {
+			rc = kms_errf(KMS_ERR_INVALID, "%.200s: the backup header is damaged", o->archive);
+			goto out;
+		}
+		if (json_integer_value(f) != BACKUP_FORMAT) {
 			rc = kms_errf(KMS_ERR_INVALID, "%.200s: backup format %lld is not one this kmsd reads (%d)",
 				      o->archive, (long long)json_integer_value(f), BACKUP_FORMAT);
 			goto out;

@@ -153,6 +153,10 @@ def made(kmsd, ctl, tmp_path_factory):
     acknowledged before the backup began."""
     k = kmsd
     tmp = tmp_path_factory.mktemp("made")
+    # small chunks, so that this archive has many (the reader takes any size up to 1 MiB)
+    k.stop()
+    k.env["KMSD_TEST_BACKUP_CHUNK"] = "4096"
+    k.start()
     t1, t2 = k.create_tenant(), k.create_tenant(retention="non-phi")
     k1, k2 = k.create_key(t1), k.create_key(t2)
     k.rotate(t1, k1)
@@ -258,20 +262,34 @@ def test_tampered_archive_refused_nothing_written(kmsd, made, tmp_path):
         chunks.append((o, ln & 0x7fffffff, bool(ln & 0x80000000)))
         o += 4 + (ln & 0x7fffffff)
     assert o == len(data) and chunks[-1][2] and not any(c[2] for c in chunks[:-1]), chunks
+    assert len(chunks) > 10 and json.loads(data[12:body])["chunk_size"] == 4096, len(chunks)
     cases = {
         "magic": (lambda b: b"X" + b[1:], ["not a kmsd backup archive"]),
-        "header": (lambda b: b[:14] + bytes([b[14] ^ 0x01]) + b[15:], []),
+        "header": (lambda b: b[:14] + bytes([b[14] ^ 0x01]) + b[15:], ["header is damaged"]),
+        "header field": (lambda b: b[:12] + b[12:body].replace(b'"created":1', b'"created":2')
+                         + b[body:], ["fails authentication at chunk 0"]),
+        "fingerprint": (lambda b: b[:12] + re.sub(rb'"mk_fingerprint":"(.)', lambda m: b'"mk_fingerprint":"'
+                                                  + (b"0" if m.group(1) != b"0" else b"1"), b[12:body])
+                        + b[body:], ["another master key"]),
         "first chunk length": (lambda b: b[:body + 3] + bytes([b[body + 3] ^ 0x04]) + b[body + 4:],
                                []),
         "first chunk": (lambda b: b[:body + 100] + bytes([b[body + 100] ^ 0x80]) + b[body + 101:],
                         ["fails authentication at chunk 0"]),
         "middle": (lambda b: b[:len(b) // 2] + bytes([b[len(b) // 2] ^ 0x01]) + b[len(b) // 2 + 1:],
                    ["fails authentication"]),
+        "chunks swapped": (lambda b: b[:chunks[1][0]] + b[chunks[2][0]:chunks[3][0]]
+                           + b[chunks[1][0]:chunks[2][0]] + b[chunks[3][0]:],
+                           ["fails authentication at chunk 1"]),
+        "chunk dropped": (lambda b: b[:chunks[1][0]] + b[chunks[2][0]:],
+                          ["fails authentication at chunk 1"]),
         "last byte": (lambda b: b[:-1] + bytes([b[-1] ^ 0x01]), ["fails authentication"]),
         "truncated in header": (lambda b: b[:body - 5], ["header is damaged"]),
         "truncated in a chunk": (lambda b: b[:len(b) - 1000], ["truncated"]),
         "final chunk dropped": (lambda b: b[:chunks[-1][0]], ["truncated"]),
-        "final bit cleared": (lambda b: b[:body] + bytes([b[body] & 0x7f]) + b[body + 1:], []),
+        "final bit cleared": (lambda b: b[:chunks[-1][0]] + bytes([b[chunks[-1][0]] & 0x7f])
+                              + b[chunks[-1][0] + 1:], ["fails authentication at chunk %d" % (len(chunks) - 1)]),
+        "final bit set early": (lambda b: b[:body] + bytes([b[body] | 0x80]) + b[body + 1:],
+                                ["fails authentication at chunk 0"]),
         "trailing bytes": (lambda b: b + b"\x00", ["after its final chunk"]),
     }
     for name, (fn, frags) in cases.items():
@@ -282,9 +300,20 @@ def test_tampered_archive_refused_nothing_written(kmsd, made, tmp_path):
         p = tmp_path / (name.replace(" ", "-") + ".kmsbak")
         p.write_bytes(bad)
         r = restore(k, conf, p)
+        if os.environ.get("BACKUP_TEST_SHOW"):
+            print(name, "->", r.stderr.strip().splitlines()[-1])
         refused(r, *frags)
         left = sorted(os.listdir(d))
         assert left == ["kmsd.conf"], (name, left, r.stderr)
+    # a byte flipped anywhere: 24 places spread over the whole file
+    for i in range(24):
+        pos = i * (len(data) - 1) // 23
+        d = tmp_path / ("flip-%d" % pos)
+        conf = alt_config(k, str(d))
+        p = tmp_path / ("flip-%d.kmsbak" % pos)
+        p.write_bytes(data[:pos] + bytes([data[pos] ^ 0x10]) + data[pos + 1:])
+        refused(restore(k, conf, p))
+        assert sorted(os.listdir(d)) == ["kmsd.conf"], pos
     # the untouched archive restores into the same kind of target
     d = tmp_path / "good"
     conf = alt_config(k, str(d))
