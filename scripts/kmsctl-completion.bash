@@ -16,7 +16,7 @@ _kmsctl()
 	fi
 
 	local globals="--addr --ca-cert --token-file --config --format --timeout --help"
-	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open audit"
+	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open audit backup"
 
 	# option values
 	case $prev in
@@ -112,6 +112,7 @@ _kmsctl()
 		[ "${path[0]}" = seal ] && opts="--tenant --key --context --chunk-size"
 		[[ $cur == -* ]] || { COMPREPLY=($(compgen -f -- "$cur") $(compgen -W "-" -- "$cur")); return; }
 		;;
+	backup) opts="--out" ;;
 	audit)
 		subs="verify search report hash"
 		case "${path[1]}" in

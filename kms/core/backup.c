@@ -297,8 +297,8 @@ static int tmp_file(const char *dir)
 	return fd;
 }
 
-kms_err backup_write(struct p11 *p11, struct store *st, struct audit *au, int *out_fd, uint64_t *size,
-		     char **summary)
+kms_err backup_write(struct p11 *p11, struct store *st, struct audit *au, pthread_rwlock_t *quiesce,
+		     int *out_fd, uint64_t *size, char **summary)
 {
 	struct audit_snapshot snap = {0};
 	struct store_mk_status ms;
@@ -340,11 +340,17 @@ kms_err backup_write(struct p11 *p11, struct store *st, struct audit *au, int *o
 		rc = kms_errf(KMS_ERR_NOMEM, "backup: out of memory");
 		goto out;
 	}
-	/* The store first, then the log: every change in the store snapshot was audited
-	 * (its record is durable before the answer left), so its record is in the cut. */
-	if ((rc = store_snapshot(st, &db, &db_len)) != KMS_OK)
-		goto out;
-	if ((rc = audit_snapshot(au, &snap)) != KMS_OK)
+	/* One cut: with no change between its start and its durable record (quiesce), the
+	 * store snapshot and the audit cut describe the same instant. Held for a memory copy
+	 * of the store and the opening of the audit files. */
+	if (quiesce != NULL)
+		pthread_rwlock_wrlock(quiesce);
+	rc = store_snapshot(st, &db, &db_len);
+	if (rc == KMS_OK)
+		rc = audit_snapshot(au, &snap);
+	if (quiesce != NULL)
+		pthread_rwlock_unlock(quiesce);
+	if (rc != KMS_OK)
 		goto out;
 	e.fd = tmp_file(snap.dir);
 	if (e.fd < 0) {
@@ -1055,7 +1061,7 @@ kms_err backup_restore(struct p11 *p11, const struct backup_restore_opts *o)
 		if ((rc = audit_open_opts(o->audit_path, o->node_id, &ao, &au)) != KMS_OK)
 			goto out;
 		snprintf(reason, sizeof(reason),
-			 "restored from a backup made %s (store schema %lld, audit log up to seq %llu); %s%s",
+			 "restored from a backup made %.40s (store schema %lld, audit log up to seq %llu); %s%.700s",
 			 created, (long long)json_integer_value(json_object_get(m, "schema_version")),
 			 (unsigned long long)last_seq,
 			 aside[0] ? "the files found at the target were moved to " : "the target was empty",

@@ -11,6 +11,7 @@
 #ifndef KMS_CORE_BACKUP_H
 #define KMS_CORE_BACKUP_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -27,14 +28,17 @@ struct p11;
 struct store;
 struct audit;
 
-/* Writes an archive of the serving store and audit log into a new, unlinked file in the
+/* quiesce (may be NULL) is held for writing while the store snapshot and the audit cut
+ * are taken: the serving core read-holds it from each change to its durable audit
+ * record, so the cut has the record of every change in the snapshot.
+ * Writes an archive of the serving store and audit log into a new, unlinked file in the
  * audit log's directory (O_TMPFILE, 0600): on success *out_fd (read/write, CLOEXEC,
  * owned by the caller) holds *size bytes of archive. The audit public key is read from
  * audit_path + ".pub.pem" beside the log. CONFLICT while a master-key rotation is in progress (key versions are then wrapped
  * under two master keys; finish it first). On success *summary (may be NULL) is a
  * malloc'd one-line description for the log. */
-KMS_WUR kms_err backup_write(struct p11 *p11, struct store *st, struct audit *au, int *out_fd,
-			     uint64_t *size, char **summary);
+KMS_WUR kms_err backup_write(struct p11 *p11, struct store *st, struct audit *au,
+			     pthread_rwlock_t *quiesce, int *out_fd, uint64_t *size, char **summary);
 
 struct backup_restore_opts {
 	const char *archive;	/* the archive file */

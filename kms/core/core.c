@@ -595,6 +595,14 @@ kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct cor
 	c->p11 = p11;
 	c->au = au;
 	pthread_rwlock_init(&c->lock, NULL);
+	{
+		pthread_rwlockattr_t ra;
+
+		pthread_rwlockattr_init(&ra);
+		pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+		pthread_rwlock_init(&c->quiesce, &ra);
+		pthread_rwlockattr_destroy(&ra);
+	}
 	pthread_mutex_init(&c->create_mu, NULL);
 	pthread_mutex_init(&c->sched_mu, NULL);
 	pthread_cond_init(&c->sched_cv, NULL);
@@ -871,6 +879,7 @@ void core_free(struct core *c)
 		}
 	}
 	pthread_rwlock_destroy(&c->lock);
+	pthread_rwlock_destroy(&c->quiesce);
 	pthread_mutex_destroy(&c->create_mu);
 	pthread_mutex_destroy(&c->sched_mu);
 	pthread_cond_destroy(&c->sched_cv);
@@ -1148,6 +1157,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	char src[INET6_ADDRSTRLEN + 8] = "";
 	const char *outcome;
 	kms_err rc, arc, rc2;
+	bool quiesced;
 	int status;
 
 	memset(res, 0, sizeof(*res));
@@ -1253,6 +1263,11 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 				      "cannot hash the encryption context for the audit record: %s", why);
 		}
 	}
+	/* From the change to its durable record: one unit for a backup's cut (the backup
+	 * itself takes the lock for writing) */
+	quiesced = call->op != KMS_OP_SYS_BACKUP;
+	if (quiesced)
+		pthread_rwlock_rdlock(&c->quiesce);
 	if (rc == KMS_OK) {
 		if (op_has_tenant(call->op) && !x.have_tenant)
 			rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant \"%.64s\" not found", call->tenant);
@@ -1297,6 +1312,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 
 	/* Fail closed: nothing leaves before its record is durable. */
 	arc = audit_append(c->au, &ar);
+	if (quiesced)
+		pthread_rwlock_unlock(&c->quiesce);
 	if (arc != KMS_OK) {
 		json_decref(x.data);
 		json_decref(x.auth);

@@ -73,6 +73,11 @@ struct core {
 	unsigned sched_interval;
 	pthread_mutex_t sched_mu;
 	pthread_cond_t sched_cv;
+	/* Read-held from a change's start until its audit record is durable (core_call, the
+	 * scheduler tick); write-held by a backup while it takes the store snapshot and the
+	 * audit cut, so that every change in the one has its record in the other. Writers
+	 * are preferred: a waiting backup is not starved by a steady stream of requests. */
+	pthread_rwlock_t quiesce;
 };
 
 /* What an operation sees: the authenticated principal and the resolved tenant. */

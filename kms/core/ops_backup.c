@@ -19,7 +19,7 @@ kms_err op_sys_backup(struct core *c, struct op_ctx *x)
 
 	if (x->call->body != NULL && json_object_size(x->call->body) != 0)
 		return kms_errf(KMS_ERR_INVALID, "sys/backup takes no parameters");
-	rc = backup_write(c->p11, c->st, c->au, &fd, &size, &summary);
+	rc = backup_write(c->p11, c->st, c->au, &c->quiesce, &fd, &size, &summary);
 	if (rc != KMS_OK)
 		return rc;
 	kms_info("%s by %s: %llu bytes", summary ? summary : "backup", x->who.name, (unsigned long long)size);
