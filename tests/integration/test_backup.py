@@ -388,6 +388,15 @@ def test_restore_after_wipe(kmsd, ctl, made):
         r = k.decrypt(ltok, lt, name, ciphertext=ct)
         assert r.status_code == 200, (name, r.text)
         assert r.json()["data"]["plaintext"] == pt
+    # one cut: a load key is in the restored store exactly when its creation is in the
+    # restored log
+    r = k.get("/v1/%s/keys" % lt, token=k.admin_token, params={"list": "true"})
+    assert r.status_code == 200, r.text
+    present = {n for n in r.json()["data"]["keys"] if n.startswith("load-")}
+    logged = {x["key"] for x in records(k) if x.get("operation") == "key.create"
+              and x.get("tenant") == lt and x.get("outcome") == "allow"}
+    assert present == logged, (sorted(present ^ logged))
+    assert {n for _, n, _, _ in before} <= present
     # the chain verifies across the restore, which is recorded in it
     k.serves(made["tok"], made["tenants"][0], made["keys"][0])
     out = verify(ctl, k)
@@ -423,10 +432,15 @@ def test_nonempty_target_needs_force_and_keeps_old_files(kmsd, ctl, made):
     old = segs + [os.path.join(aside[0], "audit.log")]
     r = ctl.run("audit", "verify", "--pubkey", os.path.join(aside[0], "audit.log.pub.pem"), *old)
     assert r.returncode == 0, r.stdout + r.stderr
+    # as docs/OPERATIONS.md says it: the directory, its key found beside the log
+    r = ctl.run("audit", "verify", aside[0])
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
     with open(old[-1]) as f:
         assert json.loads(f.read().splitlines()[-1])["hash"] == old_last["hash"]
     k.start()
     k.serves(made["tok"], t, key)
     assert verify(ctl, k).startswith("ok")
+    r = ctl.run("audit", "verify", k.tmp)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
     rest = [x for x in records(k) if x.get("operation") == "sys.restore"]
     assert len(rest) == 1 and "kmsd-pre-restore-" in rest[0]["reason"], rest
