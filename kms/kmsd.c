@@ -529,7 +529,34 @@ out:
 
 /* ---- restore (issue 9) -------------------------------------------------------------
  * Offline: the archive is checked whole before anything is put in place
- * (kms/core/backup.c, docs/OPERATIONS.md "Backup and restore"). */
+ * (kms/core/backup.c, docs/OPERATIONS.md "Backup and restore").
+ *
+ * "<store_path>.serve.lock": every serving kmsd holds a shared flock on it for its life;
+ * restore takes it exclusively, so it refuses while any kmsd serves on the store (and a
+ * kmsd started during a restore waits for nothing: it refuses to start). */
+static int serve_lock(const struct kms_config *cfg, bool exclusive)
+{
+	char path[sizeof(cfg->store_path) + 16];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s.serve.lock", cfg->store_path);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0) {
+		kms_error("cannot open %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0) {
+		if (errno == EWOULDBLOCK)
+			kms_error("%s", exclusive ? "kmsd is serving on this store: stop it before a restore"
+						  : "a restore is running on this store: start kmsd when it is done");
+		else
+			kms_error("cannot lock %s: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd; /* the lock lasts until the process exits */
+}
+
 static int cmd_restore(const struct kms_config *cfg, const char *from, bool force)
 {
 	struct p11_config pc = p11cfg(cfg, 1);
@@ -538,7 +565,7 @@ static int cmd_restore(const struct kms_config *cfg, const char *from, bool forc
 	char who[128], *pin = NULL;
 	size_t pin_len = 0;
 	kms_err err;
-	int rc = 1;
+	int rc = 1, lock_fd = -1;
 
 	if (from == NULL || *from == '\0') {
 		fprintf(stderr, "kmsd: restore needs --from FILE (an archive made by kmsctl backup)\n");
@@ -547,6 +574,11 @@ static int cmd_restore(const struct kms_config *cfg, const char *from, bool forc
 	os_principal(who, sizeof(who));
 	if (read_pin(cfg, &pin, &pin_len) != 0 || drop_root(cfg) != 0)
 		goto out;
+	if ((lock_fd = serve_lock(cfg, true)) < 0) {
+		fprintf(stderr, "kmsd: restore refused: kmsd must not serve on %s during a restore\n",
+			cfg->store_path);
+		goto out;
+	}
 	err = p11_open(&pc, pin, pin_len, &p11);
 	kms_secret_free(pin);
 	pin = NULL;
@@ -571,6 +603,8 @@ static int cmd_restore(const struct kms_config *cfg, const char *from, bool forc
 out:
 	p11_close(p11);
 	kms_secret_free(pin);
+	if (lock_fd >= 0)
+		close(lock_fd);
 	return rc;
 }
 /* ---- end restore ------------------------------------------------------------------- */
@@ -623,6 +657,9 @@ static int cmd_serve(const struct kms_config *cfg)
 		goto out;
 	}
 	if (drop_root(cfg) != 0)
+		goto out;
+	/* held for the process's life: a restore refuses while any kmsd serves (issue 9) */
+	if (serve_lock(cfg, false) < 0)
 		goto out;
 	if ((err = store_open(cfg->store_path, &st)) != KMS_OK) {
 		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));

@@ -102,6 +102,16 @@ def alt_config(k, d):
     return conf
 
 
+def listing(d):
+    """The files in d, but the (empty) lock file every restore and every serving kmsd
+    opens: restore takes it to refuse while kmsd serves (docs/OPERATIONS.md)."""
+    names = sorted(os.listdir(str(d)))
+    for n in names:
+        if n.endswith(".serve.lock"):
+            assert os.path.getsize(os.path.join(str(d), n)) == 0
+    return [n for n in names if not n.endswith(".serve.lock")]
+
+
 def restore(k, conf, archive, *extra):
     r = subprocess.run([k.bin, "-c", conf, "restore", "--from", str(archive)] + list(extra),
                        env=k.env, capture_output=True, text=True, timeout=120)
@@ -303,7 +313,7 @@ def test_tampered_archive_refused_nothing_written(kmsd, made, tmp_path):
         if os.environ.get("BACKUP_TEST_SHOW"):
             print(name, "->", r.stderr.strip().splitlines()[-1])
         refused(r, *frags)
-        left = sorted(os.listdir(d))
+        left = listing(d)
         assert left == ["kmsd.conf"], (name, left, r.stderr)
     # a byte flipped anywhere: 24 places spread over the whole file
     for i in range(24):
@@ -313,7 +323,7 @@ def test_tampered_archive_refused_nothing_written(kmsd, made, tmp_path):
         p = tmp_path / ("flip-%d.kmsbak" % pos)
         p.write_bytes(data[:pos] + bytes([data[pos] ^ 0x10]) + data[pos + 1:])
         refused(restore(k, conf, p))
-        assert sorted(os.listdir(d)) == ["kmsd.conf"], pos
+        assert listing(d) == ["kmsd.conf"], pos
     # the untouched archive restores into the same kind of target
     d = tmp_path / "good"
     conf = alt_config(k, str(d))
@@ -339,7 +349,7 @@ def test_newer_schema_refused(kmsd, ctl, made, tmp_path):
     conf = alt_config(k, str(d))
     r = restore(k, conf, p)
     refused(r, "schema version %d" % (schema_version() + 1), "up to %d" % schema_version())
-    assert sorted(os.listdir(d)) == ["kmsd.conf"]
+    assert listing(d) == ["kmsd.conf"]
 
 
 def test_foreign_master_key_refused(kmsd, made, tmp_path):
@@ -348,7 +358,7 @@ def test_foreign_master_key_refused(kmsd, made, tmp_path):
     os.makedirs(other.tmp)
     other.provision()
     other.init()
-    before = sorted(os.listdir(other.tmp))
+    before = listing(other.tmp)
     size = os.path.getsize(other.store_path)
     r = other.run_cli("restore", "--from", str(made["archive"]))
     refused(r, "kmsd-mk-1 (fingerprint")
@@ -357,7 +367,7 @@ def test_foreign_master_key_refused(kmsd, made, tmp_path):
     hdr = json.loads(made["archive"].read_bytes()[12:12 + int.from_bytes(
         made["archive"].read_bytes()[8:12], "big")])
     assert fps[0] == hdr["mk_fingerprint"][:16]
-    assert sorted(os.listdir(other.tmp)) == before
+    assert listing(other.tmp) == before
     assert os.path.getsize(other.store_path) == size
 
 
@@ -413,6 +423,13 @@ def test_nonempty_target_needs_force_and_keeps_old_files(kmsd, ctl, made):
     moves it aside (never deletes), and the aside copy still verifies on its own."""
     k = kmsd
     t, key = made["tenants"][0], made["keys"][0]
+    k.serves(made["tok"], t, key)
+    # never beside a serving kmsd, --force or not
+    files = var_files(k)
+    r = k.run_cli("restore", "--from", str(made["archive"]), "--force")
+    refused(r, "must not serve")
+    assert "kmsd is serving on this store" in r.stderr
+    assert var_files(k) == files
     k.serves(made["tok"], t, key)
     k.stop()
     files = var_files(k)
