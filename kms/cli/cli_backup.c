@@ -271,6 +271,10 @@ static const struct cli_leaf backup_leaf = {
 	"options:\n"
 	"  --out FILE   where the archive goes\n"
 	"\n"
+	"The global --timeout bounds a stall (no byte for that long), not the whole\n"
+	"transfer: the server builds the archive before the first byte, so raise it for\n"
+	"a large store or audit log.\n"
+	"\n"
 	"examples:\n"
 	"  kmsctl backup --out /backup/kmsd-$(date -u +%Y%m%dT%H%M%SZ).kmsbak\n",
 	backup_run, NULL,
