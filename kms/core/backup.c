@@ -150,7 +150,17 @@ struct enc {
 	uint8_t *pt, *ct;
 	size_t fill, chunk;
 	uint64_t index;
+	EVP_MD_CTX *md; /* SHA-256 of every byte of the archive as written */
 };
+
+static kms_err enc_out(struct enc *e, const void *p, size_t n)
+{
+	if (write_all(e->fd, p, n) != 0)
+		return kms_errf(KMS_ERR_IO, "backup: cannot write the archive: %s", strerror(errno));
+	if (EVP_DigestUpdate(e->md, p, n) != 1)
+		return kms_errf(KMS_ERR_INTERNAL, "backup: SHA-256 failed");
+	return KMS_OK;
+}
 
 static kms_err enc_emit(struct enc *e, bool final)
 {
@@ -167,8 +177,8 @@ static kms_err enc_emit(struct enc *e, bool final)
 	if (rc != KMS_OK)
 		return rc;
 	be32(len, (uint32_t)n | (final ? FINAL_BIT : 0));
-	if (write_all(e->fd, len, 4) != 0 || write_all(e->fd, e->ct, n) != 0)
-		return kms_errf(KMS_ERR_IO, "backup: cannot write the archive: %s", strerror(errno));
+	if ((rc = enc_out(e, len, 4)) != KMS_OK || (rc = enc_out(e, e->ct, n)) != KMS_OK)
+		return rc;
 	e->index++;
 	return KMS_OK;
 }
@@ -298,7 +308,7 @@ static int tmp_file(const char *dir)
 }
 
 kms_err backup_write(struct p11 *p11, struct store *st, struct audit *au, pthread_rwlock_t *quiesce,
-		     int *out_fd, uint64_t *size, char **summary)
+		     int *out_fd, uint64_t *size, uint8_t sha256[32], char **summary)
 {
 	struct audit_snapshot snap = {0};
 	struct store_mk_status ms;
@@ -336,7 +346,9 @@ kms_err backup_write(struct p11 *p11, struct store *st, struct audit *au, pthrea
 	e.ct = malloc(BACKUP_CHUNK + P11_GCM_TAG_LEN);
 	buf = malloc(BACKUP_CHUNK);
 	files = json_array();
-	if (e.pt == NULL || e.ct == NULL || buf == NULL || files == NULL) {
+	e.md = EVP_MD_CTX_new();
+	if (e.pt == NULL || e.ct == NULL || buf == NULL || files == NULL || e.md == NULL ||
+	    EVP_DigestInit_ex(e.md, EVP_sha256(), NULL) != 1) {
 		rc = kms_errf(KMS_ERR_NOMEM, "backup: out of memory");
 		goto out;
 	}
@@ -445,11 +457,9 @@ kms_err backup_write(struct p11 *p11, struct store *st, struct audit *au, pthrea
 		}
 		EVP_MD_CTX_free(md);
 	}
-	if (write_all(e.fd, BACKUP_MAGIC, 8) != 0 || write_all(e.fd, hdr_len, 4) != 0 ||
-	    write_all(e.fd, hdr, hdr_n) != 0) {
-		rc = kms_errf(KMS_ERR_IO, "backup: cannot write the archive: %s", strerror(errno));
+	if ((rc = enc_out(&e, BACKUP_MAGIC, 8)) != KMS_OK || (rc = enc_out(&e, hdr_len, 4)) != KMS_OK ||
+	    (rc = enc_out(&e, hdr, hdr_n)) != KMS_OK)
 		goto out;
-	}
 	{
 		uint8_t ml[4];
 
@@ -463,6 +473,10 @@ kms_err backup_write(struct p11 *p11, struct store *st, struct audit *au, pthrea
 			goto out;
 	if ((rc = enc_write(&e, pem, pem_n)) != KMS_OK || (rc = enc_emit(&e, true)) != KMS_OK)
 		goto out;
+	if (EVP_DigestFinal_ex(e.md, sha256, NULL) != 1) {
+		rc = kms_errf(KMS_ERR_INTERNAL, "backup: SHA-256 failed");
+		goto out;
+	}
 	{
 		off_t end = lseek(e.fd, 0, SEEK_CUR);
 
@@ -483,6 +497,7 @@ kms_err backup_write(struct p11 *p11, struct store *st, struct audit *au, pthrea
 out:
 	if (e.fd >= 0)
 		close(e.fd);
+	EVP_MD_CTX_free(e.md);
 	p11_kek_unload(p11, e.k);
 	audit_snapshot_free(&snap);
 	if (db != NULL) {

@@ -33,12 +33,13 @@ struct audit;
  * record, so the cut has the record of every change in the snapshot.
  * Writes an archive of the serving store and audit log into a new, unlinked file in the
  * audit log's directory (O_TMPFILE, 0600): on success *out_fd (read/write, CLOEXEC,
- * owned by the caller) holds *size bytes of archive. The audit public key is read from
+ * owned by the caller) holds *size bytes of archive, whose SHA-256 is in sha256. The audit public key is read from
  * audit_path + ".pub.pem" beside the log. CONFLICT while a master-key rotation is in progress (key versions are then wrapped
  * under two master keys; finish it first). On success *summary (may be NULL) is a
  * malloc'd one-line description for the log. */
 KMS_WUR kms_err backup_write(struct p11 *p11, struct store *st, struct audit *au,
-			     pthread_rwlock_t *quiesce, int *out_fd, uint64_t *size, char **summary);
+			     pthread_rwlock_t *quiesce, int *out_fd, uint64_t *size, uint8_t sha256[32],
+			     char **summary);
 
 struct backup_restore_opts {
 	const char *archive;	/* the archive file */

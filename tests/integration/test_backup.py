@@ -9,6 +9,7 @@ under KMSD_TEST_BACKUP_SCHEMA), a non-empty target without --force; with --force
 files are moved aside, never deleted. Admin only; audited as sys.backup."""
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -231,8 +232,13 @@ def test_backup_is_admin_only_and_audited(kmsd, ctl, made, tmp_path):
     # the kmsctl summary names the master key and the file's SHA-256
     out = made["out"]
     assert "kmsd-mk-1" in out and "sha256" in out, out
-    import hashlib
-    assert hashlib.sha256(made["archive"].read_bytes()).hexdigest() in out
+    sha = hashlib.sha256(made["archive"].read_bytes()).hexdigest()
+    assert sha in out
+    # each archive is tied to its audit record by its SHA-256 and size
+    reasons = [x["reason"] for x in recs if x["outcome"] == "allow"]
+    assert any("archive sha256 %s, %d bytes" % (sha, os.path.getsize(made["archive"])) in x
+               for x in reasons), reasons
+    assert any("archive sha256 %s" % hashlib.sha256(r.content).hexdigest() in x for x in reasons)
     assert oct(os.stat(made["archive"]).st_mode & 0o777) == "0o600"
     # never overwrites
     r = backup(ctl, made["archive"], want=2)
