@@ -739,7 +739,7 @@ bad:
 }
 
 /* What already exists at the destination: the store (and its WAL files), the audit
- * log, any segment of it, its public key. Appends paths to list (NUL-separated). */
+ * log, any segment of it, its public key, a half-done rotation's "<log>.next". */
 struct existing {
 	char (*paths)[PATH_MAX];
 	size_t n, cap;

@@ -316,7 +316,7 @@ def test_tampered_archive_refused_nothing_written(kmsd, made, tmp_path):
         p = tmp_path / (name.replace(" ", "-") + ".kmsbak")
         p.write_bytes(bad)
         r = restore(k, conf, p)
-        if os.environ.get("BACKUP_TEST_SHOW"):
+        if os.environ.get("BACKUP_TEST_SHOW"):  # to read each refusal: pytest -s
             print(name, "->", r.stderr.strip().splitlines()[-1])
         refused(r, *frags)
         left = listing(d)
