@@ -20,6 +20,7 @@
 #include "kms/base/log.h"
 #include "kms/base/secret.h"
 #include "kms/config.h"
+#include "kms/core/backup.h"
 #include "kms/core/core.h"
 #include "kms/http/server.h"
 #include "kms/http/metrics_listen.h"
@@ -33,6 +34,7 @@ static void usage(FILE *f)
 		   "       kmsd [-c CONFIG] init [--admin NAME] [--admin-token-file PATH]\n"
 		   "       kmsd [-c CONFIG] master-key rotate [--so-pin-file PATH] [--batch N]\n"
 		   "       kmsd [-c CONFIG] master-key status\n"
+		   "       kmsd [-c CONFIG] restore --from FILE [--force]\n"
 		   "       kmsd --version\n"
 		   "\n"
 		   "serve  start the HTTPS server (default)\n"
@@ -45,6 +47,11 @@ static void usage(FILE *f)
 		   "       beside a serving kmsd; run it again to resume an interrupted rotation\n"
 		   "master-key status  the active master key, rows per master key, and which\n"
 		   "       master keys the token holds, as JSON\n"
+		   "restore  put a backup archive (kmsctl backup) back: the store, the audit\n"
+		   "       segments and the audit public key, checked against the token's master\n"
+		   "       key and every checksum; offline (stop kmsd first). Existing files are\n"
+		   "       refused unless --force, which moves them into kmsd-pre-restore-<time>/\n"
+		   "       beside them (nothing is deleted)\n"
 		   "CONFIG defaults to ./kmsd.conf. Exit status: 0 ok, 1 error, 2 usage.\n");
 }
 
@@ -521,6 +528,88 @@ out:
 }
 /* ---- end master-key rotation ------------------------------------------------------- */
 
+/* ---- restore (issue 9) -------------------------------------------------------------
+ * Offline: the archive is checked whole before anything is put in place
+ * (kms/core/backup.c, docs/OPERATIONS.md "Backup and restore").
+ *
+ * "<store_path>.serve.lock": every serving kmsd holds a shared flock on it for its life;
+ * restore takes it exclusively, so it refuses while any kmsd serves on the store (and a
+ * kmsd started during a restore waits for nothing: it refuses to start). */
+static int serve_lock(const struct kms_config *cfg, bool exclusive)
+{
+	char path[sizeof(cfg->store_path) + 16];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s.serve.lock", cfg->store_path);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0) {
+		kms_error("cannot open %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0) {
+		if (errno == EWOULDBLOCK)
+			kms_error("%s", exclusive ? "kmsd is serving on this store: stop it before a restore"
+						  : "a restore is running on this store: start kmsd when it is done");
+		else
+			kms_error("cannot lock %s: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd; /* the lock lasts until the process exits */
+}
+
+static int cmd_restore(const struct kms_config *cfg, const char *from, bool force)
+{
+	struct p11_config pc = p11cfg(cfg, 1);
+	struct backup_restore_opts o = {0};
+	struct p11 *p11 = NULL;
+	char who[128], *pin = NULL;
+	size_t pin_len = 0;
+	kms_err err;
+	int rc = 1, lock_fd = -1;
+
+	if (from == NULL || *from == '\0') {
+		fprintf(stderr, "kmsd: restore needs --from FILE (an archive made by kmsctl backup)\n");
+		return 2;
+	}
+	os_principal(who, sizeof(who));
+	if (read_pin(cfg, &pin, &pin_len) != 0 || drop_root(cfg) != 0)
+		goto out;
+	if ((lock_fd = serve_lock(cfg, true)) < 0) {
+		fprintf(stderr, "kmsd: restore refused: kmsd must not serve on %s during a restore\n",
+			cfg->store_path);
+		goto out;
+	}
+	err = p11_open(&pc, pin, pin_len, &p11);
+	kms_secret_free(pin);
+	pin = NULL;
+	if (err != KMS_OK) {
+		kms_error("token: %s", kms_err_detail(err));
+		goto out;
+	}
+	o.archive = from;
+	o.store_path = cfg->store_path;
+	o.audit_path = cfg->audit_path;
+	o.node_id = cfg->node_id;
+	o.principal = who;
+	o.force = force;
+	err = backup_restore(p11, &o);
+	if (err != KMS_OK) {
+		fprintf(stderr, "kmsd: restore refused: %s\n", kms_err_detail(err));
+		goto out;
+	}
+	printf("kmsd: restored %s into %s and %s; start kmsd, then check the log with kmsctl audit verify\n",
+	       from, cfg->store_path, cfg->audit_path);
+	rc = 0;
+out:
+	p11_close(p11);
+	kms_secret_free(pin);
+	if (lock_fd >= 0)
+		close(lock_fd);
+	return rc;
+}
+/* ---- end restore ------------------------------------------------------------------- */
+
 static int write_port_file(const char *path, int port)
 {
 	char tmp[KMS_CONFIG_PATH_MAX + 8];
@@ -575,6 +664,9 @@ static int cmd_serve(const struct kms_config *cfg)
 		goto out;
 	}
 	if (drop_root(cfg) != 0)
+		goto out;
+	/* held for the process's life: a restore refuses while any kmsd serves (issue 9) */
+	if (serve_lock(cfg, false) < 0)
 		goto out;
 	if ((err = store_open(cfg->store_path, &st)) != KMS_OK) {
 		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
@@ -729,12 +821,15 @@ int main(int argc, char **argv)
 		{"admin-token-file", required_argument, NULL, 't'},
 		{"so-pin-file", required_argument, NULL, 's'},
 		{"batch", required_argument, NULL, 'b'},
+		{"from", required_argument, NULL, 'f'},
+		{"force", no_argument, NULL, 'F'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = "kmsd.conf", *admin = "admin", *token_file = NULL, *cmd = "serve";
-	const char *so_pin_file = NULL, *sub = NULL;
+	const char *so_pin_file = NULL, *sub = NULL, *from = NULL;
+	bool force = false;
 	long batch = 100;
 	char *end;
 	struct kms_config cfg;
@@ -749,6 +844,8 @@ int main(int argc, char **argv)
 		case 'a': admin = optarg; break;
 		case 't': token_file = optarg; break;
 		case 's': so_pin_file = optarg; break;
+		case 'f': from = optarg; break;
+		case 'F': force = true; break;
 		case 'b':
 			errno = 0;
 			batch = strtol(optarg, &end, 10);
@@ -767,7 +864,8 @@ int main(int argc, char **argv)
 	if (strcmp(cmd, "master-key") == 0 && optind < argc)
 		sub = argv[optind++];
 	if (optind < argc ||
-	    (strcmp(cmd, "serve") != 0 && strcmp(cmd, "init") != 0 && strcmp(cmd, "master-key") != 0) ||
+	    (strcmp(cmd, "serve") != 0 && strcmp(cmd, "init") != 0 && strcmp(cmd, "master-key") != 0 &&
+	     strcmp(cmd, "restore") != 0) ||
 	    (strcmp(cmd, "master-key") == 0 &&
 	     (sub == NULL || (strcmp(sub, "rotate") != 0 && strcmp(sub, "status") != 0)))) {
 		usage(stderr);
@@ -788,6 +886,8 @@ int main(int argc, char **argv)
 								: KMS_LOG_INFO);
 	if (strcmp(cmd, "init") == 0)
 		return cmd_init(&cfg, admin, token_file);
+	if (strcmp(cmd, "restore") == 0)
+		return cmd_restore(&cfg, from, force);
 	if (strcmp(cmd, "master-key") == 0 && strcmp(sub, "rotate") == 0)
 		return cmd_mk_rotate(&cfg, so_pin_file != NULL ? so_pin_file : cfg.so_pin_file, batch);
 	if (strcmp(cmd, "master-key") == 0)

@@ -2135,3 +2135,76 @@ void p11_metrics_write(FILE *f)
 	}
 	p11_ckr_counts_write(f);
 }
+
+/* ---- master-key fingerprint (backup manifests) ---------------------------------------
+ * A value that names a master key without revealing it: the key wraps (KWP, which is
+ * deterministic) a fixed, public 32-byte key made for the purpose, and the SHA-256 of
+ * "kmsd-mk-fingerprint:1:" || that wrap is the fingerprint. Like a key check value it
+ * is one known-plaintext block sequence under the key, which AES does not mind; two
+ * tokens give the same fingerprint only if they hold the same master key value. */
+kms_err p11_mk_fingerprint(struct p11 *p, uint32_t version, uint8_t out[P11_SHA256_LEN])
+{
+	static const char prefix[] = "kmsd-mk-fingerprint:1:";
+	CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+	CK_BYTE value[32];
+	CK_ATTRIBUTE tmpl[] = {
+		A(CKA_CLASS, cls_secret),
+		A(CKA_KEY_TYPE, kt_aes),
+		A(CKA_TOKEN, ck_false),
+		A(CKA_PRIVATE, ck_true),
+		A(CKA_SENSITIVE, ck_false),
+		A(CKA_EXTRACTABLE, ck_true),
+		A(CKA_ENCRYPT, ck_false),
+		A(CKA_DECRYPT, ck_false),
+		A(CKA_WRAP, ck_false),
+		A(CKA_UNWRAP, ck_false),
+		A(CKA_SIGN, ck_false),
+		A(CKA_VERIFY, ck_false),
+		A(CKA_DERIVE, ck_false),
+		{CKA_VALUE, value, sizeof(value)},
+	};
+	CK_OBJECT_HANDLE probe = CK_INVALID_HANDLE, mk = CK_INVALID_HANDLE;
+	CK_BYTE wrapped[P11_KEK_BLOB_LEN];
+	CK_ULONG n = sizeof(wrapped);
+	unsigned int dlen = 0;
+	kms_err rc;
+	CK_RV rv;
+
+	if (p == NULL || out == NULL)
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_mk_fingerprint: bad arguments");
+	/* the fixed key: SHA-256 of a public string, so that it is no special value */
+	if (EVP_Digest("kmsd-mk-fingerprint-key", 23, value, &dlen, EVP_sha256(), NULL) != 1 ||
+	    dlen != sizeof(value))
+		return kms_errf(KMS_ERR_INTERNAL, "token: SHA-256 failed");
+	pthread_mutex_lock(&p->obj_lock);
+	rc = mk_get_locked(p, version, true, &mk);
+	if (rc != KMS_OK)
+		goto out;
+	rv = p->f->C_CreateObject(p->holder, tmpl, NELEM(tmpl), &probe);
+	if (session_lost(rv) && holder_reopen_locked(p, rv) == KMS_OK)
+		rv = p->f->C_CreateObject(p->holder, tmpl, NELEM(tmpl), &probe);
+	if (rv != CKR_OK) {
+		probe = CK_INVALID_HANDLE;
+		rc = p11_ckr_err(rv, "C_CreateObject(fingerprint probe)");
+		goto out;
+	}
+	rv = p->f->C_WrapKey(p->holder, &kwp, mk, probe, wrapped, &n);
+	if (rv != CKR_OK) {
+		rc = p11_ckr_err(rv, "C_WrapKey(fingerprint probe under master key)");
+		goto out;
+	}
+	{
+		EVP_MD_CTX *md = EVP_MD_CTX_new();
+
+		if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+		    EVP_DigestUpdate(md, prefix, sizeof(prefix) - 1) != 1 ||
+		    EVP_DigestUpdate(md, wrapped, n) != 1 || EVP_DigestFinal_ex(md, out, &dlen) != 1)
+			rc = kms_errf(KMS_ERR_INTERNAL, "token: SHA-256 failed");
+		EVP_MD_CTX_free(md);
+	}
+out:
+	if (probe != CK_INVALID_HANDLE && p->f->C_DestroyObject(p->holder, probe) != CKR_OK)
+		kms_warn("token: could not destroy the fingerprint probe (a public value)");
+	pthread_mutex_unlock(&p->obj_lock);
+	return rc;
+}

@@ -191,5 +191,11 @@ struct p11_call_stats {
 	uint64_t ns_sum;
 };
 void p11_metrics_write(FILE *f);
+/* A fingerprint of master key version `version` that does not reveal it: SHA-256 over
+ * a fixed prefix and the (deterministic) KWP wrap, by that key, of a fixed public key.
+ * The same key value gives the same fingerprint in any token; backups record it to
+ * refuse a restore under another master key. KMS_ERR_NOT_FOUND when the token has no
+ * such key. */
+KMS_WUR kms_err p11_mk_fingerprint(struct p11 *p, uint32_t version, uint8_t out[P11_SHA256_LEN]);
 
 #endif

@@ -16,7 +16,7 @@ _kmsctl()
 	fi
 
 	local globals="--addr --ca-cert --token-file --config --format --timeout --help"
-	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open audit approval break-glass report"
+	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open audit approval break-glass report backup"
 
 	# option values
 	case $prev in
@@ -125,6 +125,7 @@ _kmsctl()
 		[ "${path[0]}" = seal ] && opts="--tenant --key --context --chunk-size"
 		[[ $cur == -* ]] || { COMPREPLY=($(compgen -f -- "$cur") $(compgen -W "-" -- "$cur")); return; }
 		;;
+	backup) opts="--out" ;;
 	audit)
 		subs="verify search report hash"
 		case "${path[1]}" in

@@ -183,4 +183,32 @@ void audit_close(struct audit *a);
  * counted, none written past cap). Returns its length, or 0 if cap is too small. */
 size_t audit_checkpoint_message(uint64_t seq, const char *hash_hex, char *out, size_t cap);
 
+/* ---- backup (kms/core/backup.c) ---------------------------------------------------
+ * A consistent cut of the log for a backup: every rotated segment and the current file,
+ * each opened read-only with the size it had at one instant when nothing was being
+ * written (no group commit in flight, no rotation), so every file ends on a whole,
+ * synced record and the cut ends on record last_seq. Appends are held only while the
+ * files are opened; the caller reads them afterwards through the descriptors (a later
+ * rotation renames, but never changes, the bytes up to size). */
+struct audit_snap_file {
+	char name[256]; /* file name in the log's directory */
+	int fd;		/* read-only, CLOEXEC */
+	uint64_t size;	/* bytes that belong to the cut */
+	bool current;	/* the file being appended to (last in the list) */
+};
+struct audit_snapshot {
+	struct audit_snap_file *files; /* segments in seq order, then the current file */
+	size_t n, cap;
+	uint64_t last_seq;
+	char log_name[256]; /* the current file's name (audit_path's last component) */
+	char dir[4096];
+};
+/* KMS_ERR_AUDIT when the log has failed; KMS_ERR_IO when a file cannot be opened. */
+KMS_WUR kms_err audit_snapshot(struct audit *a, struct audit_snapshot *out);
+/* Closes the descriptors; accepts a zeroed or freed snapshot. */
+void audit_snapshot_free(struct audit_snapshot *s);
+/* 1 if name (a directory entry) is a rotated segment of the log at log_path (see
+ * audit_segment_name), with its first seq in *seq (may be NULL); else 0. */
+int audit_segment_seq(const char *log_path, const char *name, uint64_t *seq);
+
 #endif

@@ -47,6 +47,8 @@ static const char *const op_names[KMS_OP__COUNT] = {
 	[KMS_OP_BREAKGLASS_ACTIVATE] = "breakglass.activate",
 	[KMS_OP_BREAKGLASS_LIST] = "breakglass.list",
 	[KMS_OP_BREAKGLASS_REVIEW] = "breakglass.review",
+	[KMS_OP_SYS_BACKUP] = "sys.backup",
+	[KMS_OP_SYS_RESTORE] = "sys.restore",
 };
 
 const char *kms_op_name(enum kms_op op)

@@ -52,6 +52,8 @@ enum kms_op {
 	KMS_OP_BREAKGLASS_LIST,
 	KMS_OP_BREAKGLASS_REVIEW,
 	KMS_OP_COMPLIANCE, /* GET /v1/sys/compliance: the data of kmsctl report compliance */
+	KMS_OP_SYS_BACKUP,  /* POST /v1/sys/backup: an encrypted archive (docs/OPERATIONS.md) */
+	KMS_OP_SYS_RESTORE, /* kmsd restore, recorded in the restored log; no route */
 	KMS_OP__COUNT
 };
 

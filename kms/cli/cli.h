@@ -185,6 +185,9 @@ void cli_break_glass_usage(FILE *f);
 /* report compliance (cli_report.c). */
 int cli_report(int argc, char **argv);
 void cli_report_usage(FILE *f);
+/* backup (cli_backup.c): an encrypted archive from POST /v1/sys/backup. */
+int cli_backup(int argc, char **argv);
+void cli_backup_usage(FILE *f);
 
 /* The global options' help, shared by every level's --help. */
 void cli_global_help(FILE *f);

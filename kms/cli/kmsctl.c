@@ -37,6 +37,8 @@ static const struct cli_command commands[] = {
 	 cli_break_glass_usage},
 	{"report", "compliance report: md, json or a self-contained HTML page (admin)", cli_report,
 	 cli_report_usage},
+	{"backup", "an encrypted backup archive of the store and audit log (admin)", cli_backup,
+	 cli_backup_usage},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))

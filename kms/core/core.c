@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kms/audit/audit.h"
 #include "kms/base/b64.h"
@@ -594,6 +595,14 @@ kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct cor
 	c->p11 = p11;
 	c->au = au;
 	pthread_rwlock_init(&c->lock, NULL);
+	{
+		pthread_rwlockattr_t ra;
+
+		pthread_rwlockattr_init(&ra);
+		pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+		pthread_rwlock_init(&c->quiesce, &ra);
+		pthread_rwlockattr_destroy(&ra);
+	}
 	pthread_mutex_init(&c->create_mu, NULL);
 	pthread_mutex_init(&c->sched_mu, NULL);
 	pthread_mutex_init(&c->gauge_mu, NULL);
@@ -872,6 +881,7 @@ void core_free(struct core *c)
 		}
 	}
 	pthread_rwlock_destroy(&c->lock);
+	pthread_rwlock_destroy(&c->quiesce);
 	pthread_mutex_destroy(&c->create_mu);
 	pthread_mutex_destroy(&c->sched_mu);
 	pthread_mutex_destroy(&c->gauge_mu);
@@ -1028,6 +1038,7 @@ static const op_fn op_table[KMS_OP__COUNT] = {
 	[KMS_OP_BREAKGLASS_ACTIVATE] = op_breakglass_activate,
 	[KMS_OP_BREAKGLASS_LIST] = op_breakglass_list,
 	[KMS_OP_BREAKGLASS_REVIEW] = op_breakglass_review,
+	[KMS_OP_SYS_BACKUP] = op_sys_backup,
 };
 
 static int valid_request_id(const char *s)
@@ -1167,6 +1178,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	char src[INET6_ADDRSTRLEN + 8] = "";
 	const char *outcome;
 	kms_err rc, arc, rc2;
+	bool quiesced;
 	int status;
 
 	memset(res, 0, sizeof(*res));
@@ -1302,6 +1314,13 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 				      "cannot hash the encryption context for the audit record: %s", why);
 		}
 	}
+	/* From the change to its durable record: one unit for a backup's cut (the backup
+	 * itself takes the lock for writing). An approved execution runs inside the final
+	 * approval's core_call, which holds the lock already: taking it again would deadlock
+	 * behind a waiting backup (writers are preferred). */
+	quiesced = call->op != KMS_OP_SYS_BACKUP && call->approved == NULL;
+	if (quiesced)
+		pthread_rwlock_rdlock(&c->quiesce);
 	if (rc == KMS_OK) {
 		if (x.deferred)
 			; /* waits for approvals: nothing runs now (ops_approval.c) */
@@ -1374,6 +1393,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 
 	/* Fail closed: nothing leaves before its record is durable. */
 	arc = audit_append(c->au, &ar);
+	if (quiesced)
+		pthread_rwlock_unlock(&c->quiesce);
 	if (arc != KMS_OK) {
 		json_decref(x.data);
 		json_decref(x.auth);
@@ -1411,6 +1432,12 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		res->text = x.text;
 		x.text = NULL;
 	}
+	if (x.has_file) { /* the archive leaves only now, its record durable */
+		res->has_file = true;
+		res->file_fd = x.file_fd;
+		res->file_size = x.file_size;
+		x.has_file = false;
+	}
 	res->body = json_object();
 	json_object_set_new(res->body, "request_id", json_string(res->request_id));
 	if (x.status >= 400) {
@@ -1424,6 +1451,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	json_object_set_new(res->body, "data", x.data ? x.data : json_object());
 	x.data = NULL;
 out:
+	if (x.has_file)
+		close(x.file_fd);
 	json_decref(x.auth);
 	json_decref(x.audit_more);
 	json_decref(extra);

@@ -6,6 +6,7 @@
 #define KMS_CORE_CORE_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "kms/base/err.h"
@@ -51,6 +52,11 @@ struct core_result {
 	json_t *body;	      /* whole response body; owned by the caller (json_decref) */
 	char *text;	      /* instead of body when set: a text/plain answer (metrics); free() */
 	unsigned retry_after; /* seconds, for a Retry-After header (429); 0 = none */
+	/* instead of body when has_file: a binary answer (a backup archive) read from file_fd
+	 * (offset 0, file_size bytes); the caller owns and closes file_fd */
+	bool has_file;
+	int file_fd;
+	uint64_t file_size;
 	char request_id[65];
 };
 

@@ -81,6 +81,11 @@ struct core {
 	struct store_tenant_states *gauge_tenants;
 	size_t gauge_n;
 	struct store_usage gauge_usage;
+	/* Read-held from a change's start until its audit record is durable (core_call, the
+	 * scheduler tick); write-held by a backup while it takes the store snapshot and the
+	 * audit cut, so that every change in the one has its record in the other. Writers
+	 * are preferred: a waiting backup is not starved by a steady stream of requests. */
+	pthread_rwlock_t quiesce;
 };
 
 /* What an operation sees: the authenticated principal and the resolved tenant. */
@@ -99,6 +104,9 @@ struct op_ctx {
 	json_t *data;	   /* "data" of the answer */
 	json_t *auth;	   /* "auth" of the answer (token creation only) */
 	char *text;	   /* a text/plain answer instead of data (metrics); malloc'd */
+	bool has_file;	   /* a binary answer instead of data (backup): file_fd, file_size */
+	int file_fd;
+	uint64_t file_size;
 	int status;	   /* 0 = from the error, else forced (batch partial failure) */
 	uint32_t version;  /* for the audit record */
 	unsigned batch;
@@ -182,6 +190,7 @@ KMS_WUR kms_err op_version_schedule_destroy(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_version_cancel_destroy(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_key_legal_hold(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_key_trim(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_sys_backup(struct core *c, struct op_ctx *x); /* ops_backup.c */
 KMS_WUR kms_err op_tenant_config(struct core *c, struct op_ctx *x);
 /* Created time of version v+1 (when v stopped being used for encryption), or 0. */
 int64_t core_superseded_at(struct core *c, const char *tenant, const char *key, uint32_t v);

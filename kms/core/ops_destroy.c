@@ -548,16 +548,20 @@ unsigned core_scheduler_tick(struct core *c)
 	kms_err rc;
 
 	core_graves_reap(c, false);
+	/* each change below and its audit record are one unit for a backup's cut */
+	pthread_rwlock_rdlock(&c->quiesce);
 	core_mk_relay(c);
 	core_approvals_expire(c);
 	done += rotate_due(c, now);
 	rc = store_due_destructions(c->st, now, &due, &n);
 	if (rc != KMS_OK) {
+		pthread_rwlock_unlock(&c->quiesce);
 		kms_error("scheduler: %s", kms_err_detail(rc));
 		return done;
 	}
 	for (size_t i = 0; i < n; i++)
 		done += destroy_one(c, &due[i], now) ? 1 : 0;
+	pthread_rwlock_unlock(&c->quiesce);
 	free(due);
 	return done;
 }

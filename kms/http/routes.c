@@ -37,6 +37,7 @@ static const struct route {
 	{M_GET | M_LIST, "/v1/sys/break-glass", KMS_OP_BREAKGLASS_LIST},
 	{M_POST, "/v1/sys/break-glass/:n/review", KMS_OP_BREAKGLASS_REVIEW},
 	{M_GET, "/v1/sys/compliance", KMS_OP_COMPLIANCE},
+	{M_POST, "/v1/sys/backup", KMS_OP_SYS_BACKUP},
 	{M_GET, "/v1/auth/token/lookup-self", KMS_OP_TOKEN_LOOKUP_SELF},
 	{M_POST, "/v1/auth/token/lookup-accessor", KMS_OP_TOKEN_LOOKUP_ACCESSOR},
 	{M_LIST, "/v1/:t/keys", KMS_OP_KEY_LIST},

@@ -275,6 +275,28 @@ static enum MHD_Result send_text(struct MHD_Connection *conn, int status, char *
 	return ret;
 }
 
+/* A binary answer read from fd (a backup archive); takes fd in every case. */
+static enum MHD_Result send_file(struct MHD_Connection *conn, int status, int fd, uint64_t size,
+				 const char *request_id)
+{
+	struct MHD_Response *resp = MHD_create_response_from_fd64(size, fd);
+	enum MHD_Result ret;
+
+	if (resp == NULL) {
+		close(fd);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
+	MHD_add_response_header(resp, "Content-Disposition", "attachment; filename=\"kmsd-backup.kmsbak\"");
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+	if (request_id != NULL && *request_id)
+		MHD_add_response_header(resp, "X-Request-Id", request_id);
+	ret = MHD_queue_response(conn, (unsigned)status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
 static enum MHD_Result send_error(struct MHD_Connection *conn, int status, const char *msg)
 {
 	json_t *b = json_pack("{s:[s]}", "errors", msg);
@@ -354,6 +376,11 @@ static enum MHD_Result dispatch(struct http_server *s, struct MHD_Connection *co
 	call.path = url;
 	core_call(s->core, &call, &res);
 	json_decref(call.body);
+	if (res.has_file) {
+		ret = send_file(conn, res.status, res.file_fd, res.file_size, res.request_id);
+		json_decref(res.body);
+		return ret;
+	}
 	if (res.text != NULL) {
 		ret = send_text(conn, res.status, res.text, res.request_id);
 		json_decref(res.body);

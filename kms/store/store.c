@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "kms/base/log.h"
+#include "kms/base/secret.h"
 
 #define XSTR(x) STR(x)
 #define STR(x) #x
@@ -4025,5 +4026,59 @@ kms_err store_tokens_without_expiry(struct store *s, struct store_token_owner **
 	rc = query_rows(s, sql, sizeof(**out), row_token_owner, &rows, n);
 	if (rc == KMS_OK)
 		*out = rows;
+	return rc;
+}
+
+/* ---- online snapshot (backup) ------------------------------------------------------ */
+
+kms_err store_snapshot(struct store *s, uint8_t **out, size_t *len)
+{
+	sqlite3 *mem = NULL;
+	sqlite3_backup *b;
+	unsigned char *ser = NULL;
+	sqlite3_int64 n = 0;
+	kms_err rc = KMS_OK;
+	int src;
+
+	*out = NULL;
+	*len = 0;
+	if (sqlite3_open_v2(":memory:", &mem, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
+		sqlite3_close(mem);
+		return kms_errf(KMS_ERR_NOMEM, "store snapshot: cannot open an in-memory database");
+	}
+	pthread_mutex_lock(&s->mu);
+	/* One step copies every page inside one read transaction of the serving connection:
+	 * the copy is the store as of one commit, whatever the other threads wait to write. */
+	b = sqlite3_backup_init(mem, "main", s->db, "main");
+	if (b == NULL) {
+		kms_error("store: snapshot: %s", sqlite3_errmsg(mem));
+		rc = kms_errf(KMS_ERR_STORE, "metadata store error");
+	} else {
+		src = sqlite3_backup_step(b, -1);
+		if (sqlite3_backup_finish(b) != SQLITE_OK || src != SQLITE_DONE) {
+			kms_error("store: snapshot: sqlite %d: %s", src, sqlite3_errmsg(mem));
+			rc = kms_errf(KMS_ERR_STORE, "metadata store error");
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (rc == KMS_OK) {
+		ser = sqlite3_serialize(mem, "main", &n, 0);
+		if (ser == NULL || n <= 0)
+			rc = kms_errf(KMS_ERR_NOMEM, "store snapshot: cannot serialize the copy");
+	}
+	if (rc == KMS_OK) {
+		*out = malloc((size_t)n);
+		if (*out == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "store snapshot: out of memory");
+		} else {
+			memcpy(*out, ser, (size_t)n);
+			*len = (size_t)n;
+		}
+	}
+	if (ser != NULL) {
+		kms_wipe(ser, (size_t)n);
+		sqlite3_free(ser);
+	}
+	sqlite3_close(mem);
 	return rc;
 }

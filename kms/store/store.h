@@ -451,5 +451,10 @@ struct store_token_owner {
 	int64_t created, last_used;
 };
 KMS_WUR kms_err store_tokens_without_expiry(struct store *s, struct store_token_owner **out, size_t *n);
+/* An online snapshot for backups: the whole store as of one commit, copied with
+ * SQLite's online backup API (sqlite3_backup_*) into memory and returned as the bytes
+ * of a database file (*out malloc'd; the caller wipes and frees it). Other store calls
+ * wait while the pages are copied (memory speed). */
+KMS_WUR kms_err store_snapshot(struct store *s, uint8_t **out, size_t *len);
 
 #endif
