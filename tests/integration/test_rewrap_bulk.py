@@ -572,3 +572,36 @@ def test_kill_9_during_in_place_rewrap(ctl, sk):
     assert len(out) == mib << 20
     assert all(out[i << 20] == i for i in range(mib))
     assert open_file(ctl, c, small) == b"small file, done before the big one"
+
+
+def test_progress_bar_on_a_terminal(ctl, corpus):
+    """With stderr on a terminal: a line redrawn in place with count, rate and ETA."""
+    import pty
+    c = corpus
+    rows = [r for r in c.rows if version_of(r[0]) == 1 and r[1] is None][:40]
+    src, dst = str(ctl.tmp / "tty.txt"), str(ctl.tmp / "tty.out")
+    write_lines(src, [r[0] for r in rows])
+    env = base_env(ctl.home)
+    env.update({"KMS_ADDR": ctl.kmsd.url, "KMS_CACERT": ctl.kmsd.ca})
+    master, slave = pty.openpty()
+    p = subprocess.Popen([kmsctl_bin(), "rewrap", "--tenant", c.t, "--key", c.k, "--in", src,
+                          "--out", dst, "--batch", "5", "--rate", "10", "--token-file", c.svc],
+                         env=env, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    buf = b""
+    while True:
+        try:
+            b = os.read(master, 4096)
+        except OSError:
+            break
+        if not b:
+            break
+        buf += b
+    p.wait()
+    os.close(master)
+    text = buf.decode("utf-8", "replace")
+    assert p.returncode == 0, text
+    assert not sanitizer_findings(text), text
+    assert "\r" in text and "rewrap: 40/40 100.0%" in text, text
+    assert "ETA " in text and "/s" in text, text
+    assert len(read_lines(dst)) == 40
