@@ -1527,6 +1527,20 @@ int cli_rewrap_bulk(int argc, char **argv)
 	}
 	if ((rc = one_line("--tenant", b.tenant)) != CLI_OK || (rc = one_line("--key", b.key)) != CLI_OK)
 		goto out;
+	/* Inputs that cannot be read are usage errors, found before any call. */
+	if (sealed) {
+		for (int i = optind; i < argc; i++) {
+			if (access(argv[i], R_OK | W_OK) != 0) {
+				fprintf(stderr, "kmsctl %s: %s: %s\n", cli_cmd, argv[i], strerror(errno));
+				rc = CLI_USAGE;
+				goto out;
+			}
+		}
+	} else if (strcmp(in, "-") != 0 && access(in, R_OK) != 0) {
+		fprintf(stderr, "kmsctl %s: %s: %s\n", cli_cmd, in, strerror(errno));
+		rc = CLI_USAGE;
+		goto out;
+	}
 	if ((rc = state_load(&s)) != CLI_OK)
 		goto out;
 	b.rewrap_path = cli_path(b.tenant, "rewrap", b.key, NULL);
