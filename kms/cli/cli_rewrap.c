@@ -548,6 +548,28 @@ oom:
 	return CLI_SERVER;
 }
 
+/* "<status> <the errors list joined with "; ">", malloc'd, or NULL. */
+static char *answer_message(long status, const json_t *ans)
+{
+	const json_t *errs = json_object_get(ans, "errors"), *e;
+	char *msg = NULL, *next;
+	size_t i;
+
+	if (asprintf(&msg, "%ld", status) < 0)
+		return NULL;
+	json_array_foreach(errs, i, e) {
+		if (!json_is_string(e))
+			continue;
+		if (asprintf(&next, "%s%s%s", msg, i == 0 ? " " : "; ", json_string_value(e)) < 0) {
+			free(msg);
+			return NULL;
+		}
+		free(msg);
+		msg = next;
+	}
+	return msg;
+}
+
 /* Sends the lines ls[0..n) (all L_SEND) in one call, halving on 413. Per-item results go
  * to the lines; returns an exit status only when the call as a whole failed. */
 static int send_items(struct bulk *b, struct line **ls, size_t n)
@@ -566,15 +588,24 @@ static int send_items(struct bulk *b, struct line **ls, size_t n)
 	if (body == NULL)
 		goto oom;
 	rc = post(b, b->rewrap_path, body, &ans, &status);
-	if (status == 413 && n > 1) {
-		json_decref(ans);
-		ans = NULL;
-		rc = send_items(b, ls, n / 2);
-		if (rc == CLI_OK)
-			rc = send_items(b, ls + n / 2, n - n / 2);
+	results = json_object_get(cli_data(ans), "batch_results");
+	if (status >= 400 && status < 500 && status != 401 && status != 403 && status != 404 &&
+	    status != 429 && json_array_size(results) != n) {
+		/* The call as a whole was refused (413 too large; or one item's state, such as
+		 * a disabled version, refused the batch: 409): halve it until the item that
+		 * is refused stands alone, and report that item with the server's answer. */
+		if (n > 1) {
+			json_decref(ans);
+			ans = NULL;
+			rc = send_items(b, ls, n / 2);
+			if (rc == CLI_OK)
+				rc = send_items(b, ls + n / 2, n - n / 2);
+			goto out;
+		}
+		ls[0]->error = answer_message(status, ans);
+		rc = ls[0]->error != NULL ? CLI_OK : CLI_SERVER;
 		goto out;
 	}
-	results = json_object_get(cli_data(ans), "batch_results");
 	if ((status == 200 || status == 400) && json_array_size(results) == n) {
 		rc = CLI_OK;
 		json_array_foreach(results, i, r) {

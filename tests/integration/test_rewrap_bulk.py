@@ -605,3 +605,38 @@ def test_progress_bar_on_a_terminal(ctl, corpus):
     assert "\r" in text and "rewrap: 40/40 100.0%" in text, text
     assert "ETA " in text and "/s" in text, text
     assert len(read_lines(dst)) == 40
+
+
+def test_disabled_version_is_a_per_item_error(ctl):
+    """A line under a disabled version fails alone (exit 5); the others go through, and
+    the same holds for a sealed file whose DEK is wrapped under that version."""
+    kmsd = ctl.kmsd
+    t = kmsd.create_tenant()
+    k = kmsd.create_key(t)
+    tok = kmsd.service([t])
+    svc = ctl.service_token([t])
+    c = type("C", (), {})()
+    c.t, c.k, c.svc = t, k, svc
+    v1 = kmsd.datakey(tok, t, k, kind="wrapped").json()["data"]["ciphertext"]
+    sealed_v1 = seal(ctl, c, b"sealed under v1")
+    kmsd.rotate(t, k)
+    v2 = kmsd.datakey(tok, t, k, kind="wrapped").json()["data"]["ciphertext"]
+    sealed_v2 = seal(ctl, c, b"sealed under v2")
+    kmsd.rotate(t, k)
+    r = kmsd.post("/v1/%s/keys/%s/versions/1/disable" % (t, k), {"reason": "test"},
+                  token=kmsd.admin_token)
+    assert r.status_code == 200, r.text
+    src, dst = str(ctl.tmp / "dis.txt"), str(ctl.tmp / "dis.out")
+    write_lines(src, [v2, v1, v2])
+    r = ctl.run("rewrap", "--tenant", t, "--key", k, "--in", src, "--out", dst, token=svc, want=5)
+    assert "line 2: " in r.stderr and "disabled" in r.stderr, r.stderr
+    got = read_lines(dst)
+    assert got[1] == v1 and version_of(got[0]) == 3 and version_of(got[2]) == 3
+    before = open(sealed_v1, "rb").read()
+    r = ctl.run("rewrap", "--tenant", t, "--key", k, "--sealed", sealed_v1, sealed_v2, token=svc,
+                want=5)
+    assert "kmsctl: 409 " in r.stderr and "disabled" in r.stderr, r.stderr
+    assert "%s: refused by the server (409)" % sealed_v1 in r.stderr
+    assert open(sealed_v1, "rb").read() == before
+    assert version_of(header_fields(sealed_v2)[1][2]) == 3
+    assert open_file(ctl, c, sealed_v2) == b"sealed under v2"
