@@ -284,6 +284,25 @@ static ssize_t read_full(int fd, uint8_t *p, size_t n)
 	return (ssize_t)got;
 }
 
+/* A file kmsctl opened to write over (O_CREAT without O_EXCL, to take over a crashed
+ * run's leftover): it must be a regular file of ours with no other name, or a hard link
+ * planted in a shared directory would make us truncate someone else's file. */
+static int own_file(int fd, const char *path)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) != 0) {
+		fprintf(stderr, "kmsctl %s: %s: %s\n", cli_cmd, path, strerror(errno));
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode) || st.st_nlink != 1 || st.st_uid != geteuid()) {
+		fprintf(stderr, "kmsctl %s: %s exists and is not a file of ours with one name; "
+				"refusing to write over it\n", cli_cmd, path);
+		return -1;
+	}
+	return 0;
+}
+
 /* ---- the state file ------------------------------------------------------------- */
 
 /* name value lines after the magic line; value = the rest of the line. */
@@ -359,8 +378,12 @@ static int state_replace(const struct state *s, const char *text, size_t n)
 		tmp = NULL;
 		goto out;
 	}
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
+		goto err;
+	if (own_file(fd, tmp) != 0)
+		goto out;
+	if (ftruncate(fd, 0) != 0)
 		goto err;
 	if (write_all(fd, tmp, text, n) != CLI_OK)
 		goto out;
@@ -435,7 +458,7 @@ static int read_line(FILE *f, const char *name, long long no, char **out, size_t
 		fprintf(stderr, "kmsctl: out of memory\n");
 		return -1;
 	}
-	while ((ch = getc(f)) != EOF) {
+	while ((ch = getc_unlocked(f)) != EOF) {
 		(*used)++;
 		if (ch == '\n')
 			break;
@@ -489,8 +512,10 @@ static int line_classify(struct bulk *b, struct line *l)
 	for (ct = l->text; *ct == ' '; ct++)
 		;
 	end = l->text + l->len;
-	if (end > ct && end[-1] == '\r')
+	if (end > ct && end[-1] == '\r') {
 		end--;
+		l->tail = "\r"; /* kept after a new ciphertext, as a tab part keeps its own */
+	}
 	if (ct == end)
 		return CLI_OK;
 	tab = memchr(ct, '\t', (size_t)(end - ct));
@@ -670,6 +695,7 @@ struct list_run {
 	char *partial;
 	FILE *in;
 	int out_fd;
+	int owned; /* the partial file is ours (checked and locked): ours to remove */
 	struct stat in_st;
 	long long lines_done, in_offset, out_bytes;
 };
@@ -776,6 +802,8 @@ static int list_open_out(struct list_run *r, int resuming)
 	r->out_fd = open(r->partial, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (r->out_fd < 0)
 		goto err;
+	if (own_file(r->out_fd, r->partial) != 0)
+		return CLI_USAGE;
 	if (flock(r->out_fd, LOCK_EX | LOCK_NB) != 0) {
 		fprintf(stderr, "kmsctl %s: %s is being written by another kmsctl rewrap\n", cli_cmd,
 			r->partial);
@@ -783,6 +811,7 @@ static int list_open_out(struct list_run *r, int resuming)
 		r->out_fd = -1;
 		return CLI_USAGE;
 	}
+	r->owned = 1;
 	if (resuming) {
 		if (fstat(r->out_fd, &st) != 0)
 			goto err;
@@ -861,8 +890,8 @@ static int list_mode(struct bulk *b, struct state *s, const char *in_path, const
 			goto out;
 		}
 	}
-	if (r.in_st.st_size > 0 && S_ISREG(r.in_st.st_mode))
-		b->total = count_lines(in_path);
+	if (b->tty && r.in_st.st_size > 0 && S_ISREG(r.in_st.st_mode))
+		b->total = count_lines(in_path); /* a second pass over the input: for the bar only */
 	if (r.in_offset > 0 && fseeko(r.in, (off_t)r.in_offset, SEEK_SET) != 0) {
 		fprintf(stderr, "kmsctl %s: %s: %s\n", cli_cmd, in_path, strerror(errno));
 		goto out;
@@ -984,11 +1013,12 @@ out:
 	free(send);
 	free(ob.p);
 	if (r.out_fd > STDERR_FILENO) {
+		/* Without a state file a partial output is of no use to anyone (a run that
+		 * failed, or stopped at --fail-fast). */
+		int drop = rc == CLI_PARTIAL ? b->fail_fast : rc != CLI_OK;
+
 		close(r.out_fd);
-		/* Without a state file a partial output is of no use to anyone. */
-		if (rc != CLI_OK && rc != CLI_PARTIAL && s->path == NULL && r.partial != NULL)
-			unlink(r.partial);
-		else if (rc == CLI_PARTIAL && b->fail_fast && s->path == NULL && r.partial != NULL)
+		if (r.owned && s->path == NULL && drop)
 			unlink(r.partial);
 	}
 	free(r.partial);
@@ -1201,6 +1231,15 @@ static int rewrap_file(struct bulk *b, const char *path, int *fatal)
 		tfd = -1;
 		free(tmp);
 		tmp = NULL;
+		goto out;
+	}
+	if (own_file(tfd, tmp) != 0) {
+		/* not ours: leave it */
+		close(tfd);
+		tfd = -1;
+		free(tmp);
+		tmp = NULL;
+		file_error(b, path, "left as it was");
 		goto out;
 	}
 	if (ftruncate(tfd, 0) != 0) {
@@ -1567,6 +1606,9 @@ int cli_rewrap_bulk(int argc, char **argv)
 				goto out;
 			}
 		}
+	} else if (strcmp(in, "-") == 0 && s.path != NULL) {
+		rc = cli_usage_error("--state needs --in FILE, not stdin");
+		goto out;
 	} else if (strcmp(in, "-") != 0 && access(in, R_OK) != 0) {
 		fprintf(stderr, "kmsctl %s: %s: %s\n", cli_cmd, in, strerror(errno));
 		rc = CLI_USAGE;

@@ -640,3 +640,31 @@ def test_disabled_version_is_a_per_item_error(ctl):
     assert open(sealed_v1, "rb").read() == before
     assert version_of(header_fields(sealed_v2)[1][2]) == 3
     assert open_file(ctl, c, sealed_v2) == b"sealed under v2"
+
+
+def test_planted_hard_link_is_not_written_through(ctl, corpus):
+    """A name kmsctl writes over (the partial output, a sealed file's temporary file)
+    that is a second name of another file is refused, and that file is left alone."""
+    c = corpus
+    victim = ctl.tmp / "victim.txt"
+    victim.write_text("precious\n")
+    src, dst = str(ctl.tmp / "hl.txt"), str(ctl.tmp / "hl.out")
+    write_lines(src, [c.rows[1][0]])
+    os.link(str(victim), dst + ".kmsctl-partial")
+    r = bulk(ctl, c, "--in", src, "--out", dst, want=2)
+    assert "refusing to write over it" in r.stderr, r.stderr
+    assert victim.read_text() == "precious\n"
+    os.unlink(dst + ".kmsctl-partial")
+
+
+def test_crlf_lines_keep_their_line_end(ctl, corpus):
+    c = corpus
+    row = [r for r in c.rows if version_of(r[0]) == 1 and r[1] is None][0]
+    src, dst = str(ctl.tmp / "crlf.txt"), str(ctl.tmp / "crlf.out")
+    with open(src, "w", newline="") as f:
+        f.write(row[0] + "\r\n")
+    bulk(ctl, c, "--in", src, "--out", dst)
+    with open(dst, newline="") as f:
+        out = f.read()
+    assert out.endswith("\r\n") and version_of(out) == 3
+    assert decrypt_all(ctl.kmsd, c.svc_tok, c.t, c.k, [(out[:-2], None)]) == [row[2]]
