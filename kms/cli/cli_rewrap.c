@@ -23,8 +23,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <libgen.h>
-#include <limits.h>
-#include <math.h>
 #include <openssl/rand.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -1380,6 +1378,16 @@ static int sealed_mode(struct bulk *b, struct state *s, int nfiles, char **files
 					"files of %s %s); remove it to start over\n",
 				cli_cmd, s->path, b->tenant, b->key);
 			goto out;
+		}
+		/* A torn last line (a crash inside an append) is cut off before more lines
+		 * are appended after it; that file was not recorded and is looked at again. */
+		if (s->buf[s->len - 1] != '\n') {
+			char *nl = memrchr(s->buf, '\n', s->len);
+
+			s->len = nl != NULL ? (size_t)(nl - s->buf) + 1 : 0;
+			if ((rc = state_replace(s, s->buf, s->len)) != CLI_OK)
+				goto out;
+			rc = CLI_USAGE;
 		}
 		/* the `done PATH` lines, sorted for lookup */
 		done = calloc(s->len / 6 + 1, sizeof(*done));

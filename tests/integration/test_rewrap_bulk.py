@@ -511,10 +511,16 @@ def test_sealed_bad_files_reported(ctl, sk):
     assert ("done %s\n" % os.path.realpath(good)) in open(st).read()
     assert version_of(header_fields(good)[1][2]) == latest_of(ctl.kmsd, c)
     mt = os.stat(good).st_mtime_ns
+    with open(st, "a") as f:
+        f.write("done /torn/by/a/cra")  # a crash inside an append
+    good2 = seal(ctl, c, b"good too")
     r = ctl.run("rewrap", "--tenant", c.t, "--key", c.k, "--state", st, "--sealed", good,
-                tampered, token=c.svc, want=5)
+                tampered, good2, token=c.svc, want=5)
     assert "resuming: 1 files done before" in r.stderr
     assert os.stat(good).st_mtime_ns == mt
+    lines = open(st).read().split("\n")
+    assert lines[-1] == "" and "done /torn/by/a/cra" not in lines, lines
+    assert ("done %s" % os.path.realpath(good2)) in lines, lines
 
 
 def test_kill_9_during_in_place_rewrap(ctl, sk):
