@@ -20,7 +20,7 @@ _kmsctl()
 
 	# option values
 	case $prev in
-	--ca-cert|--token-file|--config|--in|--out|--aad-file|--batch|--pubkey)
+	--ca-cert|--token-file|--config|--in|--out|--aad-file|--batch|--pubkey|--state)
 		COMPREPLY=($(compgen -f -- "$cur"))
 		[ "$prev" = --token-file ] || [ "$prev" = --in ] || [ "$prev" = --out ] ||
 			[ "$prev" = --aad-file ] || [ "$prev" = --batch ] &&
@@ -49,7 +49,7 @@ _kmsctl()
 	--chunk-size) COMPREPLY=($(compgen -W "65536 1048576" -- "$cur")); return ;;
 	--addr|--timeout|--ttl|--days|--reason|--context|--key-version|--retention-days|\
 	--min-destroy-wait-days|--min-decryption-version|--min-encryption-version|--auto-rotate-period|\
-	--tenant|--principal|--key|--version|--status|--request-id|--node|--from|--to|--context-hash|--note)
+	--tenant|--principal|--key|--version|--status|--request-id|--node|--from|--to|--context-hash|--note|--rate)
 		return
 		;;
 	esac
@@ -119,7 +119,12 @@ _kmsctl()
 	datakey) opts="--wrapped --bits --context --aad-file" ;;
 	encrypt) opts="--in --key-version --context --aad-file" ;;
 	decrypt) opts="--out --batch --context --aad-file" ;;
-	rewrap) opts="--key-version --batch --context --aad-file" ;;
+	rewrap)
+		opts="--key-version --batch --context --aad-file --tenant --key --in --out --sealed
+			--rate --state --fail-fast"
+		# sealed files after --sealed
+		[[ $cur == -* ]] || COMPREPLY=($(compgen -f -- "$cur"))
+		;;
 	seal|open)
 		# IN and OUT: files, or - for stdin/stdout
 		[ "${path[0]}" = seal ] && opts="--tenant --key --context --chunk-size"

@@ -15,6 +15,9 @@
 #define CLI_USAGE 2
 #define CLI_UNREACHABLE 3
 #define CLI_SERVER 4
+/* kmsctl rewrap --in/--sealed: the run went through, but some items failed (each one
+ * reported with its line number or file name). */
+#define CLI_PARTIAL 5
 
 struct cli_command {
 	const char *name;
@@ -171,6 +174,11 @@ int cli_decrypt(int argc, char **argv);
 void cli_decrypt_usage(FILE *f);
 int cli_rewrap(int argc, char **argv);
 void cli_rewrap_usage(FILE *f);
+/* kmsctl rewrap --tenant T --key K (--in FILE | --sealed FILE...): bulk rewrap
+ * (cli_rewrap.c). is_bulk says whether argv asks for it (--tenant, --in, --sealed or
+ * --state before any "--"). */
+int cli_rewrap_is_bulk(int argc, char **argv);
+int cli_rewrap_bulk(int argc, char **argv);
 /* seal / open (cli_seal.c): envelope encryption of files. */
 int cli_seal(int argc, char **argv);
 void cli_seal_usage(FILE *f);

@@ -531,6 +531,8 @@ static int decrypt_run(int argc, char **argv)
 
 static int rewrap_run(int argc, char **argv)
 {
+	if (cli_rewrap_is_bulk(argc, argv))
+		return cli_rewrap_bulk(argc, argv);
 	return unwrap_run(argc, argv, "rewrap");
 }
 
@@ -557,7 +559,11 @@ static const struct cli_leaf decrypt_leaf = {
 static const struct cli_leaf rewrap_leaf = {
 	"rewrap", "re-encrypt a ciphertext under the key's latest version",
 	"TENANT KEY [CIPHERTEXT|-] [--key-version N] [--context NAME=VALUE]... [--aad-file FILE]\n"
-	"       kmsctl rewrap TENANT KEY --batch FILE|- [--key-version N] [--context ...]",
+	"       kmsctl rewrap TENANT KEY --batch FILE|- [--key-version N] [--context ...]\n"
+	"       kmsctl rewrap --tenant T --key K --in FILE|- [--out FILE] [--context ...]\n"
+	"              [--batch N] [--rate R] [--state FILE] [--fail-fast]\n"
+	"       kmsctl rewrap --tenant T --key K --sealed FILE... [--rate R] [--state FILE]\n"
+	"              [--fail-fast]",
 	"Moves CIPHERTEXT (default: the first line of stdin) to KEY's latest version\n"
 	"without revealing the plaintext (POST /v1/TENANT/rewrap/KEY); give the context\n"
 	"and associated data it was made with. Prints the new ciphertext.\n"
@@ -570,7 +576,32 @@ static const struct cli_leaf rewrap_leaf = {
 	"examples:\n"
 	"  kmsctl key rotate cardiology patient-records\n"
 	"  kmsctl rewrap cardiology patient-records vault:v1:... --context purpose=treatment\n"
-	"  kmsctl rewrap cardiology patient-records --batch old.txt > new.txt\n",
+	"  kmsctl rewrap cardiology patient-records --batch old.txt > new.txt\n"
+	"\n"
+	"Bulk rewrap (--tenant/--key with --in or --sealed; docs/KMSCTL.md \"Bulk rewrap\"):\n"
+	"  --in FILE|-            ciphertexts, one per line, or `ciphertext<TAB>{context\n"
+	"                         JSON}`; lines below the latest version are rewrapped in\n"
+	"                         batches and every line is written, in order, to --out:\n"
+	"                         the new ciphertext (and the line's tab part), or the line\n"
+	"                         unchanged (blank, already latest, or failed)\n"
+	"  --out FILE|-           where (default stdout); FILE is written as FILE.kmsctl-partial\n"
+	"                         and renamed when the input is done\n"
+	"  --sealed FILE...       sealed files (kmsctl seal): the wrapped data key in each\n"
+	"                         header moves to the latest version; the file is\n"
+	"                         re-encrypted under the same data key beside itself and\n"
+	"                         renamed over the original (old or new, never broken)\n"
+	"  --context NAME=VALUE   context of the lines without a tab part (--in)\n"
+	"  --batch N              items per call, 1..1000 (default 100)\n"
+	"  --rate R               at most R requests per second (e.g. 20 or 0.5)\n"
+	"  --state FILE           resumable: progress is recorded in FILE after each durable\n"
+	"                         batch (or file); run again with the same FILE after a crash\n"
+	"  --fail-fast            stop at the first item that fails\n"
+	"A progress bar goes to stderr when it is a terminal. Exit status 5: the run went\n"
+	"through but some items failed (each named on stderr with its line or file).\n"
+	"\n"
+	"  kmsctl rewrap --tenant cardiology --key patient-records --in old.txt \\\n"
+	"      --out new.txt --state rewrap.state --rate 20\n"
+	"  kmsctl rewrap --tenant cardiology --key patient-records --sealed scans/*.sealed\n",
 	rewrap_run, NULL,
 };
 

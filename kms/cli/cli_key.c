@@ -195,6 +195,16 @@ static int key_action(int argc, char **argv, const char *action, int versioned, 
 	}
 	if ((rc = cli_positionals(argc, argv, n, n)) != CLI_OK)
 		goto fail;
+	rc = CLI_USAGE;
+	/* a version is a whole number from 1: anything else is a usage error, not a call */
+	if (versioned) {
+		if (cli_parse_uint("VERSION", argv[optind + 2], 4294967295LL, &v) != 0)
+			goto fail;
+		if (v < 1) {
+			cli_usage_error("VERSION: versions start at 1");
+			goto fail;
+		}
+	}
 	if (versioned)
 		path = cli_path(argv[optind], "keys", argv[optind + 1], "versions", argv[optind + 2],
 				action, NULL);

@@ -92,6 +92,8 @@ static void usage(FILE *f)
 		"     verification failed, timeout\n"
 		"  4  the server failed (5xx, e.g. 503 token or audit log unavailable) or\n"
 		"     answered something that is not kmsd's JSON\n"
+		"  5  rewrap --in/--sealed: the run went through, but some items failed\n"
+		"     (each named on stderr with its line number or file)\n"
 		"Errors print `kmsctl: <HTTP status> <the server's message>` on stderr.\n"
 		"\n"
 		"examples:\n"
