@@ -1203,12 +1203,12 @@ kms_err policy_doc_load_file(const char *path, struct policy_doc **out, struct p
 const char policy_doc_default_json[] =
 	"{\n"
 	"  \"version\": 1,\n"
-	"  \"description\": \"built-in: admin manages and never receives key material; service uses keys and reads metadata on its scoped tenants\",\n"
+	"  \"description\": \"built-in: admin manages and never receives key material; service uses keys and reads metadata on its scoped tenants; auditor reads\",\n"
 	"  \"rules\": [\n"
 	"    {\"name\": \"health-is-public\", \"effect\": \"allow\",\n"
 	"     \"principals\": [\"*\"], \"operations\": [\"sys.health\"]},\n"
 	"    {\"name\": \"lookup-own-token\", \"effect\": \"allow\",\n"
-	"     \"principals\": [\"role:admin\", \"role:service\"], \"operations\": [\"token.lookup_self\"]},\n"
+	"     \"principals\": [\"role:admin\", \"role:service\", \"role:auditor\"], \"operations\": [\"token.lookup_self\"]},\n"
 	"    {\"name\": \"admin-no-key-material\", \"effect\": \"deny\",\n"
 	"     \"description\": \"a stolen admin token must not be enough to read PHI\",\n"
 	"     \"principals\": [\"role:admin\"], \"operations\": [\"datakey\", \"encrypt\", \"decrypt\", \"rewrap\"]},\n"
@@ -1219,7 +1219,12 @@ const char policy_doc_default_json[] =
 	"     \"operations\": [\"datakey\", \"encrypt\", \"decrypt\", \"rewrap\"]},\n"
 	"    {\"name\": \"service-read\", \"effect\": \"allow\",\n"
 	"     \"principals\": [\"role:service\"], \"tenants\": [\"@scope\"],\n"
-	"     \"operations\": [\"key.read\", \"key.list\"]}\n"
+	"     \"operations\": [\"key.read\", \"key.list\"]},\n"
+	"    {\"name\": \"auditor-read\", \"effect\": \"allow\",\n"
+	"     \"description\": \"audit: metadata, receipts, metrics and the policy on every tenant; no change, no key material\",\n"
+	"     \"principals\": [\"role:auditor\"],\n"
+	"     \"operations\": [\"audit.hash\", \"sys.metrics\", \"key.read\", \"key.list\", \"key.history\",\n"
+	"                    \"tenant.read\", \"tenant.list\", \"key.version.receipt\", \"policy.read\"]}\n"
 	"  ]\n"
 	"}\n";
 

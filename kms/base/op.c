@@ -39,6 +39,9 @@ static const char *const op_names[KMS_OP__COUNT] = {
 	[KMS_OP_TOKEN_LOOKUP_ACCESSOR] = "token.lookup_accessor",
 	[KMS_OP_KEY_TRIM] = "key.trim",
 	[KMS_OP_MASTER_KEY_ROTATE] = "sys.master_key.rotate",
+	[KMS_OP_PRINCIPAL_CERT_ADD] = "principal.cert.add",
+	[KMS_OP_PRINCIPAL_CERT_LIST] = "principal.cert.list",
+	[KMS_OP_PRINCIPAL_CERT_REVOKE] = "principal.cert.revoke",
 };
 
 const char *kms_op_name(enum kms_op op)

@@ -43,6 +43,10 @@ enum kms_op {
 	KMS_OP_TOKEN_LOOKUP_ACCESSOR,
 	KMS_OP_KEY_TRIM,
 	KMS_OP_MASTER_KEY_ROTATE, /* steps of kmsd master-key rotate, relayed; no route */
+	/* client certificates mapped to a principal (mTLS) */
+	KMS_OP_PRINCIPAL_CERT_ADD,
+	KMS_OP_PRINCIPAL_CERT_LIST,
+	KMS_OP_PRINCIPAL_CERT_REVOKE,
 	KMS_OP__COUNT
 };
 

@@ -32,6 +32,10 @@ struct core_call {
 	const char *raw_body;	 /* the body as received (for error locations), or NULL */
 	size_t raw_len;
 	const char *format;	 /* ?format= query argument, or NULL */
+	/* The client certificate, when one passed the TLS handshake's check against
+	 * tls_client_ca; both NULL otherwise (docs/API.md "Client certificates"). */
+	const char *cert_spki;	  /* 64 lower-case hex: SHA-256 of its SubjectPublicKeyInfo */
+	const char *cert_subject; /* its subject DN as RFC 4514 text; NULL if it has none or it is too long */
 };
 
 struct core_result {
