@@ -238,4 +238,4 @@ clean:
 	rm -rf build
 
 -include $(KMSC_OBJ:.o=.d) $(BUILD)/tests/client/kmsc_itest.d $(BUILD)/examples/phi-records/phi-records.d
--include $(LIB_OBJ:.o=.d) $(TCOM_OBJ:.o=.d) $(BUILD)/kms/kmsd.d $(BENCH_BIN:%=%.d) $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%.d)
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TCOM_OBJ:.o=.d) $(BUILD)/kms/kmsd.d $(BENCH_BIN:%=%.d) $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%.d)

@@ -316,6 +316,37 @@ static const struct cli_leaf principal_leaves[] = {
 	 "example:\n"
 	 "  kmsctl principal list\n",
 	 principal_list, NULL},
+	{"cert-add", "map a client certificate to a principal (admin)",
+	 "NAME (--cert FILE | --spki HEX | --subject DN)",
+	 "Maps a client certificate (mTLS, kmsd's tls_client_ca) to the principal NAME: a\n"
+	 "certificate that passes the TLS handshake and matches then authenticates as NAME,\n"
+	 "without a token. A value maps to one principal at most.\n"
+	 "\n"
+	 "  --cert FILE      a PEM certificate: maps its SPKI fingerprint (survives renewal\n"
+	 "                   with the same key)\n"
+	 "  --spki HEX       the SHA-256 of the SubjectPublicKeyInfo, 64 hex digits\n"
+	 "  --subject DN     the subject DN exactly as RFC 4514 writes it, e.g.\n"
+	 "                   \"CN=ehr-backend,O=St. Example\" (any certificate of the CA\n"
+	 "                   with that subject; openssl x509 -noout -subject -nameopt RFC2253)\n"
+	 "\n"
+	 "examples:\n"
+	 "  kmsctl principal cert-add ehr-backend --cert ehr-backend.pem\n"
+	 "  kmsctl principal cert-add lab-pipeline --subject \"CN=lab-pipeline,O=St. Example\"\n",
+	 cli_principal_cert_add, NULL},
+	{"cert-list", "list a principal's client certificates (admin)", "NAME",
+	 "Lists the client certificate mappings of NAME: kind (spki or subject) and value.\n"
+	 "\n"
+	 "example:\n"
+	 "  kmsctl principal cert-list ehr-backend\n",
+	 cli_principal_cert_list, NULL},
+	{"cert-revoke", "remove a client certificate mapping (admin)",
+	 "NAME (--cert FILE | --spki HEX | --subject DN)",
+	 "Removes a mapping made by cert-add: the certificate no longer authenticates, from\n"
+	 "the next request on (kept-alive connections included).\n"
+	 "\n"
+	 "example:\n"
+	 "  kmsctl principal cert-revoke ehr-backend --cert ehr-backend.pem\n",
+	 cli_principal_cert_revoke, NULL},
 };
 
 static const struct cli_group principal_group = {

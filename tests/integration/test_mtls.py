@@ -323,3 +323,129 @@ def test_mapping_needs_an_existing_principal_and_an_admin(kmsd, svc):
     assert r.status_code == 403, r.text
     r = call(kmsd, "GET", "/v1/sys/principals/%s/certs" % svc["name"], token=svc["token"])
     assert r.status_code == 403, r.text
+
+
+# ---- clients: kmsctl and libkmsclient with a certificate and no token --------------------
+
+def _client_env(kmsd, tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("KMS_", "VAULT_", "XDG_CONFIG"))}
+    env.update(HOME=str(tmp_path), KMS_ADDR=kmsd.url, KMS_CACERT=kmsd.ca)
+    env.update(extra)
+    return env
+
+
+def _bin(name):
+    from conftest import REPO, kmsd_bin
+    if name == "kmsctl":
+        return os.environ.get("KMSCTL_BIN", os.path.join(REPO, "build", "kmsctl"))
+    return os.environ.get("KMSC_ITEST_BIN",
+                          os.path.join(os.path.dirname(kmsd_bin()), "tests", "kmsc_itest"))
+
+
+@pytest.fixture(scope="module")
+def cli_svc(kmsd, svc):
+    _make(CERTS, "svc-cli")
+    map_cert(kmsd, svc["name"], subject=subject("svc-cli"))
+    return svc
+
+
+def test_kmsctl_datakey_with_cert_flags(kmsd, cli_svc, tmp_path):
+    cert, key = pair("svc-cli")
+    r = subprocess.run([_bin("kmsctl"), "--client-cert", cert, "--client-key", key,
+                        "--format", "json", "datakey", cli_svc["tenant"], cli_svc["key"]],
+                       env=_client_env(kmsd, tmp_path), capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["ciphertext"].startswith("vault:v") and d["plaintext"]
+
+
+@pytest.mark.parametrize("prefix", ["KMS", "VAULT"])
+def test_kmsctl_datakey_with_cert_env(kmsd, cli_svc, tmp_path, prefix):
+    cert, key = pair("svc-cli")
+    env = _client_env(kmsd, tmp_path, **{prefix + "_CLIENT_CERT": cert,
+                                         prefix + "_CLIENT_KEY": key})
+    r = subprocess.run([_bin("kmsctl"), "--format", "json", "datakey", cli_svc["tenant"],
+                        cli_svc["key"], "--wrapped"], env=env, capture_output=True,
+                       text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ciphertext"].startswith("vault:v")
+
+
+def test_kmsctl_cert_errors(kmsd, cli_svc, tmp_path):
+    cert, key = pair("svc-cli")
+    loose = str(tmp_path / "loose.key")
+    shutil.copyfile(key, loose)
+    os.chmod(loose, 0o644)
+    r = subprocess.run([_bin("kmsctl"), "--client-cert", cert, "--client-key", loose,
+                        "datakey", cli_svc["tenant"], cli_svc["key"]],
+                       env=_client_env(kmsd, tmp_path), capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "chmod 600" in r.stderr, r.stderr
+    r = subprocess.run([_bin("kmsctl"), "--client-key", key, "datakey", cli_svc["tenant"],
+                        cli_svc["key"]], env=_client_env(kmsd, tmp_path), capture_output=True,
+                       text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "--client-cert" in r.stderr, r.stderr
+    # an unmapped certificate: the server's 403 and its message
+    ucert, ukey = pair("svc-unmapped")
+    r = subprocess.run([_bin("kmsctl"), "--client-cert", ucert, "--client-key", ukey,
+                        "datakey", cli_svc["tenant"], cli_svc["key"]],
+                       env=_client_env(kmsd, tmp_path), capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1, r.stderr
+    assert "kmsctl: 403 client certificate is not mapped to a principal" in r.stderr
+    # a certificate of another CA: the TLS handshake fails (exit 3, unreachable)
+    rcert, rkey = pair("rogue")
+    r = subprocess.run([_bin("kmsctl"), "--client-cert", rcert, "--client-key", rkey,
+                        "datakey", cli_svc["tenant"], cli_svc["key"]],
+                       env=_client_env(kmsd, tmp_path), capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 3, (r.returncode, r.stderr)
+
+
+def test_kmsctl_manages_cert_mappings(kmsd, tmp_path):
+    name = uniq("svc")
+    kmsd.create_principal(name, "service")
+    _make(CERTS, "svc-ctl")
+    env = _client_env(kmsd, tmp_path)
+    base = [_bin("kmsctl"), "--token-file", kmsd.admin_token_file]
+    r = subprocess.run(base + ["principal", "cert-add", name, "--cert", pair("svc-ctl")[0]],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(base + ["principal", "cert-add", name, "--subject", "CN=x,O=y"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(base + ["principal", "cert-list", name], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert spki_sha256("svc-ctl") in r.stdout and "CN=x,O=y" in r.stdout, r.stdout
+    r = subprocess.run(base + ["principal", "cert-revoke", name, "--spki",
+                               spki_sha256("svc-ctl")], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(base + ["--format", "json", "principal", "cert-list", name], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert [c["value"] for c in json.loads(r.stdout)["certs"]] == ["CN=x,O=y"], r.stdout
+    r = subprocess.run(base + ["principal", "cert-add", name, "--spki", "aa", "--subject", "b"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+
+
+def test_libkmsclient_with_cert_and_no_token(kmsd, cli_svc, tmp_path):
+    cert, key = pair("svc-cli")
+    env = _client_env(kmsd, tmp_path, KMS_CLIENT_CERT=cert, KMS_CLIENT_KEY=key)
+    r = subprocess.run([_bin("kmsc_itest"), "roundtrip", cli_svc["tenant"], cli_svc["key"]],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    w1, w2 = r.stdout.split()
+    assert w1.startswith("vault:v") and w2.startswith("vault:v")
+    # with the principal's own token as well: allowed (the same principal)
+    tf = str(tmp_path / "own.token")
+    fd = os.open(tf, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, (cli_svc["own_token"] + "\n").encode())
+    os.close(fd)
+    env["KMS_TOKEN_FILE"] = tf
+    r = subprocess.run([_bin("kmsc_itest"), "roundtrip", cli_svc["tenant"], cli_svc["key"]],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
