@@ -449,3 +449,16 @@ def test_libkmsclient_with_cert_and_no_token(kmsd, cli_svc, tmp_path):
     r = subprocess.run([_bin("kmsc_itest"), "roundtrip", cli_svc["tenant"], cli_svc["key"]],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_audit_log_with_cert_records_verifies(kmsd, tmp_path):
+    """Records with auth_method cert and client_cert_spki keep the chain verifiable and
+    searchable."""
+    r = subprocess.run([_bin("kmsctl"), "audit", "verify", "--pubkey",
+                        kmsd.audit_path + ".pub.pem", kmsd.audit_path],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
+    r = subprocess.run([_bin("kmsctl"), "audit", "search", "--format", "json", "--outcome",
+                        "deny", kmsd.audit_path], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "client certificate is not mapped to a principal" in r.stdout
