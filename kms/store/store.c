@@ -173,7 +173,12 @@ static const char *const migrations[] = {
 	 * violation, and putting each row back, same id, under the same table name, takes
 	 * its count off again. A row lost on the way leaves the count above zero and the
 	 * COMMIT, the whole step with it, fails. The columns are listed: a step that adds
-	 * a column to principals must be added here too. */
+	 * a column to principals must be added here too, and until it is, the guard makes
+	 * this step fail rather than drop that column's data. */
+	"CREATE TEMP TABLE auditor_migration_guard ("
+	"  principals_has_4_columns INTEGER CHECK (principals_has_4_columns = 4));"
+	"INSERT INTO auditor_migration_guard SELECT count(*) FROM pragma_table_info('principals');"
+	"DROP TABLE auditor_migration_guard;"
 	"PRAGMA defer_foreign_keys = ON;"
 	"CREATE TABLE principals_copy AS SELECT id, name, role, created FROM principals;"
 	"DROP TABLE principals;"
