@@ -59,6 +59,7 @@ struct conn_track {
 	int64_t deadline; /* CLOCK_MONOTONIC seconds; INT64_MAX while a request is handled */
 	/* touched only by the thread serving the connection's requests */
 	enum cert_state cert;
+	time_t not_after; /* the certificate's expiry: a kept-alive connection ends there */
 	char spki[65];
 	char subject[CERT_SUBJECT_MAX + 1]; /* "" = none, or too long to map */
 };
@@ -175,6 +176,9 @@ static void client_cert_identify(struct MHD_Connection *conn, struct conn_track 
 	    gnutls_hash_fast(GNUTLS_DIG_SHA256, spki.data, spki.size, md) < 0)
 		goto out;
 	kms_hex_encode(md, sizeof(md), t->spki);
+	t->not_after = gnutls_x509_crt_get_expiration_time(crt);
+	if (t->not_after == (time_t)-1)
+		goto out;
 	/* RFC 4514 order (most specific first), as `openssl x509 -subject -nameopt RFC2253` */
 	if (gnutls_x509_crt_get_dn3(crt, &dn, 0) >= 0 && dn.data != NULL && dn.size > 0 && dn.size <= CERT_SUBJECT_MAX &&
 	    memchr(dn.data, '\0', dn.size) == NULL) {
@@ -469,8 +473,15 @@ static enum MHD_Result dispatch(struct http_server *s, struct MHD_Connection *co
 		}
 		if (t->cert == CERT_UNKNOWN)
 			client_cert_identify(conn, t);
+		if (t->cert == CERT_OK && time(NULL) > t->not_after) {
+			kms_info("http: client certificate %s expired on a kept-alive connection: closing it", t->spki);
+			t->cert = CERT_BAD;
+		}
+		/* Only a certificate that stopped being valid after the handshake gets here
+		 * (it expired on a long-lived connection): close the connection, so the client
+		 * has to shake hands again and is refused there. */
 		if (t->cert == CERT_BAD)
-			return send_error(conn, 403, "client certificate not valid");
+			return MHD_NO;
 		if (t->cert == CERT_OK) {
 			call.cert_spki = t->spki;
 			call.cert_subject = t->subject[0] ? t->subject : NULL;

@@ -462,3 +462,54 @@ def test_audit_log_with_cert_records_verifies(kmsd, tmp_path):
                         "deny", kmsd.audit_path], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "client certificate is not mapped to a principal" in r.stdout
+
+
+def _short_lived(name, seconds):
+    """A client certificate of the client CA valid from a minute ago until `seconds`
+    from now (openssl ca: x509 -days cannot say seconds)."""
+    import datetime
+    import time
+    work = tempfile.mkdtemp(dir=CERTS)
+    os.mkdir(os.path.join(work, "db"))
+    open(os.path.join(work, "db", "index.txt"), "w").close()
+    with open(os.path.join(work, "db", "serial"), "w") as f:
+        f.write("%032x\n" % int.from_bytes(os.urandom(15), "big"))
+    with open(os.path.join(work, "ca.cnf"), "w") as f:
+        f.write("[ca]\ndefault_ca = c\n[c]\ndatabase = db/index.txt\nnew_certs_dir = db\n"
+                "serial = db/serial\ndefault_md = sha256\npolicy = p\nunique_subject = no\n"
+                "x509_extensions = ext\n[p]\ncommonName = supplied\n"
+                "organizationName = optional\n[ext]\nbasicConstraints = critical, CA:FALSE\n"
+                "keyUsage = critical, digitalSignature\nextendedKeyUsage = clientAuth\n")
+    cert, key = pair(name)
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out",
+                    os.path.join(work, "c.csr"), "-subj", "/O=kmsd development/CN=" + name],
+                   check=True, capture_output=True, cwd=work)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    fmt = "%y%m%d%H%M%SZ"
+    end = now + datetime.timedelta(seconds=seconds)
+    subprocess.run(["openssl", "ca", "-batch", "-config", "ca.cnf", "-cert", CLIENT_CA,
+                    "-keyfile", os.path.join(CERTS, "client-ca.key"), "-in", "c.csr",
+                    "-out", cert, "-preserveDN", "-startdate",
+                    (now - datetime.timedelta(seconds=60)).strftime(fmt),
+                    "-enddate", end.strftime(fmt)],
+                   check=True, capture_output=True, cwd=work)
+    return end.timestamp()
+
+
+def test_certificate_expiring_on_a_kept_alive_connection(kmsd, svc):
+    import time
+    name = "svc-short-%d" % os.getpid()
+    not_after = _short_lived(name, 6)
+    map_cert(kmsd, svc["name"], subject=subject(name))
+    path = "/v1/%s/datakey/plaintext/%s" % (svc["tenant"], svc["key"])
+    with requests.Session() as s:
+        s.trust_env = False
+        r = call(kmsd, "POST", path, cert=name, body={}, session=s)
+        assert r.status_code == 200, r.text
+        time.sleep(max(0, not_after - time.time()) + 1.5)
+        # the same connection is closed instead of answered; the new handshake that
+        # requests then makes is refused: either way, no answer
+        with pytest.raises(requests.exceptions.RequestException):
+            call(kmsd, "POST", path, cert=name, body={}, session=s)
+    assert "expired on a kept-alive connection" in kmsd.stderr()
