@@ -1271,8 +1271,11 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	}
 
 	/* Which client certificate was presented, whatever became of the request. */
-	if (call->cert_spki != NULL && (extra != NULL || (extra = json_object()) != NULL))
+	if (call->cert_spki != NULL && (extra != NULL || (extra = json_object()) != NULL)) {
 		json_object_set_new(extra, "client_cert_spki", json_string(call->cert_spki));
+		if (call->cert_subject != NULL)
+			json_object_set_new(extra, "client_cert_subject", kms_json_text(call->cert_subject));
+	}
 
 	/* The detail as the operation left it: audit_append may set its own (a checkpoint
 	 * whose signature fails), which must not reach this request's answer. */

@@ -222,6 +222,7 @@ def test_unmapped_cert_without_token_is_403(kmsd, svc):
     assert rec["outcome"] == "deny" and rec["principal"] is None
     assert rec["auth_method"] == "cert"
     assert rec["client_cert_spki"] == spki_sha256("svc-unmapped")
+    assert rec["client_cert_subject"] == subject("svc-unmapped")
 
 
 def test_unmapped_cert_with_token_uses_the_token(kmsd, svc):
