@@ -437,6 +437,30 @@ static enum MHD_Result dispatch(struct http_server *s, struct MHD_Connection *co
 	enum MHD_Result ret;
 	kms_err err;
 
+	if (s->client_ca_pem != NULL) {
+		const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+		struct conn_track *t = ci != NULL ? ci->socket_context : NULL;
+
+		if (t == NULL) {
+			t = &one_off;
+			one_off.cert = CERT_UNKNOWN;
+		}
+		if (t->cert == CERT_UNKNOWN)
+			client_cert_identify(conn, t);
+		if (t->cert == CERT_OK && time(NULL) > t->not_after) {
+			kms_info("http: client certificate %s expired on a kept-alive connection: closing it", t->spki);
+			t->cert = CERT_BAD;
+		}
+		/* Only a certificate that stopped being valid after the handshake gets here
+		 * (it expired on a long-lived connection): close the connection, so the client
+		 * has to shake hands again and is refused there. */
+		if (t->cert == CERT_BAD)
+			return MHD_NO;
+		if (t->cert == CERT_OK) {
+			call.cert_spki = t->spki;
+			call.cert_subject = t->subject[0] ? t->subject : NULL;
+		}
+	}
 	switch (route_match(method, list != NULL && strcmp(list, "true") == 0, url, &m)) {
 	case ROUTE_NOT_FOUND:
 		return send_error(conn, 404, "unsupported path");
@@ -463,30 +487,6 @@ static enum MHD_Result dispatch(struct http_server *s, struct MHD_Connection *co
 	call.raw_body = r->body;
 	call.raw_len = r->len;
 	call.format = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "format");
-	if (s->client_ca_pem != NULL) {
-		const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-		struct conn_track *t = ci != NULL ? ci->socket_context : NULL;
-
-		if (t == NULL) {
-			t = &one_off;
-			one_off.cert = CERT_UNKNOWN;
-		}
-		if (t->cert == CERT_UNKNOWN)
-			client_cert_identify(conn, t);
-		if (t->cert == CERT_OK && time(NULL) > t->not_after) {
-			kms_info("http: client certificate %s expired on a kept-alive connection: closing it", t->spki);
-			t->cert = CERT_BAD;
-		}
-		/* Only a certificate that stopped being valid after the handshake gets here
-		 * (it expired on a long-lived connection): close the connection, so the client
-		 * has to shake hands again and is refused there. */
-		if (t->cert == CERT_BAD)
-			return MHD_NO;
-		if (t->cert == CERT_OK) {
-			call.cert_spki = t->spki;
-			call.cert_subject = t->subject[0] ? t->subject : NULL;
-		}
-	}
 	core_call(s->core, &call, &res);
 	json_decref(call.body);
 	if (res.text != NULL) {
