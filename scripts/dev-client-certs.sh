@@ -1,5 +1,5 @@
 #!/bin/sh
-# dev-client-certs.sh [-c CA] [-d DAYS] [-e EKU] DIR NAME... — a development CA for client
+# dev-client-certs.sh [-c CA] [-d DAYS] [-e EKU] [-k KU] DIR NAME... — a development CA for client
 # certificates (mTLS, tls_client_ca in kmsd.conf) and client certificates signed by it.
 # NOT for production.
 #
@@ -8,8 +8,10 @@
 #                            CA defaults to "client-ca"; kept when it exists and is valid
 #   DIR/NAME.key, NAME.pem   for each NAME: a client key and certificate signed by that
 #                            CA, subject "CN=NAME,O=kmsd development", keyUsage
-#                            digitalSignature, extendedKeyUsage EKU (default clientAuth;
-#                            "serverAuth" makes one unfit for client authentication),
+#                            KU (default digitalSignature; "keyAgreement" makes one
+#                            that may not sign the handshake), extendedKeyUsage EKU
+#                            (default clientAuth; "serverAuth" makes one unfit for
+#                            client authentication),
 #                            valid DAYS days (default 825; a negative number makes an
 #                            already expired certificate, for tests). Always made anew.
 #
@@ -25,25 +27,28 @@ umask 077
 CA=client-ca
 DAYS=825
 EKU=clientAuth
-while getopts c:d:e: opt; do
+KU=digitalSignature
+while getopts c:d:e:k: opt; do
 	case $opt in
 	c) CA=$OPTARG ;;
 	d) DAYS=$OPTARG ;;
 	e) EKU=$OPTARG ;;
+	k) KU=$OPTARG ;;
 	*)
-		echo "usage: $0 [-c CA] [-d DAYS] [-e EKU] DIR NAME..." >&2
+		echo "usage: $0 [-c CA] [-d DAYS] [-e EKU] [-k KU] DIR NAME..." >&2
 		exit 2
 		;;
 	esac
 done
 shift $((OPTIND - 1))
 if [ $# -lt 2 ] || [ -z "$1" ]; then
-	echo "usage: $0 [-c CA] [-d DAYS] [-e EKU] DIR NAME..." >&2
+	echo "usage: $0 [-c CA] [-d DAYS] [-e EKU] [-k KU] DIR NAME..." >&2
 	exit 2
 fi
 case $CA in *[!A-Za-z0-9._-]* | "") echo "dev-client-certs: bad CA name $CA" >&2; exit 2 ;; esac
 case $DAYS in -[0-9]* | [0-9]*) ;; *) echo "dev-client-certs: bad DAYS $DAYS" >&2; exit 2 ;; esac
 case $EKU in clientAuth | serverAuth) ;; *) echo "dev-client-certs: EKU must be clientAuth or serverAuth" >&2; exit 2 ;; esac
+case $KU in digitalSignature | keyAgreement) ;; *) echo "dev-client-certs: KU must be digitalSignature or keyAgreement" >&2; exit 2 ;; esac
 command -v openssl >/dev/null 2>&1 || {
 	echo "dev-client-certs: openssl not found" >&2
 	exit 1
@@ -105,7 +110,7 @@ O = kmsd development
 CN = $NAME
 [cli]
 basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
+keyUsage = critical, $KU
 extendedKeyUsage = $EKU
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid:always
@@ -118,5 +123,5 @@ EOF
 		-out "$DIR/$NAME.pem.tmp" 2>"$WORK/err" || fail
 	chmod 0644 "$DIR/$NAME.pem.tmp"
 	mv -f "$DIR/$NAME.pem.tmp" "$DIR/$NAME.pem"
-	echo "dev-client-certs: made $DIR/$NAME.pem (CN=$NAME, $EKU, $DAYS days, CA $CA)" >&2
+	echo "dev-client-certs: made $DIR/$NAME.pem (CN=$NAME, $KU, $EKU, $DAYS days, CA $CA)" >&2
 done

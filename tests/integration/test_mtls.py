@@ -31,6 +31,7 @@ _make(CERTS, "svc-spki", "svc-subject", "svc-unmapped", "svc-both", "svc-revoke"
       "svc-admin")
 _make("-d", "-1", CERTS, "svc-expired")
 _make("-e", "serverAuth", CERTS, "svc-server-eku")
+_make("-k", "keyAgreement", CERTS, "svc-no-sign-ku")
 _make("-c", "other-ca", CERTS, "rogue")
 
 CLIENT_CA = os.path.join(CERTS, "client-ca.pem")
@@ -131,7 +132,7 @@ def test_unknown_ca_fails_the_handshake(kmsd, maxver):
     # the certificate; the server then closes without a byte of HTTP either way
 
 
-@pytest.mark.parametrize("name", ["svc-expired", "svc-server-eku"])
+@pytest.mark.parametrize("name", ["svc-expired", "svc-server-eku", "svc-no-sign-ku"])
 def test_expired_or_wrong_purpose_fails_the_handshake(kmsd, name):
     for maxver in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
         data, err = raw_exchange(kmsd, name, maxver)
