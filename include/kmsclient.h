@@ -89,7 +89,11 @@ struct kmsc_config {
 	const char *token_file;  /* a file (mode 0600) whose first line is the token, or: */
 	const char *token;       /* the token bytes, copied into wiped memory by kmsc_open */
 	size_t token_len;
-	const char *client_cert; /* optional client certificate (PEM) and its key */
+	/* A client certificate (PEM) and its key (PEM, a regular file of mode 0600), both
+	 * or neither (mTLS: kmsd's tls_client_ca). When it is mapped to a principal on the
+	 * server, no token is needed: token_file and token may then both be NULL. With a
+	 * token too, the token must belong to the same principal. */
+	const char *client_cert;
 	const char *client_key;
 	long timeout_seconds;    /* per request; 0: 30 */
 

@@ -49,6 +49,7 @@ static const char *check_syslog(const char *v);
 static const char *check_rate_ops(const char *v);
 static const char *check_user(const char *v);
 static const char *check_metrics_listen(const char *v);
+static const char *check_client_auth(const char *v);
 
 #define FIELD(f) offsetof(struct kms_config, f), sizeof(((struct kms_config *)0)->f)
 #define STRING(n, d, req, chk) {#n, OPT_STRING, d, FIELD(n), 0, 0, req, chk}
@@ -64,6 +65,8 @@ static const struct conf_option options[] = {
 	BOOL(tls, true),
 	PATH(tls_cert, "", 0),
 	PATH(tls_key, "", 0),
+	PATH(tls_client_ca, "", 0),
+	STRING(tls_client_auth, "optional", 1, check_client_auth),
 	PATH(pkcs11_module, "/usr/lib/softhsm/libsofthsm2.so", 1),
 	STRING(token_label, "kmsd", 1, NULL),
 	PATH(pin_file, "", 0),
@@ -103,6 +106,13 @@ static const struct conf_option options[] = {
 };
 
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))
+
+static const char *check_client_auth(const char *v)
+{
+	if (strcmp(v, "optional") == 0 || strcmp(v, "required") == 0)
+		return NULL;
+	return "must be optional or required";
+}
 
 static const char *check_ip(const char *v)
 {
@@ -501,6 +511,10 @@ kms_err kms_config_validate(const struct kms_config *cfg)
 		return kms_errf(KMS_ERR_CONFIG, "tls_cert: required when tls is true");
 	if (cfg->tls && cfg->tls_key[0] == '\0')
 		return kms_errf(KMS_ERR_CONFIG, "tls_key: required when tls is true");
+	if (!cfg->tls && cfg->tls_client_ca[0] != '\0')
+		return kms_errf(KMS_ERR_CONFIG, "tls_client_ca: client certificates need tls = true");
+	if (cfg->tls_client_ca[0] == '\0' && strcmp(cfg->tls_client_auth, "required") == 0)
+		return kms_errf(KMS_ERR_CONFIG, "tls_client_auth: required needs tls_client_ca");
 	if ((cfg->pin_file[0] != '\0') == (cfg->pin_env[0] != '\0'))
 		return kms_errf(KMS_ERR_CONFIG, "pin_file, pin_env: set exactly one of them");
 	if (!cfg->tls)

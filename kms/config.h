@@ -13,6 +13,8 @@
  *   tls                 bool    true         false only for local debugging; logged loudly
  *   tls_cert            path    ""           PEM certificate chain; required when tls is true
  *   tls_key             path    ""           PEM private key; required when tls is true
+ *   tls_client_ca       path    ""           PEM CA certificate(s) for client certificates (mTLS); "" = none asked
+ *   tls_client_auth     string  optional     optional|required: whether a client certificate must be presented
  *   pkcs11_module       path    /usr/lib/softhsm/libsofthsm2.so
  *   token_label         string  kmsd         label of the token to use
  *   pin_file            path    ""           user PIN file (mode 0600); either this or pin_env
@@ -67,6 +69,8 @@ struct kms_config {
 	bool tls;
 	char tls_cert[KMS_CONFIG_PATH_MAX];
 	char tls_key[KMS_CONFIG_PATH_MAX];
+	char tls_client_ca[KMS_CONFIG_PATH_MAX];
+	char tls_client_auth[16];
 	char pkcs11_module[KMS_CONFIG_PATH_MAX];
 	char token_label[33]; /* PKCS#11 labels are 32 bytes */
 	char pin_file[KMS_CONFIG_PATH_MAX];

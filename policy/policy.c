@@ -23,6 +23,28 @@ static bool in_scope(const struct policy_subject *who, int64_t tenant_id)
 	return false;
 }
 
+bool policy_auditor_may(enum kms_op op)
+{
+	switch (op) {
+	case KMS_OP_AUDIT_HASH:
+	case KMS_OP_METRICS:
+	case KMS_OP_KEY_READ:
+	case KMS_OP_KEY_LIST:
+	case KMS_OP_KEY_HISTORY:
+	case KMS_OP_TENANT_READ:
+	case KMS_OP_TENANT_LIST:
+	case KMS_OP_VERSION_RECEIPT:
+	case KMS_OP_POLICY_READ:
+	case KMS_OP_COMPLIANCE:
+	case KMS_OP_APPROVAL_LIST:
+	case KMS_OP_APPROVAL_READ:
+	case KMS_OP_BREAKGLASS_LIST:
+		return true;
+	default:
+		return false;
+	}
+}
+
 struct policy_decision policy_decide(const struct policy_subject *who, const struct policy_request *req)
 {
 	struct policy_decision d = {false, "default deny"};
@@ -63,6 +85,16 @@ struct policy_decision policy_decide(const struct policy_subject *who, const str
 		d.reason = op_is_crypto(req->op) ? "role service: data plane on scoped tenant"
 						 : "role service: read on scoped tenant";
 		return d;
+	case POLICY_ROLE_AUDITOR:
+		/* Reading metadata, receipts, metrics and the policy is what an audit needs;
+		 * audit.hash answers an HMAC of a value the caller already holds. */
+		if (!policy_auditor_may(req->op)) {
+			d.reason = "role auditor: read-only";
+			return d;
+		}
+		d.allow = true;
+		d.reason = "role auditor: audit read";
+		return d;
 	case POLICY_ROLE_NONE:
 	default:
 		return d;
@@ -77,6 +109,8 @@ enum policy_role policy_role_parse(const char *s)
 		return POLICY_ROLE_ADMIN;
 	if (strcmp(s, "service") == 0)
 		return POLICY_ROLE_SERVICE;
+	if (strcmp(s, "auditor") == 0)
+		return POLICY_ROLE_AUDITOR;
 	return POLICY_ROLE_NONE;
 }
 
@@ -87,6 +121,8 @@ const char *policy_role_name(enum policy_role r)
 		return "admin";
 	case POLICY_ROLE_SERVICE:
 		return "service";
+	case POLICY_ROLE_AUDITOR:
+		return "auditor";
 	default:
 		return "none";
 	}

@@ -11,7 +11,7 @@
 
 #include "kms/base/op.h"
 
-enum policy_role { POLICY_ROLE_NONE = 0, POLICY_ROLE_ADMIN, POLICY_ROLE_SERVICE };
+enum policy_role { POLICY_ROLE_NONE = 0, POLICY_ROLE_ADMIN, POLICY_ROLE_SERVICE, POLICY_ROLE_AUDITOR };
 
 struct policy_subject {
 	enum policy_role role;
@@ -29,9 +29,13 @@ struct policy_decision {
 	const char *reason; /* static string */
 };
 
+/* Auditors read what an audit needs, on every tenant, and nothing else: no state
+ * change, no key material (policy_auditor_may). */
+bool policy_auditor_may(enum kms_op op);
+
 struct policy_decision policy_decide(const struct policy_subject *who, const struct policy_request *req);
 
-/* "admin" / "service" <-> role; unknown -> POLICY_ROLE_NONE / "none". */
+/* "admin" / "service" / "auditor" <-> role; unknown -> POLICY_ROLE_NONE / "none". */
 enum policy_role policy_role_parse(const char *s);
 const char *policy_role_name(enum policy_role r);
 

@@ -6,7 +6,9 @@
 #   var/softhsm/        SoftHSM2 token "kmsd" and its softhsm2.conf (scripts/dev-token.sh)
 #   var/dev/            user.pin, so.pin (moved here from var/softhsm), ca.pem, ca.key,
 #                       server.pem, server.key (scripts/dev-certs.sh), admin.token,
-#                       service.token (all secrets 0600, directory 0700)
+#                       service.token, client-ca.pem/.key and demo-service.pem/.key
+#                       (scripts/dev-client-certs.sh: mTLS, optional) (all secrets
+#                       0600, directory 0700)
 #   var/kmsd.conf       written from the settings below on every run (edit them here or
 #                       with the environment, not in the file)
 #   var/kmsd.db         the store;  var/audit.log  the audit log
@@ -14,7 +16,7 @@
 # waits for GET /v1/sys/health, and creates (skipping what exists; 409 is fine) tenant
 # "demo" (retention phi), key demo/patient-records, principal demo-service (role service,
 # tenants ["demo"]) and a token for it in var/dev/service.token (only if that file does
-# not exist). It prints curl commands to try, then stays in the foreground until Ctrl-C
+# not exist), and maps var/dev/demo-service.pem to it (client certificate, mTLS). It prints curl commands to try, then stays in the foreground until Ctrl-C
 # or SIGTERM, which it forwards to kmsd; its exit status is kmsd's.
 # Re-running reuses ./var/. To start over: rm -rf var
 #
@@ -97,6 +99,8 @@ fi
 	die "$DEV/user.pin or $DEV/so.pin is missing but the token exists; rm -rf $VAR and re-run"
 
 sh scripts/dev-certs.sh "$DEV" || die "scripts/dev-certs.sh failed"
+[ -s "$DEV/$SERVICE.pem" ] && [ -s "$DEV/client-ca.pem" ] ||
+	sh scripts/dev-client-certs.sh "$DEV" "$SERVICE" || die "scripts/dev-client-certs.sh failed"
 
 cat >"$CONF.tmp" <<EOF
 # Written by scripts/dev-run.sh on every run; changes here are overwritten.
@@ -106,6 +110,8 @@ port = $PORT
 tls = true
 tls_cert = $DEV/server.pem
 tls_key = $DEV/server.key
+tls_client_ca = $DEV/client-ca.pem
+tls_client_auth = optional
 pkcs11_module = $PKCS11_MODULE
 token_label = kmsd
 pin_file = $DEV/user.pin
@@ -203,6 +209,8 @@ ensure "tenant $TENANT" POST "/v1/sys/tenants/$TENANT" '{"retention":"phi"}'
 ensure "key $TENANT/$KEY" POST "/v1/$TENANT/keys/$KEY" '{"type":"aes256-gcm96"}'
 ensure "principal $SERVICE" POST "/v1/sys/principals/$SERVICE" \
 	"{\"role\":\"service\",\"tenants\":[\"$TENANT\"]}"
+ensure "client certificate of $SERVICE" POST "/v1/sys/principals/$SERVICE/certs" \
+	"$("$PYTHON" -c 'import json,sys; print(json.dumps({"certificate": open(sys.argv[1]).read()}))' "$DEV/$SERVICE.pem")"
 if [ ! -s "$DEV/service.token" ]; then
 	api POST "/v1/sys/principals/$SERVICE/tokens" "$DEV/admin.token" '{}'
 	[ "$API_STATUS" = 200 ] || die "creating a token for $SERVICE: HTTP $API_STATUS $API_BODY"
@@ -237,6 +245,10 @@ $C $S \\
 # encrypt a small value (base64 plaintext)
 $C $S \\
   -d "{\\"plaintext\\":\\"\$(printf 'hello PHI' | base64)\\"}" $URL/v1/$TENANT/encrypt/$KEY
+
+# a data key with the service's client certificate instead of a token (mTLS)
+$C --cert $DEV/$SERVICE.pem --key $DEV/$SERVICE.key \\
+  -d '{}' $URL/v1/$TENANT/datakey/plaintext/$KEY
 
 # read the key (admin token; no key material)
 $C $A \\

@@ -15,12 +15,12 @@ _kmsctl()
 		cword=$COMP_CWORD
 	fi
 
-	local globals="--addr --ca-cert --token-file --config --format --timeout --help"
+	local globals="--addr --ca-cert --token-file --config --format --timeout --client-cert --client-key --help"
 	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open audit approval break-glass report backup"
 
 	# option values
 	case $prev in
-	--ca-cert|--token-file|--config|--in|--out|--aad-file|--batch|--pubkey|--state)
+	--ca-cert|--token-file|--config|--in|--out|--aad-file|--batch|--pubkey|--state|--client-cert|--client-key|--cert)
 		COMPREPLY=($(compgen -f -- "$cur"))
 		[ "$prev" = --token-file ] || [ "$prev" = --in ] || [ "$prev" = --out ] ||
 			[ "$prev" = --aad-file ] || [ "$prev" = --batch ] &&
@@ -29,7 +29,7 @@ _kmsctl()
 		;;
 	--format) COMPREPLY=($(compgen -W "table json" -- "$cur")); return ;;
 	--retention) COMPREPLY=($(compgen -W "phi non-phi" -- "$cur")); return ;;
-	--role) COMPREPLY=($(compgen -W "admin service" -- "$cur")); return ;;
+	--role) COMPREPLY=($(compgen -W "admin service auditor" -- "$cur")); return ;;
 	--legal-hold|--deletion-allowed) COMPREPLY=($(compgen -W "true false" -- "$cur")); return ;;
 	--verdict) COMPREPLY=($(compgen -W "justified unjustified" -- "$cur")); return ;;
 	--bits) COMPREPLY=($(compgen -W "128 256 512" -- "$cur")); return ;;
@@ -40,6 +40,7 @@ _kmsctl()
 			key.version.disable key.version.enable key.version.schedule_destroy
 			key.version.cancel_destroy key.version.destroy key.version.receipt tenant.create
 			tenant.read tenant.list tenant.config principal.create principal.read principal.list
+			principal.cert.add principal.cert.list principal.cert.revoke
 			token.create token.revoke token.lookup_self token.lookup_accessor policy.read policy.write audit.hash sys.metrics
 			sys.compliance approval.list approval.read approval.approve approval.deny approval.expire breakglass.activate
 			breakglass.list breakglass.review audit.checkpoint audit.recovered" -- "$cur"))
@@ -49,7 +50,8 @@ _kmsctl()
 	--chunk-size) COMPREPLY=($(compgen -W "65536 1048576" -- "$cur")); return ;;
 	--addr|--timeout|--ttl|--days|--reason|--context|--key-version|--retention-days|\
 	--min-destroy-wait-days|--min-decryption-version|--min-encryption-version|--auto-rotate-period|\
-	--tenant|--principal|--key|--version|--status|--request-id|--node|--from|--to|--context-hash|--note|--rate)
+	--tenant|--principal|--key|--version|--status|--request-id|--node|--from|--to|--context-hash|--note|--rate|\
+	--spki|--subject)
 		return
 		;;
 	esac
@@ -60,7 +62,7 @@ _kmsctl()
 		w=${words[i]}
 		if ((skip)); then skip=0; continue; fi
 		case $w in
-		--addr|--ca-cert|--token-file|--config|--format|--timeout) skip=1; continue ;;
+		--addr|--ca-cert|--token-file|--config|--format|--timeout|--client-cert|--client-key) skip=1; continue ;;
 		-*) continue ;;
 		esac
 		path+=("$w")
@@ -78,8 +80,11 @@ _kmsctl()
 		esac
 		;;
 	principal)
-		subs="create read list"
-		[ "${path[1]}" = create ] && opts="--role --tenant"
+		subs="create read list cert-add cert-list cert-revoke"
+		case "${path[1]}" in
+		create) opts="--role --tenant" ;;
+		cert-add|cert-revoke) opts="--cert --spki --subject" ;;
+		esac
 		;;
 	token)
 		subs="create revoke lookup"

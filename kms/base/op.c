@@ -49,6 +49,9 @@ static const char *const op_names[KMS_OP__COUNT] = {
 	[KMS_OP_BREAKGLASS_REVIEW] = "breakglass.review",
 	[KMS_OP_SYS_BACKUP] = "sys.backup",
 	[KMS_OP_SYS_RESTORE] = "sys.restore",
+	[KMS_OP_PRINCIPAL_CERT_ADD] = "principal.cert.add",
+	[KMS_OP_PRINCIPAL_CERT_LIST] = "principal.cert.list",
+	[KMS_OP_PRINCIPAL_CERT_REVOKE] = "principal.cert.revoke",
 };
 
 const char *kms_op_name(enum kms_op op)

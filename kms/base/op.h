@@ -54,6 +54,10 @@ enum kms_op {
 	KMS_OP_COMPLIANCE, /* GET /v1/sys/compliance: the data of kmsctl report compliance */
 	KMS_OP_SYS_BACKUP,  /* POST /v1/sys/backup: an encrypted archive (docs/OPERATIONS.md) */
 	KMS_OP_SYS_RESTORE, /* kmsd restore, recorded in the restored log; no route */
+	/* client certificates mapped to a principal (mTLS) */
+	KMS_OP_PRINCIPAL_CERT_ADD,
+	KMS_OP_PRINCIPAL_CERT_LIST,
+	KMS_OP_PRINCIPAL_CERT_REVOKE,
 	KMS_OP__COUNT
 };
 

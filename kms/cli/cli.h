@@ -88,6 +88,8 @@ struct cli_opts {
 	const char *config;
 	const char *format;
 	const char *timeout;
+	const char *client_cert; /* PEM client certificate (mTLS) */
+	const char *client_key;	 /* its PEM private key (mode 0600) */
 };
 extern struct cli_opts cli_opts;
 
@@ -102,10 +104,12 @@ struct cli_client {
 	size_t token_len;
 	long timeout;
 	int json; /* --format json */
+	char *client_cert, *client_key; /* PEM files for mTLS, or NULL */
 };
 
-/* Resolves address, CA, format, timeout and (when need_token) the token from flags,
- * environment and config file. Returns CLI_OK or an exit status after a message. */
+/* Resolves address, CA, client certificate, format, timeout and (when need_token) the
+ * token from flags, environment and config file. With a client certificate and no
+ * token configured, no token is asked for: the certificate authenticates. Returns CLI_OK or an exit status after a message. */
 int cli_connect(struct cli_client *c, int need_token);
 /* Wipes the token and frees everything. */
 void cli_disconnect(struct cli_client *c);
@@ -162,6 +166,10 @@ int cli_tenant(int argc, char **argv);
 void cli_tenant_usage(FILE *f);
 int cli_principal(int argc, char **argv);
 void cli_principal_usage(FILE *f);
+/* principal cert-add / cert-list / cert-revoke (cli_certs.c) */
+int cli_principal_cert_add(int argc, char **argv);
+int cli_principal_cert_list(int argc, char **argv);
+int cli_principal_cert_revoke(int argc, char **argv);
 int cli_token(int argc, char **argv);
 void cli_token_usage(FILE *f);
 int cli_key(int argc, char **argv);

@@ -260,7 +260,7 @@ static int principal_create(int argc, char **argv)
 	if ((rc = cli_positionals(argc, argv, 1, 1)) != CLI_OK)
 		goto fail;
 	if (json_object_get(body, "role") == NULL) {
-		rc = cli_usage_error("--role admin|service is required");
+		rc = cli_usage_error("--role admin|service|auditor is required");
 		goto fail;
 	}
 	return cli_simple_call("POST", cli_path("sys", "principals", argv[optind], NULL), body, NULL);
@@ -288,18 +288,21 @@ static int principal_list(int argc, char **argv)
 }
 
 static const struct cli_leaf principal_leaves[] = {
-	{"create", "create a principal (admin)", "NAME --role admin|service [--tenant TENANT]...",
+	{"create", "create a principal (admin)", "NAME --role admin|service|auditor [--tenant TENANT]...",
 	 "Creates the principal NAME. A service principal uses the data plane (datakey,\n"
 	 "encrypt, decrypt, rewrap) of the tenants named with --tenant, which must exist;\n"
-	 "an admin manages tenants, keys, principals and tokens and never gets key material.\n"
+	 "an admin manages tenants, keys, principals and tokens and never gets key material;\n"
+	 "an auditor reads key and tenant metadata, histories, erasure receipts, metrics,\n"
+	 "the policy and audit hashes on every tenant, and changes nothing.\n"
 	 "Give it a token with `kmsctl token create NAME`.\n"
 	 "\n"
-	 "  --role admin|service   the principal's role (required)\n"
+	 "  --role admin|service|auditor   the principal's role (required)\n"
 	 "  --tenant TENANT        a tenant it may use (repeat for more)\n"
 	 "\n"
 	 "examples:\n"
 	 "  kmsctl principal create ehr-backend --role service --tenant cardiology\n"
-	 "  kmsctl principal create ops-alice --role admin\n",
+	 "  kmsctl principal create ops-alice --role admin\n"
+	 "  kmsctl principal create audit-carol --role auditor\n",
 	 principal_create, NULL},
 	{"read", "show a principal (admin)", "NAME",
 	 "Shows the principal NAME: role, tenants, creation time.\n"
@@ -313,11 +316,42 @@ static const struct cli_leaf principal_leaves[] = {
 	 "example:\n"
 	 "  kmsctl principal list\n",
 	 principal_list, NULL},
+	{"cert-add", "map a client certificate to a principal (admin)",
+	 "NAME (--cert FILE | --spki HEX | --subject DN)",
+	 "Maps a client certificate (mTLS, kmsd's tls_client_ca) to the principal NAME: a\n"
+	 "certificate that passes the TLS handshake and matches then authenticates as NAME,\n"
+	 "without a token. A value maps to one principal at most.\n"
+	 "\n"
+	 "  --cert FILE      a PEM certificate: maps its SPKI fingerprint (survives renewal\n"
+	 "                   with the same key)\n"
+	 "  --spki HEX       the SHA-256 of the SubjectPublicKeyInfo, 64 hex digits\n"
+	 "  --subject DN     the subject DN exactly as RFC 4514 writes it, e.g.\n"
+	 "                   \"CN=ehr-backend,O=St. Example\" (any certificate of the CA\n"
+	 "                   with that subject; openssl x509 -noout -subject -nameopt RFC2253)\n"
+	 "\n"
+	 "examples:\n"
+	 "  kmsctl principal cert-add ehr-backend --cert ehr-backend.pem\n"
+	 "  kmsctl principal cert-add lab-pipeline --subject \"CN=lab-pipeline,O=St. Example\"\n",
+	 cli_principal_cert_add, NULL},
+	{"cert-list", "list a principal's client certificates (admin)", "NAME",
+	 "Lists the client certificate mappings of NAME: kind (spki or subject) and value.\n"
+	 "\n"
+	 "example:\n"
+	 "  kmsctl principal cert-list ehr-backend\n",
+	 cli_principal_cert_list, NULL},
+	{"cert-revoke", "remove a client certificate mapping (admin)",
+	 "NAME (--cert FILE | --spki HEX | --subject DN)",
+	 "Removes a mapping made by cert-add: the certificate no longer authenticates, from\n"
+	 "the next request on (kept-alive connections included).\n"
+	 "\n"
+	 "example:\n"
+	 "  kmsctl principal cert-revoke ehr-backend --cert ehr-backend.pem\n",
+	 cli_principal_cert_revoke, NULL},
 };
 
 static const struct cli_group principal_group = {
 	"principal",
-	"Principals: who may call kmsd (role admin or service). Admin token.\n"
+	"Principals: who may call kmsd (role admin, service or auditor). Admin token.\n"
 	"\n"
 	"examples:\n"
 	"  kmsctl principal create ehr-backend --role service --tenant cardiology\n"

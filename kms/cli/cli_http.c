@@ -38,6 +38,7 @@ static struct {
 	int loaded;
 	char path[4096];
 	char *addr, *ca_cert, *token_file, *format, *timeout;
+	char *client_cert, *client_key;
 	char *token; /* secret memory */
 	size_t token_len;
 } conf;
@@ -95,6 +96,10 @@ static int conf_set(const char *key, const char *val, int lineno, int private_fi
 		slot = &conf.format;
 	else if (strcmp(key, "timeout") == 0)
 		slot = &conf.timeout;
+	else if (strcmp(key, "client_cert") == 0)
+		slot = &conf.client_cert;
+	else if (strcmp(key, "client_key") == 0)
+		slot = &conf.client_key;
 	else if (strcmp(key, "token") == 0) {
 		size_t n = strlen(val);
 
@@ -112,9 +117,12 @@ static int conf_set(const char *key, const char *val, int lineno, int private_fi
 		return CLI_OK;
 	} else
 		return gen_error("%s:%d: unknown setting \"%s\" (known: addr, ca_cert, token_file, "
-				 "token, format, timeout)", conf.path, lineno, key);
+				 "token, format, timeout, client_cert, client_key)", conf.path, lineno, key);
 	free(*slot);
-	*slot = (slot == &conf.ca_cert || slot == &conf.token_file) ? expand_path(val) : strdup(val);
+	*slot = (slot == &conf.ca_cert || slot == &conf.token_file || slot == &conf.client_cert ||
+		 slot == &conf.client_key)
+			? expand_path(val)
+			: strdup(val);
 	if (*slot == NULL)
 		return gen_error("out of memory");
 	return CLI_OK;
@@ -200,6 +208,8 @@ static void conf_free(void)
 	free(conf.token_file);
 	free(conf.format);
 	free(conf.timeout);
+	free(conf.client_cert);
+	free(conf.client_key);
 	kms_secret_free(conf.token);
 	memset(&conf, 0, sizeof(conf));
 }
@@ -333,6 +343,8 @@ static int resolve_token(struct cli_client *c)
 			return gen_error("out of memory");
 		memcpy(c->token, conf.token, conf.token_len);
 		c->token_len = conf.token_len;
+	} else if (c->client_cert != NULL) {
+		return CLI_OK; /* no token anywhere: the client certificate authenticates */
 	} else {
 		long n = isatty(STDIN_FILENO) ? prompt_token(&c->token) : -1;
 
@@ -351,6 +363,42 @@ static int resolve_token(struct cli_client *c)
 }
 
 /* ---- client ---------------------------------------------------------------------- */
+
+/* The client certificate and key (mTLS): --client-cert/--client-key, then
+ * KMS_CLIENT_CERT/KMS_CLIENT_KEY, then VAULT_CLIENT_CERT/VAULT_CLIENT_KEY (as Vault's
+ * CLI), then the config file. A key alone is an error; a certificate alone means the
+ * key is in the same PEM file. The key file must be a regular file nobody but its
+ * owner may read, as for token files. */
+static int resolve_client_cert(struct cli_client *c)
+{
+	const char *cert = first_set(cli_opts.client_cert, getenv("KMS_CLIENT_CERT"), getenv("VAULT_CLIENT_CERT"),
+				     conf.client_cert);
+	const char *key = first_set(cli_opts.client_key, getenv("KMS_CLIENT_KEY"), getenv("VAULT_CLIENT_KEY"),
+				    conf.client_key);
+	struct stat st;
+
+	if (cert == NULL && key == NULL)
+		return CLI_OK;
+	if (cert == NULL)
+		return gen_error("a client key needs its certificate: give --client-cert FILE "
+				 "(or KMS_CLIENT_CERT)");
+	if (key == NULL)
+		key = cert;
+	if (access(cert, R_OK) != 0)
+		return gen_error("client certificate %s: %s", cert, strerror(errno));
+	if (stat(key, &st) != 0)
+		return gen_error("client key %s: %s", key, strerror(errno));
+	if (!S_ISREG(st.st_mode) || (st.st_mode & 077) != 0)
+		return gen_error("client key %s: refused: not a regular file, or readable by group or "
+				 "others (chmod 600 %s)", key, key);
+	if (access(key, R_OK) != 0)
+		return gen_error("client key %s: %s", key, strerror(errno));
+	c->client_cert = strdup(cert);
+	c->client_key = strdup(key);
+	if (c->client_cert == NULL || c->client_key == NULL)
+		return gen_error("out of memory");
+	return CLI_OK;
+}
 
 int cli_connect(struct cli_client *c, int need_token)
 {
@@ -393,6 +441,10 @@ int cli_connect(struct cli_client *c, int need_token)
 		if (c->ca_cert == NULL)
 			goto oom;
 	}
+
+	if ((rc = resolve_client_cert(c)) != CLI_OK)
+		goto out;
+	rc = CLI_USAGE;
 
 	fmt = first_set(cli_opts.format, conf.format, NULL, NULL);
 	if (fmt == NULL || strcmp(fmt, "table") == 0)
@@ -437,6 +489,8 @@ void cli_disconnect(struct cli_client *c)
 {
 	free(c->addr);
 	free(c->ca_cert);
+	free(c->client_cert);
+	free(c->client_key);
 	kms_secret_free(c->token);
 	memset(c, 0, sizeof(*c));
 	conf_free();
@@ -576,6 +630,12 @@ int cli_call_status(struct cli_client *c, const char *method, const char *path,
 	curl_easy_setopt(h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
 	if (c->ca_cert != NULL)
 		curl_easy_setopt(h, CURLOPT_CAINFO, c->ca_cert);
+	if (c->client_cert != NULL) {
+		curl_easy_setopt(h, CURLOPT_SSLCERT, c->client_cert);
+		curl_easy_setopt(h, CURLOPT_SSLCERTTYPE, "PEM");
+		curl_easy_setopt(h, CURLOPT_SSLKEY, c->client_key);
+		curl_easy_setopt(h, CURLOPT_SSLKEYTYPE, "PEM");
+	}
 	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, c->timeout < 10 ? c->timeout : 10L);
 	curl_easy_setopt(h, CURLOPT_TIMEOUT, c->timeout);
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);

@@ -66,6 +66,9 @@ static void usage(FILE *f)
 		"  --format table|json    table: readable columns (default); json: the server's\n"
 		"                         data as it came\n"
 		"  --timeout SECONDS      give up on a call after this long (default 30)\n"
+		"  --client-cert FILE     PEM client certificate for mTLS (kmsd's tls_client_ca);\n"
+		"                         mapped to a principal, it authenticates without a token\n"
+		"  --client-key FILE      its PEM private key, mode 600 (default: in --client-cert)\n"
 		"  --help, --version\n"
 		"\n"
 		"There is no --token VALUE: a token on the command line is visible to every\n"
@@ -77,10 +80,13 @@ static void usage(FILE *f)
 		"  KMS_ADDR, VAULT_ADDR       address (after --addr)\n"
 		"  KMS_TOKEN, VAULT_TOKEN     token (after --token-file)\n"
 		"  KMS_CACERT, VAULT_CACERT   CA file (after --ca-cert)\n"
+		"  KMS_CLIENT_CERT, VAULT_CLIENT_CERT  client certificate (after --client-cert)\n"
+		"  KMS_CLIENT_KEY, VAULT_CLIENT_KEY    client key (after --client-key)\n"
 		"  XDG_CONFIG_HOME            where kmsctl.conf is looked for\n"
 		"\n"
 		"config file (`name = value` lines, # comments): addr, ca_cert, token_file,\n"
-		"token, format, timeout. Flags and environment override it.\n"
+		"token, format, timeout, client_cert, client_key. Flags and environment\n"
+		"override it. With a client certificate and no token, no token is asked for.\n"
 		"\n"
 		"exit status:\n"
 		"  0  ok\n"
@@ -118,6 +124,8 @@ static const struct {
 	{"--config", &cli_opts.config},
 	{"--format", &cli_opts.format},
 	{"--timeout", &cli_opts.timeout},
+	{"--client-cert", &cli_opts.client_cert},
+	{"--client-key", &cli_opts.client_key},
 };
 
 /* Takes the global options out of argv (up to "--"); returns the new argc, or -1 after a

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "include/kmsclient.h"
@@ -176,10 +177,23 @@ kmsc_err kmsc_open(const struct kmsc_config *cfg, struct kmsc **out)
 	if (strncasecmp(cfg->addr, "https://", 8) != 0 || cfg->addr[8] == '\0' ||
 	    strpbrk(cfg->addr, "?# \t\r\n") != NULL)
 		return fail(KMSC_ERR_INVALID, 0, "config: addr must be https://host[:port], no query");
-	if ((cfg->token_file != NULL) == (cfg->token != NULL))
+	if (cfg->token_file != NULL && cfg->token != NULL)
 		return fail(KMSC_ERR_INVALID, 0, "config: give exactly one of token_file and token");
 	if ((cfg->client_cert != NULL) != (cfg->client_key != NULL))
 		return fail(KMSC_ERR_INVALID, 0, "config: client_cert and client_key go together");
+	/* A client certificate mapped to a principal authenticates alone (mTLS). */
+	if (cfg->token_file == NULL && cfg->token == NULL && cfg->client_cert == NULL)
+		return fail(KMSC_ERR_INVALID, 0, "config: give token_file or token, or client_cert and client_key");
+	if (cfg->client_key != NULL) {
+		struct stat st;
+
+		if (stat(cfg->client_key, &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & 077) != 0 ||
+		    access(cfg->client_key, R_OK) != 0 || access(cfg->client_cert, R_OK) != 0)
+			return fail(KMSC_ERR_INVALID, 0,
+				    "config: client_key %s must be a readable regular file that group and others "
+				    "cannot read (chmod 600), and client_cert readable",
+				    cfg->client_key);
+	}
 	if (cfg->timeout_seconds < 0 || cfg->timeout_seconds > 3600)
 		return fail(KMSC_ERR_INVALID, 0, "config: timeout_seconds is not in 0..3600");
 	if (cfg->cache && (cfg->cache_max_age_ms == 0 || cfg->cache_max_messages == 0 ||
@@ -213,7 +227,7 @@ kmsc_err kmsc_open(const struct kmsc_config *cfg, struct kmsc **out)
 				 : errno == EINVAL ? "the first line is empty" : strerror(errno));
 			goto out;
 		}
-	} else {
+	} else if (cfg->token != NULL) {
 		if (cfg->token_len == 0 || cfg->token_len > MAX_TOKEN) {
 			e = fail(KMSC_ERR_INVALID, 0, "config: token length is not in 1..%d", MAX_TOKEN);
 			goto out;
@@ -422,8 +436,9 @@ static kmsc_err post(struct kmsc *c, const char *path, const json_t *body, json_
 	}
 	req = json_dumps(body, JSON_COMPACT);
 	h = handle_get(c);
-	tok_hdr = kms_secret_alloc(sizeof(TOKEN_HDR) + c->token_len);
-	if (req == NULL || h == NULL || tok_hdr == NULL) {
+	if (c->token != NULL)
+		tok_hdr = kms_secret_alloc(sizeof(TOKEN_HDR) + c->token_len);
+	if (req == NULL || h == NULL || (c->token != NULL && tok_hdr == NULL)) {
 		e = oom();
 		goto out;
 	}
@@ -435,10 +450,12 @@ static kmsc_err post(struct kmsc *c, const char *path, const json_t *body, json_
 		goto out;
 	}
 	/* Our own list node, so that the header line lives in wiped memory. */
-	memcpy(tok_hdr, TOKEN_HDR, sizeof(TOKEN_HDR) - 1);
-	memcpy(tok_hdr + sizeof(TOKEN_HDR) - 1, c->token, c->token_len);
-	tok_node.data = tok_hdr;
-	tok_node.next = hdrs;
+	if (tok_hdr != NULL) {
+		memcpy(tok_hdr, TOKEN_HDR, sizeof(TOKEN_HDR) - 1);
+		memcpy(tok_hdr + sizeof(TOKEN_HDR) - 1, c->token, c->token_len);
+		tok_node.data = tok_hdr;
+		tok_node.next = hdrs;
+	}
 	curl_easy_setopt(h, CURLOPT_URL, url);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "https");
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
@@ -459,7 +476,7 @@ static kmsc_err post(struct kmsc *c, const char *path, const json_t *body, json_
 	curl_easy_setopt(h, CURLOPT_USERAGENT, "libkmsclient/" KMSC_VERSION);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, &rb);
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, &tok_node);
+	curl_easy_setopt(h, CURLOPT_HTTPHEADER, tok_hdr != NULL ? &tok_node : hdrs);
 	curl_easy_setopt(h, CURLOPT_POST, 1L);
 	curl_easy_setopt(h, CURLOPT_POSTFIELDS, req);
 	curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)req_len);

@@ -943,7 +943,7 @@ static bool op_has_tenant(enum kms_op op)
 	}
 }
 
-static kms_err authenticate(struct core *c, const char *token, struct op_ctx *x)
+kms_err core_authenticate_token(struct core *c, const char *token, struct op_ctx *x)
 {
 	struct store_token t;
 	uint8_t h[AUTHN_HASH_LEN];
@@ -1039,6 +1039,9 @@ static const op_fn op_table[KMS_OP__COUNT] = {
 	[KMS_OP_BREAKGLASS_LIST] = op_breakglass_list,
 	[KMS_OP_BREAKGLASS_REVIEW] = op_breakglass_review,
 	[KMS_OP_SYS_BACKUP] = op_sys_backup,
+	[KMS_OP_PRINCIPAL_CERT_ADD] = op_principal_cert_add,
+	[KMS_OP_PRINCIPAL_CERT_LIST] = op_principal_cert_list,
+	[KMS_OP_PRINCIPAL_CERT_REVOKE] = op_principal_cert_revoke,
 };
 
 static int valid_request_id(const char *s)
@@ -1216,7 +1219,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 			      "too many failed authentications from this address; retry after %u s",
 			      res->retry_after);
 	} else {
-		rc = authenticate(c, call->token, &x);
+		rc = core_authenticate(c, call, &x);
 		if (rc != KMS_OK && x.who.name[0] == '\0' && c->rl_source != NULL &&
 		    call->remote_addr != NULL &&
 		    (rc == KMS_ERR_UNAUTHENTICATED || rc == KMS_ERR_DENIED))
@@ -1364,6 +1367,13 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		rc = kms_errf(rc2, "audit record incomplete: operation refused");
 	}
 
+	/* Which client certificate was presented, whatever became of the request. */
+	if (call->cert_spki != NULL && (extra != NULL || (extra = json_object()) != NULL)) {
+		json_object_set_new(extra, "client_cert_spki", json_string(call->cert_spki));
+		if (call->cert_subject != NULL)
+			json_object_set_new(extra, "client_cert_subject", kms_json_text(call->cert_subject));
+	}
+
 	/* The detail as the operation left it: audit_append may set its own (a checkpoint
 	 * whose signature fails), which must not reach this request's answer. */
 	snprintf(detail, sizeof(detail), "%s", kms_err_detail(rc == KMS_OK ? KMS_ERR_INVALID : rc));
@@ -1374,7 +1384,10 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 											     : "error";
 	ar.request_id = res->request_id;
 	ar.principal = x.who.name[0] ? x.who.name : NULL;
-	ar.auth_method = !x.who.name[0] ? NULL : call->approved != NULL ? "approval" : "token";
+	ar.auth_method = !x.who.name[0]	 ? (call->cert_spki ? "cert" : NULL)
+			 : call->approved != NULL ? "approval"
+			 : x.auth_method	 ? x.auth_method
+						 : "token";
 	ar.remote_addr = call->remote_addr;
 	ar.operation = kms_op_name(call->op);
 	if (call->op == KMS_OP_TENANT_CREATE || call->op == KMS_OP_TENANT_READ || call->op == KMS_OP_TENANT_CONFIG) {
@@ -1417,6 +1430,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 			msg = sname; /* allowed, but the policy asks for MFA or approvals */
 		else if (rc == KMS_ERR_DENIED && x.deny_detail && d.allow)
 			msg = detail; /* allowed, refused by the operation's own rule (self-approval) */
+		else if (rc == KMS_ERR_DENIED && x.auth_detail[0] != '\0')
+			msg = x.auth_detail; /* a client certificate refused: say why */
 		else if (rc == KMS_ERR_DENIED)
 			msg = "permission denied"; /* same body whether absent or not yours */
 		else if (rc == KMS_ERR_UNAUTHENTICATED)

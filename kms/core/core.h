@@ -38,6 +38,10 @@ struct core_call {
 	/* Set only when an approved quorum request is executed (ops_approval.c): the call
 	 * then runs as its requester, without a token, with these approvals behind it. */
 	const struct core_approved *approved;
+	/* The client certificate, when one passed the TLS handshake's check against
+	 * tls_client_ca; both NULL otherwise (docs/API.md "Client certificates"). */
+	const char *cert_spki;	  /* 64 lower-case hex: SHA-256 of its SubjectPublicKeyInfo */
+	const char *cert_subject; /* its subject DN as RFC 4514 text; NULL if it has none or it is too long */
 };
 
 struct core_approved {

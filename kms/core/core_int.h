@@ -120,6 +120,10 @@ struct op_ctx {
 	char bg_grant[33];   /* the caller's break-glass grant in force here, or "" */
 	bool bg_used;	     /* the grant allowed what the policy refused */
 	bool deny_detail;    /* a DENIED from the operation may say why (self-approval) */
+	/* how the caller authenticated ("token", "cert", "cert+token"), and for a refused
+	 * client certificate the message its answer carries */
+	const char *auth_method;
+	char auth_detail[128];
 };
 
 /* A snapshot of a key's serving state, taken under the cache lock. */
@@ -238,6 +242,14 @@ KMS_WUR kms_err core_audit_results(enum kms_op op, const json_t *body, const jso
 				   json_t *extra);
 KMS_WUR kms_err op_version_receipt(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_policy_write(struct core *c, struct op_ctx *x);
+/* API token authentication: fills x->who, role, scope, accessor. */
+KMS_WUR kms_err core_authenticate_token(struct core *c, const char *token, struct op_ctx *x);
+/* The caller's identity from its client certificate and/or token (ops_certs.c; the
+ * rules are in docs/API.md "Client certificates"). */
+KMS_WUR kms_err core_authenticate(struct core *c, const struct core_call *call, struct op_ctx *x);
+KMS_WUR kms_err op_principal_cert_add(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_principal_cert_list(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_principal_cert_revoke(struct core *c, struct op_ctx *x);
 
 /* ---- quorum approvals (ops_approval.c) and break-glass (ops_breakglass.c) ---- */
 /* The requester of an approved request as the caller of call->approved's execution. */

@@ -140,7 +140,7 @@ kms_err op_principal_create(struct core *c, struct op_ctx *x)
 	if ((rc = kms_json_only(body, allowed)) != KMS_OK || (rc = kms_json_opt_string(body, "role", &role)) != KMS_OK)
 		goto out;
 	if (role == NULL || policy_role_parse(role) == POLICY_ROLE_NONE) {
-		rc = kms_errf(KMS_ERR_INVALID, "role must be \"admin\" or \"service\"");
+		rc = kms_errf(KMS_ERR_INVALID, "role must be \"admin\", \"service\" or \"auditor\"");
 		goto out;
 	}
 	tl = json_object_get(body, "tenants");

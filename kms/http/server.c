@@ -7,6 +7,10 @@
 #include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <gnutls/abstract.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -42,10 +46,22 @@
  * then closes it as if the client had hung up). Entries leave the list in the
  * connection-closed notification, which libmicrohttpd sends before it closes the
  * socket, so the sweeper, holding the list lock, never touches a reused descriptor. */
+/* What the request path needs of a connection's client certificate, worked out at its
+ * first request (the handshake is over by then) and kept for the connection's life:
+ * the certificate cannot change on a connection (renegotiation is off in TLS 1.3 and
+ * refused by GnuTLS servers by default in 1.2). */
+enum cert_state { CERT_UNKNOWN = 0, CERT_NONE, CERT_OK, CERT_BAD };
+#define CERT_SUBJECT_MAX 1024
+
 struct conn_track {
 	struct conn_track *prev, *next;
 	MHD_socket fd;
 	int64_t deadline; /* CLOCK_MONOTONIC seconds; INT64_MAX while a request is handled */
+	/* touched only by the thread serving the connection's requests */
+	enum cert_state cert;
+	time_t not_after; /* the certificate's expiry: a kept-alive connection ends there */
+	char spki[65];
+	char subject[CERT_SUBJECT_MAX + 1]; /* "" = none, or too long to map */
 };
 
 struct http_server {
@@ -54,6 +70,9 @@ struct http_server {
 	size_t max_body;
 	char *cert_pem, *key_pem;
 	size_t cert_len, key_len;
+	char *client_ca_pem; /* tls_client_ca, or NULL: no client certificates asked for */
+	size_t client_ca_len;
+	bool client_required;
 	int listen_fd; /* until libmicrohttpd takes it; -1 after */
 	bool ipv6;
 	unsigned timeout;
@@ -84,6 +103,96 @@ static void track_deadline(struct http_server *s, struct MHD_Connection *conn, i
 	pthread_mutex_unlock(&s->track_mu);
 }
 
+/* ---- client certificates (mTLS) ------------------------------------------------ */
+
+/* Checks the client's chain against tls_client_ca (the trust list libmicrohttpd loaded
+ * into the credentials from MHD_OPTION_HTTPS_MEM_TRUST): signatures, validity dates,
+ * CA flags and path length, and that the leaf may be used for TLS client
+ * authentication (an extendedKeyUsage without clientAuth is refused; key usage is
+ * checked by GnuTLS when the client signs the handshake). Called by GnuTLS during the
+ * handshake, once the client's Certificate message is in: a non-zero return aborts the
+ * handshake, so an unknown CA never reaches HTTP. No certificate: allowed here; with
+ * tls_client_auth = required GnuTLS has already refused the handshake. */
+static int verify_client_cert(gnutls_session_t session)
+{
+	gnutls_typed_vdata_st purpose = {GNUTLS_DT_KEY_PURPOSE_OID, (unsigned char *)GNUTLS_KP_TLS_WWW_CLIENT, 0};
+	unsigned n = 0, status = 0;
+
+	if (gnutls_certificate_get_peers(session, &n) == NULL || n == 0)
+		return 0;
+	if (gnutls_certificate_verify_peers(session, &purpose, 1, &status) < 0 || status != 0) {
+		gnutls_datum_t why = {NULL, 0};
+
+		if (gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &why, 0) == 0) {
+			kms_info("http: client certificate refused in the TLS handshake: %s", (const char *)why.data);
+			gnutls_free(why.data);
+		}
+		return GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR;
+	}
+	return 0;
+}
+
+/* Before the handshake (libmicrohttpd made the session, the handshake runs later in
+ * the event loop): ask for a certificate, or insist on one, and check it ourselves. */
+static void client_cert_setup(struct http_server *s, struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+	gnutls_session_t session;
+
+	if (ci == NULL || ci->tls_session == NULL)
+		return;
+	session = (gnutls_session_t)ci->tls_session;
+	gnutls_certificate_server_set_request(session, s->client_required ? GNUTLS_CERT_REQUIRE : GNUTLS_CERT_REQUEST);
+	gnutls_session_set_verify_function(session, verify_client_cert);
+}
+
+/* The connection's certificate identity into t (once per connection). The handshake
+ * refused a bad certificate already; it is verified once more here so that nothing
+ * reaches the core on the word of a callback alone. */
+static void client_cert_identify(struct MHD_Connection *conn, struct conn_track *t)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+	gnutls_session_t session;
+	const gnutls_datum_t *peers;
+	gnutls_x509_crt_t crt = NULL;
+	gnutls_pubkey_t pub = NULL;
+	gnutls_datum_t spki = {NULL, 0}, dn = {NULL, 0};
+	uint8_t md[32];
+	unsigned n = 0;
+
+	t->cert = CERT_NONE;
+	t->spki[0] = t->subject[0] = '\0';
+	if (ci == NULL || ci->tls_session == NULL)
+		return;
+	session = (gnutls_session_t)ci->tls_session;
+	if ((peers = gnutls_certificate_get_peers(session, &n)) == NULL || n == 0)
+		return;
+	t->cert = CERT_BAD;
+	if (verify_client_cert(session) != 0)
+		return;
+	if (gnutls_x509_crt_init(&crt) < 0 || gnutls_x509_crt_import(crt, &peers[0], GNUTLS_X509_FMT_DER) < 0 ||
+	    gnutls_pubkey_init(&pub) < 0 || gnutls_pubkey_import_x509(pub, crt, 0) < 0 ||
+	    gnutls_pubkey_export2(pub, GNUTLS_X509_FMT_DER, &spki) < 0 ||
+	    gnutls_hash_fast(GNUTLS_DIG_SHA256, spki.data, spki.size, md) < 0)
+		goto out;
+	kms_hex_encode(md, sizeof(md), t->spki);
+	t->not_after = gnutls_x509_crt_get_expiration_time(crt);
+	if (t->not_after == (time_t)-1)
+		goto out;
+	/* RFC 4514 order (most specific first), as `openssl x509 -subject -nameopt RFC2253` */
+	if (gnutls_x509_crt_get_dn3(crt, &dn, 0) >= 0 && dn.data != NULL && dn.size > 0 && dn.size <= CERT_SUBJECT_MAX &&
+	    memchr(dn.data, '\0', dn.size) == NULL) {
+		memcpy(t->subject, dn.data, dn.size);
+		t->subject[dn.size] = '\0';
+	}
+	t->cert = CERT_OK;
+out:
+	gnutls_free(spki.data);
+	gnutls_free(dn.data);
+	gnutls_pubkey_deinit(pub);
+	gnutls_x509_crt_deinit(crt);
+}
+
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
 			  enum MHD_ConnectionNotificationCode code)
 {
@@ -92,6 +201,9 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 
 	if (code == MHD_CONNECTION_NOTIFY_STARTED) {
 		const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+		if (s->client_ca_pem != NULL)
+			client_cert_setup(s, conn);
 		t = calloc(1, sizeof(*t));
 		if (t == NULL || ci == NULL) {
 			free(t);
@@ -343,9 +455,34 @@ static enum MHD_Result dispatch(struct http_server *s, struct MHD_Connection *co
 	struct core_result res;
 	const char *list = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "list");
 	char addr[INET6_ADDRSTRLEN + 1];
+	struct conn_track one_off; /* when the connection has no tracking entry */
 	enum MHD_Result ret;
 	kms_err err;
 
+	if (s->client_ca_pem != NULL) {
+		const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+		struct conn_track *t = ci != NULL ? ci->socket_context : NULL;
+
+		if (t == NULL) {
+			t = &one_off;
+			one_off.cert = CERT_UNKNOWN;
+		}
+		if (t->cert == CERT_UNKNOWN)
+			client_cert_identify(conn, t);
+		if (t->cert == CERT_OK && time(NULL) > t->not_after) {
+			kms_info("http: client certificate %s expired on a kept-alive connection: closing it", t->spki);
+			t->cert = CERT_BAD;
+		}
+		/* Only a certificate that stopped being valid after the handshake gets here
+		 * (it expired on a long-lived connection): close the connection, so the client
+		 * has to shake hands again and is refused there. */
+		if (t->cert == CERT_BAD)
+			return MHD_NO;
+		if (t->cert == CERT_OK) {
+			call.cert_spki = t->spki;
+			call.cert_subject = t->subject[0] ? t->subject : NULL;
+		}
+	}
 	switch (route_match(method, list != NULL && strcmp(list, "true") == 0, url, &m)) {
 	case ROUTE_NOT_FOUND:
 		return send_error(conn, 404, "unsupported path");
@@ -539,6 +676,15 @@ kms_err http_prepare(const struct kms_config *cfg, struct http_server **out, int
 			goto fail;
 		}
 	}
+	if (cfg->tls && cfg->tls_client_ca[0] != '\0') {
+		s->client_ca_pem = read_pem(cfg->tls_client_ca, &s->client_ca_len, 0);
+		if (s->client_ca_pem == NULL || strstr(s->client_ca_pem, "-----BEGIN CERTIFICATE-----") == NULL) {
+			rc = kms_errf(KMS_ERR_CONFIG, "cannot read tls_client_ca %s (a PEM file of CA certificates)",
+				      cfg->tls_client_ca);
+			goto fail;
+		}
+		s->client_required = strcmp(cfg->tls_client_auth, "required") == 0;
+	}
 	if ((rc = listen_socket(cfg, &s->listen_fd)) != KMS_OK)
 		goto fail;
 	if (getsockname(s->listen_fd, (struct sockaddr *)&ss, &sl) != 0) {
@@ -581,11 +727,15 @@ kms_err http_start(struct http_server *s, const struct kms_config *cfg, struct c
 				cfg->tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, s->cert_pem,
 				MHD_OPTION_HTTPS_MEM_KEY, s->key_pem,
 				MHD_OPTION_HTTPS_PRIORITIES, TLS_PRIORITIES,
+				s->client_ca_pem != NULL ? MHD_OPTION_HTTPS_MEM_TRUST : MHD_OPTION_END, s->client_ca_pem,
 				MHD_OPTION_END);
 	if (s->d == NULL)
 		return kms_errf(KMS_ERR_IO, "cannot serve on %s port %d (TLS material invalid?)",
 				cfg->listen_address, cfg->port);
 	s->listen_fd = -1; /* libmicrohttpd's now: it closes it in MHD_stop_daemon */
+	if (s->client_ca_pem != NULL)
+		kms_info("http: client certificates %s, checked against %s", s->client_required ? "required" : "optional",
+			 cfg->tls_client_ca);
 	if (pthread_create(&s->sweeper, NULL, sweeper_main, s) != 0)
 		return kms_errf(KMS_ERR_INTERNAL, "cannot start the request-deadline thread");
 	s->sweeper_running = true;
@@ -610,6 +760,7 @@ void http_stop(struct http_server *s)
 	pthread_cond_destroy(&s->sweep_cv);
 	pthread_mutex_destroy(&s->track_mu);
 	free(s->cert_pem);
+	free(s->client_ca_pem);
 	kms_secret_free(s->key_pem);
 	free(s);
 }

@@ -214,6 +214,44 @@ static const char *const migrations[] = {
 	"  time INTEGER NOT NULL,"
 	"  PRIMARY KEY (grant_id, principal_id)"
 	") WITHOUT ROWID;",
+	/* 10: the auditor role, and client certificates mapped to principals. SQLite cannot
+	 * change a CHECK in place, so principals is rebuilt (the procedure of SQLite's
+	 * "Making Other Kinds Of Table Schema Changes", inside this step's transaction).
+	 * foreign_keys is on and cannot be switched off inside a transaction, so the
+	 * foreign-key checks are deferred to COMMIT instead: dropping principals counts
+	 * every api_tokens and principal_tenants row (and any other child) as a pending
+	 * violation, and putting each row back, same id, under the same table name, takes
+	 * its count off again. A row lost on the way leaves the count above zero and the
+	 * COMMIT, the whole step with it, fails. The columns are listed: a step that adds
+	 * a column to principals must be added here too, and until it is, the guard makes
+	 * this step fail rather than drop that column's data. */
+	"CREATE TEMP TABLE auditor_migration_guard ("
+	"  principals_has_4_columns INTEGER CHECK (principals_has_4_columns = 4));"
+	"INSERT INTO auditor_migration_guard SELECT count(*) FROM pragma_table_info('principals');"
+	"DROP TABLE auditor_migration_guard;"
+	"PRAGMA defer_foreign_keys = ON;"
+	"CREATE TABLE principals_copy AS SELECT id, name, role, created FROM principals;"
+	"DROP TABLE principals;"
+	"CREATE TABLE principals ("
+	"  id INTEGER PRIMARY KEY,"
+	"  name TEXT NOT NULL UNIQUE CHECK (length(CAST(name AS BLOB)) BETWEEN 1 AND 128),"
+	"  role TEXT NOT NULL CHECK (role IN ('admin', 'service', 'auditor')),"
+	"  created INTEGER NOT NULL"
+	");"
+	"INSERT INTO principals (id, name, role, created) SELECT id, name, role, created FROM principals_copy;"
+	"DROP TABLE principals_copy;"
+	/* kind 'spki': value = lower-case hex SHA-256 of the certificate's
+	 * SubjectPublicKeyInfo (64 chars); kind 'subject': value = the subject DN as
+	 * RFC 4514 text, compared exactly. A value maps to one principal at most. */
+	"CREATE TABLE principal_certs ("
+	"  id INTEGER PRIMARY KEY,"
+	"  principal_id INTEGER NOT NULL REFERENCES principals (id),"
+	"  kind TEXT NOT NULL CHECK (kind IN ('spki', 'subject')),"
+	"  value TEXT NOT NULL CHECK (length(CAST(value AS BLOB)) BETWEEN 1 AND 1024),"
+	"  created INTEGER NOT NULL,"
+	"  UNIQUE (kind, value)"
+	");"
+	"CREATE INDEX principal_certs_principal ON principal_certs (principal_id);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
@@ -296,6 +334,10 @@ enum stmt_id {
 	ST_MK_REWRAP,
 	ST_MK_EVENT_INSERT,
 	ST_MK_EVENT_LIST,
+	ST_CERT_INSERT,
+	ST_CERT_LIST,
+	ST_CERT_DELETE,
+	ST_CERT_LOOKUP,
 	ST__COUNT
 };
 
@@ -413,6 +455,10 @@ static const char *const stmt_sql[ST__COUNT] = {
 			       "VALUES (?1, ?2, ?3, ?4, ?5)",
 	[ST_MK_EVENT_LIST] = "SELECT id, time, mk_version, event, principal, detail FROM master_key_events "
 			     "WHERE id > ?1 ORDER BY id LIMIT ?2",
+	[ST_CERT_INSERT] = "INSERT INTO principal_certs (principal_id, kind, value, created) VALUES (?1, ?2, ?3, ?4)",
+	[ST_CERT_LIST] = "SELECT id, kind, value, created FROM principal_certs WHERE principal_id = ?1 ORDER BY id",
+	[ST_CERT_DELETE] = "DELETE FROM principal_certs WHERE principal_id = ?1 AND kind = ?2 AND value = ?3",
+	[ST_CERT_LOOKUP] = "SELECT principal_id FROM principal_certs WHERE kind = ?1 AND value = ?2",
 };
 
 struct store {
@@ -1599,8 +1645,9 @@ kms_err store_principal_create(struct store *s, const char *name, const char *ro
 
 	if ((rc = check_name("principal", name)) != KMS_OK)
 		return rc;
-	if (role == NULL || (strcmp(role, "admin") != 0 && strcmp(role, "service") != 0))
-		return kms_errf(KMS_ERR_INVALID, "role must be \"admin\" or \"service\"");
+	if (role == NULL || (strcmp(role, "admin") != 0 && strcmp(role, "service") != 0 &&
+			     strcmp(role, "auditor") != 0))
+		return kms_errf(KMS_ERR_INVALID, "role must be \"admin\", \"service\" or \"auditor\"");
 	service = strcmp(role, "service") == 0;
 	if (service && n_tenants > 0 && tenant_ids == NULL)
 		return kms_errf(KMS_ERR_INVALID, "tenant list missing");
@@ -4080,5 +4127,180 @@ kms_err store_snapshot(struct store *s, uint8_t **out, size_t *len)
 		sqlite3_free(ser);
 	}
 	sqlite3_close(mem);
+	return rc;
+}
+
+/* ---- client certificates mapped to principals ---- */
+
+enum store_cert_kind store_cert_kind_parse(const char *s)
+{
+	if (s != NULL && strcmp(s, "spki") == 0)
+		return STORE_CERT_SPKI;
+	if (s != NULL && strcmp(s, "subject") == 0)
+		return STORE_CERT_SUBJECT;
+	return 0;
+}
+
+const char *store_cert_kind_name(enum store_cert_kind k)
+{
+	return k == STORE_CERT_SPKI ? "spki" : k == STORE_CERT_SUBJECT ? "subject" : "unknown";
+}
+
+static kms_err cert_args(enum store_cert_kind kind, const char *value)
+{
+	size_t n;
+
+	if (kind != STORE_CERT_SPKI && kind != STORE_CERT_SUBJECT)
+		return kms_errf(KMS_ERR_INVALID, "certificate mapping kind must be spki or subject");
+	n = value != NULL ? strnlen(value, STORE_CERT_VALUE_MAX + 1) : 0;
+	if (n == 0 || n > STORE_CERT_VALUE_MAX)
+		return kms_errf(KMS_ERR_INVALID, "certificate mapping value must be 1..%d bytes", STORE_CERT_VALUE_MAX);
+	return KMS_OK;
+}
+
+kms_err store_cert_add(struct store *s, int64_t principal_id, enum store_cert_kind kind, const char *value,
+		       int64_t now, int64_t *id_out)
+{
+	sqlite3_stmt *st;
+	int src;
+	kms_err rc;
+
+	if ((rc = cert_args(kind, value)) != KMS_OK)
+		return rc;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_CERT_INSERT];
+	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, store_cert_kind_name(kind), -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 3, value, -1, SQLITE_STATIC) != SQLITE_OK || sqlite3_bind_int64(st, 4, now) != SQLITE_OK) {
+		rc = db_fail(s, "certificate mapping bind");
+		stmt_release(st);
+		goto out;
+	}
+	src = stmt_exec(st);
+	if (is_unique_violation(src))
+		rc = kms_errf(KMS_ERR_CONFLICT, "this certificate %s is already mapped to a principal",
+			      store_cert_kind_name(kind));
+	else if (src == SQLITE_CONSTRAINT_FOREIGNKEY)
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "principal %" PRId64 " not found", principal_id);
+	else if (src != SQLITE_DONE)
+		rc = db_fail(s, "certificate mapping insert");
+	else if (id_out != NULL)
+		*id_out = sqlite3_last_insert_rowid(s->db);
+out:
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_cert_list(struct store *s, int64_t principal_id, struct store_cert **out, size_t *n)
+{
+	struct store_cert *arr = NULL;
+	size_t cap = 0, cnt = 0;
+	sqlite3_stmt *st;
+	char kind[16];
+	int src;
+	kms_err rc;
+
+	if (out == NULL || n == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for certificate mappings");
+	*out = NULL;
+	*n = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_CERT_LIST];
+	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK) {
+		rc = db_fail(s, "certificate mappings bind");
+		goto out;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		struct store_cert *e;
+		void *g = grow(arr, &cap, cnt + 1, sizeof(*arr));
+		if (g == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "certificate mappings");
+			goto out;
+		}
+		arr = g;
+		e = &arr[cnt];
+		memset(e, 0, sizeof(*e));
+		e->id = sqlite3_column_int64(st, 0);
+		if ((rc = col_text(st, 1, kind, sizeof(kind), "principal_certs")) != KMS_OK ||
+		    (rc = col_text(st, 2, e->value, sizeof(e->value), "principal_certs")) != KMS_OK)
+			goto out;
+		if ((e->kind = store_cert_kind_parse(kind)) == 0) {
+			rc = db_corrupt("principal_certs");
+			goto out;
+		}
+		e->created = sqlite3_column_int64(st, 3);
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "certificate mappings");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	free(arr);
+	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_cert_delete(struct store *s, int64_t principal_id, enum store_cert_kind kind, const char *value)
+{
+	sqlite3_stmt *st;
+	kms_err rc;
+
+	if ((rc = cert_args(kind, value)) != KMS_OK)
+		return rc;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_CERT_DELETE];
+	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, store_cert_kind_name(kind), -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 3, value, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "certificate mapping delete bind");
+		stmt_release(st);
+		goto out;
+	}
+	if (stmt_exec(st) != SQLITE_DONE)
+		rc = db_fail(s, "certificate mapping delete");
+	else if (sqlite3_changes(s->db) == 0)
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "no such certificate mapping for this principal");
+out:
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_cert_lookup(struct store *s, enum store_cert_kind kind, const char *value, int64_t *principal_id)
+{
+	sqlite3_stmt *st;
+	int src;
+	kms_err rc;
+
+	if (principal_id == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for certificate lookup");
+	if ((rc = cert_args(kind, value)) != KMS_OK)
+		return rc;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_CERT_LOOKUP];
+	if (sqlite3_bind_text(st, 1, store_cert_kind_name(kind), -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "certificate lookup bind");
+		goto out;
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_ROW)
+		*principal_id = sqlite3_column_int64(st, 0);
+	else if (src == SQLITE_DONE)
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "certificate not mapped");
+	else
+		rc = db_fail(s, "certificate lookup");
+out:
+	stmt_release(st);
+	store_unlock(s);
 	return rc;
 }

@@ -14,7 +14,7 @@
 
 #include "kms/base/err.h"
 
-#define STORE_SCHEMA_VERSION 9
+#define STORE_SCHEMA_VERSION 10
 #define STORE_NAME_MAX 128  /* tenant, key and principal names, excluding the NUL */
 #define STORE_BLOB_MAX 64
 #define STORE_MAC_LEN 32
@@ -80,7 +80,7 @@ struct store_event {
 struct store_principal {
 	int64_t id;
 	char name[STORE_NAME_MAX + 1];
-	char role[16]; /* "admin" or "service" */
+	char role[16]; /* "admin", "service" or "auditor" */
 	int64_t created;
 };
 
@@ -456,5 +456,33 @@ KMS_WUR kms_err store_tokens_without_expiry(struct store *s, struct store_token_
  * of a database file (*out malloc'd; the caller wipes and frees it). Other store calls
  * wait while the pages are copied (memory speed). */
 KMS_WUR kms_err store_snapshot(struct store *s, uint8_t **out, size_t *len);
+/* Client certificates mapped to principals (table principal_certs). kind is
+ * STORE_CERT_SPKI (value: 64 lower-case hex, SHA-256 of the SubjectPublicKeyInfo) or
+ * STORE_CERT_SUBJECT (value: the subject DN as RFC 4514 text, 1..STORE_CERT_VALUE_MAX
+ * bytes, compared exactly). */
+#define STORE_CERT_VALUE_MAX 1024
+enum store_cert_kind { STORE_CERT_SPKI = 1, STORE_CERT_SUBJECT = 2 };
+struct store_cert {
+	int64_t id;
+	enum store_cert_kind kind;
+	char value[STORE_CERT_VALUE_MAX + 1];
+	int64_t created;
+};
+/* "spki" / "subject" <-> kind; unknown -> 0 / "unknown". */
+enum store_cert_kind store_cert_kind_parse(const char *s);
+const char *store_cert_kind_name(enum store_cert_kind k);
+/* CONFLICT when the value is mapped already (to any principal), NOT_FOUND for an
+ * unknown principal, INVALID for a bad kind or value length. */
+KMS_WUR kms_err store_cert_add(struct store *s, int64_t principal_id, enum store_cert_kind kind, const char *value,
+			       int64_t now, int64_t *id_out);
+/* A principal's mappings in creation order (malloc'd, free(); *n may be 0). */
+KMS_WUR kms_err store_cert_list(struct store *s, int64_t principal_id, struct store_cert **out, size_t *n);
+/* NOT_FOUND when the principal has no such mapping. */
+KMS_WUR kms_err store_cert_delete(struct store *s, int64_t principal_id, enum store_cert_kind kind,
+				  const char *value);
+/* The principal a value maps to; NOT_FOUND when none. Read on every request: a
+ * deleted mapping stops working at once. */
+KMS_WUR kms_err store_cert_lookup(struct store *s, enum store_cert_kind kind, const char *value,
+				  int64_t *principal_id);
 
 #endif

@@ -1,5 +1,6 @@
 /* The integration driver of libkmsclient: tests/integration/test_kmsclient.py runs it
- * against a real kmsd. Settings from KMS_ADDR, KMS_CACERT, KMS_TOKEN_FILE; KMSC_CACHE=1
+ * against a real kmsd. Settings from KMS_ADDR, KMS_CACERT, KMS_TOKEN_FILE (and
+ * KMS_CLIENT_CERT, KMS_CLIENT_KEY); KMSC_CACHE=1
  * turns the data-key cache on (age 60 s, 3 messages, 1 MiB unless KMSC_CACHE_MSGS says).
  *
  *   roundtrip T K            datakey, decrypt, rewrap, decrypt again
@@ -45,6 +46,9 @@ static struct kmsc *client(int cache, uint64_t msgs, int fake)
 		.addr = getenv("KMS_ADDR"),
 		.ca_file = getenv("KMS_CACERT"),
 		.token_file = getenv("KMS_TOKEN_FILE"),
+		/* mTLS: a mapped client certificate may stand in for the token */
+		.client_cert = getenv("KMS_CLIENT_CERT"),
+		.client_key = getenv("KMS_CLIENT_KEY"),
 		.cache = cache,
 		.cache_max_age_ms = 60000,
 		.cache_max_messages = msgs,

@@ -130,7 +130,7 @@ def table(stdout):
 
 LEAVES = {
     "tenant": ["create", "read", "list", "config"],
-    "principal": ["create", "read", "list"],
+    "principal": ["create", "read", "list", "cert-add", "cert-list", "cert-revoke"],
     "token": ["create", "revoke", "lookup"],
     "key": ["create", "read", "list", "rotate", "config", "revoke", "restore", "history",
             "legal-hold", "trim", "version"],

@@ -133,3 +133,32 @@ def test_newer_store_refused(old, tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "newer" in r.stderr or "schema version" in r.stderr, r.stderr
+
+
+def test_principals_rebuilt_keeping_ids(old, tmp_path):
+    """The step that adds the auditor role rebuilds principals (SQLite cannot change a
+    CHECK): same rows, same ids, every reference to them still valid."""
+    def rows(path, sql):
+        db = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
+        try:
+            return db.execute(sql).fetchall()
+        finally:
+            db.close()
+    before_db = str(tmp_path / "before.db")  # a copy: opening the fixture would add -wal/-shm to it
+    shutil.copyfile(os.path.join(FIXTURE, "kmsd.db"), before_db)
+    for sql in ("SELECT id, name, role, created FROM principals ORDER BY id",
+                "SELECT accessor, principal_id FROM api_tokens ORDER BY accessor",
+                "SELECT principal_id, tenant_id FROM principal_tenants ORDER BY 1, 2"):
+        before = rows(before_db, sql)
+        assert before, sql
+        assert rows(old.store_path, sql) == before, sql
+    assert rows(old.store_path, "PRAGMA foreign_key_check") == []
+    assert rows(old.store_path, "PRAGMA integrity_check") == [("ok",)]
+    ddl = rows(old.store_path, "SELECT sql FROM sqlite_master WHERE name = 'principals'")[0][0]
+    assert "'auditor'" in ddl
+    assert rows(old.store_path, "SELECT count(*) FROM sqlite_master WHERE name = 'principals_copy'") == [(0,)]
+    # the old admin token still works, and can now make an auditor
+    old.admin_post("/v1/sys/principals/upgrade-auditor", {"role": "auditor"})
+    tok = old.create_token("upgrade-auditor")[0]
+    r = old.get("/v1/legacy/keys/records", token=tok)
+    assert r.status_code == 200, r.text

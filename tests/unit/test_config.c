@@ -26,6 +26,7 @@ static const char *const all_options[] = {
 	"audit_checkpoint_seconds", "policy_file", "max_encryptions_per_version",
 	"audit_segment_mb", "audit_segment_seconds", "audit_syslog", "rate_limit_rps",
 	"rate_limit_burst", "rate_limit_ops", "auth_fail_rps", "auth_fail_burst", "user",
+	"tls_client_ca", "tls_client_auth",
 	"metrics_listen", "metrics_port_file",
 };
 
@@ -348,6 +349,23 @@ static void test_validate(void **state)
 	valid_base(&cfg);
 	memset(cfg.token_label, 'x', sizeof(cfg.token_label)); /* not terminated */
 	expect_invalid(&cfg, "token_label: is not terminated");
+
+	/* client certificates (mTLS) */
+	valid_base(&cfg);
+	assert_string_equal(cfg.tls_client_ca, "");
+	assert_string_equal(cfg.tls_client_auth, "optional");
+	snprintf(cfg.tls_client_ca, sizeof(cfg.tls_client_ca), "clients.pem");
+	assert_int_equal(kms_config_validate(&cfg), KMS_OK);
+	snprintf(cfg.tls_client_auth, sizeof(cfg.tls_client_auth), "required");
+	assert_int_equal(kms_config_validate(&cfg), KMS_OK);
+	snprintf(cfg.tls_client_auth, sizeof(cfg.tls_client_auth), "sometimes");
+	expect_invalid(&cfg, "tls_client_auth: must be optional or required");
+	snprintf(cfg.tls_client_auth, sizeof(cfg.tls_client_auth), "optional");
+	cfg.tls = false;
+	expect_invalid(&cfg, "tls_client_ca: client certificates need tls = true");
+	valid_base(&cfg);
+	snprintf(cfg.tls_client_auth, sizeof(cfg.tls_client_auth), "required");
+	expect_invalid(&cfg, "tls_client_auth: required needs tls_client_ca");
 }
 
 static void write_file(const char *path, const void *data, size_t len)

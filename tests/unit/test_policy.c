@@ -73,6 +73,25 @@ static const struct {
 	{POLICY_ROLE_SERVICE, scope_a, 1, KMS_OP_TOKEN_LOOKUP_SELF, 0, 1},
 	{POLICY_ROLE_SERVICE, NULL, 0, KMS_OP_DATAKEY, 1, 0},
 	{POLICY_ROLE_SERVICE, scope_a, 1, (enum kms_op)999, 1, 0},
+	/* auditor: audit reads on every tenant, no change, no key material */
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_AUDIT_HASH, 0, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_METRICS, 0, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_KEY_READ, 7, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_KEY_LIST, 7, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_KEY_HISTORY, 7, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_TENANT_READ, 0, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_TENANT_LIST, 0, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_VERSION_RECEIPT, 7, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_POLICY_READ, 0, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_TOKEN_LOOKUP_SELF, 0, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_DATAKEY, 7, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_DECRYPT, 7, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_KEY_ROTATE, 7, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_KEY_CREATE, 7, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_TENANT_CREATE, 0, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_POLICY_WRITE, 0, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_TOKEN_CREATE, 0, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_PRINCIPAL_CERT_ADD, 0, 0},
 };
 
 static void test_policy_table(void **state)
@@ -96,6 +115,8 @@ static void test_roles(void **state)
 	(void)state;
 	assert_int_equal(policy_role_parse("admin"), POLICY_ROLE_ADMIN);
 	assert_int_equal(policy_role_parse("service"), POLICY_ROLE_SERVICE);
+	assert_int_equal(policy_role_parse("auditor"), POLICY_ROLE_AUDITOR);
+	assert_string_equal(policy_role_name(POLICY_ROLE_AUDITOR), "auditor");
 	assert_int_equal(policy_role_parse("root"), POLICY_ROLE_NONE);
 	assert_int_equal(policy_role_parse(NULL), POLICY_ROLE_NONE);
 	assert_string_equal(policy_role_name(POLICY_ROLE_SERVICE), "service");

@@ -72,9 +72,10 @@ static void test_good_documents(void **state)
 
 	assert_int_equal(policy_doc_default(&doc), KMS_OK);
 	assert_int_equal(policy_doc_version(doc), 1);
-	assert_int_equal(policy_doc_rule_count(doc), 6);
+	assert_int_equal(policy_doc_rule_count(doc), 7);
 	assert_string_equal(policy_doc_rule_name(doc, 0), "health-is-public");
-	assert_null(policy_doc_rule_name(doc, 6));
+	assert_string_equal(policy_doc_rule_name(doc, 6), "auditor-read");
+	assert_null(policy_doc_rule_name(doc, 7));
 	assert_int_equal(policy_doc_uses(doc), 0);
 	policy_doc_free(doc);
 

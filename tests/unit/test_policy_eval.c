@@ -430,6 +430,50 @@ static const struct {
 	{POLICY_ROLE_SERVICE, scope_a, 1, KMS_OP_TOKEN_LOOKUP_SELF, 0, 1},
 	{POLICY_ROLE_SERVICE, NULL, 0, KMS_OP_DATAKEY, 1, 0},
 	{POLICY_ROLE_SERVICE, scope_a, 1, (enum kms_op)999, 1, 0},
+	/* auditor: reads what an audit needs on every tenant; never a change, never key material */
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_AUDIT_HASH, 0, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_METRICS, 0, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_KEY_READ, 7, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_KEY_READ, -1, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_KEY_LIST, 7, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_KEY_HISTORY, 7, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_TENANT_READ, 0, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_TENANT_LIST, 0, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_VERSION_RECEIPT, 7, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_POLICY_READ, 0, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_TOKEN_LOOKUP_SELF, 0, 1},
+	{POLICY_ROLE_AUDITOR, scope_a, 1, KMS_OP_KEY_READ, 2, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_HEALTH, 0, 1},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_DATAKEY, 7, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_ENCRYPT, 7, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_DECRYPT, 7, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_REWRAP, 7, 0},
+	{POLICY_ROLE_AUDITOR, scope_a, 1, KMS_OP_DATAKEY, 1, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_KEY_CREATE, 7, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_KEY_ROTATE, 7, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_KEY_CONFIG, 7, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_KEY_REVOKE, 7, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_KEY_TRIM, 7, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_KEY_LEGAL_HOLD, 7, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_VERSION_SCHEDULE_DESTROY, 7, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_TENANT_CREATE, 0, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_TENANT_CONFIG, 0, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_PRINCIPAL_CREATE, 0, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_PRINCIPAL_READ, 0, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_TOKEN_CREATE, 0, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_TOKEN_REVOKE, 0, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_TOKEN_LOOKUP_ACCESSOR, 0, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_POLICY_WRITE, 0, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_PRINCIPAL_CERT_ADD, 0, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_PRINCIPAL_CERT_LIST, 0, 0},
+	{POLICY_ROLE_AUDITOR, NULL, 0, KMS_OP_PRINCIPAL_CERT_REVOKE, 0, 0},
+	/* the certificate mappings are admin business */
+	{POLICY_ROLE_ADMIN, NULL, 0, KMS_OP_PRINCIPAL_CERT_ADD, 0, 1},
+	{POLICY_ROLE_ADMIN, NULL, 0, KMS_OP_PRINCIPAL_CERT_LIST, 0, 1},
+	{POLICY_ROLE_ADMIN, NULL, 0, KMS_OP_PRINCIPAL_CERT_REVOKE, 0, 1},
+	{POLICY_ROLE_SERVICE, scope_a, 1, KMS_OP_PRINCIPAL_CERT_ADD, 0, 0},
+	{POLICY_ROLE_SERVICE, scope_a, 1, KMS_OP_PRINCIPAL_CERT_LIST, 0, 0},
+	{POLICY_ROLE_SERVICE, scope_a, 1, KMS_OP_AUDIT_HASH, 0, 0},
 };
 
 /* How the core would fill the new input from today's subject and request. */
@@ -461,7 +505,7 @@ static void test_default_matches_policy_decide(void **state)
 
 	assert_int_equal(policy_doc_default(&doc), KMS_OK);
 	assert_int_equal(policy_doc_version(doc), 1);
-	assert_int_equal(policy_doc_rule_count(doc), 6);
+	assert_int_equal(policy_doc_rule_count(doc), 7);
 	for (size_t i = 0; i < sizeof(old_cases) / sizeof(old_cases[0]); i++) {
 		old_to_input(old_cases[i].role, NULL, old_cases[i].scope, old_cases[i].n, old_cases[i].op,
 			     old_cases[i].tenant, tname, sizeof(tname), &in);
@@ -481,7 +525,7 @@ static void test_default_matches_policy_decide(void **state)
 	static const int64_t tenants[] = {-1, 0, 1, 2, 3};
 	static const char *const unknown[] = {NULL, "root"};
 	size_t compared = 0;
-	for (int r = POLICY_ROLE_NONE; r <= POLICY_ROLE_SERVICE; r++)
+	for (int r = POLICY_ROLE_NONE; r <= POLICY_ROLE_AUDITOR; r++)
 		for (size_t u = 0; u < (r == POLICY_ROLE_NONE ? 2u : 1u); u++)
 			for (size_t s = 0; s < 3; s++)
 				for (size_t t = 0; t < 5; t++)

@@ -54,6 +54,15 @@ static void test_routes(void **state)
 	expect("GET", 0, "/v1/sys/tenants", ROUTE_METHOD, 0, NULL, NULL, NULL, NULL);
 	expect("POST", 0, "/v1/sys/principals/svc/tokens", ROUTE_OK, KMS_OP_TOKEN_CREATE, NULL, NULL, "svc", NULL);
 	expect("POST", 0, "/v1/sys/tokens/revoke", ROUTE_OK, KMS_OP_TOKEN_REVOKE, NULL, NULL, NULL, NULL);
+	/* client certificate mappings */
+	expect("POST", 0, "/v1/sys/principals/svc/certs", ROUTE_OK, KMS_OP_PRINCIPAL_CERT_ADD, NULL, NULL, "svc", NULL);
+	expect("GET", 0, "/v1/sys/principals/svc/certs", ROUTE_OK, KMS_OP_PRINCIPAL_CERT_LIST, NULL, NULL, "svc", NULL);
+	expect("LIST", 0, "/v1/sys/principals/svc/certs", ROUTE_OK, KMS_OP_PRINCIPAL_CERT_LIST, NULL, NULL, "svc", NULL);
+	expect("GET", 1, "/v1/sys/principals/svc/certs", ROUTE_OK, KMS_OP_PRINCIPAL_CERT_LIST, NULL, NULL, "svc", NULL);
+	expect("POST", 0, "/v1/sys/principals/svc/certs/revoke", ROUTE_OK, KMS_OP_PRINCIPAL_CERT_REVOKE, NULL, NULL, "svc",
+	       NULL);
+	expect("GET", 0, "/v1/sys/principals/svc/certs/revoke", ROUTE_METHOD, 0, NULL, NULL, NULL, NULL);
+	expect("DELETE", 0, "/v1/sys/principals/svc/certs", ROUTE_METHOD, 0, NULL, NULL, NULL, NULL);
 	expect("GET", 0, "/v1/auth/token/lookup-self", ROUTE_OK, KMS_OP_TOKEN_LOOKUP_SELF, NULL, NULL, NULL, NULL);
 	expect("POST", 0, "/v1/demo/keys/k1", ROUTE_OK, KMS_OP_KEY_CREATE, "demo", "k1", NULL, NULL);
 	expect("GET", 0, "/v1/demo/keys/k1", ROUTE_OK, KMS_OP_KEY_READ, "demo", "k1", NULL, NULL);

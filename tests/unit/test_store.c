@@ -1251,6 +1251,82 @@ static void test_master_keys(void **state)
 	assert_int_equal(store_mk_events_since(f->s, 0, 0, &evs, &n), KMS_ERR_INVALID);
 }
 
+/* Client certificate mappings (mTLS) and the auditor role (schema step 9). */
+static void test_principal_certs(void **state)
+{
+	struct fx *f = *state;
+	struct store_cert *certs = NULL;
+	struct store_principal p;
+	int64_t admin, svc, aud, got, id;
+	char big[STORE_CERT_VALUE_MAX + 2];
+	const char *spki = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+	size_t n = 0;
+
+	assert_int_equal(store_principal_create(f->s, "ops", "admin", NULL, 0, 1, &admin), KMS_OK);
+	assert_int_equal(store_principal_create(f->s, "ehr", "service", &f->tenant, 1, 1, &svc), KMS_OK);
+	assert_int_equal(store_principal_create(f->s, "carol", "auditor", NULL, 0, 1, &aud), KMS_OK);
+	assert_int_equal(store_principal_get(f->s, "carol", &p), KMS_OK);
+	assert_string_equal(p.role, "auditor");
+	assert_int_equal(store_principal_create(f->s, "eve", "superuser", NULL, 0, 1, NULL), KMS_ERR_INVALID);
+
+	assert_int_equal(store_cert_kind_parse("spki"), STORE_CERT_SPKI);
+	assert_int_equal(store_cert_kind_parse("subject"), STORE_CERT_SUBJECT);
+	assert_int_equal(store_cert_kind_parse("issuer"), 0);
+	assert_int_equal(store_cert_kind_parse(NULL), 0);
+	assert_string_equal(store_cert_kind_name(0), "unknown");
+
+	assert_int_equal(store_cert_add(f->s, svc, STORE_CERT_SPKI, spki, 10, &id), KMS_OK);
+	assert_true(id > 0);
+	/* one value, one principal */
+	assert_int_equal(store_cert_add(f->s, admin, STORE_CERT_SPKI, spki, 11, NULL), KMS_ERR_CONFLICT);
+	assert_int_equal(store_cert_add(f->s, svc, STORE_CERT_SPKI, spki, 11, NULL), KMS_ERR_CONFLICT);
+	/* the same text as another kind is another mapping */
+	assert_int_equal(store_cert_add(f->s, aud, STORE_CERT_SUBJECT, spki, 12, NULL), KMS_OK);
+	assert_int_equal(store_cert_add(f->s, admin, STORE_CERT_SUBJECT, "CN=ops,O=Example", 13, NULL), KMS_OK);
+	assert_int_equal(store_cert_add(f->s, 987654, STORE_CERT_SUBJECT, "CN=x", 1, NULL), KMS_ERR_NOT_FOUND);
+	assert_int_equal(store_cert_add(f->s, svc, 0, "CN=x", 1, NULL), KMS_ERR_INVALID);
+	assert_int_equal(store_cert_add(f->s, svc, STORE_CERT_SUBJECT, "", 1, NULL), KMS_ERR_INVALID);
+	assert_int_equal(store_cert_add(f->s, svc, STORE_CERT_SUBJECT, NULL, 1, NULL), KMS_ERR_INVALID);
+	memset(big, 'a', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	assert_int_equal(store_cert_add(f->s, svc, STORE_CERT_SUBJECT, big, 1, NULL), KMS_ERR_INVALID);
+	big[STORE_CERT_VALUE_MAX] = '\0'; /* exactly the maximum */
+	assert_int_equal(store_cert_add(f->s, svc, STORE_CERT_SUBJECT, big, 14, NULL), KMS_OK);
+
+	assert_int_equal(store_cert_lookup(f->s, STORE_CERT_SPKI, spki, &got), KMS_OK);
+	assert_int_equal(got, svc);
+	assert_int_equal(store_cert_lookup(f->s, STORE_CERT_SUBJECT, spki, &got), KMS_OK);
+	assert_int_equal(got, aud);
+	assert_int_equal(store_cert_lookup(f->s, STORE_CERT_SUBJECT, "CN=ops,O=Example", &got), KMS_OK);
+	assert_int_equal(got, admin);
+	/* exact match only */
+	assert_int_equal(store_cert_lookup(f->s, STORE_CERT_SUBJECT, "cn=ops,O=Example", &got), KMS_ERR_NOT_FOUND);
+	assert_int_equal(store_cert_lookup(f->s, STORE_CERT_SUBJECT, "CN=ops, O=Example", &got), KMS_ERR_NOT_FOUND);
+	assert_int_equal(store_cert_lookup(f->s, STORE_CERT_SPKI, spki, NULL), KMS_ERR_INVALID);
+
+	assert_int_equal(store_cert_list(f->s, svc, &certs, &n), KMS_OK);
+	assert_int_equal(n, 2);
+	assert_int_equal(certs[0].kind, STORE_CERT_SPKI);
+	assert_string_equal(certs[0].value, spki);
+	assert_int_equal(certs[0].created, 10);
+	assert_int_equal(certs[1].kind, STORE_CERT_SUBJECT);
+	assert_int_equal(strlen(certs[1].value), STORE_CERT_VALUE_MAX);
+	free(certs);
+	assert_int_equal(store_cert_list(f->s, 987654, &certs, &n), KMS_OK);
+	assert_int_equal(n, 0);
+	assert_null(certs);
+
+	/* delete: only the principal's own mapping, and then it is gone */
+	assert_int_equal(store_cert_delete(f->s, admin, STORE_CERT_SPKI, spki), KMS_ERR_NOT_FOUND);
+	assert_int_equal(store_cert_delete(f->s, svc, STORE_CERT_SPKI, spki), KMS_OK);
+	assert_int_equal(store_cert_lookup(f->s, STORE_CERT_SPKI, spki, &got), KMS_ERR_NOT_FOUND);
+	assert_int_equal(store_cert_delete(f->s, svc, STORE_CERT_SPKI, spki), KMS_ERR_NOT_FOUND);
+	/* and the value is free again */
+	assert_int_equal(store_cert_add(f->s, admin, STORE_CERT_SPKI, spki, 20, NULL), KMS_OK);
+	assert_int_equal(store_cert_lookup(f->s, STORE_CERT_SPKI, spki, &got), KMS_OK);
+	assert_int_equal(got, admin);
+}
+
 /* Gauges and compliance rows: one aggregate each, figures as the rows say. */
 static void test_gauges_and_report_rows(void **state)
 {
@@ -1364,6 +1440,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_destroy_and_due, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_other_process_close_keeps_our_view, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_master_keys, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_principal_certs, setup, teardown),
 		cmocka_unit_test(test_null_handles),
 		cmocka_unit_test_setup_teardown(test_gauges_and_report_rows, setup, teardown),
 	};
