@@ -93,6 +93,8 @@ static const struct conf_option options[] = {
 	INT(auth_fail_burst, 50, 0, 1000000),
 	/* Whether the account exists is checked when kmsd switches to it (kms/proc.c). */
 	STRING(user, "", 0, check_user),
+	/* NIST SP 800-63B 5.2.2: at most 100 consecutive failed attempts */
+	INT(mfa_max_failures, 5, 1, 100),
 };
 
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))

@@ -41,6 +41,7 @@
  *   rate_limit_ops      string  ""           per principal and operation: "op=rate[:burst],..."
  *   auth_fail_rps       int     5            failed authentications a second per source address, 0..100000 (0 = no limit)
  *   auth_fail_burst     int     50           ...bucket size, 0..1000000 (0 = 2 x rate)
+ *   mfa_max_failures    int     5            consecutive failed TOTP checks before a principal is locked, 1..100
  *   user                string  ""           account to run as when started as root (kms/proc.h); "" = refuse
  *                                            to run as root; "root" = stay root (logged as a warning)
  */
@@ -89,6 +90,7 @@ struct kms_config {
 	int auth_fail_rps;
 	int auth_fail_burst;
 	char user[33]; /* a login name, 1..32 chars */
+	int mfa_max_failures;
 };
 
 /* Fills cfg with every default. */

@@ -39,6 +39,12 @@ static const char *const op_names[KMS_OP__COUNT] = {
 	[KMS_OP_TOKEN_LOOKUP_ACCESSOR] = "token.lookup_accessor",
 	[KMS_OP_KEY_TRIM] = "key.trim",
 	[KMS_OP_MASTER_KEY_ROTATE] = "sys.master_key.rotate",
+	[KMS_OP_MFA_ENROLL] = "mfa.enroll",
+	[KMS_OP_MFA_CONFIRM] = "mfa.confirm",
+	[KMS_OP_MFA_STATUS] = "mfa.status",
+	[KMS_OP_MFA_VERIFY] = "mfa.verify",
+	[KMS_OP_MFA_UNLOCK] = "mfa.unlock",
+	[KMS_OP_MFA_RESET] = "mfa.reset",
 };
 
 const char *kms_op_name(enum kms_op op)

@@ -1016,6 +1016,12 @@ static const op_fn op_table[KMS_OP__COUNT] = {
 	[KMS_OP_AUDIT_HASH] = op_audit_hash,
 	[KMS_OP_METRICS] = op_metrics,
 	[KMS_OP_KEY_TRIM] = op_key_trim,
+	[KMS_OP_MFA_ENROLL] = op_mfa_enroll,
+	[KMS_OP_MFA_CONFIRM] = op_mfa_confirm,
+	[KMS_OP_MFA_STATUS] = op_mfa_status,
+	[KMS_OP_MFA_VERIFY] = op_mfa_verify,
+	[KMS_OP_MFA_UNLOCK] = op_mfa_unlock,
+	[KMS_OP_MFA_RESET] = op_mfa_reset,
 };
 
 static int valid_request_id(const char *s)
@@ -1101,16 +1107,19 @@ static struct policy_doc *policy_current(struct core *c)
 	return d;
 }
 
-/* Applies the verdict's outputs that kmsd cannot satisfy yet. */
-static kms_err verdict_err(const struct policy_verdict *v)
+/* Applies the verdict's outputs: require_mfa is a TOTP step-up (ops_mfa.c), checked
+ * here before the operation runs; quorum is not available yet. */
+static kms_err verdict_err(struct op_ctx *x, const struct policy_verdict *v)
 {
 	if (!v->allow)
 		return kms_errf(KMS_ERR_DENIED, "permission denied");
-	if (v->require_mfa)
-		return kms_errf(KMS_ERR_DENIED, "MFA step-up required by the policy; TOTP enrolment is not available yet");
 	if (v->require_quorum > 0)
 		return kms_errf(KMS_ERR_DENIED, "the policy requires %u approvals; approvals are not available yet",
 				v->require_quorum);
+	if (v->require_mfa && x->core != NULL)
+		return core_mfa_stepup(x->core, x);
+	if (v->require_mfa)
+		return kms_errf(KMS_ERR_DENIED, "MFA step-up required by the policy");
 	return KMS_OK;
 }
 
@@ -1128,12 +1137,12 @@ kms_err core_policy_item(struct op_ctx *x, json_t *item)
 	x->pin->n_context = 0;
 	if (x->reason[0] == '\0' || !v.allow)
 		snprintf(x->reason, sizeof(x->reason), "%s", v.reason);
-	return verdict_err(&v);
+	return verdict_err(x, &v);
 }
 
 void core_call(struct core *c, const struct core_call *call, struct core_result *res)
 {
-	struct op_ctx x = {.call = call};
+	struct op_ctx x = {.call = call, .core = c};
 	struct policy_decision d = {false, "not evaluated"};
 	struct policy_input pin = {0};
 	struct policy_verdict verdict;
@@ -1216,6 +1225,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		}
 		if (rc == KMS_OK) {
 			doc = policy_current(c);
+			if (policy_doc_uses(doc) & POLICY_USES_MFA_AGE)
+				pin.mfa_at = core_mfa_at(c, x.who.id);
 			if ((policy_doc_uses(doc) & POLICY_USES_CONTEXT) && call->body != NULL &&
 			    json_object_get(call->body, "batch_input") != NULL) {
 				/* Decided per item, on each item's own context. */
@@ -1228,10 +1239,12 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 				policy_eval(doc, &pin, &verdict);
 				pin.context = NULL;
 				snprintf(x.reason, sizeof(x.reason), "%s", verdict.reason);
-				rc = verdict_err(&verdict);
+				rc = verdict_err(&x, &verdict);
 				d.allow = verdict.allow;
 				if (rc != KMS_OK)
 					snprintf(sname, sizeof(sname), "%s", kms_err_detail(rc));
+				if (rc == KMS_ERR_DENIED && x.mfa_detail[0] != '\0')
+					snprintf(sname, sizeof(sname), "%s", x.mfa_detail);
 			}
 			d.reason = x.reason;
 		}
@@ -1292,6 +1305,12 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	ar.status = status;
 	ar.reason = rc == KMS_OK ? d.reason : (rc == KMS_ERR_DENIED && x.who.name[0] && x.reason[0]) ? x.reason : detail;
 	ar.extra = extra;
+	ar.mfa = x.mfa_verified;
+	if (rc == KMS_ERR_DENIED && x.mfa_detail[0] != '\0' && x.who.name[0] && x.reason[0]) {
+		/* the record says why the step-up (or the MFA operation) refused */
+		size_t n = strnlen(x.reason, sizeof(x.reason) - 1);
+		snprintf(x.reason + n, sizeof(x.reason) - n, "; %s", x.mfa_detail);
+	}
 
 	/* Fail closed: nothing leaves before its record is durable. */
 	arc = audit_append(c->au, &ar);
@@ -1315,6 +1334,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		const char *msg = detail;
 		if (rc == KMS_ERR_DENIED && sname[0] != '\0' && d.allow)
 			msg = sname; /* allowed, but the policy asks for MFA or approvals */
+		else if (rc == KMS_ERR_DENIED && x.mfa_detail[0] != '\0' && d.allow)
+			msg = x.mfa_detail; /* an MFA operation's own refusal (code, lockout, self-unlock) */
 		else if (rc == KMS_ERR_DENIED)
 			msg = "permission denied"; /* same body whether absent or not yours */
 		else if (rc == KMS_ERR_UNAUTHENTICATED)

@@ -32,6 +32,7 @@ struct core_call {
 	const char *raw_body;	 /* the body as received (for error locations), or NULL */
 	size_t raw_len;
 	const char *format;	 /* ?format= query argument, or NULL */
+	const char *mfa;	 /* X-Vault-MFA header ("totp:<code>" or "recovery:<code>"), or NULL (never logged) */
 };
 
 struct core_result {
@@ -54,6 +55,7 @@ struct core_options {
 	double principal_rps, principal_burst;	   /* every call of one principal */
 	const char *op_limits;			   /* "op=rate[:burst],..." per principal */
 	double auth_fail_rps, auth_fail_burst;	   /* failed authentications per source */
+	unsigned mfa_max_failures;		   /* consecutive TOTP failures before lockout, 1..100; 0 = 5 */
 };
 /* KMS_ERR_CONFIG for a malformed op_limits (validated with the configuration first). */
 KMS_WUR kms_err core_configure(struct core *c, const struct core_options *o);

@@ -97,7 +97,12 @@ struct op_ctx {
 	/* policy decided per batch item (the document has context conditions) */
 	struct policy_doc *item_policy;
 	struct policy_input *pin;
-	char reason[192];
+	char reason[384];
+	/* MFA step-up (ops_mfa.c) */
+	struct core *core;  /* for a step-up asked by a batch item's verdict */
+	bool mfa_verified;  /* a code was verified (and its step persisted) for this request */
+	bool mfa_tried;	    /* a check ran (once per request, success or not) */
+	char mfa_detail[192]; /* why the step-up failed, for the answer */
 };
 
 /* A snapshot of a key's serving state, taken under the cache lock. */
@@ -214,5 +219,21 @@ KMS_WUR kms_err core_audit_results(enum kms_op op, const json_t *body, const jso
 				   json_t *extra);
 KMS_WUR kms_err op_version_receipt(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_policy_write(struct core *c, struct op_ctx *x);
+
+/* ---- MFA step-up (ops_mfa.c) */
+#define CORE_MFA_MAX_FAILURES_DEFAULT 5
+/* The principal's last successful TOTP check (unix seconds), 0 when never or not
+ * active; for the policy's mfa_max_age. A store error gives 0 (the condition fails). */
+int64_t core_mfa_at(struct core *c, int64_t principal_id);
+/* Checks the request's X-Vault-MFA code for x's principal, once per request: KMS_OK
+ * (the step, or the used recovery code, is persisted before this returns) or
+ * KMS_ERR_DENIED with the reason in x->mfa_detail; store/token errors as they come. */
+KMS_WUR kms_err core_mfa_stepup(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_mfa_enroll(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_mfa_confirm(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_mfa_status(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_mfa_verify(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_mfa_unlock(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_mfa_reset(struct core *c, struct op_ctx *x);
 
 #endif

@@ -30,6 +30,13 @@ static const struct route {
 	{M_POST, "/v1/sys/audit-hash/:n", KMS_OP_AUDIT_HASH}, /* Vault's path; :n is ignored */
 	{M_GET, "/v1/sys/metrics", KMS_OP_METRICS},
 	{M_GET, "/v1/auth/token/lookup-self", KMS_OP_TOKEN_LOOKUP_SELF},
+	{M_POST, "/v1/sys/mfa/enroll", KMS_OP_MFA_ENROLL},
+	{M_POST, "/v1/sys/mfa/confirm", KMS_OP_MFA_CONFIRM},
+	{M_GET, "/v1/sys/mfa/status", KMS_OP_MFA_STATUS},
+	{M_GET, "/v1/sys/mfa/status/:n", KMS_OP_MFA_STATUS},
+	{M_POST, "/v1/sys/mfa/verify", KMS_OP_MFA_VERIFY},
+	{M_POST, "/v1/sys/mfa/unlock/:n", KMS_OP_MFA_UNLOCK},
+	{M_POST, "/v1/sys/mfa/reset/:n", KMS_OP_MFA_RESET},
 	{M_POST, "/v1/auth/token/lookup-accessor", KMS_OP_TOKEN_LOOKUP_ACCESSOR},
 	{M_LIST, "/v1/:t/keys", KMS_OP_KEY_LIST},
 	{M_POST, "/v1/:t/keys/:k", KMS_OP_KEY_CREATE},

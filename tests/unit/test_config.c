@@ -26,6 +26,7 @@ static const char *const all_options[] = {
 	"audit_checkpoint_seconds", "policy_file", "max_encryptions_per_version",
 	"audit_segment_mb", "audit_segment_seconds", "audit_syslog", "rate_limit_rps",
 	"rate_limit_burst", "rate_limit_ops", "auth_fail_rps", "auth_fail_burst", "user",
+	"mfa_max_failures",
 };
 
 /* Parses text as "t.conf" and expects failure with exactly this detail. */
