@@ -169,18 +169,6 @@ kms_err core_mfa_stepup(struct core *c, struct op_ctx *x)
 	if (x->mfa_tried) /* one check per request; a failed one stays failed */
 		return kms_errf(KMS_ERR_DENIED, "%s", x->mfa_detail[0] ? x->mfa_detail : "MFA check failed");
 	x->mfa_tried = true;
-	if (h == NULL || *h == '\0') {
-		__atomic_fetch_add(&c->met.mfa_missing, 1, __ATOMIC_RELAXED);
-		set_detail(x, "MFA required: send a current TOTP code in the X-Vault-MFA header (totp:<code>)");
-		return kms_errf(KMS_ERR_DENIED, "%s", x->mfa_detail);
-	}
-	hl = strnlen(h, MFA_HEADER_MAX + 1);
-	if (hl > MFA_HEADER_MAX ||
-	    (strncmp(h, "totp:", 5) != 0 && strncmp(h, "recovery:", 9) != 0)) {
-		__atomic_fetch_add(&c->met.mfa_failed, 1, __ATOMIC_RELAXED);
-		set_detail(x, "malformed X-Vault-MFA header: expected totp:<code> or recovery:<code>");
-		return kms_errf(KMS_ERR_DENIED, "%s", x->mfa_detail);
-	}
 	m = kms_secret_alloc(sizeof(*m));
 	if (m == NULL)
 		return kms_errf(KMS_ERR_NOMEM, "mfa");
@@ -196,6 +184,20 @@ kms_err core_mfa_stepup(struct core *c, struct op_ctx *x)
 		goto out;
 	if (m->locked) {
 		rc = refuse_locked(c, x);
+		goto out;
+	}
+	if (h == NULL || *h == '\0') {
+		__atomic_fetch_add(&c->met.mfa_missing, 1, __ATOMIC_RELAXED);
+		set_detail(x, "MFA required: send a current TOTP code in the X-Vault-MFA header (totp:<code>)");
+		rc = kms_errf(KMS_ERR_DENIED, "%s", x->mfa_detail);
+		goto out;
+	}
+	hl = strnlen(h, MFA_HEADER_MAX + 1);
+	if (hl > MFA_HEADER_MAX ||
+	    (strncmp(h, "totp:", 5) != 0 && strncmp(h, "recovery:", 9) != 0)) {
+		__atomic_fetch_add(&c->met.mfa_failed, 1, __ATOMIC_RELAXED);
+		set_detail(x, "malformed X-Vault-MFA header: expected totp:<code> or recovery:<code>");
+		rc = kms_errf(KMS_ERR_DENIED, "%s", x->mfa_detail);
 		goto out;
 	}
 	if (strncmp(h, "totp:", 5) == 0) {
