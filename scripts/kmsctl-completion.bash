@@ -15,8 +15,8 @@ _kmsctl()
 		cword=$COMP_CWORD
 	fi
 
-	local globals="--addr --ca-cert --token-file --config --format --timeout --help"
-	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open audit"
+	local globals="--addr --ca-cert --token-file --config --format --timeout --mfa --help"
+	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open mfa audit"
 
 	# option values
 	case $prev in
@@ -75,6 +75,7 @@ _kmsctl()
 		config) opts="--retention-days --min-destroy-wait-days --legal-hold" ;;
 		esac
 		;;
+	mfa) subs="enroll confirm status verify unlock reset" ;;
 	principal)
 		subs="create read list"
 		[ "${path[1]}" = create ] && opts="--role --tenant"

@@ -12,14 +12,17 @@ import hashlib
 import hmac
 import json
 import os
+import pty
 import sqlite3
 import struct
+import subprocess
 import time
 import urllib.parse
 
 import pytest
 
 from conftest import uniq
+from test_kmsctl import base_env, kmsctl_bin, write_secret
 
 KMSD_BUILTIN_POLICY = True
 KMSD_TEST_CLOCK = True
@@ -435,6 +438,93 @@ def test_services_cannot_use_mfa_endpoints(kmsd, st):
                  ("POST", "/v1/sys/mfa/unlock/admin"), ("POST", "/v1/sys/mfa/reset/admin")):
         r = kmsd.request(m, p, token=tok)
         assert r.status_code == 403 and err(r) == "permission denied", (p, r.text)
+
+
+def kmsctl(kmsd, home, *args, token=None, env=None, stdin=None, want=None):
+    e = base_env(home)
+    e["KMS_ADDR"], e["KMS_CACERT"] = kmsd.url, kmsd.ca
+    e.update(env or {})
+    argv = [kmsctl_bin()] + (["--token-file", token] if token else []) + list(args)
+    r = subprocess.run(argv, env=e, input=stdin, capture_output=True, text=True, timeout=60)
+    assert "ERROR: AddressSanitizer" not in r.stderr and "runtime error:" not in r.stderr, r.stderr
+    if want is not None:
+        assert r.returncode == want, "kmsctl %s -> %d\n%s\n%s" % (args, r.returncode, r.stdout, r.stderr)
+    return r
+
+
+def test_kmsctl_mfa(kmsd, st, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    # a third admin, enrolled entirely through kmsctl
+    name3 = uniq("admin3")
+    a1tok = kmsd.admin_token_file
+    s = st.clock.next()
+    kmsctl(kmsd, home, "principal", "create", name3, "--role", "admin", token=a1tok,
+           env={"KMS_MFA": totp(st.a1.secret, s)}, want=0)
+    s = st.clock.next()
+    r = kmsctl(kmsd, home, "--format", "json", "token", "create", name3, token=a1tok,
+               env={"KMS_MFA": "totp:" + totp(st.a1.secret, s)}, want=0)
+    tok3 = write_secret(tmp_path / "a3.token", json.loads(r.stdout)["auth"]["client_token"])
+    # no code and no terminal: refused with the server's message, exit 1
+    r = kmsctl(kmsd, home, "tenant", "create", uniq("t"), token=tok3, want=1)
+    assert "403" in r.stderr and "MFA required" in r.stderr, r.stderr
+    # a code is never an argv value
+    r = kmsctl(kmsd, home, "--mfa=123456", "mfa", "status", token=tok3, want=2)
+    assert "--mfa takes no value" in r.stderr
+    # enroll: not a terminal, so no QR code; the secret and recovery codes are printed once
+    r = kmsctl(kmsd, home, "mfa", "enroll", token=tok3, want=0)
+    assert "\u2580" not in r.stdout
+    lines = dict(ln.split(None, 1) for ln in r.stdout.splitlines() if ln.startswith(("secret ", "otpauth_uri ")))
+    secret3 = lines["secret"].strip()
+    assert lines["otpauth_uri"].startswith("otpauth://totp/kmsd:%s?secret=%s" % (name3, secret3))
+    assert r.stdout.count("\n  ") == 10  # ten recovery codes
+    r = kmsctl(kmsd, home, "--format", "json", "mfa", "status", token=tok3, want=0)
+    assert json.loads(r.stdout)["state"] == "pending"
+    # confirm reads the code from stdin
+    s = st.clock.next()
+    kmsctl(kmsd, home, "mfa", "confirm", token=tok3, stdin=totp(secret3, s) + "\n", want=0)
+    r = kmsctl(kmsd, home, "--format", "json", "mfa", "status", token=tok3, want=0)
+    assert json.loads(r.stdout)["state"] == "active"
+    s = st.clock.next()
+    kmsctl(kmsd, home, "tenant", "create", uniq("t"), token=tok3, env={"KMS_MFA": totp(secret3, s)}, want=0)
+    # the same code again is refused
+    r = kmsctl(kmsd, home, "tenant", "create", uniq("t"), token=tok3, env={"KMS_MFA": totp(secret3, s)}, want=1)
+    assert "already used" in r.stderr, r.stderr
+    # status of another principal, verify, unlock and reset of another, never of oneself
+    r = kmsctl(kmsd, home, "--format", "json", "mfa", "status", "admin", token=tok3, want=0)
+    assert json.loads(r.stdout)["principal"] == "admin"
+    s = st.clock.next()
+    kmsctl(kmsd, home, "mfa", "verify", token=tok3, env={"KMS_MFA": totp(secret3, s)}, want=0)
+    s = st.clock.next()
+    r = kmsctl(kmsd, home, "mfa", "unlock", name3, token=tok3, env={"KMS_MFA": totp(secret3, s)}, want=1)
+    assert "cannot unlock its own" in r.stderr, r.stderr
+    s = st.clock.next()
+    kmsctl(kmsd, home, "mfa", "unlock", "admin", token=tok3, env={"KMS_MFA": totp(secret3, s)}, want=0)
+    s = st.clock.next()
+    kmsctl(kmsd, home, "mfa", "reset", name3, token=a1tok, env={"KMS_MFA": totp(st.a1.secret, s)}, want=0)
+    r = kmsctl(kmsd, home, "--format", "json", "mfa", "status", token=tok3, want=0)
+    assert json.loads(r.stdout)["enrolled"] is False
+    # on a terminal, enroll draws the QR code
+    master, slave = pty.openpty()
+    e = base_env(home)
+    e["KMS_ADDR"], e["KMS_CACERT"] = kmsd.url, kmsd.ca
+    p = subprocess.Popen([kmsctl_bin(), "--token-file", tok3, "mfa", "enroll"], env=e, stdout=slave,
+                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    p.wait(timeout=60)
+    os.close(master)
+    assert p.returncode == 0, p.stderr.read()
+    text = out.decode("utf-8", "replace")
+    assert text.count("\u2580") > 200 and "otpauth://totp/kmsd:" + name3 in text, text[:2000]
 
 
 def test_mfa_max_age(kmsd, st):
