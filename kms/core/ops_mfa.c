@@ -132,6 +132,7 @@ static kms_err check_recovery(struct core *c, struct op_ctx *x, const struct sto
 {
 	struct totp_recovery set;
 	char enc[TOTP_RECOVERY_ENC_MAX];
+	unsigned left;
 	kms_err rc;
 
 	if (totp_recovery_decode(m->recovery, &set) != KMS_OK) {
@@ -142,17 +143,18 @@ static kms_err check_recovery(struct core *c, struct op_ctx *x, const struct sto
 		kms_wipe(&set, sizeof(set));
 		return record_failure(c, x, "recovery code invalid or already used");
 	}
+	left = totp_recovery_left(&set);
 	if (totp_recovery_encode(&set, enc, sizeof(enc)) < 0) {
 		kms_wipe(&set, sizeof(set));
 		return kms_errf(KMS_ERR_INTERNAL, "recovery code set does not encode");
 	}
 	kms_wipe(&set, sizeof(set));
 	rc = store_mfa_use_recovery(c->st, x->who.id, m->recovery, enc, core_now());
+	kms_wipe(enc, sizeof(enc));
 	if (rc == KMS_ERR_CONFLICT)
 		return record_failure(c, x, "recovery code invalid or already used");
 	if (rc == KMS_OK)
-		kms_warn("mfa: principal %s used a recovery code (%u left)", x->who.name,
-			 totp_recovery_left(&set) > 0 ? totp_recovery_left(&set) : 0);
+		kms_warn("mfa: principal %s used a recovery code (%u left)", x->who.name, left);
 	return rc;
 }
 
