@@ -8,6 +8,12 @@ that is how ASan/LSan/UBSan findings fail the suite (KMSD_BIN=build/asan/kmsd), 
 ThreadSanitizer's (KMSD_BIN=build/tsan/kmsd, tests/tsan.supp) and valgrind's
 (KMSD_PREFIX, below) too.
 
+Policy: the built-in policy asks for a TOTP step-up (X-Vault-MFA) on every admin change.
+Unless a module sets `KMSD_BUILTIN_POLICY = True` (tests/integration/test_mfa.py does),
+its kmsd gets `policy_file` = the built-in document (`kmsd default-policy`) with every
+`require_mfa` removed and nothing else changed, so that the other modules can act as an
+admin with a bare token. A module's KMSD_EXTRA_OPTS may still name a policy_file of its own.
+
 Environment:
   KMSD_BIN              the server binary (default build/kmsd, relative to the repo root)
   KMSD_PREFIX           a command run in front of every kmsd, split on blanks (make
