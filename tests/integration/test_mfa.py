@@ -527,6 +527,47 @@ def test_kmsctl_mfa(kmsd, st, tmp_path):
     assert text.count("\u2580") > 200 and "otpauth://totp/kmsd:" + name3 in text, text[:2000]
 
 
+def test_one_code_races_itself(kmsd, st):
+    """The step is taken with a compare-and-set: of two requests carrying one code at
+    the same moment, exactly one passes."""
+    import concurrent.futures
+    path = "/v1/sys/tenants/%s/config" % st.tenant
+    for _ in range(3):
+        s = st.clock.next()
+        code = st.a2.code(s)
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            futs = [ex.submit(kmsd.request, "POST", path, token=st.a2.token,
+                              json_body={"legal_hold": False}, headers={"X-Vault-MFA": code})
+                    for _ in range(2)]
+            codes = sorted(f.result().status_code for f in futs)
+        assert codes == [200, 403], codes
+
+
+def test_sealed_seed_bound_to_its_principal(kmsd, st):
+    """A sealed seed copied into another principal's row does not unseal there: the
+    check fails as a server error, never as a wrong code and never as a pass."""
+    db = sqlite3.connect(kmsd.store_path, timeout=30)
+    try:
+        ids = dict(db.execute("SELECT name, id FROM principals").fetchall())
+        (blob,) = db.execute("SELECT sealed_seed FROM principal_mfa WHERE principal_id = ?",
+                             (ids["admin"],)).fetchone()
+        db.execute("UPDATE principal_mfa SET sealed_seed = ? WHERE principal_id = ?", (blob, ids[st.a2.name]))
+        db.commit()
+    finally:
+        db.close()
+    path = "/v1/sys/tenants/%s/config" % st.tenant
+    failures = st.a2.status()["failures"]
+    s = st.clock.next()
+    for code in (st.a2.code(s), st.a1.code(s)):
+        r = st.a2.call("POST", path, {"legal_hold": False}, mfa=code)
+        assert r.status_code == 500, r.text
+        assert "invalid" not in err(r)
+    assert st.a2.status()["failures"] == failures  # not counted as wrong codes
+    s = st.clock.next()
+    r = st.a1.call("POST", "/v1/sys/mfa/reset/" + st.a2.name, mfa=st.a1.code(s))
+    assert r.status_code == 200, r.text
+
+
 def test_mfa_max_age(kmsd, st):
     d = kmsd.get("/v1/sys/policy", token=kmsd.admin_token).json()["data"]
     doc, ver = d["document"], d["version"]
