@@ -40,7 +40,7 @@ _kmsctl()
 			key.version.cancel_destroy key.version.destroy key.version.receipt tenant.create
 			tenant.read tenant.list tenant.config principal.create principal.read principal.list
 			token.create token.revoke token.lookup_self token.lookup_accessor policy.read policy.write audit.hash sys.metrics
-			audit.checkpoint audit.recovered" -- "$cur"))
+			mfa.enroll mfa.confirm mfa.status mfa.verify mfa.unlock mfa.reset audit.checkpoint audit.recovered" -- "$cur"))
 		return
 		;;
 	--type) COMPREPLY=($(compgen -W "aes256-gcm96" -- "$cur")); return ;;
