@@ -91,6 +91,9 @@ static const struct conf_option options[] = {
 	STRING(rate_limit_ops, "", 0, check_rate_ops),
 	INT(auth_fail_rps, 5, 0, 100000),
 	INT(auth_fail_burst, 50, 0, 1000000),
+	INT(approval_ttl, 86400, 60, 2592000),
+	INT(break_glass_max_ttl, 3600, 60, 86400),
+	INT(break_glass_reviews, 2, 1, 16),
 	/* Whether the account exists is checked when kmsd switches to it (kms/proc.c). */
 	STRING(user, "", 0, check_user),
 	/* NIST SP 800-63B 5.2.2: at most 100 consecutive failed attempts */

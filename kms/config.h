@@ -42,6 +42,9 @@
  *   auth_fail_rps       int     5            failed authentications a second per source address, 0..100000 (0 = no limit)
  *   auth_fail_burst     int     50           ...bucket size, 0..1000000 (0 = 2 x rate)
  *   mfa_max_failures    int     5            consecutive failed TOTP checks before a principal is locked, 1..100
+ *   approval_ttl        int     86400        seconds a quorum request waits for approvals, 60..2592000
+ *   break_glass_max_ttl int     3600         longest break-glass grant in seconds, 60..86400
+ *   break_glass_reviews int     2            admin reviews a break-glass grant needs, 1..16
  *   user                string  ""           account to run as when started as root (kms/proc.h); "" = refuse
  *                                            to run as root; "root" = stay root (logged as a warning)
  */
@@ -89,6 +92,9 @@ struct kms_config {
 	char rate_limit_ops[1024];
 	int auth_fail_rps;
 	int auth_fail_burst;
+	int approval_ttl;
+	int break_glass_max_ttl;
+	int break_glass_reviews;
 	char user[33]; /* a login name, 1..32 chars */
 	int mfa_max_failures;
 };

@@ -652,6 +652,9 @@ static int cmd_serve(const struct kms_config *cfg)
 			.auth_fail_rps = cfg->auth_fail_rps,
 			.auth_fail_burst = cfg->auth_fail_burst,
 			.mfa_max_failures = (unsigned)cfg->mfa_max_failures,
+			.approval_ttl = cfg->approval_ttl,
+			.break_glass_max_ttl = cfg->break_glass_max_ttl,
+			.break_glass_reviews = (unsigned)cfg->break_glass_reviews,
 		};
 		if ((err = core_configure(core, &copt)) != KMS_OK) {
 			kms_error("%s", kms_err_detail(err));

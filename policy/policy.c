@@ -43,7 +43,7 @@ struct policy_decision policy_decide(const struct policy_subject *who, const str
 	case POLICY_ROLE_ADMIN:
 		/* Admins manage keys but never receive key material: a stolen admin token
 		 * must not be enough to read PHI. */
-		if (op_is_crypto(req->op)) {
+		if (op_is_crypto(req->op) || req->op == KMS_OP_BREAKGLASS_ACTIVATE) {
 			d.reason = "role admin: key material is for service principals only";
 			return d;
 		}

@@ -16,7 +16,7 @@ _kmsctl()
 	fi
 
 	local globals="--addr --ca-cert --token-file --config --format --timeout --mfa --help"
-	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open mfa audit"
+	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open mfa audit approval break-glass"
 
 	# option values
 	case $prev in
@@ -31,6 +31,7 @@ _kmsctl()
 	--retention) COMPREPLY=($(compgen -W "phi non-phi" -- "$cur")); return ;;
 	--role) COMPREPLY=($(compgen -W "admin service" -- "$cur")); return ;;
 	--legal-hold|--deletion-allowed) COMPREPLY=($(compgen -W "true false" -- "$cur")); return ;;
+	--verdict) COMPREPLY=($(compgen -W "justified unjustified" -- "$cur")); return ;;
 	--bits) COMPREPLY=($(compgen -W "128 256 512" -- "$cur")); return ;;
 	--outcome) COMPREPLY=($(compgen -W "allow deny error" -- "$cur")); return ;;
 	--operation)
@@ -40,14 +41,16 @@ _kmsctl()
 			key.version.cancel_destroy key.version.destroy key.version.receipt tenant.create
 			tenant.read tenant.list tenant.config principal.create principal.read principal.list
 			token.create token.revoke token.lookup_self token.lookup_accessor policy.read policy.write audit.hash sys.metrics
-			mfa.enroll mfa.confirm mfa.status mfa.verify mfa.unlock mfa.reset audit.checkpoint audit.recovered" -- "$cur"))
+			mfa.enroll mfa.confirm mfa.status mfa.verify mfa.unlock mfa.reset
+			approval.list approval.read approval.approve approval.deny approval.expire breakglass.activate
+			breakglass.list breakglass.review audit.checkpoint audit.recovered" -- "$cur"))
 		return
 		;;
 	--type) COMPREPLY=($(compgen -W "aes256-gcm96" -- "$cur")); return ;;
 	--chunk-size) COMPREPLY=($(compgen -W "65536 1048576" -- "$cur")); return ;;
 	--addr|--timeout|--ttl|--days|--reason|--context|--key-version|--retention-days|\
 	--min-destroy-wait-days|--min-decryption-version|--min-encryption-version|--auto-rotate-period|\
-	--tenant|--principal|--key|--version|--status|--request-id|--node|--from|--to|--context-hash)
+	--tenant|--principal|--key|--version|--status|--request-id|--node|--from|--to|--context-hash|--note)
 		return
 		;;
 	esac
@@ -102,6 +105,17 @@ _kmsctl()
 			disable|enable|cancel-destroy) opts="--reason" ;;
 			esac
 			;;
+		esac
+		;;
+	approval)
+		subs="list show approve deny"
+		case "${path[1]}" in approve|deny) opts="--note" ;; esac
+		;;
+	break-glass)
+		subs="activate list review"
+		case "${path[1]}" in
+		activate) opts="--reason --key --ttl" ;;
+		review) opts="--verdict --note" ;;
 		esac
 		;;
 	datakey) opts="--wrapped --bits --context --aad-file" ;;

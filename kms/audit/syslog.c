@@ -157,6 +157,10 @@ static int severity(const char *line, size_t len)
 	const char *p = memmem(line, len, key, sizeof(key) - 1);
 	size_t rest;
 
+	/* break-glass grants are alerts (1): the member is written by kmsd, never taken
+	 * from a request (a quote inside a string value is always escaped) */
+	if (memmem(line, len, "\"alert\":true", 12) != NULL)
+		return 1;
 	if (p == NULL)
 		return 6;
 	p += sizeof(key) - 1;

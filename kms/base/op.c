@@ -45,6 +45,13 @@ static const char *const op_names[KMS_OP__COUNT] = {
 	[KMS_OP_MFA_VERIFY] = "mfa.verify",
 	[KMS_OP_MFA_UNLOCK] = "mfa.unlock",
 	[KMS_OP_MFA_RESET] = "mfa.reset",
+	[KMS_OP_APPROVAL_LIST] = "approval.list",
+	[KMS_OP_APPROVAL_READ] = "approval.read",
+	[KMS_OP_APPROVAL_APPROVE] = "approval.approve",
+	[KMS_OP_APPROVAL_DENY] = "approval.deny",
+	[KMS_OP_BREAKGLASS_ACTIVATE] = "breakglass.activate",
+	[KMS_OP_BREAKGLASS_LIST] = "breakglass.list",
+	[KMS_OP_BREAKGLASS_REVIEW] = "breakglass.review",
 };
 
 const char *kms_op_name(enum kms_op op)

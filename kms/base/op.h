@@ -50,6 +50,14 @@ enum kms_op {
 	KMS_OP_MFA_VERIFY,  /* checks a code (refreshes mfa_max_age) and does nothing else */
 	KMS_OP_MFA_UNLOCK,  /* clears another principal's lockout */
 	KMS_OP_MFA_RESET,   /* deletes another principal's enrolment (lost device) */
+	/* quorum approvals and break-glass (docs/API.md "Approvals", "Break-glass") */
+	KMS_OP_APPROVAL_LIST,
+	KMS_OP_APPROVAL_READ,
+	KMS_OP_APPROVAL_APPROVE,
+	KMS_OP_APPROVAL_DENY,
+	KMS_OP_BREAKGLASS_ACTIVATE,
+	KMS_OP_BREAKGLASS_LIST,
+	KMS_OP_BREAKGLASS_REVIEW,
 	KMS_OP__COUNT
 };
 

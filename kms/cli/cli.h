@@ -191,6 +191,12 @@ void cli_seal_usage(FILE *f);
 int cli_open(int argc, char **argv);
 void cli_open_usage(FILE *f);
 
+/* approval / break-glass (cli_approval.c): quorum requests and emergency grants. */
+int cli_approval(int argc, char **argv);
+void cli_approval_usage(FILE *f);
+int cli_break_glass(int argc, char **argv);
+void cli_break_glass_usage(FILE *f);
+
 /* The global options' help, shared by every level's --help. */
 void cli_global_help(FILE *f);
 

@@ -33,6 +33,10 @@ static const struct cli_command commands[] = {
 	{"audit", "offline audit log tools: verify the chain and signatures, search,\n"
 		  "             access and exposure reports",
 	 cli_audit, cli_audit_usage},
+	{"approval", "quorum approval requests: list, show, approve, deny (admin)", cli_approval,
+	 cli_approval_usage},
+	{"break-glass", "emergency decrypt grants: activate, list, review", cli_break_glass,
+	 cli_break_glass_usage},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -639,6 +639,7 @@ kms_err core_configure(struct core *c, const struct core_options *o)
 	if (c->opt.auth_fail_rps > 0 && c->rl_source == NULL &&
 	    (rc = ratelimit_new(RL_MAX_SOURCES, &c->rl_source)) != KMS_OK)
 		return rc;
+	core_breakglass_init(c);
 	return KMS_OK;
 }
 
@@ -1016,6 +1017,13 @@ static const op_fn op_table[KMS_OP__COUNT] = {
 	[KMS_OP_AUDIT_HASH] = op_audit_hash,
 	[KMS_OP_METRICS] = op_metrics,
 	[KMS_OP_KEY_TRIM] = op_key_trim,
+	[KMS_OP_APPROVAL_LIST] = op_approval_list,
+	[KMS_OP_APPROVAL_READ] = op_approval_read,
+	[KMS_OP_APPROVAL_APPROVE] = op_approval_approve,
+	[KMS_OP_APPROVAL_DENY] = op_approval_deny,
+	[KMS_OP_BREAKGLASS_ACTIVATE] = op_breakglass_activate,
+	[KMS_OP_BREAKGLASS_LIST] = op_breakglass_list,
+	[KMS_OP_BREAKGLASS_REVIEW] = op_breakglass_review,
 	[KMS_OP_MFA_ENROLL] = op_mfa_enroll,
 	[KMS_OP_MFA_CONFIRM] = op_mfa_confirm,
 	[KMS_OP_MFA_STATUS] = op_mfa_status,
@@ -1108,12 +1116,13 @@ static struct policy_doc *policy_current(struct core *c)
 }
 
 /* Applies the verdict's outputs: require_mfa is a TOTP step-up (ops_mfa.c), checked
- * here before the operation runs; quorum is not available yet. */
-static kms_err verdict_err(struct op_ctx *x, const struct policy_verdict *v)
+ * here before the operation runs (and before a quorum request is recorded). With
+ * defer_quorum the caller handles require_quorum itself (core_quorum_gate). */
+static kms_err verdict_err(struct op_ctx *x, const struct policy_verdict *v, bool defer_quorum)
 {
 	if (!v->allow)
 		return kms_errf(KMS_ERR_DENIED, "permission denied");
-	if (v->require_quorum > 0)
+	if (v->require_quorum > 0 && !defer_quorum)
 		return kms_errf(KMS_ERR_DENIED, "the policy requires %u approvals; approvals are not available yet",
 				v->require_quorum);
 	if (v->require_mfa && x->core != NULL)
@@ -1135,9 +1144,17 @@ kms_err core_policy_item(struct op_ctx *x, json_t *item)
 	policy_eval(x->item_policy, x->pin, &v);
 	x->pin->context = NULL;
 	x->pin->n_context = 0;
+	if (!v.allow && x->bg_grant[0] != '\0') {
+		/* break-glass: the grant allows what the rules refuse (ops_breakglass.c) */
+		v.allow = true;
+		v.require_mfa = false;
+		v.require_quorum = 0;
+		snprintf(v.reason, sizeof(v.reason), "break-glass grant %s", x->bg_grant);
+		x->bg_used = true;
+	}
 	if (x->reason[0] == '\0' || !v.allow)
 		snprintf(x->reason, sizeof(x->reason), "%s", v.reason);
-	return verdict_err(x, &v);
+	return verdict_err(x, &v, false);
 }
 
 void core_call(struct core *c, const struct core_call *call, struct core_result *res)
@@ -1182,7 +1199,10 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	 * looked at (no oracle for guessing); only failures take from its bucket. */
 	if (c->rl_source != NULL && call->remote_addr != NULL)
 		source_name(call->remote_addr, src, sizeof(src));
-	if (c->rl_source != NULL && call->remote_addr != NULL &&
+	if (call->approved != NULL) {
+		/* an approved request runs as its requester (ops_approval.c) */
+		rc = core_approval_identity(c, &x);
+	} else if (c->rl_source != NULL && call->remote_addr != NULL &&
 	    (res->retry_after = ratelimit_peek(c->rl_source, src, c->opt.auth_fail_rps,
 					       c->opt.auth_fail_burst, mono_ms())) > 0) {
 		rc = kms_errf(KMS_ERR_RATE_LIMITED,
@@ -1222,6 +1242,16 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		} else if (call->op == KMS_OP_TENANT_CREATE || call->op == KMS_OP_TENANT_READ ||
 			   call->op == KMS_OP_TENANT_CONFIG) {
 			pin.tenant = call->name;
+		} else if (call->op == KMS_OP_BREAKGLASS_ACTIVATE && call->body != NULL &&
+			   json_is_string(json_object_get(call->body, "tenant"))) {
+			/* the grant's scope, so that rules can limit who may break glass where */
+			struct store_tenant bt;
+			pin.tenant = json_string_value(json_object_get(call->body, "tenant"));
+			pin.tenant_id = core_tenant_lookup(c, pin.tenant, &bt) == KMS_OK ? bt.id : -1;
+			/* the grant's key pattern; absent means every key ("*") */
+			pin.key = json_is_string(json_object_get(call->body, "key"))
+					  ? json_string_value(json_object_get(call->body, "key"))
+					  : "*";
 		}
 		if (rc == KMS_OK) {
 			doc = policy_current(c);
@@ -1233,13 +1263,30 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 				x.item_policy = doc;
 				x.pin = &pin;
 				d.allow = true;
+				if (call->op == KMS_OP_DECRYPT || call->op == KMS_OP_REWRAP)
+					(void)core_breakglass_grant(c, &x);
 			} else {
 				pin.n_context = context_pairs(call->body, kv);
 				pin.context = kv;
 				policy_eval(doc, &pin, &verdict);
 				pin.context = NULL;
+				if (!verdict.allow && (call->op == KMS_OP_DECRYPT || call->op == KMS_OP_REWRAP) &&
+				    core_breakglass_grant(c, &x)) {
+					/* break-glass: the grant allows what the rules refuse */
+					verdict.allow = true;
+					verdict.require_mfa = false;
+					verdict.require_quorum = 0;
+					snprintf(verdict.reason, sizeof(verdict.reason), "break-glass grant %s", x.bg_grant);
+					x.bg_used = true;
+				}
+				/* An approved request's step-up was the requester's, when it was made
+				 * (and each approver passes its own on the vote): not asked again. */
+				if (call->approved != NULL)
+					verdict.require_mfa = false;
 				snprintf(x.reason, sizeof(x.reason), "%s", verdict.reason);
-				rc = verdict_err(&x, &verdict);
+				rc = verdict_err(&x, &verdict, true);
+				if (rc == KMS_OK && verdict.require_quorum > 0)
+					rc = core_quorum_gate(c, &x, &verdict);
 				d.allow = verdict.allow;
 				if (rc != KMS_OK)
 					snprintf(sname, sizeof(sname), "%s", kms_err_detail(rc));
@@ -1265,10 +1312,37 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		}
 	}
 	if (rc == KMS_OK) {
-		if (op_has_tenant(call->op) && !x.have_tenant)
+		if (x.deferred)
+			; /* waits for approvals: nothing runs now (ops_approval.c) */
+		else if (op_has_tenant(call->op) && !x.have_tenant)
 			rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant \"%.64s\" not found", call->tenant);
 		else
 			rc = op_table[call->op](c, &x);
+	}
+	if (x.bg_used) {
+		if (x.audit_more == NULL)
+			x.audit_more = json_object();
+		json_object_set_new(x.audit_more, "break_glass", json_true());
+		json_object_set_new(x.audit_more, "break_glass_grant", json_string(x.bg_grant));
+		__atomic_add_fetch(&c->met.break_glass_decrypts, 1, __ATOMIC_RELAXED);
+	}
+	if (call->approved != NULL && x.who.name[0] != '\0') {
+		if (x.audit_more == NULL)
+			x.audit_more = json_object();
+		json_object_set_new(x.audit_more, "approval_id", json_string(call->approved->id));
+		json_object_set_new(x.audit_more, "approvers", json_deep_copy(call->approved->approvers));
+	}
+	if (x.audit_more != NULL) {
+		/* a record that cannot say this does not go out, and neither does the answer */
+		if (extra == NULL)
+			extra = json_object();
+		if (extra == NULL || json_object_update(extra, x.audit_more) != 0) {
+			json_decref(x.data);
+			x.data = NULL;
+			x.status = 0;
+			x.deferred = false;
+			rc = kms_errf(KMS_ERR_NOMEM, "audit record incomplete: operation refused");
+		}
 	}
 
 	/* What the answer says about each batch item goes into the record; if that cannot
@@ -1284,12 +1358,13 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	 * whose signature fails), which must not reach this request's answer. */
 	snprintf(detail, sizeof(detail), "%s", kms_err_detail(rc == KMS_OK ? KMS_ERR_INVALID : rc));
 	status = x.status ? x.status : kms_err_http_status(rc);
-	outcome = rc == KMS_OK && status < 400 ? "allow"
+	outcome = rc == KMS_OK && x.deferred ? "pending"
+		  : rc == KMS_OK && status < 400 ? "allow"
 		  : (rc == KMS_ERR_DENIED || rc == KMS_ERR_UNAUTHENTICATED || rc == KMS_ERR_RATE_LIMITED) ? "deny"
 											     : "error";
 	ar.request_id = res->request_id;
 	ar.principal = x.who.name[0] ? x.who.name : NULL;
-	ar.auth_method = x.who.name[0] ? "token" : NULL;
+	ar.auth_method = !x.who.name[0] ? NULL : call->approved != NULL ? "approval" : "token";
 	ar.remote_addr = call->remote_addr;
 	ar.operation = kms_op_name(call->op);
 	if (call->op == KMS_OP_TENANT_CREATE || call->op == KMS_OP_TENANT_READ || call->op == KMS_OP_TENANT_CONFIG) {
@@ -1328,7 +1403,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	}
 	res->status = status;
 	metrics_observe(&c->met, call->op,
-			outcome[0] == 'a' ? METRICS_ALLOW : outcome[0] == 'd' ? METRICS_DENY : METRICS_ERROR, status, rc,
+			outcome[0] == 'a' || outcome[0] == 'p' ? METRICS_ALLOW : outcome[0] == 'd' ? METRICS_DENY : METRICS_ERROR, status, rc,
 			x.who.name[0] != '\0', mono_us() - t0);
 	if (rc != KMS_OK) {
 		const char *msg = detail;
@@ -1336,6 +1411,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 			msg = sname; /* allowed, but the policy asks for MFA or approvals */
 		else if (rc == KMS_ERR_DENIED && x.mfa_detail[0] != '\0' && d.allow)
 			msg = x.mfa_detail; /* an MFA operation's own refusal (code, lockout, self-unlock) */
+		else if (rc == KMS_ERR_DENIED && x.deny_detail && d.allow)
+			msg = detail; /* allowed, refused by the operation's own rule (self-approval) */
 		else if (rc == KMS_ERR_DENIED)
 			msg = "permission denied"; /* same body whether absent or not yours */
 		else if (rc == KMS_ERR_UNAUTHENTICATED)
@@ -1365,6 +1442,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	x.data = NULL;
 out:
 	json_decref(x.auth);
+	json_decref(x.audit_more);
 	json_decref(extra);
 	free(x.text);
 	free(x.scope);

@@ -33,6 +33,18 @@ struct core_call {
 	size_t raw_len;
 	const char *format;	 /* ?format= query argument, or NULL */
 	const char *mfa;	 /* X-Vault-MFA header ("totp:<code>" or "recovery:<code>"), or NULL (never logged) */
+	const char *method;	 /* HTTP method and path as received, kept with a quorum request */
+	const char *path;
+	/* Set only when an approved quorum request is executed (ops_approval.c): the call
+	 * then runs as its requester, without a token, with these approvals behind it. */
+	const struct core_approved *approved;
+};
+
+struct core_approved {
+	const char *id;		 /* the approval request's id */
+	int64_t requester_id;	 /* principal id of the requester */
+	unsigned count;		 /* approvals recorded */
+	const json_t *approvers; /* array of approver names, for the audit record */
 };
 
 struct core_result {
@@ -56,6 +68,9 @@ struct core_options {
 	const char *op_limits;			   /* "op=rate[:burst],..." per principal */
 	double auth_fail_rps, auth_fail_burst;	   /* failed authentications per source */
 	unsigned mfa_max_failures;		   /* consecutive TOTP failures before lockout, 1..100; 0 = 5 */
+	int64_t approval_ttl;	     /* seconds a quorum request stays pending; 0: 86400 */
+	int64_t break_glass_max_ttl; /* longest break-glass grant in seconds; 0: 3600 */
+	unsigned break_glass_reviews; /* admin reviews a grant needs; 0: 2 */
 };
 /* KMS_ERR_CONFIG for a malformed op_limits (validated with the configuration first). */
 KMS_WUR kms_err core_configure(struct core *c, const struct core_options *o);

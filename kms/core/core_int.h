@@ -73,6 +73,8 @@ struct core {
 	unsigned sched_interval;
 	pthread_mutex_t sched_mu;
 	pthread_cond_t sched_cv;
+	/* latest expiry of any break-glass grant: decrypts skip the store lookup after it */
+	int64_t bg_until;
 };
 
 /* What an operation sees: the authenticated principal and the resolved tenant. */
@@ -103,6 +105,12 @@ struct op_ctx {
 	bool mfa_verified;  /* a code was verified (and its step persisted) for this request */
 	bool mfa_tried;	    /* a check ran (once per request, success or not) */
 	char mfa_detail[192]; /* why the step-up failed, for the answer */
+	/* quorum and break-glass (ops_approval.c, ops_breakglass.c) */
+	bool deferred;	     /* a pending approval request was made instead of running the op */
+	json_t *audit_more;  /* members added to the audit record (owned) */
+	char bg_grant[33];   /* the caller's break-glass grant in force here, or "" */
+	bool bg_used;	     /* the grant allowed what the policy refused */
+	bool deny_detail;    /* a DENIED from the operation may say why (self-approval) */
 };
 
 /* A snapshot of a key's serving state, taken under the cache lock. */
@@ -235,5 +243,29 @@ KMS_WUR kms_err op_mfa_status(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_mfa_verify(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_mfa_unlock(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_mfa_reset(struct core *c, struct op_ctx *x);
+/* ---- quorum approvals (ops_approval.c) and break-glass (ops_breakglass.c) ---- */
+/* The requester of an approved request as the caller of call->approved's execution. */
+KMS_WUR kms_err core_approval_identity(struct core *c, struct op_ctx *x);
+/* The verdict allows with require_quorum > 0: for an approved execution, KMS_OK when the
+ * approvals behind it still suffice; otherwise records a pending request (x->deferred,
+ * 202 with its id in x->data) or refuses an operation that cannot wait for approvals. */
+KMS_WUR kms_err core_quorum_gate(struct core *c, struct op_ctx *x, const struct policy_verdict *v);
+/* Marks pending requests past their expiry expired, each audited. */
+void core_approvals_expire(struct core *c);
+/* An audit record for an approval or break-glass event (not a request's own record). */
+void core_audit_event(struct core *c, const char *operation, const char *principal, const char *tenant,
+		      const char *key, const char *outcome, int status, const char *reason, json_t *extra);
+/* Whether x's principal holds a break-glass grant in force for the call's tenant and
+ * key (a decrypt or rewrap); fills x->bg_grant. A store failure counts as none. */
+bool core_breakglass_grant(struct core *c, struct op_ctx *x);
+/* Loads the latest grant expiry at start. */
+void core_breakglass_init(struct core *c);
+KMS_WUR kms_err op_approval_list(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_approval_read(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_approval_approve(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_approval_deny(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_breakglass_activate(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_breakglass_list(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_breakglass_review(struct core *c, struct op_ctx *x);
 
 #endif

@@ -94,5 +94,10 @@ void metrics_write_prometheus(const struct core_metrics *m, FILE *f)
 		GET(&m->mfa_lockouts));
 	counter(f, "kmsd_mfa_locked_refusals_total", "MFA checks refused because the principal is locked.",
 		GET(&m->mfa_locked));
+	counter(f, "kmsd_break_glass_activations_total", "Break-glass grants made.",
+		GET(&m->break_glass_activations));
+	counter(f, "kmsd_break_glass_decrypts_total",
+		"Decrypt and rewrap calls the policy refused and a break-glass grant allowed.",
+		GET(&m->break_glass_decrypts));
 }
 

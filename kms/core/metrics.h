@@ -31,6 +31,8 @@ struct core_metrics {
 	uint64_t mfa_missing;	  /* step-up required, no code sent or not enrolled */
 	uint64_t mfa_lockouts;	  /* principals locked by their last failure */
 	uint64_t mfa_locked;	  /* checks refused because the principal is locked */
+	uint64_t break_glass_activations; /* break-glass grants made */
+	uint64_t break_glass_decrypts;	  /* decrypt/rewrap calls allowed only by a grant */
 };
 
 /* Counts one answered request: its operation, outcome, status, duration and, for a

@@ -372,7 +372,7 @@ static void make_receipt(struct core *c, const struct store_tenant *t, const str
 	size_t n = 0, sig_len = 0, len;
 	time_t tt = (time_t)now;
 	struct tm tm;
-	json_t *r;
+	json_t *r, *approvals;
 	char *text = NULL;
 	kms_err rc;
 
@@ -385,13 +385,30 @@ static void make_receipt(struct core *c, const struct store_tenant *t, const str
 	kms_hex_encode(h, sizeof(h), hx);
 	gmtime_r(&tt, &tm);
 	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	/* approvals: the quorum approvals behind the request; none exist yet (the policy
-	 * issue adds them), so the receipt says so rather than leaving the question open */
-	r = json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:[]}", "format", "kmsd-erasure-receipt-v1",
+	/* approvals: the approvers of the quorum request that scheduled this destruction
+	 * (ops_approval.c), or [] when it ran without one */
+	{
+		char vtext[16], **names = NULL;
+		size_t nn = 0;
+
+		snprintf(vtext, sizeof(vtext), "%u", v);
+		if (store_approval_approvers(c->st, kms_op_name(KMS_OP_VERSION_SCHEDULE_DESTROY), t->name, k->name,
+					     vtext, &names, &nn) != KMS_OK)
+			kms_warn("receipt for %s/%s version %u: approvals not readable", t->name, k->name, v);
+		approvals = json_array();
+		for (size_t i = 0; i < nn; i++) {
+			json_array_append_new(approvals, kms_json_text(names[i]));
+			free(names[i]);
+		}
+		free(names);
+	}
+	r = json_pack("{s:s,s:s,s:s,s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:o*}", "format", "kmsd-erasure-receipt-v1",
 		      "tenant", t->name, "key", k->name, "version", (json_int_t)v, "retention", t->retention,
 		      "destroyed_at", when, "destroyed_by", CORE_SCHEDULER_PRINCIPAL, "requested_by",
 		      req ? req->principal : "unknown", "reason", req ? req->reason : "", "wrapped_key_sha256", hx,
-		      "approvals");
+		      "approvals", approvals);
+	if (r != NULL && json_object_get(r, "approvals") == NULL)
+		json_decref(r), r = NULL; /* no memory for the list: no receipt that omits it */
 	text = r ? json_dumps(r, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII) : NULL;
 	json_decref(r);
 	if (text == NULL) {
@@ -532,6 +549,7 @@ unsigned core_scheduler_tick(struct core *c)
 
 	core_graves_reap(c, false);
 	core_mk_relay(c);
+	core_approvals_expire(c);
 	done += rotate_due(c, now);
 	rc = store_due_destructions(c->st, now, &due, &n);
 	if (rc != KMS_OK) {

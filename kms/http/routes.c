@@ -29,6 +29,13 @@ static const struct route {
 	{M_POST, "/v1/sys/audit/hash", KMS_OP_AUDIT_HASH},
 	{M_POST, "/v1/sys/audit-hash/:n", KMS_OP_AUDIT_HASH}, /* Vault's path; :n is ignored */
 	{M_GET, "/v1/sys/metrics", KMS_OP_METRICS},
+	{M_GET | M_LIST, "/v1/sys/approvals", KMS_OP_APPROVAL_LIST},
+	{M_GET, "/v1/sys/approvals/:n", KMS_OP_APPROVAL_READ},
+	{M_POST, "/v1/sys/approvals/:n/approve", KMS_OP_APPROVAL_APPROVE},
+	{M_POST, "/v1/sys/approvals/:n/deny", KMS_OP_APPROVAL_DENY},
+	{M_POST, "/v1/sys/break-glass", KMS_OP_BREAKGLASS_ACTIVATE},
+	{M_GET | M_LIST, "/v1/sys/break-glass", KMS_OP_BREAKGLASS_LIST},
+	{M_POST, "/v1/sys/break-glass/:n/review", KMS_OP_BREAKGLASS_REVIEW},
 	{M_GET, "/v1/auth/token/lookup-self", KMS_OP_TOKEN_LOOKUP_SELF},
 	{M_POST, "/v1/sys/mfa/enroll", KMS_OP_MFA_ENROLL},
 	{M_POST, "/v1/sys/mfa/confirm", KMS_OP_MFA_CONFIRM},

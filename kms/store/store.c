@@ -164,7 +164,56 @@ static const char *const migrations[] = {
 	"CREATE INDEX key_versions_mk ON key_versions (mk_version, state);",
 	/* 8: when each API token was last used (0 = never), kept to the minute. */
 	"ALTER TABLE api_tokens ADD COLUMN last_used INTEGER NOT NULL DEFAULT 0;",
-	/* 9: TOTP step-up state per principal. The seed is sealed (AES-256-GCM) by the
+	/* 9: quorum approval requests and their votes; break-glass grants and their
+	 * after-the-fact reviews (docs/API.md "Approvals", "Break-glass"). A request holds
+	 * only admin operations: never a plaintext, a DEK or a token. */
+	"CREATE TABLE approval_requests ("
+	"  id TEXT PRIMARY KEY CHECK (length(id) = 32),"
+	"  requester_id INTEGER NOT NULL REFERENCES principals (id),"
+	"  requester TEXT NOT NULL CHECK (length(CAST(requester AS BLOB)) BETWEEN 1 AND 128),"
+	"  operation TEXT NOT NULL CHECK (length(CAST(operation AS BLOB)) BETWEEN 1 AND 63),"
+	"  tenant TEXT NOT NULL CHECK (length(CAST(tenant AS BLOB)) <= 128),"
+	"  key TEXT NOT NULL CHECK (length(CAST(key AS BLOB)) <= 128),"
+	"  version TEXT NOT NULL CHECK (length(CAST(version AS BLOB)) <= 15),"
+	"  request TEXT NOT NULL CHECK (length(CAST(request AS BLOB)) BETWEEN 2 AND 20000000),"
+	"  required INTEGER NOT NULL CHECK (required BETWEEN 1 AND 16),"
+	"  state TEXT NOT NULL CHECK (state IN ('pending', 'executing', 'approved-executed', 'denied',"
+	"    'expired', 'failed')),"
+	"  created INTEGER NOT NULL,"
+	"  expires INTEGER NOT NULL,"
+	"  finished INTEGER NOT NULL DEFAULT 0,"
+	"  result TEXT CHECK (result IS NULL OR length(CAST(result AS BLOB)) <= 20000000)"
+	");"
+	"CREATE INDEX approval_requests_state ON approval_requests (state, expires);"
+	"CREATE TABLE approval_votes ("
+	"  request_id TEXT NOT NULL REFERENCES approval_requests (id),"
+	"  principal_id INTEGER NOT NULL REFERENCES principals (id),"
+	"  principal TEXT NOT NULL CHECK (length(CAST(principal AS BLOB)) BETWEEN 1 AND 128),"
+	"  verdict TEXT NOT NULL CHECK (verdict IN ('approve', 'deny')),"
+	"  time INTEGER NOT NULL,"
+	"  PRIMARY KEY (request_id, principal_id)"
+	") WITHOUT ROWID;"
+	"CREATE TABLE break_glass_grants ("
+	"  id TEXT PRIMARY KEY CHECK (length(id) = 32),"
+	"  principal_id INTEGER NOT NULL REFERENCES principals (id),"
+	"  principal TEXT NOT NULL CHECK (length(CAST(principal AS BLOB)) BETWEEN 1 AND 128),"
+	"  reason TEXT NOT NULL CHECK (length(CAST(reason AS BLOB)) BETWEEN 1 AND 1024),"
+	"  tenant TEXT NOT NULL CHECK (length(CAST(tenant AS BLOB)) BETWEEN 1 AND 128),"
+	"  key TEXT NOT NULL CHECK (length(CAST(key AS BLOB)) BETWEEN 1 AND 128),"
+	"  granted INTEGER NOT NULL,"
+	"  expires INTEGER NOT NULL CHECK (expires > granted)"
+	");"
+	"CREATE INDEX break_glass_grants_principal ON break_glass_grants (principal_id, expires);"
+	"CREATE TABLE break_glass_reviews ("
+	"  grant_id TEXT NOT NULL REFERENCES break_glass_grants (id),"
+	"  principal_id INTEGER NOT NULL REFERENCES principals (id),"
+	"  principal TEXT NOT NULL CHECK (length(CAST(principal AS BLOB)) BETWEEN 1 AND 128),"
+	"  verdict TEXT NOT NULL CHECK (verdict IN ('justified', 'unjustified')),"
+	"  note TEXT NOT NULL CHECK (length(CAST(note AS BLOB)) BETWEEN 1 AND 1024),"
+	"  time INTEGER NOT NULL,"
+	"  PRIMARY KEY (grant_id, principal_id)"
+	") WITHOUT ROWID;",
+	/* 10: TOTP step-up state per principal. The seed is sealed (AES-256-GCM) by the
 	 * token's kmsd-mfa-seal key, bound to the principal; recovery codes are PBKDF2
 	 * hashes; last_step only grows (replay protection across restarts). */
 	"CREATE TABLE principal_mfa ("
@@ -2993,6 +3042,787 @@ kms_err store_mk_pending_count(struct store *s, uint32_t to, uint64_t *n)
 	else
 		*n = (uint64_t)sqlite3_column_int64(st, 0);
 	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+/* ---- quorum approvals and break-glass ----
+ * Statements prepared per call: these are admin operations, rare next to the data
+ * plane, and keeping them out of the shared statement table keeps this step whole. */
+
+static kms_err prep(struct store *s, const char *sql, sqlite3_stmt **st)
+{
+	if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK) {
+		*st = NULL;
+		return db_fail(s, "prepare");
+	}
+	return KMS_OK;
+}
+
+static char *col_dup(sqlite3_stmt *st, int col)
+{
+	const unsigned char *t = sqlite3_column_text(st, col);
+
+	return t ? strdup((const char *)t) : NULL;
+}
+
+void store_approval_clear(struct store_approval *a)
+{
+	if (a == NULL)
+		return;
+	free(a->request);
+	free(a->result);
+	a->request = a->result = NULL;
+}
+
+kms_err store_approval_create(struct store *s, const struct store_approval *a)
+{
+	sqlite3_stmt *st = NULL;
+	int src;
+	kms_err rc;
+
+	if (a == NULL || strlen(a->id) != STORE_APPROVAL_ID_LEN || a->request == NULL || a->required < 1 ||
+	    a->required > 16)
+		return kms_errf(KMS_ERR_INVALID, "invalid approval request");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = prep(s, "INSERT INTO approval_requests (id, requester_id, requester, operation, tenant, key, "
+			  "version, request, required, state, created, expires) "
+			  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?11)",
+		       &st)) != KMS_OK)
+		goto out;
+	if (sqlite3_bind_text(st, 1, a->id, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 2, a->requester_id) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 3, a->requester, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 4, a->operation, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 5, a->tenant, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 6, a->key, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 7, a->version, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 8, a->request, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 9, a->required) != SQLITE_OK || sqlite3_bind_int64(st, 10, a->created) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 11, a->expires) != SQLITE_OK) {
+		rc = db_fail(s, "approval bind");
+		goto out;
+	}
+	src = sqlite3_step(st);
+	if (is_unique_violation(sqlite3_extended_errcode(s->db)) && src != SQLITE_DONE)
+		rc = kms_errf(KMS_ERR_CONFLICT, "approval request exists");
+	else if (src != SQLITE_DONE)
+		rc = db_fail(s, "approval insert");
+	else
+		rc = KMS_OK;
+out:
+	(void)sqlite3_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+#define APPROVAL_COLS \
+	"id, requester_id, requester, operation, tenant, key, version, required, state, created, expires, " \
+	"finished, request, result"
+
+static kms_err row_approval(sqlite3_stmt *st, struct store_approval *a, bool texts)
+{
+	kms_err rc;
+	int64_t req;
+
+	memset(a, 0, sizeof(*a));
+	if ((rc = col_text(st, 0, a->id, sizeof(a->id), "approval_requests")) != KMS_OK ||
+	    (rc = col_text(st, 2, a->requester, sizeof(a->requester), "approval_requests")) != KMS_OK ||
+	    (rc = col_text(st, 3, a->operation, sizeof(a->operation), "approval_requests")) != KMS_OK ||
+	    (rc = col_text(st, 4, a->tenant, sizeof(a->tenant), "approval_requests")) != KMS_OK ||
+	    (rc = col_text(st, 5, a->key, sizeof(a->key), "approval_requests")) != KMS_OK ||
+	    (rc = col_text(st, 6, a->version, sizeof(a->version), "approval_requests")) != KMS_OK ||
+	    (rc = col_text(st, 8, a->state, sizeof(a->state), "approval_requests")) != KMS_OK)
+		return rc;
+	a->requester_id = sqlite3_column_int64(st, 1);
+	req = sqlite3_column_int64(st, 7);
+	if (req < 1 || req > 16)
+		return db_corrupt("approval_requests");
+	a->required = (unsigned)req;
+	a->created = sqlite3_column_int64(st, 9);
+	a->expires = sqlite3_column_int64(st, 10);
+	a->finished = sqlite3_column_int64(st, 11);
+	if (texts) {
+		a->request = col_dup(st, 12);
+		if (a->request == NULL)
+			return kms_errf(KMS_ERR_NOMEM, "approval request");
+		if (sqlite3_column_type(st, 13) != SQLITE_NULL && (a->result = col_dup(st, 13)) == NULL) {
+			store_approval_clear(a);
+			return kms_errf(KMS_ERR_NOMEM, "approval result");
+		}
+	}
+	return KMS_OK;
+}
+
+static kms_err votes_locked(struct store *s, const char *id, struct store_vote **out, size_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	struct store_vote *arr = NULL, *g;
+	size_t cnt = 0, cap = 0;
+	int src;
+	kms_err rc;
+
+	*out = NULL;
+	*n = 0;
+	if ((rc = prep(s, "SELECT request_id, principal_id, principal, verdict, time FROM approval_votes "
+			  "WHERE request_id = ?1 ORDER BY time, principal",
+		       &st)) != KMS_OK)
+		return rc;
+	if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "votes bind");
+		goto out;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "votes");
+			goto out;
+		}
+		arr = g;
+		memset(&arr[cnt], 0, sizeof(arr[cnt]));
+		if ((rc = col_text(st, 0, arr[cnt].request_id, sizeof(arr[cnt].request_id), "approval_votes")) != KMS_OK ||
+		    (rc = col_text(st, 2, arr[cnt].principal, sizeof(arr[cnt].principal), "approval_votes")) != KMS_OK ||
+		    (rc = col_text(st, 3, arr[cnt].verdict, sizeof(arr[cnt].verdict), "approval_votes")) != KMS_OK)
+			goto out;
+		arr[cnt].principal_id = sqlite3_column_int64(st, 1);
+		arr[cnt].time = sqlite3_column_int64(st, 4);
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "votes");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	free(arr);
+	(void)sqlite3_finalize(st);
+	return rc;
+}
+
+kms_err store_approval_get(struct store *s, const char *id, struct store_approval *out, struct store_vote **votes,
+			   size_t *n_votes)
+{
+	sqlite3_stmt *st = NULL;
+	int src;
+	kms_err rc;
+
+	memset(out, 0, sizeof(*out));
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = prep(s, "SELECT " APPROVAL_COLS " FROM approval_requests WHERE id = ?1", &st)) != KMS_OK)
+		goto out;
+	if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "approval get bind");
+		goto out;
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE)
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "approval request not found");
+	else if (src != SQLITE_ROW)
+		rc = db_fail(s, "approval get");
+	else
+		rc = row_approval(st, out, true);
+	if (rc == KMS_OK && votes != NULL && (rc = votes_locked(s, id, votes, n_votes)) != KMS_OK)
+		store_approval_clear(out);
+out:
+	(void)sqlite3_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_approval_list(struct store *s, size_t max, struct store_approval **out, size_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	struct store_approval *arr = NULL, *g;
+	size_t cnt = 0, cap = 0;
+	int src;
+	kms_err rc;
+
+	*out = NULL;
+	*n = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = prep(s, "SELECT " APPROVAL_COLS " FROM approval_requests ORDER BY created DESC, id LIMIT ?1",
+		       &st)) != KMS_OK)
+		goto out;
+	if (sqlite3_bind_int64(st, 1, (sqlite3_int64)max) != SQLITE_OK) {
+		rc = db_fail(s, "approval list bind");
+		goto out;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "approval list");
+			goto out;
+		}
+		arr = g;
+		if ((rc = row_approval(st, &arr[cnt], false)) != KMS_OK)
+			goto out;
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "approval list");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	free(arr);
+	(void)sqlite3_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+/* One statement with text/int binds that changes rows; returns sqlite3_changes. */
+static kms_err exec_changes(struct store *s, const char *sql, const char *t1, const char *t2, int64_t i3,
+			    int *changes)
+{
+	sqlite3_stmt *st = NULL;
+	kms_err rc;
+
+	if ((rc = prep(s, sql, &st)) != KMS_OK)
+		return rc;
+	/* ?1, ?2 text, ?3 integer, each bound only when the statement has it */
+	if ((t1 && sqlite3_bind_text(st, 1, t1, -1, SQLITE_STATIC) != SQLITE_OK) ||
+	    (t2 && sqlite3_bind_text(st, 2, t2, -1, SQLITE_STATIC) != SQLITE_OK) ||
+	    (sqlite3_bind_parameter_count(st) >= 3 && sqlite3_bind_int64(st, 3, i3) != SQLITE_OK)) {
+		rc = db_fail(s, "bind");
+	} else if (sqlite3_step(st) != SQLITE_DONE) {
+		rc = db_fail(s, "update");
+	} else {
+		*changes = sqlite3_changes(s->db);
+		rc = KMS_OK;
+	}
+	(void)sqlite3_finalize(st);
+	return rc;
+}
+
+kms_err store_approval_vote(struct store *s, const char *id, int64_t principal_id, const char *principal,
+			    const char *verdict, int64_t now, unsigned need, enum store_vote_result *res,
+			    unsigned *approvals)
+{
+	sqlite3_stmt *st = NULL;
+	struct store_approval a;
+	bool approve = strcmp(verdict, "approve") == 0;
+	int src, ch = 0;
+	kms_err rc;
+
+	*approvals = 0;
+	if (!approve && strcmp(verdict, "deny") != 0)
+		return kms_errf(KMS_ERR_INVALID, "verdict must be approve or deny");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK)
+		goto unlock;
+	if ((rc = prep(s, "SELECT " APPROVAL_COLS " FROM approval_requests WHERE id = ?1", &st)) != KMS_OK)
+		goto fail;
+	if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "vote bind");
+		goto fail;
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "approval request not found");
+		goto fail;
+	}
+	if (src != SQLITE_ROW) {
+		rc = db_fail(s, "vote read");
+		goto fail;
+	}
+	if ((rc = row_approval(st, &a, false)) != KMS_OK)
+		goto fail;
+	(void)sqlite3_finalize(st);
+	st = NULL;
+	if (strcmp(a.state, "pending") != 0) {
+		rc = kms_errf(KMS_ERR_CONFLICT, "approval request %s is %s", id, a.state);
+		goto fail;
+	}
+	if (a.expires <= now) {
+		if ((rc = exec_changes(s, "UPDATE approval_requests SET state = 'expired', finished = ?3 "
+					  "WHERE id = ?1 AND state = 'pending'",
+				       id, NULL, now, &ch)) != KMS_OK ||
+		    (rc = tx_commit(s)) != KMS_OK)
+			goto fail;
+		*res = STORE_VOTE_EXPIRED;
+		goto unlock;
+	}
+	if (approve && a.requester_id == principal_id) {
+		rc = kms_errf(KMS_ERR_DENIED, "the requester may not approve its own request");
+		goto fail;
+	}
+	if ((rc = prep(s, "INSERT INTO approval_votes (request_id, principal_id, principal, verdict, time) "
+			  "VALUES (?1, ?2, ?3, ?4, ?5)",
+		       &st)) != KMS_OK)
+		goto fail;
+	if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 2, principal_id) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 3, principal, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 4, verdict, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 5, now) != SQLITE_OK) {
+		rc = db_fail(s, "vote insert bind");
+		goto fail;
+	}
+	src = sqlite3_step(st);
+	if (src != SQLITE_DONE) {
+		if (is_unique_violation(sqlite3_extended_errcode(s->db)))
+			rc = kms_errf(KMS_ERR_CONFLICT, "%s has already voted on approval request %s", principal, id);
+		else
+			rc = db_fail(s, "vote insert");
+		goto fail;
+	}
+	(void)sqlite3_finalize(st);
+	st = NULL;
+	if (!approve) {
+		if ((rc = exec_changes(s, "UPDATE approval_requests SET state = 'denied', finished = ?3 "
+					  "WHERE id = ?1 AND state = 'pending'",
+				       id, NULL, now, &ch)) != KMS_OK)
+			goto fail;
+		*res = STORE_VOTE_DENIED;
+	} else {
+		int64_t cnt = 0;
+
+		if ((rc = prep(s, "SELECT count(*) FROM approval_votes WHERE request_id = ?1 AND verdict = 'approve'",
+			       &st)) != KMS_OK)
+			goto fail;
+		if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
+			rc = db_fail(s, "vote count");
+			goto fail;
+		}
+		cnt = sqlite3_column_int64(st, 0);
+		(void)sqlite3_finalize(st);
+		st = NULL;
+		*approvals = (unsigned)cnt;
+		*res = STORE_VOTE_RECORDED;
+		if (need < a.required)
+			need = a.required;
+		if ((uint64_t)cnt >= need) {
+			/* the compare-and-set: only a request still pending moves */
+			if ((rc = exec_changes(s, "UPDATE approval_requests SET state = 'executing' "
+						  "WHERE id = ?1 AND state = 'pending'",
+					       id, NULL, 0, &ch)) != KMS_OK)
+				goto fail;
+			if (ch != 1) {
+				rc = kms_errf(KMS_ERR_CONFLICT, "approval request %s is no longer pending", id);
+				goto fail;
+			}
+			*res = STORE_VOTE_EXECUTE;
+		}
+	}
+	if ((rc = tx_commit(s)) != KMS_OK)
+		goto fail;
+	goto unlock;
+fail:
+	(void)sqlite3_finalize(st);
+	st = NULL;
+	tx_rollback(s);
+unlock:
+	(void)sqlite3_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_approval_finish(struct store *s, const char *id, const char *state, const char *result, int64_t now)
+{
+	sqlite3_stmt *st = NULL;
+	kms_err rc;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = prep(s, "UPDATE approval_requests SET state = ?2, result = ?3, finished = ?4 "
+			  "WHERE id = ?1 AND state = 'executing'",
+		       &st)) != KMS_OK)
+		goto out;
+	if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    (result ? sqlite3_bind_text(st, 3, result, -1, SQLITE_STATIC) : sqlite3_bind_null(st, 3)) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 4, now) != SQLITE_OK) {
+		rc = db_fail(s, "approval finish bind");
+		goto out;
+	}
+	if (sqlite3_step(st) != SQLITE_DONE)
+		rc = db_fail(s, "approval finish");
+	else if (sqlite3_changes(s->db) != 1)
+		rc = kms_errf(KMS_ERR_CONFLICT, "approval request %s is not executing", id);
+out:
+	(void)sqlite3_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_approvals_expire(struct store *s, int64_t now, struct store_approval **out, size_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	struct store_approval *arr = NULL, *g;
+	size_t cnt = 0, cap = 0;
+	int src, ch;
+	kms_err rc;
+
+	*out = NULL;
+	*n = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK)
+		goto unlock;
+	if ((rc = prep(s, "SELECT " APPROVAL_COLS " FROM approval_requests WHERE state = 'pending' AND expires <= ?1",
+		       &st)) != KMS_OK)
+		goto fail;
+	if (sqlite3_bind_int64(st, 1, now) != SQLITE_OK) {
+		rc = db_fail(s, "expire bind");
+		goto fail;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "expire");
+			goto fail;
+		}
+		arr = g;
+		if ((rc = row_approval(st, &arr[cnt], false)) != KMS_OK)
+			goto fail;
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "expire select");
+		goto fail;
+	}
+	(void)sqlite3_finalize(st);
+	st = NULL;
+	if (cnt > 0 && (rc = exec_changes(s, "UPDATE approval_requests SET state = 'expired', finished = ?3 "
+					     "WHERE state = 'pending' AND expires <= ?3",
+					  NULL, NULL, now, &ch)) != KMS_OK)
+		goto fail;
+	if ((rc = tx_commit(s)) != KMS_OK)
+		goto fail;
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	goto unlock;
+fail:
+	tx_rollback(s);
+unlock:
+	free(arr);
+	(void)sqlite3_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_approval_approvers(struct store *s, const char *operation, const char *tenant, const char *key,
+				 const char *version, char ***names, size_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	char **arr = NULL, **g;
+	size_t cnt = 0, cap = 0;
+	int src;
+	kms_err rc;
+
+	*names = NULL;
+	*n = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = prep(s, "SELECT v.principal FROM approval_votes v WHERE v.verdict = 'approve' AND v.request_id = "
+			  "(SELECT id FROM approval_requests WHERE operation = ?1 AND tenant = ?2 AND key = ?3 "
+			  " AND version = ?4 AND state = 'approved-executed' ORDER BY finished DESC LIMIT 1) "
+			  "ORDER BY v.time, v.principal",
+		       &st)) != KMS_OK)
+		goto out;
+	if (sqlite3_bind_text(st, 1, operation, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, tenant, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 3, key, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 4, version, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "approvers bind");
+		goto out;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL || (g[cnt] = col_dup(st, 0)) == NULL) {
+			if (g != NULL)
+				arr = g;
+			rc = kms_errf(KMS_ERR_NOMEM, "approvers");
+			goto out;
+		}
+		arr = g;
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "approvers");
+		goto out;
+	}
+	*names = arr;
+	*n = cnt;
+	arr = NULL;
+	cnt = 0;
+	rc = KMS_OK;
+out:
+	for (size_t i = 0; i < cnt; i++)
+		free(arr[i]);
+	free(arr);
+	(void)sqlite3_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_grant_create(struct store *s, const struct store_grant *g)
+{
+	sqlite3_stmt *st = NULL;
+	kms_err rc;
+
+	if (g == NULL || strlen(g->id) != STORE_APPROVAL_ID_LEN || g->reason[0] == '\0' || g->expires <= g->granted)
+		return kms_errf(KMS_ERR_INVALID, "invalid break-glass grant");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = prep(s, "INSERT INTO break_glass_grants (id, principal_id, principal, reason, tenant, key, granted, "
+			  "expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+		       &st)) != KMS_OK)
+		goto out;
+	if (sqlite3_bind_text(st, 1, g->id, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 2, g->principal_id) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 3, g->principal, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 4, g->reason, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 5, g->tenant, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 6, g->key, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 7, g->granted) != SQLITE_OK || sqlite3_bind_int64(st, 8, g->expires) != SQLITE_OK) {
+		rc = db_fail(s, "grant bind");
+		goto out;
+	}
+	if (sqlite3_step(st) != SQLITE_DONE)
+		rc = db_fail(s, "grant insert");
+out:
+	(void)sqlite3_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+#define GRANT_COLS "id, principal_id, principal, reason, tenant, key, granted, expires"
+
+static kms_err row_grant(sqlite3_stmt *st, struct store_grant *g)
+{
+	kms_err rc;
+
+	memset(g, 0, sizeof(*g));
+	if ((rc = col_text(st, 0, g->id, sizeof(g->id), "break_glass_grants")) != KMS_OK ||
+	    (rc = col_text(st, 2, g->principal, sizeof(g->principal), "break_glass_grants")) != KMS_OK ||
+	    (rc = col_text(st, 3, g->reason, sizeof(g->reason), "break_glass_grants")) != KMS_OK ||
+	    (rc = col_text(st, 4, g->tenant, sizeof(g->tenant), "break_glass_grants")) != KMS_OK ||
+	    (rc = col_text(st, 5, g->key, sizeof(g->key), "break_glass_grants")) != KMS_OK)
+		return rc;
+	g->principal_id = sqlite3_column_int64(st, 1);
+	g->granted = sqlite3_column_int64(st, 6);
+	g->expires = sqlite3_column_int64(st, 7);
+	return KMS_OK;
+}
+
+kms_err store_grant_active(struct store *s, int64_t principal_id, const char *tenant, const char *key, int64_t now,
+			   struct store_grant *out)
+{
+	sqlite3_stmt *st = NULL;
+	int src;
+	kms_err rc;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	/* GLOB: '*' and '?' as in policy globs; a grant's key pattern holds no '[' (checked
+	 * when it is made), so it has no other meta-character */
+	if ((rc = prep(s, "SELECT " GRANT_COLS " FROM break_glass_grants WHERE principal_id = ?1 AND tenant = ?2 "
+			  "AND ?3 GLOB key AND granted <= ?4 AND expires > ?4 ORDER BY expires DESC LIMIT 1",
+		       &st)) != KMS_OK)
+		goto out;
+	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, tenant, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 3, key, -1, SQLITE_STATIC) != SQLITE_OK || sqlite3_bind_int64(st, 4, now) != SQLITE_OK) {
+		rc = db_fail(s, "grant active bind");
+		goto out;
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE)
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "no break-glass grant");
+	else if (src != SQLITE_ROW)
+		rc = db_fail(s, "grant active");
+	else
+		rc = row_grant(st, out);
+out:
+	(void)sqlite3_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_grant_max_expiry(struct store *s, int64_t *out)
+{
+	sqlite3_stmt *st = NULL;
+	kms_err rc;
+
+	*out = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = prep(s, "SELECT coalesce(max(expires), 0) FROM break_glass_grants", &st)) != KMS_OK)
+		goto out;
+	if (sqlite3_step(st) != SQLITE_ROW)
+		rc = db_fail(s, "grant max expiry");
+	else
+		*out = sqlite3_column_int64(st, 0);
+out:
+	(void)sqlite3_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_grant_list(struct store *s, size_t max, struct store_grant **out, size_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	struct store_grant *arr = NULL, *g;
+	size_t cnt = 0, cap = 0;
+	int src;
+	kms_err rc;
+
+	*out = NULL;
+	*n = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = prep(s, "SELECT " GRANT_COLS " FROM break_glass_grants ORDER BY granted DESC, id LIMIT ?1", &st)) !=
+	    KMS_OK)
+		goto out;
+	if (sqlite3_bind_int64(st, 1, (sqlite3_int64)max) != SQLITE_OK) {
+		rc = db_fail(s, "grant list bind");
+		goto out;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "grant list");
+			goto out;
+		}
+		arr = g;
+		if ((rc = row_grant(st, &arr[cnt])) != KMS_OK)
+			goto out;
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "grant list");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	free(arr);
+	(void)sqlite3_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_review_list(struct store *s, const char *grant_id, struct store_review **out, size_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	struct store_review *arr = NULL, *g;
+	size_t cnt = 0, cap = 0;
+	int src;
+	kms_err rc;
+
+	*out = NULL;
+	*n = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = prep(s, "SELECT grant_id, principal_id, principal, verdict, note, time FROM break_glass_reviews "
+			  "WHERE ?1 IS NULL OR grant_id = ?1 ORDER BY time, principal",
+		       &st)) != KMS_OK)
+		goto out;
+	if ((grant_id ? sqlite3_bind_text(st, 1, grant_id, -1, SQLITE_STATIC) : sqlite3_bind_null(st, 1)) != SQLITE_OK) {
+		rc = db_fail(s, "review list bind");
+		goto out;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "review list");
+			goto out;
+		}
+		arr = g;
+		memset(&arr[cnt], 0, sizeof(arr[cnt]));
+		if ((rc = col_text(st, 0, arr[cnt].grant_id, sizeof(arr[cnt].grant_id), "break_glass_reviews")) != KMS_OK ||
+		    (rc = col_text(st, 2, arr[cnt].principal, sizeof(arr[cnt].principal), "break_glass_reviews")) != KMS_OK ||
+		    (rc = col_text(st, 3, arr[cnt].verdict, sizeof(arr[cnt].verdict), "break_glass_reviews")) != KMS_OK ||
+		    (rc = col_text(st, 4, arr[cnt].note, sizeof(arr[cnt].note), "break_glass_reviews")) != KMS_OK)
+			goto out;
+		arr[cnt].principal_id = sqlite3_column_int64(st, 1);
+		arr[cnt].time = sqlite3_column_int64(st, 5);
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "review list");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	free(arr);
+	(void)sqlite3_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_grant_review(struct store *s, const struct store_review *r)
+{
+	sqlite3_stmt *st = NULL;
+	int src;
+	kms_err rc;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK)
+		goto unlock;
+	if ((rc = prep(s, "SELECT principal_id FROM break_glass_grants WHERE id = ?1", &st)) != KMS_OK)
+		goto fail;
+	if (sqlite3_bind_text(st, 1, r->grant_id, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "review bind");
+		goto fail;
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "break-glass grant not found");
+		goto fail;
+	}
+	if (src != SQLITE_ROW) {
+		rc = db_fail(s, "review grant");
+		goto fail;
+	}
+	if (sqlite3_column_int64(st, 0) == r->principal_id) {
+		rc = kms_errf(KMS_ERR_DENIED, "the grantee may not review its own break-glass grant");
+		goto fail;
+	}
+	(void)sqlite3_finalize(st);
+	st = NULL;
+	if ((rc = prep(s, "INSERT INTO break_glass_reviews (grant_id, principal_id, principal, verdict, note, time) "
+			  "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+		       &st)) != KMS_OK)
+		goto fail;
+	if (sqlite3_bind_text(st, 1, r->grant_id, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 2, r->principal_id) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 3, r->principal, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 4, r->verdict, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 5, r->note, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 6, r->time) != SQLITE_OK) {
+		rc = db_fail(s, "review insert bind");
+		goto fail;
+	}
+	if (sqlite3_step(st) != SQLITE_DONE) {
+		if (is_unique_violation(sqlite3_extended_errcode(s->db)))
+			rc = kms_errf(KMS_ERR_CONFLICT, "%s has already reviewed this grant", r->principal);
+		else
+			rc = db_fail(s, "review insert");
+		goto fail;
+	}
+	(void)sqlite3_finalize(st);
+	st = NULL;
+	if ((rc = tx_commit(s)) != KMS_OK)
+		goto fail;
+	goto unlock;
+fail:
+	(void)sqlite3_finalize(st);
+	st = NULL;
+	tx_rollback(s);
+unlock:
 	store_unlock(s);
 	return rc;
 }

@@ -15,7 +15,7 @@
 
 #include "kms/base/err.h"
 
-#define STORE_SCHEMA_VERSION 9
+#define STORE_SCHEMA_VERSION 10
 #define STORE_NAME_MAX 128  /* tenant, key and principal names, excluding the NUL */
 #define STORE_BLOB_MAX 64
 #define STORE_MAC_LEN 32
@@ -348,5 +348,106 @@ KMS_WUR kms_err store_mfa_fail(struct store *s, int64_t principal_id, unsigned l
 			       uint32_t *failures, bool *locked);
 KMS_WUR kms_err store_mfa_unlock(struct store *s, int64_t principal_id, int64_t now); /* NOT_FOUND */
 KMS_WUR kms_err store_mfa_delete(struct store *s, int64_t principal_id);	   /* NOT_FOUND */
+/* ---- quorum approvals and break-glass (schema step 9) ---- */
+
+#define STORE_APPROVAL_ID_LEN 32 /* hex */
+#define STORE_NOTE_MAX 1024
+
+/* Request states: pending -> executing -> approved-executed | failed; pending -> denied
+ * | expired. "executing" is held by exactly one caller (compare-and-set in the store). */
+struct store_approval {
+	char id[STORE_APPROVAL_ID_LEN + 1];
+	int64_t requester_id;
+	char requester[STORE_NAME_MAX + 1];
+	char operation[64];
+	char tenant[STORE_NAME_MAX + 1]; /* "" when the request names none */
+	char key[STORE_NAME_MAX + 1];
+	char version[16];
+	char *request; /* JSON text to execute; malloc'd (NULL from store_approval_list) */
+	unsigned required;
+	char state[24];
+	int64_t created, expires, finished;
+	char *result; /* JSON text of the executed call's answer, or NULL; malloc'd */
+};
+
+struct store_vote {
+	char request_id[STORE_APPROVAL_ID_LEN + 1];
+	int64_t principal_id;
+	char principal[STORE_NAME_MAX + 1];
+	char verdict[16]; /* "approve" or "deny" */
+	int64_t time;
+};
+
+enum store_vote_result {
+	STORE_VOTE_RECORDED, /* approval recorded, quorum not reached yet */
+	STORE_VOTE_EXECUTE,  /* this vote completed the quorum: the caller now holds the
+			      * request in state "executing" and must run it, then finish it */
+	STORE_VOTE_DENIED,   /* a deny vote: the request is denied */
+	STORE_VOTE_EXPIRED,  /* the request had expired: now marked so, no vote recorded */
+};
+
+/* Frees request and result (the struct itself is the caller's). Accepts NULL. */
+void store_approval_clear(struct store_approval *a);
+/* Inserts a new request in state pending. CONFLICT on a duplicate id. */
+KMS_WUR kms_err store_approval_create(struct store *s, const struct store_approval *a);
+/* One request with its votes (oldest first; malloc'd, free()). NOT_FOUND. */
+KMS_WUR kms_err store_approval_get(struct store *s, const char *id, struct store_approval *out,
+				   struct store_vote **votes, size_t *n_votes);
+/* Requests, newest first, at most max, without request/result text (malloc'd array,
+ * free()). */
+KMS_WUR kms_err store_approval_list(struct store *s, size_t max, struct store_approval **out, size_t *n);
+/* Records principal's vote ("approve"/"deny") on a pending request, in one transaction:
+ * NOT_FOUND; CONFLICT naming the state when it is not pending; DENIED when an approver is
+ * the requester; CONFLICT when this principal voted already. An approve vote that
+ * brings the approvals to `need` (>= the stored required count) moves the request to
+ * "executing" with a compare-and-set on its state, so of two concurrent final votes
+ * only one gets STORE_VOTE_EXECUTE. *approvals: approve votes after this one. */
+KMS_WUR kms_err store_approval_vote(struct store *s, const char *id, int64_t principal_id, const char *principal,
+				    const char *verdict, int64_t now, unsigned need, enum store_vote_result *res,
+				    unsigned *approvals);
+/* executing -> state ("approved-executed" or "failed") with the answer's text. */
+KMS_WUR kms_err store_approval_finish(struct store *s, const char *id, const char *state, const char *result,
+				      int64_t now);
+/* Marks every pending request with expires <= now expired; their ids (malloc'd array,
+ * free()) for the audit log. */
+KMS_WUR kms_err store_approvals_expire(struct store *s, int64_t now, struct store_approval **out, size_t *n);
+/* Names of the approvers of the latest executed request for (operation, tenant, key,
+ * version); *n 0 when there is none. Each name and the array malloc'd. */
+KMS_WUR kms_err store_approval_approvers(struct store *s, const char *operation, const char *tenant,
+					 const char *key, const char *version, char ***names, size_t *n);
+
+struct store_grant {
+	char id[STORE_APPROVAL_ID_LEN + 1];
+	int64_t principal_id;
+	char principal[STORE_NAME_MAX + 1];
+	char reason[STORE_NOTE_MAX + 1];
+	char tenant[STORE_NAME_MAX + 1];
+	char key[STORE_NAME_MAX + 1]; /* a glob of [A-Za-z0-9._-*?] */
+	int64_t granted, expires;
+};
+
+struct store_review {
+	char grant_id[STORE_APPROVAL_ID_LEN + 1];
+	int64_t principal_id;
+	char principal[STORE_NAME_MAX + 1];
+	char verdict[16]; /* "justified" or "unjustified" */
+	char note[STORE_NOTE_MAX + 1];
+	int64_t time;
+};
+
+KMS_WUR kms_err store_grant_create(struct store *s, const struct store_grant *g);
+/* The grant of principal_id in force at now for tenant/key (the one that lasts longest),
+ * or NOT_FOUND. */
+KMS_WUR kms_err store_grant_active(struct store *s, int64_t principal_id, const char *tenant, const char *key,
+				   int64_t now, struct store_grant *out);
+/* The latest expiry of any grant (0 when none). */
+KMS_WUR kms_err store_grant_max_expiry(struct store *s, int64_t *out);
+/* Grants newest first, at most max (malloc'd, free()). */
+KMS_WUR kms_err store_grant_list(struct store *s, size_t max, struct store_grant **out, size_t *n);
+/* Reviews of one grant (grant_id) or of all (NULL), oldest first (malloc'd, free()). */
+KMS_WUR kms_err store_review_list(struct store *s, const char *grant_id, struct store_review **out, size_t *n);
+/* NOT_FOUND for an unknown grant, DENIED when the reviewer is the grantee, CONFLICT for
+ * a second review by the same principal. */
+KMS_WUR kms_err store_grant_review(struct store *s, const struct store_review *r);
 
 #endif

@@ -543,6 +543,39 @@ def test_one_code_races_itself(kmsd, st):
         assert codes == [200, 403], codes
 
 
+def test_step_up_with_quorum(kmsd, st):
+    """A change that needs MFA and approvals: the requester steps up when the request is
+    made (no pending request without a code), each approver steps up on its vote, and
+    the approved execution does not ask the requester again."""
+    d = kmsd.get("/v1/sys/policy", token=kmsd.admin_token).json()["data"]
+    doc = d["document"]
+    doc["version"] = d["version"] + 1
+    doc["rules"].append({"name": "mq-rotate-needs-one", "effect": "allow", "principals": ["role:admin"],
+                         "keys": ["mq-*"], "operations": ["key.rotate"], "require_quorum": 1})
+    s = st.clock.next()
+    assert st.a1.call("POST", "/v1/sys/policy", doc, mfa=st.a1.code(s)).status_code == 200
+    key = uniq("mq-k")
+    s = st.clock.next()
+    assert st.a1.call("POST", "/v1/%s/keys/%s" % (st.tenant, key), {}, mfa=st.a1.code(s)).status_code == 200
+    path = "/v1/%s/keys/%s/rotate" % (st.tenant, key)
+    r = st.a1.call("POST", path, {})
+    assert r.status_code == 403 and "MFA required" in err(r), r.text
+    before = st.a1.call("GET", "/v1/sys/approvals").json()["data"]["keys"]
+    assert before == [], before  # refused before any pending request was made
+    s = st.clock.next()
+    r = st.a1.call("POST", path, {}, mfa=st.a1.code(s))
+    assert r.status_code == 202, r.text
+    aid = r.json()["data"]["approval_id"]
+    r = st.a2.call("POST", "/v1/sys/approvals/%s/approve" % aid, {})
+    assert r.status_code == 403 and "MFA required" in err(r), r.text
+    s = st.clock.next()
+    r = st.a2.call("POST", "/v1/sys/approvals/%s/approve" % aid, {}, mfa=st.a2.code(s))
+    assert r.status_code == 200, r.text
+    assert audit_record(kmsd, r.json()["request_id"])["mfa"] is True
+    r = st.a1.call("GET", "/v1/%s/keys/%s" % (st.tenant, key))
+    assert r.json()["data"]["latest_version"] == 2, r.text
+
+
 def test_sealed_seed_bound_to_its_principal(kmsd, st):
     """A sealed seed copied into another principal's row does not unseal there: the
     check fails as a server error, never as a wrong code and never as a pass."""

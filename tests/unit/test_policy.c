@@ -39,6 +39,17 @@ static const struct {
 	{POLICY_ROLE_ADMIN, NULL, 0, KMS_OP_ENCRYPT, 7, 0},
 	{POLICY_ROLE_ADMIN, NULL, 0, KMS_OP_DECRYPT, 7, 0},
 	{POLICY_ROLE_ADMIN, NULL, 0, KMS_OP_REWRAP, 7, 0},
+	/* approvals and break-glass: admins vote, list and review; nobody breaks glass
+	 * under the built-in rules (a policy file designates who may) */
+	{POLICY_ROLE_ADMIN, NULL, 0, KMS_OP_APPROVAL_LIST, 0, 1},
+	{POLICY_ROLE_ADMIN, NULL, 0, KMS_OP_APPROVAL_APPROVE, 0, 1},
+	{POLICY_ROLE_ADMIN, NULL, 0, KMS_OP_APPROVAL_DENY, 0, 1},
+	{POLICY_ROLE_ADMIN, NULL, 0, KMS_OP_BREAKGLASS_LIST, 0, 1},
+	{POLICY_ROLE_ADMIN, NULL, 0, KMS_OP_BREAKGLASS_REVIEW, 0, 1},
+	{POLICY_ROLE_ADMIN, NULL, 0, KMS_OP_BREAKGLASS_ACTIVATE, 7, 0},
+	{POLICY_ROLE_SERVICE, scope_a, 1, KMS_OP_BREAKGLASS_ACTIVATE, 1, 0},
+	{POLICY_ROLE_SERVICE, scope_a, 1, KMS_OP_APPROVAL_APPROVE, 0, 0},
+	{POLICY_ROLE_SERVICE, scope_a, 1, KMS_OP_BREAKGLASS_REVIEW, 0, 0},
 	/* service: data plane and reads on its tenants only */
 	{POLICY_ROLE_SERVICE, scope_a, 1, KMS_OP_DATAKEY, 1, 1},
 	{POLICY_ROLE_SERVICE, scope_a, 1, KMS_OP_ENCRYPT, 1, 1},

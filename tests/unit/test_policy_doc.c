@@ -46,7 +46,8 @@ static const char hospital[] =
 	"     \"principals\": [\"analytics\"], \"keys\": [\"phi-*\", \"lab-*\"], \"operations\": [\"*\"]},\n"
 	"\n"
 	"    {\"name\": \"security-admin\", \"effect\": \"allow\",\n"
-	"     \"principals\": [\"role:admin\"], \"operations\": [\"tenant.*\", \"principal.*\", \"token.*\", \"key.*\"],\n"
+	"     \"principals\": [\"role:admin\"], \"operations\": [\"tenant.*\", \"principal.*\", \"token.*\", \"key.*\",\n"
+	"                                                  \"approval.*\", \"breakglass.list\", \"breakglass.review\"],\n"
 	"     \"require_mfa\": true},\n"
 	"    {\"name\": \"rotate-phi-with-quorum\", \"effect\": \"allow\",\n"
 	"     \"principals\": [\"role:admin\"], \"keys\": [\"phi-*\"], \"operations\": [\"key.rotate\"],\n"
@@ -55,11 +56,11 @@ static const char hospital[] =
 	"     \"principals\": [\"role:admin\"], \"operations\": [\"datakey\", \"encrypt\", \"decrypt\", \"rewrap\"]},\n"
 	"\n"
 	"    {\"name\": \"break-glass\", \"effect\": \"allow\",\n"
-	"     \"description\": \"on-call clinician lead when the EHR is down\",\n"
+	"     \"description\": \"on-call clinician lead may take a break-glass grant when the EHR is down\",\n"
 	"     \"principals\": [\"oncall-breakglass\"], \"tenants\": [\"hosp-*\"], \"keys\": [\"phi-*\"],\n"
-	"     \"operations\": [\"decrypt\"],\n"
+	"     \"operations\": [\"breakglass.activate\"],\n"
 	"     \"conditions\": {\"mfa_max_age\": 300, \"source_cidr\": [\"10.20.99.0/24\"]},\n"
-	"     \"require_mfa\": true, \"require_quorum\": 1}\n"
+	"     \"require_mfa\": true}\n"
 	"  ]\n"
 	"}\n";
 
@@ -106,10 +107,19 @@ static void test_good_documents(void **state)
 	in.role = "service";
 	in.mfa_at = in.now - 100;
 	assert_int_equal(policy_addr_from_text("10.20.99.7", &in.source), 0);
+	policy_eval(doc, &in, &v); /* no rule lets it decrypt: only a grant does */
+	assert_false(v.allow);
+	in.op = KMS_OP_BREAKGLASS_ACTIVATE;
+	in.key = "phi-*"; /* the grant's key pattern */
 	policy_eval(doc, &in, &v);
 	assert_true(v.allow);
 	assert_true(v.require_mfa);
-	assert_int_equal(v.require_quorum, 1);
+	assert_int_equal(v.require_quorum, 0);
+	in.key = "*"; /* wider than the rule's phi-* */
+	policy_eval(doc, &in, &v);
+	assert_false(v.allow);
+	in.key = "phi-notes";
+	in.op = KMS_OP_DECRYPT;
 	in.principal = "alice";
 	in.role = "admin";
 	in.op = KMS_OP_KEY_ROTATE;
@@ -117,6 +127,21 @@ static void test_good_documents(void **state)
 	assert_true(v.allow);
 	assert_true(v.require_mfa);
 	assert_int_equal(v.require_quorum, 2);
+	in.op = KMS_OP_APPROVAL_APPROVE; /* approving another admin's request: with a TOTP code */
+	in.key = NULL;
+	in.tenant = NULL;
+	in.tenant_id = 0;
+	policy_eval(doc, &in, &v);
+	assert_true(v.allow);
+	assert_true(v.require_mfa);
+	assert_int_equal(v.require_quorum, 0);
+	in.op = KMS_OP_BREAKGLASS_ACTIVATE; /* admins are not designated */
+	in.tenant = "hosp-main";
+	in.tenant_id = 3;
+	in.key = "phi-*";
+	policy_eval(doc, &in, &v);
+	assert_false(v.allow);
+	in.key = "phi-notes";
 	in.op = KMS_OP_DECRYPT;
 	policy_eval(doc, &in, &v);
 	assert_false(v.allow);

@@ -34,6 +34,17 @@ static void test_routes(void **state)
 {
 	(void)state;
 	expect("GET", 0, "/v1/sys/health", ROUTE_OK, KMS_OP_HEALTH, NULL, NULL, NULL, NULL);
+	/* approvals and break-glass */
+	expect("GET", 0, "/v1/sys/approvals", ROUTE_OK, KMS_OP_APPROVAL_LIST, NULL, NULL, NULL, NULL);
+	expect("LIST", 0, "/v1/sys/approvals", ROUTE_OK, KMS_OP_APPROVAL_LIST, NULL, NULL, NULL, NULL);
+	expect("GET", 0, "/v1/sys/approvals/abc", ROUTE_OK, KMS_OP_APPROVAL_READ, NULL, NULL, "abc", NULL);
+	expect("POST", 0, "/v1/sys/approvals/abc/approve", ROUTE_OK, KMS_OP_APPROVAL_APPROVE, NULL, NULL, "abc", NULL);
+	expect("POST", 0, "/v1/sys/approvals/abc/deny", ROUTE_OK, KMS_OP_APPROVAL_DENY, NULL, NULL, "abc", NULL);
+	expect("GET", 0, "/v1/sys/approvals/abc/approve", ROUTE_METHOD, 0, NULL, NULL, NULL, NULL);
+	expect("POST", 0, "/v1/sys/break-glass", ROUTE_OK, KMS_OP_BREAKGLASS_ACTIVATE, NULL, NULL, NULL, NULL);
+	expect("GET", 0, "/v1/sys/break-glass", ROUTE_OK, KMS_OP_BREAKGLASS_LIST, NULL, NULL, NULL, NULL);
+	expect("POST", 0, "/v1/sys/break-glass/abc/review", ROUTE_OK, KMS_OP_BREAKGLASS_REVIEW, NULL, NULL, "abc",
+	       NULL);
 	expect("POST", 0, "/v1/sys/health", ROUTE_METHOD, 0, NULL, NULL, NULL, NULL);
 	expect("POST", 0, "/v1/sys/tenants/demo", ROUTE_OK, KMS_OP_TENANT_CREATE, NULL, NULL, "demo", NULL);
 	expect("PUT", 0, "/v1/sys/tenants/demo", ROUTE_OK, KMS_OP_TENANT_CREATE, NULL, NULL, "demo", NULL);
