@@ -277,6 +277,18 @@ else
 	say "$DEV/service.token exists"
 fi
 
+# A code is good once: if this run used the current TOTP step (or the next), wait until a
+# step it has not used begins, so that the first code the user computes works.
+if [ -s "$DEV/admin.totp.step" ]; then
+	last=$(cat "$DEV/admin.totp.step")
+	if [ "$(($(date +%s) / 30))" -le "$last" ]; then
+		say "waiting for a TOTP step this script has not used, so that your first code works ..."
+		while [ "$(($(date +%s) / 30))" -le "$last" ]; do
+			sleep 1
+		done
+	fi
+fi
+
 # -- how to call it ------------------------------------------------------------------------
 C="curl -sS --cacert $CA"
 S='-H "X-Vault-Token: $(cat '"$DEV"'/service.token)"'
