@@ -19,7 +19,7 @@
 # (retention phi), key demo/patient-records, principal demo-service (role service,
 # tenants ["demo"]) and a token for it in var/dev/service.token (only if that file does
 # not exist). Each change uses a TOTP step of its own, so a first run waits up to a
-# minute for steps to pass. It prints curl commands to try, then stays in the foreground until Ctrl-C
+# minute and a half for steps to pass (at the end, for one it has not used). It prints curl commands to try, then stays in the foreground until Ctrl-C
 # or SIGTERM, which it forwards to kmsd; its exit status is kmsd's.
 # Re-running reuses ./var/. To start over: rm -rf var
 #
