@@ -79,7 +79,7 @@ $(BUILD)/kmsd: $(BUILD)/kms/kmsd.o $(BUILD)/libkms.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/kmsctl: $(CLI_OBJ) $(BUILD)/libkms.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lcurl
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lcurl -lqrencode
 
 # A PKCS#11 module that forwards to SoftHSM2 and injects faults on command.
 $(BUILD)/tests/p11shim.so: $(SHIM_SRC) $(wildcard tests/p11shim/*.h)

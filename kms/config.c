@@ -100,6 +100,8 @@ static const struct conf_option options[] = {
 	INT(break_glass_reviews, 2, 1, 16),
 	/* Whether the account exists is checked when kmsd switches to it (kms/proc.c). */
 	STRING(user, "", 0, check_user),
+	/* NIST SP 800-63B 5.2.2: at most 100 consecutive failed attempts */
+	INT(mfa_max_failures, 5, 1, 100),
 	/* The Prometheus listener (kms/http/metrics_listen.h): off unless set. */
 	STRING(metrics_listen, "", 0, check_metrics_listen),
 	PATH(metrics_port_file, "", 0),

@@ -43,6 +43,7 @@
  *   rate_limit_ops      string  ""           per principal and operation: "op=rate[:burst],..."
  *   auth_fail_rps       int     5            failed authentications a second per source address, 0..100000 (0 = no limit)
  *   auth_fail_burst     int     50           ...bucket size, 0..1000000 (0 = 2 x rate)
+ *   mfa_max_failures    int     5            consecutive failed TOTP checks before a principal is locked, 1..100
  *   approval_ttl        int     86400        seconds a quorum request waits for approvals, 60..2592000
  *   break_glass_max_ttl int     3600         longest break-glass grant in seconds, 60..86400
  *   break_glass_reviews int     2            admin reviews a break-glass grant needs, 1..16
@@ -103,6 +104,7 @@ struct kms_config {
 	int break_glass_max_ttl;
 	int break_glass_reviews;
 	char user[33]; /* a login name, 1..32 chars */
+	int mfa_max_failures;
 	char metrics_listen[72]; /* "" or ADDRESS:PORT */
 	char metrics_port_file[KMS_CONFIG_PATH_MAX];
 };

@@ -27,6 +27,7 @@
 #include "kms/proc.h"
 #include "kms/store/store.h"
 #include "pkcs11/p11.h"
+#include "policy/policy_doc.h"
 
 static void usage(FILE *f)
 {
@@ -34,6 +35,7 @@ static void usage(FILE *f)
 		   "       kmsd [-c CONFIG] init [--admin NAME] [--admin-token-file PATH]\n"
 		   "       kmsd [-c CONFIG] master-key rotate [--so-pin-file PATH] [--batch N]\n"
 		   "       kmsd [-c CONFIG] master-key status\n"
+		   "       kmsd default-policy\n"
 		   "       kmsd [-c CONFIG] restore --from FILE [--force]\n"
 		   "       kmsd --version\n"
 		   "\n"
@@ -47,6 +49,8 @@ static void usage(FILE *f)
 		   "       beside a serving kmsd; run it again to resume an interrupted rotation\n"
 		   "master-key status  the active master key, rows per master key, and which\n"
 		   "       master keys the token holds, as JSON\n"
+		   "default-policy  print the built-in policy document (docs/POLICY.md), a\n"
+		   "       starting point for a policy_file\n"
 		   "restore  put a backup archive (kmsctl backup) back: the store, the audit\n"
 		   "       segments and the audit public key, checked against the token's master\n"
 		   "       key and every checksum; offline (stop kmsd first). Existing files are\n"
@@ -746,6 +750,7 @@ static int cmd_serve(const struct kms_config *cfg)
 			.op_limits = cfg->rate_limit_ops,
 			.auth_fail_rps = cfg->auth_fail_rps,
 			.auth_fail_burst = cfg->auth_fail_burst,
+			.mfa_max_failures = (unsigned)cfg->mfa_max_failures,
 			.approval_ttl = cfg->approval_ttl,
 			.break_glass_max_ttl = cfg->break_glass_max_ttl,
 			.break_glass_reviews = (unsigned)cfg->break_glass_reviews,
@@ -861,6 +866,10 @@ int main(int argc, char **argv)
 	}
 	if (optind < argc)
 		cmd = argv[optind++];
+	if (strcmp(cmd, "default-policy") == 0 && optind == argc) {
+		fputs(policy_doc_default_json, stdout);
+		return fflush(stdout) == 0 ? 0 : 1;
+	}
 	if (strcmp(cmd, "master-key") == 0 && optind < argc)
 		sub = argv[optind++];
 	if (optind < argc ||

@@ -824,6 +824,7 @@ struct p11 {
 	} mks[P11_MK_CACHE];
 	unsigned n_mks, next_mk;
 	CK_OBJECT_HANDLE audit_sign, audit_pub; /* the kmsd-audit-sign pair */
+	CK_OBJECT_HANDLE mfa_seal; /* kmsd-mfa-seal once found or made (under obj_lock) */
 
 	pthread_mutex_t pool_lock;
 	pthread_cond_t pool_cond;
@@ -2206,5 +2207,134 @@ out:
 	if (probe != CK_INVALID_HANDLE && p->f->C_DestroyObject(p->holder, probe) != CKR_OK)
 		kms_warn("token: could not destroy the fingerprint probe (a public value)");
 	pthread_mutex_unlock(&p->obj_lock);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- MFA seed sealing */
+
+static CK_MECHANISM_TYPE gcm_mechs[] = {CKM_AES_GCM};
+
+/* kmsd-mfa-seal: AES-256, token, private, sensitive, not extractable, ENCRYPT/DECRYPT
+ * only, ALLOWED_MECHANISMS={CKM_AES_GCM}. Needs only the user PIN, so it is made on
+ * first use rather than at kmsd init (tokens provisioned before MFA existed get it then). */
+static kms_err mfa_seal_create_locked(struct p11 *p, CK_OBJECT_HANDLE *out)
+{
+	static char label[] = P11_LABEL_MFA_SEAL;
+	CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+	CK_ATTRIBUTE tmpl[] = {
+		A(CKA_CLASS, cls_secret),
+		A(CKA_KEY_TYPE, kt_aes),
+		A(CKA_VALUE_LEN, len_32),
+		A(CKA_TOKEN, ck_true),
+		A(CKA_PRIVATE, ck_true),
+		A(CKA_SENSITIVE, ck_true),
+		A(CKA_EXTRACTABLE, ck_false),
+		A(CKA_ENCRYPT, ck_true),
+		A(CKA_DECRYPT, ck_true),
+		A(CKA_SIGN, ck_false),
+		A(CKA_VERIFY, ck_false),
+		A(CKA_WRAP, ck_false),
+		A(CKA_UNWRAP, ck_false),
+		A(CKA_DERIVE, ck_false),
+		{CKA_ALLOWED_MECHANISMS, gcm_mechs, sizeof(gcm_mechs)},
+		{CKA_LABEL, label, sizeof(label) - 1},
+	};
+	CK_RV rv = p->f->C_GenerateKey(p->holder, &gen, tmpl, NELEM(tmpl), out);
+
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, "C_GenerateKey(MFA seal key)");
+	kms_info("token: %s created", P11_LABEL_MFA_SEAL);
+	return KMS_OK;
+}
+
+/* A key found by label must still be what mfa_seal_create_locked made. */
+static kms_err mfa_seal_check_locked(struct p11 *p, CK_OBJECT_HANDLE h)
+{
+	CK_BBOOL sens = CK_FALSE, extr = CK_TRUE, never = CK_FALSE;
+	CK_KEY_TYPE kt = 0;
+	CK_ATTRIBUTE a[] = {
+		{CKA_SENSITIVE, &sens, sizeof(sens)},
+		{CKA_EXTRACTABLE, &extr, sizeof(extr)},
+		{CKA_NEVER_EXTRACTABLE, &never, sizeof(never)},
+		{CKA_KEY_TYPE, &kt, sizeof(kt)},
+	};
+	CK_RV rv = p->f->C_GetAttributeValue(p->holder, h, a, NELEM(a));
+
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, "C_GetAttributeValue(MFA seal key)");
+	if (sens != CK_TRUE || extr != CK_FALSE || never != CK_TRUE || kt != CKK_AES) {
+		kms_error("token: %s is not a sensitive, never-extractable AES key: refusing to use it",
+			  P11_LABEL_MFA_SEAL);
+		return kms_errf(KMS_ERR_TOKEN, "token: %s has the wrong attributes", P11_LABEL_MFA_SEAL);
+	}
+	return KMS_OK;
+}
+
+static kms_err mfa_seal_key(struct p11 *p, bool create, p11_key *out)
+{
+	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+	unsigned n = 0;
+	kms_err rc = KMS_OK;
+
+	pthread_mutex_lock(&p->obj_lock);
+	if (p->mfa_seal == CK_INVALID_HANDLE) {
+		rc = find_key(p->f, p->holder, P11_LABEL_MFA_SEAL, &h, &n);
+		if (rc == KMS_OK && n > 1)
+			rc = kms_errf(KMS_ERR_TOKEN, "token: several objects are labelled %s", P11_LABEL_MFA_SEAL);
+		else if (rc == KMS_OK && n == 0 && !create)
+			rc = kms_errf(KMS_ERR_TOKEN, "token: %s is missing: sealed MFA seeds cannot be read",
+				      P11_LABEL_MFA_SEAL);
+		else if (rc == KMS_OK && n == 0)
+			rc = mfa_seal_create_locked(p, &h);
+		if (rc == KMS_OK)
+			rc = mfa_seal_check_locked(p, h);
+		if (rc == KMS_OK)
+			p->mfa_seal = h;
+	}
+	if (rc == KMS_OK)
+		*out = KEY_MAKE(p->holder_gen, p->mfa_seal);
+	pthread_mutex_unlock(&p->obj_lock);
+	return rc;
+}
+
+kms_err p11_mfa_seal(struct p11 *p, const uint8_t *aad, size_t aad_len, const uint8_t *seed, size_t seed_len,
+		     uint8_t *out, size_t out_cap, size_t *out_len)
+{
+	p11_key k = 0;
+	kms_err rc;
+
+	if (p == NULL || out == NULL || out_len == NULL || seed == NULL || seed_len == 0 ||
+	    seed_len > SIZE_MAX - P11_MFA_SEAL_OVERHEAD || out_cap < seed_len + P11_MFA_SEAL_OVERHEAD)
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_mfa_seal: bad arguments");
+	rc = mfa_seal_key(p, true, &k);
+	if (rc == KMS_OK)
+		rc = p11_random(p, out, P11_GCM_IV_LEN);
+	if (rc == KMS_OK)
+		rc = p11_gcm_encrypt(p, k, out, aad, aad_len, seed, seed_len, out + P11_GCM_IV_LEN,
+				     out_cap - P11_GCM_IV_LEN);
+	if (rc != KMS_OK) {
+		kms_wipe(out, out_cap);
+		return rc;
+	}
+	*out_len = seed_len + P11_MFA_SEAL_OVERHEAD;
+	return KMS_OK;
+}
+
+kms_err p11_mfa_unseal(struct p11 *p, const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len,
+		       uint8_t *seed, size_t seed_cap, size_t *seed_len)
+{
+	p11_key k = 0;
+	kms_err rc;
+
+	if (p == NULL || in == NULL || seed == NULL || seed_len == NULL)
+		return kms_errf(KMS_ERR_INTERNAL, "token: p11_mfa_unseal: bad arguments");
+	if (in_len <= P11_MFA_SEAL_OVERHEAD || in_len - P11_MFA_SEAL_OVERHEAD > seed_cap)
+		return kms_errf(KMS_ERR_DECRYPT, "sealed MFA seed has a bad length");
+	rc = mfa_seal_key(p, false, &k);
+	if (rc == KMS_OK)
+		rc = p11_gcm_decrypt(p, k, in, aad, aad_len, in + P11_GCM_IV_LEN, in_len - P11_GCM_IV_LEN, seed,
+				     seed_cap, seed_len);
+	if (rc != KMS_OK)
+		kms_wipe(seed, seed_cap);
 	return rc;
 }

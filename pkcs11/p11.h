@@ -169,6 +169,19 @@ KMS_WUR kms_err p11_audit_sign(struct p11 *p, const uint8_t digest[P11_SHA256_LE
  * *pem is malloc'd; the caller frees it (it is public, no wipe needed). */
 KMS_WUR kms_err p11_audit_pubkey_pem(struct p11 *p, char **pem);
 
+/* TOTP seeds, sealed with AES-256-GCM inside the token under kmsd-mfa-seal (AES-256,
+ * private, sensitive, not extractable, ENCRYPT/DECRYPT with CKM_AES_GCM only; made on
+ * first use by p11_mfa_seal, since only the user PIN is needed). aad binds the sealed
+ * seed to its principal. Output: iv || ct || tag, P11_MFA_SEAL_OVERHEAD bytes longer than
+ * the seed. unseal: a blob that does not verify (edited, moved to another principal) ->
+ * KMS_ERR_DECRYPT; no seal key in the token -> KMS_ERR_TOKEN. seed is wiped on failure;
+ * the caller wipes it after use. */
+#define P11_MFA_SEAL_OVERHEAD (P11_GCM_IV_LEN + P11_GCM_TAG_LEN)
+KMS_WUR kms_err p11_mfa_seal(struct p11 *p, const uint8_t *aad, size_t aad_len, const uint8_t *seed,
+			     size_t seed_len, uint8_t *out, size_t out_cap, size_t *out_len);
+KMS_WUR kms_err p11_mfa_unseal(struct p11 *p, const uint8_t *aad, size_t aad_len, const uint8_t *in,
+			       size_t in_len, uint8_t *seed, size_t seed_cap, size_t *seed_len);
+
 /* Token call metrics (Prometheus text 0.0.4), process-wide since start:
  * kmsd_token_call_duration_seconds{call} for p11_random, p11_kek_generate, p11_kek_load,
  * p11_gcm_encrypt, p11_gcm_decrypt, p11_hmac and p11_audit_sign (failed calls included),

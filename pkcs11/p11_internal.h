@@ -14,6 +14,7 @@
 #define P11_LABEL_STORE_MAC "kmsd-store-mac"
 #define P11_LABEL_AUDIT_HMAC "kmsd-audit-hmac"
 #define P11_LABEL_AUDIT_SIGN "kmsd-audit-sign" /* both halves of the key pair */
+#define P11_LABEL_MFA_SEAL "kmsd-mfa-seal"     /* seals TOTP seeds (p11_mfa_seal) */
 
 /* The module's function list; valid until p11_close. */
 CK_FUNCTION_LIST_PTR p11_internal_functions(struct p11 *p);

@@ -6,17 +6,23 @@
 #   var/softhsm/        SoftHSM2 token "kmsd" and its softhsm2.conf (scripts/dev-token.sh)
 #   var/dev/            user.pin, so.pin (moved here from var/softhsm), ca.pem, ca.key,
 #                       server.pem, server.key (scripts/dev-certs.sh), admin.token,
-#                       service.token, client-ca.pem/.key and demo-service.pem/.key
-#                       (scripts/dev-client-certs.sh: mTLS, optional) (all secrets
-#                       0600, directory 0700)
+#                       service.token, admin.totp (the dev admin's TOTP secret, base32),
+#                       admin.recovery (its one-time recovery codes), admin.totp.step (the
+#                       last TOTP step this script used), client-ca.pem/.key and
+#                       demo-service.pem/.key (scripts/dev-client-certs.sh: mTLS, optional)
+#                       (all secrets 0600, directory 0700)
 #   var/kmsd.conf       written from the settings below on every run (edit them here or
 #                       with the environment, not in the file)
 #   var/kmsd.db         the store;  var/audit.log  the audit log
 # then runs `kmsd init` once (only while var/dev/admin.token does not exist), starts kmsd,
-# waits for GET /v1/sys/health, and creates (skipping what exists; 409 is fine) tenant
-# "demo" (retention phi), key demo/patient-records, principal demo-service (role service,
+# waits for GET /v1/sys/health, enrols the dev admin in TOTP (once: the secret goes to
+# var/dev/admin.totp; the built-in policy wants a code, X-Vault-MFA, on every admin
+# change; codes come from oathtool), and creates (skipping what exists) tenant "demo"
+# (retention phi), key demo/patient-records, principal demo-service (role service,
 # tenants ["demo"]) and a token for it in var/dev/service.token (only if that file does
-# not exist), and maps var/dev/demo-service.pem to it (client certificate, mTLS). It prints curl commands to try, then stays in the foreground until Ctrl-C
+# not exist), and maps var/dev/demo-service.pem to it (client certificate, mTLS). Each
+# change uses a TOTP step of its own, so a first run waits up to a minute and a half
+# for steps to pass (at the end, for one it has not used). It prints curl commands to try, then stays in the foreground until Ctrl-C
 # or SIGTERM, which it forwards to kmsd; its exit status is kmsd's.
 # Re-running reuses ./var/. To start over: rm -rf var
 #
@@ -55,6 +61,7 @@ die() {
 
 [ -x "$BIN" ] || die "$BIN not found; build it first (make)"
 command -v curl >/dev/null 2>&1 || die "curl not found"
+command -v oathtool >/dev/null 2>&1 || die "oathtool not found (Debian package oathtool; make deps installs it)"
 
 # -- the port must be free -----------------------------------------------------------------
 port_busy() {
@@ -175,11 +182,14 @@ done
 say "kmsd is up on $URL (pid $KPID)"
 
 # -- demo tenant, key, principal, token ----------------------------------------------------
-# api METHOD PATH TOKENFILE [JSON]: sets API_STATUS and API_BODY. The token reaches curl
-# through a config on stdin, not the command line (where ps would show it).
+# api METHOD PATH TOKENFILE [JSON]: sets API_STATUS and API_BODY. The token (and the TOTP
+# code in API_MFA, when set) reach curl through a config on stdin, not the command line
+# (where ps would show them).
 api() {
 	resp="$VAR/.api.$$"
 	tok=$(cat "$3")
+	mfa_line=""
+	[ -z "${API_MFA-}" ] || mfa_line=$(printf 'header = "X-Vault-MFA: totp:%s"' "$API_MFA")
 	set -- "$1" "$2" "$3" "${4-}"
 	if [ -n "$4" ]; then
 		set -- "$1" "$2" "$3" --data-binary "$4"
@@ -189,15 +199,65 @@ api() {
 	method=$1
 	path=$2
 	shift 3
-	API_STATUS=$(printf 'header = "X-Vault-Token: %s"\n' "$tok" |
+	API_STATUS=$(printf 'header = "X-Vault-Token: %s"\n%s\n' "$tok" "$mfa_line" |
 		curl -sS -K - -o "$resp" -w '%{http_code}' --cacert "$CA" -X "$method" \
 			-H 'Content-Type: application/json' "$@" "$URL$path") || API_STATUS=000
 	API_BODY=$(cat "$resp" 2>/dev/null || true)
 	rm -f "$resp"
 }
 
-ensure() { # what method path json
-	api "$2" "$3" "$DEV/admin.token" "$4"
+# next_code: sets API_MFA to the dev admin's TOTP code for the next step not yet used.
+# kmsd accepts the current step +-1, each step once per principal, in increasing order:
+# three changes can go at once, then one a step (the script waits).
+next_code() {
+	last=$(cat "$DEV/admin.totp.step" 2>/dev/null || echo 0)
+	step=$(($(date +%s) / 30 - 1))
+	[ "$step" -gt "$last" ] || step=$((last + 1))
+	while [ "$step" -gt $(($(date +%s) / 30 + 1)) ]; do
+		say "waiting for the next TOTP step (a code is good once) ..."
+		sleep $((30 - $(date +%s) % 30 + 1))
+	done
+	printf '%s\n' "$step" >"$DEV/admin.totp.step"
+	API_MFA=$(oathtool --totp -b -N "@$((step * 30))" "$(cat "$DEV/admin.totp")") ||
+		die "oathtool failed on $DEV/admin.totp"
+}
+
+# enrols the dev admin in TOTP, once (the built-in policy asks for a code on every admin change)
+API_MFA=""
+api GET /v1/sys/mfa/status "$DEV/admin.token"
+[ "$API_STATUS" = 200 ] || die "reading the admin's MFA status: HTTP $API_STATUS $API_BODY"
+mfa_state=$(printf '%s' "$API_BODY" | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["data"]["state"])')
+if [ "$mfa_state" != active ] && [ ! -s "$DEV/admin.totp" ] || [ "$mfa_state" = none ]; then
+	api POST /v1/sys/mfa/enroll "$DEV/admin.token"
+	[ "$API_STATUS" = 200 ] || die "enrolling the admin in TOTP: HTTP $API_STATUS $API_BODY"
+	rm -f "$DEV/admin.totp" "$DEV/admin.recovery" "$DEV/admin.totp.step"
+	printf '%s' "$API_BODY" | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["data"]["secret"])' >"$DEV/admin.totp"
+	printf '%s' "$API_BODY" | "$PYTHON" -c 'import json,sys; print("\n".join(json.load(sys.stdin)["data"]["recovery_codes"]))' >"$DEV/admin.recovery"
+	chmod 0600 "$DEV/admin.totp" "$DEV/admin.recovery"
+	say "enrolled the admin in TOTP: secret in $DEV/admin.totp, recovery codes in $DEV/admin.recovery"
+	mfa_state=pending
+fi
+[ "$mfa_state" = active ] || [ -s "$DEV/admin.totp" ] ||
+	die "the admin's TOTP enrolment is active but $DEV/admin.totp is missing; rm -rf $VAR and re-run"
+if [ "$mfa_state" != active ]; then
+	next_code
+	code=$API_MFA
+	API_MFA=""
+	api POST /v1/sys/mfa/confirm "$DEV/admin.token" "{\"code\":\"$code\"}"
+	[ "$API_STATUS" = 200 ] || die "confirming the admin's TOTP enrolment: HTTP $API_STATUS $API_BODY"
+	say "confirmed the admin's TOTP enrolment"
+fi
+
+ensure() { # what get-path method path json: created with a TOTP code unless GET finds it
+	API_MFA=""
+	api GET "$2" "$DEV/admin.token"
+	if [ "$API_STATUS" = 200 ]; then
+		say "$1 exists"
+		return
+	fi
+	next_code
+	api "$3" "$4" "$DEV/admin.token" "$5"
+	API_MFA=""
 	case $API_STATUS in
 	200) say "created $1" ;;
 	409) say "$1 exists" ;;
@@ -205,14 +265,16 @@ ensure() { # what method path json
 	esac
 }
 
-ensure "tenant $TENANT" POST "/v1/sys/tenants/$TENANT" '{"retention":"phi"}'
-ensure "key $TENANT/$KEY" POST "/v1/$TENANT/keys/$KEY" '{"type":"aes256-gcm96"}'
-ensure "principal $SERVICE" POST "/v1/sys/principals/$SERVICE" \
+ensure "tenant $TENANT" "/v1/sys/tenants/$TENANT" POST "/v1/sys/tenants/$TENANT" '{"retention":"phi"}'
+ensure "key $TENANT/$KEY" "/v1/$TENANT/keys/$KEY" POST "/v1/$TENANT/keys/$KEY" '{"type":"aes256-gcm96"}'
+ensure "principal $SERVICE" "/v1/sys/principals/$SERVICE" POST "/v1/sys/principals/$SERVICE" \
 	"{\"role\":\"service\",\"tenants\":[\"$TENANT\"]}"
 ensure "client certificate of $SERVICE" POST "/v1/sys/principals/$SERVICE/certs" \
 	"$("$PYTHON" -c 'import json,sys; print(json.dumps({"certificate": open(sys.argv[1]).read()}))' "$DEV/$SERVICE.pem")"
 if [ ! -s "$DEV/service.token" ]; then
+	next_code
 	api POST "/v1/sys/principals/$SERVICE/tokens" "$DEV/admin.token" '{}'
+	API_MFA=""
 	[ "$API_STATUS" = 200 ] || die "creating a token for $SERVICE: HTTP $API_STATUS $API_BODY"
 	tok=$(printf '%s' "$API_BODY" | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["auth"]["client_token"])') ||
 		die "no auth.client_token in the answer"
@@ -224,10 +286,23 @@ else
 	say "$DEV/service.token exists"
 fi
 
+# A code is good once: if this run used the current TOTP step (or the next), wait until a
+# step it has not used begins, so that the first code the user computes works.
+if [ -s "$DEV/admin.totp.step" ]; then
+	last=$(cat "$DEV/admin.totp.step")
+	if [ "$(($(date +%s) / 30))" -le "$last" ]; then
+		say "waiting for a TOTP step this script has not used, so that your first code works ..."
+		while [ "$(($(date +%s) / 30))" -le "$last" ]; do
+			sleep 1
+		done
+	fi
+fi
+
 # -- how to call it ------------------------------------------------------------------------
 C="curl -sS --cacert $CA"
 S='-H "X-Vault-Token: $(cat '"$DEV"'/service.token)"'
 A='-H "X-Vault-Token: $(cat '"$DEV"'/admin.token)"'
+M='-H "X-Vault-MFA: totp:$(oathtool --totp -b $(cat '"$DEV"'/admin.totp))"'
 cat <<EOF
 
 kmsd (dev) is running on $URL — pid $KPID, store $VAR/kmsd.db, audit log $VAR/audit.log.
@@ -253,6 +328,12 @@ $C --cert $DEV/$SERVICE.pem --key $DEV/$SERVICE.key \\
 # read the key (admin token; no key material)
 $C $A \\
   $URL/v1/$TENANT/keys/$KEY
+
+# rotate it: an admin change, so it carries the admin's current TOTP code (each code
+# is good once: between two admin changes, wait for the next one, at most 30 s)
+oathtool --totp -b \$(cat $DEV/admin.totp)     # the code; $DEV/admin.recovery has one-time fallbacks
+$C $A $M \\
+  -X POST $URL/v1/$TENANT/keys/$KEY/rotate
 
 Ctrl-C stops kmsd. Docs: docs/API.md.
 

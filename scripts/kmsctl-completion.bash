@@ -15,8 +15,8 @@ _kmsctl()
 		cword=$COMP_CWORD
 	fi
 
-	local globals="--addr --ca-cert --token-file --config --format --timeout --client-cert --client-key --help"
-	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open audit approval break-glass report backup"
+	local globals="--addr --ca-cert --token-file --config --format --timeout --client-cert --client-key --mfa --help"
+	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open mfa audit approval break-glass report backup"
 
 	# option values
 	case $prev in
@@ -42,7 +42,8 @@ _kmsctl()
 			tenant.read tenant.list tenant.config principal.create principal.read principal.list
 			principal.cert.add principal.cert.list principal.cert.revoke
 			token.create token.revoke token.lookup_self token.lookup_accessor policy.read policy.write audit.hash sys.metrics
-			sys.compliance approval.list approval.read approval.approve approval.deny approval.expire breakglass.activate
+			sys.compliance sys.backup sys.restore mfa.enroll mfa.confirm mfa.status mfa.verify mfa.unlock mfa.reset
+			approval.list approval.read approval.approve approval.deny approval.expire breakglass.activate
 			breakglass.list breakglass.review audit.checkpoint audit.recovered" -- "$cur"))
 		return
 		;;
@@ -79,6 +80,7 @@ _kmsctl()
 		config) opts="--retention-days --min-destroy-wait-days --legal-hold" ;;
 		esac
 		;;
+	mfa) subs="enroll confirm status verify unlock reset" ;;
 	principal)
 		subs="create read list cert-add cert-list cert-revoke"
 		case "${path[1]}" in

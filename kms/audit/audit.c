@@ -198,7 +198,7 @@ static json_t *record_object(struct audit *a, uint64_t seq, const struct audit_r
 	    json_object_set_new(o, "request_id", str_or_null(r->request_id)) != 0 ||
 	    json_object_set_new(o, "principal", str_or_null(r->principal)) != 0 ||
 	    json_object_set_new(o, "auth_method", str_or_null(r->auth_method)) != 0 ||
-	    json_object_set_new(o, "mfa", json_false()) != 0 ||
+	    json_object_set_new(o, "mfa", json_boolean(r->mfa)) != 0 ||
 	    json_object_set_new(o, "remote_addr", str_or_null(r->remote_addr)) != 0 ||
 	    json_object_set_new(o, "operation", str_or_null(r->operation)) != 0 ||
 	    json_object_set_new(o, "tenant", str_or_null(r->tenant)) != 0 ||

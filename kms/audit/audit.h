@@ -84,6 +84,7 @@ struct audit_record {
 	/* Borrowed, may be NULL: members written after reason, e.g. "encryption_context":
 	 * {"k":"hmac-sha256:…"}. Only hashed values: never a plaintext context value. */
 	const void *extra; /* a jansson json_t object */
+	bool mfa;	   /* a TOTP or recovery code was verified for this request */
 };
 
 /* Signs a checkpoint: writes a DER ECDSA-Sig-Value over the SHA-256 digest into sig

@@ -43,6 +43,13 @@ enum kms_op {
 	KMS_OP_TOKEN_LOOKUP_ACCESSOR,
 	KMS_OP_KEY_TRIM,
 	KMS_OP_MASTER_KEY_ROTATE, /* steps of kmsd master-key rotate, relayed; no route */
+	/* TOTP step-up (kms/core/ops_mfa.c) */
+	KMS_OP_MFA_ENROLL,  /* the caller enrols itself */
+	KMS_OP_MFA_CONFIRM, /* the caller confirms its pending enrolment with a first code */
+	KMS_OP_MFA_STATUS,  /* the caller's own state, or a named principal's */
+	KMS_OP_MFA_VERIFY,  /* checks a code (refreshes mfa_max_age) and does nothing else */
+	KMS_OP_MFA_UNLOCK,  /* clears another principal's lockout */
+	KMS_OP_MFA_RESET,   /* deletes another principal's enrolment (lost device) */
 	/* quorum approvals and break-glass (docs/API.md "Approvals", "Break-glass") */
 	KMS_OP_APPROVAL_LIST,
 	KMS_OP_APPROVAL_READ,

@@ -88,6 +88,7 @@ struct cli_opts {
 	const char *config;
 	const char *format;
 	const char *timeout;
+	int mfa_prompt; /* --mfa: ask for a TOTP code on the terminal before the first call */
 	const char *client_cert; /* PEM client certificate (mTLS) */
 	const char *client_key;	 /* its PEM private key (mode 0600) */
 };
@@ -104,6 +105,10 @@ struct cli_client {
 	size_t token_len;
 	long timeout;
 	int json; /* --format json */
+	/* X-Vault-MFA value ("totp:123456" or "recovery:..."), secret memory, or NULL:
+	 * from KMS_MFA, --mfa's prompt, or a prompt after a 403 "MFA required" */
+	char *mfa;
+	size_t mfa_len;
 	char *client_cert, *client_key; /* PEM files for mTLS, or NULL */
 };
 
@@ -133,9 +138,18 @@ void cli_print_http_error(long status, const json_t *answer);
 int cli_call_status(struct cli_client *c, const char *method, const char *path,
 		    const json_t *body, json_t **out, long *status);
 
+/* Asks on the terminal (echo off) for a TOTP code; "totp:" is added unless the answer
+ * starts with "totp:" or "recovery:". Returns CLI_OK, or CLI_USAGE after a message (no
+ * terminal, empty or malformed answer). Replaces c->mfa. */
+int cli_mfa_prompt(struct cli_client *c);
+
 /* Reads a whole file ("-" = stdin) into malloc'd memory that the caller wipes and
  * frees; refuses more than max bytes. Returns CLI_OK or CLI_USAGE after a message. */
 int cli_read_input(const char *path, size_t max, unsigned char **out, size_t *len);
+
+/* ---- mfa (cli_mfa.c) ------------------------------------------------------------ */
+int cli_mfa(int argc, char **argv);
+void cli_mfa_usage(FILE *f);
 
 /* ---- output (cli_out.c) ---------------------------------------------------------- */
 

@@ -28,6 +28,8 @@
 #define MAX_CONFIG (64u << 10)
 #define MAX_TOKEN 1024
 #define TOKEN_HDR "X-Vault-Token: "
+#define MFA_HDR "X-Vault-MFA: "
+#define MAX_MFA 64
 
 struct cli_opts cli_opts;
 int cli_stdin_taken;
@@ -275,7 +277,7 @@ static long read_line_secret(int fd, char **out)
 }
 
 /* Asks on the terminal, echo off. Returns the length, or -1 (no terminal). */
-static long prompt_token(char **out)
+static long prompt_secret(const char *prompt, char **out)
 {
 	struct termios old, quiet;
 	long n;
@@ -289,7 +291,7 @@ static long prompt_token(char **out)
 	}
 	quiet = old;
 	quiet.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
-	(void)!write(fd, "kmsctl: token: ", 15);
+	(void)!write(fd, prompt, strlen(prompt));
 	(void)tcsetattr(fd, TCSAFLUSH, &quiet);
 	n = read_line_secret(fd, out);
 	(void)tcsetattr(fd, TCSAFLUSH, &old);
@@ -346,7 +348,7 @@ static int resolve_token(struct cli_client *c)
 	} else if (c->client_cert != NULL) {
 		return CLI_OK; /* no token anywhere: the client certificate authenticates */
 	} else {
-		long n = isatty(STDIN_FILENO) ? prompt_token(&c->token) : -1;
+		long n = isatty(STDIN_FILENO) ? prompt_secret("kmsctl: token: ", &c->token) : -1;
 
 		if (n < 0)
 			return gen_error("no token: give --token-file FILE (or - for stdin), set "
@@ -360,6 +362,50 @@ static int resolve_token(struct cli_client *c)
 		if ((unsigned char)c->token[i] <= 0x20 || (unsigned char)c->token[i] >= 0x7f)
 			return gen_error("the token has a character that cannot go into a header");
 	return CLI_OK;
+}
+
+/* ---- MFA code ------------------------------------------------------------------- */
+
+/* Takes a code (secret memory, owned) into c->mfa as an X-Vault-MFA value. */
+static int mfa_set(struct cli_client *c, char *code, size_t n, const char *from)
+{
+	int has_prefix = (n > 5 && strncmp(code, "totp:", 5) == 0) || (n > 9 && strncmp(code, "recovery:", 9) == 0);
+	size_t len = has_prefix ? n : n + 5;
+	char *v;
+
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)code[i] <= 0x20 || (unsigned char)code[i] >= 0x7f) {
+			kms_secret_free(code);
+			return gen_error("%s: the MFA code has a character that cannot go into a header", from);
+		}
+	if (n == 0 || len > MAX_MFA) {
+		kms_secret_free(code);
+		return gen_error("%s: the MFA code is empty or too long", from);
+	}
+	v = kms_secret_alloc(len + 1);
+	if (v == NULL) {
+		kms_secret_free(code);
+		return gen_error("out of memory");
+	}
+	if (!has_prefix)
+		memcpy(v, "totp:", 5);
+	memcpy(v + (has_prefix ? 0 : 5), code, n);
+	kms_secret_free(code);
+	kms_secret_free(c->mfa);
+	c->mfa = v;
+	c->mfa_len = len;
+	return CLI_OK;
+}
+
+int cli_mfa_prompt(struct cli_client *c)
+{
+	char *code = NULL;
+	long n = isatty(STDIN_FILENO) ? prompt_secret("kmsctl: TOTP code (or recovery:CODE): ", &code) : -1;
+
+	if (n < 0)
+		return gen_error("an MFA code is needed and there is no terminal to ask on: set KMS_MFA "
+				 "(e.g. KMS_MFA=$(oathtool --totp -b \"$SECRET\"))");
+	return mfa_set(c, code, (size_t)n, "prompt");
 }
 
 /* ---- client ---------------------------------------------------------------------- */
@@ -471,7 +517,16 @@ int cli_connect(struct cli_client *c, int need_token)
 	c->timeout = (long)timeout;
 
 	if (need_token) {
+		char *code = NULL;
+		size_t code_len = 0;
+
 		rc = resolve_token(c);
+		if (rc != CLI_OK)
+			goto out;
+		if (kms_secret_from_env("KMS_MFA", &code, &code_len) == 0)
+			rc = mfa_set(c, code, code_len, "KMS_MFA");
+		else if (cli_opts.mfa_prompt)
+			rc = cli_mfa_prompt(c);
 		if (rc != CLI_OK)
 			goto out;
 	}
@@ -492,6 +547,8 @@ void cli_disconnect(struct cli_client *c)
 	free(c->client_cert);
 	free(c->client_key);
 	kms_secret_free(c->token);
+	kms_secret_free(c->mfa);
+	c->mfa = NULL;
 	memset(c, 0, sizeof(*c));
 	conf_free();
 }
@@ -578,11 +635,12 @@ static int is_tls_error(CURLcode cc)
 	       cc == CURLE_SSL_PINNEDPUBKEYNOTMATCH || cc == CURLE_SSL_INVALIDCERTSTATUS;
 }
 
-int cli_call_status(struct cli_client *c, const char *method, const char *path,
-		    const json_t *body, json_t **out, long *status)
+static int call_once(struct cli_client *c, const char *method, const char *path, const json_t *body,
+		     json_t **out, long *status)
 {
 	char errbuf[CURL_ERROR_SIZE] = "";
-	struct curl_slist *hdrs = NULL, tok_node;
+	struct curl_slist *hdrs = NULL, tok_node, mfa_node;
+	char *mfa_hdr = NULL;
 	struct rbuf rb = {0};
 	char *url = NULL, *req = NULL, *tok_hdr = NULL;
 	size_t req_len = 0;
@@ -622,6 +680,16 @@ int cli_call_status(struct cli_client *c, const char *method, const char *path,
 		tok_node.data = tok_hdr;
 		tok_node.next = hdrs;
 	}
+	if (c->mfa != NULL && tok_hdr != NULL) {
+		/* the step-up code: wiped memory too, sent with the token */
+		mfa_hdr = kms_secret_alloc(sizeof(MFA_HDR) + c->mfa_len);
+		if (mfa_hdr == NULL)
+			goto oom;
+		memcpy(mfa_hdr, MFA_HDR, sizeof(MFA_HDR) - 1);
+		memcpy(mfa_hdr + sizeof(MFA_HDR) - 1, c->mfa, c->mfa_len);
+		mfa_node.data = mfa_hdr;
+		mfa_node.next = &tok_node;
+	}
 	curl_easy_setopt(h, CURLOPT_URL, url);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "https");
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
@@ -644,7 +712,7 @@ int cli_call_status(struct cli_client *c, const char *method, const char *path,
 	curl_easy_setopt(h, CURLOPT_USERAGENT, "kmsctl/" KMS_VERSION);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, &rb);
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, tok_hdr != NULL ? &tok_node : hdrs);
+	curl_easy_setopt(h, CURLOPT_HTTPHEADER, mfa_hdr != NULL ? &mfa_node : tok_hdr != NULL ? &tok_node : hdrs);
 	if (is_post) {
 		curl_easy_setopt(h, CURLOPT_POST, 1L);
 		curl_easy_setopt(h, CURLOPT_POSTFIELDS, req != NULL ? req : "");
@@ -699,10 +767,36 @@ out:
 	if (req != NULL)
 		kms_json_free_str(req, req_len);
 	kms_secret_free(tok_hdr);
+	kms_secret_free(mfa_hdr);
 	curl_slist_free_all(hdrs);
 	if (h != NULL)
 		curl_easy_cleanup(h);
 	free(url);
+	return rc;
+}
+
+/* A 403 that asks for a step-up the call did not carry: kmsd's message starts so. */
+static int wants_mfa_code(long status, const json_t *ans)
+{
+	const char *m = json_string_value(json_array_get(json_object_get(ans, "errors"), 0));
+
+	return status == 403 && m != NULL && strncmp(m, "MFA required: send", 18) == 0;
+}
+
+int cli_call_status(struct cli_client *c, const char *method, const char *path,
+		    const json_t *body, json_t **out, long *status)
+{
+	int rc = call_once(c, method, path, body, out, status);
+
+	/* Asked for a code and none was sent: ask on the terminal and send the call again. */
+	if (c->mfa == NULL && c->token != NULL && wants_mfa_code(*status, *out) && isatty(STDIN_FILENO) &&
+	    !cli_stdin_taken) {
+		if (cli_mfa_prompt(c) != CLI_OK)
+			return rc;
+		json_decref(*out);
+		*out = NULL;
+		rc = call_once(c, method, path, body, out, status);
+	}
 	return rc;
 }
 

@@ -28,6 +28,8 @@ static const struct cli_command commands[] = {
 	{"rewrap", "move ciphertexts to the latest key version (service)", cli_rewrap, cli_rewrap_usage},
 	{"seal", "envelope-encrypt a file of any size (service)", cli_seal, cli_seal_usage},
 	{"open", "decrypt a sealed file (service)", cli_open, cli_open_usage},
+	{"mfa", "TOTP step-up: enroll (QR code), confirm, status, verify, unlock,\n"
+		"             reset", cli_mfa, cli_mfa_usage},
 	{"audit", "offline audit log tools: verify the chain and signatures, search,\n"
 		  "             access and exposure reports",
 	 cli_audit, cli_audit_usage},
@@ -66,6 +68,9 @@ static void usage(FILE *f)
 		"  --format table|json    table: readable columns (default); json: the server's\n"
 		"                         data as it came\n"
 		"  --timeout SECONDS      give up on a call after this long (default 30)\n"
+		"  --mfa                  ask on the terminal for a TOTP code and send it as\n"
+		"                         X-Vault-MFA (admin changes need one; without --mfa\n"
+		"                         kmsctl asks when the server says a code is needed)\n"
 		"  --client-cert FILE     PEM client certificate for mTLS (kmsd's tls_client_ca);\n"
 		"                         mapped to a principal, it authenticates without a token\n"
 		"  --client-key FILE      its PEM private key, mode 600 (default: in --client-cert)\n"
@@ -80,6 +85,8 @@ static void usage(FILE *f)
 		"  KMS_ADDR, VAULT_ADDR       address (after --addr)\n"
 		"  KMS_TOKEN, VAULT_TOKEN     token (after --token-file)\n"
 		"  KMS_CACERT, VAULT_CACERT   CA file (after --ca-cert)\n"
+		"  KMS_MFA                    TOTP code for X-Vault-MFA (\"123456\", \"totp:123456\"\n"
+		"                             or \"recovery:CODE\"); a code is good once\n"
 		"  KMS_CLIENT_CERT, VAULT_CLIENT_CERT  client certificate (after --client-cert)\n"
 		"  KMS_CLIENT_KEY, VAULT_CLIENT_KEY    client key (after --client-key)\n"
 		"  XDG_CONFIG_HOME            where kmsctl.conf is looked for\n"
@@ -143,6 +150,16 @@ static int take_globals(int argc, char **argv)
 			rest = 1;
 			argv[o++] = argv[i];
 			continue;
+		}
+		if (strcmp(a, "--mfa") == 0) {
+			cli_opts.mfa_prompt = 1;
+			continue;
+		}
+		if (strncmp(a, "--mfa=", 6) == 0) {
+			kms_wipe(argv[i] + 6, strlen(argv[i] + 6));
+			fprintf(stderr, "kmsctl: --mfa takes no value (a code on the command line is visible to "
+					"other users): give --mfa alone to be asked, or set KMS_MFA\n");
+			return -1;
 		}
 		if (strcmp(a, "--token") == 0 || strncmp(a, "--token=", 8) == 0) {
 			/* Wipe what we can of the value: /proc/PID/cmdline shows argv's memory. */

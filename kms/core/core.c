@@ -1038,6 +1038,12 @@ static const op_fn op_table[KMS_OP__COUNT] = {
 	[KMS_OP_BREAKGLASS_ACTIVATE] = op_breakglass_activate,
 	[KMS_OP_BREAKGLASS_LIST] = op_breakglass_list,
 	[KMS_OP_BREAKGLASS_REVIEW] = op_breakglass_review,
+	[KMS_OP_MFA_ENROLL] = op_mfa_enroll,
+	[KMS_OP_MFA_CONFIRM] = op_mfa_confirm,
+	[KMS_OP_MFA_STATUS] = op_mfa_status,
+	[KMS_OP_MFA_VERIFY] = op_mfa_verify,
+	[KMS_OP_MFA_UNLOCK] = op_mfa_unlock,
+	[KMS_OP_MFA_RESET] = op_mfa_reset,
 	[KMS_OP_SYS_BACKUP] = op_sys_backup,
 	[KMS_OP_PRINCIPAL_CERT_ADD] = op_principal_cert_add,
 	[KMS_OP_PRINCIPAL_CERT_LIST] = op_principal_cert_list,
@@ -1127,17 +1133,20 @@ static struct policy_doc *policy_current(struct core *c)
 	return d;
 }
 
-/* Applies the verdict's outputs that kmsd cannot satisfy yet. With defer_quorum the
- * caller handles require_quorum itself (core_quorum_gate). */
-static kms_err verdict_err(const struct policy_verdict *v, bool defer_quorum)
+/* Applies the verdict's outputs: require_mfa is a TOTP step-up (ops_mfa.c), checked
+ * here before the operation runs (and before a quorum request is recorded). With
+ * defer_quorum the caller handles require_quorum itself (core_quorum_gate). */
+static kms_err verdict_err(struct op_ctx *x, const struct policy_verdict *v, bool defer_quorum)
 {
 	if (!v->allow)
 		return kms_errf(KMS_ERR_DENIED, "permission denied");
-	if (v->require_mfa)
-		return kms_errf(KMS_ERR_DENIED, "MFA step-up required by the policy; TOTP enrolment is not available yet");
 	if (v->require_quorum > 0 && !defer_quorum)
 		return kms_errf(KMS_ERR_DENIED, "the policy requires %u approvals; approvals are not available yet",
 				v->require_quorum);
+	if (v->require_mfa && x->core != NULL)
+		return core_mfa_stepup(x->core, x);
+	if (v->require_mfa)
+		return kms_errf(KMS_ERR_DENIED, "MFA step-up required by the policy");
 	return KMS_OK;
 }
 
@@ -1163,12 +1172,12 @@ kms_err core_policy_item(struct op_ctx *x, json_t *item)
 	}
 	if (x->reason[0] == '\0' || !v.allow)
 		snprintf(x->reason, sizeof(x->reason), "%s", v.reason);
-	return verdict_err(&v, false);
+	return verdict_err(x, &v, false);
 }
 
 void core_call(struct core *c, const struct core_call *call, struct core_result *res)
 {
-	struct op_ctx x = {.call = call};
+	struct op_ctx x = {.call = call, .core = c};
 	struct policy_decision d = {false, "not evaluated"};
 	struct policy_input pin = {0};
 	struct policy_verdict verdict;
@@ -1265,6 +1274,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		}
 		if (rc == KMS_OK) {
 			doc = policy_current(c);
+			if (policy_doc_uses(doc) & POLICY_USES_MFA_AGE)
+				pin.mfa_at = core_mfa_at(c, x.who.id);
 			if ((policy_doc_uses(doc) & POLICY_USES_CONTEXT) && call->body != NULL &&
 			    json_object_get(call->body, "batch_input") != NULL) {
 				/* Decided per item, on each item's own context. */
@@ -1292,12 +1303,14 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 				if (call->approved != NULL)
 					verdict.require_mfa = false;
 				snprintf(x.reason, sizeof(x.reason), "%s", verdict.reason);
-				rc = verdict_err(&verdict, true);
+				rc = verdict_err(&x, &verdict, true);
 				if (rc == KMS_OK && verdict.require_quorum > 0)
 					rc = core_quorum_gate(c, &x, &verdict);
 				d.allow = verdict.allow;
 				if (rc != KMS_OK)
 					snprintf(sname, sizeof(sname), "%s", kms_err_detail(rc));
+				if (rc == KMS_ERR_DENIED && x.mfa_detail[0] != '\0')
+					snprintf(sname, sizeof(sname), "%s", x.mfa_detail);
 			}
 			d.reason = x.reason;
 		}
@@ -1403,6 +1416,12 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	ar.status = status;
 	ar.reason = rc == KMS_OK ? d.reason : (rc == KMS_ERR_DENIED && x.who.name[0] && x.reason[0]) ? x.reason : detail;
 	ar.extra = extra;
+	ar.mfa = x.mfa_verified;
+	if (rc == KMS_ERR_DENIED && x.mfa_detail[0] != '\0' && x.who.name[0] && x.reason[0]) {
+		/* the record says why the step-up (or the MFA operation) refused */
+		size_t n = strnlen(x.reason, sizeof(x.reason) - 1);
+		snprintf(x.reason + n, sizeof(x.reason) - n, "; %s", x.mfa_detail);
+	}
 
 	/* Fail closed: nothing leaves before its record is durable. */
 	arc = audit_append(c->au, &ar);
@@ -1428,6 +1447,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		const char *msg = detail;
 		if (rc == KMS_ERR_DENIED && sname[0] != '\0' && d.allow)
 			msg = sname; /* allowed, but the policy asks for MFA or approvals */
+		else if (rc == KMS_ERR_DENIED && x.mfa_detail[0] != '\0' && d.allow)
+			msg = x.mfa_detail; /* an MFA operation's own refusal (code, lockout, self-unlock) */
 		else if (rc == KMS_ERR_DENIED && x.deny_detail && d.allow)
 			msg = detail; /* allowed, refused by the operation's own rule (self-approval) */
 		else if (rc == KMS_ERR_DENIED && x.auth_detail[0] != '\0')

@@ -33,6 +33,7 @@ struct core_call {
 	const char *raw_body;	 /* the body as received (for error locations), or NULL */
 	size_t raw_len;
 	const char *format;	 /* ?format= query argument, or NULL */
+	const char *mfa;	 /* X-Vault-MFA header ("totp:<code>" or "recovery:<code>"), or NULL (never logged) */
 	const char *method;	 /* HTTP method and path as received, kept with a quorum request */
 	const char *path;
 	/* Set only when an approved quorum request is executed (ops_approval.c): the call
@@ -76,6 +77,7 @@ struct core_options {
 	double principal_rps, principal_burst;	   /* every call of one principal */
 	const char *op_limits;			   /* "op=rate[:burst],..." per principal */
 	double auth_fail_rps, auth_fail_burst;	   /* failed authentications per source */
+	unsigned mfa_max_failures;		   /* consecutive TOTP failures before lockout, 1..100; 0 = 5 */
 	int64_t approval_ttl;	     /* seconds a quorum request stays pending; 0: 86400 */
 	int64_t break_glass_max_ttl; /* longest break-glass grant in seconds; 0: 3600 */
 	unsigned break_glass_reviews; /* admin reviews a grant needs; 0: 2 */

@@ -113,7 +113,12 @@ struct op_ctx {
 	/* policy decided per batch item (the document has context conditions) */
 	struct policy_doc *item_policy;
 	struct policy_input *pin;
-	char reason[192];
+	char reason[384];
+	/* MFA step-up (ops_mfa.c) */
+	struct core *core;  /* for a step-up asked by a batch item's verdict */
+	bool mfa_verified;  /* a code was verified (and its step persisted) for this request */
+	bool mfa_tried;	    /* a check ran (once per request, success or not) */
+	char mfa_detail[192]; /* why the step-up failed, for the answer */
 	/* quorum and break-glass (ops_approval.c, ops_breakglass.c) */
 	bool deferred;	     /* a pending approval request was made instead of running the op */
 	json_t *audit_more;  /* members added to the audit record (owned) */
@@ -251,6 +256,21 @@ KMS_WUR kms_err op_principal_cert_add(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_principal_cert_list(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err op_principal_cert_revoke(struct core *c, struct op_ctx *x);
 
+/* ---- MFA step-up (ops_mfa.c) */
+#define CORE_MFA_MAX_FAILURES_DEFAULT 5
+/* The principal's last successful TOTP check (unix seconds), 0 when never or not
+ * active; for the policy's mfa_max_age. A store error gives 0 (the condition fails). */
+int64_t core_mfa_at(struct core *c, int64_t principal_id);
+/* Checks the request's X-Vault-MFA code for x's principal, once per request: KMS_OK
+ * (the step, or the used recovery code, is persisted before this returns) or
+ * KMS_ERR_DENIED with the reason in x->mfa_detail; store/token errors as they come. */
+KMS_WUR kms_err core_mfa_stepup(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_mfa_enroll(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_mfa_confirm(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_mfa_status(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_mfa_verify(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_mfa_unlock(struct core *c, struct op_ctx *x);
+KMS_WUR kms_err op_mfa_reset(struct core *c, struct op_ctx *x);
 /* ---- quorum approvals (ops_approval.c) and break-glass (ops_breakglass.c) ---- */
 /* The requester of an approved request as the caller of call->approved's execution. */
 KMS_WUR kms_err core_approval_identity(struct core *c, struct op_ctx *x);

@@ -85,9 +85,19 @@ void metrics_write_prometheus(const struct core_metrics *m, FILE *f)
 	counter(f, "kmsd_store_errors_total", "Requests failed by the metadata store.", GET(&m->store_errors));
 	counter(f, "kmsd_audit_refusals_total",
 		"Requests refused because their audit record could not be written.", GET(&m->audit_refused));
+	counter(f, "kmsd_mfa_verified_total", "TOTP or recovery codes accepted.", GET(&m->mfa_verified));
+	counter(f, "kmsd_mfa_failures_total", "MFA codes refused (wrong, already used, malformed).",
+		GET(&m->mfa_failed));
+	counter(f, "kmsd_mfa_missing_total", "Requests that needed an MFA step-up and carried no usable code.",
+		GET(&m->mfa_missing));
+	counter(f, "kmsd_mfa_lockouts_total", "Principals locked out by consecutive MFA failures.",
+		GET(&m->mfa_lockouts));
+	counter(f, "kmsd_mfa_locked_refusals_total", "MFA checks refused because the principal is locked.",
+		GET(&m->mfa_locked));
 	counter(f, "kmsd_break_glass_activations_total", "Break-glass grants made.",
 		GET(&m->break_glass_activations));
 	counter(f, "kmsd_break_glass_decrypts_total",
 		"Decrypt and rewrap calls the policy refused and a break-glass grant allowed.",
 		GET(&m->break_glass_decrypts));
 }
+

@@ -25,6 +25,12 @@ struct core_metrics {
 	uint64_t token_errors;	  /* calls failed by the PKCS#11 token */
 	uint64_t store_errors;	  /* ... by the metadata store */
 	uint64_t audit_refused;	  /* answered 503 because the record could not be written */
+	/* TOTP step-up (kms/core/ops_mfa.c) */
+	uint64_t mfa_verified;	  /* codes accepted (TOTP or recovery) */
+	uint64_t mfa_failed;	  /* codes refused: wrong, replayed, malformed */
+	uint64_t mfa_missing;	  /* step-up required, no code sent or not enrolled */
+	uint64_t mfa_lockouts;	  /* principals locked by their last failure */
+	uint64_t mfa_locked;	  /* checks refused because the principal is locked */
 	uint64_t break_glass_activations; /* break-glass grants made */
 	uint64_t break_glass_decrypts;	  /* decrypt/rewrap calls allowed only by a grant */
 };

@@ -252,6 +252,23 @@ static const char *const migrations[] = {
 	"  UNIQUE (kind, value)"
 	");"
 	"CREATE INDEX principal_certs_principal ON principal_certs (principal_id);",
+	/* 11: TOTP step-up state per principal. The seed is sealed (AES-256-GCM) by the
+	 * token's kmsd-mfa-seal key, bound to the principal; recovery codes are PBKDF2
+	 * hashes; last_step only grows (replay protection across restarts). */
+	"CREATE TABLE principal_mfa ("
+	"  principal_id INTEGER PRIMARY KEY REFERENCES principals (id),"
+	"  state TEXT NOT NULL CHECK (state IN ('pending', 'active')),"
+	"  sealed_seed BLOB NOT NULL CHECK (length(sealed_seed) BETWEEN 29 AND 128),"
+	"  last_step INTEGER NOT NULL DEFAULT 0 CHECK (last_step >= 0),"
+	"  failures INTEGER NOT NULL DEFAULT 0 CHECK (failures BETWEEN 0 AND 1000000),"
+	"  locked INTEGER NOT NULL DEFAULT 0 CHECK (locked IN (0, 1)),"
+	"  recovery TEXT NOT NULL CHECK (length(CAST(recovery AS BLOB)) <= 1024),"
+	"  mfa_at INTEGER NOT NULL DEFAULT 0,"
+	"  created INTEGER NOT NULL,"
+	"  updated INTEGER NOT NULL,"
+	"  pending_seed BLOB CHECK (pending_seed IS NULL OR length(pending_seed) BETWEEN 29 AND 128),"
+	"  pending_recovery TEXT CHECK (pending_recovery IS NULL OR length(CAST(pending_recovery AS BLOB)) <= 1024)"
+	");",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
@@ -4301,6 +4318,322 @@ kms_err store_cert_lookup(struct store *s, enum store_cert_kind kind, const char
 		rc = db_fail(s, "certificate lookup");
 out:
 	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
+/* ---- MFA state (principal_mfa). Rare calls: statements are prepared per call rather
+ * than kept in the persistent set. ---- */
+
+static kms_err mfa_prepare(struct store *s, const char *sql, sqlite3_stmt **st)
+{
+	if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK) {
+		*st = NULL;
+		return db_fail(s, "mfa prepare");
+	}
+	return KMS_OK;
+}
+
+kms_err store_mfa_get(struct store *s, int64_t principal_id, struct store_mfa *out)
+{
+	sqlite3_stmt *st = NULL;
+	int src;
+	kms_err rc;
+
+	if (out == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for the MFA state");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	rc = mfa_prepare(s, "SELECT state, sealed_seed, last_step, failures, locked, recovery, mfa_at, created, "
+			    "pending_seed, pending_recovery FROM principal_mfa WHERE principal_id = ?1", &st);
+	if (rc != KMS_OK)
+		goto out;
+	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK) {
+		rc = db_fail(s, "mfa get bind");
+		goto out;
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE) {
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "no MFA enrolment");
+		goto out;
+	}
+	if (src != SQLITE_ROW) {
+		rc = db_fail(s, "mfa get");
+		goto out;
+	}
+	memset(out, 0, sizeof(*out));
+	out->principal_id = principal_id;
+	if ((rc = col_text(st, 0, out->state, sizeof(out->state), "principal_mfa")) != KMS_OK)
+		goto out;
+	{
+		int n = sqlite3_column_bytes(st, 1);
+		const void *b = sqlite3_column_blob(st, 1);
+		if (n <= 0 || (size_t)n > sizeof(out->sealed_seed) || b == NULL) {
+			rc = db_corrupt("principal_mfa");
+			goto out;
+		}
+		memcpy(out->sealed_seed, b, (size_t)n);
+		out->sealed_len = (size_t)n;
+	}
+	if (sqlite3_column_int64(st, 2) < 0 || sqlite3_column_int64(st, 3) < 0) {
+		rc = db_corrupt("principal_mfa");
+		goto out;
+	}
+	out->last_step = (uint64_t)sqlite3_column_int64(st, 2);
+	out->failures = (uint32_t)sqlite3_column_int64(st, 3);
+	out->locked = sqlite3_column_int(st, 4) != 0;
+	if ((rc = col_text(st, 5, out->recovery, sizeof(out->recovery), "principal_mfa")) != KMS_OK)
+		goto out;
+	out->mfa_at = sqlite3_column_int64(st, 6);
+	out->created = sqlite3_column_int64(st, 7);
+	if (sqlite3_column_type(st, 8) != SQLITE_NULL) {
+		int n = sqlite3_column_bytes(st, 8);
+		const void *b = sqlite3_column_blob(st, 8);
+		if (n <= 0 || (size_t)n > sizeof(out->pending_seed) || b == NULL ||
+		    sqlite3_column_type(st, 9) == SQLITE_NULL) {
+			rc = db_corrupt("principal_mfa");
+			goto out;
+		}
+		memcpy(out->pending_seed, b, (size_t)n);
+		out->pending_len = (size_t)n;
+		if ((rc = col_text(st, 9, out->pending_recovery, sizeof(out->pending_recovery), "principal_mfa")) !=
+		    KMS_OK)
+			goto out;
+	}
+	rc = KMS_OK;
+out:
+	sqlite3_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_mfa_put(struct store *s, const struct store_mfa *m, int64_t now)
+{
+	sqlite3_stmt *st = NULL;
+	kms_err rc;
+
+	if (m == NULL || m->sealed_len == 0 || m->sealed_len > sizeof(m->sealed_seed) ||
+	    (strcmp(m->state, "pending") != 0 && strcmp(m->state, "active") != 0) ||
+	    strlen(m->recovery) >= sizeof(m->recovery) || m->last_step > INT64_MAX)
+		return kms_errf(KMS_ERR_INVALID, "bad MFA enrolment row");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	/* A new enrolment replaces the old one but keeps its last accepted step, so that a
+	 * step is never accepted twice for one principal, whatever the seed. */
+	rc = mfa_prepare(s,
+			 "INSERT INTO principal_mfa (principal_id, state, sealed_seed, last_step, failures, locked, "
+			 "  recovery, mfa_at, created, updated) VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, ?6, ?7, ?7) "
+			 "ON CONFLICT (principal_id) DO UPDATE SET state = excluded.state, "
+			 "  sealed_seed = excluded.sealed_seed, last_step = max(last_step, excluded.last_step), "
+			 "  failures = 0, locked = 0, recovery = excluded.recovery, mfa_at = excluded.mfa_at, "
+			 "  created = excluded.created, updated = excluded.updated, pending_seed = NULL, "
+			 "  pending_recovery = NULL",
+			 &st);
+	if (rc != KMS_OK)
+		goto out;
+	if (sqlite3_bind_int64(st, 1, m->principal_id) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, m->state, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_blob(st, 3, m->sealed_seed, (int)m->sealed_len, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 4, (int64_t)m->last_step) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 5, m->recovery, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 6, m->mfa_at) != SQLITE_OK || sqlite3_bind_int64(st, 7, now) != SQLITE_OK) {
+		rc = db_fail(s, "mfa put bind");
+		goto out;
+	}
+	if (sqlite3_step(st) != SQLITE_DONE) {
+		rc = sqlite3_extended_errcode(s->db) == SQLITE_CONSTRAINT_FOREIGNKEY
+			     ? kms_errf(KMS_ERR_NOT_FOUND, "principal not found")
+			     : db_fail(s, "mfa put");
+		goto out;
+	}
+	rc = KMS_OK;
+out:
+	sqlite3_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+/* Runs an UPDATE/DELETE with int64 and text parameters (text where `texts` has a
+ * non-NULL entry) and reports how many rows it changed. */
+static kms_err mfa_change(struct store *s, const char *sql, const int64_t *ints, const char *const *texts,
+			  int n, int *changed)
+{
+	sqlite3_stmt *st = NULL;
+	kms_err rc;
+
+	if ((rc = mfa_prepare(s, sql, &st)) != KMS_OK)
+		return rc;
+	for (int i = 0; i < n; i++) {
+		int brc = texts != NULL && texts[i] != NULL ? sqlite3_bind_text(st, i + 1, texts[i], -1, SQLITE_STATIC)
+							     : sqlite3_bind_int64(st, i + 1, ints[i]);
+		if (brc != SQLITE_OK) {
+			rc = db_fail(s, "mfa bind");
+			goto out;
+		}
+	}
+	if (sqlite3_step(st) != SQLITE_DONE) {
+		rc = db_fail(s, "mfa update");
+		goto out;
+	}
+	*changed = sqlite3_changes(s->db);
+	rc = KMS_OK;
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+kms_err store_mfa_accept_step(struct store *s, int64_t principal_id, uint64_t step, bool activate, int64_t now)
+{
+	int64_t v[4] = {(int64_t)step, now, activate ? 1 : 0, principal_id};
+	int changed = 0;
+	kms_err rc;
+
+	if (step == 0 || step > INT64_MAX)
+		return kms_errf(KMS_ERR_INVALID, "bad TOTP step");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	/* The compare-and-set that makes a step good once: only a step greater than the
+	 * stored one is written, so two requests racing with one code cannot both pass. */
+	rc = mfa_change(s,
+			"UPDATE principal_mfa SET last_step = ?1, failures = 0, mfa_at = ?2, updated = ?2, "
+			"  state = CASE WHEN ?3 THEN 'active' ELSE state END, "
+			"  sealed_seed = CASE WHEN ?3 AND pending_seed IS NOT NULL THEN pending_seed ELSE sealed_seed END, "
+			"  recovery = CASE WHEN ?3 AND pending_seed IS NOT NULL THEN pending_recovery ELSE recovery END, "
+			"  pending_seed = CASE WHEN ?3 THEN NULL ELSE pending_seed END, "
+			"  pending_recovery = CASE WHEN ?3 THEN NULL ELSE pending_recovery END "
+			"WHERE principal_id = ?4 AND locked = 0 AND last_step < ?1 "
+			"  AND (state = 'active' OR ?3)",
+			v, NULL, 4, &changed);
+	store_unlock(s);
+	if (rc == KMS_OK && changed != 1)
+		rc = kms_errf(KMS_ERR_CONFLICT, "TOTP step already used");
+	return rc;
+}
+
+kms_err store_mfa_use_recovery(struct store *s, int64_t principal_id, const char *old_set, const char *new_set,
+			       int64_t now)
+{
+	int64_t v[4] = {0, now, principal_id, 0};
+	const char *t[4] = {new_set, NULL, NULL, old_set};
+	int changed = 0;
+	kms_err rc;
+
+	if (old_set == NULL || new_set == NULL || strlen(new_set) > STORE_MFA_RECOVERY_MAX)
+		return kms_errf(KMS_ERR_INVALID, "bad recovery code set");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	rc = mfa_change(s,
+			"UPDATE principal_mfa SET recovery = ?1, failures = 0, mfa_at = ?2, updated = ?2 "
+			"WHERE principal_id = ?3 AND locked = 0 AND state = 'active' AND recovery = ?4",
+			v, t, 4, &changed);
+	store_unlock(s);
+	if (rc == KMS_OK && changed != 1)
+		rc = kms_errf(KMS_ERR_CONFLICT, "recovery code already used");
+	return rc;
+}
+
+kms_err store_mfa_fail(struct store *s, int64_t principal_id, unsigned limit, int64_t now, uint32_t *failures,
+		       bool *locked)
+{
+	int64_t v[3] = {(int64_t)limit, now, principal_id};
+	sqlite3_stmt *st = NULL;
+	int changed = 0;
+	kms_err rc;
+
+	if (limit < 1)
+		return kms_errf(KMS_ERR_INVALID, "bad lockout limit");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK)
+		goto out;
+	rc = mfa_change(s,
+			"UPDATE principal_mfa SET failures = min(failures + 1, 1000000), "
+			"  locked = CASE WHEN failures + 1 >= ?1 THEN 1 ELSE locked END, updated = ?2 "
+			"WHERE principal_id = ?3",
+			v, NULL, 3, &changed);
+	if (rc == KMS_OK && changed != 1)
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "no MFA enrolment");
+	if (rc == KMS_OK)
+		rc = mfa_prepare(s, "SELECT failures, locked FROM principal_mfa WHERE principal_id = ?1", &st);
+	if (rc == KMS_OK && sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK)
+		rc = db_fail(s, "mfa fail bind");
+	if (rc == KMS_OK && sqlite3_step(st) != SQLITE_ROW)
+		rc = db_fail(s, "mfa fail read");
+	if (rc == KMS_OK) {
+		*failures = (uint32_t)sqlite3_column_int64(st, 0);
+		*locked = sqlite3_column_int(st, 1) != 0;
+	}
+	sqlite3_finalize(st);
+	if (rc == KMS_OK)
+		rc = tx_commit(s);
+	if (rc != KMS_OK)
+		tx_rollback(s);
+out:
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_mfa_unlock(struct store *s, int64_t principal_id, int64_t now)
+{
+	int64_t v[2] = {now, principal_id};
+	int changed = 0;
+	kms_err rc;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	rc = mfa_change(s, "UPDATE principal_mfa SET failures = 0, locked = 0, updated = ?1 WHERE principal_id = ?2",
+			v, NULL, 2, &changed);
+	store_unlock(s);
+	if (rc == KMS_OK && changed != 1)
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "no MFA enrolment");
+	return rc;
+}
+
+kms_err store_mfa_delete(struct store *s, int64_t principal_id)
+{
+	int64_t v[1] = {principal_id};
+	int changed = 0;
+	kms_err rc;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	rc = mfa_change(s, "DELETE FROM principal_mfa WHERE principal_id = ?1", v, NULL, 1, &changed);
+	store_unlock(s);
+	if (rc == KMS_OK && changed != 1)
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "no MFA enrolment");
+	return rc;
+}
+
+kms_err store_mfa_put_pending(struct store *s, int64_t principal_id, const uint8_t *sealed, size_t sealed_len,
+			      const char *recovery, int64_t now)
+{
+	sqlite3_stmt *st = NULL;
+	kms_err rc;
+
+	if (sealed == NULL || sealed_len == 0 || sealed_len > STORE_MFA_SEALED_MAX || recovery == NULL ||
+	    strlen(recovery) > STORE_MFA_RECOVERY_MAX)
+		return kms_errf(KMS_ERR_INVALID, "bad MFA re-enrolment");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	rc = mfa_prepare(s,
+			 "UPDATE principal_mfa SET pending_seed = ?1, pending_recovery = ?2, updated = ?3 "
+			 "WHERE principal_id = ?4 AND state = 'active' AND locked = 0",
+			 &st);
+	if (rc != KMS_OK)
+		goto out;
+	if (sqlite3_bind_blob(st, 1, sealed, (int)sealed_len, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, recovery, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 3, now) != SQLITE_OK || sqlite3_bind_int64(st, 4, principal_id) != SQLITE_OK) {
+		rc = db_fail(s, "mfa pending bind");
+		goto out;
+	}
+	if (sqlite3_step(st) != SQLITE_DONE) {
+		rc = db_fail(s, "mfa pending");
+		goto out;
+	}
+	rc = sqlite3_changes(s->db) == 1 ? KMS_OK : kms_errf(KMS_ERR_CONFLICT, "no active, unlocked enrolment");
+out:
+	sqlite3_finalize(st);
 	store_unlock(s);
 	return rc;
 }

@@ -9,12 +9,13 @@
 #ifndef KMS_STORE_STORE_H
 #define KMS_STORE_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "kms/base/err.h"
 
-#define STORE_SCHEMA_VERSION 10
+#define STORE_SCHEMA_VERSION 11
 #define STORE_NAME_MAX 128  /* tenant, key and principal names, excluding the NUL */
 #define STORE_BLOB_MAX 64
 #define STORE_MAC_LEN 32
@@ -302,6 +303,51 @@ KMS_WUR kms_err store_token_revoke(struct store *s, const char *accessor); /* NO
 /* Sets last_used to when if it is older (no row changed is not an error). */
 KMS_WUR kms_err store_token_touch(struct store *s, const char *accessor, int64_t when);
 
+/* MFA (TOTP) state of a principal, one row each (docs/API.md "MFA"). The seed is only
+ * ever here sealed by the token (p11_mfa_seal); recovery is the text form of
+ * totp_recovery_encode. */
+#define STORE_MFA_SEALED_MAX 128
+#define STORE_MFA_RECOVERY_MAX 1023
+struct store_mfa {
+	int64_t principal_id;
+	char state[16]; /* "pending" until confirmed with a first code, then "active" */
+	uint8_t sealed_seed[STORE_MFA_SEALED_MAX];
+	size_t sealed_len;
+	uint64_t last_step; /* last accepted TOTP step; 0 = none */
+	uint32_t failures;  /* consecutive failed checks */
+	bool locked;
+	char recovery[STORE_MFA_RECOVERY_MAX + 1];
+	int64_t mfa_at; /* last successful check, unix seconds; 0 = never */
+	int64_t created;
+	/* a re-enrolment of an active enrolment, waiting for its first code; pending_len 0 = none */
+	uint8_t pending_seed[STORE_MFA_SEALED_MAX];
+	size_t pending_len;
+	char pending_recovery[STORE_MFA_RECOVERY_MAX + 1];
+};
+KMS_WUR kms_err store_mfa_get(struct store *s, int64_t principal_id, struct store_mfa *out); /* NOT_FOUND */
+/* Creates or replaces the principal's enrolment (failures and lock cleared; the stored
+ * last_step is kept if greater). NOT_FOUND for an unknown principal. */
+KMS_WUR kms_err store_mfa_put(struct store *s, const struct store_mfa *m, int64_t now);
+/* Stores a re-enrolment beside an active, unlocked enrolment (which stays in force until
+ * the new seed is confirmed). CONFLICT otherwise. */
+KMS_WUR kms_err store_mfa_put_pending(struct store *s, int64_t principal_id, const uint8_t *sealed,
+				      size_t sealed_len, const char *recovery, int64_t now);
+/* Records an accepted step: only if step > the stored last_step and the principal is
+ * not locked (and, unless activate, the enrolment is active), atomically; clears the
+ * failures and sets mfa_at = now. activate: a pending enrolment becomes active, or a
+ * pending re-enrolment replaces the active seed and recovery codes. CONFLICT when the
+ * step was not greater (replay, or a race with another request). */
+KMS_WUR kms_err store_mfa_accept_step(struct store *s, int64_t principal_id, uint64_t step, bool activate,
+				      int64_t now);
+/* Replaces the recovery set old_set by new_set (one code marked used) if the row still
+ * holds old_set, is active and not locked; clears failures, sets mfa_at. CONFLICT otherwise. */
+KMS_WUR kms_err store_mfa_use_recovery(struct store *s, int64_t principal_id, const char *old_set,
+				       const char *new_set, int64_t now);
+/* One more consecutive failure; locks when failures reach limit. Returns both after. */
+KMS_WUR kms_err store_mfa_fail(struct store *s, int64_t principal_id, unsigned limit, int64_t now,
+			       uint32_t *failures, bool *locked);
+KMS_WUR kms_err store_mfa_unlock(struct store *s, int64_t principal_id, int64_t now); /* NOT_FOUND */
+KMS_WUR kms_err store_mfa_delete(struct store *s, int64_t principal_id);	   /* NOT_FOUND */
 /* ---- quorum approvals and break-glass (schema step 9) ---- */
 
 #define STORE_APPROVAL_ID_LEN 32 /* hex */

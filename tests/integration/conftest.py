@@ -8,6 +8,12 @@ that is how ASan/LSan/UBSan findings fail the suite (KMSD_BIN=build/asan/kmsd), 
 ThreadSanitizer's (KMSD_BIN=build/tsan/kmsd, tests/tsan.supp) and valgrind's
 (KMSD_PREFIX, below) too.
 
+Policy: the built-in policy asks for a TOTP step-up (X-Vault-MFA) on every admin change.
+Unless a module sets `KMSD_BUILTIN_POLICY = True` (tests/integration/test_mfa.py does),
+its kmsd gets `policy_file` = the built-in document (`kmsd default-policy`) with every
+`require_mfa` removed and nothing else changed, so that the other modules can act as an
+admin with a bare token. A module's KMSD_EXTRA_OPTS may still name a policy_file of its own.
+
 Environment:
   KMSD_BIN              the server binary (default build/kmsd, relative to the repo root)
   KMSD_PREFIX           a command run in front of every kmsd, split on blanks (make
@@ -126,6 +132,13 @@ class Kmsd:
         # (KMSD_TEST_CLOCK_FILE: an offset in seconds that set_clock() rewrites).
         self.extra_opts = []
         self.clock_file = None
+        # The built-in policy asks for a TOTP step-up (X-Vault-MFA) on every admin
+        # change. Most modules test other things with a bare admin token, so by default
+        # kmsd gets a policy_file holding the built-in document with every require_mfa
+        # removed (nothing else changed). A module that sets KMSD_BUILTIN_POLICY = True
+        # runs with the real built-in policy (test_mfa.py does).
+        self.builtin_policy = False
+        self.nomfa_policy_path = os.path.join(self.tmp, "policy-nomfa.json")
         self.session = requests.Session()
         self.session.trust_env = False
 
@@ -177,6 +190,9 @@ class Kmsd:
             ("connection_timeout", "30"),
             ("log_level", "info"),
         ]
+        if not self.builtin_policy:
+            self.write_nomfa_policy()
+            opts.append(("policy_file", self.nomfa_policy_path))
         # kmsd refuses to run as root unless told which account to be; the suite runs
         # as root in CI and keeps it (test_hygiene.py covers the switch to another user)
         if os.geteuid() == 0:
@@ -190,6 +206,18 @@ class Kmsd:
             for k, v in opts:
                 f.write("%s = %s\n" % (k, v))
         os.chmod(self.conf, 0o600)
+
+    def write_nomfa_policy(self):
+        """The built-in policy document (kmsd default-policy) without require_mfa."""
+        r = subprocess.run([self.bin, "default-policy"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, "kmsd default-policy failed: %s" % r.stderr
+        doc = json.loads(r.stdout)
+        for rule in doc["rules"]:
+            rule.pop("require_mfa", None)
+        doc["description"] = ("test harness (conftest.py): the built-in policy without require_mfa; "
+                              + doc.get("description", ""))
+        with open(self.nomfa_policy_path, "w") as f:
+            json.dump(doc, f, indent=1)
 
     def run_cli(self, *args, timeout=120):
         """Runs `kmsd -c CONF args...`; asserts no sanitizer finding; returns the result."""
@@ -521,6 +549,7 @@ def kmsd(tmp_path_factory, request):
         print("\nkmsd tmp dir for %s: %s" % (request.module.__name__, tmp))
     srv = Kmsd(tmp)
     srv.extra_opts = getattr(request.module, "KMSD_EXTRA_OPTS", [])
+    srv.builtin_policy = getattr(request.module, "KMSD_BUILTIN_POLICY", False)
     if getattr(request.module, "KMSD_TEST_CLOCK", False):
         srv.clock_file = os.path.join(str(tmp), "clock")
     try:

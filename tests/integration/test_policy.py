@@ -113,7 +113,7 @@ def test_bad_policy_file_refuses_start(kmsd, tmp_path):
     bad.write_text('{"version": 9,\n "rules": [\n  {"name": "r", "effect": "allow", "principals": ["*"], "operations": ["nope"]}\n ]\n}\n')
     conf = tmp_path / "kmsd.conf"
     with open(kmsd.conf) as f:
-        lines = [ln for ln in f if not ln.startswith(("port_file", "port ="))]
+        lines = [ln for ln in f if not ln.startswith(("port_file", "port =", "policy_file"))]
     lines += ["port = 0\n", "policy_file = %s\n" % bad]
     conf.write_text("".join(lines))
     r = subprocess.run([kmsd.bin, "-c", str(conf)], env=kmsd.env, capture_output=True, text=True, timeout=60)
@@ -124,7 +124,11 @@ def test_bad_policy_file_refuses_start(kmsd, tmp_path):
     good["version"] = 3
     (tmp_path / "good.json").write_text(json.dumps(good))
     kmsd.stop()
-    with open(kmsd.conf, "a") as f:
-        f.write("policy_file = %s\n" % (tmp_path / "good.json"))
+    # the harness's own policy_file line (conftest.py, built-in without MFA) is replaced
+    with open(kmsd.conf) as f:
+        lines = [ln for ln in f if not ln.startswith("policy_file")]
+    lines.append("policy_file = %s\n" % (tmp_path / "good.json"))
+    with open(kmsd.conf, "w") as f:
+        f.write("".join(lines))
     kmsd.start()
     assert get_policy(kmsd)["version"] == 3

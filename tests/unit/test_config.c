@@ -28,6 +28,7 @@ static const char *const all_options[] = {
 	"rate_limit_burst", "rate_limit_ops", "auth_fail_rps", "auth_fail_burst", "user",
 	"tls_client_ca", "tls_client_auth",
 	"metrics_listen", "metrics_port_file",
+	"mfa_max_failures",
 };
 
 /* Parses text as "t.conf" and expects failure with exactly this detail. */
@@ -90,6 +91,7 @@ static void test_defaults(void **state)
 	kms_config_defaults(&cfg);
 	assert_string_equal(cfg.listen_address, "127.0.0.1");
 	assert_int_equal(cfg.port, 8200);
+	assert_int_equal(cfg.mfa_max_failures, 5);
 	assert_string_equal(cfg.port_file, "");
 	assert_true(cfg.tls);
 	assert_string_equal(cfg.tls_cert, "");
@@ -217,6 +219,9 @@ static void test_errors(void **state)
 	expect_error("port = -\n", "t.conf:1: port: must be an integer");
 	expect_error("port = 65536\n", "t.conf:1: port: must be between 0 and 65535");
 	expect_error("port = -1\n", "t.conf:1: port: must be between 0 and 65535");
+	/* NIST SP 800-63B: a lockout after at most 100 failed attempts */
+	expect_error("mfa_max_failures = 0\n", "t.conf:1: mfa_max_failures: must be between 1 and 100");
+	expect_error("mfa_max_failures = 101\n", "t.conf:1: mfa_max_failures: must be between 1 and 100");
 	expect_error("port = 99999999999999999999999\n",
 		     "t.conf:1: port: must be between 0 and 65535");
 	expect_error("workers = 257\n", "t.conf:1: workers: must be between 0 and 256");

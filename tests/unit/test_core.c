@@ -18,6 +18,7 @@
 #include "kms/core/core.h"
 #include "kms/store/store.h"
 #include "pkcs11/p11.h"
+#include "tests/common/nomfa.h"
 #include "tests/common/softhsm.h"
 
 struct fx {
@@ -55,13 +56,24 @@ static const char *dstr(json_t *b, const char *k)
 	return json_string_value(json_object_get(json_object_get(b, "data"), k));
 }
 
+/* The built-in policy without its MFA step-up: these tests act as an admin with a bare
+ * token (the step-up itself is tested in tests/integration/test_mfa.py). */
+static kms_err policy_nomfa(struct core *core, const char *dir)
+{
+	char path[512];
+
+	if (test_policy_nomfa_file(dir, path, sizeof(path)) != 0)
+		return KMS_ERR_IO;
+	return core_policy_init(core, path);
+}
+
 static int open_core(struct fx *f, const char *audit_path)
 {
 	struct p11_config pc = {f->tok.module, f->tok.label, 4};
 
 	if (store_open(f->db, &f->st) != KMS_OK || audit_open(audit_path, "test", &f->au) != KMS_OK ||
 	    p11_open(&pc, f->tok.user_pin, f->tok.user_pin_len, &f->p11) != KMS_OK ||
-	    core_new(f->st, f->p11, f->au, &f->core) != KMS_OK)
+	    core_new(f->st, f->p11, f->au, &f->core) != KMS_OK || policy_nomfa(f->core, f->tok.dir) != KMS_OK)
 		return -1;
 	return 0;
 }

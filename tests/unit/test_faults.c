@@ -39,6 +39,7 @@
 #include "kms/core/core.h"
 #include "kms/store/store.h"
 #include "pkcs11/p11.h"
+#include "tests/common/nomfa.h"
 #include "tests/common/softhsm.h"
 #include "tests/p11shim/p11shim.h"
 
@@ -177,13 +178,24 @@ static void expect_ok(struct fx *f, enum kms_op op, const char *key, const char 
 	json_decref(b);
 }
 
+/* The built-in policy without its MFA step-up: these tests act as an admin with a bare
+ * token (the step-up itself is tested in tests/integration/test_mfa.py). */
+static kms_err policy_nomfa(struct core *core, const char *dir)
+{
+	char path[512];
+
+	if (test_policy_nomfa_file(dir, path, sizeof(path)) != 0)
+		return KMS_ERR_IO;
+	return core_policy_init(core, path);
+}
+
 static int open_core(struct fx *f)
 {
 	struct p11_config pc = {shim_path, f->tok.label, 2};
 
 	if (store_open(f->db, &f->st) != KMS_OK || audit_open(f->log, "test", &f->au) != KMS_OK ||
 	    p11_open(&pc, f->tok.user_pin, f->tok.user_pin_len, &f->p11) != KMS_OK ||
-	    core_new(f->st, f->p11, f->au, &f->core) != KMS_OK)
+	    core_new(f->st, f->p11, f->au, &f->core) != KMS_OK || policy_nomfa(f->core, f->tok.dir) != KMS_OK)
 		return -1;
 	return 0;
 }
@@ -194,6 +206,7 @@ static void recycle_core(struct fx *f)
 	core_free(f->core);
 	f->core = NULL;
 	assert_int_equal(core_new(f->st, f->p11, f->au, &f->core), KMS_OK);
+	assert_int_equal(policy_nomfa(f->core, f->tok.dir), KMS_OK);
 }
 
 static int setup(void **state)
@@ -693,6 +706,7 @@ static void test_open_faults(void **state)
 	shim_set(f, "");
 	assert_int_equal(p11_open(&pc, f->tok.user_pin, f->tok.user_pin_len, &f->p11), KMS_OK);
 	assert_int_equal(core_new(f->st, f->p11, f->au, &f->core), KMS_OK);
+	assert_int_equal(policy_nomfa(f->core, f->tok.dir), KMS_OK);
 	expect_ok(f, KMS_OP_DATAKEY, "k1", "plaintext", f->svc, NULL);
 }
 

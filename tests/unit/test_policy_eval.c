@@ -1,7 +1,8 @@
 /* The policy evaluator as a table (allow, deny, deny wins, default deny, every condition
  * kind, globs, operation wildcards, MFA and quorum outputs), plus: the built-in default
- * document answers exactly like policy_decide() (policy.h) on every role, scope, tenant
- * and operation. */
+ * document allows and denies exactly like policy_decide() (policy.h) on every role, scope,
+ * tenant and operation, and asks for an MFA step-up on exactly the admin operations that
+ * change something. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -476,6 +477,29 @@ static const struct {
 	{POLICY_ROLE_SERVICE, scope_a, 1, KMS_OP_AUDIT_HASH, 0, 0},
 };
 
+/* The operations that change state (and the backup, which exports the store): the
+ * built-in document requires an MFA step-up on
+ * each when an admin performs it, and on nothing else (reads, enrolling oneself, the data
+ * plane). */
+static int admin_mutating(enum kms_op op)
+{
+	switch (op) {
+	case KMS_OP_TENANT_CREATE: case KMS_OP_TENANT_CONFIG: case KMS_OP_PRINCIPAL_CREATE:
+	case KMS_OP_TOKEN_CREATE: case KMS_OP_TOKEN_REVOKE: case KMS_OP_KEY_CREATE:
+	case KMS_OP_KEY_ROTATE: case KMS_OP_KEY_CONFIG: case KMS_OP_KEY_REVOKE:
+	case KMS_OP_KEY_RESTORE: case KMS_OP_VERSION_DISABLE: case KMS_OP_VERSION_ENABLE:
+	case KMS_OP_VERSION_SCHEDULE_DESTROY: case KMS_OP_VERSION_CANCEL_DESTROY:
+	case KMS_OP_VERSION_DESTROY: case KMS_OP_KEY_LEGAL_HOLD: case KMS_OP_KEY_TRIM:
+	case KMS_OP_POLICY_WRITE: case KMS_OP_MASTER_KEY_ROTATE: case KMS_OP_MFA_VERIFY:
+	case KMS_OP_MFA_UNLOCK: case KMS_OP_MFA_RESET: case KMS_OP_APPROVAL_APPROVE:
+	case KMS_OP_APPROVAL_DENY: case KMS_OP_BREAKGLASS_REVIEW: case KMS_OP_PRINCIPAL_CERT_ADD:
+	case KMS_OP_PRINCIPAL_CERT_REVOKE: case KMS_OP_SYS_BACKUP: case KMS_OP_SYS_RESTORE:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
 /* How the core would fill the new input from today's subject and request. */
 static void old_to_input(enum policy_role role, const char *unknown_role, const int64_t *scope, size_t n,
 			 enum kms_op op, int64_t tenant, char *tname, size_t tcap, struct policy_input *in)
@@ -505,7 +529,7 @@ static void test_default_matches_policy_decide(void **state)
 
 	assert_int_equal(policy_doc_default(&doc), KMS_OK);
 	assert_int_equal(policy_doc_version(doc), 1);
-	assert_int_equal(policy_doc_rule_count(doc), 7);
+	assert_int_equal(policy_doc_rule_count(doc), 9);
 	for (size_t i = 0; i < sizeof(old_cases) / sizeof(old_cases[0]); i++) {
 		old_to_input(old_cases[i].role, NULL, old_cases[i].scope, old_cases[i].n, old_cases[i].op,
 			     old_cases[i].tenant, tname, sizeof(tname), &in);
@@ -514,7 +538,8 @@ static void test_default_matches_policy_decide(void **state)
 			fail_msg("old case %zu: %s on %lld: expected %s, got %s (%s)", i, kms_op_name(old_cases[i].op),
 				 (long long)old_cases[i].tenant, old_cases[i].allow ? "allow" : "deny",
 				 v.allow ? "allow" : "deny", v.reason);
-		assert_false(v.require_mfa);
+		if (v.require_mfa != (v.allow && old_cases[i].role == POLICY_ROLE_ADMIN && admin_mutating(old_cases[i].op)))
+			fail_msg("old case %zu: %s: require_mfa %d", i, kms_op_name(old_cases[i].op), v.require_mfa);
 		assert_int_equal(v.require_quorum, 0);
 	}
 
@@ -541,6 +566,13 @@ static void test_default_matches_policy_decide(void **state)
 								 r, unknown[u] ? unknown[u] : "-", s, (long long)tenants[t],
 								 kms_op_name((enum kms_op)op), d.allow ? "allow" : "deny",
 								 d.reason, v.allow ? "allow" : "deny", v.reason);
+						if (v.require_mfa != (v.allow && r == POLICY_ROLE_ADMIN &&
+								      admin_mutating((enum kms_op)op)))
+							fail_msg("role %d op %s: require_mfa %d (%s)", r,
+								 kms_op_name((enum kms_op)op), v.require_mfa, v.reason);
+						if (v.require_quorum != 0)
+							fail_msg("op %s: quorum %u", kms_op_name((enum kms_op)op),
+								 v.require_quorum);
 						compared++;
 					}
 	print_message("[          ] default document == policy_decide on %zu inputs\n", compared);

@@ -76,6 +76,17 @@ static void test_routes(void **state)
 	expect("POST", 0, "/v1/demo/decrypt/k1", ROUTE_OK, KMS_OP_DECRYPT, "demo", "k1", NULL, NULL);
 	expect("POST", 0, "/v1/demo/rewrap/k1", ROUTE_OK, KMS_OP_REWRAP, "demo", "k1", NULL, NULL);
 	expect("GET", 0, "/v1/demo/encrypt/k1", ROUTE_METHOD, 0, NULL, NULL, NULL, NULL);
+	/* MFA */
+	expect("POST", 0, "/v1/sys/mfa/enroll", ROUTE_OK, KMS_OP_MFA_ENROLL, NULL, NULL, NULL, NULL);
+	expect("GET", 0, "/v1/sys/mfa/enroll", ROUTE_METHOD, 0, NULL, NULL, NULL, NULL);
+	expect("POST", 0, "/v1/sys/mfa/confirm", ROUTE_OK, KMS_OP_MFA_CONFIRM, NULL, NULL, NULL, NULL);
+	expect("GET", 0, "/v1/sys/mfa/status", ROUTE_OK, KMS_OP_MFA_STATUS, NULL, NULL, NULL, NULL);
+	expect("GET", 0, "/v1/sys/mfa/status/bob", ROUTE_OK, KMS_OP_MFA_STATUS, NULL, NULL, "bob", NULL);
+	expect("POST", 0, "/v1/sys/mfa/verify", ROUTE_OK, KMS_OP_MFA_VERIFY, NULL, NULL, NULL, NULL);
+	expect("POST", 0, "/v1/sys/mfa/unlock/bob", ROUTE_OK, KMS_OP_MFA_UNLOCK, NULL, NULL, "bob", NULL);
+	expect("GET", 0, "/v1/sys/mfa/unlock/bob", ROUTE_METHOD, 0, NULL, NULL, NULL, NULL);
+	expect("POST", 0, "/v1/sys/mfa/unlock", ROUTE_NOT_FOUND, 0, NULL, NULL, NULL, NULL);
+	expect("POST", 0, "/v1/sys/mfa/reset/bob", ROUTE_OK, KMS_OP_MFA_RESET, NULL, NULL, "bob", NULL);
 	/* not found */
 	expect("GET", 0, "/", ROUTE_NOT_FOUND, 0, NULL, NULL, NULL, NULL);
 	expect("GET", 0, "", ROUTE_NOT_FOUND, 0, NULL, NULL, NULL, NULL);
