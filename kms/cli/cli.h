@@ -106,7 +106,7 @@ struct cli_client {
 	long timeout;
 	int json; /* --format json */
 	/* X-Vault-MFA value ("totp:123456" or "recovery:..."), secret memory, or NULL:
-	 * from KMS_MFA, --mfa's prompt, or a prompt after a 403 "MFA required" */
+	 * from KMS_MFA, --mfa's prompt, or a prompt after a 401 "MFA required" */
 	char *mfa;
 	size_t mfa_len;
 	char *client_cert, *client_key; /* PEM files for mTLS, or NULL */

@@ -775,12 +775,12 @@ out:
 	return rc;
 }
 
-/* A 403 that asks for a step-up the call did not carry: kmsd's message starts so. */
+/* A 401 that asks for a step-up the call did not carry: kmsd's message starts so. */
 static int wants_mfa_code(long status, const json_t *ans)
 {
 	const char *m = json_string_value(json_array_get(json_object_get(ans, "errors"), 0));
 
-	return status == 403 && m != NULL && strncmp(m, "MFA required: send", 18) == 0;
+	return status == 401 && m != NULL && strncmp(m, "MFA required: send", 18) == 0;
 }
 
 int cli_call_status(struct cli_client *c, const char *method, const char *path,

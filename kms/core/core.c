@@ -1309,7 +1309,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 				d.allow = verdict.allow;
 				if (rc != KMS_OK)
 					snprintf(sname, sizeof(sname), "%s", kms_err_detail(rc));
-				if (rc == KMS_ERR_DENIED && x.mfa_detail[0] != '\0')
+				if ((rc == KMS_ERR_DENIED || rc == KMS_ERR_UNAUTHENTICATED) && x.mfa_detail[0] != '\0')
 					snprintf(sname, sizeof(sname), "%s", x.mfa_detail);
 			}
 			d.reason = x.reason;
@@ -1455,6 +1455,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 			msg = x.auth_detail; /* a client certificate refused: say why */
 		else if (rc == KMS_ERR_DENIED)
 			msg = "permission denied"; /* same body whether absent or not yours */
+		else if (rc == KMS_ERR_UNAUTHENTICATED && x.mfa_detail[0] != '\0' && d.allow)
+			msg = x.mfa_detail; /* allowed with a second factor, and none was sent: 401 */
 		else if (rc == KMS_ERR_UNAUTHENTICATED)
 			msg = "missing client token";
 		else if (status >= 500 && rc != KMS_ERR_TOKEN && rc != KMS_ERR_AUDIT && rc != KMS_ERR_STORE)

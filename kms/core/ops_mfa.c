@@ -179,7 +179,8 @@ kms_err core_mfa_stepup(struct core *c, struct op_ctx *x)
 		__atomic_fetch_add(&c->met.mfa_missing, 1, __ATOMIC_RELAXED);
 		set_detail(x, "MFA required, but this principal has no active TOTP enrolment "
 			      "(POST /v1/sys/mfa/enroll, then /v1/sys/mfa/confirm)");
-		rc = kms_errf(KMS_ERR_DENIED, "%s", x->mfa_detail);
+		/* without a second factor the caller is not yet authenticated for this call: 401 */
+		rc = kms_errf(KMS_ERR_UNAUTHENTICATED, "%s", x->mfa_detail);
 		goto out;
 	}
 	if (rc != KMS_OK)
@@ -191,7 +192,7 @@ kms_err core_mfa_stepup(struct core *c, struct op_ctx *x)
 	if (h == NULL || *h == '\0') {
 		__atomic_fetch_add(&c->met.mfa_missing, 1, __ATOMIC_RELAXED);
 		set_detail(x, "MFA required: send a current TOTP code in the X-Vault-MFA header (totp:<code>)");
-		rc = kms_errf(KMS_ERR_DENIED, "%s", x->mfa_detail);
+		rc = kms_errf(KMS_ERR_UNAUTHENTICATED, "%s", x->mfa_detail);
 		goto out;
 	}
 	hl = strnlen(h, MFA_HEADER_MAX + 1);

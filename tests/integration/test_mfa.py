@@ -127,7 +127,7 @@ def st(kmsd):
 
 def test_admin_change_refused_before_enrolment(kmsd, st):
     r = st.a1.call("POST", "/v1/sys/tenants/" + uniq("t"))
-    assert r.status_code == 403, r.text
+    assert r.status_code == 401, r.text
     assert "MFA required" in err(r) and "no active TOTP enrolment" in err(r), err(r)
     # reads need no step-up
     assert st.a1.call("LIST", "/v1/sys/tenants").status_code == 200
@@ -150,7 +150,7 @@ def test_enrol_and_confirm(kmsd, st):
     s = st.clock.next()
     # pending: no step-up yet
     r = st.a1.call("POST", "/v1/sys/tenants/" + uniq("t"), mfa=st.a1.code(s))
-    assert r.status_code == 403 and "no active TOTP enrolment" in err(r), r.text
+    assert r.status_code == 401 and "no active TOTP enrolment" in err(r), r.text
     # a wrong first code is refused and counted
     bad = "%06d" % ((int(totp(st.a1.secret, s)) + 1) % 1000000)
     r = st.a1.call("POST", "/v1/sys/mfa/confirm", {"code": bad})
@@ -228,7 +228,7 @@ def test_missing_wrong_malformed_replayed(kmsd, st):
     path = "/v1/sys/tenants/%s/config" % st.tenant
     body = {"legal_hold": False}
     r = st.a1.call("POST", path, body)
-    assert r.status_code == 403 and err(r).startswith("MFA required"), r.text
+    assert r.status_code == 401 and err(r).startswith("MFA required"), r.text
     assert "invalid" not in err(r)
     rec = audit_record(kmsd, r.json()["request_id"])
     assert rec["outcome"] == "deny" and rec["mfa"] is False and "MFA required" in rec["reason"], rec
@@ -343,7 +343,7 @@ def test_lockout_and_unlock_by_another_admin(kmsd, st):
     # unlock needs a's own step-up too
     s = st.clock.next()
     r = st.a2.call("POST", "/v1/sys/mfa/unlock/admin")
-    assert r.status_code == 403 and "MFA required" in err(r), r.text
+    assert r.status_code == 401 and "MFA required" in err(r), r.text
     r = st.a2.call("POST", "/v1/sys/mfa/unlock/admin", mfa=st.a2.code(s))
     assert r.status_code == 200, r.text
     rec = audit_record(kmsd, r.json()["request_id"])
@@ -385,7 +385,7 @@ def test_recovery_code_once(kmsd, st):
 
 def test_reenrolment_needs_a_code_and_keeps_the_old_seed_until_confirmed(kmsd, st):
     r = st.a2.call("POST", "/v1/sys/mfa/enroll")
-    assert r.status_code == 403 and "MFA required" in err(r), r.text
+    assert r.status_code == 401 and "MFA required" in err(r), r.text
     s = st.clock.next()
     r = st.a2.call("POST", "/v1/sys/mfa/enroll", mfa=st.a2.code(s))
     assert r.status_code == 200, r.text
@@ -418,7 +418,7 @@ def test_reset_by_another_admin(kmsd, st):
     assert st.a2.status()["enrolled"] is False
     s = st.clock.next()
     r = st.a2.call("POST", "/v1/sys/tenants/%s/config" % st.tenant, {"legal_hold": False}, mfa=st.a2.code(s))
-    assert r.status_code == 403 and "no active TOTP enrolment" in err(r), r.text
+    assert r.status_code == 401 and "no active TOTP enrolment" in err(r), r.text
     st.a2.enroll_confirm(st.clock)
     s = st.clock.next()
     r = st.a2.call("POST", "/v1/sys/tenants/%s/config" % st.tenant, {"legal_hold": False}, mfa=st.a2.code(s))
@@ -467,7 +467,7 @@ def test_kmsctl_mfa(kmsd, st, tmp_path):
     tok3 = write_secret(tmp_path / "a3.token", json.loads(r.stdout)["auth"]["client_token"])
     # no code and no terminal: refused with the server's message, exit 1
     r = kmsctl(kmsd, home, "tenant", "create", uniq("t"), token=tok3, want=1)
-    assert "403" in r.stderr and "MFA required" in r.stderr, r.stderr
+    assert "401" in r.stderr and "MFA required" in r.stderr, r.stderr
     # a code is never an argv value
     r = kmsctl(kmsd, home, "--mfa=123456", "mfa", "status", token=tok3, want=2)
     assert "--mfa takes no value" in r.stderr
@@ -559,7 +559,7 @@ def test_step_up_with_quorum(kmsd, st):
     assert st.a1.call("POST", "/v1/%s/keys/%s" % (st.tenant, key), {}, mfa=st.a1.code(s)).status_code == 200
     path = "/v1/%s/keys/%s/rotate" % (st.tenant, key)
     r = st.a1.call("POST", path, {})
-    assert r.status_code == 403 and "MFA required" in err(r), r.text
+    assert r.status_code == 401 and "MFA required" in err(r), r.text
     before = st.a1.call("GET", "/v1/sys/approvals").json()["data"]["keys"]
     assert before == [], before  # refused before any pending request was made
     s = st.clock.next()
@@ -567,7 +567,7 @@ def test_step_up_with_quorum(kmsd, st):
     assert r.status_code == 202, r.text
     aid = r.json()["data"]["approval_id"]
     r = st.a2.call("POST", "/v1/sys/approvals/%s/approve" % aid, {})
-    assert r.status_code == 403 and "MFA required" in err(r), r.text
+    assert r.status_code == 401 and "MFA required" in err(r), r.text
     s = st.clock.next()
     r = st.a2.call("POST", "/v1/sys/approvals/%s/approve" % aid, {}, mfa=st.a2.code(s))
     assert r.status_code == 200, r.text
@@ -634,4 +634,5 @@ def test_mfa_max_age(kmsd, st):
     s = st.clock.next()
     r = st.a1.call("POST", "/v1/sys/policy", builtin, mfa=st.a1.code(s))
     assert r.status_code == 200, r.text
-    assert st.a1.call("POST", path, body).status_code == 403
+    r = st.a1.call("POST", path, body)
+    assert r.status_code == 401 and err(r).startswith("MFA required"), r.text
