@@ -73,6 +73,8 @@ struct core {
 	unsigned sched_interval;
 	pthread_mutex_t sched_mu;
 	pthread_cond_t sched_cv;
+	/* token hash -> principal, role, scope (authcache.h) */
+	struct authcache *authc;
 };
 
 /* What an operation sees: the authenticated principal and the resolved tenant. */

@@ -10,6 +10,7 @@
 #include "kms/audit/audit.h"
 #include "kms/base/b64.h"
 #include "kms/base/json.h"
+#include "kms/core/authcache.h"
 #include "kms/core/ciphertext.h"
 #include "kms/core/core_int.h"
 
@@ -283,6 +284,7 @@ kms_err op_audit_hash(struct core *c, struct op_ctx *x)
  * request counts. */
 kms_err op_metrics(struct core *c, struct op_ctx *x)
 {
+	struct authcache_stats ac;
 	struct audit_stats st;
 	const char *fmt = x->call->format;
 	char *text = NULL;
@@ -320,6 +322,18 @@ kms_err op_metrics(struct core *c, struct op_ctx *x)
 			st.records, st.syncs, st.segments, st.seq, st.healthy ? 1 : 0, st.syslog_sent,
 			st.syslog_dropped);
 		metrics_write_prometheus(&c->met, f);
+		authcache_get_stats(c->authc, &ac);
+		fprintf(f,
+			"# HELP kmsd_auth_cache_hits_total Authentications answered from the auth cache.\n"
+			"# TYPE kmsd_auth_cache_hits_total counter\n"
+			"kmsd_auth_cache_hits_total %" PRIu64 "\n"
+			"# HELP kmsd_auth_cache_misses_total Authentications that read the store.\n"
+			"# TYPE kmsd_auth_cache_misses_total counter\n"
+			"kmsd_auth_cache_misses_total %" PRIu64 "\n"
+			"# HELP kmsd_auth_cache_flushes_total Times the auth cache was emptied (a store write).\n"
+			"# TYPE kmsd_auth_cache_flushes_total counter\n"
+			"kmsd_auth_cache_flushes_total %" PRIu64 "\n",
+			ac.hits, ac.misses, ac.flushes);
 		if (fclose(f) != 0 || text == NULL) {
 			free(text);
 			return kms_errf(KMS_ERR_NOMEM, "metrics");
@@ -348,6 +362,12 @@ kms_err op_metrics(struct core *c, struct op_ctx *x)
 							      (json_int_t)de, "error", (json_int_t)er));
 		}
 		if (req == NULL || json_object_set_new(x->data, "requests", req) != 0)
+			return kms_errf(KMS_ERR_NOMEM, "metrics");
+		authcache_get_stats(c->authc, &ac);
+		if (json_object_set_new(x->data, "auth_cache",
+					json_pack("{s:I,s:I,s:I,s:I}", "hits_total", (json_int_t)ac.hits,
+						  "misses_total", (json_int_t)ac.misses, "flushes_total",
+						  (json_int_t)ac.flushes, "entries", (json_int_t)ac.entries)) != 0)
 			return kms_errf(KMS_ERR_NOMEM, "metrics");
 	}
 	return x->data ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "metrics");
