@@ -647,6 +647,7 @@ static int cmd_serve(const struct kms_config *cfg)
 			.op_limits = cfg->rate_limit_ops,
 			.auth_fail_rps = cfg->auth_fail_rps,
 			.auth_fail_burst = cfg->auth_fail_burst,
+			.audit_hmac_cache = (size_t)cfg->audit_hmac_cache,
 		};
 		if ((err = core_configure(core, &copt)) != KMS_OK) {
 			kms_error("%s", kms_err_detail(err));

@@ -17,6 +17,7 @@
 #include "kms/base/secret.h"
 #include "policy/authn.h"
 #include "kms/core/authcache.h"
+#include "kms/core/hmaccache.h"
 
 int64_t core_now(void)
 {
@@ -607,7 +608,7 @@ kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct cor
 		core_free(c);
 		return kms_errf(KMS_ERR_INTERNAL, "the built-in policy does not compile");
 	}
-	if (authcache_new(0, &c->authc) != KMS_OK) {
+	if (authcache_new(0, &c->authc) != KMS_OK || hmaccache_new(HMACCACHE_DEFAULT_MAX, &c->hmacc) != KMS_OK) {
 		core_free(c);
 		return kms_errf(KMS_ERR_NOMEM, "auth cache");
 	}
@@ -626,6 +627,11 @@ kms_err core_configure(struct core *c, const struct core_options *o)
 
 	c->opt = *o;
 	c->opt.op_limits = NULL; /* parsed below; the caller's string is not kept */
+	/* before any request: the cache is replaced, not resized */
+	hmaccache_free(c->hmacc);
+	c->hmacc = NULL;
+	if ((rc = hmaccache_new(o->audit_hmac_cache, &c->hmacc)) != KMS_OK)
+		return rc;
 	/* NIST SP 800-38D: at most 2^32 GCM encryptions with random IVs per key */
 	if (c->opt.max_encryptions == 0 || c->opt.max_encryptions > (1ULL << 32))
 		c->opt.max_encryptions = 1ULL << 30;
@@ -883,6 +889,7 @@ void core_free(struct core *c)
 	pthread_mutex_destroy(&c->policy_mu);
 	pthread_mutex_destroy(&c->reserve_mu);
 	authcache_free(c->authc);
+	hmaccache_free(c->hmacc);
 	free(c);
 }
 

@@ -54,6 +54,7 @@ struct core_options {
 	double principal_rps, principal_burst;	   /* every call of one principal */
 	const char *op_limits;			   /* "op=rate[:burst],..." per principal */
 	double auth_fail_rps, auth_fail_burst;	   /* failed authentications per source */
+	size_t audit_hmac_cache; /* entries of the audit-HMAC cache (hmaccache.h); 0 = off */
 };
 /* KMS_ERR_CONFIG for a malformed op_limits (validated with the configuration first). */
 KMS_WUR kms_err core_configure(struct core *c, const struct core_options *o);

@@ -75,6 +75,8 @@ struct core {
 	pthread_cond_t sched_cv;
 	/* token hash -> principal, role, scope (authcache.h) */
 	struct authcache *authc;
+	/* value fingerprint -> audit HMAC (hmaccache.h); NULL = off */
+	struct hmaccache *hmacc;
 };
 
 /* What an operation sees: the authenticated principal and the resolved tenant. */

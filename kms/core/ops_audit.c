@@ -12,6 +12,7 @@
 #include "kms/base/json.h"
 #include "kms/core/authcache.h"
 #include "kms/core/ciphertext.h"
+#include "kms/core/hmaccache.h"
 #include "kms/core/core_int.h"
 
 #define HASH_TEXT_LEN (sizeof(AUDIT_HMAC_PREFIX) - 1 + 2 * P11_HMAC_LEN)
@@ -22,9 +23,13 @@ static kms_err hmac_text(struct core *c, const void *data, size_t len, char out[
 	uint8_t mac[P11_HMAC_LEN];
 	kms_err rc;
 
-	rc = p11_hmac(c->p11, P11_MAC_AUDIT, data, len, mac);
-	if (rc != KMS_OK)
-		return rc;
+	_Static_assert(P11_HMAC_LEN == HMACCACHE_MAC_LEN, "the cache holds one audit HMAC");
+	if (!hmaccache_get(c->hmacc, data, len, mac)) {
+		rc = p11_hmac(c->p11, P11_MAC_AUDIT, data, len, mac);
+		if (rc != KMS_OK)
+			return rc;
+		hmaccache_put(c->hmacc, data, len, mac);
+	}
 	memcpy(out, AUDIT_HMAC_PREFIX, sizeof(AUDIT_HMAC_PREFIX) - 1);
 	kms_hex_encode(mac, sizeof(mac), out + sizeof(AUDIT_HMAC_PREFIX) - 1);
 	return KMS_OK;
@@ -285,6 +290,7 @@ kms_err op_audit_hash(struct core *c, struct op_ctx *x)
 kms_err op_metrics(struct core *c, struct op_ctx *x)
 {
 	struct authcache_stats ac;
+	struct hmaccache_stats hs;
 	struct audit_stats st;
 	const char *fmt = x->call->format;
 	char *text = NULL;
@@ -323,6 +329,7 @@ kms_err op_metrics(struct core *c, struct op_ctx *x)
 			st.syslog_dropped);
 		metrics_write_prometheus(&c->met, f);
 		authcache_get_stats(c->authc, &ac);
+		hmaccache_get_stats(c->hmacc, &hs);
 		fprintf(f,
 			"# HELP kmsd_auth_cache_hits_total Authentications answered from the auth cache.\n"
 			"# TYPE kmsd_auth_cache_hits_total counter\n"
@@ -332,8 +339,14 @@ kms_err op_metrics(struct core *c, struct op_ctx *x)
 			"kmsd_auth_cache_misses_total %" PRIu64 "\n"
 			"# HELP kmsd_auth_cache_flushes_total Times the auth cache was emptied (a store write).\n"
 			"# TYPE kmsd_auth_cache_flushes_total counter\n"
-			"kmsd_auth_cache_flushes_total %" PRIu64 "\n",
-			ac.hits, ac.misses, ac.flushes);
+			"kmsd_auth_cache_flushes_total %" PRIu64 "\n"
+			"# HELP kmsd_audit_hmac_cache_hits_total Context values whose audit HMAC came from the cache.\n"
+			"# TYPE kmsd_audit_hmac_cache_hits_total counter\n"
+			"kmsd_audit_hmac_cache_hits_total %" PRIu64 "\n"
+			"# HELP kmsd_audit_hmac_cache_misses_total Context values sent to the token for their audit HMAC.\n"
+			"# TYPE kmsd_audit_hmac_cache_misses_total counter\n"
+			"kmsd_audit_hmac_cache_misses_total %" PRIu64 "\n",
+			ac.hits, ac.misses, ac.flushes, hs.hits, hs.misses);
 		if (fclose(f) != 0 || text == NULL) {
 			free(text);
 			return kms_errf(KMS_ERR_NOMEM, "metrics");
@@ -368,6 +381,11 @@ kms_err op_metrics(struct core *c, struct op_ctx *x)
 					json_pack("{s:I,s:I,s:I,s:I}", "hits_total", (json_int_t)ac.hits,
 						  "misses_total", (json_int_t)ac.misses, "flushes_total",
 						  (json_int_t)ac.flushes, "entries", (json_int_t)ac.entries)) != 0)
+			return kms_errf(KMS_ERR_NOMEM, "metrics");
+		hmaccache_get_stats(c->hmacc, &hs);
+		if (json_object_set_new(x->data, "audit_hmac_cache",
+					json_pack("{s:I,s:I,s:I}", "hits_total", (json_int_t)hs.hits, "misses_total",
+						  (json_int_t)hs.misses, "entries", (json_int_t)hs.entries)) != 0)
 			return kms_errf(KMS_ERR_NOMEM, "metrics");
 	}
 	return x->data ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "metrics");
