@@ -92,6 +92,7 @@ static const struct conf_option options[] = {
 	INT(auth_fail_rps, 5, 0, 100000),
 	INT(auth_fail_burst, 50, 0, 1000000),
 	INT(audit_hmac_cache, 4096, 0, 1000000),
+	BOOL(tls_session_tickets, true),
 	/* Whether the account exists is checked when kmsd switches to it (kms/proc.c). */
 	STRING(user, "", 0, check_user),
 };

@@ -42,6 +42,7 @@
  *   auth_fail_rps       int     5            failed authentications a second per source address, 0..100000 (0 = no limit)
  *   auth_fail_burst     int     50           ...bucket size, 0..1000000 (0 = 2 x rate)
  *   audit_hmac_cache    int     4096         audit HMACs of context values kept, 0..1000000 (0 = off)
+ *   tls_session_tickets bool    true         TLS session resumption by tickets (RFC 5077 / 8446)
  *   user                string  ""           account to run as when started as root (kms/proc.h); "" = refuse
  *                                            to run as root; "root" = stay root (logged as a warning)
  */
@@ -90,6 +91,7 @@ struct kms_config {
 	int auth_fail_rps;
 	int auth_fail_burst;
 	int audit_hmac_cache;
+	bool tls_session_tickets;
 	char user[33]; /* a login name, 1..32 chars */
 };
 
