@@ -31,6 +31,9 @@ Settings (environment; `make bench` passes its make variables through):
   BENCH_WORKERS     kmsd `workers` (default: kmsd's own default)
   BENCH_CONTEXT=1   send an encryption_context with every item (audit HMACs it)
   BENCH_KEEP=1      keep the temporary directory (its path is printed)
+  BENCH_SCALING=0   skip the scaling figures (bench/scaling.py; default on)
+  BENCH_SCALE_KEYS  key counts for the scaling figures (default "1 100 10000", quick "1 100")
+  BENCH_IDLE_CONNS  idle TLS connections for the RSS figure (default 1000)
   BUILD             build directory (default build)
 `bench.py --self-test` checks the statistics, the metrics parser and the JSON writer
 on made-up figures, without starting anything.
@@ -103,6 +106,10 @@ def settings_from_env(env):
         "context": g("BENCH_CONTEXT") not in ("", "0"),
         "keep": g("BENCH_KEEP") not in ("", "0"),
         "build": g("BUILD") or "build",
+        "scaling": g("BENCH_SCALING") not in ("0",),
+        "scale_keys": int_list(g("BENCH_SCALE_KEYS") or ("1 100" if quick else "1 100 10000"),
+                               "BENCH_SCALE_KEYS"),
+        "idle_conns": int(g("BENCH_IDLE_CONNS") or 1000),
     }
     if s["seconds"] < 1:
         raise BenchError("BENCH_SECONDS must be an integer >= 1")
@@ -378,7 +385,7 @@ class Server:
         with open(self.admin_token_file) as f:
             self.admin_token = f.read().strip()
 
-    def start(self, timeout=60):
+    def start(self, timeout=60, poll=0.1):
         self.stderr_path = os.path.join(self.tmp, "kmsd.stderr")
         with open(self.stderr_path, "ab") as err, open(os.devnull, "wb") as null:
             self.proc = self.kids.popen([self.bin, "-c", self.conf], env=self.env, cwd=self.tmp,
@@ -404,7 +411,7 @@ class Server:
                         return
                 except (OSError, http.client.HTTPException):
                     pass
-            time.sleep(0.1)
+            time.sleep(poll)
         raise BenchError("kmsd did not become healthy in %ss:\n%s" % (timeout, self.stderr_tail()))
 
     def stderr_tail(self, n=4000):
@@ -592,11 +599,11 @@ class Bench:
         return json.loads(out.strip().splitlines()[-1])
 
     # -- one wrk run against kmsd ------------------------------------------
-    def wrk(self, path, conns, method="GET", body_file=None, token_file=None):
+    def wrk(self, path, conns, method="GET", body_file=None, token_file=None, extra_env=None):
         pid = self.srv.proc.pid
         threads = max(1, min(conns, self.ncpu))
         env = dict(os.environ, BENCH_METHOD=method, BENCH_BODY_FILE=body_file or "",
-                   BENCH_TOKEN_FILE=token_file or "")
+                   BENCH_TOKEN_FILE=token_file or "", **(extra_env or {}))
         args = ["wrk", "-t", str(threads), "-c", str(conns), "-d", "%ds" % self.s["seconds"],
                 "--timeout", "10s", "-s", WRK_LUA, self.srv.url + path]
         m0 = self.srv.metrics() if self.has_metrics else None
@@ -832,7 +839,8 @@ def run(settings):
         if info.get("tmp_fs") == "tmpfs":
             say("warning: %s is on tmpfs: fdatasync costs nothing there, the audit and fsync "
                 "figures mean little (set TMPDIR to a disk)" % tmp)
-        srv = Server(kids, tmp, settings, max(settings["conns"]))
+        srv = Server(kids, tmp, settings, max(max(settings["conns"]),
+                                              settings["idle_conns"] if settings["scaling"] else 0))
         say("temporary directory %s" % tmp)
         srv.provision()
         srv.start()
@@ -877,6 +885,9 @@ def run(settings):
                         fmt_n(r["audit_records_per_s"]), fmt_n(r["audit_syncs_per_s"]),
                         "" if r["valid"] else " ERRORS %s" % r["errors"]))
         rep = build_report(settings, ceil, res)
+        if settings["scaling"]:
+            import scaling  # bench/scaling.py
+            rep["scaling"] = scaling.run_scaling(b, srv, settings, say, proc_status_kib)
         rc = srv.stop()
         with open("/proc/loadavg") as f:
             info["loadavg_end"] = f.read().split()[:3]
@@ -889,7 +900,8 @@ def run(settings):
             "command": "make bench" + "".join(
                 " %s=%s" % (k, shlex.quote(os.environ[k])) for k in
                 ("BENCH_QUICK", "BENCH_SECONDS", "BENCH_RUNS", "BENCH_CONNS", "BENCH_OPS",
-                 "BENCH_BATCHES", "BENCH_WORKERS", "BENCH_CONTEXT")
+                 "BENCH_BATCHES", "BENCH_WORKERS", "BENCH_CONTEXT", "BENCH_SCALING",
+                 "BENCH_SCALE_KEYS", "BENCH_IDLE_CONNS")
                 if os.environ.get(k, "").strip()),
             "host": info, "git": git_info(),
             "settings": {k: v for k, v in settings.items() if k != "keep"},
@@ -900,6 +912,9 @@ def run(settings):
         }
         doc.update(rep)
         print_report(rep, settings)
+        if "scaling" in rep:
+            import scaling
+            scaling.print_scaling(rep["scaling"], sys.stdout)
         path = write_json(os.path.join(RESULTS, started.strftime("%Y%m%dT%H%M%SZ") + ".json"), doc)
         print("\nJSON: %s (%.0f s)" % (os.path.relpath(path, os.getcwd()), doc["elapsed_s"]))
         invalid = sum(e["invalid_runs"] for e in rep["results"])

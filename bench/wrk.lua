@@ -27,6 +27,19 @@ if token_file and token_file ~= "" then
   wrk.headers["X-Vault-Token"] = (slurp(token_file):gsub("%s+$", ""))
 end
 
+-- BENCH_KEYS=N with BENCH_PATH_PREFIX: each request goes to a key picked at random from
+-- <prefix>s1 .. <prefix>sN (the scaling figures, docs/BENCH.md). Unset: one fixed path.
+local nkeys = tonumber(os.getenv("BENCH_KEYS") or "")
+local prefix = os.getenv("BENCH_PATH_PREFIX")
+if nkeys and nkeys >= 1 and prefix and prefix ~= "" then
+  function init(args)
+    math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+  end
+  function request()
+    return wrk.format(nil, prefix .. "s" .. math.random(nkeys))
+  end
+end
+
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

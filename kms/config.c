@@ -95,6 +95,8 @@ static const struct conf_option options[] = {
 	STRING(rate_limit_ops, "", 0, check_rate_ops),
 	INT(auth_fail_rps, 5, 0, 100000),
 	INT(auth_fail_burst, 50, 0, 1000000),
+	INT(audit_hmac_cache, 4096, 0, 1000000),
+	BOOL(tls_session_tickets, true),
 	INT(approval_ttl, 86400, 60, 2592000),
 	INT(break_glass_max_ttl, 3600, 60, 86400),
 	INT(break_glass_reviews, 2, 1, 16),

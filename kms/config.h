@@ -43,6 +43,8 @@
  *   rate_limit_ops      string  ""           per principal and operation: "op=rate[:burst],..."
  *   auth_fail_rps       int     5            failed authentications a second per source address, 0..100000 (0 = no limit)
  *   auth_fail_burst     int     50           ...bucket size, 0..1000000 (0 = 2 x rate)
+ *   audit_hmac_cache    int     4096         audit HMACs of context values kept, 0..1000000 (0 = off)
+ *   tls_session_tickets bool    true         TLS session resumption by tickets (RFC 5077 / 8446)
  *   mfa_max_failures    int     5            consecutive failed TOTP checks before a principal is locked, 1..100
  *   approval_ttl        int     86400        seconds a quorum request waits for approvals, 60..2592000
  *   break_glass_max_ttl int     3600         longest break-glass grant in seconds, 60..86400
@@ -100,6 +102,8 @@ struct kms_config {
 	char rate_limit_ops[1024];
 	int auth_fail_rps;
 	int auth_fail_burst;
+	int audit_hmac_cache;
+	bool tls_session_tickets;
 	int approval_ttl;
 	int break_glass_max_ttl;
 	int break_glass_reviews;

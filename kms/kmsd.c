@@ -750,6 +750,7 @@ static int cmd_serve(const struct kms_config *cfg)
 			.op_limits = cfg->rate_limit_ops,
 			.auth_fail_rps = cfg->auth_fail_rps,
 			.auth_fail_burst = cfg->auth_fail_burst,
+			.audit_hmac_cache = (size_t)cfg->audit_hmac_cache,
 			.mfa_max_failures = (unsigned)cfg->mfa_max_failures,
 			.approval_ttl = cfg->approval_ttl,
 			.break_glass_max_ttl = cfg->break_glass_max_ttl,

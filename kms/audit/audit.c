@@ -9,6 +9,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <jansson.h>
@@ -282,6 +283,97 @@ static kms_err emit_record_locked(struct audit *a, const struct audit_record *r)
 	rc = emit_locked(a, o, true);
 	json_decref(o);
 	return rc;
+}
+
+/* The request path's records are serialised before the log's lock is taken: only what
+ * depends on the chain (seq, time, prev, hash) is added under it. The bytes are the
+ * same as emit_record_locked's: record_object's members in order, compact, ASCII.
+ * *mid is ',"node":…,"reason":…' plus the extra members (malloc'd, free()). */
+#define MIDDLE_GUESS 2048
+
+static kms_err record_middle(struct audit *a, const struct audit_record *r, char **mid, size_t *len)
+{
+	static const char *const chain[] = {"seq", "time", "prev", "hash", NULL};
+	json_t *o;
+	char *text;
+	size_t n;
+
+	*mid = NULL;
+	o = record_object(a, 0, r);
+	if (o == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "audit record");
+	/* an extra member may not be named like one the chain adds */
+	for (size_t i = 2; chain[i] != NULL; i++)
+		if (json_object_get(o, chain[i]) != NULL) {
+			json_decref(o);
+			return kms_errf(KMS_ERR_NOMEM, "audit record");
+		}
+	(void)json_object_del(o, "seq");
+	(void)json_object_del(o, "time");
+	/* one pass for the usual record; a second one, sized, for a long one */
+	text = malloc(MIDDLE_GUESS); /* audit records hold no secret */
+	n = text ? json_dumpb(o, text, MIDDLE_GUESS, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII) : 0;
+	if (n > MIDDLE_GUESS) {
+		free(text);
+		text = malloc(n);
+		if (text != NULL &&
+		    json_dumpb(o, text, n, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII) != n)
+			n = 0;
+	}
+	if (text == NULL || n < 3 || text[0] != '{' || text[n - 1] != '}') {
+		json_decref(o);
+		free(text);
+		return kms_errf(KMS_ERR_NOMEM, "audit record");
+	}
+	json_decref(o);
+	text[0] = ',';
+	*mid = text;
+	*len = n - 1; /* without the closing brace */
+	return KMS_OK;
+}
+
+/* emit_locked for a record whose middle record_middle made. */
+static kms_err emit_middle_locked(struct audit *a, const char *mid, size_t mid_len)
+{
+	const size_t mlen = sizeof(AUDIT_HASH_MEMBER) - 1;
+	char when[96], head[160];
+	uint8_t h[AUDIT_HASH_LEN];
+	unsigned hn = 0;
+	int hl;
+	size_t n;
+	char *body, *p;
+	kms_err rc;
+
+	fmt_time(when, sizeof(when));
+	hl = snprintf(head, sizeof(head), "{\"seq\":%" PRIu64 ",\"time\":\"%s\"", a->seq + 1, when);
+	if (hl <= 0 || (size_t)hl >= sizeof(head))
+		return kms_errf(KMS_ERR_INTERNAL, "audit: record head");
+	/* head + mid + ,"prev":"<hex>"} */
+	n = (size_t)hl + mid_len + sizeof(",\"prev\":\"") - 1 + AUDIT_HASH_HEX + 2;
+	rc = pend_reserve(a, n + AUDIT_HASH_SUFFIX_LEN + 1);
+	if (rc != KMS_OK)
+		return rc;
+	body = p = a->pend + a->pend_len;
+	memcpy(p, head, (size_t)hl);
+	p += hl;
+	memcpy(p, mid, mid_len);
+	p += mid_len;
+	memcpy(p, ",\"prev\":\"", sizeof(",\"prev\":\"") - 1);
+	p += sizeof(",\"prev\":\"") - 1;
+	kms_hex_encode(a->last_hash, AUDIT_HASH_LEN, p); /* writes a NUL we overwrite */
+	p += AUDIT_HASH_HEX;
+	memcpy(p, "\"}", 2);
+	if (EVP_DigestInit_ex(a->md, a->sha256, NULL) != 1 || EVP_DigestUpdate(a->md, body, n) != 1 ||
+	    EVP_DigestFinal_ex(a->md, h, &hn) != 1 || hn != AUDIT_HASH_LEN)
+		return kms_errf(KMS_ERR_INTERNAL, "audit: hashing a record failed");
+	memcpy(body + n - 1, AUDIT_HASH_MEMBER, mlen);
+	kms_hex_encode(h, AUDIT_HASH_LEN, body + n - 1 + mlen);
+	memcpy(body + n - 1 + mlen + AUDIT_HASH_HEX, "\"}\n", 3);
+	a->pend_len += n - 1 + AUDIT_HASH_SUFFIX_LEN + 1;
+	a->seq++;
+	memcpy(a->last_hash, h, sizeof(h));
+	a->plain_total++;
+	return KMS_OK;
 }
 
 /* ---------------------------------------------------------------- group commit */
@@ -1088,14 +1180,21 @@ kms_err audit_append(struct audit *a, const struct audit_record *r)
 {
 	uint64_t mine, target, cseq;
 	const char *why;
+	char *mid;
+	size_t mid_len = 0;
 	kms_err rc;
 
+	rc = record_middle(a, r, &mid, &mid_len);
+	if (rc != KMS_OK)
+		return rc;
 	pthread_mutex_lock(&a->mu);
 	if (a->failed) {
 		pthread_mutex_unlock(&a->mu);
+		free(mid);
 		return kms_errf(KMS_ERR_AUDIT, "audit log unavailable");
 	}
-	rc = emit_record_locked(a, r);
+	rc = emit_middle_locked(a, mid, mid_len);
+	free(mid);
 	if (rc != KMS_OK) {
 		pthread_mutex_unlock(&a->mu);
 		return rc;

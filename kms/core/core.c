@@ -17,6 +17,8 @@
 #include "kms/base/log.h"
 #include "kms/base/secret.h"
 #include "policy/authn.h"
+#include "kms/core/authcache.h"
+#include "kms/core/hmaccache.h"
 
 int64_t core_now(void)
 {
@@ -616,6 +618,10 @@ kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct cor
 		core_free(c);
 		return kms_errf(KMS_ERR_INTERNAL, "the built-in policy does not compile");
 	}
+	if (authcache_new(0, &c->authc) != KMS_OK || hmaccache_new(HMACCACHE_DEFAULT_MAX, &c->hmacc) != KMS_OK) {
+		core_free(c);
+		return kms_errf(KMS_ERR_NOMEM, "auth cache");
+	}
 	*out = c;
 	return KMS_OK;
 }
@@ -631,6 +637,11 @@ kms_err core_configure(struct core *c, const struct core_options *o)
 
 	c->opt = *o;
 	c->opt.op_limits = NULL; /* parsed below; the caller's string is not kept */
+	/* before any request: the cache is replaced, not resized */
+	hmaccache_free(c->hmacc);
+	c->hmacc = NULL;
+	if ((rc = hmaccache_new(o->audit_hmac_cache, &c->hmacc)) != KMS_OK)
+		return rc;
 	/* NIST SP 800-38D: at most 2^32 GCM encryptions with random IVs per key */
 	if (c->opt.max_encryptions == 0 || c->opt.max_encryptions > (1ULL << 32))
 		c->opt.max_encryptions = 1ULL << 30;
@@ -891,6 +902,8 @@ void core_free(struct core *c)
 	free(c->policy_text);
 	pthread_mutex_destroy(&c->policy_mu);
 	pthread_mutex_destroy(&c->reserve_mu);
+	authcache_free(c->authc);
+	hmaccache_free(c->hmacc);
 	free(c);
 }
 
@@ -943,11 +956,46 @@ static bool op_has_tenant(enum kms_op op)
 	}
 }
 
+/* A cached token (authcache.h): no store read; the expiry is checked here, now. */
+static kms_err authenticate_cached(struct core *c, const struct authcache_entry *e, struct op_ctx *x)
+{
+	int64_t now = core_now();
+
+	if (e->expires != 0 && now >= e->expires) {
+		free(e->scope);
+		return kms_errf(KMS_ERR_DENIED, "permission denied");
+	}
+	x->who = e->who;
+	x->role = policy_role_parse(x->who.role);
+	snprintf(x->accessor, sizeof(x->accessor), "%s", e->accessor);
+	x->token_expires = e->expires;
+	x->token_last_used = e->last_used;
+	if (authcache_claim_touch(c->authc, e->hash, now, CORE_TOKEN_TOUCH_SECONDS)) {
+		kms_err trc = store_token_touch(c->st, e->accessor, now);
+
+		if (trc != KMS_OK)
+			kms_warn("token %s: last-used time not recorded: %s", e->accessor, kms_err_detail(trc));
+		else
+			x->token_last_used = now;
+	}
+	if (x->role == POLICY_ROLE_SERVICE) {
+		x->scope = e->scope;
+		x->n_scope = e->n_scope;
+	} else {
+		free(e->scope);
+	}
+	return KMS_OK;
+}
+
 kms_err core_authenticate_token(struct core *c, const char *token, struct op_ctx *x)
 {
 	struct store_token t;
+	struct store_stamp stamp;
+	struct authcache_entry ce;
 	uint8_t h[AUTHN_HASH_LEN];
 	char acc[AUTHN_ACCESSOR_LEN + 1];
+	uint64_t ticket = 0;
+	bool cacheable;
 	size_t len;
 	int ok;
 	kms_err rc;
@@ -958,12 +1006,20 @@ kms_err core_authenticate_token(struct core *c, const char *token, struct op_ctx
 	rc = authn_token_parse(token, len, acc);
 	if (rc != KMS_OK)
 		return kms_errf(KMS_ERR_DENIED, "permission denied");
+	authn_token_hash(token, len, h);
+	/* The stamp is taken before anything is read: see authcache.h. Without one, the
+	 * store is asked as if there were no cache. */
+	cacheable = store_change_stamp(c->st, &stamp) == KMS_OK;
+	if (cacheable && authcache_get(c->authc, &stamp, h, &ce, &ticket)) {
+		rc = authenticate_cached(c, &ce, x);
+		kms_wipe(&ce, sizeof(ce));
+		return rc;
+	}
 	rc = store_token_get(c->st, acc, &t);
 	if (rc == KMS_ERR_NOT_FOUND)
 		return kms_errf(KMS_ERR_DENIED, "permission denied");
 	if (rc != KMS_OK)
 		return rc;
-	authn_token_hash(token, len, h);
 	ok = authn_hash_equal(h, t.hash);
 	if (!ok || t.revoked || (t.expires != 0 && core_now() >= t.expires))
 		return kms_errf(KMS_ERR_DENIED, "permission denied");
@@ -989,8 +1045,22 @@ kms_err core_authenticate_token(struct core *c, const char *token, struct op_ctx
 		}
 	}
 	if (x->role == POLICY_ROLE_SERVICE)
-		return store_principal_tenants(c->st, x->who.id, &x->scope, &x->n_scope);
-	return KMS_OK;
+		rc = store_principal_tenants(c->st, x->who.id, &x->scope, &x->n_scope);
+	if (rc == KMS_OK && cacheable) {
+		memset(&ce, 0, sizeof(ce));
+		memcpy(ce.hash, h, sizeof(ce.hash));
+		snprintf(ce.accessor, sizeof(ce.accessor), "%s", acc);
+		ce.expires = t.expires;
+		ce.last_used = x->token_last_used;
+		ce.who = x->who;
+		ce.scope = x->scope;
+		ce.n_scope = x->n_scope;
+		authcache_put(c->authc, ticket, &ce);
+		kms_wipe(&ce, sizeof(ce));
+	}
+	kms_wipe(h, sizeof(h));
+	kms_wipe(&t, sizeof(t));
+	return rc;
 }
 
 typedef kms_err (*op_fn)(struct core *, struct op_ctx *);

@@ -77,6 +77,7 @@ struct core_options {
 	double principal_rps, principal_burst;	   /* every call of one principal */
 	const char *op_limits;			   /* "op=rate[:burst],..." per principal */
 	double auth_fail_rps, auth_fail_burst;	   /* failed authentications per source */
+	size_t audit_hmac_cache; /* entries of the audit-HMAC cache (hmaccache.h); 0 = off */
 	unsigned mfa_max_failures;		   /* consecutive TOTP failures before lockout, 1..100; 0 = 5 */
 	int64_t approval_ttl;	     /* seconds a quorum request stays pending; 0: 86400 */
 	int64_t break_glass_max_ttl; /* longest break-glass grant in seconds; 0: 3600 */

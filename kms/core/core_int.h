@@ -73,6 +73,10 @@ struct core {
 	unsigned sched_interval;
 	pthread_mutex_t sched_mu;
 	pthread_cond_t sched_cv;
+	/* token hash -> principal, role, scope (authcache.h) */
+	struct authcache *authc;
+	/* value fingerprint -> audit HMAC (hmaccache.h); NULL = off */
+	struct hmaccache *hmacc;
 	/* latest expiry of any break-glass grant: decrypts skip the store lookup after it */
 	int64_t bg_until;
 	/* key-state gauges for metrics, refreshed at most once a second (ops_report.c) */

@@ -10,7 +10,9 @@
 #include "kms/audit/audit.h"
 #include "kms/base/b64.h"
 #include "kms/base/json.h"
+#include "kms/core/authcache.h"
 #include "kms/core/ciphertext.h"
+#include "kms/core/hmaccache.h"
 #include "kms/core/core_int.h"
 
 #define HASH_TEXT_LEN (sizeof(AUDIT_HMAC_PREFIX) - 1 + 2 * P11_HMAC_LEN)
@@ -21,9 +23,13 @@ static kms_err hmac_text(struct core *c, const void *data, size_t len, char out[
 	uint8_t mac[P11_HMAC_LEN];
 	kms_err rc;
 
-	rc = p11_hmac(c->p11, P11_MAC_AUDIT, data, len, mac);
-	if (rc != KMS_OK)
-		return rc;
+	_Static_assert(P11_HMAC_LEN == HMACCACHE_MAC_LEN, "the cache holds one audit HMAC");
+	if (!hmaccache_get(c->hmacc, data, len, mac)) {
+		rc = p11_hmac(c->p11, P11_MAC_AUDIT, data, len, mac);
+		if (rc != KMS_OK)
+			return rc;
+		hmaccache_put(c->hmacc, data, len, mac);
+	}
 	memcpy(out, AUDIT_HMAC_PREFIX, sizeof(AUDIT_HMAC_PREFIX) - 1);
 	kms_hex_encode(mac, sizeof(mac), out + sizeof(AUDIT_HMAC_PREFIX) - 1);
 	return KMS_OK;
@@ -283,6 +289,8 @@ kms_err op_audit_hash(struct core *c, struct op_ctx *x)
  * request counts. */
 kms_err op_metrics(struct core *c, struct op_ctx *x)
 {
+	struct authcache_stats ac;
+	struct hmaccache_stats hs;
 	struct audit_stats st;
 	const char *fmt = x->call->format;
 	char *text = NULL;
@@ -317,6 +325,17 @@ kms_err op_metrics(struct core *c, struct op_ctx *x)
 							      (json_int_t)de, "error", (json_int_t)er));
 		}
 		if (req == NULL || json_object_set_new(x->data, "requests", req) != 0)
+			return kms_errf(KMS_ERR_NOMEM, "metrics");
+		authcache_get_stats(c->authc, &ac);
+		if (json_object_set_new(x->data, "auth_cache",
+					json_pack("{s:I,s:I,s:I,s:I}", "hits_total", (json_int_t)ac.hits,
+						  "misses_total", (json_int_t)ac.misses, "flushes_total",
+						  (json_int_t)ac.flushes, "entries", (json_int_t)ac.entries)) != 0)
+			return kms_errf(KMS_ERR_NOMEM, "metrics");
+		hmaccache_get_stats(c->hmacc, &hs);
+		if (json_object_set_new(x->data, "audit_hmac_cache",
+					json_pack("{s:I,s:I,s:I}", "hits_total", (json_int_t)hs.hits, "misses_total",
+						  (json_int_t)hs.misses, "entries", (json_int_t)hs.entries)) != 0)
 			return kms_errf(KMS_ERR_NOMEM, "metrics");
 	}
 	return x->data ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "metrics");

@@ -12,7 +12,9 @@
 #include "kms/audit/audit.h"
 #include "kms/base/json.h"
 #include "kms/base/log.h"
+#include "kms/core/authcache.h"
 #include "kms/core/core_int.h"
+#include "kms/core/hmaccache.h"
 
 /* ---- metrics ------------------------------------------------------------------- */
 
@@ -164,6 +166,33 @@ static void audit_write(struct core *c, FILE *f)
 		(double)st.fsync_us_sum / 1e6, cum);
 }
 
+/* The authentication and audit-HMAC caches (authcache.h, hmaccache.h). */
+static void caches_write(struct core *c, FILE *f)
+{
+	struct authcache_stats ac;
+	struct hmaccache_stats hs;
+
+	authcache_get_stats(c->authc, &ac);
+	hmaccache_get_stats(c->hmacc, &hs);
+	fprintf(f,
+		"# HELP kmsd_auth_cache_hits_total Authentications answered from the auth cache.\n"
+		"# TYPE kmsd_auth_cache_hits_total counter\n"
+		"kmsd_auth_cache_hits_total %" PRIu64 "\n"
+		"# HELP kmsd_auth_cache_misses_total Authentications that read the store.\n"
+		"# TYPE kmsd_auth_cache_misses_total counter\n"
+		"kmsd_auth_cache_misses_total %" PRIu64 "\n"
+		"# HELP kmsd_auth_cache_flushes_total Times the auth cache was emptied (a store write).\n"
+		"# TYPE kmsd_auth_cache_flushes_total counter\n"
+		"kmsd_auth_cache_flushes_total %" PRIu64 "\n"
+		"# HELP kmsd_audit_hmac_cache_hits_total Context values whose audit HMAC came from the cache.\n"
+		"# TYPE kmsd_audit_hmac_cache_hits_total counter\n"
+		"kmsd_audit_hmac_cache_hits_total %" PRIu64 "\n"
+		"# HELP kmsd_audit_hmac_cache_misses_total Context values sent to the token for their audit HMAC.\n"
+		"# TYPE kmsd_audit_hmac_cache_misses_total counter\n"
+		"kmsd_audit_hmac_cache_misses_total %" PRIu64 "\n",
+		ac.hits, ac.misses, ac.flushes, hs.hits, hs.misses);
+}
+
 kms_err core_metrics_prometheus(struct core *c, char **text)
 {
 	char *buf = NULL;
@@ -176,6 +205,7 @@ kms_err core_metrics_prometheus(struct core *c, char **text)
 	metrics_write_prometheus(&c->met, f);
 	p11_metrics_write(f);
 	gauges_write(c, f);
+	caches_write(c, f);
 	if (fclose(f) != 0 || buf == NULL) {
 		free(buf);
 		return kms_errf(KMS_ERR_NOMEM, "metrics");

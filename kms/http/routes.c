@@ -94,23 +94,36 @@ static int split(char *p, char **segs)
 	return n;
 }
 
+/* Walks the pattern in place (no copy): it is hit for every route on every request. */
 static int match_one(const struct route *r, char **segs, int n, struct route_match *m)
 {
-	char pat[128], *psegs[MAX_SEGS];
-	int pn;
+	const char *p = r->pattern, *psegs[MAX_SEGS];
+	size_t plen[MAX_SEGS];
+	int pn = 0;
 
-	snprintf(pat, sizeof(pat), "%s", r->pattern);
-	pn = split(pat, psegs);
-	if (pn != n)
-		return 0;
-	for (int i = 0; i < n; i++) {
-		if (psegs[i][0] != ':') {
-			if (strcmp(psegs[i], segs[i]) != 0)
+	while (*p == '/') {
+		const char *e;
+
+		p++;
+		if (*p == '\0')
+			break;
+		if (pn == n)
+			return 0;
+		for (e = p; *e != '\0' && *e != '/'; e++)
+			;
+		psegs[pn] = p;
+		plen[pn] = (size_t)(e - p);
+		if (p[0] != ':') {
+			if (strncmp(segs[pn], p, plen[pn]) != 0 || segs[pn][plen[pn]] != '\0')
 				return 0;
-		} else if (segs[i][0] == '\0') {
+		} else if (segs[pn][0] == '\0') {
 			return 0;
 		}
+		pn++;
+		p = e;
 	}
+	if (pn != n)
+		return 0;
 	m->tenant = m->key = m->name = m->variant = m->version = NULL;
 	for (int i = 0; i < n; i++) {
 		if (psegs[i][0] != ':')
@@ -145,11 +158,12 @@ enum route_result route_match(const char *method, int is_list, const char *path,
 		want = 0;
 	if (strlen(path) >= sizeof(m->buf))
 		return ROUTE_NOT_FOUND;
+	/* split once: matching only reads the segments */
+	memcpy(m->buf, path, strlen(path) + 1);
+	n = split(m->buf, segs);
+	if (n < 0)
+		return ROUTE_NOT_FOUND;
 	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-		snprintf(m->buf, sizeof(m->buf), "%s", path);
-		n = split(m->buf, segs);
-		if (n < 0)
-			return ROUTE_NOT_FOUND;
 		if (!match_one(&routes[i], segs, n, m))
 			continue;
 		path_known = 1;

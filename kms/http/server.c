@@ -81,6 +81,9 @@ struct http_server {
 	pthread_t sweeper;
 	bool sweeper_running, stopping;
 	pthread_cond_t sweep_cv;
+	/* TLS session tickets (tls_session_tickets): the server's ticket-encryption key,
+	 * made at start, never stored, wiped at stop; data NULL = no tickets */
+	gnutls_datum_t ticket_key;
 };
 
 static int64_t mono_now(void)
@@ -212,6 +215,17 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 		}
 		t->fd = ci->connect_fd;
 		t->deadline = mono_now() + s->timeout;
+		/* libmicrohttpd has made the TLS session, and no byte of the handshake has been
+		 * read yet: a client that kept a ticket can resume instead of a full ECDHE +
+		 * signature handshake. */
+		if (s->ticket_key.data != NULL) {
+			const union MHD_ConnectionInfo *ti =
+				MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+			if (ti != NULL && ti->tls_session != NULL &&
+			    gnutls_session_ticket_enable_server((gnutls_session_t)ti->tls_session, &s->ticket_key) !=
+				    GNUTLS_E_SUCCESS)
+				kms_warn("TLS: session tickets not enabled on a connection");
+		}
 		pthread_mutex_lock(&s->track_mu);
 		t->next = s->tracked;
 		if (s->tracked != NULL)
@@ -713,7 +727,9 @@ kms_err http_start(struct http_server *s, const struct kms_config *cfg, struct c
 		flags |= MHD_USE_IPv6;
 	if (cfg->tls)
 		flags |= MHD_USE_TLS;
-	else
+	if (cfg->tls && cfg->tls_session_tickets && gnutls_session_ticket_key_generate(&s->ticket_key) != GNUTLS_E_SUCCESS)
+		return kms_errf(KMS_ERR_INTERNAL, "TLS: cannot make a session-ticket key");
+	if (!cfg->tls)
 		kms_warn("TLS is OFF: tokens and key material cross the network in the clear. Local debugging only.");
 	s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
 				MHD_OPTION_LISTEN_SOCKET, (MHD_socket)s->listen_fd,
@@ -758,6 +774,10 @@ void http_stop(struct http_server *s)
 		MHD_stop_daemon(s->d);
 	if (s->listen_fd >= 0)
 		(void)close(s->listen_fd);
+	if (s->ticket_key.data != NULL) {
+		gnutls_memset(s->ticket_key.data, 0, s->ticket_key.size);
+		gnutls_free(s->ticket_key.data);
+	}
 	pthread_cond_destroy(&s->sweep_cv);
 	pthread_mutex_destroy(&s->track_mu);
 	free(s->cert_pem);

@@ -489,6 +489,10 @@ struct store {
 	 * think itself the last, checkpoint and delete the WAL under us, and we would go on
 	 * reading a stale snapshot. */
 	int fd;
+	/* store_change_stamp: rows changed by bookkeeping writes that no cache depends on
+	 * (a token's last-used time), and PRAGMA data_version, prepared on first use */
+	int64_t quiet_changes;
+	sqlite3_stmt *data_version;
 };
 
 /* ---- helpers; every one of them expects the caller to hold s->mu ---- */
@@ -1048,6 +1052,7 @@ void store_close(struct store *s)
 		return;
 	for (i = 0; i < ST__COUNT; i++)
 		(void)sqlite3_finalize(s->st[i]); /* every statement was reset after use */
+	(void)sqlite3_finalize(s->data_version);
 	/* The last connection to close checkpoints the WAL into the database and deletes
 	 * it. A failure here leaves the WAL on disk, which the next open replays. */
 	if (sqlite3_close(s->db) != SQLITE_OK)
@@ -2003,6 +2008,8 @@ kms_err store_token_touch(struct store *s, const char *accessor, int64_t when)
 		goto out;
 	}
 	rc = stmt_exec(st) == SQLITE_DONE ? KMS_OK : db_fail(s, "token touch");
+	if (rc == KMS_OK)
+		s->quiet_changes += sqlite3_changes64(s->db); /* see store_change_stamp */
 out:
 	store_unlock(s);
 	return rc;
@@ -4634,6 +4641,37 @@ kms_err store_mfa_put_pending(struct store *s, int64_t principal_id, const uint8
 	rc = sqlite3_changes(s->db) == 1 ? KMS_OK : kms_errf(KMS_ERR_CONFLICT, "no active, unlocked enrolment");
 out:
 	sqlite3_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+/* ---- change stamp (caches in front of the store) ---- */
+
+kms_err store_change_stamp(struct store *s, struct store_stamp *out)
+{
+	kms_err rc;
+	int src;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if (s->data_version == NULL &&
+	    sqlite3_prepare_v3(s->db, "PRAGMA data_version", -1, SQLITE_PREPARE_PERSISTENT, &s->data_version,
+			       NULL) != SQLITE_OK) {
+		s->data_version = NULL;
+		rc = db_fail(s, "data version prepare");
+		goto out;
+	}
+	src = sqlite3_step(s->data_version);
+	if (src != SQLITE_ROW) {
+		stmt_release(s->data_version);
+		rc = db_fail(s, "data version");
+		goto out;
+	}
+	out->external = sqlite3_column_int64(s->data_version, 0);
+	stmt_release(s->data_version);
+	out->local = sqlite3_total_changes64(s->db) - s->quiet_changes;
+	rc = KMS_OK;
+out:
 	store_unlock(s);
 	return rc;
 }

@@ -303,6 +303,18 @@ KMS_WUR kms_err store_token_revoke(struct store *s, const char *accessor); /* NO
 /* Sets last_used to when if it is older (no row changed is not an error). */
 KMS_WUR kms_err store_token_touch(struct store *s, const char *accessor, int64_t when);
 
+/* Changes to the store as seen from this process, for caches of its rows: `local`
+ * counts rows this connection inserted, updated or deleted (any table, any store_*
+ * call, bookkeeping such as store_token_touch excepted), `external` is SQLite's
+ * data_version, which moves when another connection (kmsctl, a second kmsd) commits.
+ * A cache that tags what it read with the stamp taken *before* reading it, and drops
+ * everything when the stamp differs, never serves a row older than the last write. */
+struct store_stamp {
+	int64_t local;
+	int64_t external;
+};
+KMS_WUR kms_err store_change_stamp(struct store *s, struct store_stamp *out);
+
 /* MFA (TOTP) state of a principal, one row each (docs/API.md "MFA"). The seed is only
  * ever here sealed by the token (p11_mfa_seal); recovery is the text form of
  * totp_recovery_encode. */

@@ -28,7 +28,7 @@ def _make(*args):
 
 
 _make(CERTS, "svc-spki", "svc-subject", "svc-unmapped", "svc-both", "svc-revoke", "svc-audit",
-      "svc-admin")
+      "svc-admin", "svc-resume")
 _make("-d", "-1", CERTS, "svc-expired")
 _make("-e", "serverAuth", CERTS, "svc-server-eku")
 _make("-k", "keyAgreement", CERTS, "svc-no-sign-ku")
@@ -515,3 +515,48 @@ def test_certificate_expiring_on_a_kept_alive_connection(kmsd, svc):
         with pytest.raises(requests.exceptions.RequestException):
             call(kmsd, "POST", path, cert=name, body={}, session=s)
     assert "expired on a kept-alive connection" in kmsd.stderr()
+
+
+def _lookup_self_on(kmsd, ctx, session=None):
+    """GET lookup-self on a fresh connection (resuming `session` when given): the HTTP
+    answer, the connection's session and whether it was resumed."""
+    sock = socket.create_connection(("127.0.0.1", kmsd.port), timeout=15)
+    try:
+        s = ctx.wrap_socket(sock, server_hostname="127.0.0.1", session=session)
+        s.sendall(b"GET /v1/auth/token/lookup-self HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Connection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        sess, reused = s.session, s.session_reused
+        s.close()
+        return data, sess, reused
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_resumed_session_keeps_the_certificate(kmsd, svc, version):
+    """A session resumed from a ticket (tls_session_tickets) carries no Certificate
+    message: the principal must still be the certificate's, and removing the mapping
+    must still refuse the next request."""
+    name = "svc-resume"
+    map_cert(kmsd, svc["name"], spki_sha256=spki_sha256(name))
+    ctx = ssl.create_default_context(cafile=kmsd.ca)
+    ctx.load_cert_chain(*pair(name))
+    ctx.minimum_version = ctx.maximum_version = version
+    data, sess, reused = _lookup_self_on(kmsd, ctx)
+    assert data.startswith(b"HTTP/1.1 200"), data[:300]
+    assert not reused
+    data, _, reused = _lookup_self_on(kmsd, ctx, session=sess)
+    assert reused, "the session was not resumed"
+    assert data.startswith(b"HTTP/1.1 200"), data[:300]
+    assert svc["name"].encode() in data
+    r = call(kmsd, "POST", "/v1/sys/principals/%s/certs/revoke" % svc["name"],
+             token=kmsd.admin_token, body={"spki_sha256": spki_sha256(name)})
+    assert r.status_code == 200, r.text
+    data, _, reused = _lookup_self_on(kmsd, ctx, session=sess)
+    assert data.startswith(b"HTTP/1.1 403"), data[:300]
