@@ -249,11 +249,14 @@ if [ "$mfa_state" != active ]; then
 fi
 
 ensure() { # what get-path method path json: created with a TOTP code unless GET finds it
+	# (get-path "-": nothing to GET; a 409 answer then says it exists)
 	API_MFA=""
-	api GET "$2" "$DEV/admin.token"
-	if [ "$API_STATUS" = 200 ]; then
-		say "$1 exists"
-		return
+	if [ "$2" != - ]; then
+		api GET "$2" "$DEV/admin.token"
+		if [ "$API_STATUS" = 200 ]; then
+			say "$1 exists"
+			return
+		fi
 	fi
 	next_code
 	api "$3" "$4" "$DEV/admin.token" "$5"
@@ -269,7 +272,7 @@ ensure "tenant $TENANT" "/v1/sys/tenants/$TENANT" POST "/v1/sys/tenants/$TENANT"
 ensure "key $TENANT/$KEY" "/v1/$TENANT/keys/$KEY" POST "/v1/$TENANT/keys/$KEY" '{"type":"aes256-gcm96"}'
 ensure "principal $SERVICE" "/v1/sys/principals/$SERVICE" POST "/v1/sys/principals/$SERVICE" \
 	"{\"role\":\"service\",\"tenants\":[\"$TENANT\"]}"
-ensure "client certificate of $SERVICE" POST "/v1/sys/principals/$SERVICE/certs" \
+ensure "client certificate of $SERVICE" - POST "/v1/sys/principals/$SERVICE/certs" \
 	"$("$PYTHON" -c 'import json,sys; print(json.dumps({"certificate": open(sys.argv[1]).read()}))' "$DEV/$SERVICE.pem")"
 if [ ! -s "$DEV/service.token" ]; then
 	next_code
