@@ -25,6 +25,7 @@
 #include "kms/audit/audit_int.h"
 #include "kms/audit/syslog.h"
 #include "kms/base/b64.h"
+#include "kms/base/fileio.h"
 #include "kms/base/json.h"
 #include "kms/base/log.h"
 
@@ -404,18 +405,6 @@ size_t audit_segment_name(const char *path, uint64_t first_seq, char *out, size_
 	return n < 0 || (size_t)n >= cap ? 0 : (size_t)n;
 }
 
-static int fsync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int rc;
-
-	if (fd < 0)
-		return -1;
-	rc = fsync(fd);
-	close(fd);
-	return rc;
-}
-
 /* Whether fd is still the file at path: not deleted, not renamed, not replaced. Fills
  * why otherwise. Called by the leader (no lock; it owns fd) or with mu held and no
  * leader. */
@@ -485,8 +474,8 @@ static int rotate_file(struct audit *a, char *why, size_t cap)
 	}
 	/* link, not rename: never overwrites an existing segment of the same name; the
 	 * link is made durable before the rename can replace the current name */
-	if (fstat(nfd, &st) != 0 || fsync_dir(a->dir) != 0 || link(a->path, seg) != 0 ||
-	    fsync_dir(a->dir) != 0) {
+	if (fstat(nfd, &st) != 0 || kms_fsync_dir(a->dir) != 0 || link(a->path, seg) != 0 ||
+	    kms_fsync_dir(a->dir) != 0) {
 		kms_warn("audit: cannot rotate %s to %s: %s; rotation postponed", a->path, seg,
 			 strerror(errno));
 		close(nfd);
@@ -504,13 +493,13 @@ static int rotate_file(struct audit *a, char *why, size_t cap)
 		kms_warn("audit: cannot rename %s to %s: %s; rotation postponed", next, a->path,
 			 strerror(errno));
 		close(nfd);
-		if (unlink(seg) == 0 && unlink(next) == 0 && fsync_dir(a->dir) == 0)
+		if (unlink(seg) == 0 && unlink(next) == 0 && kms_fsync_dir(a->dir) == 0)
 			return 1;
 		snprintf(why, cap, "rotating %.100s failed half-way and could not be undone: %s",
 			 a->path, strerror(errno));
 		return -1;
 	}
-	if (fsync_dir(a->dir) != 0) {
+	if (kms_fsync_dir(a->dir) != 0) {
 		snprintf(why, cap, "rotating %.100s: syncing its directory failed: %s", a->path,
 			 strerror(errno));
 		close(nfd);
@@ -974,13 +963,13 @@ static kms_err settle_rotation(struct audit *a)
 			if (unlink(next) != 0)
 				return kms_errf(KMS_ERR_IO, "audit: cannot remove %s: %s", next,
 						strerror(errno));
-			return fsync_dir(a->dir) == 0 ? KMS_OK
+			return kms_fsync_dir(a->dir) == 0 ? KMS_OK
 						       : kms_errf(KMS_ERR_IO, "audit: sync %s", a->dir);
 		}
 	}
 	/* the segment is linked: complete the rotation */
 	kms_warn("audit: completing a rotation interrupted after the segment was written");
-	if (rename(next, a->path) != 0 || fsync_dir(a->dir) != 0)
+	if (rename(next, a->path) != 0 || kms_fsync_dir(a->dir) != 0)
 		return kms_errf(KMS_ERR_IO, "audit: cannot complete the rotation of %s: %s", a->path,
 				strerror(errno));
 	return KMS_OK;
@@ -1072,7 +1061,7 @@ kms_err audit_open_opts(const char *path, const char *node_id, const struct audi
 		rc = kms_errf(KMS_ERR_IO, "audit: cannot open %s: %s", path, strerror(errno));
 		goto fail;
 	}
-	if (fsync_dir(a->dir) != 0) {
+	if (kms_fsync_dir(a->dir) != 0) {
 		rc = kms_errf(KMS_ERR_IO, "audit: cannot sync %s: %s", a->dir, strerror(errno));
 		goto fail;
 	}

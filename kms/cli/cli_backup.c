@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "kms/base/b64.h"
+#include "kms/base/fileio.h"
 #include "kms/base/json.h"
 #include "kms/base/secret.h"
 #include "kms/cli/cli.h"
@@ -60,26 +61,6 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
 	EVP_DigestUpdate(s->md, data, n);
 	s->bytes += n;
 	return n;
-}
-
-static int fsync_parent(const char *path)
-{
-	char dir[4096];
-	const char *sl = strrchr(path, '/');
-	int fd, rc;
-
-	if (sl == NULL)
-		snprintf(dir, sizeof(dir), ".");
-	else if (sl == path)
-		snprintf(dir, sizeof(dir), "/");
-	else if (snprintf(dir, sizeof(dir), "%.*s", (int)(sl - path), path) >= (int)sizeof(dir))
-		return -1;
-	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	rc = fsync(fd);
-	close(fd);
-	return rc;
 }
 
 /* The clear header of the archive just written, for the summary. */
@@ -225,7 +206,7 @@ static int backup_run(int argc, char **argv)
 		goto out;
 	}
 	s->fd = -1;
-	if (rename(tmp, out) != 0 || fsync_parent(out) != 0) {
+	if (rename(tmp, out) != 0 || kms_fsync_parent(out) != 0) {
 		fprintf(stderr, "kmsctl: cannot rename %s to %s: %s\n", tmp, out, strerror(errno));
 		rc = CLI_FAIL;
 		goto out;

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "kms/base/b64.h"
+#include "kms/base/fileio.h"
 #include "kms/base/secret.h"
 #include "kms/base/seal.h"
 #include "kms/cli/cli.h"
@@ -246,42 +247,6 @@ static int write_all(int fd, const char *what, const void *p, size_t n)
 	return CLI_OK;
 }
 
-/* fsync of the directory that holds path, so that a rename or unlink in it is durable. */
-static int sync_dir_of(const char *path)
-{
-	char *copy = strdup(path);
-	int fd, rc = -1;
-
-	if (copy == NULL)
-		return -1;
-	fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd >= 0) {
-		rc = fsync(fd);
-		close(fd);
-	}
-	free(copy);
-	return rc;
-}
-
-/* Reads until n bytes or end of input; returns the count, or -1 (errno set). */
-static ssize_t read_full(int fd, uint8_t *p, size_t n)
-{
-	size_t got = 0;
-
-	while (got < n) {
-		ssize_t r = read(fd, p + got, n - got);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -1;
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	return (ssize_t)got;
-}
-
 /* A file kmsctl opened to write over (O_CREAT without O_EXCL, to take over a crashed
  * run's leftover): it must be a regular file of ours with no other name, or a hard link
  * planted in a shared directory would make us truncate someone else's file. */
@@ -390,7 +355,7 @@ static int state_replace(const struct state *s, const char *text, size_t n)
 		goto err;
 	}
 	fd = -1;
-	if (rename(tmp, s->path) != 0 || sync_dir_of(s->path) != 0)
+	if (rename(tmp, s->path) != 0 || kms_fsync_parent(s->path) != 0)
 		goto err;
 	rc = CLI_OK;
 	goto out;
@@ -408,7 +373,7 @@ out:
 static void state_remove(const struct state *s)
 {
 	if (s->path != NULL && unlink(s->path) == 0)
-		(void)sync_dir_of(s->path);
+		(void)kms_fsync_parent(s->path);
 }
 
 /* A state value must stay on one line. */
@@ -991,7 +956,7 @@ static int list_mode(struct bulk *b, struct state *s, const char *in_path, const
 		goto out;
 	}
 	if (out_path != NULL) {
-		if (fsync(r.out_fd) != 0 || rename(r.partial, out_path) != 0 || sync_dir_of(out_path) != 0) {
+		if (fsync(r.out_fd) != 0 || rename(r.partial, out_path) != 0 || kms_fsync_parent(out_path) != 0) {
 			fprintf(stderr, "kmsctl %s: %s: %s\n", cli_cmd, out_path, strerror(errno));
 			rc = CLI_USAGE;
 			goto out;
@@ -1120,7 +1085,7 @@ static int rewrap_file(struct bulk *b, const char *path, int *fatal)
 		file_error(b, path, "%s", strerror(errno));
 		goto out;
 	}
-	got = read_full(fd, fixed, sizeof(fixed));
+	got = kms_read_full(fd, fixed, sizeof(fixed));
 	if (got != (ssize_t)sizeof(fixed)) {
 		file_error(b, path, "not a sealed file (too short)");
 		goto out;
@@ -1132,7 +1097,7 @@ static int rewrap_file(struct bulk *b, const char *path, int *fatal)
 	if ((hdr = malloc(hdr_len)) == NULL)
 		goto oom;
 	memcpy(hdr, fixed, sizeof(fixed));
-	got = read_full(fd, hdr + sizeof(fixed), hdr_len - sizeof(fixed));
+	got = kms_read_full(fd, hdr + sizeof(fixed), hdr_len - sizeof(fixed));
 	if (got != (ssize_t)(hdr_len - sizeof(fixed))) {
 		file_error(b, path, "sealed file: truncated header");
 		goto out;
@@ -1254,7 +1219,7 @@ static int rewrap_file(struct bulk *b, const char *path, int *fatal)
 	while (!last) {
 		size_t n;
 
-		got = read_full(fd, rbuf + have, rec + 1 - have);
+		got = kms_read_full(fd, rbuf + have, rec + 1 - have);
 		if (got < 0) {
 			file_error(b, path, "%s", strerror(errno));
 			goto out;
@@ -1288,7 +1253,7 @@ static int rewrap_file(struct bulk *b, const char *path, int *fatal)
 		file_error(b, path, "changed while it was being rewrapped; left as it is");
 		goto out;
 	}
-	if (rename(tmp, path) != 0 || sync_dir_of(path) != 0) {
+	if (rename(tmp, path) != 0 || kms_fsync_parent(path) != 0) {
 		file_error(b, path, "%s", strerror(errno));
 		goto out;
 	}

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "kms/base/b64.h"
+#include "kms/base/fileio.h"
 #include "kms/base/secret.h"
 #include "kms/base/seal.h"
 #include "kms/cli/cli.h"
@@ -145,25 +146,14 @@ static int in_open(const char *path, int *fd)
 	return CLI_OK;
 }
 
-/* Reads until n bytes or end of input; returns the count, or -1 (message printed). */
+/* kms_read_full, with the message printed on an error. */
 static ssize_t read_full(int fd, const char *path, uint8_t *p, size_t n)
 {
-	size_t got = 0;
+	ssize_t got = kms_read_full(fd, p, n);
 
-	while (got < n) {
-		ssize_t r = read(fd, p + got, n - got);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0) {
-			fprintf(stderr, "kmsctl %s: reading %s: %s\n", cli_cmd, path, strerror(errno));
-			return -1;
-		}
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	return (ssize_t)got;
+	if (got < 0)
+		fprintf(stderr, "kmsctl %s: reading %s: %s\n", cli_cmd, path, strerror(errno));
+	return got;
 }
 
 /* ---- the DEK from an answer ------------------------------------------------------ */

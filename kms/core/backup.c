@@ -19,6 +19,7 @@
 
 #include "kms/audit/audit.h"
 #include "kms/base/b64.h"
+#include "kms/base/fileio.h"
 #include "kms/base/json.h"
 #include "kms/base/log.h"
 #include "kms/base/op.h"
@@ -67,38 +68,6 @@ static int write_all(int fd, const void *buf, size_t n)
 		n -= (size_t)w;
 	}
 	return 0;
-}
-
-/* Reads exactly n bytes; returns n, fewer at end of file, or -1. */
-static ssize_t read_full(int fd, void *buf, size_t n)
-{
-	uint8_t *p = buf;
-	size_t got = 0;
-
-	while (got < n) {
-		ssize_t r = read(fd, p + got, n - got);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	return (ssize_t)got;
-}
-
-static int fsync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int rc;
-
-	if (fd < 0)
-		return -1;
-	rc = fsync(fd);
-	close(fd);
-	return rc;
 }
 
 static void dir_of(const char *path, char *out, size_t cap)
@@ -378,7 +347,7 @@ kms_err backup_write(struct p11 *p11, struct store *st, struct audit *au, pthrea
 		goto out;
 	}
 	{
-		ssize_t r = read_full(fd, pem, sizeof(pem));
+		ssize_t r = kms_read_full(fd, pem, sizeof(pem));
 		close(fd);
 		if (r <= 0 || (size_t)r == sizeof(pem)) {
 			rc = kms_errf(KMS_ERR_IO, "backup: cannot read the audit public key %.200s", pub_path);
@@ -548,7 +517,7 @@ static kms_err dec_next(struct dec *d)
 
 	if (d->final)
 		return kms_errf(KMS_ERR_DECRYPT, "backup archive: its content ends early (manifest and data disagree)");
-	r = read_full(d->fd, lb, 4);
+	r = kms_read_full(d->fd, lb, 4);
 	if (r != 4)
 		return kms_errf(KMS_ERR_DECRYPT, "backup archive is truncated: chunk %llu is missing",
 				(unsigned long long)d->index);
@@ -558,7 +527,7 @@ static kms_err dec_next(struct dec *d)
 	if (n < P11_GCM_TAG_LEN || n > BACKUP_CHUNK + P11_GCM_TAG_LEN)
 		return kms_errf(KMS_ERR_DECRYPT, "backup archive is damaged: chunk %llu has a bad length",
 				(unsigned long long)d->index);
-	r = read_full(d->fd, d->ct, n);
+	r = kms_read_full(d->fd, d->ct, n);
 	if (r < 0)
 		return kms_errf(KMS_ERR_IO, "backup archive: read failed: %s", strerror(errno));
 	if ((size_t)r != n)
@@ -817,7 +786,7 @@ static kms_err move_aside(const char *path, const char *stamp, char *aside_out, 
 	snprintf(to, sizeof(to), "%s/%s", aside, base);
 	if (rename(path, to) != 0)
 		return kms_errf(KMS_ERR_IO, "restore: cannot move %.200s aside: %s", path, strerror(errno));
-	if (fsync_dir(aside) != 0 || fsync_dir(dir) != 0)
+	if (kms_fsync_dir(aside) != 0 || kms_fsync_dir(dir) != 0)
 		return kms_errf(KMS_ERR_IO, "restore: cannot sync %.200s: %s", dir, strerror(errno));
 	if (snprintf(aside_out, cap, "%s", aside) >= (int)cap)
 		aside_out[0] = '\0';
@@ -874,16 +843,16 @@ kms_err backup_restore(struct p11 *p11, const struct backup_restore_opts *o)
 	if (d.fd < 0)
 		return kms_errf(KMS_ERR_IO, "cannot open %.200s: %s", o->archive, strerror(errno));
 	/* the clear header */
-	if (read_full(d.fd, magic, 8) != 8 || memcmp(magic, BACKUP_MAGIC, 8) != 0) {
+	if (kms_read_full(d.fd, magic, 8) != 8 || memcmp(magic, BACKUP_MAGIC, 8) != 0) {
 		rc = kms_errf(KMS_ERR_INVALID, "%.200s is not a kmsd backup archive (bad magic)", o->archive);
 		goto out;
 	}
-	if (read_full(d.fd, lb, 4) != 4 || (hdr_n = get_be32(lb)) == 0 || hdr_n > BACKUP_HEADER_MAX) {
+	if (kms_read_full(d.fd, lb, 4) != 4 || (hdr_n = get_be32(lb)) == 0 || hdr_n > BACKUP_HEADER_MAX) {
 		rc = kms_errf(KMS_ERR_INVALID, "%.200s: the backup header is damaged", o->archive);
 		goto out;
 	}
 	hdr = malloc(hdr_n);
-	if (hdr == NULL || read_full(d.fd, hdr, hdr_n) != (ssize_t)hdr_n ||
+	if (hdr == NULL || kms_read_full(d.fd, hdr, hdr_n) != (ssize_t)hdr_n ||
 	    (h = kms_json_parse_object(hdr, hdr_n, &err)) == NULL) {
 		rc = kms_errf(KMS_ERR_INVALID, "%.200s: the backup header is damaged", o->archive);
 		goto out;
@@ -1038,7 +1007,7 @@ kms_err backup_restore(struct p11 *p11, const struct backup_restore_opts *o)
 		rc = kms_errf(KMS_ERR_DECRYPT, "backup archive: data after the files the manifest lists");
 		goto out;
 	}
-	if (read_full(d.fd, lb, 1) != 0) {
+	if (kms_read_full(d.fd, lb, 1) != 0) {
 		rc = kms_errf(KMS_ERR_DECRYPT, "backup archive: bytes after its final chunk");
 		goto out;
 	}
@@ -1049,16 +1018,14 @@ kms_err backup_restore(struct p11 *p11, const struct backup_restore_opts *o)
 		if ((rc = move_aside(ex.paths[i], stamp, aside, sizeof(aside))) != KMS_OK)
 			goto out;
 	for (size_t i = 0; i < n_fs; i++) {
-		char dir[PATH_MAX];
-
 		if (rename(fs[i].tmp, fs[i].dest) != 0) {
 			rc = kms_errf(KMS_ERR_IO, "restore: cannot rename %.200s: %s", fs[i].tmp, strerror(errno));
 			goto out;
 		}
 		fs[i].staged = false;
-		dir_of(fs[i].dest, dir, sizeof(dir));
-		if (fsync_dir(dir) != 0) {
-			rc = kms_errf(KMS_ERR_IO, "restore: cannot sync %.200s: %s", dir, strerror(errno));
+		if (kms_fsync_parent(fs[i].dest) != 0) {
+			rc = kms_errf(KMS_ERR_IO, "restore: cannot sync the directory of %.200s: %s", fs[i].dest,
+				      strerror(errno));
 			goto out;
 		}
 	}

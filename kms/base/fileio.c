@@ -1,0 +1,60 @@
+#include "kms/base/fileio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+int kms_fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int rc, saved;
+
+	if (fd < 0)
+		return -1;
+	rc = fsync(fd);
+	saved = errno;
+	close(fd);
+	errno = saved;
+	return rc;
+}
+
+int kms_fsync_parent(const char *path)
+{
+	char dir[PATH_MAX];
+	const char *sl = strrchr(path, '/');
+
+	if (sl == NULL)
+		return kms_fsync_dir(".");
+	if (sl == path)
+		return kms_fsync_dir("/");
+	if ((size_t)(sl - path) >= sizeof(dir)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(dir, path, (size_t)(sl - path));
+	dir[sl - path] = '\0';
+	return kms_fsync_dir(dir);
+}
+
+ssize_t kms_read_full(int fd, void *buf, size_t n)
+{
+	uint8_t *p = buf;
+	size_t got = 0;
+
+	while (got < n) {
+		ssize_t r = read(fd, p + got, n - got);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -1;
+		if (r == 0)
+			break;
+		got += (size_t)r;
+	}
+	return (ssize_t)got;
+}
