@@ -379,21 +379,6 @@ static kms_err emit_middle_locked(struct audit *a, const char *mid, size_t mid_l
 
 /* ---------------------------------------------------------------- group commit */
 
-static int write_all(int fd, const char *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 size_t audit_segment_name(const char *path, uint64_t first_seq, char *out, size_t cap)
 {
 	size_t len = strlen(path);
@@ -540,7 +525,7 @@ static void commit_locked(struct audit *a, uint64_t target)
 		a->pend_len = a->pend_cap = 0;
 		a->writing = true;
 		pthread_mutex_unlock(&a->mu);
-		if (write_all(a->fd, buf, len) != 0) {
+		if (kms_write_all(a->fd, buf, len) != 0) {
 			snprintf(why, sizeof(why), "write to %.160s failed: %s", a->path, strerror(errno));
 		} else {
 			clock_gettime(CLOCK_MONOTONIC, &f0);

@@ -40,6 +40,27 @@ int kms_fsync_parent(const char *path)
 	return kms_fsync_dir(dir);
 }
 
+int kms_write_all(int fd, const void *buf, size_t n)
+{
+	const uint8_t *p = buf;
+
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -1;
+		if (w == 0) { /* no progress and no error: do not spin */
+			errno = EIO;
+			return -1;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
 ssize_t kms_read_full(int fd, void *buf, size_t n)
 {
 	uint8_t *p = buf;

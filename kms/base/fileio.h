@@ -15,6 +15,9 @@ int kms_fsync_dir(const char *dir);
  * in the root). 0, or -1 with errno set (ENAMETOOLONG for a path over PATH_MAX). */
 int kms_fsync_parent(const char *path);
 
+/* Writes all n bytes, retrying EINTR and short writes: 0, or -1 with errno set. */
+int kms_write_all(int fd, const void *buf, size_t n);
+
 /* Reads until n bytes or end of file, retrying EINTR: the count (less than n only at
  * end of file), or -1 with errno set. */
 ssize_t kms_read_full(int fd, void *buf, size_t n);

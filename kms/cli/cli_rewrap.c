@@ -230,19 +230,9 @@ static int latest_version(struct bulk *b)
 
 static int write_all(int fd, const char *what, const void *p, size_t n)
 {
-	const uint8_t *q = p;
-
-	while (n > 0) {
-		ssize_t w = write(fd, q, n);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0) {
-			fprintf(stderr, "kmsctl %s: writing %s: %s\n", cli_cmd, what, strerror(errno));
-			return CLI_USAGE;
-		}
-		q += w;
-		n -= (size_t)w;
+	if (kms_write_all(fd, p, n) != 0) {
+		fprintf(stderr, "kmsctl %s: writing %s: %s\n", cli_cmd, what, strerror(errno));
+		return CLI_USAGE;
 	}
 	return CLI_OK;
 }

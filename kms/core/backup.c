@@ -53,23 +53,6 @@ static void be64(uint8_t *p, uint64_t v)
 		p[i] = (uint8_t)v;
 }
 
-static int write_all(int fd, const void *buf, size_t n)
-{
-	const uint8_t *p = buf;
-
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 static void dir_of(const char *path, char *out, size_t cap)
 {
 	const char *s = strrchr(path, '/');
@@ -124,7 +107,7 @@ struct enc {
 
 static kms_err enc_out(struct enc *e, const void *p, size_t n)
 {
-	if (write_all(e->fd, p, n) != 0)
+	if (kms_write_all(e->fd, p, n) != 0)
 		return kms_errf(KMS_ERR_IO, "backup: cannot write the archive: %s", strerror(errno));
 	if (EVP_DigestUpdate(e->md, p, n) != 1)
 		return kms_errf(KMS_ERR_INTERNAL, "backup: SHA-256 failed");
@@ -566,7 +549,7 @@ static kms_err dec_read(struct dec *d, uint8_t *buf, uint64_t n, int out_fd, EVP
 		if (md != NULL)
 			EVP_DigestUpdate(md, d->pt + d->pos, take);
 		if (out_fd >= 0) {
-			if (write_all(out_fd, d->pt + d->pos, take) != 0)
+			if (kms_write_all(out_fd, d->pt + d->pos, take) != 0)
 				return kms_errf(KMS_ERR_IO, "restore: write failed: %s", strerror(errno));
 		} else {
 			memcpy(buf, d->pt + d->pos, take);

@@ -4,13 +4,19 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kms/base/b64.h"
 #include "kms/base/err.h"
+#include "kms/base/fileio.h"
 #include "kms/base/json.h"
 #include "kms/base/secret.h"
 
@@ -163,12 +169,68 @@ static void test_secret_memory(void **state)
 	assert_int_equal(kms_secret_from_env("KMS_TEST_PIN", &s, &len), -1);
 }
 
+/* kms/base/fileio: whole writes and reads through a pipe (short reads), end of file,
+ * and the directory syncs with their edge cases. */
+static void test_fileio(void **state)
+{
+	char dir[] = "/tmp/kmsd-fileio-XXXXXX", path[256], big[PATH_MAX + 16];
+	uint8_t out[100000], in[100001];
+	int p[2], fd;
+	pid_t pid;
+	(void)state;
+
+	for (size_t i = 0; i < sizeof(out); i++)
+		out[i] = (uint8_t)(i * 7 + 3);
+	/* more than a pipe buffer: the reader sees short reads, the writer short writes */
+	assert_int_equal(pipe(p), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		close(p[0]);
+		_exit(kms_write_all(p[1], out, sizeof(out)) == 0 ? 0 : 1);
+	}
+	close(p[1]);
+	assert_int_equal(kms_read_full(p[0], in, sizeof(in)), (ssize_t)sizeof(out)); /* end of file */
+	assert_memory_equal(in, out, sizeof(out));
+	close(p[0]);
+	{
+		int st = -1;
+
+		assert_int_equal(waitpid(pid, &st, 0), pid);
+		assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	}
+	assert_int_equal(kms_write_all(-1, out, 1), -1);
+	assert_int_equal(errno, EBADF);
+	assert_int_equal(kms_read_full(-1, in, 1), -1);
+
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/f", dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(kms_write_all(fd, "abc", 3), 0);
+	close(fd);
+	assert_int_equal(kms_fsync_dir(dir), 0);
+	assert_int_equal(kms_fsync_parent(path), 0);
+	assert_int_equal(kms_fsync_parent("/etc"), 0); /* a name in the root */
+	assert_int_equal(kms_fsync_parent("relative-name"), 0); /* the working directory */
+	assert_int_equal(kms_fsync_dir(path), -1); /* not a directory */
+	assert_int_equal(errno, ENOTDIR);
+	memset(big, 'a', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	big[sizeof(big) - 3] = '/';
+	assert_int_equal(kms_fsync_parent(big), -1);
+	assert_int_equal(errno, ENAMETOOLONG);
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_b64_rfc4648_vectors), cmocka_unit_test(test_b64_rejects),
 		cmocka_unit_test(test_hex),		     cmocka_unit_test(test_err_table),
 		cmocka_unit_test(test_json_strict),	     cmocka_unit_test(test_secret_memory),
+		cmocka_unit_test(test_fileio),
 	};
 	kms_json_init();
 	return cmocka_run_group_tests_name("base", tests, NULL, NULL);
