@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include <curl/curl.h>
+
 #define CLI_OK 0
 #define CLI_FAIL 1
 #define CLI_USAGE 2
@@ -121,6 +123,24 @@ void cli_disconnect(struct cli_client *c);
 /* The output format alone (flag, then config file), for commands that need no server:
  * *json = 1 for json. Returns CLI_OK or CLI_USAGE after a message. */
 int cli_output_json(int *json);
+
+/* One HTTPS request's curl handle with kmsctl's settings (https only, peer and host
+ * verified, TLS >= 1.2, the CA and client certificate, timeouts, user agent) and its
+ * headers: accept, JSON content type, and the token and MFA code in wiped memory.
+ * For calls that stream their answer (backup); cli_call uses it too. */
+struct cli_req {
+	CURL *h;
+	struct curl_slist *hdrs, *head, tok_node, mfa_node;
+	char *tok_hdr, *mfa_hdr;
+	char errbuf[CURL_ERROR_SIZE];
+};
+/* CLI_OK, or CLI_SERVER after a message (out of memory; r is closed then). */
+int cli_req_open(struct cli_client *c, struct cli_req *r, const char *url, const char *accept);
+/* Wipes the secret headers and frees everything; accepts a closed or zeroed r. */
+void cli_req_close(struct cli_req *r);
+/* Prints why a transfer failed ("cannot reach", "TLS with ... failed", "no answer
+ * within") and returns CLI_UNREACHABLE. */
+int cli_req_failed(const struct cli_client *c, const struct cli_req *r, CURLcode cc);
 
 /* "/v1/<seg>/<seg>..." with each segment percent-escaped; the list ends with NULL.
  * Returns malloc'd memory or NULL. */

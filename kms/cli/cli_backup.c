@@ -20,7 +20,6 @@
 #include "kms/cli/cli.h"
 #include "kms/core/core.h" /* KMS_VERSION */
 
-#define TOKEN_HDR "X-Vault-Token: "
 #define ERR_MAX (64u << 10) /* an error answer (JSON) is kept up to this much */
 #define MAGIC "KMSDBAK1"
 
@@ -101,8 +100,8 @@ static int backup_run(int argc, char **argv)
 	static const struct option opts[] = {{"out", required_argument, NULL, 'o'}, {NULL, 0, NULL, 0}};
 	struct cli_client c = {0};
 	struct sink *s = NULL;
-	struct curl_slist *hdrs = NULL, tok_node;
-	char errbuf[CURL_ERROR_SIZE] = "", *url = NULL, *tok_hdr = NULL, tmp[4200], shah[65];
+	struct cli_req r = {0};
+	char *url = NULL, tmp[4200], shah[65];
 	const char *out = NULL;
 	unsigned char sha[32];
 	int opt, rc, created = 0;
@@ -140,44 +139,23 @@ static int backup_run(int argc, char **argv)
 		url = NULL;
 		goto oom;
 	}
-	h = curl_easy_init();
-	if (h == NULL || (hdrs = curl_slist_append(NULL, "Accept: application/octet-stream")) == NULL ||
-	    (hdrs = curl_slist_append(hdrs, "Content-Type: application/json")) == NULL ||
-	    (hdrs = curl_slist_append(hdrs, "Expect:")) == NULL)
-		goto oom;
-	tok_hdr = kms_secret_alloc(sizeof(TOKEN_HDR) + c.token_len);
-	if (tok_hdr == NULL)
-		goto oom;
-	memcpy(tok_hdr, TOKEN_HDR, sizeof(TOKEN_HDR) - 1);
-	memcpy(tok_hdr + sizeof(TOKEN_HDR) - 1, c.token, c.token_len);
-	tok_node.data = tok_hdr;
-	tok_node.next = hdrs;
+	if ((rc = cli_req_open(&c, &r, url, "Accept: application/octet-stream")) != CLI_OK)
+		goto out;
+	rc = CLI_SERVER;
+	h = r.h;
 	s->h = h;
-	curl_easy_setopt(h, CURLOPT_URL, url);
-	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "https");
-	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
-	curl_easy_setopt(h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-	if (c.ca_cert != NULL)
-		curl_easy_setopt(h, CURLOPT_CAINFO, c.ca_cert);
-	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, c.timeout < 10 ? c.timeout : 10L);
 	/* an archive may take long to make and send: the timeout applies to stalls */
+	curl_easy_setopt(h, CURLOPT_TIMEOUT, 0L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, c.timeout);
-	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-	curl_easy_setopt(h, CURLOPT_USERAGENT, "kmsctl/" KMS_VERSION);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, s);
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, &tok_node);
 	curl_easy_setopt(h, CURLOPT_POST, 1L);
 	curl_easy_setopt(h, CURLOPT_POSTFIELDS, "{}");
 	curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, 2L);
 	cc = curl_easy_perform(h);
 	if (cc != CURLE_OK && !s->io_failed) {
-		fprintf(stderr, "kmsctl: backup from %s failed: %s\n", c.addr, errbuf[0] ? errbuf : curl_easy_strerror(cc));
-		rc = CLI_UNREACHABLE;
+		rc = cli_req_failed(&c, &r, cc);
 		goto out;
 	}
 	if (s->io_failed) {
@@ -229,10 +207,7 @@ out:
 	}
 	if (created)
 		(void)unlink(tmp);
-	kms_secret_free(tok_hdr);
-	curl_slist_free_all(hdrs);
-	if (h != NULL)
-		curl_easy_cleanup(h);
+	cli_req_close(&r);
 	free(url);
 	cli_disconnect(&c);
 	return rc;

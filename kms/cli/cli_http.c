@@ -635,20 +635,100 @@ static int is_tls_error(CURLcode cc)
 	       cc == CURLE_SSL_PINNEDPUBKEYNOTMATCH || cc == CURLE_SSL_INVALIDCERTSTATUS;
 }
 
+int cli_req_open(struct cli_client *c, struct cli_req *r, const char *url, const char *accept)
+{
+	memset(r, 0, sizeof(*r));
+	r->h = curl_easy_init();
+	if (r->h == NULL || (r->hdrs = curl_slist_append(r->hdrs, accept)) == NULL ||
+	    (r->hdrs = curl_slist_append(r->hdrs, "Content-Type: application/json")) == NULL ||
+	    (r->hdrs = curl_slist_append(r->hdrs, "Expect:")) == NULL)
+		goto oom;
+	r->head = r->hdrs;
+	if (c->token != NULL) {
+		/* Our own list node, so that the header line lives in wiped memory. */
+		r->tok_hdr = kms_secret_alloc(sizeof(TOKEN_HDR) + c->token_len);
+		if (r->tok_hdr == NULL)
+			goto oom;
+		memcpy(r->tok_hdr, TOKEN_HDR, sizeof(TOKEN_HDR) - 1);
+		memcpy(r->tok_hdr + sizeof(TOKEN_HDR) - 1, c->token, c->token_len);
+		r->tok_node.data = r->tok_hdr;
+		r->tok_node.next = r->head;
+		r->head = &r->tok_node;
+	}
+	if (c->mfa != NULL && r->tok_hdr != NULL) {
+		/* the step-up code: wiped memory too, sent with the token */
+		r->mfa_hdr = kms_secret_alloc(sizeof(MFA_HDR) + c->mfa_len);
+		if (r->mfa_hdr == NULL)
+			goto oom;
+		memcpy(r->mfa_hdr, MFA_HDR, sizeof(MFA_HDR) - 1);
+		memcpy(r->mfa_hdr + sizeof(MFA_HDR) - 1, c->mfa, c->mfa_len);
+		r->mfa_node.data = r->mfa_hdr;
+		r->mfa_node.next = r->head;
+		r->head = &r->mfa_node;
+	}
+	curl_easy_setopt(r->h, CURLOPT_URL, url);
+	curl_easy_setopt(r->h, CURLOPT_PROTOCOLS_STR, "https");
+	curl_easy_setopt(r->h, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(r->h, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(r->h, CURLOPT_SSL_VERIFYHOST, 2L);
+	curl_easy_setopt(r->h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+	if (c->ca_cert != NULL)
+		curl_easy_setopt(r->h, CURLOPT_CAINFO, c->ca_cert);
+	if (c->client_cert != NULL) {
+		curl_easy_setopt(r->h, CURLOPT_SSLCERT, c->client_cert);
+		curl_easy_setopt(r->h, CURLOPT_SSLCERTTYPE, "PEM");
+		curl_easy_setopt(r->h, CURLOPT_SSLKEY, c->client_key);
+		curl_easy_setopt(r->h, CURLOPT_SSLKEYTYPE, "PEM");
+	}
+	curl_easy_setopt(r->h, CURLOPT_CONNECTTIMEOUT, c->timeout < 10 ? c->timeout : 10L);
+	curl_easy_setopt(r->h, CURLOPT_TIMEOUT, c->timeout);
+	curl_easy_setopt(r->h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(r->h, CURLOPT_PATH_AS_IS, 1L);
+	curl_easy_setopt(r->h, CURLOPT_ERRORBUFFER, r->errbuf);
+	curl_easy_setopt(r->h, CURLOPT_USERAGENT, "kmsctl/" KMS_VERSION);
+	curl_easy_setopt(r->h, CURLOPT_HTTPHEADER, r->head);
+	return CLI_OK;
+oom:
+	fprintf(stderr, "kmsctl: out of memory\n");
+	cli_req_close(r);
+	return CLI_SERVER;
+}
+
+void cli_req_close(struct cli_req *r)
+{
+	kms_secret_free(r->tok_hdr);
+	kms_secret_free(r->mfa_hdr);
+	curl_slist_free_all(r->hdrs);
+	if (r->h != NULL)
+		curl_easy_cleanup(r->h);
+	memset(r, 0, sizeof(*r));
+}
+
+int cli_req_failed(const struct cli_client *c, const struct cli_req *r, CURLcode cc)
+{
+	const char *why = r->errbuf[0] ? r->errbuf : curl_easy_strerror(cc);
+
+	if (cc == CURLE_OPERATION_TIMEDOUT) {
+		fprintf(stderr, "kmsctl: no answer from %s within %ld s: %s\n", c->addr, c->timeout, why);
+	} else if (is_tls_error(cc)) {
+		fprintf(stderr, "kmsctl: TLS with %s failed: %s\n", c->addr, why);
+	} else {
+		fprintf(stderr, "kmsctl: cannot reach %s: %s\n", c->addr, why);
+	}
+	return CLI_UNREACHABLE;
+}
+
 static int call_once(struct cli_client *c, const char *method, const char *path, const json_t *body,
 		     json_t **out, long *status)
 {
-	char errbuf[CURL_ERROR_SIZE] = "";
-	struct curl_slist *hdrs = NULL, tok_node, mfa_node;
-	char *mfa_hdr = NULL;
+	struct cli_req r = {0};
 	struct rbuf rb = {0};
-	char *url = NULL, *req = NULL, *tok_hdr = NULL;
+	char *url = NULL, *req = NULL;
 	size_t req_len = 0;
 	int is_list = strcmp(method, "LIST") == 0, is_post = strcmp(method, "POST") == 0;
 	int rc = CLI_SERVER;
 	long code = 0;
 	CURLcode cc;
-	CURL *h = NULL;
 	kms_err jerr;
 
 	*out = NULL;
@@ -657,91 +737,34 @@ static int call_once(struct cli_client *c, const char *method, const char *path,
 		url = NULL;
 		goto oom;
 	}
-	h = curl_easy_init();
-	if (h == NULL)
-		goto oom;
 	if (body != NULL) {
 		req = kms_json_dump(body, &req_len);
 		if (req == NULL)
 			goto oom;
 	}
-	hdrs = curl_slist_append(hdrs, "Accept: application/json");
-	if (hdrs == NULL || (is_post && (hdrs = curl_slist_append(hdrs, "Content-Type: application/json")) == NULL))
-		goto oom;
-	if ((hdrs = curl_slist_append(hdrs, "Expect:")) == NULL)
-		goto oom;
-	if (c->token != NULL) {
-		/* Our own list node, so that the header line lives in wiped memory. */
-		tok_hdr = kms_secret_alloc(sizeof(TOKEN_HDR) + c->token_len);
-		if (tok_hdr == NULL)
-			goto oom;
-		memcpy(tok_hdr, TOKEN_HDR, sizeof(TOKEN_HDR) - 1);
-		memcpy(tok_hdr + sizeof(TOKEN_HDR) - 1, c->token, c->token_len);
-		tok_node.data = tok_hdr;
-		tok_node.next = hdrs;
-	}
-	if (c->mfa != NULL && tok_hdr != NULL) {
-		/* the step-up code: wiped memory too, sent with the token */
-		mfa_hdr = kms_secret_alloc(sizeof(MFA_HDR) + c->mfa_len);
-		if (mfa_hdr == NULL)
-			goto oom;
-		memcpy(mfa_hdr, MFA_HDR, sizeof(MFA_HDR) - 1);
-		memcpy(mfa_hdr + sizeof(MFA_HDR) - 1, c->mfa, c->mfa_len);
-		mfa_node.data = mfa_hdr;
-		mfa_node.next = &tok_node;
-	}
-	curl_easy_setopt(h, CURLOPT_URL, url);
-	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "https");
-	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
-	curl_easy_setopt(h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-	if (c->ca_cert != NULL)
-		curl_easy_setopt(h, CURLOPT_CAINFO, c->ca_cert);
-	if (c->client_cert != NULL) {
-		curl_easy_setopt(h, CURLOPT_SSLCERT, c->client_cert);
-		curl_easy_setopt(h, CURLOPT_SSLCERTTYPE, "PEM");
-		curl_easy_setopt(h, CURLOPT_SSLKEY, c->client_key);
-		curl_easy_setopt(h, CURLOPT_SSLKEYTYPE, "PEM");
-	}
-	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, c->timeout < 10 ? c->timeout : 10L);
-	curl_easy_setopt(h, CURLOPT_TIMEOUT, c->timeout);
-	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);
-	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-	curl_easy_setopt(h, CURLOPT_USERAGENT, "kmsctl/" KMS_VERSION);
-	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, &rb);
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, mfa_hdr != NULL ? &mfa_node : tok_hdr != NULL ? &tok_node : hdrs);
+	if ((rc = cli_req_open(c, &r, url, "Accept: application/json")) != CLI_OK)
+		goto out;
+	curl_easy_setopt(r.h, CURLOPT_WRITEFUNCTION, on_write);
+	curl_easy_setopt(r.h, CURLOPT_WRITEDATA, &rb);
 	if (is_post) {
-		curl_easy_setopt(h, CURLOPT_POST, 1L);
-		curl_easy_setopt(h, CURLOPT_POSTFIELDS, req != NULL ? req : "");
-		curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)req_len);
+		curl_easy_setopt(r.h, CURLOPT_POST, 1L);
+		curl_easy_setopt(r.h, CURLOPT_POSTFIELDS, req != NULL ? req : "");
+		curl_easy_setopt(r.h, CURLOPT_POSTFIELDSIZE, (long)req_len);
 	} else {
-		curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+		curl_easy_setopt(r.h, CURLOPT_HTTPGET, 1L);
 	}
-	cc = curl_easy_perform(h);
+	cc = curl_easy_perform(r.h);
 	if (cc != CURLE_OK) {
-		const char *why = errbuf[0] ? errbuf : curl_easy_strerror(cc);
-
 		if (rb.too_big) {
 			fprintf(stderr, "kmsctl: the answer from %s is larger than %u bytes\n", c->addr,
 				MAX_ANSWER);
 			rc = CLI_SERVER;
-		} else if (cc == CURLE_OPERATION_TIMEDOUT) {
-			fprintf(stderr, "kmsctl: no answer from %s within %ld s: %s\n", c->addr,
-				c->timeout, why);
-			rc = CLI_UNREACHABLE;
-		} else if (is_tls_error(cc)) {
-			fprintf(stderr, "kmsctl: TLS with %s failed: %s\n", c->addr, why);
-			rc = CLI_UNREACHABLE;
 		} else {
-			fprintf(stderr, "kmsctl: cannot reach %s: %s\n", c->addr, why);
-			rc = CLI_UNREACHABLE;
+			rc = cli_req_failed(c, &r, cc);
 		}
 		goto out;
 	}
-	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+	curl_easy_getinfo(r.h, CURLINFO_RESPONSE_CODE, &code);
 	*status = code;
 	if (rb.len > 0)
 		*out = kms_json_parse_object(rb.p, rb.len, &jerr);
@@ -766,11 +789,7 @@ out:
 	}
 	if (req != NULL)
 		kms_json_free_str(req, req_len);
-	kms_secret_free(tok_hdr);
-	kms_secret_free(mfa_hdr);
-	curl_slist_free_all(hdrs);
-	if (h != NULL)
-		curl_easy_cleanup(h);
+	cli_req_close(&r);
 	free(url);
 	return rc;
 }

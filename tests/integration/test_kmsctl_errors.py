@@ -146,11 +146,22 @@ COMMANDS = [
     ("audit hash", "admin", lambda x, t: ["audit", "hash", x.hashin]),
     ("audit search --context", "admin", lambda x, t: ["audit", "search", "--context",
                                                       "mrn=MRN-0042", x.auditdir]),
+    ("mfa status", "admin", lambda x, t: ["mfa", "status"]),
+    ("mfa unlock", "admin", lambda x, t: ["mfa", "unlock", x.p]),
+    ("approval list", "admin", lambda x, t: ["approval", "list"]),
+    ("approval approve", "admin", lambda x, t: ["approval", "approve", "0" * 32]),
+    ("break-glass list", "admin", lambda x, t: ["break-glass", "list"]),
+    ("break-glass activate", "service", lambda x, t: ["break-glass", "activate", t, "--reason",
+                                                      "test"]),
+    ("report compliance", "admin", lambda x, t: ["report", "compliance"]),
+    ("backup", "admin", lambda x, t: ["backup", "--out", x.out + "-" + uniq("bk")]),
 ]
 
 WITH_TENANT = [c for c in COMMANDS if c[0] not in (
     "status", "tenant create", "tenant list", "principal read", "principal list", "token create",
-    "token revoke", "token lookup", "audit hash", "audit search --context")]
+    "token revoke", "token lookup", "audit hash", "audit search --context", "mfa status",
+    "mfa unlock", "approval list", "approval approve", "break-glass list", "break-glass activate",
+    "report compliance", "backup")]
 
 
 # Transport errors (no connection, TLS) take one path in kmsctl (cli_http.c) whatever
@@ -158,7 +169,8 @@ WITH_TENANT = [c for c in COMMANDS if c[0] not in (
 REPS = [c for c in COMMANDS if c[0] in (
     "status", "tenant read", "principal list", "token lookup", "key read",
     "key version enable", "datakey", "encrypt", "decrypt --batch", "rewrap", "rewrap --in",
-    "rewrap --sealed", "seal", "open", "audit hash", "audit search --context")]
+    "rewrap --sealed", "seal", "open", "audit hash", "audit search --context", "mfa status",
+    "approval list", "break-glass list", "report compliance", "backup")]
 
 
 def token_of(ctl, x, role):

@@ -500,6 +500,13 @@ def test_kmsctl_mfa(kmsd, st, tmp_path):
     assert "cannot unlock its own" in r.stderr, r.stderr
     s = st.clock.next()
     kmsctl(kmsd, home, "mfa", "unlock", "admin", token=tok3, env={"KMS_MFA": totp(secret3, s)}, want=0)
+    # a backup (streamed, not through cli_call) needs and carries the code too
+    bk = os.path.join(str(tmp_path), "mfa.kmsbak")
+    r = kmsctl(kmsd, home, "backup", "--out", bk, token=tok3, want=1)
+    assert "401 MFA required" in r.stderr and not os.path.exists(bk), r.stderr
+    s = st.clock.next()
+    kmsctl(kmsd, home, "backup", "--out", bk, token=tok3, env={"KMS_MFA": totp(secret3, s)}, want=0)
+    assert os.path.getsize(bk) > 12
     s = st.clock.next()
     kmsctl(kmsd, home, "mfa", "reset", name3, token=a1tok, env={"KMS_MFA": totp(st.a1.secret, s)}, want=0)
     r = kmsctl(kmsd, home, "--format", "json", "mfa", "status", token=tok3, want=0)
