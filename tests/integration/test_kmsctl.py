@@ -137,9 +137,10 @@ LEAVES = {
     "key version": ["disable", "enable", "schedule-destroy", "cancel-destroy"],
     "audit": ["verify", "search", "report", "hash"],
     "audit report": ["access", "exposure"],
+    "policy": ["read", "write", "check", "default"],
 }
 TOP = ["status", "tenant", "principal", "token", "key", "datakey", "encrypt", "decrypt",
-       "rewrap", "audit", "seal", "open"]
+       "rewrap", "audit", "seal", "open", "policy"]
 
 
 def test_help_at_every_level(ctl):
