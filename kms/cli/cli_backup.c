@@ -20,6 +20,7 @@
 #include "kms/core/core.h" /* KMS_VERSION */
 
 #define TOKEN_HDR "X-Vault-Token: "
+#define MFA_HDR "X-Vault-MFA: "
 #define ERR_MAX (64u << 10) /* an error answer (JSON) is kept up to this much */
 #define MAGIC "KMSDBAK1"
 
@@ -115,16 +116,52 @@ static void print_header(const char *path, const char *sha_hex, unsigned long lo
 	json_decref(h);
 }
 
+/* The X-Vault-MFA header line for c's code, in wiped memory, or NULL (none, or no memory:
+ * *oom says which). */
+static char *mfa_header(const struct cli_client *c, int *oom)
+{
+	char *hdr;
+
+	*oom = 0;
+	if (c->mfa == NULL)
+		return NULL;
+	hdr = kms_secret_alloc(sizeof(MFA_HDR) + c->mfa_len);
+	if (hdr == NULL) {
+		*oom = 1;
+		return NULL;
+	}
+	memcpy(hdr, MFA_HDR, sizeof(MFA_HDR) - 1);
+	memcpy(hdr + sizeof(MFA_HDR) - 1, c->mfa, c->mfa_len);
+	return hdr;
+}
+
+/* A 401 asking for the step-up code this call did not carry (as cli_http.c tells it). */
+static int wants_mfa(const struct sink *s)
+{
+	kms_err jerr;
+	json_t *ans;
+	const char *m;
+	int yes;
+
+	if (s->status != 401 || s->err_len == 0)
+		return 0;
+	ans = kms_json_parse_object(s->err, s->err_len, &jerr);
+	m = json_string_value(json_array_get(json_object_get(ans, "errors"), 0));
+	yes = m != NULL && strncmp(m, "MFA required: send", 18) == 0;
+	json_decref(ans);
+	return yes;
+}
+
 static int backup_run(int argc, char **argv)
 {
 	static const struct option opts[] = {{"out", required_argument, NULL, 'o'}, {NULL, 0, NULL, 0}};
 	struct cli_client c = {0};
 	struct sink *s = NULL;
-	struct curl_slist *hdrs = NULL, tok_node;
-	char errbuf[CURL_ERROR_SIZE] = "", *url = NULL, *tok_hdr = NULL, tmp[4200], shah[65];
+	struct curl_slist *hdrs = NULL, tok_node, mfa_node;
+	char errbuf[CURL_ERROR_SIZE] = "", *url = NULL, *tok_hdr = NULL, *mfa_hdr = NULL, tmp[4200], shah[65];
 	const char *out = NULL;
 	unsigned char sha[32];
-	int opt, rc, created = 0;
+	int opt, rc, created = 0, oom, asked = 0;
 	CURLcode cc;
 	CURL *h = NULL;
 
@@ -189,11 +226,32 @@ static int backup_run(int argc, char **argv)
 	curl_easy_setopt(h, CURLOPT_USERAGENT, "kmsctl/" KMS_VERSION);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, s);
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, &tok_node);
 	curl_easy_setopt(h, CURLOPT_POST, 1L);
 	curl_easy_setopt(h, CURLOPT_POSTFIELDS, "{}");
 	curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, 2L);
+again:
+	/* the step-up code (KMS_MFA, --mfa, or asked below), sent with the token */
+	mfa_hdr = mfa_header(&c, &oom);
+	if (oom)
+		goto oom;
+	if (mfa_hdr != NULL) {
+		mfa_node.data = mfa_hdr;
+		mfa_node.next = &tok_node;
+	}
+	curl_easy_setopt(h, CURLOPT_HTTPHEADER, mfa_hdr != NULL ? &mfa_node : &tok_node);
 	cc = curl_easy_perform(h);
+	if (cc == CURLE_OK && !s->io_failed && !asked && c.mfa == NULL && wants_mfa(s) && isatty(STDIN_FILENO) &&
+	    !cli_stdin_taken) {
+		/* Nothing was written for a refusal: ask for a code on the terminal, send again. */
+		asked = 1;
+		if (cli_mfa_prompt(&c) != CLI_OK) {
+			rc = CLI_USAGE;
+			goto out;
+		}
+		s->status = 0;
+		s->err_len = 0;
+		goto again;
+	}
 	if (cc != CURLE_OK && !s->io_failed) {
 		fprintf(stderr, "kmsctl: backup from %s failed: %s\n", c.addr, errbuf[0] ? errbuf : curl_easy_strerror(cc));
 		rc = CLI_UNREACHABLE;
@@ -249,6 +307,7 @@ out:
 	if (created)
 		(void)unlink(tmp);
 	kms_secret_free(tok_hdr);
+	kms_secret_free(mfa_hdr);
 	curl_slist_free_all(hdrs);
 	if (h != NULL)
 		curl_easy_cleanup(h);
