@@ -253,7 +253,18 @@ again:
 		goto again;
 	}
 	if (cc != CURLE_OK && !s->io_failed) {
-		fprintf(stderr, "kmsctl: backup from %s failed: %s\n", c.addr, errbuf[0] ? errbuf : curl_easy_strerror(cc));
+		/* the same words as every other command's transport errors (cli_http.c) */
+		const char *why = errbuf[0] ? errbuf : curl_easy_strerror(cc);
+
+		if (cc == CURLE_OPERATION_TIMEDOUT)
+			fprintf(stderr, "kmsctl: no answer from %s within %ld s: %s\n", c.addr, c.timeout, why);
+		else if (cc == CURLE_PEER_FAILED_VERIFICATION || cc == CURLE_SSL_CONNECT_ERROR ||
+			 cc == CURLE_SSL_CACERT_BADFILE || cc == CURLE_SSL_CERTPROBLEM || cc == CURLE_SSL_CIPHER ||
+			 cc == CURLE_SSL_ISSUER_ERROR || cc == CURLE_SSL_PINNEDPUBKEYNOTMATCH ||
+			 cc == CURLE_SSL_INVALIDCERTSTATUS)
+			fprintf(stderr, "kmsctl: TLS with %s failed: %s\n", c.addr, why);
+		else
+			fprintf(stderr, "kmsctl: cannot reach %s: backup failed: %s\n", c.addr, why);
 		rc = CLI_UNREACHABLE;
 		goto out;
 	}
