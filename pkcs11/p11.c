@@ -2338,3 +2338,29 @@ kms_err p11_mfa_unseal(struct p11 *p, const uint8_t *aad, size_t aad_len, const 
 		kms_wipe(seed, seed_cap);
 	return rc;
 }
+
+/* ---------------------------------------------------------------- health */
+
+kms_err p11_health(struct p11 *p)
+{
+	CK_SESSION_INFO si;
+	CK_RV rv;
+
+	if (p == NULL)
+		return kms_errf(KMS_ERR_TOKEN, "token: not open");
+	memset(&si, 0, sizeof(si));
+	/* The holder session is the one the user logged in on; asking it its state is the
+	 * cheapest call that reaches the token (no crypto, no object search). */
+	pthread_mutex_lock(&p->obj_lock);
+	rv = p->f->C_GetSessionInfo(p->holder, &si);
+	pthread_mutex_unlock(&p->obj_lock);
+	if (rv != CKR_OK)
+		return p11_ckr_err(rv, "C_GetSessionInfo");
+	if (si.slotID != p->slot)
+		return kms_errf(KMS_ERR_TOKEN, "token: the session belongs to slot %lu, not %lu",
+				(unsigned long)si.slotID, (unsigned long)p->slot);
+	if (si.state != CKS_RW_USER_FUNCTIONS && si.state != CKS_RO_USER_FUNCTIONS)
+		return kms_errf(KMS_ERR_TOKEN, "token: the user is not logged in (session state %lu)",
+				(unsigned long)si.state);
+	return KMS_OK;
+}

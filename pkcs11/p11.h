@@ -211,4 +211,9 @@ void p11_metrics_write(FILE *f);
  * such key. */
 KMS_WUR kms_err p11_mk_fingerprint(struct p11 *p, uint32_t version, uint8_t out[P11_SHA256_LEN]);
 
+/* For /v1/sys/health: KMS_OK when the token answers C_GetSessionInfo on the holder
+ * session and the user is logged in on it; KMS_ERR_TOKEN (with the CKR name or the
+ * state in the detail) otherwise. Takes obj_lock briefly; no crypto, no allocation. */
+KMS_WUR kms_err p11_health(struct p11 *p);
+
 #endif

@@ -16,7 +16,7 @@ _kmsctl()
 	fi
 
 	local globals="--addr --ca-cert --token-file --config --format --timeout --client-cert --client-key --mfa --help"
-	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open mfa audit approval break-glass report backup"
+	local commands="status tenant principal token key datakey encrypt decrypt rewrap seal open mfa audit approval break-glass report policy backup"
 
 	# option values
 	case $prev in
@@ -138,6 +138,13 @@ _kmsctl()
 		[[ $cur == -* ]] || { COMPREPLY=($(compgen -f -- "$cur") $(compgen -W "-" -- "$cur")); return; }
 		;;
 	backup) opts="--out" ;;
+	policy)
+		subs="read write check default"
+		# write and check take a file, or - for stdin
+		case "${path[1]}" in
+		write|check) [[ $cur == -* ]] || { COMPREPLY=($(compgen -f -- "$cur") $(compgen -W "-" -- "$cur")); return; } ;;
+		esac
+		;;
 	audit)
 		subs="verify search report hash"
 		case "${path[1]}" in

@@ -112,6 +112,11 @@ struct cli_client {
 	char *mfa;
 	size_t mfa_len;
 	char *client_cert, *client_key; /* PEM files for mTLS, or NULL */
+	/* A POST without a JSON body sends these bytes as they are (the caller owns them;
+	 * NULL = none): kmsctl policy write, so that the server's line and column of an
+	 * error point into the file the admin wrote. */
+	const char *raw_body;
+	size_t raw_len;
 };
 
 /* Resolves address, CA, client certificate, format, timeout and (when need_token) the
@@ -239,6 +244,9 @@ void cli_report_usage(FILE *f);
 int cli_backup(int argc, char **argv);
 void cli_backup_usage(FILE *f);
 
+/* policy read / write / default (cli_policy.c). */
+int cli_policy(int argc, char **argv);
+void cli_policy_usage(FILE *f);
 /* The global options' help, shared by every level's --help. */
 void cli_global_help(FILE *f);
 

@@ -56,8 +56,20 @@ static int status_run(int argc, char **argv)
 	if (status == 200 || (status == 503 && ans != NULL && json_object_get(ans, "checks") != NULL)) {
 		/* The health answer is the top-level object, as Vault's. */
 		cli_print(&c, ans, health_table);
-		if (status == 503)
-			fprintf(stderr, "kmsctl: 503 the server is unhealthy\n");
+		if (status == 503) {
+			const json_t *checks = json_object_get(ans, "checks"), *v;
+			const char *name;
+			int n = 0;
+
+			fprintf(stderr, "kmsctl: 503 the server is unhealthy");
+			json_object_foreach((json_t *)checks, name, v) {
+				const char *s = json_string_value(v);
+
+				if (s != NULL && strcmp(s, "failed") == 0)
+					fprintf(stderr, "%s%s", n++ ? ", " : ": failed check ", name);
+			}
+			fputc('\n', stderr);
+		}
 	} else if (status != 0) {
 		cli_print_http_error(status, ans);
 	}
@@ -70,9 +82,10 @@ out:
 
 static const struct cli_leaf status_leaf = {
 	"status", "the server's health (needs no token)", "",
-	"Asks GET /v1/sys/health: whether the server runs and its audit log works.\n"
-	"Exit status 0 when healthy, 4 when the server answers 503 (audit log failed),\n"
-	"3 when it cannot be reached.\n"
+	"Asks GET /v1/sys/health: whether the server runs, and each of its checks: the\n"
+	"audit log accepts records, the token answers with the user logged in, the store\n"
+	"takes a write, the clock is sane. Exit status 0 when healthy, 4 when the server\n"
+	"answers 503 (a check failed: named on stderr), 3 when it cannot be reached.\n"
 	"\n"
 	"examples:\n"
 	"  kmsctl status --addr https://kms.example:8200 --ca-cert ca.pem\n"

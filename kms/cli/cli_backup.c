@@ -95,6 +95,23 @@ static void print_header(const char *path, const char *sha_hex, unsigned long lo
 	json_decref(h);
 }
 
+/* A 401 asking for the step-up code this call did not carry (as cli_http.c tells it). */
+static int wants_mfa(const struct sink *s)
+{
+	kms_err jerr;
+	json_t *ans;
+	const char *m;
+	int yes;
+
+	if (s->status != 401 || s->err_len == 0)
+		return 0;
+	ans = kms_json_parse_object(s->err, s->err_len, &jerr);
+	m = json_string_value(json_array_get(json_object_get(ans, "errors"), 0));
+	yes = m != NULL && strncmp(m, "MFA required: send", 18) == 0;
+	json_decref(ans);
+	return yes;
+}
+
 static int backup_run(int argc, char **argv)
 {
 	static const struct option opts[] = {{"out", required_argument, NULL, 'o'}, {NULL, 0, NULL, 0}};
@@ -104,7 +121,7 @@ static int backup_run(int argc, char **argv)
 	char *url = NULL, tmp[4200], shah[65];
 	const char *out = NULL;
 	unsigned char sha[32];
-	int opt, rc, created = 0;
+	int opt, rc, created = 0, asked = 0;
 	CURLcode cc;
 	CURL *h = NULL;
 
@@ -139,6 +156,7 @@ static int backup_run(int argc, char **argv)
 		url = NULL;
 		goto oom;
 	}
+again:
 	if ((rc = cli_req_open(&c, &r, url, "Accept: application/octet-stream")) != CLI_OK)
 		goto out;
 	rc = CLI_SERVER;
@@ -154,6 +172,21 @@ static int backup_run(int argc, char **argv)
 	curl_easy_setopt(h, CURLOPT_POSTFIELDS, "{}");
 	curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, 2L);
 	cc = curl_easy_perform(h);
+	if (cc == CURLE_OK && !s->io_failed && !asked && c.mfa == NULL && c.token != NULL && wants_mfa(s) &&
+	    isatty(STDIN_FILENO) && !cli_stdin_taken) {
+		/* Nothing was written for a refusal: ask for a code on the terminal, send again
+		 * (the headers change, so the request is made anew). */
+		asked = 1;
+		if (cli_mfa_prompt(&c) != CLI_OK) {
+			rc = CLI_USAGE;
+			goto out;
+		}
+		s->status = 0;
+		s->err_len = 0;
+		cli_req_close(&r);
+		h = NULL;
+		goto again;
+	}
 	if (cc != CURLE_OK && !s->io_failed) {
 		rc = cli_req_failed(&c, &r, cc);
 		goto out;

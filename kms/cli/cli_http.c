@@ -748,8 +748,13 @@ static int call_once(struct cli_client *c, const char *method, const char *path,
 	curl_easy_setopt(r.h, CURLOPT_WRITEDATA, &rb);
 	if (is_post) {
 		curl_easy_setopt(r.h, CURLOPT_POST, 1L);
-		curl_easy_setopt(r.h, CURLOPT_POSTFIELDS, req != NULL ? req : "");
-		curl_easy_setopt(r.h, CURLOPT_POSTFIELDSIZE, (long)req_len);
+		if (req == NULL && c->raw_body != NULL) { /* sent as is (kmsctl policy write) */
+			curl_easy_setopt(r.h, CURLOPT_POSTFIELDS, c->raw_body);
+			curl_easy_setopt(r.h, CURLOPT_POSTFIELDSIZE, (long)c->raw_len);
+		} else {
+			curl_easy_setopt(r.h, CURLOPT_POSTFIELDS, req != NULL ? req : "");
+			curl_easy_setopt(r.h, CURLOPT_POSTFIELDSIZE, (long)req_len);
+		}
 	} else {
 		curl_easy_setopt(r.h, CURLOPT_HTTPGET, 1L);
 	}

@@ -358,19 +358,22 @@ static void render(struct rout *o, const json_t *d)
 	}
 
 	section_head(o, d, "Admins without MFA", "admins_without_mfa",
-		     "Admin principals without an MFA (TOTP) enrolment.");
+		     "Admin and auditor principals without an active MFA (TOTP) enrolment.");
 	sec = json_object_get(d, "admins_without_mfa");
 	controls(sec, ctl, sizeof(ctl));
-	para(o, "MFA enrolment: %s.", str(sec, "mfa_enrolment"));
-	if (json_array_size(json_object_get(sec, "admins")) == 0) {
+	para(o, "MFA enrolment: %s; %zu of %zu admins and auditors without an active enrolment.",
+	     str(sec, "mfa_enrolment"), json_array_size(json_object_get(sec, "admins")),
+	     json_array_size(json_object_get(sec, "principals")));
+	if (json_array_size(json_object_get(sec, "principals")) == 0) {
 		para(o, "None.");
 	} else {
-		const char *cols[] = {"Admin", "Created", "MFA", "Control", NULL};
+		const char *cols[] = {"Principal", "Role", "Created", "MFA", "Locked", "Control", NULL};
 
 		table_begin(o, cols);
-		json_array_foreach(json_object_get(sec, "admins"), i, x) {
-			const char *cells[] = {str(x, "name"), utc(json_object_get(x, "created"), b1, sizeof(b1)),
-					       str(x, "mfa"), ctl};
+		json_array_foreach(json_object_get(sec, "principals"), i, x) {
+			const char *cells[] = {str(x, "name"), str(x, "role"),
+					       utc(json_object_get(x, "created"), b1, sizeof(b1)), str(x, "mfa"),
+					       json_is_true(json_object_get(x, "locked")) ? "yes" : "no", ctl};
 			row(o, cells);
 		}
 		table_end(o);

@@ -39,6 +39,7 @@ static const struct cli_command commands[] = {
 	 cli_break_glass_usage},
 	{"report", "compliance report: md, json or a self-contained HTML page (admin)", cli_report,
 	 cli_report_usage},
+	{"policy", "the policy document: read, write (admin), default", cli_policy, cli_policy_usage},
 	{"backup", "an encrypted backup archive of the store and audit log (admin)", cli_backup,
 	 cli_backup_usage},
 };

@@ -608,6 +608,7 @@ kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct cor
 	pthread_mutex_init(&c->create_mu, NULL);
 	pthread_mutex_init(&c->sched_mu, NULL);
 	pthread_mutex_init(&c->gauge_mu, NULL);
+	pthread_mutex_init(&c->health_mu, NULL);
 	pthread_cond_init(&c->sched_cv, NULL);
 	pthread_mutex_init(&c->policy_mu, NULL);
 	pthread_mutex_init(&c->reserve_mu, NULL);
@@ -896,6 +897,7 @@ void core_free(struct core *c)
 	pthread_mutex_destroy(&c->create_mu);
 	pthread_mutex_destroy(&c->sched_mu);
 	pthread_mutex_destroy(&c->gauge_mu);
+	pthread_mutex_destroy(&c->health_mu);
 	free(c->gauge_tenants);
 	pthread_cond_destroy(&c->sched_cv);
 	policy_doc_free(c->policy);
@@ -1133,29 +1135,6 @@ static int valid_request_id(const char *s)
 	return n > 0;
 }
 
-static void health(struct core *c, struct core_result *res)
-{
-	struct audit_stats st;
-	json_t *b = json_object(), *checks = json_object();
-	bool audit_ok;
-
-	audit_get_stats(c->au, &st);
-	audit_ok = st.healthy;
-	json_object_set_new(checks, "audit", json_string(audit_ok ? "ok" : "failed"));
-	if (!audit_ok)
-		json_object_set_new(checks, "audit_error", kms_json_text(st.why));
-	json_object_set_new(b, "initialized", json_true());
-	json_object_set_new(b, "sealed", json_false());
-	json_object_set_new(b, "standby", json_false());
-	json_object_set_new(b, "server_time_utc", json_integer(core_now()));
-	json_object_set_new(b, "version", json_string(KMS_VERSION));
-	if (kms_clock_is_test())
-		json_object_set_new(b, "test_clock", json_true());
-	json_object_set_new(b, "checks", checks);
-	res->status = audit_ok ? 200 : 503;
-	res->body = b;
-}
-
 static json_t *error_body(const char *request_id, const char *msg)
 {
 	json_t *b = json_object(), *errs = json_array();
@@ -1275,7 +1254,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		kms_hex_encode(r, sizeof(r), res->request_id);
 	}
 	if (call->op == KMS_OP_HEALTH) {
-		health(c, res);
+		core_health(c, call, res);
 		return;
 	}
 	if ((unsigned)call->op >= KMS_OP__COUNT || op_table[call->op] == NULL) {

@@ -43,6 +43,10 @@ struct core_call {
 	 * tls_client_ca; both NULL otherwise (docs/API.md "Client certificates"). */
 	const char *cert_spki;	  /* 64 lower-case hex: SHA-256 of its SubjectPublicKeyInfo */
 	const char *cert_subject; /* its subject DN as RFC 4514 text; NULL if it has none or it is too long */
+	/* GET /v1/sys/health: Vault's ?activecode= and ?sealedcode= (the status when healthy,
+	 * and when a check failed), or NULL */
+	const char *health_activecode;
+	const char *health_sealedcode;
 };
 
 struct core_approved {

@@ -90,6 +90,13 @@ struct core {
 	 * audit cut, so that every change in the one has its record in the other. Writers
 	 * are preferred: a waiting backup is not starved by a steady stream of requests. */
 	pthread_rwlock_t quiesce;
+	/* /v1/sys/health (ops_health.c): the token and store checks' last results, run at
+	 * most once a second; health_seen is the newest time the store has recorded */
+	pthread_mutex_t health_mu;
+	int64_t health_at_ms; /* monotonic ms of the last run; 0 = never */
+	bool health_token_ok, health_store_ok;
+	char health_token_err[256], health_store_err[256];
+	int64_t health_seen;
 };
 
 /* What an operation sees: the authenticated principal and the resolved tenant. */
@@ -143,6 +150,8 @@ struct keyref {
 };
 
 int64_t core_now(void);
+/* GET /v1/sys/health (ops_health.c): fills res (status and body); needs no principal. */
+void core_health(struct core *c, const struct core_call *call, struct core_result *res);
 KMS_WUR kms_err core_tenant_lookup(struct core *c, const char *name, struct store_tenant *out);
 KMS_WUR kms_err core_key_ref(struct core *c, const char *tenant, const char *key, struct keyref *out);
 KMS_WUR kms_err core_kek(struct core *c, const struct keyref *k, uint32_t version, p11_key *out);

@@ -523,6 +523,8 @@ static enum MHD_Result dispatch(struct http_server *s, struct MHD_Connection *co
 	call.raw_body = r->body;
 	call.raw_len = r->len;
 	call.format = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "format");
+	call.health_activecode = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "activecode");
+	call.health_sealedcode = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "sealedcode");
 	call.mfa = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Vault-MFA");
 	call.method = method;
 	call.path = url;

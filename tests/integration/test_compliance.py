@@ -16,6 +16,7 @@ import time
 import pytest
 
 from conftest import _BUILD, b64
+from test_mfa import PERIOD, totp
 
 KMSD_TEST_CLOCK = True
 KMSD_EXTRA_OPTS = [
@@ -78,9 +79,24 @@ def setup(kmsd):
                (EVIL, int(time.time())))
     db.commit()
     db.close()
+    # MFA: one admin enrolled and confirmed, one admin with an enrolment never
+    # confirmed (pending), an auditor never enrolled
+    mfa_on = kmsd.create_principal(role="admin")
+    on_tok, _ = kmsd.create_token(mfa_on)
+    r = kmsd.post("/v1/sys/mfa/enroll", token=on_tok)
+    assert r.status_code == 200, r.text
+    secret = r.json()["data"]["secret"]
+    step = kmsd.health().json()["server_time_utc"] // PERIOD
+    r = kmsd.post("/v1/sys/mfa/confirm", {"code": totp(secret, step)}, token=on_tok)
+    assert r.status_code == 200, r.text
+    mfa_pending = kmsd.create_principal(role="admin")
+    r = kmsd.post("/v1/sys/mfa/enroll", token=kmsd.create_token(mfa_pending)[0])
+    assert r.status_code == 200, r.text
+    auditor = kmsd.create_principal(role="auditor")
     # 31 days later: "rot" is past its rotation date, "fresh" is not
     kmsd.set_clock(31 * DAY)
     s.update(a=a, b=b, c=c, rot=rot, fresh=fresh, held=held, gone=gone, p_ttl=p_ttl,
+             mfa_on=mfa_on, mfa_pending=mfa_pending, auditor=auditor, mfa_at=step * PERIOD,
              now=time.time() + 31 * DAY)
     yield s
     kmsd.set_clock(0)
@@ -179,11 +195,26 @@ def test_compliance_json_field_by_field(kmsd, setup, tmp_path):
 
     mfa = d["admins_without_mfa"]
     assert mfa["controls"] == ["§164.312(d)", "§164.312(a)(1)"]
-    assert mfa["mfa_enrolment"] == "not available in this version"
+    assert mfa["mfa_enrolment"] == "totp"
+    everyone = {x["name"]: x for x in mfa["principals"]}
+    assert all(x["role"] in ("admin", "auditor") for x in mfa["principals"])
+    assert s["p_ttl"] not in everyone  # services are not listed
+    assert everyone[s["mfa_on"]]["mfa"] == "active" and everyone[s["mfa_on"]]["role"] == "admin"
+    assert everyone[s["mfa_on"]]["locked"] is False
+    assert abs(everyone[s["mfa_on"]]["last_mfa"] - s["mfa_at"]) <= 2 * PERIOD
+    assert everyone[s["mfa_pending"]]["mfa"] == "pending"
+    assert everyone[s["mfa_pending"]]["last_mfa"] is None
+    assert everyone[s["auditor"]] == {"name": s["auditor"], "role": "auditor",
+                                      "created": everyone[s["auditor"]]["created"], "mfa": "none",
+                                      "locked": False, "last_mfa": None}
+    assert everyone[EVIL]["mfa"] == "none" and everyone[EVIL]["role"] == "admin"
+    # "admins": exactly those without an active enrolment
     names = [x["name"] for x in mfa["admins"]]
-    assert "admin" in names or len(names) >= 1
-    assert EVIL in names
-    assert all(x["mfa"] == "not enrolled" for x in mfa["admins"])
+    assert sorted(names) == sorted(n for n, x in everyone.items() if x["mfa"] != "active")
+    assert s["mfa_on"] not in names
+    for n in (EVIL, s["mfa_pending"], s["auditor"]):
+        assert n in names
+    assert all(x == everyone[x["name"]] for x in mfa["admins"])
 
     toks = d["tokens_without_expiry"]
     assert toks["controls"] == ["§164.312(d)", "§164.312(a)(1)"]
@@ -239,8 +270,17 @@ def test_markdown_has_every_section(kmsd, setup, tmp_path):
     for sec in SECTIONS:
         assert ("\n## " + sec.replace("-", "\\-")) in md, sec
     for word in ("§164\\.312\\(b\\)", "§164\\.312\\(a\\)\\(2\\)\\(iv\\)", "§164\\.312\\(d\\)",
-                 "not available in this version"):
+                 "MFA enrolment: totp;"):
         assert word in md, word
+    # every admin and auditor with its enrolment state
+    for name, role, state in ((setup["mfa_on"], "admin", "active"),
+                              (setup["mfa_pending"], "admin", "pending"),
+                              (setup["auditor"], "auditor", "none")):
+        rows = [[c.strip() for c in x.split("|")] for x in md.splitlines()
+                if x.startswith("| " + name.replace("-", "\\-") + " |")]
+        rows = [c for c in rows if len(c) == 8 and c[4] in ("none", "pending", "active")]
+        assert len(rows) == 1, (name, md)
+        assert rows[0][2] == role and rows[0][4] == state and rows[0][5] == "no", rows
     assert setup["rot"].replace("-", "\\-") in md
     assert "\\(past\\)" in md
     # the markup is escaped: no tag survives
@@ -284,7 +324,10 @@ def test_html_renders_in_headless_chromium(kmsd, setup, tmp_path):
     assert "<td>%s</td>" % setup["rot"] in dom and "(past)</td>" in dom
     assert "<td>pending_destruction</td>" in dom
     assert "§164.312(b)" in dom and "§164.312(a)(2)(iv)" in dom
-    assert "not available in this version" in dom
+    assert "MFA enrolment: totp;" in dom
+    assert "<td>%s</td><td>admin</td>" % setup["mfa_pending"] in dom
+    assert "<td>%s</td><td>auditor</td>" % setup["auditor"] in dom
+    assert "<td>active</td>" in dom and "<td>pending</td>" in dom and "<td>none</td>" in dom
     # the principal's markup stayed text: no script element was created from it
     assert dom.count("<script") == 0
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom

@@ -137,9 +137,10 @@ LEAVES = {
     "key version": ["disable", "enable", "schedule-destroy", "cancel-destroy"],
     "audit": ["verify", "search", "report", "hash"],
     "audit report": ["access", "exposure"],
+    "policy": ["read", "write", "check", "default"],
 }
 TOP = ["status", "tenant", "principal", "token", "key", "datakey", "encrypt", "decrypt",
-       "rewrap", "audit", "seal", "open"]
+       "rewrap", "audit", "seal", "open", "policy"]
 
 
 def test_help_at_every_level(ctl):
@@ -196,8 +197,11 @@ def test_status(ctl):
     row = table(r.stdout)
     assert row["initialized"] == "true" and row["sealed"] == "false", r.stdout
     assert "audit" in r.stdout and "ok" in r.stdout
+    for check in ("audit", "token", "store", "clock"):
+        assert ("check %-10s ok" % check) in r.stdout.splitlines(), r.stdout
     j = ctl.json("status")
-    assert j["initialized"] is True and j["checks"] == {"audit": "ok"}, j
+    assert j["initialized"] is True, j
+    assert j["checks"] == {"audit": "ok", "token": "ok", "store": "ok", "clock": "ok"}, j
 
 
 # ---- tenants ---------------------------------------------------------------------

@@ -5,10 +5,13 @@ not its own: no existence oracle; an admin gets 404), invalid arguments (exit 2,
 before any connection). Transport errors take one code path whatever the command, so
 one command of each group (and each bulk rewrap mode) stands for its group: an
 unreachable server (exit 3), a bad CA file (not PEM or another CA's: exit 3; missing:
-exit 2). Each server refusal prints `kmsctl: <status> <the server's message>`.
+exit 2). Each server refusal prints `kmsctl: <status> <the server's message>`. Every command group
+of `kmsctl --help` is covered (policy, mfa, approval, break-glass, report and backup too);
+the missing-MFA path is in test_kmsctl_mfa_errors.py.
 
 Environment: KMSCTL_BIN as for test_kmsctl.py."""
 
+import json
 import os
 import socket
 import struct
@@ -90,6 +93,12 @@ def w(ctl):
         f.write("MRN-0042")
     x.auditdir = os.path.dirname(k.audit_path)
     x.out = str(ctl.tmp / "out")
+    x.tmp = str(ctl.tmp)
+    # a valid document, newer than the one in force
+    x.policy = str(ctl.tmp / "policy.json")
+    doc = k.get("/v1/sys/policy", token=k.admin_token).json()["data"]["document"]
+    with open(x.policy, "w") as f:
+        json.dump(dict(doc, version=99), f)
     return x
 
 
@@ -146,22 +155,29 @@ COMMANDS = [
     ("audit hash", "admin", lambda x, t: ["audit", "hash", x.hashin]),
     ("audit search --context", "admin", lambda x, t: ["audit", "search", "--context",
                                                       "mrn=MRN-0042", x.auditdir]),
+    ("policy read", "admin", lambda x, t: ["policy", "read"]),
+    ("policy write", "admin", lambda x, t: ["policy", "write", x.policy]),
+    ("mfa enroll", "admin", lambda x, t: ["mfa", "enroll"]),
     ("mfa status", "admin", lambda x, t: ["mfa", "status"]),
     ("mfa unlock", "admin", lambda x, t: ["mfa", "unlock", x.p]),
+    ("mfa reset", "admin", lambda x, t: ["mfa", "reset", x.p]),
     ("approval list", "admin", lambda x, t: ["approval", "list"]),
+    ("approval show", "admin", lambda x, t: ["approval", "show", "0" * 32]),
     ("approval approve", "admin", lambda x, t: ["approval", "approve", "0" * 32]),
+    ("approval deny", "admin", lambda x, t: ["approval", "deny", "0" * 32]),
     ("break-glass list", "admin", lambda x, t: ["break-glass", "list"]),
-    ("break-glass activate", "service", lambda x, t: ["break-glass", "activate", t, "--reason",
-                                                      "test"]),
+    ("break-glass review", "admin", lambda x, t: ["break-glass", "review", "0" * 32, "--verdict",
+                                                  "justified", "--note", "n"]),
     ("report compliance", "admin", lambda x, t: ["report", "compliance"]),
-    ("backup", "admin", lambda x, t: ["backup", "--out", x.out + "-" + uniq("bk")]),
+    ("backup", "admin", lambda x, t: ["backup", "--out", os.path.join(x.tmp, uniq("bak"))]),
 ]
 
 WITH_TENANT = [c for c in COMMANDS if c[0] not in (
     "status", "tenant create", "tenant list", "principal read", "principal list", "token create",
-    "token revoke", "token lookup", "audit hash", "audit search --context", "mfa status",
-    "mfa unlock", "approval list", "approval approve", "break-glass list", "break-glass activate",
-    "report compliance", "backup")]
+    "token revoke", "token lookup", "audit hash", "audit search --context", "policy read",
+    "policy write", "mfa enroll", "mfa status", "mfa unlock", "mfa reset", "approval list",
+    "approval show", "approval approve", "approval deny", "break-glass list",
+    "break-glass review", "report compliance", "backup")]
 
 
 # Transport errors (no connection, TLS) take one path in kmsctl (cli_http.c) whatever
@@ -169,8 +185,8 @@ WITH_TENANT = [c for c in COMMANDS if c[0] not in (
 REPS = [c for c in COMMANDS if c[0] in (
     "status", "tenant read", "principal list", "token lookup", "key read",
     "key version enable", "datakey", "encrypt", "decrypt --batch", "rewrap", "rewrap --in",
-    "rewrap --sealed", "seal", "open", "audit hash", "audit search --context", "mfa status",
-    "approval list", "break-glass list", "report compliance", "backup")]
+    "rewrap --sealed", "seal", "open", "audit hash", "audit search --context", "policy read",
+    "mfa status", "approval list", "break-glass list", "report compliance", "backup")]
 
 
 def token_of(ctl, x, role):
@@ -289,6 +305,10 @@ INVALID = [
     ["audit", "hash", "a", "b"], ["audit", "search", "--context", "novalue", "."],
     ["audit", "nosuch"],
     ["nosuch"], ["--format", "yaml", "status"], ["--timeout", "0", "status"],
+    ["policy", "write"], ["policy", "write", "/nonexistent/file"], ["policy", "read", "x"],
+    ["policy", "nosuch"], ["backup"], ["backup", "--out", ""], ["mfa", "unlock"],
+    ["mfa", "nosuch"], ["approval", "approve"], ["approval", "nosuch"], ["break-glass", "review"],
+    ["report", "nosuch"], ["report", "compliance", "--format", "yaml"],
 ]
 
 
