@@ -616,6 +616,14 @@ kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct cor
 		core_free(c);
 		return kms_errf(KMS_ERR_INTERNAL, "the built-in policy does not compile");
 	}
+	{
+		kms_err rc = core_rowmac_start(c);
+
+		if (rc != KMS_OK) {
+			core_free(c);
+			return rc;
+		}
+	}
 	*out = c;
 	return KMS_OK;
 }
@@ -851,6 +859,7 @@ void core_free(struct core *c)
 {
 	if (c == NULL)
 		return;
+	core_rowmac_stop(c);
 	if (c->sched_running) {
 		pthread_mutex_lock(&c->sched_mu);
 		c->sched_stop = true;
