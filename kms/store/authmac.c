@@ -13,6 +13,7 @@ const char *store_am_table_name(enum store_am_table t)
 	case STORE_AM_TENANT: return "principal_tenants";
 	case STORE_AM_POLICY: return "policies";
 	case STORE_AM_CERT: return "principal_certs";
+	case STORE_AM_MFA: return "principal_mfa";
 	}
 	return "unknown";
 }
@@ -33,7 +34,7 @@ kms_err store_am_encode(enum store_am_table t, const struct store_am_field *f, s
 		return kms_errf(KMS_ERR_INVALID, "authority row encoding: no output");
 	*out = NULL;
 	*len = 0;
-	if (t < STORE_AM_PRINCIPAL || t > STORE_AM_CERT || n > STORE_AM_FIELDS_MAX)
+	if (t < STORE_AM_PRINCIPAL || t > STORE_AM_MFA || n > STORE_AM_FIELDS_MAX)
 		return kms_errf(KMS_ERR_INVALID, "authority row encoding: bad table or field count");
 	for (size_t i = 0; i < n; i++) {
 		if (f[i].kind == STORE_AM_INT)

@@ -26,6 +26,10 @@ enum store_am_table {
 	STORE_AM_TENANT = 3,	/* principal_id, tenant_id (principal_tenants) */
 	STORE_AM_POLICY = 4,	/* version, text */
 	STORE_AM_CERT = 5,	/* id, principal_id, kind, value */
+	/* principal_id, state, sealed_seed, recovery, has_pending, pending_seed,
+	 * pending_recovery (principal_mfa; not the counters last_step, failures, locked,
+	 * mfa_at, which change on every check) */
+	STORE_AM_MFA = 6,
 };
 
 enum store_am_kind { STORE_AM_INT = 1, STORE_AM_BYTES = 2 };

@@ -278,7 +278,8 @@ static const char *const migrations[] = {
 	"ALTER TABLE api_tokens ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = " XSTR(STORE_MAC_LEN) ");"
 	"ALTER TABLE principal_tenants ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = " XSTR(STORE_MAC_LEN) ");"
 	"ALTER TABLE policies ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = " XSTR(STORE_MAC_LEN) ");"
-	"ALTER TABLE principal_certs ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = " XSTR(STORE_MAC_LEN) ");",
+	"ALTER TABLE principal_certs ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = " XSTR(STORE_MAC_LEN) ");"
+	"ALTER TABLE principal_mfa ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = " XSTR(STORE_MAC_LEN) ");",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
@@ -4654,6 +4655,127 @@ static kms_err mfa_prepare(struct store *s, const char *sql, sqlite3_stmt **st)
 	return KMS_OK;
 }
 
+/* The MAC'd fields of an MFA row (authmac.h, STORE_AM_MFA); f has room for 7. */
+static void mfa_am_fields(const struct store_mfa *m, struct store_am_field *f)
+{
+	f[0] = (struct store_am_field)AM_INT(m->principal_id);
+	f[1] = (struct store_am_field)AM_STR(m->state);
+	f[2] = (struct store_am_field)AM_BYTES(m->sealed_seed, m->sealed_len);
+	f[3] = (struct store_am_field)AM_STR(m->recovery);
+	f[4] = (struct store_am_field)AM_INT(m->pending_len > 0);
+	f[5] = (struct store_am_field)AM_BYTES(m->pending_seed, m->pending_len);
+	f[6] = (struct store_am_field)AM_STR(m->pending_len > 0 ? m->pending_recovery : "");
+}
+
+#define MFA_AM_SELECT                                                                                  \
+	"SELECT state, sealed_seed, recovery, pending_seed, coalesce(pending_recovery, ''), mac "     \
+	"FROM principal_mfa WHERE principal_id = ?1"
+
+/* Reads the MAC'd columns of principal_id's MFA row into m; *found false when none. */
+static kms_err mfa_am_read_locked(struct store *s, int64_t principal_id, struct store_mfa *m, sqlite3_stmt **stp,
+				  bool *found)
+{
+	sqlite3_stmt *st = NULL;
+	const void *b;
+	int src, n;
+	kms_err rc;
+
+	*found = false;
+	*stp = NULL;
+	memset(m, 0, sizeof(*m));
+	m->principal_id = principal_id;
+	if ((rc = mfa_prepare(s, MFA_AM_SELECT, &st)) != KMS_OK)
+		return rc;
+	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK) {
+		sqlite3_finalize(st);
+		return db_fail(s, "mfa mac bind");
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE) {
+		sqlite3_finalize(st);
+		return KMS_OK;
+	}
+	if (src != SQLITE_ROW) {
+		sqlite3_finalize(st);
+		return db_fail(s, "mfa mac read");
+	}
+	if ((rc = col_text(st, 0, m->state, sizeof(m->state), "principal_mfa")) != KMS_OK ||
+	    (rc = col_blob(st, 1, m->sealed_seed, 1, sizeof(m->sealed_seed), &m->sealed_len, "principal_mfa")) !=
+		    KMS_OK ||
+	    (rc = col_text(st, 2, m->recovery, sizeof(m->recovery), "principal_mfa")) != KMS_OK ||
+	    (rc = col_text(st, 4, m->pending_recovery, sizeof(m->pending_recovery), "principal_mfa")) != KMS_OK) {
+		sqlite3_finalize(st);
+		return rc;
+	}
+	if ((b = sqlite3_column_blob(st, 3)) != NULL) {
+		n = sqlite3_column_bytes(st, 3);
+		if (n <= 0 || (size_t)n > sizeof(m->pending_seed)) {
+			sqlite3_finalize(st);
+			return db_corrupt("principal_mfa");
+		}
+		memcpy(m->pending_seed, b, (size_t)n);
+		m->pending_len = (size_t)n;
+	}
+	*found = true;
+	*stp = st;
+	return KMS_OK;
+}
+
+/* Checks principal_id's MFA row (if any) before a change, inside the caller's
+ * transaction, so that a row edited outside kmsd is refused rather than given a fresh
+ * MAC by the change. */
+static kms_err mfa_am_verify_locked(struct store *s, int64_t principal_id)
+{
+	struct store_mfa *m;
+	struct store_am_field f[7];
+	sqlite3_stmt *st = NULL;
+	char row[40];
+	bool found;
+	kms_err rc;
+
+	if (s->am_mac == NULL)
+		return KMS_OK;
+	if ((m = kms_secret_alloc(sizeof(*m))) == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "mfa");
+	rc = mfa_am_read_locked(s, principal_id, m, &st, &found);
+	if (rc == KMS_OK && found) {
+		mfa_am_fields(m, f);
+		snprintf(row, sizeof(row), "principal_id=%" PRId64, principal_id);
+		rc = am_check_locked(s, st, 5, STORE_AM_MFA, f, 7, row);
+	}
+	sqlite3_finalize(st);
+	kms_secret_free(m);
+	return rc;
+}
+
+/* Writes the MAC of principal_id's MFA row as it is now (after a change). */
+static kms_err mfa_am_seal_locked(struct store *s, int64_t principal_id)
+{
+	struct store_mfa *m;
+	struct store_am_field f[7];
+	sqlite3_stmt *st = NULL, *up = NULL;
+	bool found;
+	kms_err rc;
+
+	if (s->am_mac == NULL)
+		return KMS_OK;
+	if ((m = kms_secret_alloc(sizeof(*m))) == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "mfa");
+	rc = mfa_am_read_locked(s, principal_id, m, &st, &found);
+	sqlite3_finalize(st);
+	if (rc == KMS_OK && found) {
+		mfa_am_fields(m, f);
+		rc = mfa_prepare(s, "UPDATE principal_mfa SET mac = ?1 WHERE principal_id = ?2", &up);
+		if (rc == KMS_OK)
+			rc = am_bind_locked(s, up, 1, STORE_AM_MFA, f, 7);
+		if (rc == KMS_OK && (sqlite3_bind_int64(up, 2, principal_id) != SQLITE_OK || sqlite3_step(up) != SQLITE_DONE))
+			rc = db_fail(s, "mfa mac");
+		sqlite3_finalize(up);
+	}
+	kms_secret_free(m);
+	return rc;
+}
+
 kms_err store_mfa_get(struct store *s, int64_t principal_id, struct store_mfa *out)
 {
 	sqlite3_stmt *st = NULL;
@@ -4665,7 +4787,7 @@ kms_err store_mfa_get(struct store *s, int64_t principal_id, struct store_mfa *o
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	rc = mfa_prepare(s, "SELECT state, sealed_seed, last_step, failures, locked, recovery, mfa_at, created, "
-			    "pending_seed, pending_recovery FROM principal_mfa WHERE principal_id = ?1", &st);
+			    "pending_seed, pending_recovery, mac FROM principal_mfa WHERE principal_id = ?1", &st);
 	if (rc != KMS_OK)
 		goto out;
 	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK) {
@@ -4720,8 +4842,17 @@ kms_err store_mfa_get(struct store *s, int64_t principal_id, struct store_mfa *o
 		    KMS_OK)
 			goto out;
 	}
-	rc = KMS_OK;
+	{
+		struct store_am_field f[7];
+		char row[40];
+
+		mfa_am_fields(out, f);
+		snprintf(row, sizeof(row), "principal_id=%" PRId64, principal_id);
+		rc = am_check_locked(s, st, 10, STORE_AM_MFA, f, 7, row);
+	}
 out:
+	if (rc != KMS_OK && out != NULL)
+		kms_wipe(out, sizeof(*out));
 	sqlite3_finalize(st);
 	store_unlock(s);
 	return rc;
@@ -4738,6 +4869,12 @@ kms_err store_mfa_put(struct store *s, const struct store_mfa *m, int64_t now)
 		return kms_errf(KMS_ERR_INVALID, "bad MFA enrolment row");
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
+	/* One transaction with the row's new MAC. The old row is not checked: a new
+	 * enrolment replaces whatever was there (the policy decided who may enrol). */
+	if ((rc = tx_begin(s)) != KMS_OK) {
+		store_unlock(s);
+		return rc;
+	}
 	/* A new enrolment replaces the old one but keeps its last accepted step, so that a
 	 * step is never accepted twice for one principal, whatever the seed. */
 	rc = mfa_prepare(s,
@@ -4766,9 +4903,12 @@ kms_err store_mfa_put(struct store *s, const struct store_mfa *m, int64_t now)
 			     : db_fail(s, "mfa put");
 		goto out;
 	}
-	rc = KMS_OK;
+	if ((rc = mfa_am_seal_locked(s, m->principal_id)) == KMS_OK)
+		rc = tx_commit(s);
 out:
 	sqlite3_finalize(st);
+	if (rc != KMS_OK)
+		tx_rollback(s);
 	store_unlock(s);
 	return rc;
 }
@@ -4812,6 +4952,14 @@ kms_err store_mfa_accept_step(struct store *s, int64_t principal_id, uint64_t st
 		return kms_errf(KMS_ERR_INVALID, "bad TOTP step");
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK) {
+		store_unlock(s);
+		return rc;
+	}
+	/* Activation moves the pending seed and recovery codes into force: the row must
+	 * still be what kmsd wrote, and gets its new MAC in the same transaction. */
+	if (activate && (rc = mfa_am_verify_locked(s, principal_id)) != KMS_OK)
+		goto done;
 	/* The compare-and-set that makes a step good once: only a step greater than the
 	 * stored one is written, so two requests racing with one code cannot both pass. */
 	rc = mfa_change(s,
@@ -4824,9 +4972,16 @@ kms_err store_mfa_accept_step(struct store *s, int64_t principal_id, uint64_t st
 			"WHERE principal_id = ?4 AND locked = 0 AND last_step < ?1 "
 			"  AND (state = 'active' OR ?3)",
 			v, NULL, 4, &changed);
-	store_unlock(s);
 	if (rc == KMS_OK && changed != 1)
 		rc = kms_errf(KMS_ERR_CONFLICT, "TOTP step already used");
+	if (rc == KMS_OK && activate)
+		rc = mfa_am_seal_locked(s, principal_id);
+	if (rc == KMS_OK)
+		rc = tx_commit(s);
+done:
+	if (rc != KMS_OK)
+		tx_rollback(s);
+	store_unlock(s);
 	return rc;
 }
 
@@ -4842,13 +4997,24 @@ kms_err store_mfa_use_recovery(struct store *s, int64_t principal_id, const char
 		return kms_errf(KMS_ERR_INVALID, "bad recovery code set");
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
-	rc = mfa_change(s,
-			"UPDATE principal_mfa SET recovery = ?1, failures = 0, mfa_at = ?2, updated = ?2 "
-			"WHERE principal_id = ?3 AND locked = 0 AND state = 'active' AND recovery = ?4",
-			v, t, 4, &changed);
-	store_unlock(s);
+	if ((rc = tx_begin(s)) != KMS_OK) {
+		store_unlock(s);
+		return rc;
+	}
+	if ((rc = mfa_am_verify_locked(s, principal_id)) == KMS_OK)
+		rc = mfa_change(s,
+				"UPDATE principal_mfa SET recovery = ?1, failures = 0, mfa_at = ?2, updated = ?2 "
+				"WHERE principal_id = ?3 AND locked = 0 AND state = 'active' AND recovery = ?4",
+				v, t, 4, &changed);
 	if (rc == KMS_OK && changed != 1)
 		rc = kms_errf(KMS_ERR_CONFLICT, "recovery code already used");
+	if (rc == KMS_OK)
+		rc = mfa_am_seal_locked(s, principal_id);
+	if (rc == KMS_OK)
+		rc = tx_commit(s);
+	if (rc != KMS_OK)
+		tx_rollback(s);
+	store_unlock(s);
 	return rc;
 }
 
@@ -4935,6 +5101,12 @@ kms_err store_mfa_put_pending(struct store *s, int64_t principal_id, const uint8
 		return kms_errf(KMS_ERR_INVALID, "bad MFA re-enrolment");
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK) {
+		store_unlock(s);
+		return rc;
+	}
+	if ((rc = mfa_am_verify_locked(s, principal_id)) != KMS_OK)
+		goto out;
 	rc = mfa_prepare(s,
 			 "UPDATE principal_mfa SET pending_seed = ?1, pending_recovery = ?2, updated = ?3 "
 			 "WHERE principal_id = ?4 AND state = 'active' AND locked = 0",
@@ -4952,8 +5124,14 @@ kms_err store_mfa_put_pending(struct store *s, int64_t principal_id, const uint8
 		goto out;
 	}
 	rc = sqlite3_changes(s->db) == 1 ? KMS_OK : kms_errf(KMS_ERR_CONFLICT, "no active, unlocked enrolment");
+	if (rc == KMS_OK)
+		rc = mfa_am_seal_locked(s, principal_id);
+	if (rc == KMS_OK)
+		rc = tx_commit(s);
 out:
 	sqlite3_finalize(st);
+	if (rc != KMS_OK)
+		tx_rollback(s);
 	store_unlock(s);
 	return rc;
 }
@@ -5075,6 +5253,11 @@ kms_err store_authmac_init(struct store *s, size_t *sealed, bool *first)
 		 "UPDATE policies SET mac = ?1 WHERE rowid = ?2"},
 		{STORE_AM_CERT, "SELECT rowid, 0, id, principal_id, kind, value FROM principal_certs WHERE mac IS NULL",
 		 "iibb", "UPDATE principal_certs SET mac = ?1 WHERE rowid = ?2"},
+		{STORE_AM_MFA,
+		 "SELECT principal_id, 0, principal_id, state, sealed_seed, recovery, pending_seed IS NOT NULL, "
+		 "coalesce(pending_seed, x''), CASE WHEN pending_seed IS NULL THEN '' ELSE pending_recovery END "
+		 "FROM principal_mfa WHERE mac IS NULL",
+		 "ibbbibb", "UPDATE principal_mfa SET mac = ?1 WHERE principal_id = ?2"},
 	};
 	sqlite3_stmt *st;
 	bool in_tx = false;

@@ -534,11 +534,12 @@ KMS_WUR kms_err store_cert_lookup(struct store *s, enum store_cert_kind kind, co
 
 /* ---- MACs on the rows that grant authority (schema step 12; kms/store/authmac.h,
  * docs/THREAT-MODEL.md "Authority rows"). principals, api_tokens, principal_tenants,
- * policies and principal_certs each carry a MAC by a token-held key over a canonical
+ * policies, principal_certs and principal_mfa each carry a MAC by a token-held key over a canonical
  * encoding of their authority-bearing columns and primary key. The store computes it
  * on every write and checks it on the reads used to authenticate and authorise
  * (store_principal_get/_get_id, store_principal_tenants, store_token_get,
- * store_token_revoke, store_policy_latest, store_cert_lookup), once a MAC function is
+ * store_token_revoke, store_policy_latest, store_cert_lookup, store_mfa_get and the MFA
+ * changes but fail/unlock/delete), once a MAC function is
  * set. A row whose MAC is missing or wrong is refused: the call logs an error naming
  * the table and the row (never a token), calls `bad` (with the store's lock held: it
  * must not call back into the store) and returns KMS_ERR_DENIED "permission denied".

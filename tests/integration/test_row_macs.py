@@ -7,11 +7,14 @@ log (never a token), counts kmsd_store_integrity_failures_total and is audited a
 store.integrity. A store whose rows predate the MACs gets them once at start (trust on
 first use); a forged policy version makes kmsd refuse to start."""
 
+import base64
 import hashlib
+import hmac
 import json
 import os
 import secrets
 import sqlite3
+import struct
 import subprocess
 import time
 
@@ -196,9 +199,51 @@ def test_revoked_token_unrevoked_refused(kmsd):
     assert kmsd.datakey(tok, t, k).status_code == 403
 
 
+def totp(secret, step):
+    """RFC 6238, HMAC-SHA-1, 6 digits (as in test_mfa.py)."""
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    h = hmac.new(key, struct.pack(">Q", step), hashlib.sha1).digest()
+    o = h[-1] & 0x0F
+    return "%06d" % ((struct.unpack(">I", h[o:o + 4])[0] & 0x7FFFFFFF) % 1000000)
+
+
+def test_mfa_row_edited_refused(kmsd):
+    """The MFA row's seed, state and recovery codes are MAC'd too: recovery-code hashes of
+    the insider's choosing (or any edit of those columns) are refused, not used."""
+    name = kmsd.create_principal(role="admin")
+    tok = kmsd.create_token(name)[0]
+    r = kmsd.post("/v1/sys/mfa/enroll", {}, token=tok)
+    assert r.status_code == 200, r.text
+    secret = r.json()["data"]["secret"]
+    # confirm (pending -> active: the row is checked, changed and MAC'd again in one go)
+    step = int(time.time()) // 30
+    r = kmsd.post("/v1/sys/mfa/confirm", {"code": totp(secret, step)}, token=tok)
+    if r.status_code != 200:  # the step turned over between the two lines
+        r = kmsd.post("/v1/sys/mfa/confirm", {"code": totp(secret, int(time.time()) // 30)}, token=tok)
+    assert r.status_code == 200, r.text
+    status = kmsd.get("/v1/sys/mfa/status", token=tok)
+    assert status.status_code == 200 and status.json()["data"]["state"] == "active", status.text
+    pid = pid_of(kmsd, name)
+    c = db(kmsd)
+    genuine = c.execute("SELECT recovery FROM principal_mfa WHERE principal_id = ?", (pid,)).fetchone()[0]
+    c.close()
+    execute(kmsd, "UPDATE principal_mfa SET recovery = ? WHERE principal_id = ?", (genuine[:-8] + "00000000", pid))
+    assert kmsd.get("/v1/sys/mfa/status", token=tok).status_code == 403
+    assert kmsd.get("/v1/sys/mfa/status/" + name, token=kmsd.admin_token).status_code == 403
+    assert "principal_mfa row principal_id=%d fails its integrity MAC" % pid in kmsd.stderr()
+    execute(kmsd, "UPDATE principal_mfa SET recovery = ? WHERE principal_id = ?", (genuine, pid))
+    assert kmsd.get("/v1/sys/mfa/status", token=tok).status_code == 200
+    # the counters are not MAC'd (they change on every check): unlocking by hand works
+    execute(kmsd, "UPDATE principal_mfa SET failures = 0, locked = 0 WHERE principal_id = ?", (pid,))
+    assert kmsd.get("/v1/sys/mfa/status", token=tok).status_code == 200
+
+
+AUTH_TABLES = ("principals", "api_tokens", "principal_tenants", "policies", "principal_certs", "principal_mfa")
+
+
 def _null_all_macs(kmsd):
     c = db(kmsd)
-    for table in ("principals", "api_tokens", "principal_tenants", "policies", "principal_certs"):
+    for table in AUTH_TABLES:
         c.execute("UPDATE %s SET mac = NULL" % table)
     c.execute("DELETE FROM meta WHERE k = 'authority_macs'")
     c.commit()
@@ -209,8 +254,7 @@ def _count_null_macs(kmsd):
     c = db(kmsd)
     try:
         return sum(c.execute("SELECT count(*) FROM %s WHERE mac IS NULL" % t).fetchone()[0]
-                   for t in ("principals", "api_tokens", "principal_tenants", "policies",
-                             "principal_certs"))
+                   for t in AUTH_TABLES)
     finally:
         c.close()
 
@@ -243,6 +287,10 @@ def test_first_start_macs_older_rows(kmsd):
     assert any(r["outcome"] == "allow" and "first time" in r["reason"] for r in recs), recs
     assert kmsd.datakey(tok, t, k).status_code == 200
     assert lookup_self(kmsd, kmsd.admin_token).status_code == 200
+    c = db(kmsd)
+    mfa_rows = c.execute("SELECT count(*) FROM principal_mfa").fetchone()[0]
+    c.close()
+    assert mfa_rows >= 1  # the enrolment of test_mfa_row_edited_refused, MAC'd again
     # from now on a row without a MAC is refused
     ftok, facc, fh = forged_token()
     execute(kmsd, "INSERT INTO api_tokens (accessor, principal_id, hash, created) VALUES (?, ?, ?, 0)",

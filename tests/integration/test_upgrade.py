@@ -170,7 +170,8 @@ def test_authority_rows_macd_at_first_start(old):
     log, and marks the store so that a row without a MAC is refused from then on."""
     db = sqlite3.connect("file:%s?mode=ro" % old.store_path, uri=True)
     try:
-        for table in ("principals", "api_tokens", "principal_tenants", "policies", "principal_certs"):
+        for table in ("principals", "api_tokens", "principal_tenants", "policies", "principal_certs",
+                      "principal_mfa"):
             assert db.execute("SELECT count(*) FROM %s WHERE mac IS NULL OR length(mac) != 32"
                               % table).fetchone()[0] == 0, table
         assert db.execute("SELECT count(*) FROM api_tokens").fetchone()[0] > 0

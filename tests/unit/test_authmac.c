@@ -410,6 +410,58 @@ static void test_store_first_use(void **state)
 	assert_int_equal(store_authmac_init(f->s, &sealed, &first), KMS_ERR_INVALID);
 }
 
+/* MFA rows: MAC'd on put and on activation; an edit of the seed, state or recovery
+ * codes is refused on read and is not laundered by a later change; the counters are
+ * not MAC'd. */
+static void test_store_mfa(void **state)
+{
+	struct fx *f = *state;
+	struct store_mfa *m = calloc(1, sizeof(*m)), *got = calloc(1, sizeof(*got));
+	int64_t pid;
+	size_t sealed;
+	bool first;
+	char q[160];
+
+	assert_non_null(m);
+	assert_non_null(got);
+	attach(f);
+	assert_int_equal(store_authmac_init(f->s, &sealed, &first), KMS_OK);
+	assert_int_equal(store_principal_create(f->s, "adm", "admin", NULL, 0, 1, &pid), KMS_OK);
+	m->principal_id = pid;
+	snprintf(m->state, sizeof(m->state), "pending");
+	memset(m->sealed_seed, 0x42, 40);
+	m->sealed_len = 40;
+	snprintf(m->recovery, sizeof(m->recovery), "r1");
+	assert_int_equal(store_mfa_put(f->s, m, 5), KMS_OK);
+	assert_int_equal(store_mfa_get(f->s, pid, got), KMS_OK);
+	assert_int_equal(store_mfa_accept_step(f->s, pid, 7, true, 6), KMS_OK); /* activate */
+	assert_int_equal(store_mfa_get(f->s, pid, got), KMS_OK);
+	assert_string_equal(got->state, "active");
+	assert_int_equal(store_mfa_accept_step(f->s, pid, 8, false, 7), KMS_OK);
+	assert_int_equal(store_mfa_put_pending(f->s, pid, m->sealed_seed, 40, "r2", 8), KMS_OK);
+	assert_int_equal(store_mfa_get(f->s, pid, got), KMS_OK);
+	assert_int_equal(got->pending_len, 40);
+	/* counters: not MAC'd */
+	snprintf(q, sizeof(q), "UPDATE principal_mfa SET failures = 2, last_step = 1 WHERE principal_id = %lld",
+		 (long long)pid);
+	sql(f, q);
+	assert_int_equal(store_mfa_get(f->s, pid, got), KMS_OK);
+	/* recovery codes of the insider's choosing */
+	snprintf(q, sizeof(q), "UPDATE principal_mfa SET recovery = 'mine' WHERE principal_id = %lld", (long long)pid);
+	sql(f, q);
+	assert_int_equal(store_mfa_get(f->s, pid, got), KMS_ERR_DENIED);
+	assert_string_equal(f->last_table, "principal_mfa");
+	assert_int_equal(store_mfa_use_recovery(f->s, pid, "mine", "mine2", 9), KMS_ERR_DENIED);
+	assert_int_equal(store_mfa_put_pending(f->s, pid, m->sealed_seed, 40, "r3", 9), KMS_ERR_DENIED);
+	assert_int_equal(store_mfa_accept_step(f->s, pid, 20, true, 9), KMS_ERR_DENIED);
+	assert_int_equal(store_mfa_get(f->s, pid, got), KMS_ERR_DENIED); /* still refused: nothing re-MAC'd it */
+	/* a new enrolment replaces the row and MACs it */
+	assert_int_equal(store_mfa_put(f->s, m, 10), KMS_OK);
+	assert_int_equal(store_mfa_get(f->s, pid, got), KMS_OK);
+	free(m);
+	free(got);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -420,6 +472,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_store_refuses_edits, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_store_revoke_and_memory, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_store_first_use, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_store_mfa, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
