@@ -859,7 +859,6 @@ void core_free(struct core *c)
 {
 	if (c == NULL)
 		return;
-	core_rowmac_stop(c);
 	if (c->sched_running) {
 		pthread_mutex_lock(&c->sched_mu);
 		c->sched_stop = true;
@@ -900,6 +899,8 @@ void core_free(struct core *c)
 	free(c->policy_text);
 	pthread_mutex_destroy(&c->policy_mu);
 	pthread_mutex_destroy(&c->reserve_mu);
+	/* last: the scheduler has stopped, nothing reads the store through this core now */
+	core_rowmac_stop(c);
 	free(c);
 }
 
