@@ -49,6 +49,26 @@ static void test_encoding_layout(void **state)
 	free(e);
 }
 
+/* The example in docs/FORMATS.md "Authority rows". */
+static void test_encoding_doc_example(void **state)
+{
+	struct store_am_field f[] = {{.kind = STORE_AM_INT, .i = 7},
+				     {.kind = STORE_AM_BYTES, .b = "ab", .n = 2},
+				     {.kind = STORE_AM_BYTES, .b = "admin", .n = 5}};
+	static const char want[] = "6b6d73642e61757468726f772e763100010301000000000000000702000000026162020000000561646d696e";
+	char hex[2 * 64 + 1] = "";
+	uint8_t *e;
+	size_t len;
+
+	(void)state;
+	enc(STORE_AM_PRINCIPAL, f, 3, &e, &len);
+	assert_true(2 * len < sizeof(hex));
+	for (size_t i = 0; i < len; i++)
+		snprintf(hex + 2 * i, 3, "%02x", e[i]);
+	assert_string_equal(hex, want);
+	free(e);
+}
+
 /* Moving a byte from one text field to the next changes the encoding. */
 static void test_encoding_boundaries(void **state)
 {
@@ -466,6 +486,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_encoding_layout),
+		cmocka_unit_test(test_encoding_doc_example),
 		cmocka_unit_test(test_encoding_boundaries),
 		cmocka_unit_test(test_encoding_distinct),
 		cmocka_unit_test(test_encoding_bad_input),
