@@ -176,6 +176,7 @@ static int cmd_init(const struct kms_config *cfg, const char *admin, const char 
 {
 	struct p11_config pc = p11cfg(cfg, 1);
 	struct store *st = NULL;
+	struct p11 *p11 = NULL;
 	char *pin = NULL, *so_pin = NULL, token[128] = {0}, flag[8];
 	size_t pin_len = 0, so_len = 0;
 	int rc = 1, fd = -1;
@@ -215,20 +216,15 @@ static int cmd_init(const struct kms_config *cfg, const char *admin, const char 
 		goto out;
 	}
 	/* audit signing (issue 5): export the checkpoint key's public half */
-	{
-		struct p11 *p11 = NULL;
-		int wr;
-
-		err = p11_open(&pc, pin, pin_len, &p11);
-		if (err != KMS_OK) {
-			kms_error("token: %s", kms_err_detail(err));
-			goto out;
-		}
-		wr = write_audit_pubkey(cfg, p11);
-		p11_close(p11);
-		if (wr != 0)
-			goto out;
+	err = p11_open(&pc, pin, pin_len, &p11);
+	if (err != KMS_OK) {
+		kms_error("token: %s", kms_err_detail(err));
+		goto out;
 	}
+	if (write_audit_pubkey(cfg, p11) != 0)
+		goto out;
+	/* the admin's principal and token rows are MAC'd as they are written */
+	core_rowmac_attach_p11(st, p11);
 	if (token_file != NULL) {
 		fd = open(token_file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
 		if (fd < 0) {
@@ -254,6 +250,17 @@ static int cmd_init(const struct kms_config *cfg, const char *admin, const char 
 		kms_error("could not print the admin token: %s", strerror(errno));
 		goto out;
 	}
+	{
+		size_t sealed = 0;
+		bool first = false;
+
+		/* every authority row has its MAC from the start: no trust on first use later */
+		err = store_authmac_init(st, &sealed, &first);
+		if (err != KMS_OK) {
+			kms_error("store: %s", kms_err_detail(err));
+			goto out;
+		}
+	}
 	err = store_meta_set(st, "initialized", "1");
 	if (err != KMS_OK) {
 		kms_error("store: %s", kms_err_detail(err));
@@ -273,7 +280,9 @@ out:
 	kms_wipe(token, sizeof(token));
 	kms_secret_free(pin);
 	kms_secret_free(so_pin);
+	core_rowmac_attach_p11(st, NULL);
 	store_close(st);
+	p11_close(p11);
 	return rc;
 }
 

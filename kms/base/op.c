@@ -58,6 +58,7 @@ static const char *const op_names[KMS_OP__COUNT] = {
 	[KMS_OP_PRINCIPAL_CERT_ADD] = "principal.cert.add",
 	[KMS_OP_PRINCIPAL_CERT_LIST] = "principal.cert.list",
 	[KMS_OP_PRINCIPAL_CERT_REVOKE] = "principal.cert.revoke",
+	[KMS_OP_STORE_INTEGRITY] = "store.integrity",
 };
 
 const char *kms_op_name(enum kms_op op)

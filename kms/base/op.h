@@ -65,6 +65,7 @@ enum kms_op {
 	KMS_OP_PRINCIPAL_CERT_ADD,
 	KMS_OP_PRINCIPAL_CERT_LIST,
 	KMS_OP_PRINCIPAL_CERT_REVOKE,
+	KMS_OP_STORE_INTEGRITY, /* an authority row failed its MAC, or rows were first MAC'd; no route */
 	KMS_OP__COUNT
 };
 

@@ -623,6 +623,14 @@ kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct cor
 		core_free(c);
 		return kms_errf(KMS_ERR_NOMEM, "auth cache");
 	}
+	{
+		kms_err rc = core_rowmac_start(c);
+
+		if (rc != KMS_OK) {
+			core_free(c);
+			return rc;
+		}
+	}
 	*out = c;
 	return KMS_OK;
 }
@@ -906,6 +914,8 @@ void core_free(struct core *c)
 	pthread_mutex_destroy(&c->reserve_mu);
 	authcache_free(c->authc);
 	hmaccache_free(c->hmacc);
+	/* last: the scheduler has stopped, nothing reads the store through this core now */
+	core_rowmac_stop(c);
 	free(c);
 }
 

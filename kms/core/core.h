@@ -148,4 +148,9 @@ KMS_WUR kms_err core_bootstrap_admin(struct store *st, const char *name, char *t
 #define CORE_GAUGE_REFRESH_MS 1000
 KMS_WUR kms_err core_metrics_prometheus(struct core *c, char **text);
 
+/* Authority-row MACs for a store used without a core (kmsd init): rows written through
+ * st are MAC'd with the token's store MAC key. p11 must outlive the store's use; NULL
+ * unwires. */
+void core_rowmac_attach_p11(struct store *st, struct p11 *p11);
+
 #endif

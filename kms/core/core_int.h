@@ -313,4 +313,10 @@ KMS_WUR kms_err op_breakglass_list(struct core *c, struct op_ctx *x);
 KMS_WUR kms_err core_breakglass_grants(struct core *c, bool unreviewed_only, json_t **ids, json_t **grants);
 KMS_WUR kms_err op_breakglass_review(struct core *c, struct op_ctx *x);
 
+/* Authority-row MACs (rowmac.c): start wires the store's MAC and integrity callbacks
+ * to this core and MACs older rows once (trust on first use, audited); stop unwires
+ * them (core_free). */
+KMS_WUR kms_err core_rowmac_start(struct core *c);
+void core_rowmac_stop(struct core *c);
+
 #endif

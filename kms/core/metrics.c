@@ -99,5 +99,8 @@ void metrics_write_prometheus(const struct core_metrics *m, FILE *f)
 	counter(f, "kmsd_break_glass_decrypts_total",
 		"Decrypt and rewrap calls the policy refused and a break-glass grant allowed.",
 		GET(&m->break_glass_decrypts));
+	counter(f, "kmsd_store_integrity_failures_total",
+		"Store rows that grant authority refused for a missing or wrong MAC (edited outside kmsd).",
+		GET(&m->integrity_failed));
 }
 

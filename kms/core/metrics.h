@@ -33,6 +33,7 @@ struct core_metrics {
 	uint64_t mfa_locked;	  /* checks refused because the principal is locked */
 	uint64_t break_glass_activations; /* break-glass grants made */
 	uint64_t break_glass_decrypts;	  /* decrypt/rewrap calls allowed only by a grant */
+	uint64_t integrity_failed;	  /* authority rows refused: missing or wrong MAC */
 };
 
 /* Counts one answered request: its operation, outcome, status, duration and, for a

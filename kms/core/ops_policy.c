@@ -48,6 +48,12 @@ kms_err core_policy_init(struct core *c, const char *policy_file)
 			rc = located(KMS_ERR_CONFIG, "stored policy", &perr);
 			goto out;
 		}
+	} else if (rc == KMS_ERR_DENIED) {
+		/* Fail closed: neither the stored text nor an older version nor the default is
+		 * served in place of a policy that fails its MAC (the store logged which). */
+		rc = kms_errf(KMS_ERR_CONFIG, "the latest stored policy version fails its integrity MAC (written outside "
+					      "kmsd?): refusing to start (docs/OPERATIONS.md \"Authority-row MACs\")");
+		goto out;
 	} else if (rc != KMS_ERR_NOT_FOUND) {
 		goto out;
 	}

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <openssl/evp.h>
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@
 
 #include "kms/base/log.h"
 #include "kms/base/secret.h"
+#include "kms/store/authmac.h"
 
 #define XSTR(x) STR(x)
 #define STR(x) #x
@@ -269,6 +271,15 @@ static const char *const migrations[] = {
 	"  pending_seed BLOB CHECK (pending_seed IS NULL OR length(pending_seed) BETWEEN 29 AND 128),"
 	"  pending_recovery TEXT CHECK (pending_recovery IS NULL OR length(CAST(pending_recovery AS BLOB)) <= 1024)"
 	");",
+	/* 12: a MAC by the token's store MAC key on every row that grants authority
+	 * (kms/store/authmac.h). NULL in rows written before this step, until kmsd MACs them
+	 * once at its next start (meta "authority_macs"); after that a NULL is refused. */
+	"ALTER TABLE principals ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = " XSTR(STORE_MAC_LEN) ");"
+	"ALTER TABLE api_tokens ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = " XSTR(STORE_MAC_LEN) ");"
+	"ALTER TABLE principal_tenants ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = " XSTR(STORE_MAC_LEN) ");"
+	"ALTER TABLE policies ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = " XSTR(STORE_MAC_LEN) ");"
+	"ALTER TABLE principal_certs ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = " XSTR(STORE_MAC_LEN) ");"
+	"ALTER TABLE principal_mfa ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = " XSTR(STORE_MAC_LEN) ");",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
@@ -366,7 +377,7 @@ enum stmt_id {
 #define VERSION_COLS_V                                                                     \
 	"v.version, v.mk_version, v.blob, v.mac, v.created, v.state, v.destroy_after, " \
 	"v.enc_reserved"
-#define PRINCIPAL_COLS "id, name, role, created"
+#define PRINCIPAL_COLS "id, name, role, created, mac"
 
 static const char *const stmt_sql[ST__COUNT] = {
 	[ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -396,22 +407,22 @@ static const char *const stmt_sql[ST__COUNT] = {
 	[ST_VERSION_LIST] = "SELECT " VERSION_COLS " FROM key_versions "
 			    "WHERE key_id = ?1 ORDER BY version",
 	[ST_PRINCIPAL_INSERT] = "INSERT INTO principals (name, role, created) VALUES (?1, ?2, ?3)",
-	[ST_PRINCIPAL_TENANT_INSERT] = "INSERT INTO principal_tenants (principal_id, tenant_id) "
-				       "VALUES (?1, ?2)",
+	[ST_PRINCIPAL_TENANT_INSERT] = "INSERT INTO principal_tenants (principal_id, tenant_id, mac) "
+				       "VALUES (?1, ?2, ?3)",
 	[ST_PRINCIPAL_GET] = "SELECT " PRINCIPAL_COLS " FROM principals WHERE name = ?1",
 	[ST_PRINCIPAL_GET_ID] = "SELECT " PRINCIPAL_COLS " FROM principals WHERE id = ?1",
 	[ST_PRINCIPAL_LIST] = "SELECT " PRINCIPAL_COLS " FROM principals ORDER BY name",
 	/* Same LEFT JOIN trick as ST_KEY_LIST. */
-	[ST_PRINCIPAL_TENANTS] = "SELECT pt.tenant_id FROM principals p "
+	[ST_PRINCIPAL_TENANTS] = "SELECT pt.tenant_id, pt.mac FROM principals p "
 				 "LEFT JOIN principal_tenants pt ON pt.principal_id = p.id "
 				 "WHERE p.id = ?1 ORDER BY pt.tenant_id",
 	[ST_TOKEN_INSERT] = "INSERT INTO api_tokens "
-			    "(accessor, principal_id, hash, created, expires, revoked) "
-			    "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-	[ST_TOKEN_GET] = "SELECT accessor, principal_id, hash, created, expires, revoked, last_used "
+			    "(accessor, principal_id, hash, created, expires, revoked, mac) "
+			    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+	[ST_TOKEN_GET] = "SELECT accessor, principal_id, hash, created, expires, revoked, last_used, mac "
 			 "FROM api_tokens WHERE accessor = ?1",
 	[ST_TOKEN_TOUCH] = "UPDATE api_tokens SET last_used = ?2 WHERE accessor = ?1 AND last_used < ?2",
-	[ST_TOKEN_REVOKE] = "UPDATE api_tokens SET revoked = 1 WHERE accessor = ?1",
+	[ST_TOKEN_REVOKE] = "UPDATE api_tokens SET revoked = 1, mac = ?2 WHERE accessor = ?1",
 	[ST_KEY_CONFIG] = "UPDATE keys SET min_decryption_version = ?2, min_encryption_version = ?3, "
 			  "deletion_allowed = ?4, auto_rotate_period = ?5 WHERE id = ?1",
 	[ST_KEY_REVOKED] = "UPDATE keys SET revoked = ?2 WHERE id = ?1 AND revoked = ?3",
@@ -433,8 +444,8 @@ static const char *const stmt_sql[ST__COUNT] = {
 			"WHERE v.state = 'pending_destruction' AND v.destroy_after <= ?1 "
 			"ORDER BY v.destroy_after, v.key_id, v.version",
 	[ST_POLICY_MAX] = "SELECT coalesce(max(version), 0) FROM policies",
-	[ST_POLICY_INSERT] = "INSERT INTO policies (version, text, principal, created) VALUES (?1, ?2, ?3, ?4)",
-	[ST_POLICY_LATEST] = "SELECT version, text FROM policies ORDER BY version DESC LIMIT 1",
+	[ST_POLICY_INSERT] = "INSERT INTO policies (version, text, principal, created, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+	[ST_POLICY_LATEST] = "SELECT version, text, mac FROM policies ORDER BY version DESC LIMIT 1",
 	[ST_VERSION_RESERVE] = "UPDATE key_versions SET enc_reserved = enc_reserved + ?3 "
 			       "WHERE key_id = ?1 AND version = ?2 AND enc_reserved + ?3 <= ?4",
 	[ST_VERSION_RESERVED] = "SELECT enc_reserved FROM key_versions WHERE key_id = ?1 AND version = ?2",
@@ -475,7 +486,7 @@ static const char *const stmt_sql[ST__COUNT] = {
 	[ST_CERT_INSERT] = "INSERT INTO principal_certs (principal_id, kind, value, created) VALUES (?1, ?2, ?3, ?4)",
 	[ST_CERT_LIST] = "SELECT id, kind, value, created FROM principal_certs WHERE principal_id = ?1 ORDER BY id",
 	[ST_CERT_DELETE] = "DELETE FROM principal_certs WHERE principal_id = ?1 AND kind = ?2 AND value = ?3",
-	[ST_CERT_LOOKUP] = "SELECT principal_id FROM principal_certs WHERE kind = ?1 AND value = ?2",
+	[ST_CERT_LOOKUP] = "SELECT principal_id, id, mac FROM principal_certs WHERE kind = ?1 AND value = ?2",
 };
 
 struct store {
@@ -493,6 +504,14 @@ struct store {
 	 * (a token's last-used time), and PRAGMA data_version, prepared on first use */
 	int64_t quiet_changes;
 	sqlite3_stmt *data_version;
+	/* authority-row MACs (store_set_authmac); NULL: not computed, not checked */
+	store_mac_fn am_mac;
+	store_integrity_fn am_bad;
+	void *am_ctx, *am_bad_ctx;
+	/* rows verified under (am_seen_fn, am_seen_ctx): see store.h; under mu */
+	store_mac_fn am_seen_fn;
+	void *am_seen_ctx;
+	struct am_seen *am_seen;
 };
 
 /* ---- helpers; every one of them expects the caller to hold s->mu ---- */
@@ -695,6 +714,150 @@ static kms_err row_version(sqlite3_stmt *st, struct store_version *v)
 	v->destroy_after = sqlite3_column_int64(st, 6);
 	v->enc_reserved = (uint64_t)sqlite3_column_int64(st, 7);
 	return KMS_OK;
+}
+
+/* ---- authority-row MACs (store.h, authmac.h); the caller holds s->mu ---- */
+
+/* Rows known good: direct-mapped by the SHA-256 of the encoding; an entry holds the
+ * digest and the MAC the row carried when it verified. */
+#define AM_SEEN_SLOTS 4096
+struct am_seen {
+	uint8_t digest[32];
+	uint8_t mac[STORE_MAC_LEN];
+	bool used;
+};
+
+static bool am_equal(const uint8_t *a, const uint8_t *b, size_t n)
+{
+	volatile uint8_t d = 0;
+
+	for (size_t i = 0; i < n; i++)
+		d |= (uint8_t)(a[i] ^ b[i]);
+	return d == 0;
+}
+
+static bool am_digest(const uint8_t *enc, size_t len, uint8_t digest[32])
+{
+	unsigned int dl = 0;
+
+	return EVP_Digest(enc, len, digest, &dl, EVP_sha256(), NULL) == 1 && dl == 32;
+}
+
+static struct am_seen *am_slot(struct store *s, const uint8_t digest[32])
+{
+	uint32_t i = ((uint32_t)digest[0] << 24 | (uint32_t)digest[1] << 16 | (uint32_t)digest[2] << 8 | digest[3]) %
+		     AM_SEEN_SLOTS;
+
+	if (s->am_seen == NULL && (s->am_seen = calloc(AM_SEEN_SLOTS, sizeof(*s->am_seen))) == NULL)
+		return NULL; /* no memory: every read goes to the token */
+	return &s->am_seen[i];
+}
+
+/* The MAC of a row of table t with fields f[0..n). */
+static kms_err am_compute_locked(struct store *s, enum store_am_table t, const struct store_am_field *f, size_t n,
+				 uint8_t mac[STORE_MAC_LEN])
+{
+	uint8_t *enc = NULL, digest[32];
+	size_t len = 0;
+	kms_err rc = store_am_encode(t, f, n, &enc, &len);
+	struct am_seen *e;
+
+	if (rc == KMS_OK)
+		rc = s->am_mac(s->am_ctx, enc, len, mac);
+	if (rc == KMS_OK && am_digest(enc, len, digest) && (e = am_slot(s, digest)) != NULL) {
+		memcpy(e->digest, digest, sizeof(digest));
+		memcpy(e->mac, mac, STORE_MAC_LEN);
+		e->used = true;
+	}
+	free(enc);
+	return rc;
+}
+
+/* Whether this exact row, with this MAC, verified before. */
+static bool am_seen_before(struct store *s, enum store_am_table t, const struct store_am_field *f, size_t n,
+			   const uint8_t *mac)
+{
+	uint8_t *enc = NULL, digest[32];
+	size_t len = 0;
+	struct am_seen *e;
+	bool hit = false;
+
+	if (store_am_encode(t, f, n, &enc, &len) != KMS_OK)
+		return false;
+	if (am_digest(enc, len, digest) && (e = am_slot(s, digest)) != NULL && e->used)
+		hit = am_equal(e->digest, digest, sizeof(digest)) & am_equal(e->mac, mac, STORE_MAC_LEN);
+	free(enc);
+	return hit;
+}
+
+/* Binds the row's MAC (or NULL without a MAC function) to parameter idx of st. */
+static kms_err am_bind_locked(struct store *s, sqlite3_stmt *st, int idx, enum store_am_table t,
+			      const struct store_am_field *f, size_t n)
+{
+	uint8_t mac[STORE_MAC_LEN];
+	kms_err rc;
+
+	if (s->am_mac == NULL)
+		return sqlite3_bind_null(st, idx) == SQLITE_OK ? KMS_OK : db_fail(s, "mac bind");
+	if ((rc = am_compute_locked(s, t, f, n, mac)) != KMS_OK)
+		return rc;
+	return sqlite3_bind_blob(st, idx, mac, STORE_MAC_LEN, SQLITE_TRANSIENT) == SQLITE_OK ? KMS_OK
+											     : db_fail(s, "mac bind");
+}
+
+/* Checks the MAC in column col of the current row of st against fields f. row names
+ * the row for the log (an id or an accessor; never a token). A missing or wrong MAC
+ * is logged, reported to the integrity callback and refused (DENIED, the same answer
+ * as an unknown credential). Without a MAC function, KMS_OK. */
+static kms_err am_check_locked(struct store *s, sqlite3_stmt *st, int col, enum store_am_table t,
+			       const struct store_am_field *f, size_t n, const char *row)
+{
+	uint8_t want[STORE_MAC_LEN];
+	const void *have;
+	kms_err rc;
+
+	if (s->am_mac == NULL)
+		return KMS_OK;
+	have = sqlite3_column_blob(st, col);
+	if (have == NULL || sqlite3_column_bytes(st, col) != STORE_MAC_LEN) {
+		kms_error("store: %s row %s has no integrity MAC: refused (written outside kmsd?)",
+			  store_am_table_name(t), row);
+	} else {
+		if (am_seen_before(s, t, f, n, have))
+			return KMS_OK;
+		if ((rc = am_compute_locked(s, t, f, n, want)) != KMS_OK)
+			return rc;
+		if (am_equal(want, have, STORE_MAC_LEN))
+			return KMS_OK;
+		kms_error("store: %s row %s fails its integrity MAC: refused (edited outside kmsd?)",
+			  store_am_table_name(t), row);
+	}
+	if (s->am_bad != NULL)
+		s->am_bad(s->am_bad_ctx, store_am_table_name(t), row);
+	return kms_errf(KMS_ERR_DENIED, "permission denied");
+}
+
+#define AM_INT(v) {.kind = STORE_AM_INT, .i = (int64_t)(v)}
+#define AM_STR(v) {.kind = STORE_AM_BYTES, .b = (v), .n = strlen(v)}
+#define AM_BYTES(v, len) {.kind = STORE_AM_BYTES, .b = (v), .n = (len)}
+
+static kms_err am_check_principal_locked(struct store *s, sqlite3_stmt *st, const struct store_principal *p)
+{
+	struct store_am_field f[] = {AM_INT(p->id), AM_STR(p->name), AM_STR(p->role)};
+	char row[32];
+
+	snprintf(row, sizeof(row), "id=%" PRId64, p->id);
+	return am_check_locked(s, st, 4, STORE_AM_PRINCIPAL, f, 3, row);
+}
+
+static kms_err am_check_token_locked(struct store *s, sqlite3_stmt *st, const struct store_token *t)
+{
+	struct store_am_field f[] = {AM_STR(t->accessor), AM_INT(t->principal_id), AM_BYTES(t->hash, STORE_HASH_LEN),
+				     AM_INT(t->expires), AM_INT(t->revoked != 0)};
+	char row[STORE_ACCESSOR_MAX + 16];
+
+	snprintf(row, sizeof(row), "accessor=%s", t->accessor);
+	return am_check_locked(s, st, 7, STORE_AM_TOKEN, f, 5, row);
 }
 
 static kms_err row_principal(sqlite3_stmt *st, struct store_principal *p)
@@ -1060,6 +1223,7 @@ void store_close(struct store *s)
 	if (s->fd >= 0)
 		(void)close(s->fd);
 	(void)pthread_mutex_destroy(&s->mu);
+	free(s->am_seen);
 	free(s);
 }
 
@@ -1654,6 +1818,28 @@ out:
 
 /* ---- principals ---- */
 
+/* The new principal's MAC; its id is known only after the insert. */
+static kms_err am_principal_seal_locked(struct store *s, int64_t id, const char *name, const char *role)
+{
+	struct store_am_field f[] = {AM_INT(id), AM_STR(name), AM_STR(role)};
+	sqlite3_stmt *st = NULL;
+	kms_err rc;
+
+	if (s->am_mac == NULL)
+		return KMS_OK;
+	if (sqlite3_prepare_v2(s->db, "UPDATE principals SET mac = ?1 WHERE id = ?2", -1, &st, NULL) != SQLITE_OK) {
+		rc = db_fail(s, "principal mac prepare");
+		goto out;
+	}
+	if ((rc = am_bind_locked(s, st, 1, STORE_AM_PRINCIPAL, f, 3)) != KMS_OK)
+		goto out;
+	if (sqlite3_bind_int64(st, 2, id) != SQLITE_OK || sqlite3_step(st) != SQLITE_DONE)
+		rc = db_fail(s, "principal mac");
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
 kms_err store_principal_create(struct store *s, const char *name, const char *role,
 			       const int64_t *tenant_ids, size_t n_tenants, int64_t now,
 			       int64_t *id_out)
@@ -1696,13 +1882,21 @@ kms_err store_principal_create(struct store *s, const char *name, const char *ro
 		goto out;
 	}
 	id = sqlite3_last_insert_rowid(s->db);
+	if ((rc = am_principal_seal_locked(s, id, name, role)) != KMS_OK)
+		goto out;
 	/* Admins are not scoped to tenants (store.h); storing ids for them would only
 	 * suggest a restriction that nothing enforces. */
 	for (i = 0; service && i < n_tenants; i++) {
+		struct store_am_field f[] = {AM_INT(id), AM_INT(tenant_ids[i])};
+
 		st = s->st[ST_PRINCIPAL_TENANT_INSERT];
 		if (sqlite3_bind_int64(st, 1, id) != SQLITE_OK ||
 		    sqlite3_bind_int64(st, 2, tenant_ids[i]) != SQLITE_OK) {
 			rc = db_fail(s, "principal tenant bind");
+			stmt_release(st);
+			goto out;
+		}
+		if ((rc = am_bind_locked(s, st, 3, STORE_AM_TENANT, f, 2)) != KMS_OK) {
 			stmt_release(st);
 			goto out;
 		}
@@ -1745,7 +1939,12 @@ static kms_err principal_get_common(struct store *s, sqlite3_stmt *st, const cha
 		return kms_errf(KMS_ERR_NOT_FOUND, "principal %s not found", what);
 	if (src != SQLITE_ROW)
 		return db_fail(s, "principal get");
-	return row_principal(st, out);
+	kms_err rc = row_principal(st, out);
+	if (rc == KMS_OK)
+		rc = am_check_principal_locked(s, st, out);
+	if (rc != KMS_OK)
+		memset(out, 0, sizeof(*out));
+	return rc;
 }
 
 kms_err store_principal_get(struct store *s, const char *name, struct store_principal *out)
@@ -1821,6 +2020,16 @@ kms_err store_principal_tenants(struct store *s, int64_t principal_id, int64_t *
 		principal_seen = true;
 		if (sqlite3_column_type(st, 0) == SQLITE_NULL)
 			continue; /* principal without tenants */
+		{
+			/* A scope row added outside kmsd refuses the principal as a whole. */
+			int64_t tid = sqlite3_column_int64(st, 0);
+			struct store_am_field f[] = {AM_INT(principal_id), AM_INT(tid)};
+			char row[64];
+
+			snprintf(row, sizeof(row), "principal_id=%" PRId64 ",tenant_id=%" PRId64, principal_id, tid);
+			if ((rc = am_check_locked(s, st, 1, STORE_AM_TENANT, f, 2, row)) != KMS_OK)
+				goto out;
+		}
 		if ((grown = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
 			rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
 			goto out;
@@ -1925,6 +2134,16 @@ kms_err store_token_create(struct store *s, const struct store_token *t)
 		stmt_release(st);
 		goto out;
 	}
+	{
+		struct store_am_field f[] = {AM_STR(t->accessor), AM_INT(t->principal_id),
+					     AM_BYTES(t->hash, STORE_HASH_LEN), AM_INT(t->expires),
+					     AM_INT(t->revoked != 0)};
+
+		if ((rc = am_bind_locked(s, st, 7, STORE_AM_TOKEN, f, 5)) != KMS_OK) {
+			stmt_release(st);
+			goto out;
+		}
+	}
 	src = stmt_exec(st);
 	if (is_unique_violation(src)) {
 		rc = kms_errf(KMS_ERR_CONFLICT, "token accessor \"%s\" already exists", t->accessor);
@@ -1982,7 +2201,8 @@ kms_err store_token_get(struct store *s, const char *accessor, struct store_toke
 	out->expires = sqlite3_column_int64(st, 4);
 	out->revoked = sqlite3_column_int64(st, 5) != 0;
 	out->last_used = sqlite3_column_int64(st, 6);
-	rc = KMS_OK;
+	if ((rc = am_check_token_locked(s, st, out)) != KMS_OK)
+		memset(out, 0, sizeof(*out));
 out:
 	stmt_release(st);
 	store_unlock(s);
@@ -2017,7 +2237,10 @@ out:
 
 kms_err store_token_revoke(struct store *s, const char *accessor)
 {
+	struct store_token t;
 	sqlite3_stmt *st;
+	bool in_tx = false;
+	int src;
 	kms_err rc;
 
 	if (accessor == NULL)
@@ -2026,23 +2249,60 @@ kms_err store_token_revoke(struct store *s, const char *accessor)
 		return rc;
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
-	st = s->st[ST_TOKEN_REVOKE];
+	if ((rc = tx_begin(s)) != KMS_OK)
+		goto out;
+	in_tx = true;
+	/* Read and checked first: the new MAC covers the row as it is, so a row edited
+	 * outside kmsd is refused rather than given a fresh MAC. */
+	st = s->st[ST_TOKEN_GET];
 	if (sqlite3_bind_text(st, 1, accessor, -1, SQLITE_STATIC) != SQLITE_OK) {
 		rc = db_fail(s, "token revoke bind");
 		stmt_release(st);
 		goto out;
 	}
+	src = sqlite3_step(st);
+	if (src != SQLITE_ROW) {
+		rc = src == SQLITE_DONE ? kms_errf(KMS_ERR_NOT_FOUND, "token not found") : db_fail(s, "token revoke");
+		stmt_release(st);
+		goto out;
+	}
+	memset(&t, 0, sizeof(t));
+	if ((rc = col_text(st, 0, t.accessor, sizeof(t.accessor), "api_tokens")) == KMS_OK &&
+	    (rc = col_blob(st, 2, t.hash, STORE_HASH_LEN, STORE_HASH_LEN, NULL, "api_tokens")) == KMS_OK) {
+		t.principal_id = sqlite3_column_int64(st, 1);
+		t.expires = sqlite3_column_int64(st, 4);
+		t.revoked = sqlite3_column_int64(st, 5) != 0;
+		rc = am_check_token_locked(s, st, &t);
+	}
+	stmt_release(st);
+	if (rc != KMS_OK)
+		goto out;
+	st = s->st[ST_TOKEN_REVOKE];
+	{
+		struct store_am_field f[] = {AM_STR(t.accessor), AM_INT(t.principal_id),
+					     AM_BYTES(t.hash, STORE_HASH_LEN), AM_INT(t.expires), AM_INT(1)};
+
+		if (sqlite3_bind_text(st, 1, accessor, -1, SQLITE_STATIC) != SQLITE_OK) {
+			rc = db_fail(s, "token revoke bind");
+			stmt_release(st);
+			goto out;
+		}
+		if ((rc = am_bind_locked(s, st, 2, STORE_AM_TOKEN, f, 5)) != KMS_OK) {
+			stmt_release(st);
+			goto out;
+		}
+	}
 	if (stmt_exec(st) != SQLITE_DONE) {
 		rc = db_fail(s, "token revoke");
 		goto out;
 	}
-	/* Counts matched rows, so revoking twice is not an error. */
-	if (sqlite3_changes(s->db) == 0) {
-		rc = kms_errf(KMS_ERR_NOT_FOUND, "token not found");
+	if ((rc = tx_commit(s)) != KMS_OK)
 		goto out;
-	}
-	rc = KMS_OK;
+	in_tx = false;
 out:
+	if (in_tx)
+		tx_rollback(s);
+	kms_wipe(&t, sizeof(t));
 	store_unlock(s);
 	return rc;
 }
@@ -2480,6 +2740,14 @@ kms_err store_policy_put(struct store *s, int64_t version, const char *text, con
 		stmt_release(st);
 		goto out;
 	}
+	{
+		struct store_am_field f[] = {AM_INT(version), AM_STR(text)};
+
+		if ((rc = am_bind_locked(s, st, 5, STORE_AM_POLICY, f, 2)) != KMS_OK) {
+			stmt_release(st);
+			goto out;
+		}
+	}
 	src = stmt_exec(st);
 	if (src != SQLITE_DONE) {
 		rc = db_fail(s, "policy insert");
@@ -2515,6 +2783,16 @@ kms_err store_policy_latest(struct store *s, int64_t *version, char **text)
 		t = sqlite3_column_text(st, 1);
 		*text = t ? strdup((const char *)t) : NULL;
 		rc = *text ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "policy text");
+		if (rc == KMS_OK) {
+			struct store_am_field f[] = {AM_INT(*version), AM_STR(*text)};
+			char row[32];
+
+			snprintf(row, sizeof(row), "version=%" PRId64, *version);
+			if ((rc = am_check_locked(s, st, 2, STORE_AM_POLICY, f, 2, row)) != KMS_OK) {
+				free(*text);
+				*text = NULL;
+			}
+		}
 	}
 	stmt_release(st);
 	store_unlock(s);
@@ -4182,6 +4460,30 @@ static kms_err cert_args(enum store_cert_kind kind, const char *value)
 	return KMS_OK;
 }
 
+/* The new mapping's MAC; its id is known only after the insert. */
+static kms_err am_cert_seal_locked(struct store *s, int64_t id, int64_t principal_id, enum store_cert_kind kind,
+				   const char *value)
+{
+	struct store_am_field f[] = {AM_INT(id), AM_INT(principal_id), AM_STR(store_cert_kind_name(kind)),
+				     AM_STR(value)};
+	sqlite3_stmt *st = NULL;
+	kms_err rc;
+
+	if (s->am_mac == NULL)
+		return KMS_OK;
+	if (sqlite3_prepare_v2(s->db, "UPDATE principal_certs SET mac = ?1 WHERE id = ?2", -1, &st, NULL) != SQLITE_OK) {
+		rc = db_fail(s, "certificate mapping mac prepare");
+		goto out;
+	}
+	if ((rc = am_bind_locked(s, st, 1, STORE_AM_CERT, f, 4)) != KMS_OK)
+		goto out;
+	if (sqlite3_bind_int64(st, 2, id) != SQLITE_OK || sqlite3_step(st) != SQLITE_DONE)
+		rc = db_fail(s, "certificate mapping mac");
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
 kms_err store_cert_add(struct store *s, int64_t principal_id, enum store_cert_kind kind, const char *value,
 		       int64_t now, int64_t *id_out)
 {
@@ -4201,6 +4503,10 @@ kms_err store_cert_add(struct store *s, int64_t principal_id, enum store_cert_ki
 		stmt_release(st);
 		goto out;
 	}
+	if ((rc = tx_begin(s)) != KMS_OK) {
+		stmt_release(st);
+		goto out;
+	}
 	src = stmt_exec(st);
 	if (is_unique_violation(src))
 		rc = kms_errf(KMS_ERR_CONFLICT, "this certificate %s is already mapped to a principal",
@@ -4209,8 +4515,17 @@ kms_err store_cert_add(struct store *s, int64_t principal_id, enum store_cert_ki
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "principal %" PRId64 " not found", principal_id);
 	else if (src != SQLITE_DONE)
 		rc = db_fail(s, "certificate mapping insert");
-	else if (id_out != NULL)
-		*id_out = sqlite3_last_insert_rowid(s->db);
+	else {
+		int64_t id = sqlite3_last_insert_rowid(s->db);
+
+		rc = am_cert_seal_locked(s, id, principal_id, kind, value);
+		if (rc == KMS_OK)
+			rc = tx_commit(s);
+		if (rc == KMS_OK && id_out != NULL)
+			*id_out = id;
+	}
+	if (rc != KMS_OK)
+		tx_rollback(s);
 out:
 	store_unlock(s);
 	return rc;
@@ -4317,9 +4632,15 @@ kms_err store_cert_lookup(struct store *s, enum store_cert_kind kind, const char
 		goto out;
 	}
 	src = sqlite3_step(st);
-	if (src == SQLITE_ROW)
-		*principal_id = sqlite3_column_int64(st, 0);
-	else if (src == SQLITE_DONE)
+	if (src == SQLITE_ROW) {
+		int64_t pid = sqlite3_column_int64(st, 0), id = sqlite3_column_int64(st, 1);
+		struct store_am_field f[] = {AM_INT(id), AM_INT(pid), AM_STR(store_cert_kind_name(kind)), AM_STR(value)};
+		char row[32];
+
+		snprintf(row, sizeof(row), "id=%" PRId64, id);
+		if ((rc = am_check_locked(s, st, 2, STORE_AM_CERT, f, 4, row)) == KMS_OK)
+			*principal_id = pid;
+	} else if (src == SQLITE_DONE)
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "certificate not mapped");
 	else
 		rc = db_fail(s, "certificate lookup");
@@ -4341,6 +4662,127 @@ static kms_err mfa_prepare(struct store *s, const char *sql, sqlite3_stmt **st)
 	return KMS_OK;
 }
 
+/* The MAC'd fields of an MFA row (authmac.h, STORE_AM_MFA); f has room for 7. */
+static void mfa_am_fields(const struct store_mfa *m, struct store_am_field *f)
+{
+	f[0] = (struct store_am_field)AM_INT(m->principal_id);
+	f[1] = (struct store_am_field)AM_STR(m->state);
+	f[2] = (struct store_am_field)AM_BYTES(m->sealed_seed, m->sealed_len);
+	f[3] = (struct store_am_field)AM_STR(m->recovery);
+	f[4] = (struct store_am_field)AM_INT(m->pending_len > 0);
+	f[5] = (struct store_am_field)AM_BYTES(m->pending_seed, m->pending_len);
+	f[6] = (struct store_am_field)AM_STR(m->pending_len > 0 ? m->pending_recovery : "");
+}
+
+#define MFA_AM_SELECT                                                                                  \
+	"SELECT state, sealed_seed, recovery, pending_seed, coalesce(pending_recovery, ''), mac "     \
+	"FROM principal_mfa WHERE principal_id = ?1"
+
+/* Reads the MAC'd columns of principal_id's MFA row into m; *found false when none. */
+static kms_err mfa_am_read_locked(struct store *s, int64_t principal_id, struct store_mfa *m, sqlite3_stmt **stp,
+				  bool *found)
+{
+	sqlite3_stmt *st = NULL;
+	const void *b;
+	int src, n;
+	kms_err rc;
+
+	*found = false;
+	*stp = NULL;
+	memset(m, 0, sizeof(*m));
+	m->principal_id = principal_id;
+	if ((rc = mfa_prepare(s, MFA_AM_SELECT, &st)) != KMS_OK)
+		return rc;
+	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK) {
+		sqlite3_finalize(st);
+		return db_fail(s, "mfa mac bind");
+	}
+	src = sqlite3_step(st);
+	if (src == SQLITE_DONE) {
+		sqlite3_finalize(st);
+		return KMS_OK;
+	}
+	if (src != SQLITE_ROW) {
+		sqlite3_finalize(st);
+		return db_fail(s, "mfa mac read");
+	}
+	if ((rc = col_text(st, 0, m->state, sizeof(m->state), "principal_mfa")) != KMS_OK ||
+	    (rc = col_blob(st, 1, m->sealed_seed, 1, sizeof(m->sealed_seed), &m->sealed_len, "principal_mfa")) !=
+		    KMS_OK ||
+	    (rc = col_text(st, 2, m->recovery, sizeof(m->recovery), "principal_mfa")) != KMS_OK ||
+	    (rc = col_text(st, 4, m->pending_recovery, sizeof(m->pending_recovery), "principal_mfa")) != KMS_OK) {
+		sqlite3_finalize(st);
+		return rc;
+	}
+	if ((b = sqlite3_column_blob(st, 3)) != NULL) {
+		n = sqlite3_column_bytes(st, 3);
+		if (n <= 0 || (size_t)n > sizeof(m->pending_seed)) {
+			sqlite3_finalize(st);
+			return db_corrupt("principal_mfa");
+		}
+		memcpy(m->pending_seed, b, (size_t)n);
+		m->pending_len = (size_t)n;
+	}
+	*found = true;
+	*stp = st;
+	return KMS_OK;
+}
+
+/* Checks principal_id's MFA row (if any) before a change, inside the caller's
+ * transaction, so that a row edited outside kmsd is refused rather than given a fresh
+ * MAC by the change. */
+static kms_err mfa_am_verify_locked(struct store *s, int64_t principal_id)
+{
+	struct store_mfa *m;
+	struct store_am_field f[7];
+	sqlite3_stmt *st = NULL;
+	char row[40];
+	bool found;
+	kms_err rc;
+
+	if (s->am_mac == NULL)
+		return KMS_OK;
+	if ((m = kms_secret_alloc(sizeof(*m))) == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "mfa");
+	rc = mfa_am_read_locked(s, principal_id, m, &st, &found);
+	if (rc == KMS_OK && found) {
+		mfa_am_fields(m, f);
+		snprintf(row, sizeof(row), "principal_id=%" PRId64, principal_id);
+		rc = am_check_locked(s, st, 5, STORE_AM_MFA, f, 7, row);
+	}
+	sqlite3_finalize(st);
+	kms_secret_free(m);
+	return rc;
+}
+
+/* Writes the MAC of principal_id's MFA row as it is now (after a change). */
+static kms_err mfa_am_seal_locked(struct store *s, int64_t principal_id)
+{
+	struct store_mfa *m;
+	struct store_am_field f[7];
+	sqlite3_stmt *st = NULL, *up = NULL;
+	bool found;
+	kms_err rc;
+
+	if (s->am_mac == NULL)
+		return KMS_OK;
+	if ((m = kms_secret_alloc(sizeof(*m))) == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "mfa");
+	rc = mfa_am_read_locked(s, principal_id, m, &st, &found);
+	sqlite3_finalize(st);
+	if (rc == KMS_OK && found) {
+		mfa_am_fields(m, f);
+		rc = mfa_prepare(s, "UPDATE principal_mfa SET mac = ?1 WHERE principal_id = ?2", &up);
+		if (rc == KMS_OK)
+			rc = am_bind_locked(s, up, 1, STORE_AM_MFA, f, 7);
+		if (rc == KMS_OK && (sqlite3_bind_int64(up, 2, principal_id) != SQLITE_OK || sqlite3_step(up) != SQLITE_DONE))
+			rc = db_fail(s, "mfa mac");
+		sqlite3_finalize(up);
+	}
+	kms_secret_free(m);
+	return rc;
+}
+
 kms_err store_mfa_get(struct store *s, int64_t principal_id, struct store_mfa *out)
 {
 	sqlite3_stmt *st = NULL;
@@ -4352,7 +4794,7 @@ kms_err store_mfa_get(struct store *s, int64_t principal_id, struct store_mfa *o
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	rc = mfa_prepare(s, "SELECT state, sealed_seed, last_step, failures, locked, recovery, mfa_at, created, "
-			    "pending_seed, pending_recovery FROM principal_mfa WHERE principal_id = ?1", &st);
+			    "pending_seed, pending_recovery, mac FROM principal_mfa WHERE principal_id = ?1", &st);
 	if (rc != KMS_OK)
 		goto out;
 	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK) {
@@ -4407,8 +4849,17 @@ kms_err store_mfa_get(struct store *s, int64_t principal_id, struct store_mfa *o
 		    KMS_OK)
 			goto out;
 	}
-	rc = KMS_OK;
+	{
+		struct store_am_field f[7];
+		char row[40];
+
+		mfa_am_fields(out, f);
+		snprintf(row, sizeof(row), "principal_id=%" PRId64, principal_id);
+		rc = am_check_locked(s, st, 10, STORE_AM_MFA, f, 7, row);
+	}
 out:
+	if (rc != KMS_OK && out != NULL)
+		kms_wipe(out, sizeof(*out));
 	sqlite3_finalize(st);
 	store_unlock(s);
 	return rc;
@@ -4425,6 +4876,12 @@ kms_err store_mfa_put(struct store *s, const struct store_mfa *m, int64_t now)
 		return kms_errf(KMS_ERR_INVALID, "bad MFA enrolment row");
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
+	/* One transaction with the row's new MAC. The old row is not checked: a new
+	 * enrolment replaces whatever was there (the policy decided who may enrol). */
+	if ((rc = tx_begin(s)) != KMS_OK) {
+		store_unlock(s);
+		return rc;
+	}
 	/* A new enrolment replaces the old one but keeps its last accepted step, so that a
 	 * step is never accepted twice for one principal, whatever the seed. */
 	rc = mfa_prepare(s,
@@ -4453,9 +4910,12 @@ kms_err store_mfa_put(struct store *s, const struct store_mfa *m, int64_t now)
 			     : db_fail(s, "mfa put");
 		goto out;
 	}
-	rc = KMS_OK;
+	if ((rc = mfa_am_seal_locked(s, m->principal_id)) == KMS_OK)
+		rc = tx_commit(s);
 out:
 	sqlite3_finalize(st);
+	if (rc != KMS_OK)
+		tx_rollback(s);
 	store_unlock(s);
 	return rc;
 }
@@ -4499,6 +4959,14 @@ kms_err store_mfa_accept_step(struct store *s, int64_t principal_id, uint64_t st
 		return kms_errf(KMS_ERR_INVALID, "bad TOTP step");
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK) {
+		store_unlock(s);
+		return rc;
+	}
+	/* Activation moves the pending seed and recovery codes into force: the row must
+	 * still be what kmsd wrote, and gets its new MAC in the same transaction. */
+	if (activate && (rc = mfa_am_verify_locked(s, principal_id)) != KMS_OK)
+		goto done;
 	/* The compare-and-set that makes a step good once: only a step greater than the
 	 * stored one is written, so two requests racing with one code cannot both pass. */
 	rc = mfa_change(s,
@@ -4511,9 +4979,16 @@ kms_err store_mfa_accept_step(struct store *s, int64_t principal_id, uint64_t st
 			"WHERE principal_id = ?4 AND locked = 0 AND last_step < ?1 "
 			"  AND (state = 'active' OR ?3)",
 			v, NULL, 4, &changed);
-	store_unlock(s);
 	if (rc == KMS_OK && changed != 1)
 		rc = kms_errf(KMS_ERR_CONFLICT, "TOTP step already used");
+	if (rc == KMS_OK && activate)
+		rc = mfa_am_seal_locked(s, principal_id);
+	if (rc == KMS_OK)
+		rc = tx_commit(s);
+done:
+	if (rc != KMS_OK)
+		tx_rollback(s);
+	store_unlock(s);
 	return rc;
 }
 
@@ -4529,13 +5004,24 @@ kms_err store_mfa_use_recovery(struct store *s, int64_t principal_id, const char
 		return kms_errf(KMS_ERR_INVALID, "bad recovery code set");
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
-	rc = mfa_change(s,
-			"UPDATE principal_mfa SET recovery = ?1, failures = 0, mfa_at = ?2, updated = ?2 "
-			"WHERE principal_id = ?3 AND locked = 0 AND state = 'active' AND recovery = ?4",
-			v, t, 4, &changed);
-	store_unlock(s);
+	if ((rc = tx_begin(s)) != KMS_OK) {
+		store_unlock(s);
+		return rc;
+	}
+	if ((rc = mfa_am_verify_locked(s, principal_id)) == KMS_OK)
+		rc = mfa_change(s,
+				"UPDATE principal_mfa SET recovery = ?1, failures = 0, mfa_at = ?2, updated = ?2 "
+				"WHERE principal_id = ?3 AND locked = 0 AND state = 'active' AND recovery = ?4",
+				v, t, 4, &changed);
 	if (rc == KMS_OK && changed != 1)
 		rc = kms_errf(KMS_ERR_CONFLICT, "recovery code already used");
+	if (rc == KMS_OK)
+		rc = mfa_am_seal_locked(s, principal_id);
+	if (rc == KMS_OK)
+		rc = tx_commit(s);
+	if (rc != KMS_OK)
+		tx_rollback(s);
+	store_unlock(s);
 	return rc;
 }
 
@@ -4622,6 +5108,12 @@ kms_err store_mfa_put_pending(struct store *s, int64_t principal_id, const uint8
 		return kms_errf(KMS_ERR_INVALID, "bad MFA re-enrolment");
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK) {
+		store_unlock(s);
+		return rc;
+	}
+	if ((rc = mfa_am_verify_locked(s, principal_id)) != KMS_OK)
+		goto out;
 	rc = mfa_prepare(s,
 			 "UPDATE principal_mfa SET pending_seed = ?1, pending_recovery = ?2, updated = ?3 "
 			 "WHERE principal_id = ?4 AND state = 'active' AND locked = 0",
@@ -4639,8 +5131,194 @@ kms_err store_mfa_put_pending(struct store *s, int64_t principal_id, const uint8
 		goto out;
 	}
 	rc = sqlite3_changes(s->db) == 1 ? KMS_OK : kms_errf(KMS_ERR_CONFLICT, "no active, unlocked enrolment");
+	if (rc == KMS_OK)
+		rc = mfa_am_seal_locked(s, principal_id);
+	if (rc == KMS_OK)
+		rc = tx_commit(s);
 out:
 	sqlite3_finalize(st);
+	if (rc != KMS_OK)
+		tx_rollback(s);
+	store_unlock(s);
+	return rc;
+}
+
+/* ---- authority-row MACs: set-up and the one-time sealing of older rows ---- */
+
+void store_set_authmac(struct store *s, store_mac_fn mac, void *mac_ctx, store_integrity_fn bad, void *bad_ctx)
+{
+	if (s == NULL)
+		return;
+	if (mac != NULL && (mac != s->am_seen_fn || mac_ctx != s->am_seen_ctx)) {
+		/* another key (or token): what verified under the old one proves nothing */
+		free(s->am_seen);
+		s->am_seen = NULL;
+		s->am_seen_fn = mac;
+		s->am_seen_ctx = mac_ctx;
+	}
+	s->am_mac = mac;
+	s->am_ctx = mac_ctx;
+	s->am_bad = bad;
+	s->am_bad_ctx = bad_ctx;
+}
+
+/* One table's rows without a MAC: `select` returns the row's two key columns (rowid
+ * and 0 for a table with a rowid), then the encoded fields in order, whose kinds are
+ * `kinds` ('i' integer, 'b' bytes); `update` takes the MAC as ?1 and the keys as ?2 and
+ * (if it names it) ?3. Encoded while reading, MAC'd and written after the read. */
+static kms_err am_seal_table_locked(struct store *s, enum store_am_table t, const char *select, const char *kinds,
+				    const char *update, size_t *sealed)
+{
+	struct pending {
+		int64_t k1, k2;
+		uint8_t *enc;
+		size_t len;
+	} *rows = NULL;
+	size_t cap = 0, cnt = 0, nf = strlen(kinds);
+	sqlite3_stmt *st = NULL, *up = NULL;
+	int src;
+	kms_err rc = KMS_OK;
+
+	if (sqlite3_prepare_v2(s->db, select, -1, &st, NULL) != SQLITE_OK) {
+		rc = db_fail(s, "authority mac select");
+		goto out;
+	}
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		struct store_am_field f[STORE_AM_FIELDS_MAX];
+		void *g;
+
+		for (size_t i = 0; i < nf; i++) {
+			memset(&f[i], 0, sizeof(f[i]));
+			if (kinds[i] == 'i') {
+				f[i].kind = STORE_AM_INT;
+				f[i].i = sqlite3_column_int64(st, (int)i + 2);
+			} else {
+				f[i].kind = STORE_AM_BYTES;
+				f[i].b = sqlite3_column_blob(st, (int)i + 2);
+				f[i].n = (size_t)sqlite3_column_bytes(st, (int)i + 2);
+			}
+		}
+		if ((g = grow(rows, &cap, cnt, sizeof(*rows))) == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		rows = g;
+		rows[cnt].k1 = sqlite3_column_int64(st, 0);
+		rows[cnt].k2 = sqlite3_column_int64(st, 1);
+		if ((rc = store_am_encode(t, f, nf, &rows[cnt].enc, &rows[cnt].len)) != KMS_OK)
+			goto out;
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "authority mac select");
+		goto out;
+	}
+	if (cnt > 0 && sqlite3_prepare_v2(s->db, update, -1, &up, NULL) != SQLITE_OK) {
+		rc = db_fail(s, "authority mac update");
+		goto out;
+	}
+	for (size_t i = 0; i < cnt; i++) {
+		uint8_t mac[STORE_MAC_LEN];
+
+		if ((rc = s->am_mac(s->am_ctx, rows[i].enc, rows[i].len, mac)) != KMS_OK)
+			goto out;
+		if (sqlite3_bind_blob(up, 1, mac, STORE_MAC_LEN, SQLITE_TRANSIENT) != SQLITE_OK ||
+		    sqlite3_bind_int64(up, 2, rows[i].k1) != SQLITE_OK ||
+		    (sqlite3_bind_parameter_count(up) >= 3 && sqlite3_bind_int64(up, 3, rows[i].k2) != SQLITE_OK) ||
+		    stmt_exec(up) != SQLITE_DONE) {
+			rc = db_fail(s, "authority mac update");
+			goto out;
+		}
+		(*sealed)++;
+	}
+out:
+	for (size_t i = 0; i < cnt; i++)
+		free(rows[i].enc);
+	free(rows);
+	sqlite3_finalize(st);
+	sqlite3_finalize(up);
+	return rc;
+}
+
+kms_err store_authmac_init(struct store *s, size_t *sealed, bool *first)
+{
+	static const struct {
+		enum store_am_table t;
+		const char *select, *kinds, *update;
+	} tables[] = {
+		{STORE_AM_PRINCIPAL, "SELECT rowid, 0, id, name, role FROM principals WHERE mac IS NULL", "ibb",
+		 "UPDATE principals SET mac = ?1 WHERE rowid = ?2"},
+		{STORE_AM_TOKEN,
+		 "SELECT rowid, 0, accessor, principal_id, hash, expires, revoked != 0 FROM api_tokens "
+		 "WHERE mac IS NULL",
+		 "bibii", "UPDATE api_tokens SET mac = ?1 WHERE rowid = ?2"},
+		/* WITHOUT ROWID: keyed by (principal_id, tenant_id) */
+		{STORE_AM_TENANT,
+		 "SELECT principal_id, tenant_id, principal_id, tenant_id FROM principal_tenants WHERE mac IS NULL", "ii",
+		 "UPDATE principal_tenants SET mac = ?1 WHERE principal_id = ?2 AND tenant_id = ?3"},
+		{STORE_AM_POLICY, "SELECT rowid, 0, version, text FROM policies WHERE mac IS NULL", "ib",
+		 "UPDATE policies SET mac = ?1 WHERE rowid = ?2"},
+		{STORE_AM_CERT, "SELECT rowid, 0, id, principal_id, kind, value FROM principal_certs WHERE mac IS NULL",
+		 "iibb", "UPDATE principal_certs SET mac = ?1 WHERE rowid = ?2"},
+		{STORE_AM_MFA,
+		 "SELECT principal_id, 0, principal_id, state, sealed_seed, recovery, pending_seed IS NOT NULL, "
+		 "coalesce(pending_seed, x''), CASE WHEN pending_seed IS NULL THEN '' ELSE pending_recovery END "
+		 "FROM principal_mfa WHERE mac IS NULL",
+		 "ibbbibb", "UPDATE principal_mfa SET mac = ?1 WHERE principal_id = ?2"},
+	};
+	sqlite3_stmt *st;
+	bool in_tx = false;
+	int src;
+	kms_err rc;
+
+	if (sealed == NULL || first == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for authority macs");
+	*sealed = 0;
+	*first = false;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if (s->am_mac == NULL) {
+		rc = kms_errf(KMS_ERR_INVALID, "no MAC function for authority rows");
+		goto out;
+	}
+	if ((rc = tx_begin(s)) != KMS_OK)
+		goto out;
+	in_tx = true;
+	st = s->st[ST_META_GET];
+	if (sqlite3_bind_text(st, 1, STORE_META_AUTHMAC, -1, SQLITE_STATIC) != SQLITE_OK) {
+		rc = db_fail(s, "meta bind");
+		stmt_release(st);
+		goto out;
+	}
+	src = sqlite3_step(st);
+	stmt_release(st);
+	if (src == SQLITE_ROW) {
+		rc = tx_commit(s); /* done before: a NULL MAC from now on is an attack */
+		in_tx = rc != KMS_OK;
+		goto out;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "meta get");
+		goto out;
+	}
+	for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++)
+		if ((rc = am_seal_table_locked(s, tables[i].t, tables[i].select, tables[i].kinds, tables[i].update,
+					       sealed)) != KMS_OK)
+			goto out;
+	st = s->st[ST_META_SET];
+	if (sqlite3_bind_text(st, 1, STORE_META_AUTHMAC, -1, SQLITE_STATIC) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 2, "1", -1, SQLITE_STATIC) != SQLITE_OK || stmt_exec(st) != SQLITE_DONE) {
+		rc = db_fail(s, "meta set");
+		stmt_release(st);
+		goto out;
+	}
+	if ((rc = tx_commit(s)) != KMS_OK)
+		goto out;
+	in_tx = false;
+	*first = true;
+out:
+	if (in_tx)
+		tx_rollback(s);
 	store_unlock(s);
 	return rc;
 }

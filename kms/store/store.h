@@ -15,7 +15,7 @@
 
 #include "kms/base/err.h"
 
-#define STORE_SCHEMA_VERSION 11
+#define STORE_SCHEMA_VERSION 12
 #define STORE_NAME_MAX 128  /* tenant, key and principal names, excluding the NUL */
 #define STORE_BLOB_MAX 64
 #define STORE_MAC_LEN 32
@@ -542,5 +542,36 @@ KMS_WUR kms_err store_cert_delete(struct store *s, int64_t principal_id, enum st
  * deleted mapping stops working at once. */
 KMS_WUR kms_err store_cert_lookup(struct store *s, enum store_cert_kind kind, const char *value,
 				  int64_t *principal_id);
+
+
+/* ---- MACs on the rows that grant authority (schema step 12; kms/store/authmac.h,
+ * docs/THREAT-MODEL.md "Authority rows"). principals, api_tokens, principal_tenants,
+ * policies, principal_certs and principal_mfa each carry a MAC by a token-held key over a canonical
+ * encoding of their authority-bearing columns and primary key. The store computes it
+ * on every write and checks it on the reads used to authenticate and authorise
+ * (store_principal_get/_get_id, store_principal_tenants, store_token_get,
+ * store_token_revoke, store_policy_latest, store_cert_lookup, store_mfa_get and the MFA
+ * changes but fail/unlock/delete), once a MAC function is
+ * set. A row whose MAC is missing or wrong is refused: the call logs an error naming
+ * the table and the row (never a token), calls `bad` (with the store's lock held: it
+ * must not call back into the store) and returns KMS_ERR_DENIED "permission denied".
+ * Without a MAC function (offline tools, unit tests) rows are written with a NULL MAC
+ * and not checked.
+ *
+ * A row that verified (or that the store MAC'd itself) is remembered in memory by the
+ * SHA-256 of its encoding and its MAC, so that the next read of the same, unchanged row
+ * needs no call to the token; a row changed in any authority column or MAC misses and
+ * is checked by the token again. The memory is cleared when the MAC function or its
+ * context changes to another non-NULL one. */
+#define STORE_META_AUTHMAC "authority_macs" /* meta key: set once every row carries a MAC */
+typedef kms_err (*store_mac_fn)(void *ctx, const uint8_t *msg, size_t len, uint8_t mac[STORE_MAC_LEN]);
+typedef void (*store_integrity_fn)(void *ctx, const char *table, const char *row);
+/* Not thread-safe against concurrent store calls: set it before the store is shared. */
+void store_set_authmac(struct store *s, store_mac_fn mac, void *mac_ctx, store_integrity_fn bad, void *bad_ctx);
+/* Trust on first use, for a store written before authority rows had MACs: unless meta
+ * STORE_META_AUTHMAC is set, MACs every authority row that has none and sets it, in one
+ * transaction. *sealed: rows MAC'd; *first: true when this call did it (false when the
+ * store was initialised before). INVALID without a MAC function. */
+KMS_WUR kms_err store_authmac_init(struct store *s, size_t *sealed, bool *first);
 
 #endif

@@ -584,8 +584,18 @@ def test_step_up_with_quorum(kmsd, st):
 
 
 def test_sealed_seed_bound_to_its_principal(kmsd, st):
-    """A sealed seed copied into another principal's row does not unseal there: the
-    check fails as a server error, never as a wrong code and never as a pass."""
+    """A sealed seed copied into another principal's row is refused, never taken as a
+    wrong code and never as a pass. The row's MAC (docs/THREAT-MODEL.md "Authority
+    rows") refuses it before the seal is opened (403, logged as an integrity failure);
+    the seal's own binding to its principal (AAD) is tested in tests/unit/test_mfa.c."""
+    def failures_in_store():
+        db = sqlite3.connect(kmsd.store_path, timeout=30)
+        try:
+            return db.execute("SELECT failures FROM principal_mfa WHERE principal_id = ?",
+                              (ids[st.a2.name],)).fetchone()[0]
+        finally:
+            db.close()
+
     db = sqlite3.connect(kmsd.store_path, timeout=30)
     try:
         ids = dict(db.execute("SELECT name, id FROM principals").fetchall())
@@ -596,13 +606,14 @@ def test_sealed_seed_bound_to_its_principal(kmsd, st):
     finally:
         db.close()
     path = "/v1/sys/tenants/%s/config" % st.tenant
-    failures = st.a2.status()["failures"]
+    failures = failures_in_store()
     s = st.clock.next()
     for code in (st.a2.code(s), st.a1.code(s)):
         r = st.a2.call("POST", path, {"legal_hold": False}, mfa=code)
-        assert r.status_code == 500, r.text
+        assert r.status_code == 403, r.text
         assert "invalid" not in err(r)
-    assert st.a2.status()["failures"] == failures  # not counted as wrong codes
+    assert "principal_mfa row principal_id=%d fails its integrity MAC" % ids[st.a2.name] in kmsd.stderr()
+    assert failures_in_store() == failures  # not counted as wrong codes
     s = st.clock.next()
     r = st.a1.call("POST", "/v1/sys/mfa/reset/" + st.a2.name, mfa=st.a1.code(s))
     assert r.status_code == 200, r.text

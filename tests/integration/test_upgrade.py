@@ -162,3 +162,25 @@ def test_principals_rebuilt_keeping_ids(old, tmp_path):
     tok = old.create_token("upgrade-auditor")[0]
     r = old.get("/v1/legacy/keys/records", token=tok)
     assert r.status_code == 200, r.text
+
+
+def test_authority_rows_macd_at_first_start(old):
+    """The fixture's authority rows predate the row MACs (schema 12): the first start
+    MACs every one of them once (trust on first use), says so in the log and the audit
+    log, and marks the store so that a row without a MAC is refused from then on."""
+    db = sqlite3.connect("file:%s?mode=ro" % old.store_path, uri=True)
+    try:
+        for table in ("principals", "api_tokens", "principal_tenants", "policies", "principal_certs",
+                      "principal_mfa"):
+            assert db.execute("SELECT count(*) FROM %s WHERE mac IS NULL OR length(mac) != 32"
+                              % table).fetchone()[0] == 0, table
+        assert db.execute("SELECT count(*) FROM api_tokens").fetchone()[0] > 0
+        assert db.execute("SELECT v FROM meta WHERE k = 'authority_macs'").fetchone()[0] == "1"
+    finally:
+        db.close()
+    assert "MAC'd for the first time (trust on first use)" in old.stderr()
+    with open(old.audit_path) as f:
+        recs = [json.loads(l) for l in f if l.strip() and l.lstrip().startswith("{")]
+    assert any(r.get("operation") == "store.integrity" and r.get("outcome") == "allow" for r in recs)
+    # the old admin token still works after its row got its MAC
+    assert old.get("/v1/auth/token/lookup-self", token=old.admin_token).status_code == 200
