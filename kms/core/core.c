@@ -1273,6 +1273,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 					  : "*";
 		}
 		if (rc == KMS_OK) {
+			x.policy_op = core_policy_op(c, &x);
+			pin.op = x.policy_op;
 			doc = policy_current(c);
 			if (policy_doc_uses(doc) & POLICY_USES_MFA_AGE)
 				pin.mfa_at = core_mfa_at(c, x.who.id);
@@ -1357,6 +1359,12 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 			x.audit_more = json_object();
 		json_object_set_new(x.audit_more, "approval_id", json_string(call->approved->id));
 		json_object_set_new(x.audit_more, "approvers", json_deep_copy(call->approved->approvers));
+	}
+	if (x.policy_op != KMS_OP_NONE && x.policy_op != call->op) {
+		/* the record keeps the route's operation and names the one the policy decided on */
+		if (x.audit_more == NULL)
+			x.audit_more = json_object();
+		json_object_set_new(x.audit_more, "policy_operation", json_string(kms_op_name(x.policy_op)));
 	}
 	if (x.audit_more != NULL) {
 		/* a record that cannot say this does not go out, and neither does the answer */

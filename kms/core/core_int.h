@@ -129,6 +129,9 @@ struct op_ctx {
 	 * client certificate the message its answer carries */
 	const char *auth_method;
 	char auth_detail[128];
+	/* the operation the policy decided on: the call's, or a refinement of it
+	 * (core_policy_op); an operation that re-checks its body under its lock compares */
+	enum kms_op policy_op;
 };
 
 /* A snapshot of a key's serving state, taken under the cache lock. */
@@ -299,5 +302,10 @@ KMS_WUR kms_err op_breakglass_list(struct core *c, struct op_ctx *x);
  * those with fewer reviews than break_glass_reviews. */
 KMS_WUR kms_err core_breakglass_grants(struct core *c, bool unreviewed_only, json_t **ids, json_t **grants);
 KMS_WUR kms_err op_breakglass_review(struct core *c, struct op_ctx *x);
+
+/* The operation the policy decides on for this call (kms/core/policy_op.c): the route's
+ * operation, or its refinement when the body does something that needs more care
+ * (lowering min_decryption_version, releasing a legal hold). Pure lookups, no change. */
+enum kms_op core_policy_op(struct core *c, const struct op_ctx *x);
 
 #endif

@@ -494,6 +494,24 @@ static int admin_mutating(enum kms_op op)
 	case KMS_OP_MFA_UNLOCK: case KMS_OP_MFA_RESET: case KMS_OP_APPROVAL_APPROVE:
 	case KMS_OP_APPROVAL_DENY: case KMS_OP_BREAKGLASS_REVIEW: case KMS_OP_PRINCIPAL_CERT_ADD:
 	case KMS_OP_PRINCIPAL_CERT_REVOKE: case KMS_OP_SYS_BACKUP: case KMS_OP_SYS_RESTORE:
+	case KMS_OP_KEY_CONFIG_LOWER_MIN_DEC: case KMS_OP_KEY_LEGAL_HOLD_RELEASE:
+	case KMS_OP_TENANT_LEGAL_HOLD_RELEASE:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/* The two-person rule of the built-in document: these wait for one approval by another
+ * admin (destruction, a policy change, lowering min_decryption_version, releasing a
+ * legal hold); nothing else waits. Master-key rotation is a local command under the SO
+ * PIN, not an API call (docs/POLICY.md). */
+static unsigned admin_quorum(enum kms_op op)
+{
+	switch (op) {
+	case KMS_OP_VERSION_SCHEDULE_DESTROY: case KMS_OP_POLICY_WRITE:
+	case KMS_OP_KEY_CONFIG_LOWER_MIN_DEC: case KMS_OP_KEY_LEGAL_HOLD_RELEASE:
+	case KMS_OP_TENANT_LEGAL_HOLD_RELEASE:
 		return 1;
 	default:
 		return 0;
@@ -529,7 +547,7 @@ static void test_default_matches_policy_decide(void **state)
 
 	assert_int_equal(policy_doc_default(&doc), KMS_OK);
 	assert_int_equal(policy_doc_version(doc), 1);
-	assert_int_equal(policy_doc_rule_count(doc), 9);
+	assert_int_equal(policy_doc_rule_count(doc), 10);
 	for (size_t i = 0; i < sizeof(old_cases) / sizeof(old_cases[0]); i++) {
 		old_to_input(old_cases[i].role, NULL, old_cases[i].scope, old_cases[i].n, old_cases[i].op,
 			     old_cases[i].tenant, tname, sizeof(tname), &in);
@@ -540,7 +558,8 @@ static void test_default_matches_policy_decide(void **state)
 				 v.allow ? "allow" : "deny", v.reason);
 		if (v.require_mfa != (v.allow && old_cases[i].role == POLICY_ROLE_ADMIN && admin_mutating(old_cases[i].op)))
 			fail_msg("old case %zu: %s: require_mfa %d", i, kms_op_name(old_cases[i].op), v.require_mfa);
-		assert_int_equal(v.require_quorum, 0);
+		if (v.require_quorum != (v.allow && old_cases[i].role == POLICY_ROLE_ADMIN ? admin_quorum(old_cases[i].op) : 0))
+			fail_msg("old case %zu: %s: require_quorum %u", i, kms_op_name(old_cases[i].op), v.require_quorum);
 	}
 
 	/* and exhaustively: every role (plus an unknown role string and anonymous), scope,
@@ -549,7 +568,7 @@ static void test_default_matches_policy_decide(void **state)
 	static const size_t nscopes[] = {0, 1, 2};
 	static const int64_t tenants[] = {-1, 0, 1, 2, 3};
 	static const char *const unknown[] = {NULL, "root"};
-	size_t compared = 0;
+	size_t compared = 0, quorum_ops = 0;
 	for (int r = POLICY_ROLE_NONE; r <= POLICY_ROLE_AUDITOR; r++)
 		for (size_t u = 0; u < (r == POLICY_ROLE_NONE ? 2u : 1u); u++)
 			for (size_t s = 0; s < 3; s++)
@@ -570,12 +589,72 @@ static void test_default_matches_policy_decide(void **state)
 								      admin_mutating((enum kms_op)op)))
 							fail_msg("role %d op %s: require_mfa %d (%s)", r,
 								 kms_op_name((enum kms_op)op), v.require_mfa, v.reason);
-						if (v.require_quorum != 0)
-							fail_msg("op %s: quorum %u", kms_op_name((enum kms_op)op),
-								 v.require_quorum);
+						if (v.require_quorum != (v.allow && r == POLICY_ROLE_ADMIN
+									 ? admin_quorum((enum kms_op)op)
+									 : 0u))
+							fail_msg("role %d op %s: quorum %u (%s)", r,
+								 kms_op_name((enum kms_op)op), v.require_quorum, v.reason);
+						if (v.require_quorum > 0)
+							quorum_ops++;
 						compared++;
 					}
+	/* each quorum operation, for an admin, on every scope and tenant */
+	assert_int_equal(quorum_ops, 5 * 3 * 5);
 	print_message("[          ] default document == policy_decide on %zu inputs\n", compared);
+	policy_doc_free(doc);
+}
+
+/* A refined operation (kms/core/policy_op.c) is covered by a rule naming its route's
+ * operation; a rule naming the refinement covers only it. */
+static void test_refined_ops(void **state)
+{
+	static const char doc_text[] =
+		"{\"version\": 3, \"rules\": [\n"
+		" {\"name\": \"config\", \"effect\": \"allow\", \"principals\": [\"role:admin\"],\n"
+		"  \"operations\": [\"key.config\", \"key.legal_hold\", \"tenant.config\"]},\n"
+		" {\"name\": \"two\", \"effect\": \"allow\", \"principals\": [\"role:admin\"],\n"
+		"  \"operations\": [\"key.config.lower_min_decryption\", \"key.legal_hold.release\",\n"
+		"                 \"tenant.config.legal_hold_release\"], \"require_quorum\": 2},\n"
+		" {\"name\": \"ops\", \"effect\": \"allow\", \"principals\": [\"ops\"],\n"
+		"  \"operations\": [\"key.config.lower_min_decryption\"]}\n"
+		"]}\n";
+	static const struct {
+		const char *principal, *role;
+		enum kms_op op;
+		int allow;
+		unsigned quorum;
+	} t[] = {
+		{"a", "admin", KMS_OP_KEY_CONFIG, 1, 0},
+		{"a", "admin", KMS_OP_KEY_CONFIG_LOWER_MIN_DEC, 1, 2},
+		{"a", "admin", KMS_OP_KEY_LEGAL_HOLD, 1, 0},
+		{"a", "admin", KMS_OP_KEY_LEGAL_HOLD_RELEASE, 1, 2},
+		{"a", "admin", KMS_OP_TENANT_CONFIG, 1, 0},
+		{"a", "admin", KMS_OP_TENANT_LEGAL_HOLD_RELEASE, 1, 2},
+		{"a", "admin", KMS_OP_KEY_REVOKE, 0, 0},
+		{"ops", "service", KMS_OP_KEY_CONFIG_LOWER_MIN_DEC, 1, 0},
+		{"ops", "service", KMS_OP_KEY_CONFIG, 0, 0},
+	};
+	struct policy_doc *doc = load(doc_text);
+	(void)state;
+
+	assert_string_equal(kms_op_name(KMS_OP_KEY_CONFIG_LOWER_MIN_DEC), "key.config.lower_min_decryption");
+	assert_string_equal(kms_op_name(KMS_OP_KEY_LEGAL_HOLD_RELEASE), "key.legal_hold.release");
+	assert_string_equal(kms_op_name(KMS_OP_TENANT_LEGAL_HOLD_RELEASE), "tenant.config.legal_hold_release");
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		struct policy_input in = {0};
+		struct policy_verdict v;
+		in.principal = t[i].principal;
+		in.role = t[i].role;
+		in.op = t[i].op;
+		in.tenant = "t";
+		in.tenant_id = 1;
+		in.key = "k";
+		in.now = NOW;
+		policy_eval(doc, &in, &v);
+		if (v.allow != (t[i].allow != 0) || v.require_quorum != t[i].quorum)
+			fail_msg("refined case %zu (%s): allow %d quorum %u (%s)", i, kms_op_name(t[i].op), v.allow,
+				 v.require_quorum, v.reason);
+	}
 	policy_doc_free(doc);
 }
 
@@ -604,6 +683,7 @@ int main(void)
 		cmocka_unit_test(test_glob),
 		cmocka_unit_test(test_addr),
 		cmocka_unit_test(test_default_matches_policy_decide),
+		cmocka_unit_test(test_refined_ops),
 		cmocka_unit_test(test_refcount),
 	};
 	return cmocka_run_group_tests_name("policy_eval", tests, NULL, NULL);
