@@ -308,4 +308,11 @@ KMS_WUR kms_err op_breakglass_review(struct core *c, struct op_ctx *x);
  * (lowering min_decryption_version, releasing a legal hold). Pure lookups, no change. */
 enum kms_op core_policy_op(struct core *c, const struct op_ctx *x);
 
+/* After policy_eval refused a request: if only a stale TOTP session (mfa_max_age) refused
+ * it, checks the request's X-Vault-MFA code (a new session) and on success replaces
+ * *verdict with the fresh decision; without a code returns 401 with x->mfa_detail saying
+ * how to start a session. KMS_OK and *verdict unchanged when it does not apply. */
+KMS_WUR kms_err core_mfa_session(struct core *c, struct op_ctx *x, const struct policy_doc *doc,
+				 struct policy_input *pin, struct policy_verdict *verdict);
+
 #endif

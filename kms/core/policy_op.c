@@ -14,6 +14,9 @@
  * 400 on its own. The operations check again under their lock that a lowering or a
  * release was decided as one (409 if the state changed between the decision and the
  * change: a concurrent raise or hold). */
+#include <stdio.h>
+#include <string.h>
+
 #include "kms/base/json.h"
 #include "kms/core/core_int.h"
 
@@ -62,4 +65,41 @@ enum kms_op core_policy_op(struct core *c, const struct op_ctx *x)
 	}
 	kms_err_clear(); /* a failed look-up above leaves no detail for this request */
 	return refined;
+}
+
+/* A request refused only because the caller's TOTP session is stale (an mfa_max_age
+ * condition: the built-in auditor-read rule) is a request for a second factor, not a
+ * plain refusal: with a code in X-Vault-MFA it is checked here (which also starts a new
+ * session, like POST /v1/sys/mfa/verify) and the request is decided again as fresh;
+ * without one the answer is 401 saying how to start a session. */
+kms_err core_mfa_session(struct core *c, struct op_ctx *x, const struct policy_doc *doc,
+			 struct policy_input *pin, struct policy_verdict *verdict)
+{
+	struct policy_verdict fresh;
+	int64_t at = pin->mfa_at;
+	kms_err rc;
+
+	if (verdict->allow || x->call->approved != NULL || !(policy_doc_uses(doc) & POLICY_USES_MFA_AGE) ||
+	    !policy_mfa_age_may_apply(doc, pin))
+		return KMS_OK;
+	pin->mfa_at = pin->now;
+	policy_eval(doc, pin, &fresh);
+	pin->mfa_at = at;
+	if (!fresh.allow)
+		return KMS_OK; /* refused for another reason: a plain refusal */
+	rc = core_mfa_stepup(c, x);
+	if (rc == KMS_ERR_UNAUTHENTICATED && strncmp(x->mfa_detail, "MFA required: send", 18) == 0) {
+		/* enrolled, no code sent (not enrolled keeps the step-up's own message) */
+		snprintf(x->mfa_detail, sizeof(x->mfa_detail), "%s",
+			 at > 0 ? "MFA required: send a TOTP code in X-Vault-MFA (totp:<code>) or POST "
+				  "/v1/sys/mfa/verify; the TOTP session has expired"
+				: "MFA required: send a TOTP code in X-Vault-MFA (totp:<code>) or POST "
+				  "/v1/sys/mfa/verify; no TOTP session");
+		rc = kms_errf(KMS_ERR_UNAUTHENTICATED, "%s", x->mfa_detail);
+	}
+	if (rc != KMS_OK)
+		return rc;
+	/* the code just checked is a fresh session */
+	*verdict = fresh;
+	return KMS_OK;
 }

@@ -632,9 +632,14 @@ def test_mfa_max_age(kmsd, st):
     # a1 passed a check just now: no code needed within 120 s
     r = st.a1.call("POST", path, body)
     assert r.status_code == 200, r.text
-    # 300 s later the condition no longer holds: default deny
+    # 300 s later the condition no longer holds: only the session's age stands between
+    # a1 and an allow, so the answer asks for a code (401), it does not just refuse
     s = st.clock.next(gap=10)
     r = st.a1.call("POST", path, body)
+    assert r.status_code == 401 and err(r).startswith("MFA required: send a TOTP code"), r.text
+    assert "session has expired" in err(r), r.text
+    # a principal no rule would allow, session or not, still gets the plain 403
+    r = st.a1.call("POST", "/v1/%s/datakey/plaintext/nokey" % st.tenant, {})
     assert r.status_code == 403 and err(r) == "permission denied", r.text
     # a fresh verification makes it hold again
     r = st.a1.call("POST", "/v1/sys/mfa/verify", mfa=st.a1.code(s))

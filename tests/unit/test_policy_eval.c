@@ -535,6 +535,14 @@ static void old_to_input(enum policy_role role, const char *unknown_role, const 
 		snprintf(tname, tcap, "ghost");
 	in->tenant = tenant != 0 ? tname : NULL;
 	in->now = NOW;
+	in->mfa_at = NOW - 60; /* a fresh TOTP session: the auditor's reads need one */
+}
+
+/* The built-in document's step-ups: every admin change, and an auditor's verify (which
+ * starts its session). */
+static int builtin_mfa(enum policy_role r, enum kms_op op)
+{
+	return (r == POLICY_ROLE_ADMIN && admin_mutating(op)) || (r == POLICY_ROLE_AUDITOR && op == KMS_OP_MFA_VERIFY);
 }
 
 static void test_default_matches_policy_decide(void **state)
@@ -547,7 +555,7 @@ static void test_default_matches_policy_decide(void **state)
 
 	assert_int_equal(policy_doc_default(&doc), KMS_OK);
 	assert_int_equal(policy_doc_version(doc), 1);
-	assert_int_equal(policy_doc_rule_count(doc), 10);
+	assert_int_equal(policy_doc_rule_count(doc), 12);
 	for (size_t i = 0; i < sizeof(old_cases) / sizeof(old_cases[0]); i++) {
 		old_to_input(old_cases[i].role, NULL, old_cases[i].scope, old_cases[i].n, old_cases[i].op,
 			     old_cases[i].tenant, tname, sizeof(tname), &in);
@@ -556,7 +564,7 @@ static void test_default_matches_policy_decide(void **state)
 			fail_msg("old case %zu: %s on %lld: expected %s, got %s (%s)", i, kms_op_name(old_cases[i].op),
 				 (long long)old_cases[i].tenant, old_cases[i].allow ? "allow" : "deny",
 				 v.allow ? "allow" : "deny", v.reason);
-		if (v.require_mfa != (v.allow && old_cases[i].role == POLICY_ROLE_ADMIN && admin_mutating(old_cases[i].op)))
+		if (v.require_mfa != (v.allow && builtin_mfa(old_cases[i].role, old_cases[i].op)))
 			fail_msg("old case %zu: %s: require_mfa %d", i, kms_op_name(old_cases[i].op), v.require_mfa);
 		if (v.require_quorum != (v.allow && old_cases[i].role == POLICY_ROLE_ADMIN ? admin_quorum(old_cases[i].op) : 0))
 			fail_msg("old case %zu: %s: require_quorum %u", i, kms_op_name(old_cases[i].op), v.require_quorum);
@@ -585,8 +593,7 @@ static void test_default_matches_policy_decide(void **state)
 								 r, unknown[u] ? unknown[u] : "-", s, (long long)tenants[t],
 								 kms_op_name((enum kms_op)op), d.allow ? "allow" : "deny",
 								 d.reason, v.allow ? "allow" : "deny", v.reason);
-						if (v.require_mfa != (v.allow && r == POLICY_ROLE_ADMIN &&
-								      admin_mutating((enum kms_op)op)))
+						if (v.require_mfa != (v.allow && builtin_mfa((enum policy_role)r, (enum kms_op)op)))
 							fail_msg("role %d op %s: require_mfa %d (%s)", r,
 								 kms_op_name((enum kms_op)op), v.require_mfa, v.reason);
 						if (v.require_quorum != (v.allow && r == POLICY_ROLE_ADMIN
@@ -601,6 +608,53 @@ static void test_default_matches_policy_decide(void **state)
 	/* each quorum operation, for an admin, on every scope and tenant */
 	assert_int_equal(quorum_ops, 5 * 3 * 5);
 	print_message("[          ] default document == policy_decide on %zu inputs\n", compared);
+	policy_doc_free(doc);
+}
+
+/* The built-in auditor: its own MFA without a session; every audit read only within 8 h
+ * (28800 s) of a TOTP check, never before one, never with a check in the future; and the
+ * session decides nothing for other roles. */
+static void test_builtin_auditor_session(void **state)
+{
+	struct policy_doc *doc = NULL;
+	struct policy_input in;
+	struct policy_verdict v;
+	char tname[32];
+	size_t reads = 0;
+	(void)state;
+
+	assert_int_equal(policy_doc_default(&doc), KMS_OK);
+	for (int op = 1; op < KMS_OP__COUNT; op++) {
+		static const int64_t ages[] = {0, 1, 28800, 28801, -5};
+		struct policy_decision d;
+		struct policy_subject who = {POLICY_ROLE_AUDITOR, NULL, 0};
+		struct policy_request req = {(enum kms_op)op, 7};
+		d = policy_decide(&who, &req);
+		for (size_t a = 0; a < sizeof(ages) / sizeof(ages[0]); a++) {
+			bool fresh = ages[a] > 0 && ages[a] <= 28800;
+			bool own_mfa = op == KMS_OP_MFA_ENROLL || op == KMS_OP_MFA_CONFIRM || op == KMS_OP_MFA_STATUS ||
+				       op == KMS_OP_MFA_VERIFY;
+			bool always = own_mfa || op == KMS_OP_HEALTH || op == KMS_OP_TOKEN_LOOKUP_SELF;
+			old_to_input(POLICY_ROLE_AUDITOR, NULL, NULL, 0, (enum kms_op)op, 7, tname, sizeof(tname), &in);
+			in.mfa_at = ages[a] == 0 ? 0 : NOW - ages[a];
+			policy_eval(doc, &in, &v);
+			if (v.allow != (d.allow && (always || fresh)))
+				fail_msg("auditor %s, session age %lld: %s (%s)", kms_op_name((enum kms_op)op),
+					 (long long)ages[a], v.allow ? "allow" : "deny", v.reason);
+			if (v.allow && !always)
+				assert_non_null(strstr(v.reason, "auditor-read"));
+			if (d.allow && !always && a == 0)
+				reads++;
+			/* whether kmsd must look the session up */
+			assert_int_equal(policy_mfa_age_may_apply(doc, &in), d.allow && !always);
+		}
+	}
+	assert_int_equal(reads, 13); /* the auditor-read operations */
+	/* a service's data plane and an admin's change never need the session looked up */
+	old_to_input(POLICY_ROLE_SERVICE, NULL, scope_a, 1, KMS_OP_DATAKEY, 1, tname, sizeof(tname), &in);
+	assert_false(policy_mfa_age_may_apply(doc, &in));
+	old_to_input(POLICY_ROLE_ADMIN, NULL, NULL, 0, KMS_OP_KEY_READ, 1, tname, sizeof(tname), &in);
+	assert_false(policy_mfa_age_may_apply(doc, &in));
 	policy_doc_free(doc);
 }
 
@@ -684,6 +738,7 @@ int main(void)
 		cmocka_unit_test(test_addr),
 		cmocka_unit_test(test_default_matches_policy_decide),
 		cmocka_unit_test(test_refined_ops),
+		cmocka_unit_test(test_builtin_auditor_session),
 		cmocka_unit_test(test_refcount),
 	};
 	return cmocka_run_group_tests_name("policy_eval", tests, NULL, NULL);
