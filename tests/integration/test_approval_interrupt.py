@@ -30,7 +30,7 @@ POLICY_FILE = os.path.join(_DIR, "policy.json")
 with open(POLICY_FILE, "w") as _f:
     json.dump(POLICY, _f, indent=2)
 
-KMSD_EXTRA_OPTS = [("policy_file", POLICY_FILE)]
+KMSD_EXTRA_OPTS = [("policy_file", POLICY_FILE), ("workers", "4")]
 HOOK = "KMSD_TEST_APPROVAL_EXEC_DELAY_MS"
 
 
@@ -72,12 +72,20 @@ def test_killed_while_executing_is_interrupted_and_never_runs(kmsd):
         except requests.RequestException as e:  # the kill cuts the connection
             answers.append(type(e).__name__)
 
+    def state_now():
+        # a new connection each time: the paused request holds one of kmsd's worker
+        # threads, and a kept-alive connection may belong to it
+        r = requests.get(kmsd.url + "/v1/sys/approvals/" + aid, headers={"X-Vault-Token": kmsd.admin_token},
+                         verify=kmsd.ca, timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()["data"]["state"]
+
     th = threading.Thread(target=vote)
     th.start()
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and show(kmsd, aid)["state"] != "executing":
+    while time.monotonic() < deadline and state_now() != "executing":
         time.sleep(0.05)
-    assert show(kmsd, aid)["state"] == "executing"
+    assert state_now() == "executing"
     kmsd.kill()  # SIGKILL between the final vote and the end of the run
     th.join(timeout=60)
     assert not th.is_alive()
