@@ -774,6 +774,7 @@ static int cmd_serve(const struct kms_config *cfg)
 		kms_error("policy: %s", kms_err_detail(err));
 		goto out;
 	}
+	core_approvals_interrupted(core);
 	if ((err = core_scheduler_start(core, (unsigned)cfg->scheduler_interval)) != KMS_OK) {
 		kms_error("%s", kms_err_detail(err));
 		goto out;

@@ -590,9 +590,14 @@ static int op_item(struct pctx *c, const char *s, void *arg)
 	} else if (strchr(s, '*') != NULL || strchr(s, '?') != NULL) {
 		return perr(c, "bad operation pattern \"%.64s\": use \"*\" or \"<group>.*\"", s);
 	} else {
-		for (int i = 1; i < KMS_OP__COUNT; i++)
-			if (strcmp(kms_op_name((enum kms_op)i), s) == 0)
+		/* an operation's name covers its refinements ("key.config" covers
+		 * "key.config.lower_min_decryption"), so that a rule naming the route's
+		 * operation keeps deciding every call of that route */
+		for (int i = 1; i < KMS_OP__COUNT; i++) {
+			const char *name = kms_op_name((enum kms_op)i);
+			if (strcmp(name, s) == 0 || (strncmp(name, s, n) == 0 && name[n] == '.'))
 				add |= 1ull << i;
+		}
 		if (add == 0)
 			return perr(c, "unknown operation \"%.64s\"", s);
 	}
@@ -1203,7 +1208,7 @@ kms_err policy_doc_load_file(const char *path, struct policy_doc **out, struct p
 const char policy_doc_default_json[] =
 	"{\n"
 	"  \"version\": 1,\n"
-	"  \"description\": \"built-in: admin manages with a TOTP step-up on every change and never receives key material; service uses keys and reads metadata on its scoped tenants; auditor reads\",\n"
+	"  \"description\": \"built-in: admin manages with a TOTP step-up on every change, a second admin's approval for destruction, policy changes, lowering min_decryption_version and legal-hold release, and never receives key material; service uses keys and reads metadata on its scoped tenants; auditor reads within 8 hours of a TOTP check\",\n"
 	"  \"rules\": [\n"
 	"    {\"name\": \"health-is-public\", \"effect\": \"allow\",\n"
 	"     \"principals\": [\"*\"], \"operations\": [\"sys.health\"]},\n"
@@ -1223,6 +1228,12 @@ const char policy_doc_default_json[] =
 	"    {\"name\": \"admin-own-mfa\", \"effect\": \"allow\",\n"
 	"     \"description\": \"enrolling oneself; re-enrolling an active enrolment needs a current code (checked by the operation)\",\n"
 	"     \"principals\": [\"role:admin\"], \"operations\": [\"mfa.enroll\", \"mfa.confirm\"]},\n"
+	"    {\"name\": \"admin-two-person\", \"effect\": \"allow\",\n"
+	"     \"description\": \"the two-person rule: these wait for one approval by another admin (POST /v1/sys/approvals/<id>/approve)\",\n"
+	"     \"principals\": [\"role:admin\"],\n"
+	"     \"operations\": [\"key.version.schedule_destroy\", \"policy.write\", \"key.config.lower_min_decryption\",\n"
+	"                    \"key.legal_hold.release\", \"tenant.config.legal_hold_release\"],\n"
+	"     \"require_mfa\": true, \"require_quorum\": 1},\n"
 	"    {\"name\": \"admin-management\", \"effect\": \"allow\",\n"
 	"     \"description\": \"every change by an admin carries X-Vault-MFA\",\n"
 	"     \"principals\": [\"role:admin\"],\n"
@@ -1241,12 +1252,19 @@ const char policy_doc_default_json[] =
 	"    {\"name\": \"service-read\", \"effect\": \"allow\",\n"
 	"     \"principals\": [\"role:service\"], \"tenants\": [\"@scope\"],\n"
 	"     \"operations\": [\"key.read\", \"key.list\"]},\n"
+	"    {\"name\": \"auditor-own-mfa\", \"effect\": \"allow\",\n"
+	"     \"description\": \"an auditor enrols in TOTP and reads its own state (mfa.status names no other principal for a non-admin)\",\n"
+	"     \"principals\": [\"role:auditor\"], \"operations\": [\"mfa.enroll\", \"mfa.confirm\", \"mfa.status\"]},\n"
+	"    {\"name\": \"auditor-session\", \"effect\": \"allow\",\n"
+	"     \"description\": \"POST /v1/sys/mfa/verify with a code starts the auditor's 8-hour session\",\n"
+	"     \"principals\": [\"role:auditor\"], \"operations\": [\"mfa.verify\"], \"require_mfa\": true},\n"
 	"    {\"name\": \"auditor-read\", \"effect\": \"allow\",\n"
-	"     \"description\": \"audit: metadata, receipts, metrics and the policy on every tenant; no change, no key material\",\n"
+	"     \"description\": \"audit: metadata, receipts, metrics and the policy on every tenant, within 8 hours of a TOTP check; no change, no key material\",\n"
 	"     \"principals\": [\"role:auditor\"],\n"
 	"     \"operations\": [\"audit.hash\", \"sys.metrics\", \"key.read\", \"key.list\", \"key.history\",\n"
 	"                    \"tenant.read\", \"tenant.list\", \"key.version.receipt\", \"policy.read\",\n"
-	"                    \"sys.compliance\", \"approval.list\", \"approval.read\", \"breakglass.list\"]}\n"
+	"                    \"sys.compliance\", \"approval.list\", \"approval.read\", \"breakglass.list\"],\n"
+	"     \"conditions\": {\"mfa_max_age\": 28800}}\n"
 	"  ]\n"
 	"}\n";
 

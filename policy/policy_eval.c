@@ -218,6 +218,18 @@ static void set_reason(struct policy_verdict *out, const char *s)
 	out->reason[n] = '\0';
 }
 
+bool policy_mfa_age_may_apply(const struct policy_doc *doc, const struct policy_input *in)
+{
+	if (doc == NULL || in == NULL || (unsigned)in->op >= KMS_OP__COUNT)
+		return false;
+	for (size_t i = 0; i < doc->n_rules; i++) {
+		const struct pd_rule *r = &doc->rules[i];
+		if (r->mfa_max_age > 0 && (r->ops >> in->op & 1u) && principal_matches(r, in))
+			return true;
+	}
+	return false;
+}
+
 void policy_eval(const struct policy_doc *doc, const struct policy_input *in, struct policy_verdict *out)
 {
 	int first_allow = -1;

@@ -81,6 +81,11 @@ struct policy_verdict {
 /* Always fills *out. doc NULL or in NULL -> deny. */
 void policy_eval(const struct policy_doc *doc, const struct policy_input *in, struct policy_verdict *out);
 
+/* Whether a rule with an mfa_max_age condition could decide this request (its operation
+ * and principal match; other conditions not looked at): the caller then fills
+ * in->mfa_at, which costs a store read, and not otherwise. */
+bool policy_mfa_age_may_apply(const struct policy_doc *doc, const struct policy_input *in);
+
 /* Glob as used in policies: '*' any run (also empty), '?' one character. */
 bool policy_glob_match(const char *glob, const char *s);
 

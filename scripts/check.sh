@@ -5,7 +5,7 @@
 #      come from cmocka's "[  PASSED  ] N test(s)." and "[  FAILED  ] N test(s)" lines;
 #      a binary that exits non-zero (crash, sanitizer report, timeout) without a FAILED
 #      line counts as 1 failed
-#   2. pytest tests/integration with KMSD_BIN=build/kmsd, then KMSD_BIN=build/asan/kmsd
+#   2. pytest tests/integration (modules in parallel: PYTEST_JOBS) with KMSD_BIN=build/kmsd, then KMSD_BIN=build/asan/kmsd
 #      (KMSCTL_BIN beside it); then tests/integration/test_stress.py alone with
 #      KMSD_BIN=build/tsan/kmsd (make tsan) for STRESS_SECONDS (default 20); counts
 #      come from pytest's summary (passed; failed and errors count as failed)
@@ -19,7 +19,8 @@
 #
 # Environment: PYTHON (default /usr/bin/python3, Debian's, which has pytest, requests and
 # hvac), UNIT_TIMEOUT (seconds per unit binary, default 300), PYTEST_TIMEOUT (seconds
-# per pytest run, default 900), PYTEST_ARGS (extra pytest arguments), STRESS_SECONDS
+# per pytest run, default 900), PYTEST_JOBS (pytest-xdist workers for the integration
+# modules, default 4; 1 runs them one after another), PYTEST_ARGS (extra pytest arguments), STRESS_SECONDS
 # (the ThreadSanitizer stress run's length, default 20).
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -27,6 +28,7 @@ ROOT=$(pwd -P)
 PYTHON=${PYTHON:-/usr/bin/python3}
 UNIT_TIMEOUT=${UNIT_TIMEOUT:-300}
 PYTEST_TIMEOUT=${PYTEST_TIMEOUT:-900}
+PYTEST_JOBS=${PYTEST_JOBS:-4}
 
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0"
 export LSAN_OPTIONS="suppressions=$ROOT/tests/lsan.supp"
@@ -110,9 +112,16 @@ run_pytest() { # label kmsd-binary [test paths, default tests/integration]
 		return
 	fi
 	start=$(date +%s)
+	# Test modules in parallel (pytest-xdist), each module whole on one worker (its
+	# kmsd is module-scoped): most of the suite's time is waiting (fsync, clocks,
+	# handshakes, timeouts), so PYTEST_JOBS workers on 2 cores roughly quarter it.
+	xdist=""
+	if [ "$PYTEST_JOBS" -gt 1 ] && "$PYTHON" -c 'import xdist' 2>/dev/null; then
+		xdist="-n $PYTEST_JOBS --dist loadfile"
+	fi
 	# shellcheck disable=SC2086
 	(KMSD_BIN="$bin" KMSCTL_BIN="$(dirname "$bin")/kmsctl" STRESS_SECONDS="$RUN_STRESS" timeout -k 15 "$PYTEST_TIMEOUT" "$PYTHON" -m pytest -p no:cacheprovider \
-		-q -rfE --tb=short --color=no ${PYTEST_ARGS:-} $paths </dev/null 2>&1
+		-q -rfE --tb=short --color=no $xdist ${PYTEST_ARGS:-} $paths </dev/null 2>&1
 	echo "$?" >"$TMP/rc") | tee "$log" | sed 's/^/      /'
 	rc=$(cat "$TMP/rc" 2>/dev/null || echo 1)
 	secs=$(($(date +%s) - start))

@@ -59,7 +59,12 @@ static const char *const op_names[KMS_OP__COUNT] = {
 	[KMS_OP_PRINCIPAL_CERT_LIST] = "principal.cert.list",
 	[KMS_OP_PRINCIPAL_CERT_REVOKE] = "principal.cert.revoke",
 	[KMS_OP_STORE_INTEGRITY] = "store.integrity",
+	[KMS_OP_KEY_CONFIG_LOWER_MIN_DEC] = "key.config.lower_min_decryption",
+	[KMS_OP_KEY_LEGAL_HOLD_RELEASE] = "key.legal_hold.release",
+	[KMS_OP_TENANT_LEGAL_HOLD_RELEASE] = "tenant.config.legal_hold_release",
 };
+
+_Static_assert(KMS_OP__COUNT <= 64, "policy rules keep operations in a 64-bit mask");
 
 const char *kms_op_name(enum kms_op op)
 {

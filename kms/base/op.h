@@ -66,6 +66,13 @@ enum kms_op {
 	KMS_OP_PRINCIPAL_CERT_LIST,
 	KMS_OP_PRINCIPAL_CERT_REVOKE,
 	KMS_OP_STORE_INTEGRITY, /* an authority row failed its MAC, or rows were first MAC'd; no route */
+	/* Refined operations: no route of their own. The core decides on one of these instead
+	 * of the route's operation when the body does something that needs more care
+	 * (core_policy_op); the audit record keeps the route's operation and names the refined
+	 * one. A policy rule naming the route's operation ("key.config") covers them too. */
+	KMS_OP_KEY_CONFIG_LOWER_MIN_DEC,   /* key.config lowering min_decryption_version */
+	KMS_OP_KEY_LEGAL_HOLD_RELEASE,	   /* key.legal_hold with "hold": false */
+	KMS_OP_TENANT_LEGAL_HOLD_RELEASE,  /* tenant.config with "legal_hold": false */
 	KMS_OP__COUNT
 };
 

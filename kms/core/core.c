@@ -1248,7 +1248,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	uint64_t t0;
 	char src[INET6_ADDRSTRLEN + 8] = "";
 	const char *outcome;
-	kms_err rc, arc, rc2;
+	kms_err rc, arc, rc2, session_rc = KMS_OK;
 	bool quiesced;
 	int status;
 
@@ -1332,8 +1332,10 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 					  : "*";
 		}
 		if (rc == KMS_OK) {
+			x.policy_op = core_policy_op(c, &x);
+			pin.op = x.policy_op;
 			doc = policy_current(c);
-			if (policy_doc_uses(doc) & POLICY_USES_MFA_AGE)
+			if ((policy_doc_uses(doc) & POLICY_USES_MFA_AGE) && policy_mfa_age_may_apply(doc, &pin))
 				pin.mfa_at = core_mfa_at(c, x.who.id);
 			if ((policy_doc_uses(doc) & POLICY_USES_CONTEXT) && call->body != NULL &&
 			    json_object_get(call->body, "batch_input") != NULL) {
@@ -1347,6 +1349,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 				pin.n_context = context_pairs(call->body, kv);
 				pin.context = kv;
 				policy_eval(doc, &pin, &verdict);
+				/* refused only for a stale TOTP session: a request for a code (policy_op.c) */
+				session_rc = core_mfa_session(c, &x, doc, &pin, &verdict);
 				pin.context = NULL;
 				if (!verdict.allow && (call->op == KMS_OP_DECRYPT || call->op == KMS_OP_REWRAP) &&
 				    core_breakglass_grant(c, &x)) {
@@ -1366,6 +1370,10 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 				if (rc == KMS_OK && verdict.require_quorum > 0)
 					rc = core_quorum_gate(c, &x, &verdict);
 				d.allow = verdict.allow;
+				if (session_rc != KMS_OK) {
+					rc = session_rc;
+					d.allow = true; /* allowed with a fresh session: the answer says how */
+				}
 				if (rc != KMS_OK)
 					snprintf(sname, sizeof(sname), "%s", kms_err_detail(rc));
 				if ((rc == KMS_ERR_DENIED || rc == KMS_ERR_UNAUTHENTICATED) && x.mfa_detail[0] != '\0')
@@ -1416,6 +1424,12 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 			x.audit_more = json_object();
 		json_object_set_new(x.audit_more, "approval_id", json_string(call->approved->id));
 		json_object_set_new(x.audit_more, "approvers", json_deep_copy(call->approved->approvers));
+	}
+	if (x.policy_op != KMS_OP_NONE && x.policy_op != call->op) {
+		/* the record keeps the route's operation and names the one the policy decided on */
+		if (x.audit_more == NULL)
+			x.audit_more = json_object();
+		json_object_set_new(x.audit_more, "policy_operation", json_string(kms_op_name(x.policy_op)));
 	}
 	if (x.audit_more != NULL) {
 		/* a record that cannot say this does not go out, and neither does the answer */

@@ -102,6 +102,9 @@ unsigned core_scheduler_tick(struct core *c);
 
 /* Runs core_scheduler_tick every interval_s seconds on a thread of its own until
  * core_free. */
+/* At start, before serving: approval requests a crash left "executing" are marked
+ * interrupted (never run again) and audited as approval.interrupt (ops_approval.c). */
+void core_approvals_interrupted(struct core *c);
 KMS_WUR kms_err core_scheduler_start(struct core *c, unsigned interval_s);
 
 /* Master-key rotation (kmsd master-key rotate; docs/KEY-LIFECYCLE.md). The caller made

@@ -140,6 +140,9 @@ struct op_ctx {
 	 * client certificate the message its answer carries */
 	const char *auth_method;
 	char auth_detail[128];
+	/* the operation the policy decided on: the call's, or a refinement of it
+	 * (core_policy_op); an operation that re-checks its body under its lock compares */
+	enum kms_op policy_op;
 };
 
 /* A snapshot of a key's serving state, taken under the cache lock. */
@@ -318,5 +321,16 @@ KMS_WUR kms_err op_breakglass_review(struct core *c, struct op_ctx *x);
  * them (core_free). */
 KMS_WUR kms_err core_rowmac_start(struct core *c);
 void core_rowmac_stop(struct core *c);
+/* The operation the policy decides on for this call (kms/core/policy_op.c): the route's
+ * operation, or its refinement when the body does something that needs more care
+ * (lowering min_decryption_version, releasing a legal hold). Pure lookups, no change. */
+enum kms_op core_policy_op(struct core *c, const struct op_ctx *x);
+
+/* After policy_eval refused a request: if only a stale TOTP session (mfa_max_age) refused
+ * it, checks the request's X-Vault-MFA code (a new session) and on success replaces
+ * *verdict with the fresh decision; without a code returns 401 with x->mfa_detail saying
+ * how to start a session. KMS_OK and *verdict unchanged when it does not apply. */
+KMS_WUR kms_err core_mfa_session(struct core *c, struct op_ctx *x, const struct policy_doc *doc,
+				 struct policy_input *pin, struct policy_verdict *verdict);
 
 #endif

@@ -11,10 +11,12 @@
  * Only admin operations can wait for approvals: a data-plane call (its answer holds key
  * material) or a token creation (its answer is a secret) is refused instead, so that no
  * plaintext key, DEK or token is ever stored with a request or handed to an approver. */
+#include <errno.h>
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kms/audit/audit.h"
 #include "kms/base/b64.h"
@@ -363,6 +365,18 @@ static kms_err execute(struct core *c, struct op_ctx *x, const char *id, json_t 
 		rc = kms_errf(KMS_ERR_INTERNAL, "stored approval request names no deferrable operation");
 		goto finish;
 	}
+	{
+		/* tests only: a window between the final vote and the run, to kill kmsd in */
+		const char *delay = getenv("KMSD_TEST_APPROVAL_EXEC_DELAY_MS");
+		if (delay != NULL && *delay != '\0') {
+			unsigned ms = (unsigned)strtoul(delay, NULL, 10);
+			kms_warn("KMSD_TEST_APPROVAL_EXEC_DELAY_MS is set: approval %s waits %u ms before it runs. "
+				 "Never in production.", id, ms);
+			struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+			while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+				;
+		}
+	}
 	core_call(c, &call, &res);
 	res_json = json_pack("{s:i,s:o*}", "status", res.status, "body", res.body);
 	res.body = NULL;
@@ -466,4 +480,27 @@ kms_err op_approval_deny(struct core *c, struct op_ctx *x)
 {
 	core_approvals_expire(c);
 	return vote(c, x, "deny");
+}
+
+void core_approvals_interrupted(struct core *c)
+{
+	struct store_approval *ex = NULL;
+	size_t n = 0;
+	kms_err rc = store_approvals_interrupt(c->st, core_now(), &ex, &n);
+
+	if (rc != KMS_OK) {
+		kms_error("approvals: marking interrupted requests: %s", kms_err_detail(rc));
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		json_t *e = json_pack("{s:s,s:s,s:s,s:s}", "approval_id", ex[i].id, "approval_event", "interrupted",
+				      "requested_by", ex[i].requester, "approved_operation", ex[i].operation);
+		kms_warn("approval %s (%s by %s) was executing when kmsd stopped: marked interrupted, not run "
+			 "again; the operation's own audit record (approval_id %s) says whether it ran",
+			 ex[i].id, ex[i].operation, ex[i].requester, ex[i].id);
+		core_audit_event(c, "approval.interrupt", CORE_SCHEDULER_PRINCIPAL, ex[i].tenant, ex[i].key, "error",
+				 0, "kmsd stopped while the approved request ran: not run again", e);
+		json_decref(e);
+	}
+	free(ex);
 }

@@ -284,10 +284,18 @@ kms_err op_key_legal_hold(struct core *c, struct op_ctx *x)
 		rc = kms_errf(KMS_ERR_INVALID, "\"hold\" (true or false) is required");
 		goto out;
 	}
-	if ((rc = core_event_for(x, body, hold ? "legal_hold" : "legal_hold_release", 0, true, &ev)) != KMS_OK ||
-	    (rc = core_key_row(c, x, &k)) != KMS_OK)
+	if ((rc = core_event_for(x, body, hold ? "legal_hold" : "legal_hold_release", 0, true, &ev)) != KMS_OK)
 		goto out;
-	rc = store_key_set_legal_hold(c->st, k.id, hold, &ev);
+	/* read and write under one lock: a release is decided as one (core_policy_op) */
+	pthread_mutex_lock(&c->create_mu);
+	if ((rc = core_key_row(c, x, &k)) == KMS_OK) {
+		if (k.legal_hold && !hold && x->policy_op != KMS_OP_KEY_LEGAL_HOLD_RELEASE)
+			rc = kms_errf(KMS_ERR_CONFLICT, "a legal hold was placed on this key while this request "
+							"was decided; send it again");
+		else
+			rc = store_key_set_legal_hold(c->st, k.id, hold, &ev);
+	}
+	pthread_mutex_unlock(&c->create_mu);
 	if (rc != KMS_OK)
 		goto out;
 	x->data = json_pack("{s:s,s:b}", "name", k.name, "legal_hold", hold);
@@ -333,6 +341,12 @@ kms_err op_tenant_config(struct core *c, struct op_ctx *x)
 	if (wdays < WAIT_MIN_DAYS) {
 		rc = kms_errf(KMS_ERR_INVALID, "min_destroy_wait_days must be between %d and %d", WAIT_MIN_DAYS,
 			      WAIT_MAX_DAYS);
+		goto out;
+	}
+	if (t.legal_hold && !hold && x->policy_op != KMS_OP_TENANT_LEGAL_HOLD_RELEASE) {
+		/* decided as no release (core_policy_op): the hold was placed meanwhile */
+		rc = kms_errf(KMS_ERR_CONFLICT, "a legal hold was placed on this tenant while this request was "
+						"decided; send it again");
 		goto out;
 	}
 	t.retention_period = rdays * DAY;

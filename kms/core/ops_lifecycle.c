@@ -98,6 +98,12 @@ kms_err op_key_config(struct core *c, struct op_ctx *x)
 			      mind, k.latest_version);
 		goto unlock;
 	}
+	if (mind < k.min_decryption_version && x->policy_op != KMS_OP_KEY_CONFIG_LOWER_MIN_DEC) {
+		/* decided as no lowering: a concurrent change raised it meanwhile */
+		rc = kms_errf(KMS_ERR_CONFLICT, "min_decryption_version changed while this request was decided "
+						"(now %u); send it again", k.min_decryption_version);
+		goto unlock;
+	}
 	if (arp != 0 && arp < MIN_AUTO_ROTATE) {
 		rc = kms_errf(KMS_ERR_INVALID, "auto_rotate_period must be 0 (off) or at least %lld seconds",
 			      MIN_AUTO_ROTATE);

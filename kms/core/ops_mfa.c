@@ -408,6 +408,10 @@ kms_err op_mfa_status(struct core *c, struct op_ctx *x)
 	bool enrolled;
 	kms_err rc;
 
+	/* another principal's state is an admin's business (an auditor reads its own); the
+	 * same 403 whether the name exists or not */
+	if (x->role != POLICY_ROLE_ADMIN && x->call->name != NULL && strcmp(x->call->name, x->who.name) != 0)
+		return kms_errf(KMS_ERR_DENIED, "permission denied");
 	if ((rc = target(c, x, &p)) != KMS_OK)
 		return rc;
 	m = kms_secret_alloc(sizeof(*m));

@@ -280,6 +280,9 @@ static const char *const migrations[] = {
 	"ALTER TABLE policies ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = " XSTR(STORE_MAC_LEN) ");"
 	"ALTER TABLE principal_certs ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = " XSTR(STORE_MAC_LEN) ");"
 	"ALTER TABLE principal_mfa ADD COLUMN mac BLOB CHECK (mac IS NULL OR length(mac) = " XSTR(STORE_MAC_LEN) ");",
+	/* 13: an approved request left "executing" by a crash is marked interrupted at start
+	 * (never run again); shown as state "interrupted" (APPROVAL_COLS) */
+	"ALTER TABLE approval_requests ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0 CHECK (interrupted IN (0, 1));",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
@@ -3451,7 +3454,8 @@ out:
 }
 
 #define APPROVAL_COLS \
-	"id, requester_id, requester, operation, tenant, key, version, required, state, created, expires, " \
+	"id, requester_id, requester, operation, tenant, key, version, required, " \
+	"CASE WHEN interrupted = 1 THEN 'interrupted' ELSE state END, created, expires, " \
 	"finished, request, result"
 
 static kms_err row_approval(sqlite3_stmt *st, struct store_approval *a, bool texts)
@@ -5350,6 +5354,58 @@ kms_err store_change_stamp(struct store *s, struct store_stamp *out)
 	out->local = sqlite3_total_changes64(s->db) - s->quiet_changes;
 	rc = KMS_OK;
 out:
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_approvals_interrupt(struct store *s, int64_t now, struct store_approval **out, size_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	struct store_approval *arr = NULL, *g;
+	size_t cnt = 0, cap = 0;
+	int src, ch;
+	kms_err rc;
+
+	*out = NULL;
+	*n = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = tx_begin(s)) != KMS_OK)
+		goto unlock;
+	if ((rc = prep(s, "SELECT " APPROVAL_COLS " FROM approval_requests WHERE state = 'executing' AND interrupted = 0",
+		       &st)) != KMS_OK)
+		goto fail;
+	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "interrupt");
+			goto fail;
+		}
+		arr = g;
+		if ((rc = row_approval(st, &arr[cnt], false)) != KMS_OK)
+			goto fail;
+		cnt++;
+	}
+	if (src != SQLITE_DONE) {
+		rc = db_fail(s, "interrupt select");
+		goto fail;
+	}
+	(void)sqlite3_finalize(st);
+	st = NULL;
+	if (cnt > 0 && (rc = exec_changes(s, "UPDATE approval_requests SET interrupted = 1, finished = ?3 "
+					     "WHERE state = 'executing' AND interrupted = 0",
+					  NULL, NULL, now, &ch)) != KMS_OK)
+		goto fail;
+	if ((rc = tx_commit(s)) != KMS_OK)
+		goto fail;
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	goto unlock;
+fail:
+	(void)sqlite3_finalize(st);
+	tx_rollback(s);
+unlock:
+	free(arr);
 	store_unlock(s);
 	return rc;
 }

@@ -15,7 +15,7 @@
 
 #include "kms/base/err.h"
 
-#define STORE_SCHEMA_VERSION 12
+#define STORE_SCHEMA_VERSION 13
 #define STORE_NAME_MAX 128  /* tenant, key and principal names, excluding the NUL */
 #define STORE_BLOB_MAX 64
 #define STORE_MAC_LEN 32
@@ -423,6 +423,10 @@ KMS_WUR kms_err store_approval_finish(struct store *s, const char *id, const cha
 /* Marks every pending request with expires <= now expired; their ids (malloc'd array,
  * free()) for the audit log. */
 KMS_WUR kms_err store_approvals_expire(struct store *s, int64_t now, struct store_approval **out, size_t *n);
+/* At start: marks every request left "executing" (a crash between the final vote and the
+ * end of its run) interrupted, so that it is never run again and reads as state
+ * "interrupted"; the marked requests (malloc'd array, free()) for the audit log. */
+KMS_WUR kms_err store_approvals_interrupt(struct store *s, int64_t now, struct store_approval **out, size_t *n);
 /* Names of the approvers of the latest executed request for (operation, tenant, key,
  * version); *n 0 when there is none. Each name and the array malloc'd. */
 KMS_WUR kms_err store_approval_approvers(struct store *s, const char *operation, const char *tenant,

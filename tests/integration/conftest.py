@@ -10,9 +10,10 @@ ThreadSanitizer's (KMSD_BIN=build/tsan/kmsd, tests/tsan.supp) and valgrind's
 
 Policy: the built-in policy asks for a TOTP step-up (X-Vault-MFA) on every admin change.
 Unless a module sets `KMSD_BUILTIN_POLICY = True` (tests/integration/test_mfa.py does),
-its kmsd gets `policy_file` = the built-in document (`kmsd default-policy`) with every
-`require_mfa` removed and nothing else changed, so that the other modules can act as an
-admin with a bare token. A module's KMSD_EXTRA_OPTS may still name a policy_file of its own.
+its kmsd gets `policy_file` = the built-in policy without require_mfa and require_quorum
+(every `require_mfa`, every `require_quorum` and every `mfa_max_age` condition removed,
+nothing else changed), so that the other modules can act as an admin with a bare token,
+without a second admin's approval, and as an auditor without a TOTP session. A module's KMSD_EXTRA_OPTS may still name a policy_file of its own.
 
 Environment:
   KMSD_BIN              the server binary (default build/kmsd, relative to the repo root)
@@ -134,8 +135,8 @@ class Kmsd:
         self.clock_file = None
         # The built-in policy asks for a TOTP step-up (X-Vault-MFA) on every admin
         # change. Most modules test other things with a bare admin token, so by default
-        # kmsd gets a policy_file holding the built-in document with every require_mfa
-        # removed (nothing else changed). A module that sets KMSD_BUILTIN_POLICY = True
+        # kmsd gets a policy_file holding the built-in document with every require_mfa,
+        # require_quorum and mfa_max_age condition removed (nothing else changed). A module that sets KMSD_BUILTIN_POLICY = True
         # runs with the real built-in policy (test_mfa.py does).
         self.builtin_policy = False
         self.nomfa_policy_path = os.path.join(self.tmp, "policy-nomfa.json")
@@ -208,13 +209,23 @@ class Kmsd:
         os.chmod(self.conf, 0o600)
 
     def write_nomfa_policy(self):
-        """The built-in policy document (kmsd default-policy) without require_mfa."""
+        """The built-in policy document (kmsd default-policy) without require_mfa and
+        require_quorum: every require_mfa, require_quorum and mfa_max_age condition removed
+        (the auditor's TOTP session, the two-person rule and the admin step-up are tested
+        under the real built-in policy by the modules that set KMSD_BUILTIN_POLICY)."""
         r = subprocess.run([self.bin, "default-policy"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, "kmsd default-policy failed: %s" % r.stderr
         doc = json.loads(r.stdout)
         for rule in doc["rules"]:
             rule.pop("require_mfa", None)
-        doc["description"] = ("test harness (conftest.py): the built-in policy without require_mfa; "
+            rule.pop("require_quorum", None)
+            conds = rule.get("conditions")
+            if conds is not None:
+                conds.pop("mfa_max_age", None)
+                if not conds:
+                    del rule["conditions"]
+        doc["description"] = ("test harness (conftest.py): the built-in policy without require_mfa "
+                              "and require_quorum; "
                               + doc.get("description", ""))
         with open(self.nomfa_policy_path, "w") as f:
             json.dump(doc, f, indent=1)

@@ -232,7 +232,17 @@ def test_with_a_code_they_succeed(kmsd, ctl, w):
     r = run("--format", "json", "token", "create", p)
     acc = json.loads(r.stdout)["auth"]["accessor"]
     run("token", "revoke", acc)
-    run("policy", "write", w.policy_file)
+    # policy.write is under the built-in two-person rule: the code makes a pending
+    # request (202), which a second admin's approval (with its own code) runs
+    r = run("--format", "json", "policy", "write", w.policy_file)
+    pend = json.loads(r.stdout)
+    assert pend["state"] == "pending" and pend["approval_id"], pend
+    assert kmsd.get("/v1/sys/policy", token=kmsd.admin_token).json()["data"]["version"] == w.policy["version"]
+    tok_b = w.post("/v1/sys/principals/%s/tokens" % w.b)["auth"]["client_token"]
+    b = Admin(kmsd, w.b, tok_b)
+    b.enroll_confirm(w.clock)
+    r = b.call("POST", "/v1/sys/approvals/%s/approve" % pend["approval_id"], {}, mfa=b.code(w.clock.next()))
+    assert r.status_code == 200 and r.json()["data"]["executed"] is True, r.text
     assert kmsd.get("/v1/sys/policy", token=kmsd.admin_token).json()["data"]["version"] == w.policy["version"] + 1
     run("mfa", "verify")
     out = str(ctl.tmp / "ok.kmsbak")

@@ -125,6 +125,22 @@ def st(kmsd):
     return s
 
 
+def write_policy(kmsd, st, doc):
+    """policy.write under the built-in two-person rule: a1 asks (with its code), a2
+    approves (with its own); the change runs once, on the approval."""
+    if st.a2.status()["state"] != "active":
+        st.a2.enroll_confirm(st.clock)
+    s = st.clock.next()
+    r = st.a1.call("POST", "/v1/sys/policy", doc, mfa=st.a1.code(s))
+    assert r.status_code == 202, r.text
+    aid = r.json()["data"]["approval_id"]
+    r = st.a2.call("POST", "/v1/sys/approvals/%s/approve" % aid, {}, mfa=st.a2.code(s))
+    assert r.status_code == 200, r.text
+    d = r.json()["data"]
+    assert d["executed"] is True and d["result"]["status"] == 200, d
+    return d
+
+
 def test_admin_change_refused_before_enrolment(kmsd, st):
     r = st.a1.call("POST", "/v1/sys/tenants/" + uniq("t"))
     assert r.status_code == 401, r.text
@@ -559,16 +575,16 @@ def test_step_up_with_quorum(kmsd, st):
     doc["version"] = d["version"] + 1
     doc["rules"].append({"name": "mq-rotate-needs-one", "effect": "allow", "principals": ["role:admin"],
                          "keys": ["mq-*"], "operations": ["key.rotate"], "require_quorum": 1})
-    s = st.clock.next()
-    assert st.a1.call("POST", "/v1/sys/policy", doc, mfa=st.a1.code(s)).status_code == 200
+    write_policy(kmsd, st, doc)
     key = uniq("mq-k")
     s = st.clock.next()
     assert st.a1.call("POST", "/v1/%s/keys/%s" % (st.tenant, key), {}, mfa=st.a1.code(s)).status_code == 200
     path = "/v1/%s/keys/%s/rotate" % (st.tenant, key)
+    before = st.a1.call("GET", "/v1/sys/approvals").json()["data"]["keys"]  # the policy change's
     r = st.a1.call("POST", path, {})
     assert r.status_code == 401 and "MFA required" in err(r), r.text
-    before = st.a1.call("GET", "/v1/sys/approvals").json()["data"]["keys"]
-    assert before == [], before  # refused before any pending request was made
+    after = st.a1.call("GET", "/v1/sys/approvals").json()["data"]["keys"]
+    assert after == before, after  # refused before any pending request was made
     s = st.clock.next()
     r = st.a1.call("POST", path, {}, mfa=st.a1.code(s))
     assert r.status_code == 202, r.text
@@ -628,17 +644,20 @@ def test_mfa_max_age(kmsd, st):
     doc["rules"].append({"name": "fresh-mfa-tenant-config", "effect": "allow", "principals": ["role:admin"],
                          "operations": ["tenant.config"], "conditions": {"mfa_max_age": 120}})
     doc["version"] = ver + 1
-    s = st.clock.next()
-    r = st.a1.call("POST", "/v1/sys/policy", doc, mfa=st.a1.code(s))
-    assert r.status_code == 200, r.text
+    write_policy(kmsd, st, doc)
     path = "/v1/sys/tenants/%s/config" % st.tenant
     body = {"legal_hold": False}
     # a1 passed a check just now: no code needed within 120 s
     r = st.a1.call("POST", path, body)
     assert r.status_code == 200, r.text
-    # 300 s later the condition no longer holds: default deny
+    # 300 s later the condition no longer holds: only the session's age stands between
+    # a1 and an allow, so the answer asks for a code (401), it does not just refuse
     s = st.clock.next(gap=10)
     r = st.a1.call("POST", path, body)
+    assert r.status_code == 401 and err(r).startswith("MFA required: send a TOTP code"), r.text
+    assert "session has expired" in err(r), r.text
+    # a principal no rule would allow, session or not, still gets the plain 403
+    r = st.a1.call("POST", "/v1/%s/datakey/plaintext/nokey" % st.tenant, {})
     assert r.status_code == 403 and err(r) == "permission denied", r.text
     # a fresh verification makes it hold again
     r = st.a1.call("POST", "/v1/sys/mfa/verify", mfa=st.a1.code(s))
@@ -649,8 +668,6 @@ def test_mfa_max_age(kmsd, st):
     # back to the built-in rules
     builtin = json.loads(os.popen("%s default-policy" % kmsd.bin).read())
     builtin["version"] = ver + 2
-    s = st.clock.next()
-    r = st.a1.call("POST", "/v1/sys/policy", builtin, mfa=st.a1.code(s))
-    assert r.status_code == 200, r.text
+    write_policy(kmsd, st, builtin)
     r = st.a1.call("POST", path, body)
     assert r.status_code == 401 and err(r).startswith("MFA required"), r.text

@@ -72,13 +72,17 @@ static void test_good_documents(void **state)
 
 	assert_int_equal(policy_doc_default(&doc), KMS_OK);
 	assert_int_equal(policy_doc_version(doc), 1);
-	assert_int_equal(policy_doc_rule_count(doc), 9);
+	assert_int_equal(policy_doc_rule_count(doc), 12);
 	assert_string_equal(policy_doc_rule_name(doc, 0), "health-is-public");
-	assert_string_equal(policy_doc_rule_name(doc, 5), "admin-management");
-	assert_string_equal(policy_doc_rule_name(doc, 8), "auditor-read");
-	assert_null(policy_doc_rule_name(doc, 9));
-	/* the built-in asks for an MFA step-up on admin changes, and uses nothing else */
-	assert_int_equal(policy_doc_uses(doc), POLICY_USES_REQUIRE_MFA);
+	assert_string_equal(policy_doc_rule_name(doc, 5), "admin-two-person");
+	assert_string_equal(policy_doc_rule_name(doc, 6), "admin-management");
+	assert_string_equal(policy_doc_rule_name(doc, 9), "auditor-own-mfa");
+	assert_string_equal(policy_doc_rule_name(doc, 10), "auditor-session");
+	assert_string_equal(policy_doc_rule_name(doc, 11), "auditor-read");
+	assert_null(policy_doc_rule_name(doc, 12));
+	/* the built-in asks for an MFA step-up on admin changes, one approval on a few of
+	 * them, and a TOTP session for audit reads, and uses nothing else */
+	assert_int_equal(policy_doc_uses(doc), POLICY_USES_REQUIRE_MFA | POLICY_USES_QUORUM | POLICY_USES_MFA_AGE);
 	policy_doc_free(doc);
 
 	assert_int_equal(policy_doc_parse(hospital, strlen(hospital), &doc, &e), KMS_OK);

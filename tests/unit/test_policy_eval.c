@@ -494,6 +494,24 @@ static int admin_mutating(enum kms_op op)
 	case KMS_OP_MFA_UNLOCK: case KMS_OP_MFA_RESET: case KMS_OP_APPROVAL_APPROVE:
 	case KMS_OP_APPROVAL_DENY: case KMS_OP_BREAKGLASS_REVIEW: case KMS_OP_PRINCIPAL_CERT_ADD:
 	case KMS_OP_PRINCIPAL_CERT_REVOKE: case KMS_OP_SYS_BACKUP: case KMS_OP_SYS_RESTORE:
+	case KMS_OP_KEY_CONFIG_LOWER_MIN_DEC: case KMS_OP_KEY_LEGAL_HOLD_RELEASE:
+	case KMS_OP_TENANT_LEGAL_HOLD_RELEASE:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/* The two-person rule of the built-in document: these wait for one approval by another
+ * admin (destruction, a policy change, lowering min_decryption_version, releasing a
+ * legal hold); nothing else waits. Master-key rotation is a local command under the SO
+ * PIN, not an API call (docs/POLICY.md). */
+static unsigned admin_quorum(enum kms_op op)
+{
+	switch (op) {
+	case KMS_OP_VERSION_SCHEDULE_DESTROY: case KMS_OP_POLICY_WRITE:
+	case KMS_OP_KEY_CONFIG_LOWER_MIN_DEC: case KMS_OP_KEY_LEGAL_HOLD_RELEASE:
+	case KMS_OP_TENANT_LEGAL_HOLD_RELEASE:
 		return 1;
 	default:
 		return 0;
@@ -517,6 +535,14 @@ static void old_to_input(enum policy_role role, const char *unknown_role, const 
 		snprintf(tname, tcap, "ghost");
 	in->tenant = tenant != 0 ? tname : NULL;
 	in->now = NOW;
+	in->mfa_at = NOW - 60; /* a fresh TOTP session: the auditor's reads need one */
+}
+
+/* The built-in document's step-ups: every admin change, and an auditor's verify (which
+ * starts its session). */
+static int builtin_mfa(enum policy_role r, enum kms_op op)
+{
+	return (r == POLICY_ROLE_ADMIN && admin_mutating(op)) || (r == POLICY_ROLE_AUDITOR && op == KMS_OP_MFA_VERIFY);
 }
 
 static void test_default_matches_policy_decide(void **state)
@@ -529,7 +555,7 @@ static void test_default_matches_policy_decide(void **state)
 
 	assert_int_equal(policy_doc_default(&doc), KMS_OK);
 	assert_int_equal(policy_doc_version(doc), 1);
-	assert_int_equal(policy_doc_rule_count(doc), 9);
+	assert_int_equal(policy_doc_rule_count(doc), 12);
 	for (size_t i = 0; i < sizeof(old_cases) / sizeof(old_cases[0]); i++) {
 		old_to_input(old_cases[i].role, NULL, old_cases[i].scope, old_cases[i].n, old_cases[i].op,
 			     old_cases[i].tenant, tname, sizeof(tname), &in);
@@ -538,9 +564,10 @@ static void test_default_matches_policy_decide(void **state)
 			fail_msg("old case %zu: %s on %lld: expected %s, got %s (%s)", i, kms_op_name(old_cases[i].op),
 				 (long long)old_cases[i].tenant, old_cases[i].allow ? "allow" : "deny",
 				 v.allow ? "allow" : "deny", v.reason);
-		if (v.require_mfa != (v.allow && old_cases[i].role == POLICY_ROLE_ADMIN && admin_mutating(old_cases[i].op)))
+		if (v.require_mfa != (v.allow && builtin_mfa(old_cases[i].role, old_cases[i].op)))
 			fail_msg("old case %zu: %s: require_mfa %d", i, kms_op_name(old_cases[i].op), v.require_mfa);
-		assert_int_equal(v.require_quorum, 0);
+		if (v.require_quorum != (v.allow && old_cases[i].role == POLICY_ROLE_ADMIN ? admin_quorum(old_cases[i].op) : 0))
+			fail_msg("old case %zu: %s: require_quorum %u", i, kms_op_name(old_cases[i].op), v.require_quorum);
 	}
 
 	/* and exhaustively: every role (plus an unknown role string and anonymous), scope,
@@ -549,7 +576,7 @@ static void test_default_matches_policy_decide(void **state)
 	static const size_t nscopes[] = {0, 1, 2};
 	static const int64_t tenants[] = {-1, 0, 1, 2, 3};
 	static const char *const unknown[] = {NULL, "root"};
-	size_t compared = 0;
+	size_t compared = 0, quorum_ops = 0;
 	for (int r = POLICY_ROLE_NONE; r <= POLICY_ROLE_AUDITOR; r++)
 		for (size_t u = 0; u < (r == POLICY_ROLE_NONE ? 2u : 1u); u++)
 			for (size_t s = 0; s < 3; s++)
@@ -566,16 +593,122 @@ static void test_default_matches_policy_decide(void **state)
 								 r, unknown[u] ? unknown[u] : "-", s, (long long)tenants[t],
 								 kms_op_name((enum kms_op)op), d.allow ? "allow" : "deny",
 								 d.reason, v.allow ? "allow" : "deny", v.reason);
-						if (v.require_mfa != (v.allow && r == POLICY_ROLE_ADMIN &&
-								      admin_mutating((enum kms_op)op)))
+						if (v.require_mfa != (v.allow && builtin_mfa((enum policy_role)r, (enum kms_op)op)))
 							fail_msg("role %d op %s: require_mfa %d (%s)", r,
 								 kms_op_name((enum kms_op)op), v.require_mfa, v.reason);
-						if (v.require_quorum != 0)
-							fail_msg("op %s: quorum %u", kms_op_name((enum kms_op)op),
-								 v.require_quorum);
+						if (v.require_quorum != (v.allow && r == POLICY_ROLE_ADMIN
+									 ? admin_quorum((enum kms_op)op)
+									 : 0u))
+							fail_msg("role %d op %s: quorum %u (%s)", r,
+								 kms_op_name((enum kms_op)op), v.require_quorum, v.reason);
+						if (v.require_quorum > 0)
+							quorum_ops++;
 						compared++;
 					}
+	/* each quorum operation, for an admin, on every scope and tenant */
+	assert_int_equal(quorum_ops, 5 * 3 * 5);
 	print_message("[          ] default document == policy_decide on %zu inputs\n", compared);
+	policy_doc_free(doc);
+}
+
+/* The built-in auditor: its own MFA without a session; every audit read only within 8 h
+ * (28800 s) of a TOTP check, never before one, never with a check in the future; and the
+ * session decides nothing for other roles. */
+static void test_builtin_auditor_session(void **state)
+{
+	struct policy_doc *doc = NULL;
+	struct policy_input in;
+	struct policy_verdict v;
+	char tname[32];
+	size_t reads = 0;
+	(void)state;
+
+	assert_int_equal(policy_doc_default(&doc), KMS_OK);
+	for (int op = 1; op < KMS_OP__COUNT; op++) {
+		static const int64_t ages[] = {0, 1, 28800, 28801, -5};
+		struct policy_decision d;
+		struct policy_subject who = {POLICY_ROLE_AUDITOR, NULL, 0};
+		struct policy_request req = {(enum kms_op)op, 7};
+		d = policy_decide(&who, &req);
+		for (size_t a = 0; a < sizeof(ages) / sizeof(ages[0]); a++) {
+			bool fresh = ages[a] > 0 && ages[a] <= 28800;
+			bool own_mfa = op == KMS_OP_MFA_ENROLL || op == KMS_OP_MFA_CONFIRM || op == KMS_OP_MFA_STATUS ||
+				       op == KMS_OP_MFA_VERIFY;
+			bool always = own_mfa || op == KMS_OP_HEALTH || op == KMS_OP_TOKEN_LOOKUP_SELF;
+			old_to_input(POLICY_ROLE_AUDITOR, NULL, NULL, 0, (enum kms_op)op, 7, tname, sizeof(tname), &in);
+			in.mfa_at = ages[a] == 0 ? 0 : NOW - ages[a];
+			policy_eval(doc, &in, &v);
+			if (v.allow != (d.allow && (always || fresh)))
+				fail_msg("auditor %s, session age %lld: %s (%s)", kms_op_name((enum kms_op)op),
+					 (long long)ages[a], v.allow ? "allow" : "deny", v.reason);
+			if (v.allow && !always)
+				assert_non_null(strstr(v.reason, "auditor-read"));
+			if (d.allow && !always && a == 0)
+				reads++;
+			/* whether kmsd must look the session up */
+			assert_int_equal(policy_mfa_age_may_apply(doc, &in), d.allow && !always);
+		}
+	}
+	assert_int_equal(reads, 13); /* the auditor-read operations */
+	/* a service's data plane and an admin's change never need the session looked up */
+	old_to_input(POLICY_ROLE_SERVICE, NULL, scope_a, 1, KMS_OP_DATAKEY, 1, tname, sizeof(tname), &in);
+	assert_false(policy_mfa_age_may_apply(doc, &in));
+	old_to_input(POLICY_ROLE_ADMIN, NULL, NULL, 0, KMS_OP_KEY_READ, 1, tname, sizeof(tname), &in);
+	assert_false(policy_mfa_age_may_apply(doc, &in));
+	policy_doc_free(doc);
+}
+
+/* A refined operation (kms/core/policy_op.c) is covered by a rule naming its route's
+ * operation; a rule naming the refinement covers only it. */
+static void test_refined_ops(void **state)
+{
+	static const char doc_text[] =
+		"{\"version\": 3, \"rules\": [\n"
+		" {\"name\": \"config\", \"effect\": \"allow\", \"principals\": [\"role:admin\"],\n"
+		"  \"operations\": [\"key.config\", \"key.legal_hold\", \"tenant.config\"]},\n"
+		" {\"name\": \"two\", \"effect\": \"allow\", \"principals\": [\"role:admin\"],\n"
+		"  \"operations\": [\"key.config.lower_min_decryption\", \"key.legal_hold.release\",\n"
+		"                 \"tenant.config.legal_hold_release\"], \"require_quorum\": 2},\n"
+		" {\"name\": \"ops\", \"effect\": \"allow\", \"principals\": [\"ops\"],\n"
+		"  \"operations\": [\"key.config.lower_min_decryption\"]}\n"
+		"]}\n";
+	static const struct {
+		const char *principal, *role;
+		enum kms_op op;
+		int allow;
+		unsigned quorum;
+	} t[] = {
+		{"a", "admin", KMS_OP_KEY_CONFIG, 1, 0},
+		{"a", "admin", KMS_OP_KEY_CONFIG_LOWER_MIN_DEC, 1, 2},
+		{"a", "admin", KMS_OP_KEY_LEGAL_HOLD, 1, 0},
+		{"a", "admin", KMS_OP_KEY_LEGAL_HOLD_RELEASE, 1, 2},
+		{"a", "admin", KMS_OP_TENANT_CONFIG, 1, 0},
+		{"a", "admin", KMS_OP_TENANT_LEGAL_HOLD_RELEASE, 1, 2},
+		{"a", "admin", KMS_OP_KEY_REVOKE, 0, 0},
+		{"ops", "service", KMS_OP_KEY_CONFIG_LOWER_MIN_DEC, 1, 0},
+		{"ops", "service", KMS_OP_KEY_CONFIG, 0, 0},
+	};
+	struct policy_doc *doc = load(doc_text);
+	(void)state;
+
+	assert_string_equal(kms_op_name(KMS_OP_KEY_CONFIG_LOWER_MIN_DEC), "key.config.lower_min_decryption");
+	assert_string_equal(kms_op_name(KMS_OP_KEY_LEGAL_HOLD_RELEASE), "key.legal_hold.release");
+	assert_string_equal(kms_op_name(KMS_OP_TENANT_LEGAL_HOLD_RELEASE), "tenant.config.legal_hold_release");
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		struct policy_input in = {0};
+		struct policy_verdict v;
+		in.principal = t[i].principal;
+		in.role = t[i].role;
+		in.op = t[i].op;
+		in.tenant = "t";
+		in.tenant_id = 1;
+		in.key = "k";
+		in.now = NOW;
+		policy_eval(doc, &in, &v);
+		if (v.allow != (t[i].allow != 0) || v.require_quorum != t[i].quorum)
+			fail_msg("refined case %zu (%s): allow %d quorum %u (%s)", i, kms_op_name(t[i].op), v.allow,
+				 v.require_quorum, v.reason);
+	}
 	policy_doc_free(doc);
 }
 
@@ -604,6 +737,8 @@ int main(void)
 		cmocka_unit_test(test_glob),
 		cmocka_unit_test(test_addr),
 		cmocka_unit_test(test_default_matches_policy_decide),
+		cmocka_unit_test(test_refined_ops),
+		cmocka_unit_test(test_builtin_auditor_session),
 		cmocka_unit_test(test_refcount),
 	};
 	return cmocka_run_group_tests_name("policy_eval", tests, NULL, NULL);

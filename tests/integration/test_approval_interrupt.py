@@ -1,0 +1,142 @@
+"""An approved request that a crash leaves `executing` (kmsd killed between the final
+vote and the end of the run) is marked `interrupted` when kmsd starts again: audited as
+approval.interrupt, shown by GET /v1/sys/approvals, and never run again (docs/API.md
+"Approvals"). The window is made with the test hook KMSD_TEST_APPROVAL_EXEC_DELAY_MS
+(a pause after the final vote, before the run) and closed with SIGKILL."""
+
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+
+import requests
+
+from conftest import uniq
+
+POLICY = {
+    "version": 2,
+    "description": "test_approval_interrupt: admins manage; rotating qi-* keys needs one approval",
+    "rules": [
+        {"name": "health-is-public", "effect": "allow", "principals": ["*"], "operations": ["sys.health"]},
+        {"name": "admin-management", "effect": "allow", "principals": ["role:admin"], "operations": ["*"]},
+        {"name": "qi-rotate-needs-one", "effect": "allow", "principals": ["role:admin"], "keys": ["qi-*"],
+         "operations": ["key.rotate"], "require_quorum": 1},
+    ],
+}
+
+_DIR = tempfile.mkdtemp(prefix="kmsd-interrupt-")
+POLICY_FILE = os.path.join(_DIR, "policy.json")
+with open(POLICY_FILE, "w") as _f:
+    json.dump(POLICY, _f, indent=2)
+
+KMSD_EXTRA_OPTS = [("policy_file", POLICY_FILE), ("workers", "4")]
+HOOK = "KMSD_TEST_APPROVAL_EXEC_DELAY_MS"
+
+
+def audit_records(kmsd):
+    with open(kmsd.audit_path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def show(kmsd, aid):
+    r = kmsd.get("/v1/sys/approvals/" + aid, token=kmsd.admin_token)
+    assert r.status_code == 200, r.text
+    return r.json()["data"]
+
+
+def test_killed_while_executing_is_interrupted_and_never_runs(kmsd):
+    names = {}
+    toks = {}
+    for who in ("b", "c"):
+        names[who] = uniq("adm-" + who)
+        kmsd.create_principal(names[who], role="admin")
+        toks[who] = kmsd.create_token(names[who])[0]
+    tenant = kmsd.create_tenant()
+    key = kmsd.create_key(tenant, uniq("qi-k"))
+    r = kmsd.post("/v1/%s/keys/%s/rotate" % (tenant, key), {}, token=kmsd.admin_token)
+    assert r.status_code == 202, r.text
+    aid = r.json()["data"]["approval_id"]
+
+    # restart with the pause between the final vote and the run
+    kmsd.stop()
+    kmsd.env[HOOK] = "60000"
+    kmsd.start()
+    answers = []
+
+    def vote():
+        try:
+            answers.append(requests.post(kmsd.url + "/v1/sys/approvals/%s/approve" % aid, json={},
+                                         headers={"X-Vault-Token": toks["b"]}, verify=kmsd.ca,
+                                         timeout=90).status_code)
+        except requests.RequestException as e:  # the kill cuts the connection
+            answers.append(type(e).__name__)
+
+    def state_now():
+        # read from the store, not over HTTP: the paused request holds one of kmsd's
+        # worker threads, and the point is the state it left behind
+        db = sqlite3.connect("file:%s?mode=ro" % kmsd.store_path, uri=True, timeout=10)
+        try:
+            (state,) = db.execute("SELECT state FROM approval_requests WHERE id = ?", (aid,)).fetchone()
+        finally:
+            db.close()
+        return state
+
+    th = threading.Thread(target=vote)
+    th.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and state_now() != "executing":
+        time.sleep(0.05)
+    assert state_now() == "executing"
+    kmsd.kill()  # SIGKILL between the final vote and the end of the run
+    th.join(timeout=60)
+    assert not th.is_alive()
+    assert answers and answers[0] != 200, answers
+
+    del kmsd.env[HOOK]
+    kmsd.start()
+    d = show(kmsd, aid)
+    assert d["state"] == "interrupted" and d["finished"] > 0, d
+    assert [x["principal"] for x in d["approved_by"]] == [names["b"]]
+    assert "result" not in d
+    r = kmsd.get("/v1/sys/approvals", token=kmsd.admin_token)
+    listed = [x for x in r.json()["data"]["requests"] if x["id"] == aid]
+    assert listed and listed[0]["state"] == "interrupted", listed
+    # never run: the key was not rotated, and no execution record exists
+    r = kmsd.get("/v1/%s/keys/%s" % (tenant, key), token=kmsd.admin_token)
+    assert r.json()["data"]["latest_version"] == 1, r.text
+    recs = [x for x in audit_records(kmsd) if x.get("approval_id") == aid]
+    assert not [x for x in recs if x.get("auth_method") == "approval"], recs
+    intr = [x for x in recs if x["operation"] == "approval.interrupt"]
+    assert len(intr) == 1, recs
+    assert intr[0]["approval_event"] == "interrupted" and intr[0]["outcome"] == "error", intr[0]
+    assert intr[0]["requested_by"] == "admin" and intr[0]["approved_operation"] == "key.rotate", intr[0]
+    assert intr[0]["tenant"] == tenant and intr[0]["key"] == key, intr[0]
+    # and it cannot be approved, or run, again
+    r = kmsd.post("/v1/sys/approvals/%s/approve" % aid, {}, token=toks["c"])
+    assert r.status_code == 409, r.text
+    r = kmsd.post("/v1/sys/approvals/%s/deny" % aid, {}, token=toks["c"])
+    assert r.status_code == 409, r.text
+    assert kmsd.get("/v1/%s/keys/%s" % (tenant, key), token=kmsd.admin_token).json()["data"]["latest_version"] == 1
+
+    # another restart marks nothing twice
+    kmsd.stop()
+    kmsd.start()
+    assert show(kmsd, aid)["state"] == "interrupted"
+    intr = [x for x in audit_records(kmsd) if x.get("approval_id") == aid and x["operation"] == "approval.interrupt"]
+    assert len(intr) == 1, intr
+
+
+def test_a_finished_request_is_not_touched_by_a_restart(kmsd):
+    tok_b = kmsd.create_token(kmsd.create_principal(uniq("adm-e"), role="admin"))[0]
+    tenant = kmsd.create_tenant()
+    key = kmsd.create_key(tenant, uniq("qi-k"))
+    r = kmsd.post("/v1/%s/keys/%s/rotate" % (tenant, key), {}, token=kmsd.admin_token)
+    aid = r.json()["data"]["approval_id"]
+    r = kmsd.post("/v1/sys/approvals/%s/approve" % aid, {}, token=tok_b)
+    assert r.status_code == 200 and r.json()["data"]["state"] == "approved-executed", r.text
+    kmsd.stop()
+    kmsd.start()
+    assert show(kmsd, aid)["state"] == "approved-executed"
+    assert kmsd.get("/v1/%s/keys/%s" % (tenant, key), token=kmsd.admin_token).json()["data"]["latest_version"] == 2
