@@ -788,7 +788,8 @@ static bool am_seen_before(struct store *s, enum store_am_table t, const struct 
 	if (store_am_encode(t, f, n, &enc, &len) != KMS_OK)
 		return false;
 	if (am_digest(enc, len, digest) && (e = am_slot(s, digest)) != NULL && e->used)
-		hit = am_equal(e->digest, digest, sizeof(digest)) & am_equal(e->mac, mac, STORE_MAC_LEN);
+		/* both compared whole, whatever the first says (no && short cut) */
+		hit = ((int)am_equal(e->digest, digest, sizeof(digest)) & (int)am_equal(e->mac, mac, STORE_MAC_LEN)) != 0;
 	free(enc);
 	return hit;
 }
