@@ -8,7 +8,7 @@ is 403. An auditor reads only its own MFA state and still changes nothing."""
 import json
 
 from conftest import uniq
-from test_mfa import Admin, Clock, err
+from test_mfa import Admin, Clock, err, new_principal
 
 KMSD_BUILTIN_POLICY = True
 KMSD_TEST_CLOCK = True
@@ -32,12 +32,7 @@ def st_of(kmsd):
     s.clock.next()
     s.a1 = Admin(kmsd, "admin", kmsd.admin_token)
     s.a1.enroll_confirm(s.clock)
-    name = uniq("auditor")
-    r = s.a1.call("POST", "/v1/sys/principals/" + name, {"role": "auditor"}, mfa=s.a1.code(s.clock.next()))
-    assert r.status_code == 200, r.text
-    r = s.a1.call("POST", "/v1/sys/principals/%s/tokens" % name, {}, mfa=s.a1.code(s.clock.next()))
-    assert r.status_code == 200, r.text
-    s.au = Admin(kmsd, name, r.json()["auth"]["client_token"])
+    s.au = new_principal(kmsd, s.a1, s.clock, "auditor", "auditor")
     s.tenant = uniq("ta")
     r = s.a1.call("POST", "/v1/sys/tenants/" + s.tenant, {"retention": "non-phi"}, mfa=s.a1.code(s.clock.next()))
     assert r.status_code == 200, r.text

@@ -91,6 +91,17 @@ class Admin:
         return d
 
 
+def new_principal(kmsd, admin, clock, role, prefix):
+    """A new principal of `role`, made by `admin` with a step-up for each change, and a
+    token of its own: as an Admin (not enrolled)."""
+    name = uniq(prefix)
+    r = admin.call("POST", "/v1/sys/principals/" + name, {"role": role}, mfa=admin.code(clock.next()))
+    assert r.status_code == 200, r.text
+    r = admin.call("POST", "/v1/sys/principals/%s/tokens" % name, {}, mfa=admin.code(clock.next()))
+    assert r.status_code == 200, r.text
+    return Admin(kmsd, name, r.json()["auth"]["client_token"])
+
+
 def err(r):
     return r.json()["errors"][0]
 

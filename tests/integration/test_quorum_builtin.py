@@ -9,7 +9,7 @@ wait. The audit record keeps the route's operation and names the refined one."""
 import json
 
 from conftest import uniq
-from test_mfa import Admin, Clock, err
+from test_mfa import Admin, Clock, err, new_principal
 
 KMSD_BUILTIN_POLICY = True
 KMSD_TEST_CLOCK = True
@@ -31,12 +31,7 @@ def st_of(kmsd):
     s.clock.next()
     s.a1 = Admin(kmsd, "admin", kmsd.admin_token)
     s.a1.enroll_confirm(s.clock)
-    name2 = uniq("admin-b")
-    r = s.a1.call("POST", "/v1/sys/principals/" + name2, {"role": "admin"}, mfa=s.a1.code(s.clock.next()))
-    assert r.status_code == 200, r.text
-    r = s.a1.call("POST", "/v1/sys/principals/%s/tokens" % name2, {}, mfa=s.a1.code(s.clock.next()))
-    assert r.status_code == 200, r.text
-    s.a2 = Admin(kmsd, name2, r.json()["auth"]["client_token"])
+    s.a2 = new_principal(kmsd, s.a1, s.clock, "admin", "admin-b")
     s.a2.enroll_confirm(s.clock)
     s.tenant = uniq("t2p")
     r = s.a1.call("POST", "/v1/sys/tenants/" + s.tenant, {"retention": "non-phi"}, mfa=s.a1.code(s.clock.next()))
