@@ -24,7 +24,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 #define STRINGS(X)                                                                         \
 	X(listen_address) X(port_file) X(tls_cert) X(tls_key) X(pkcs11_module) X(token_label) \
 	X(pin_file) X(pin_env) X(so_pin_file) X(store_path) X(audit_path) X(node_id) X(log_level) \
-	X(policy_file) X(audit_syslog) X(rate_limit_ops) X(user) X(metrics_listen) X(metrics_port_file)
+	X(policy_file) X(audit_syslog) X(rate_limit_ops) X(user) X(metrics_listen) X(metrics_port_file) \
+	X(tls_client_ca) X(tls_client_auth)
 #define INTS(X)                                                                             \
 	X(port, 0, 65535) X(workers, 0, 256) X(max_body_bytes, 1024, 16777216)              \
 	X(connection_timeout, 1, 3600) X(max_connections, 1, 65536) X(per_ip_connections, 0, 65536) \
@@ -32,7 +33,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	X(audit_checkpoint_records, 1, 1000000) X(audit_checkpoint_seconds, 1, 86400)      \
 	X(audit_segment_mb, 0, 1048576) X(audit_segment_seconds, 0, 31622400)              \
 	X(max_encryptions_per_version, 1, 2147483647) X(rate_limit_rps, 0, 1000000)           \
-	X(rate_limit_burst, 0, 10000000) X(auth_fail_rps, 0, 100000) X(auth_fail_burst, 0, 1000000)
+	X(rate_limit_burst, 0, 10000000) X(auth_fail_rps, 0, 100000) X(auth_fail_burst, 0, 1000000) \
+	X(audit_hmac_cache, 0, 1000000) X(approval_ttl, 60, 2592000) X(break_glass_max_ttl, 60, 86400) \
+	X(break_glass_reviews, 1, 16) X(mfa_max_failures, 1, 100)
 
 static void check_ranges(const struct kms_config *c)
 {
@@ -52,7 +55,7 @@ static int same(const struct kms_config *a, const struct kms_config *b)
 	INTS(I)
 #undef S
 #undef I
-	return a->tls == b->tls;
+	return a->tls == b->tls && a->tls_session_tickets == b->tls_session_tickets;
 }
 
 /* A stored value never holds a '"' unless it was written unquoted, and then it has no
@@ -80,6 +83,7 @@ static void check_roundtrip(const struct kms_config *c)
 #undef S
 #undef I
 	o += (size_t)sprintf(text + o, "tls = %s\n", c->tls ? "true" : "false");
+	o += (size_t)sprintf(text + o, "tls_session_tickets = %s\n", c->tls_session_tickets ? "true" : "false");
 	if (kms_config_parse(text, "roundtrip.conf", &back) != KMS_OK) {
 		fprintf(stderr, "%s\n%s\n", kms_err_detail(KMS_ERR_CONFIG), text);
 		CHECK(!"re-parse of a written config failed");
