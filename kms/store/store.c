@@ -504,7 +504,7 @@ struct store {
 	 * reading a stale snapshot. */
 	int fd;
 	/* store_change_stamp: rows changed by bookkeeping writes that no cache depends on
-	 * (a token's last-used time), and PRAGMA data_version, prepared on first use */
+	 * (a token's last-used time, meta rows), and PRAGMA data_version, prepared on first use */
 	int64_t quiet_changes;
 	sqlite3_stmt *data_version;
 	/* authority-row MACs (store_set_authmac); NULL: not computed, not checked */
@@ -1302,6 +1302,9 @@ kms_err store_meta_set(struct store *s, const char *k, const char *v)
 		rc = db_fail(s, "meta set");
 		goto out;
 	}
+	/* meta holds bookkeeping (health's clock check writes it every second while a
+	 * load balancer polls); no cache of rows depends on it: see store_change_stamp */
+	s->quiet_changes += sqlite3_changes64(s->db);
 	rc = KMS_OK;
 out:
 	store_unlock(s);

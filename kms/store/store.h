@@ -305,7 +305,7 @@ KMS_WUR kms_err store_token_touch(struct store *s, const char *accessor, int64_t
 
 /* Changes to the store as seen from this process, for caches of its rows: `local`
  * counts rows this connection inserted, updated or deleted (any table, any store_*
- * call, bookkeeping such as store_token_touch excepted), `external` is SQLite's
+ * call, bookkeeping excepted: store_token_touch and store_meta_set), `external` is SQLite's
  * data_version, which moves when another connection (kmsctl, a second kmsd) commits.
  * A cache that tags what it read with the stamp taken *before* reading it, and drops
  * everything when the stamp differs, never serves a row older than the last write. */

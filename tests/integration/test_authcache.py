@@ -35,6 +35,22 @@ def test_busy_token_served_from_cache(kmsd):
     assert "kmsd_auth_cache_hits_total " in text and "kmsd_auth_cache_flushes_total " in text
 
 
+def test_health_polling_keeps_the_cache(kmsd):
+    """A load balancer polling /v1/sys/health makes the store check rewrite a meta row
+    (at most once a second); that bookkeeping must not empty the auth cache."""
+    import time
+    t, k, tok = kmsd.setup_tenant_key()
+    for _ in range(2):
+        assert kmsd.datakey(tok, t, k).status_code == 200
+    f0 = cache_stats(kmsd)["flushes_total"]
+    for _ in range(3):
+        r = kmsd.get("/v1/sys/health")
+        assert r.status_code == 200 and r.json()["checks"]["store"] == "ok", r.text
+        time.sleep(1.1)  # past the check's one-second cache: the next poll writes again
+    assert hits_during(kmsd, lambda: kmsd.datakey(tok, t, k)) >= 1
+    assert cache_stats(kmsd)["flushes_total"] == f0
+
+
 def test_revoked_token_refused_on_next_request(kmsd):
     t, k, tok = kmsd.setup_tenant_key()
     acc = None
@@ -138,3 +154,4 @@ def test_policy_change_applies_at_once(kmsd):
     assert r.status_code == 200, r.text
     r = kmsd.datakey(tok, t, k)
     assert r.status_code == 403, r.text
+
