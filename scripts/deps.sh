@@ -8,7 +8,8 @@ PKGS="gcc make pkg-config libssl-dev libmicrohttpd-dev libgnutls28-dev libjansso
 libsqlite3-dev sqlite3 libp11-kit-dev libcurl4-openssl-dev libcmocka-dev softhsm2 opensc
 openssl curl python3 python3-pytest python3-pytest-xdist python3-requests python3-hvac clang
 libclang-rt-14-dev
-sslscan libtsan2 chromium libqrencode-dev oathtool"
+sslscan libtsan2 chromium libqrencode-dev oathtool
+libpq-dev postgresql haproxy"
 if [ "${1-}" = bench ]; then
 	PKGS="$PKGS wrk"
 fi
