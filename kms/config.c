@@ -75,6 +75,7 @@ static const struct conf_option options[] = {
 	PATH(store_path, "./var/kmsd.db", 1),
 	PATH(audit_path, "./var/audit.log", 1),
 	STRING(node_id, "kmsd-1", 1, check_node_id),
+	INT(cluster_sync_ms, 1000, 50, 60000),
 	INT(workers, 0, 0, 256),
 	INT(max_body_bytes, 65536, 1024, 16777216),
 	INT(connection_timeout, 30, 1, 3600),

@@ -22,7 +22,9 @@
  *   so_pin_file         path    ""           SO PIN file, read only by `kmsd init` and `kmsd master-key rotate`
  *   store_path          path    ./var/kmsd.db
  *   audit_path          path    ./var/audit.log
- *   node_id             string  kmsd-1       1..64 chars [A-Za-z0-9._-]
+ *   node_id             string  kmsd-1       1..64 chars [A-Za-z0-9._-]; unique per node of a cluster
+ *   cluster_sync_ms     int     1000         several nodes on PostgreSQL: longest time before a change made on
+ *                                            another node is in force here, 50..60000 (docs/SCALE-OUT.md)
  *   workers             int     0            worker threads, 0 = 8 per core (1..256); see kms_config_workers
  *   max_body_bytes      int     65536        1024..16777216
  *   connection_timeout  int     30           idle seconds before a connection is closed, 1..3600
@@ -82,6 +84,7 @@ struct kms_config {
 	char store_path[KMS_CONFIG_PATH_MAX];
 	char audit_path[KMS_CONFIG_PATH_MAX];
 	char node_id[65];
+	int cluster_sync_ms;
 	int workers;
 	int max_body_bytes;
 	int connection_timeout;

@@ -774,7 +774,15 @@ static int cmd_serve(const struct kms_config *cfg)
 		kms_error("policy: %s", kms_err_detail(err));
 		goto out;
 	}
-	core_approvals_interrupted(core);
+	/* One node: a request a crash left executing is marked interrupted. Several nodes
+	 * (PostgreSQL): another node may be executing it right now, so it is left as it is
+	 * (it never runs again either way; docs/SCALE-OUT.md). */
+	if (store_backend(st) == STORE_SQLITE)
+		core_approvals_interrupted(core);
+	if ((err = core_cluster_start(core, cfg->store_path, cfg->node_id, (unsigned)cfg->cluster_sync_ms)) != KMS_OK) {
+		kms_error("cluster: %s", kms_err_detail(err));
+		goto out;
+	}
 	if ((err = core_scheduler_start(core, (unsigned)cfg->scheduler_interval)) != KMS_OK) {
 		kms_error("%s", kms_err_detail(err));
 		goto out;

@@ -184,6 +184,34 @@ static kms_err kent_load(struct core *c, const char *tenant, const char *key, st
 	return KMS_OK;
 }
 
+/* A serving copy taken out of the cache: destroyed in the token after the grace
+ * period (core_graves_reap), so that a request that fetched it just before finishes. */
+static void core_retire_handle(struct core *c, p11_key drop)
+{
+	struct grave *g;
+
+	if (drop == 0)
+		return;
+	pthread_mutex_lock(&c->grave_mu);
+	if (c->n_graves == c->cap_graves) {
+		size_t cap = c->cap_graves ? c->cap_graves * 2 : 16;
+		g = realloc(c->graves, cap * sizeof(*g)); /* handles, not secrets */
+		if (g != NULL) {
+			c->graves = g;
+			c->cap_graves = cap;
+		}
+	}
+	if (c->n_graves < c->cap_graves) {
+		c->graves[c->n_graves].h = drop;
+		c->graves[c->n_graves].since = (int64_t)time(NULL);
+		c->n_graves++;
+		drop = 0;
+	}
+	pthread_mutex_unlock(&c->grave_mu);
+	/* no memory for the list: destroy now (a racing request gets a 503) */
+	p11_kek_unload(c->p11, drop);
+}
+
 kms_err core_key_insert(struct core *c, const char *tenant, const struct store_key *meta)
 {
 	struct kent *e;
@@ -206,8 +234,11 @@ kms_err core_key_add_version(struct core *c, const char *tenant, const char *key
 		return kent_load(c, tenant, key, &e);
 	}
 	if (version != e->nvers + 1) {
-		rc = kms_errf(KMS_ERR_INTERNAL, "key cache out of step");
-		goto out;
+		/* another node (or process) added versions meanwhile: read them all */
+		int64_t id = e->meta.id;
+
+		pthread_rwlock_unlock(&c->lock);
+		return core_key_refresh(c, id);
 	}
 	nv = realloc(e->vers, (e->nvers + 1) * sizeof(*nv)); /* handles, not secrets */
 	if (nv == NULL) {
@@ -218,9 +249,103 @@ kms_err core_key_add_version(struct core *c, const char *tenant, const char *key
 	e->vers[e->nvers] = (struct kver){.version = version, .created = created, .handle = 0};
 	e->nvers++;
 	e->meta.latest_version = version;
+	e->gen++;
 out:
 	pthread_rwlock_unlock(&c->lock);
 	return rc;
+}
+
+kms_err core_key_apply(struct core *c, const char *tenant, const struct store_key *meta,
+		       const struct store_version *vs, size_t nv, uint64_t gen)
+{
+	p11_key *drop = NULL;
+	size_t ndrop = 0;
+	struct kent *e;
+	kms_err rc = KMS_OK;
+
+	for (size_t i = 0; i < nv; i++)
+		if (vs[i].version != i + 1)
+			return kms_errf(KMS_ERR_INTERNAL, "key %lld: versions not 1..%zu", (long long)meta->id, nv);
+	pthread_rwlock_wrlock(&c->lock);
+	e = kent_find_locked(c, tenant, meta->name);
+	if (e == NULL)
+		goto out; /* not cached: the first use reads the store */
+	if (gen != UINT64_MAX && e->gen != gen) {
+		rc = KMS_ERR_CONFLICT; /* changed here while the caller read: read again */
+		goto out;
+	}
+	if (nv > e->nvers) {
+		struct kver *g = realloc(e->vers, nv * sizeof(*g)); /* handles, not secrets */
+		if (g == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "key cache");
+			goto out;
+		}
+		e->vers = g;
+		for (size_t i = e->nvers; i < nv; i++) {
+			/* what other nodes reserved is theirs: this node reserves its own blocks */
+			e->vers[i] = (struct kver){.version = vs[i].version, .created = vs[i].created,
+						   .used = vs[i].enc_reserved, .reserved = vs[i].enc_reserved};
+		}
+		e->nvers = nv;
+	}
+	if ((drop = calloc(nv ? nv : 1, sizeof(*drop))) == NULL) {
+		rc = kms_errf(KMS_ERR_NOMEM, "key cache");
+		goto out;
+	}
+	for (size_t i = 0; i < nv; i++) {
+		struct kver *v = &e->vers[i];
+		v->state = core_state_parse(vs[i].state);
+		v->destroy_after = vs[i].destroy_after;
+		if (v->state != KVER_ENABLED && v->handle != 0) {
+			drop[ndrop++] = v->handle;
+			v->handle = 0;
+		}
+	}
+	e->meta = *meta;
+	/* versions were read after the key row: a version added in between is the latest */
+	if (e->meta.latest_version < nv)
+		e->meta.latest_version = (uint32_t)nv;
+	e->gen++;
+out:
+	pthread_rwlock_unlock(&c->lock);
+	for (size_t i = 0; i < ndrop; i++)
+		core_retire_handle(c, drop[i]);
+	free(drop);
+	return rc;
+}
+
+void core_tenants_refresh(struct core *c, int64_t tenant_id)
+{
+	char (*names)[STORE_NAME_MAX + 1] = NULL;
+	size_t n = 0, cap = 0;
+
+	pthread_rwlock_rdlock(&c->lock);
+	for (size_t b = 0; b < CORE_BUCKETS; b++)
+		for (struct tent *t = c->tenants[b]; t; t = t->next) {
+			if (tenant_id != 0 && t->t.id != tenant_id)
+				continue;
+			if (n == cap) {
+				size_t nc = cap ? cap * 2 : 16;
+				void *g = realloc(names, nc * sizeof(*names));
+				if (g == NULL)
+					goto done;
+				names = g;
+				cap = nc;
+			}
+			snprintf(names[n++], sizeof(*names), "%s", t->t.name);
+		}
+done:
+	pthread_rwlock_unlock(&c->lock);
+	for (size_t i = 0; i < n; i++) {
+		struct store_tenant t;
+		kms_err rc = store_tenant_get(c->st, names[i], &t);
+
+		if (rc == KMS_OK)
+			core_tenant_insert(c, &t);
+		else
+			kms_warn("cluster: tenant %s not read again: %s", names[i], kms_err_detail(rc));
+	}
+	free(names);
 }
 
 enum kver_state core_state_parse(const char *s)
@@ -255,6 +380,7 @@ void core_key_meta_set(struct core *c, const char *tenant, const struct store_ke
 		uint32_t latest = e->meta.latest_version;
 		e->meta = *meta;
 		e->meta.latest_version = latest;
+		e->gen++;
 	}
 	pthread_rwlock_unlock(&c->lock);
 }
@@ -271,6 +397,7 @@ void core_version_state_set(struct core *c, const char *tenant, const char *key,
 		struct kver *v = &e->vers[version - 1];
 		v->state = st;
 		v->destroy_after = destroy_after;
+		e->gen++;
 		/* A version that may not be used has no business being loaded. */
 		if (st != KVER_ENABLED) {
 			drop = v->handle;
@@ -278,27 +405,7 @@ void core_version_state_set(struct core *c, const char *tenant, const char *key,
 		}
 	}
 	pthread_rwlock_unlock(&c->lock);
-	if (drop != 0) {
-		struct grave *g;
-		pthread_mutex_lock(&c->grave_mu);
-		if (c->n_graves == c->cap_graves) {
-			size_t cap = c->cap_graves ? c->cap_graves * 2 : 16;
-			g = realloc(c->graves, cap * sizeof(*g)); /* handles, not secrets */
-			if (g != NULL) {
-				c->graves = g;
-				c->cap_graves = cap;
-			}
-		}
-		if (c->n_graves < c->cap_graves) {
-			c->graves[c->n_graves].h = drop;
-			c->graves[c->n_graves].since = (int64_t)time(NULL);
-			c->n_graves++;
-			drop = 0;
-		}
-		pthread_mutex_unlock(&c->grave_mu);
-		/* no memory for the list: destroy now (a racing request gets a 503) */
-		p11_kek_unload(c->p11, drop);
-	}
+	core_retire_handle(c, drop);
 }
 
 void core_graves_reap(struct core *c, bool force)
@@ -768,8 +875,21 @@ kms_err core_rotate_key(struct core *c, const char *tenant, const char *key, uin
 			rc = core_kek_row_new(c, tenant, key, &v);
 			if (rc == KMS_OK)
 				rc = store_key_rotate(c->st, k.key_id, &v);
-			if (rc != KMS_ERR_CONFLICT || attempt == 3 || !core_mk_moved(c, v.mk_version))
+			if (rc != KMS_ERR_CONFLICT || attempt == 8)
 				break;
+			if (core_mk_moved(c, v.mk_version))
+				continue; /* wrap again under the master key now active */
+			/* Another node (or process) rotated first: read the key again, then
+			 * either that was the rotation asked for or this one follows it. */
+			if (core_key_refresh(c, k.key_id) != KMS_OK || core_key_ref(c, tenant, key, &k) != KMS_OK ||
+			    k.latest < v.version)
+				break; /* the conflict was something else: answer it */
+			if (expect_latest != 0) {
+				*newv = k.latest;
+				goto out;
+			}
+			v.version = k.latest + 1;
+			v.created = core_now();
 		}
 	}
 	if (rc == KMS_OK)
@@ -826,8 +946,16 @@ kms_err core_take_slot(struct core *c, const struct keyref *k, uint32_t version)
 		if (rc == KMS_OK) {
 			pthread_rwlock_rdlock(&c->lock);
 			e = kent_find_locked(c, k->tenant, k->name);
-			if (e != NULL && version <= e->nvers)
-				__atomic_store_n(&e->vers[version - 1].reserved, upto, __ATOMIC_RELEASE);
+			if (e != NULL && version <= e->nvers) {
+				struct kver *v = &e->vers[version - 1];
+				/* This node's block is [upto - block, upto): what lies between its
+				 * last block and this one other nodes (or earlier processes)
+				 * reserved, and is theirs. Threads that overshot take their own
+				 * increments back, so the skip is added, never stored. */
+				if (upto - block > reserved)
+					__atomic_add_fetch(&v->used, upto - block - reserved, __ATOMIC_ACQ_REL);
+				__atomic_store_n(&v->reserved, upto, __ATOMIC_RELEASE);
+			}
 			pthread_rwlock_unlock(&c->lock);
 		}
 		pthread_mutex_unlock(&c->reserve_mu);
@@ -878,6 +1006,7 @@ void core_free(struct core *c)
 		pthread_mutex_unlock(&c->sched_mu);
 		pthread_join(c->sched, NULL);
 	}
+	core_cluster_stop(c);
 	core_graves_reap(c, true);
 	ratelimit_free(c->rl_principal);
 	ratelimit_free(c->rl_source);

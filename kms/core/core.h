@@ -107,6 +107,12 @@ unsigned core_scheduler_tick(struct core *c);
 void core_approvals_interrupted(struct core *c);
 KMS_WUR kms_err core_scheduler_start(struct core *c, unsigned interval_s);
 
+/* Several nodes on one PostgreSQL store (kms/core/cluster.c, docs/SCALE-OUT.md): follows
+ * the changes other nodes make (in force here within sync_ms) and competes for the
+ * scheduler lease. Nothing for a SQLite store. Stopped by core_free. */
+KMS_WUR kms_err core_cluster_start(struct core *c, const char *store_uri, const char *node_id, unsigned sync_ms);
+void core_cluster_stop(struct core *c);
+
 /* Master-key rotation (kmsd master-key rotate; docs/KEY-LIFECYCLE.md). The caller made
  * the new master key in the token (p11_mk_create) and started the rotation in the store
  * (store_mk_begin), or found one in progress (store_mk_status: retiring != 0). */

@@ -35,6 +35,9 @@ struct kent {
 	char tenant[STORE_NAME_MAX + 1];
 	struct kver *vers; /* vers[i].version == i + 1 */
 	size_t nvers;
+	/* bumped by every change made here under the write lock, so that a refresh read
+	 * from the store before such a change does not overwrite it (cluster.c) */
+	uint64_t gen;
 };
 
 struct tent {
@@ -97,6 +100,15 @@ struct core {
 	bool health_token_ok, health_store_ok;
 	char health_token_err[256], health_store_err[256];
 	int64_t health_seen;
+	/* several nodes on one PostgreSQL store (cluster.c); cl_on false = a single node */
+	bool cl_on, cl_running, cl_stop;
+	bool cl_leader; /* holds the scheduler lease (atomic) */
+	char cl_node[65];
+	unsigned cl_sync_ms;
+	int64_t cl_seen; /* the newest change applied */
+	struct store_watch *cl_watch;
+	pthread_t cl_thread;
+	pthread_mutex_t cl_mu;
 };
 
 /* What an operation sees: the authenticated principal and the resolved tenant. */
@@ -165,6 +177,23 @@ KMS_WUR kms_err core_key_add_version(struct core *c, const char *tenant, const c
 void core_tenant_insert(struct core *c, const struct store_tenant *t); /* insert or replace */
 /* Replaces the cached metadata of a key after a store update. */
 void core_key_meta_set(struct core *c, const char *tenant, const struct store_key *meta);
+/* Puts a key's store row and versions (read by the caller) into the cache, as a new
+ * entry or over the cached one: versions added, states and metadata replaced, serving
+ * copies of versions no longer enabled retired; usage counters kept. gen: the entry's
+ * generation when the caller started reading (KMS_ERR_CONFLICT when it moved since:
+ * read again); UINT64_MAX: any. */
+KMS_WUR kms_err core_key_apply(struct core *c, const char *tenant, const struct store_key *meta,
+			       const struct store_version *vs, size_t nv, uint64_t gen);
+/* Reads a cached key again from the store (nothing when not cached). */
+KMS_WUR kms_err core_key_refresh(struct core *c, int64_t key_id);
+/* Reads cached tenants again: the one with tenant_id, or all when 0. */
+void core_tenants_refresh(struct core *c, int64_t tenant_id);
+/* Installs the newest stored policy version (another node wrote it). */
+KMS_WUR kms_err core_policy_reload(struct core *c);
+/* cluster.c: whether this node runs the scheduler's cluster-wide jobs (always true for
+ * a single node), and whether it is one of several. */
+bool core_cluster_leader(struct core *c);
+bool core_cluster_on(const struct core *c);
 /* Records a version's new state in the cache; unloads its KEK unless enabled. */
 void core_version_state_set(struct core *c, const char *tenant, const char *key, uint32_t version,
 			    enum kver_state st, int64_t destroy_after);

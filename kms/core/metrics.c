@@ -102,5 +102,11 @@ void metrics_write_prometheus(const struct core_metrics *m, FILE *f)
 	counter(f, "kmsd_store_integrity_failures_total",
 		"Store rows that grant authority refused for a missing or wrong MAC (edited outside kmsd).",
 		GET(&m->integrity_failed));
+	counter(f, "kmsd_cluster_changes_total",
+		"Changes read from the shared store's change log (several nodes on PostgreSQL).",
+		GET(&m->cluster_changes));
+	counter(f, "kmsd_cluster_refresh_errors_total",
+		"Cached keys that could not be read again after another node changed them.",
+		GET(&m->cluster_refresh_errors));
 }
 

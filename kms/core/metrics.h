@@ -34,6 +34,8 @@ struct core_metrics {
 	uint64_t break_glass_activations; /* break-glass grants made */
 	uint64_t break_glass_decrypts;	  /* decrypt/rewrap calls allowed only by a grant */
 	uint64_t integrity_failed;	  /* authority rows refused: missing or wrong MAC */
+	uint64_t cluster_changes;	  /* changes read from the store's change log (cluster.c) */
+	uint64_t cluster_refresh_errors;  /* cached entries that could not be read again */
 };
 
 /* Counts one answered request: its operation, outcome, status, duration and, for a

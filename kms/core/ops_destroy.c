@@ -562,6 +562,10 @@ unsigned core_scheduler_tick(struct core *c)
 	kms_err rc;
 
 	core_graves_reap(c, false);
+	/* Several nodes: the jobs below run on the node holding the scheduler lease
+	 * (cluster.c), so that a due rotation or destruction happens once. */
+	if (!core_cluster_leader(c))
+		return 0;
 	/* each change below and its audit record are one unit for a backup's cut */
 	pthread_rwlock_rdlock(&c->quiesce);
 	core_mk_relay(c);

@@ -33,6 +33,40 @@ static kms_err located(kms_err rc, const char *where, const struct policy_doc_er
 	return kms_errf(rc, "%s at %s: %s", where, e->path, e->reason);
 }
 
+kms_err core_policy_reload(struct core *c)
+{
+	struct policy_doc_error perr = {0};
+	struct policy_doc *doc = NULL;
+	int64_t ver = 0;
+	char *text = NULL;
+	kms_err rc = store_policy_latest(c->st, &ver, &text);
+
+	if (rc == KMS_OK && (rc = policy_doc_parse(text, strlen(text), &doc, &perr)) != KMS_OK)
+		rc = located(KMS_ERR_CONFIG, "stored policy", &perr);
+	if (rc != KMS_OK) {
+		/* Fail closed: a version that cannot be read or verified here is not
+		 * silently replaced by the one this node had; nothing is allowed until a
+		 * good version is written (the other nodes refuse it alike). */
+		static const char deny_all[] = "{\"version\": 1, \"description\": \"the stored policy is not usable "
+					       "on this node\", \"rules\": [{\"name\": \"deny-all\", \"effect\": "
+					       "\"deny\", \"principals\": [\"*\"], \"operations\": [\"*\"]}]}";
+		struct policy_doc *none = NULL;
+		char *none_text = strdup(deny_all);
+
+		kms_error("policy version %lld written elsewhere is not usable here: %s; every request is refused "
+			  "until a good version is written", (long long)ver, kms_err_detail(rc));
+		if (none_text != NULL && policy_doc_parse(deny_all, sizeof(deny_all) - 1, &none, &perr) == KMS_OK)
+			policy_swap(c, none, none_text);
+		else
+			free(none_text);
+		free(text);
+		return rc;
+	}
+	policy_swap(c, doc, text);
+	kms_info("policy version %lld installed (written by another node)", (long long)ver);
+	return KMS_OK;
+}
+
 kms_err core_policy_init(struct core *c, const char *policy_file)
 {
 	struct policy_doc *stored = NULL, *file = NULL;

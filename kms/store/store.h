@@ -578,4 +578,20 @@ void store_set_authmac(struct store *s, store_mac_fn mac, void *mac_ctx, store_i
  * store was initialised before). INVALID without a MAC function. */
 KMS_WUR kms_err store_authmac_init(struct store *s, size_t *sealed, bool *first);
 
+
+/* ---- several nodes (TEMPORARY declarations until the PostgreSQL backend lands) ---- */
+enum store_backend { STORE_SQLITE, STORE_PG };
+enum store_backend store_backend(const struct store *s);
+struct store_change { int64_t seq; char kind[32]; int64_t ref; char node[65]; int64_t time; };
+KMS_WUR kms_err store_set_node(struct store *s, const char *node_id);
+KMS_WUR kms_err store_changes_since(struct store *s, int64_t after, size_t max, struct store_change **out,
+				    size_t *n, bool *gap);
+KMS_WUR kms_err store_changes_head(struct store *s, int64_t *seq);
+KMS_WUR kms_err store_changes_prune(struct store *s, int64_t older_than_time);
+struct store_watch;
+KMS_WUR kms_err store_watch_open(const char *path_or_uri, struct store_watch **out);
+void store_watch_close(struct store_watch *w);
+KMS_WUR kms_err store_watch_wait(struct store_watch *w, int timeout_ms, bool *notified);
+KMS_WUR kms_err store_watch_lease(struct store_watch *w, const char *name, bool *held);
+
 #endif
