@@ -26,13 +26,27 @@
 #include <string.h>
 #include <time.h>
 
+#include "kms/base/json.h"
 #include "kms/base/log.h"
 #include "kms/core/authcache.h"
 #include "kms/core/core_int.h"
 
 #define CHANGES_BATCH 500
+/* A node that has not read the change log for this many sync periods (and at least
+ * STALE_MIN_MS) refuses requests: it cannot promise that a revocation made elsewhere
+ * is in force here. */
+#define STALE_PERIODS 3
+#define STALE_MIN_MS 3000
 #define PRUNE_EVERY_S 60
 #define PRUNE_AGE_S 3600
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static struct kent *kent_by_id_locked(struct core *c, int64_t key_id)
 {
@@ -164,8 +178,10 @@ static bool catch_up(struct core *c)
 		if (policy && core_policy_reload(c) != KMS_OK)
 			kms_error("cluster: the policy changed on another node and could not be installed here");
 		__atomic_add_fetch(&c->met.cluster_changes, n, __ATOMIC_RELAXED);
-		if (n < CHANGES_BATCH)
+		if (n < CHANGES_BATCH) {
+			__atomic_store_n(&c->cl_ok_ms, mono_ms(), __ATOMIC_RELEASE);
 			return true;
+		}
 	}
 }
 
@@ -221,6 +237,7 @@ kms_err core_cluster_start(struct core *c, const char *store_uri, const char *no
 	    (rc = store_watch_open(store_uri, &c->cl_watch)) != KMS_OK)
 		return rc;
 	__atomic_store_n(&c->cl_leader, false, __ATOMIC_RELEASE);
+	__atomic_store_n(&c->cl_ok_ms, mono_ms(), __ATOMIC_RELEASE);
 	c->cl_on = true;
 	pthread_mutex_init(&c->cl_mu, NULL);
 	if (pthread_create(&c->cl_thread, NULL, cluster_main, c) != 0) {
@@ -261,4 +278,42 @@ bool core_cluster_leader(struct core *c)
 bool core_cluster_on(const struct core *c)
 {
 	return c->cl_on;
+}
+
+static int64_t stale_limit_ms(const struct core *c)
+{
+	int64_t lim = (int64_t)c->cl_sync_ms * STALE_PERIODS;
+
+	return lim < STALE_MIN_MS ? STALE_MIN_MS : lim;
+}
+
+kms_err core_cluster_check(struct core *c)
+{
+	int64_t age;
+
+	if (!c->cl_on)
+		return KMS_OK;
+	age = mono_ms() - __atomic_load_n(&c->cl_ok_ms, __ATOMIC_ACQUIRE);
+	if (age <= stale_limit_ms(c))
+		return KMS_OK;
+	return kms_errf(KMS_ERR_STORE,
+			"this node has not read the changes made on other nodes for %lld ms (cluster_sync_ms %u): "
+			"it refuses requests until it has, so that no revocation made elsewhere is missed",
+			(long long)age, c->cl_sync_ms);
+}
+
+json_t *core_cluster_health(struct core *c, bool *ok)
+{
+	int64_t age;
+	json_t *o;
+
+	*ok = true;
+	if (!c->cl_on)
+		return NULL;
+	age = mono_ms() - __atomic_load_n(&c->cl_ok_ms, __ATOMIC_ACQUIRE);
+	*ok = age <= stale_limit_ms(c);
+	o = json_pack("{s:s,s:b,s:I,s:I,s:i}", "node", c->cl_node, "scheduler",
+		      (int)__atomic_load_n(&c->cl_leader, __ATOMIC_ACQUIRE), "changes_seen", (json_int_t)c->cl_seen,
+		      "changes_read_ms_ago", (json_int_t)age, "sync_ms", (int)c->cl_sync_ms);
+	return o;
 }

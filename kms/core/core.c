@@ -1406,7 +1406,9 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 	 * looked at (no oracle for guessing); only failures take from its bucket. */
 	if (c->rl_source != NULL && call->remote_addr != NULL)
 		source_name(call->remote_addr, src, sizeof(src));
-	if (call->approved != NULL) {
+	if ((rc = core_cluster_check(c)) != KMS_OK) {
+		/* several nodes: this one is behind on the others' changes (cluster.c) */
+	} else if (call->approved != NULL) {
 		/* an approved request runs as its requester (ops_approval.c) */
 		rc = core_approval_identity(c, &x);
 	} else if (c->rl_source != NULL && call->remote_addr != NULL &&

@@ -105,7 +105,8 @@ struct core {
 	bool cl_leader; /* holds the scheduler lease (atomic) */
 	char cl_node[65];
 	unsigned cl_sync_ms;
-	int64_t cl_seen; /* the newest change applied */
+	int64_t cl_seen; /* the newest change applied (cluster thread only; read racily by health) */
+	int64_t cl_ok_ms; /* monotonic ms of the last complete read of the change log (atomic) */
 	struct store_watch *cl_watch;
 	pthread_t cl_thread;
 	pthread_mutex_t cl_mu;
@@ -194,6 +195,10 @@ KMS_WUR kms_err core_policy_reload(struct core *c);
  * a single node), and whether it is one of several. */
 bool core_cluster_leader(struct core *c);
 bool core_cluster_on(const struct core *c);
+/* KMS_ERR_STORE when this node has not read the change log lately (fail closed). */
+KMS_WUR kms_err core_cluster_check(struct core *c);
+/* The "cluster" member of the health answer (NULL for one node); *ok false when stale. */
+json_t *core_cluster_health(struct core *c, bool *ok);
 /* Records a version's new state in the cache; unloads its KEK unless enabled. */
 void core_version_state_set(struct core *c, const char *tenant, const char *key, uint32_t version,
 			    enum kver_state st, int64_t destroy_after);

@@ -146,7 +146,8 @@ void core_health(struct core *c, const struct core_call *call, struct core_resul
 	json_t *b = json_object(), *checks = json_object();
 	char why[512], token_err[sizeof(c->health_token_err)], store_err[sizeof(c->health_store_err)];
 	const char *clk;
-	bool audit_ok, token_ok, store_ok, bad = false;
+	bool audit_ok, token_ok, store_ok, cluster_ok = true, bad = false;
+	json_t *cluster;
 	int64_t now = core_now(), seen;
 	int active = status_param(call->health_activecode, 200, &bad);
 	int failed = status_param(call->health_sealedcode, 503, &bad);
@@ -193,6 +194,14 @@ void core_health(struct core *c, const struct core_call *call, struct core_resul
 	json_object_set_new(checks, "clock", json_string(clk == NULL ? "ok" : "failed"));
 	if (clk != NULL)
 		json_object_set_new(checks, "clock_error", kms_json_text(clk));
+	cluster = core_cluster_health(c, &cluster_ok);
+	if (cluster != NULL) {
+		json_object_set_new(checks, "cluster", json_string(cluster_ok ? "ok" : "failed"));
+		if (!cluster_ok)
+			json_object_set_new(checks, "cluster_error",
+					    json_string("the change log of the other nodes has not been read lately"));
+		json_object_set_new(b, "cluster", cluster);
+	}
 	json_object_set_new(b, "initialized", json_true());
 	json_object_set_new(b, "sealed", json_false());
 	json_object_set_new(b, "standby", json_false());
@@ -201,6 +210,6 @@ void core_health(struct core *c, const struct core_call *call, struct core_resul
 	if (kms_clock_is_test())
 		json_object_set_new(b, "test_clock", json_true());
 	json_object_set_new(b, "checks", checks);
-	res->status = audit_ok && token_ok && store_ok && clk == NULL ? active : failed;
+	res->status = audit_ok && token_ok && store_ok && clk == NULL && cluster_ok ? active : failed;
 	res->body = b;
 }
