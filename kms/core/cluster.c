@@ -101,6 +101,7 @@ static void refresh_all(struct core *c)
 	int64_t *ids = NULL;
 	size_t n = 0, cap = 0;
 
+	__atomic_add_fetch(&c->cache_epoch, 1, __ATOMIC_ACQ_REL);
 	pthread_rwlock_rdlock(&c->lock);
 	for (size_t b = 0; b < CORE_BUCKETS; b++)
 		for (struct kent *e = c->keys[b]; e; e = e->next) {
@@ -132,6 +133,8 @@ static void apply(struct core *c, const struct store_change *ch, bool *auth, boo
 {
 	kms_err rc = KMS_OK;
 
+	if (strcmp(ch->kind, "keys") == 0 || strcmp(ch->kind, "key_versions") == 0 || strcmp(ch->kind, "tenants") == 0)
+		__atomic_add_fetch(&c->cache_epoch, 1, __ATOMIC_ACQ_REL);
 	if (strcmp(ch->kind, "keys") == 0 || strcmp(ch->kind, "key_versions") == 0)
 		rc = core_key_refresh(c, ch->ref);
 	else if (strcmp(ch->kind, "tenants") == 0)

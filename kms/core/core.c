@@ -93,6 +93,7 @@ void core_tenant_insert(struct core *c, const struct store_tenant *t)
 kms_err core_tenant_lookup(struct core *c, const char *name, struct store_tenant *out)
 {
 	struct tent *e;
+	uint64_t ep;
 	kms_err rc;
 
 	if (!core_valid_tenant_name(name))
@@ -104,8 +105,10 @@ kms_err core_tenant_lookup(struct core *c, const char *name, struct store_tenant
 	pthread_rwlock_unlock(&c->lock);
 	if (e != NULL)
 		return KMS_OK;
+	ep = __atomic_load_n(&c->cache_epoch, __ATOMIC_ACQUIRE);
 	rc = store_tenant_get(c->st, name, out);
-	if (rc == KMS_OK)
+	/* not cached if another node's change was applied meanwhile: it may be newer */
+	if (rc == KMS_OK && __atomic_load_n(&c->cache_epoch, __ATOMIC_ACQUIRE) == ep)
 		core_tenant_insert(c, out);
 	else if (rc == KMS_ERR_NOT_FOUND)
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant \"%s\" not found", name);
@@ -142,6 +145,11 @@ static kms_err kent_load(struct core *c, const char *tenant, const char *key, st
 	struct kent *e = NULL;
 	kms_err rc;
 
+	uint64_t ep;
+	int attempt = 0;
+
+again:
+	ep = __atomic_load_n(&c->cache_epoch, __ATOMIC_ACQUIRE);
 	rc = core_tenant_lookup(c, tenant, &t);
 	if (rc != KMS_OK)
 		return rc;
@@ -155,6 +163,16 @@ static kms_err kent_load(struct core *c, const char *tenant, const char *key, st
 		return rc;
 	pthread_rwlock_wrlock(&c->lock);
 	e = kent_find_locked(c, tenant, key);
+	if (e == NULL && __atomic_load_n(&c->cache_epoch, __ATOMIC_ACQUIRE) != ep) {
+		/* Another node's change was applied while this was read (cluster.c): what was
+		 * read may predate it, and once cached nothing would read it again. */
+		pthread_rwlock_unlock(&c->lock);
+		free(vs);
+		vs = NULL;
+		if (++attempt < 5)
+			goto again;
+		return kms_errf(KMS_ERR_STORE, "key \"%s\" keeps changing on other nodes: retry", key);
+	}
 	if (e == NULL) {
 		size_t b = hash_str(tenant, key) % CORE_BUCKETS;
 		e = calloc(1, sizeof(*e));

@@ -106,6 +106,9 @@ struct core {
 	char cl_node[65];
 	unsigned cl_sync_ms;
 	int64_t cl_seen; /* the newest change applied (cluster thread only; read racily by health) */
+	/* bumped (atomic) before another node's key or tenant change is applied: a key or
+	 * tenant read from the store across a bump is not cached (core.c) */
+	uint64_t cache_epoch;
 	int64_t cl_ok_ms; /* monotonic ms of the last complete read of the change log (atomic) */
 	struct store_watch *cl_watch;
 	pthread_t cl_thread;
