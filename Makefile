@@ -5,8 +5,9 @@ SAN     ?=
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
            -Wformat=2 -Wvla -Wpointer-arith -Wno-unused-parameter
-INCS    := -I. $(shell pkg-config --cflags p11-kit-1 2>/dev/null || echo -I/usr/include/p11-kit-1)
-LIBS    := -lmicrohttpd -lgnutls -ljansson -lsqlite3 -lcrypto -ldl -lpthread -lm
+INCS    := -I. $(shell pkg-config --cflags p11-kit-1 2>/dev/null || echo -I/usr/include/p11-kit-1) \
+           $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/include/postgresql)
+LIBS    := -lmicrohttpd -lgnutls -ljansson -lsqlite3 -lpq -lcrypto -ldl -lpthread -lm
 ifeq ($(SAN),1)
 OPT     := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 SANLD   := -fsanitize=address,undefined
