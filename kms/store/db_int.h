@@ -37,6 +37,7 @@ struct db_stmt {
 	unsigned prepared_gen; /* db->gen it was prepared on; 0 = never */
 	int nparams;
 	struct pg_param *params;
+	bool *used;	    /* per parameter: named in the SQL */
 	PGresult *res;
 	int row, nrows;
 	bool executed;

@@ -203,7 +203,9 @@ char *db_pg_translate(const char *sql)
 	return out;
 }
 
-static int count_params(const char *translated)
+/* The highest $N of a translated statement; used[N - 1] set for each one that occurs
+ * (when used is not NULL and N <= cap). */
+static int count_params(const char *translated, bool *used, int cap)
 {
 	int maxp = 0;
 	const char *p = translated;
@@ -223,6 +225,8 @@ static int count_params(const char *translated)
 
 			if (v > maxp)
 				maxp = v;
+			if (used != NULL && v >= 1 && v <= cap)
+				used[v - 1] = true;
 			i++;
 			while (isdigit((unsigned char)p[i]))
 				i++;
@@ -245,14 +249,18 @@ int dbpg_prepare(struct db *db, const char *sql, bool persistent, db_stmt **out)
 		free(st);
 		return DB_ERROR;
 	}
-	st->nparams = count_params(st->sql);
+	st->nparams = count_params(st->sql, NULL, 0);
 	if (st->nparams > 0) {
 		st->params = calloc((size_t)st->nparams, sizeof(*st->params));
-		if (st->params == NULL) {
+		st->used = calloc((size_t)st->nparams, sizeof(*st->used));
+		if (st->params == NULL || st->used == NULL) {
+			free(st->params);
+			free(st->used);
 			free(st->sql);
 			free(st);
 			return DB_ERROR;
 		}
+		(void)count_params(st->sql, st->used, st->nparams);
 	}
 	if (persistent)
 		snprintf(st->name, sizeof(st->name), "kms%u", ++db->next_name);
@@ -300,6 +308,7 @@ int dbpg_finalize(db_stmt *st)
 	/* A named statement stays on the server until the connection ends: persistent
 	 * statements live as long as the connection anyway. */
 	free(st->params);
+	free(st->used);
 	free(st->sql);
 	free(st);
 	return DB_OK;
@@ -353,7 +362,9 @@ static int execute(db_stmt *st)
 			vals[i] = st->params[i].val;
 			lens[i] = st->params[i].len;
 			fmts[i] = st->params[i].fmt;
-			types[i] = st->params[i].type;
+			/* a parameter the SQL never names (SQLite allows ?3 without ?2)
+			 * still needs a type: text */
+			types[i] = st->used[i] ? st->params[i].type : 25;
 		}
 	}
 	if (st->name[0] != '\0') {

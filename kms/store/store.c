@@ -4203,8 +4203,16 @@ kms_err store_grant_active(struct store *s, int64_t principal_id, const char *te
 		return rc;
 	/* GLOB: '*' and '?' as in policy globs; a grant's key pattern holds no '[' (checked
 	 * when it is made), so it has no other meta-character */
-	if ((rc = prep(s, "SELECT " GRANT_COLS " FROM break_glass_grants WHERE principal_id = ?1 AND tenant = ?2 "
-			  "AND ?3 GLOB key AND granted <= ?4 AND expires > ?4 ORDER BY expires DESC LIMIT 1",
+	if ((rc = prep(s,
+		       PICK(s,
+			    "SELECT " GRANT_COLS " FROM break_glass_grants WHERE principal_id = ?1 AND tenant = ?2 "
+			    "AND ?3 GLOB key AND granted <= ?4 AND expires > ?4 ORDER BY expires DESC LIMIT 1",
+			    /* PostgreSQL has no GLOB: the pattern as a LIKE pattern, its LIKE
+			     * meta-characters escaped first */
+			    "SELECT " GRANT_COLS " FROM break_glass_grants WHERE principal_id = ?1 AND tenant = ?2 "
+			    "AND ?3 LIKE replace(replace(replace(replace(replace(key, '\\', '\\\\'), '%', '\\%'), "
+			    "'_', '\\_'), '*', '%'), '?', '_') "
+			    "AND granted <= ?4 AND expires > ?4 ORDER BY expires DESC LIMIT 1"),
 		       &st)) != KMS_OK)
 		goto out;
 	if (db_bind_int64(st, 1, principal_id) != DB_OK ||
