@@ -1361,6 +1361,18 @@ out:
 	return rc;
 }
 
+void store_display_name(const char *path_or_uri, char *out, size_t cap)
+{
+	if (cap == 0)
+		return;
+	if (path_or_uri == NULL)
+		out[0] = '\0';
+	else if (is_pg_uri(path_or_uri))
+		uri_display(path_or_uri, out, cap);
+	else
+		snprintf(out, cap, "%s", path_or_uri);
+}
+
 enum store_backend store_backend(const struct store *s)
 {
 	return db_backend(s->db) == DB_PG ? STORE_BACKEND_PG : STORE_BACKEND_SQLITE;

@@ -109,6 +109,8 @@ KMS_WUR kms_err store_open(const char *path, struct store **out);
 void store_close(struct store *s); /* accepts NULL */
 
 enum store_backend { STORE_BACKEND_SQLITE, STORE_BACKEND_PG };
+/* path_or_uri as a log line may show it: a URI without its password or parameters. */
+void store_display_name(const char *path_or_uri, char *out, size_t cap);
 enum store_backend store_backend(const struct store *s);
 
 /* meta: small key/value facts such as "initialized" */
