@@ -62,7 +62,7 @@ PREFIX  ?= /usr/local
 LIBDIR  ?= $(PREFIX)/lib
 INCDIR  ?= $(PREFIX)/include
 
-.PHONY: all deps run check asan tsan valgrind tests clean fuzz fuzz-build fuzz-replay bench \
+.PHONY: all deps run check check-pg asan tsan valgrind tests clean fuzz fuzz-build fuzz-replay bench \
         bench-tools client examples install
 .DEFAULT_GOAL := all
 
@@ -215,6 +215,12 @@ check: deps
 	$(MAKE) -j$(JOBS) tsan
 	$(MAKE) -j$(JOBS) fuzz-build
 	sh scripts/check.sh
+
+# The PostgreSQL store alone (check.sh part 5; make check runs it too): a throwaway
+# loopback server, the store's unit tests and an integration subset against it.
+check-pg: deps
+	$(MAKE) -j$(JOBS) tests
+	sh scripts/check.sh pg
 
 # The measuring harness (docs/BENCH.md): never part of `make check`, never asserts a timing.
 # BENCH_QUICK=1 is a smoke run; BENCH_SECONDS, BENCH_RUNS, BENCH_CONNS, BENCH_OPS,

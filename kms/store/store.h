@@ -1,10 +1,11 @@
-/* Metadata store: SQLite (WAL, synchronous=FULL, foreign keys on), versioned schema
- * migrated forward at open. Holds no secret in the clear: KEK versions are KWP blobs
+/* Metadata store: SQLite (WAL, synchronous=FULL, foreign keys on) or, for several
+ * nodes, PostgreSQL (store_open on a postgresql:// URI; docs/ARCHITECTURE.md "The store
+ * and its two backends"), versioned schema migrated forward at open. Holds no secret in the clear: KEK versions are KWP blobs
  * under the token's master key, API tokens are SHA-256 hashes.
  *
  * Thread safety: one struct store may be used from any number of threads; calls are
  * serialised inside. Every function returns KMS_OK or an error with the detail set;
- * KMS_ERR_STORE for SQLite failures (the SQLite message is logged, not returned).
+ * KMS_ERR_STORE for database failures (the database's message is logged, not returned).
  * Names are passed as NUL-terminated strings; output structs are filled by value. */
 #ifndef KMS_STORE_STORE_H
 #define KMS_STORE_STORE_H
