@@ -414,6 +414,38 @@ static void test_leases(void **state)
 	store_watch_close(b);
 }
 
+static void test_connection_loss(void **state)
+{
+	struct store *s = *(struct store **)*state;
+	struct store_change *c = NULL;
+	struct store_tenant t;
+	int64_t id, head = 0;
+	size_t n = 0;
+	bool gap;
+	kms_err rc;
+
+	assert_int_equal(store_set_node(s, "node-b"), KMS_OK);
+	assert_int_equal(store_tenant_create(s, "before", "phi", 1000, &id), KMS_OK);
+	/* the server ends every other session: ours is gone */
+	assert_int_equal(pgtest_exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+				     "WHERE datname = current_database() AND pid <> pg_backend_pid()"),
+			 0);
+	/* the call in flight fails as the store being unavailable (503) ... */
+	rc = store_tenant_get(s, "before", &t);
+	assert_int_equal(rc, KMS_ERR_STORE);
+	assert_int_equal(kms_err_http_status(rc), 503);
+	/* ... and the next one reconnects, prepares its statements again and works, in and
+	 * out of transactions, with the session settings (node id) restored */
+	assert_int_equal(store_tenant_get(s, "before", &t), KMS_OK);
+	assert_int_equal(store_changes_head(s, &head), KMS_OK);
+	(void)make_key(s, "before", "after-reconnect");
+	assert_int_equal(store_changes_since(s, head, 100, &c, &n, &gap), KMS_OK);
+	assert_true(n >= 2);
+	for (size_t i = 0; i < n; i++)
+		assert_string_equal(c[i].node, "node-b");
+	free(c);
+}
+
 static void test_sqlite_single_node(void **state)
 {
 	struct store_watch *w = NULL;
@@ -443,6 +475,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_triggers, pg_setup, pg_teardown),
 		cmocka_unit_test_setup_teardown(test_watch_notice, pg_setup, pg_teardown),
 		cmocka_unit_test(test_leases),
+		cmocka_unit_test_setup_teardown(test_connection_loss, pg_setup, pg_teardown),
 	};
 	int failed = cmocka_run_group_tests_name("store driver", tests, NULL, NULL);
 
