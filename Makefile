@@ -5,8 +5,9 @@ SAN     ?=
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
            -Wformat=2 -Wvla -Wpointer-arith -Wno-unused-parameter
-INCS    := -I. $(shell pkg-config --cflags p11-kit-1 2>/dev/null || echo -I/usr/include/p11-kit-1)
-LIBS    := -lmicrohttpd -lgnutls -ljansson -lsqlite3 -lcrypto -ldl -lpthread -lm
+INCS    := -I. $(shell pkg-config --cflags p11-kit-1 2>/dev/null || echo -I/usr/include/p11-kit-1) \
+           $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/include/postgresql)
+LIBS    := -lmicrohttpd -lgnutls -ljansson -lsqlite3 -lpq -lcrypto -ldl -lpthread -lm
 ifeq ($(SAN),1)
 OPT     := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 SANLD   := -fsanitize=address,undefined
@@ -61,7 +62,7 @@ PREFIX  ?= /usr/local
 LIBDIR  ?= $(PREFIX)/lib
 INCDIR  ?= $(PREFIX)/include
 
-.PHONY: all deps run check asan tsan valgrind tests clean fuzz fuzz-build fuzz-replay bench \
+.PHONY: all deps run check check-pg asan tsan valgrind tests clean fuzz fuzz-build fuzz-replay bench \
         bench-tools client examples install
 .DEFAULT_GOAL := all
 
@@ -214,6 +215,12 @@ check: deps
 	$(MAKE) -j$(JOBS) tsan
 	$(MAKE) -j$(JOBS) fuzz-build
 	sh scripts/check.sh
+
+# The PostgreSQL store alone (check.sh part 5; make check runs it too): a throwaway
+# loopback server, the store's unit tests and an integration subset against it.
+check-pg: deps
+	$(MAKE) -j$(JOBS) tests
+	sh scripts/check.sh pg
 
 # The measuring harness (docs/BENCH.md): never part of `make check`, never asserts a timing.
 # BENCH_QUICK=1 is a smoke run; BENCH_SECONDS, BENCH_RUNS, BENCH_CONNS, BENCH_OPS,

@@ -43,6 +43,7 @@ struct conf_option {
 
 static const char *check_ip(const char *v);
 static const char *check_node_id(const char *v);
+static const char *check_store_uri(const char *v);
 static const char *check_env_name(const char *v);
 static const char *check_log_level(const char *v);
 static const char *check_syslog(const char *v);
@@ -73,6 +74,7 @@ static const struct conf_option options[] = {
 	STRING(pin_env, "", 0, check_env_name),
 	PATH(so_pin_file, "", 0),
 	PATH(store_path, "./var/kmsd.db", 1),
+	STRING(store_uri, "", 0, check_store_uri),
 	PATH(audit_path, "./var/audit.log", 1),
 	STRING(node_id, "kmsd-1", 1, check_node_id),
 	INT(cluster_sync_ms, 1000, 50, 60000),
@@ -126,6 +128,19 @@ static const char *check_ip(const char *v)
 	if (inet_pton(AF_INET, v, buf) == 1 || inet_pton(AF_INET6, v, buf) == 1)
 		return NULL;
 	return "must be an IPv4 or IPv6 address (no brackets, no host names)";
+}
+
+/* A libpq connection URI; its content past the scheme is libpq's to judge at open. */
+static const char *check_store_uri(const char *v)
+{
+	if (v[0] == '\0' || strncmp(v, "postgresql://", 13) == 0 || strncmp(v, "postgres://", 11) == 0)
+		return NULL;
+	return "must start with postgresql:// or postgres://";
+}
+
+const char *kms_config_store(const struct kms_config *cfg)
+{
+	return cfg->store_uri[0] != '\0' ? cfg->store_uri : cfg->store_path;
 }
 
 /* node_id goes into every audit record and into metrics labels unescaped. */

@@ -21,6 +21,9 @@
  *   pin_env             string  ""           name of the environment variable with the user PIN
  *   so_pin_file         path    ""           SO PIN file, read only by `kmsd init` and `kmsd master-key rotate`
  *   store_path          path    ./var/kmsd.db
+ *   store_uri           string  ""           postgresql:// or postgres:// libpq URI of a shared PostgreSQL
+ *                                            store (several nodes, docs/OPERATIONS.md "PostgreSQL store");
+ *                                            when set it is used instead of store_path
  *   audit_path          path    ./var/audit.log
  *   node_id             string  kmsd-1       1..64 chars [A-Za-z0-9._-]; unique per node of a cluster
  *   cluster_sync_ms     int     1000         several nodes on PostgreSQL: longest time before a change made on
@@ -82,6 +85,7 @@ struct kms_config {
 	char pin_env[128];
 	char so_pin_file[KMS_CONFIG_PATH_MAX];
 	char store_path[KMS_CONFIG_PATH_MAX];
+	char store_uri[KMS_CONFIG_PATH_MAX]; /* "" or postgres[ql]://...; used instead of store_path */
 	char audit_path[KMS_CONFIG_PATH_MAX];
 	char node_id[65];
 	int cluster_sync_ms;
@@ -131,6 +135,9 @@ KMS_WUR kms_err kms_config_parse(const char *text, const char *name, struct kms_
  * batch as many records as there are workers; measured with 64 connections on 2 cores:
  * 2 workers 2.2k datakeys/s, 16 workers 5-6k, 64 workers 4.1k (contention). */
 unsigned kms_config_workers(const struct kms_config *cfg);
+
+/* The store to open: store_uri when set, else store_path. */
+const char *kms_config_store(const struct kms_config *cfg);
 
 /* Cross-option checks after loading (tls needs cert and key, a PIN source is set). */
 KMS_WUR kms_err kms_config_validate(const struct kms_config *cfg);

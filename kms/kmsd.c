@@ -29,6 +29,15 @@
 #include "pkcs11/p11.h"
 #include "policy/policy_doc.h"
 
+/* The store as logs may name it: store_path, or store_uri without its password. */
+static const char *store_label(const struct kms_config *cfg)
+{
+	static char buf[KMS_CONFIG_PATH_MAX];
+
+	store_display_name(kms_config_store(cfg), buf, sizeof(buf));
+	return buf;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: kmsd [-c CONFIG] [serve]\n"
@@ -194,18 +203,18 @@ static int cmd_init(const struct kms_config *cfg, const char *admin, const char 
 	}
 	if (drop_root(cfg) != 0)
 		goto out;
-	err = store_open(cfg->store_path, &st);
+	err = store_open(kms_config_store(cfg), &st);
 	if (err != KMS_OK) {
-		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
+		kms_error("store %s: %s", store_label(cfg), kms_err_detail(err));
 		goto out;
 	}
 	err = store_meta_get(st, "initialized", flag, sizeof(flag));
 	if (err == KMS_OK) {
-		fprintf(stderr, "kmsd: store already initialized (%s)\n", cfg->store_path);
+		fprintf(stderr, "kmsd: store already initialized (%s)\n", store_label(cfg));
 		goto out;
 	}
 	if (err != KMS_ERR_NOT_FOUND) {
-		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
+		kms_error("store %s: %s", store_label(cfg), kms_err_detail(err));
 		goto out;
 	}
 	err = p11_provision(&pc, so_pin, so_len, pin, pin_len);
@@ -316,17 +325,17 @@ static void mk_progress(void *ctx, uint64_t moved, uint64_t remaining)
 static int open_initialized_store(const struct kms_config *cfg, struct store **st)
 {
 	char flag[8];
-	kms_err err = store_open(cfg->store_path, st);
+	kms_err err = store_open(kms_config_store(cfg), st);
 
 	if (err == KMS_OK) {
 		err = store_meta_get(*st, "initialized", flag, sizeof(flag));
 		if (err == KMS_ERR_NOT_FOUND) {
-			kms_error("store %s is not initialized: run `kmsd -c CONFIG init` first", cfg->store_path);
+			kms_error("store %s is not initialized: run `kmsd -c CONFIG init` first", store_label(cfg));
 			return -1;
 		}
 	}
 	if (err != KMS_OK) {
-		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
+		kms_error("store %s: %s", store_label(cfg), kms_err_detail(err));
 		return -1;
 	}
 	return 0;
@@ -345,6 +354,7 @@ static int cmd_mk_rotate(const struct kms_config *cfg, const char *so_pin_path, 
 	const char *delay = getenv("KMSD_TEST_MK_BATCH_DELAY_MS");
 	uint32_t from, to;
 	int rc = 1, so_errno = ENOENT, lock_fd = -1;
+	struct store_watch *mk_lease = NULL;
 	kms_err err;
 
 	os_principal(who, sizeof(who));
@@ -368,8 +378,22 @@ static int cmd_mk_rotate(const struct kms_config *cfg, const char *so_pin_path, 
 	if (open_initialized_store(cfg, &st) != 0)
 		goto out;
 	/* One rotation at a time: two would each make a new master key in the token. The
-	 * lock lives beside the store and goes with the process, however it ends. */
-	{
+	 * lock lives beside the store and goes with the process, however it ends. On a
+	 * PostgreSQL store (several nodes, no shared file) it is a cluster-wide lease, a
+	 * session advisory lock that ends with this process's connection. */
+	if (cfg->store_uri[0] != '\0') {
+		bool held = false;
+
+		if ((err = store_watch_open(cfg->store_uri, &mk_lease)) != KMS_OK ||
+		    (err = store_watch_lease(mk_lease, "kmsd master-key rotate", &held)) != KMS_OK) {
+			kms_error("master-key rotate: store %s: %s", store_label(cfg), kms_err_detail(err));
+			goto out;
+		}
+		if (!held) {
+			kms_error("master-key rotate: another master-key rotation is running");
+			goto out;
+		}
+	} else {
 		char lpath[sizeof(cfg->store_path) + 16];
 
 		snprintf(lpath, sizeof(lpath), "%s.mkrotate.lock", cfg->store_path);
@@ -468,6 +492,7 @@ out:
 	store_close(st);
 	if (lock_fd >= 0)
 		close(lock_fd); /* releases the lock */
+	store_watch_close(mk_lease); /* releases the lease */
 	kms_secret_free(pin);
 	kms_secret_free(so_pin);
 	return rc;
@@ -585,6 +610,12 @@ static int cmd_restore(const struct kms_config *cfg, const char *from, bool forc
 		fprintf(stderr, "kmsd: restore needs --from FILE (an archive made by kmsctl backup)\n");
 		return 2;
 	}
+	if (cfg->store_uri[0] != '\0') {
+		fprintf(stderr, "kmsd: restore is for the SQLite store (store_path); a PostgreSQL store "
+				"(store_uri) is restored with PostgreSQL's own tools (pg_restore, PITR), see "
+				"docs/OPERATIONS.md \"PostgreSQL store\"\n");
+		return 1;
+	}
 	os_principal(who, sizeof(who));
 	if (read_pin(cfg, &pin, &pin_len) != 0 || drop_root(cfg) != 0)
 		goto out;
@@ -650,7 +681,7 @@ static int cmd_serve(const struct kms_config *cfg)
 	struct http_server *http = NULL;
 	struct metrics_listener *mlisten = NULL;
 	int mport = 0;
-	char *pin = NULL, flag[8];
+	char *pin = NULL, flag[8], audit_mark[96] = "audit_started";
 	size_t pin_len = 0;
 	sigset_t set;
 	int port = 0, sig = 0, rc = 1;
@@ -678,20 +709,26 @@ static int cmd_serve(const struct kms_config *cfg)
 	}
 	if (drop_root(cfg) != 0)
 		goto out;
-	/* held for the process's life: a restore refuses while any kmsd serves (issue 9) */
-	if (serve_lock(cfg, false) < 0)
+	/* held for the process's life: a restore refuses while any kmsd serves (issue 9);
+	 * not for a PostgreSQL store, which kmsd restore does not handle */
+	if (cfg->store_uri[0] == '\0' && serve_lock(cfg, false) < 0)
 		goto out;
-	if ((err = store_open(cfg->store_path, &st)) != KMS_OK) {
-		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
+	if ((err = store_open(kms_config_store(cfg), &st)) != KMS_OK) {
+		kms_error("store %s: %s", store_label(cfg), kms_err_detail(err));
+		goto out;
+	}
+	/* this node's id goes with its changes into a shared store's change log */
+	if ((err = store_set_node(st, cfg->node_id)) != KMS_OK) {
+		kms_error("store %s: %s", store_label(cfg), kms_err_detail(err));
 		goto out;
 	}
 	err = store_meta_get(st, "initialized", flag, sizeof(flag));
 	if (err == KMS_ERR_NOT_FOUND) {
-		kms_error("store %s is not initialized: run `kmsd -c CONFIG init` first", cfg->store_path);
+		kms_error("store %s is not initialized: run `kmsd -c CONFIG init` first", store_label(cfg));
 		goto out;
 	}
 	if (err != KMS_OK) {
-		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
+		kms_error("store %s: %s", store_label(cfg), kms_err_detail(err));
 		goto out;
 	}
 	err = p11_open(&pc, pin, pin_len, &p11);
@@ -734,9 +771,13 @@ static int cmd_serve(const struct kms_config *cfg)
 	aopt.segment_bytes = (uint64_t)cfg->audit_segment_mb << 20;
 	aopt.segment_seconds = (unsigned)cfg->audit_segment_seconds;
 	aopt.syslog_target = cfg->audit_syslog;
-	err = store_meta_get(st, "audit_started", flag, sizeof(flag));
+	/* Every node keeps its own audit log: on a shared (PostgreSQL) store the "log was
+	 * started" mark is per node. */
+	if (cfg->store_uri[0] != '\0')
+		snprintf(audit_mark, sizeof(audit_mark), "audit_started.%s", cfg->node_id);
+	err = store_meta_get(st, audit_mark, flag, sizeof(flag));
 	if (err != KMS_OK && err != KMS_ERR_NOT_FOUND) {
-		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
+		kms_error("store %s: %s", store_label(cfg), kms_err_detail(err));
 		goto out;
 	}
 	aopt.expect_existing = err == KMS_OK;
@@ -744,8 +785,8 @@ static int cmd_serve(const struct kms_config *cfg)
 		kms_error("%s", kms_err_detail(err));
 		goto out;
 	}
-	if (!aopt.expect_existing && (err = store_meta_set(st, "audit_started", "1")) != KMS_OK) {
-		kms_error("store %s: %s", cfg->store_path, kms_err_detail(err));
+	if (!aopt.expect_existing && (err = store_meta_set(st, audit_mark, "1")) != KMS_OK) {
+		kms_error("store %s: %s", store_label(cfg), kms_err_detail(err));
 		goto out;
 	}
 	if ((err = core_new(st, p11, au, &core)) != KMS_OK)
@@ -777,9 +818,9 @@ static int cmd_serve(const struct kms_config *cfg)
 	/* One node: a request a crash left executing is marked interrupted. Several nodes
 	 * (PostgreSQL): another node may be executing it right now, so it is left as it is
 	 * (it never runs again either way; docs/SCALE-OUT.md). */
-	if (store_backend(st) == STORE_SQLITE)
+	if (store_backend(st) == STORE_BACKEND_SQLITE)
 		core_approvals_interrupted(core);
-	if ((err = core_cluster_start(core, cfg->store_path, cfg->node_id, (unsigned)cfg->cluster_sync_ms)) != KMS_OK) {
+	if ((err = core_cluster_start(core, kms_config_store(cfg), cfg->node_id, (unsigned)cfg->cluster_sync_ms)) != KMS_OK) {
 		kms_error("cluster: %s", kms_err_detail(err));
 		goto out;
 	}

@@ -13,11 +13,16 @@
 #      (one result per harness)
 #   4. bench/bench.py --self-test (make bench's statistics, JSON writer and ceiling
 #      tools, no timing; one result)
+#   5. the PostgreSQL store: a throwaway server (scripts/pgtmp.sh start build/pgtest PORT,
+#      destroyed afterwards, also on failure), the store's unit tests again with
+#      KMS_TEST_PG_URI, and the integration modules PG_MODULES against it (each kmsd
+#      on a fresh database); `scripts/check.sh pg` (make check-pg) runs only this part
 #
 # Prints each suite's result as it goes; the last line is exactly "N passed, M failed".
 # Exit status 0 only when M = 0 and N > 0.
 #
-# Environment: PYTHON (default /usr/bin/python3, Debian's, which has pytest, requests and
+# Environment: PG_TEST_PORT (the throwaway PostgreSQL's port; default: a free one),
+# PYTHON (default /usr/bin/python3, Debian's, which has pytest, requests and
 # hvac), UNIT_TIMEOUT (seconds per unit binary, default 300), PYTEST_TIMEOUT (seconds
 # per pytest run, default 900), PYTEST_JOBS (pytest-xdist workers for the integration
 # modules, default 4; 1 runs them one after another), PYTEST_ARGS (extra pytest arguments), STRESS_SECONDS
@@ -35,8 +40,17 @@ export LSAN_OPTIONS="suppressions=$ROOT/tests/lsan.supp"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 unset CMOCKA_MESSAGE_OUTPUT CMOCKA_XML_FILE # plain output, parsed below
 
+ONLY=${1:-all}
+case $ONLY in all | pg) ;; *) echo "usage: check.sh [pg]" >&2; exit 2 ;; esac
+PG_DIR="$ROOT/build/pgtest"
+PG_STARTED=0
+pg_cleanup() {
+	[ "$PG_STARTED" -eq 1 ] && sh scripts/pgtmp.sh destroy "$PG_DIR" >/dev/null 2>&1
+	PG_STARTED=0
+}
+
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/kmsd-check.XXXXXX") || exit 1
-trap 'rm -rf "$TMP"' EXIT
+trap 'pg_cleanup; rm -rf "$TMP"' EXIT
 trap 'exit 130' INT TERM
 
 TOTAL_PASS=0
@@ -89,6 +103,7 @@ run_unit() { # binary
 }
 
 for dir in build/tests build/asan/tests; do
+	[ "$ONLY" = all ] || break
 	found=0
 	for bin in "$dir"/test_*; do
 		[ -f "$bin" ] && [ -x "$bin" ] || continue
@@ -157,6 +172,43 @@ run_pytest() { # label kmsd-binary [test paths, default tests/integration]
 	fi
 }
 
+# 5. the PostgreSQL store (see the top): store unit tests and an integration subset.
+PG_UNITS="test_store test_store_pg test_authmac test_mfa test_approval"
+PG_MODULES="test_store.py test_api.py test_lifecycle.py test_rotate.py test_datakey.py test_tokens.py test_quorum.py"
+run_pg() {
+	echo "==> the PostgreSQL store"
+	port=${PG_TEST_PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+	sh scripts/pgtmp.sh destroy "$PG_DIR" >/dev/null 2>&1 # a leftover of a killed run
+	if ! uri=$(sh scripts/pgtmp.sh start "$PG_DIR" "$port" 2>"$TMP/pg.log"); then
+		echo "FAIL  PostgreSQL: scripts/pgtmp.sh start failed (apt-get install postgresql)"
+		sed 's/^/      /' "$TMP/pg.log" | tail -n 20
+		TOTAL_FAIL=$((TOTAL_FAIL + 1))
+		return
+	fi
+	PG_STARTED=1
+	export KMS_TEST_PG_URI="$uri"
+	for u in $PG_UNITS; do
+		if [ -x "build/tests/$u" ]; then
+			run_unit "build/tests/$u"
+		else
+			echo "FAIL  build/tests/$u: missing (make tests)"
+			TOTAL_FAIL=$((TOTAL_FAIL + 1))
+		fi
+	done
+	set --
+	for m in $PG_MODULES; do set -- "$@" "tests/integration/$m"; done
+	RUN_STRESS=${STRESS_SECONDS:-6} run_pytest postgresql build/kmsd "$@"
+	unset KMS_TEST_PG_URI
+	pg_cleanup
+}
+
+if [ "$ONLY" = pg ]; then
+	run_pg
+	echo "$TOTAL_PASS passed, $TOTAL_FAIL failed"
+	[ "$TOTAL_FAIL" -eq 0 ] && [ "$TOTAL_PASS" -gt 0 ] || exit 1
+	exit 0
+fi
+
 RUN_STRESS=${STRESS_SECONDS:-6} # test_stress.py's length in the normal and ASan runs
 run_pytest build build/kmsd
 run_pytest asan build/asan/kmsd
@@ -164,6 +216,8 @@ run_pytest asan build/asan/kmsd
 # slower and adds no concurrency the stress test lacks); any TSan report fails it.
 RUN_STRESS=${STRESS_SECONDS:-20}
 run_pytest tsan build/tsan/kmsd tests/integration/test_stress.py
+
+run_pg
 
 # 3. every fuzzer's checked-in corpus, replayed once (make fuzz-build made them), so that
 #    a past crash cannot come back. One result per harness.

@@ -24,6 +24,7 @@ static const struct {
 	[KMS_ERR_TOKEN] = {"key token unavailable", 503},
 	[KMS_ERR_STORE] = {"metadata store unavailable", 503},
 	[KMS_ERR_AUDIT] = {"audit log unavailable", 503},
+	[KMS_ERR_UNSUPPORTED] = {"not supported by this configuration", 501},
 };
 
 static _Thread_local char err_detail[256];

@@ -25,6 +25,7 @@ typedef enum kms_err {
 	KMS_ERR_TOKEN,		 /* 503: PKCS#11 token unavailable or failed */
 	KMS_ERR_STORE,		 /* 503: metadata store failed */
 	KMS_ERR_AUDIT,		 /* 503: audit record could not be made durable */
+	KMS_ERR_UNSUPPORTED,	 /* 501: not available with this configuration (e.g. store backend) */
 	KMS_ERR__COUNT
 } kms_err;
 

@@ -232,7 +232,7 @@ kms_err core_cluster_start(struct core *c, const char *store_uri, const char *no
 {
 	kms_err rc;
 
-	if (store_backend(c->st) != STORE_PG)
+	if (store_backend(c->st) != STORE_BACKEND_PG)
 		return KMS_OK; /* one node: its caches see every change, it runs the scheduler */
 	snprintf(c->cl_node, sizeof(c->cl_node), "%s", node_id);
 	c->cl_sync_ms = sync_ms ? sync_ms : 1000;

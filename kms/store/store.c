@@ -23,6 +23,9 @@
 #include "kms/base/log.h"
 #include "kms/base/secret.h"
 #include "kms/store/authmac.h"
+#include "kms/store/db.h"
+#include <libpq-fe.h>
+#include <poll.h>
 
 #define XSTR(x) STR(x)
 #define STR(x) #x
@@ -311,6 +314,7 @@ static const struct {
 
 enum stmt_id {
 	ST_BEGIN,
+	ST_TX_LOCK,
 	ST_COMMIT,
 	ST_ROLLBACK,
 	ST_META_GET,
@@ -384,16 +388,17 @@ enum stmt_id {
 
 static const char *const stmt_sql[ST__COUNT] = {
 	[ST_BEGIN] = "BEGIN IMMEDIATE",
+	[ST_TX_LOCK] = "SELECT 1", /* PostgreSQL only: see stmt_sql_pg */
 	[ST_COMMIT] = "COMMIT",
 	[ST_ROLLBACK] = "ROLLBACK",
 	[ST_META_GET] = "SELECT v FROM meta WHERE k = ?1",
 	[ST_META_SET] = "INSERT INTO meta (k, v) VALUES (?1, ?2) "
 			"ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-	[ST_TENANT_INSERT] = "INSERT INTO tenants (name, retention, created) VALUES (?1, ?2, ?3)",
+	[ST_TENANT_INSERT] = "INSERT INTO tenants (name, retention, created) VALUES (?1, ?2, ?3) RETURNING id",
 	[ST_TENANT_GET] = "SELECT " TENANT_COLS " FROM tenants WHERE name = ?1",
 	[ST_TENANT_LIST] = "SELECT " TENANT_COLS " FROM tenants ORDER BY name",
 	[ST_KEY_INSERT] = "INSERT INTO keys (tenant_id, name, type, created, latest_version) "
-			  "VALUES (?1, ?2, ?3, ?4, 1)",
+			  "VALUES (?1, ?2, ?3, ?4, 1) RETURNING id",
 	[ST_KEY_GET] = "SELECT " KEY_COLS " FROM keys WHERE tenant_id = ?1 AND name = ?2",
 	/* The LEFT JOIN tells "no such tenant" (no row) from "tenant without keys" (one row,
 	 * NULL name) in one statement, so the answer cannot straddle a concurrent write. */
@@ -409,7 +414,7 @@ static const char *const stmt_sql[ST__COUNT] = {
 			   "WHERE key_id = ?1 AND version = ?2",
 	[ST_VERSION_LIST] = "SELECT " VERSION_COLS " FROM key_versions "
 			    "WHERE key_id = ?1 ORDER BY version",
-	[ST_PRINCIPAL_INSERT] = "INSERT INTO principals (name, role, created) VALUES (?1, ?2, ?3)",
+	[ST_PRINCIPAL_INSERT] = "INSERT INTO principals (name, role, created) VALUES (?1, ?2, ?3) RETURNING id",
 	[ST_PRINCIPAL_TENANT_INSERT] = "INSERT INTO principal_tenants (principal_id, tenant_id, mac) "
 				       "VALUES (?1, ?2, ?3)",
 	[ST_PRINCIPAL_GET] = "SELECT " PRINCIPAL_COLS " FROM principals WHERE name = ?1",
@@ -450,7 +455,7 @@ static const char *const stmt_sql[ST__COUNT] = {
 	[ST_POLICY_INSERT] = "INSERT INTO policies (version, text, principal, created, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
 	[ST_POLICY_LATEST] = "SELECT version, text, mac FROM policies ORDER BY version DESC LIMIT 1",
 	[ST_VERSION_RESERVE] = "UPDATE key_versions SET enc_reserved = enc_reserved + ?3 "
-			       "WHERE key_id = ?1 AND version = ?2 AND enc_reserved + ?3 <= ?4",
+			       "WHERE key_id = ?1 AND version = ?2 AND enc_reserved + ?3 <= ?4 RETURNING enc_reserved",
 	[ST_VERSION_RESERVED] = "SELECT enc_reserved FROM key_versions WHERE key_id = ?1 AND version = ?2",
 	[ST_ROTATIONS_DUE] = "SELECT t.name, k.name, k.latest_version FROM keys k "
 			     "JOIN tenants t ON t.id = k.tenant_id "
@@ -486,16 +491,30 @@ static const char *const stmt_sql[ST__COUNT] = {
 			       "VALUES (?1, ?2, ?3, ?4, ?5)",
 	[ST_MK_EVENT_LIST] = "SELECT id, time, mk_version, event, principal, detail FROM master_key_events "
 			     "WHERE id > ?1 ORDER BY id LIMIT ?2",
-	[ST_CERT_INSERT] = "INSERT INTO principal_certs (principal_id, kind, value, created) VALUES (?1, ?2, ?3, ?4)",
+	[ST_CERT_INSERT] = "INSERT INTO principal_certs (principal_id, kind, value, created) VALUES (?1, ?2, ?3, ?4) "
+			    "RETURNING id",
 	[ST_CERT_LIST] = "SELECT id, kind, value, created FROM principal_certs WHERE principal_id = ?1 ORDER BY id",
 	[ST_CERT_DELETE] = "DELETE FROM principal_certs WHERE principal_id = ?1 AND kind = ?2 AND value = ?3",
 	[ST_CERT_LOOKUP] = "SELECT principal_id, id, mac FROM principal_certs WHERE kind = ?1 AND value = ?2",
 };
 
+/* PostgreSQL's spelling where SQLite's does not run there (NULL: the same SQL). A writer
+ * transaction takes one cluster-wide advisory lock after BEGIN, as BEGIN IMMEDIATE takes
+ * SQLite's write lock: read-then-write transactions of all nodes are serialised, so
+ * READ COMMITTED sees the last committed state and nothing can slip in between. */
+#define PG_TX_LOCK_KEY "7011486240561237329" /* "kmsd-tx" */
+static const char *const stmt_sql_pg[ST__COUNT] = {
+	[ST_BEGIN] = "BEGIN",
+	[ST_TX_LOCK] = "SELECT pg_advisory_xact_lock(" PG_TX_LOCK_KEY ")",
+	[ST_VERSION_DESTROY] = "UPDATE key_versions SET state = 'destroyed', blob = '\\x00'::bytea, "
+			       "mac = decode(repeat('00', 32), 'hex'), destroy_after = 0 "
+			       "WHERE key_id = ?1 AND version = ?2 AND state = 'pending_destruction'",
+};
+
 struct store {
 	pthread_mutex_t mu;
-	sqlite3 *db;
-	sqlite3_stmt *st[ST__COUNT];
+	struct db *db;
+	db_stmt *st[ST__COUNT];
 	/* The descriptor store_open checked the file with, kept open until the connection
 	 * is closed: closing any descriptor of a file drops every POSIX lock the process
 	 * holds on it, SQLite's included (the shared lock that tells other processes a
@@ -506,7 +525,7 @@ struct store {
 	/* store_change_stamp: rows changed by bookkeeping writes that no cache depends on
 	 * (a token's last-used time, meta rows), and PRAGMA data_version, prepared on first use */
 	int64_t quiet_changes;
-	sqlite3_stmt *data_version;
+	db_stmt *data_version;
 	/* authority-row MACs (store_set_authmac); NULL: not computed, not checked */
 	store_mac_fn am_mac;
 	store_integrity_fn am_bad;
@@ -517,14 +536,20 @@ struct store {
 	struct am_seen *am_seen;
 };
 
+/* SQL that must be spelled differently on PostgreSQL (scalar max/min, blob literals):
+ * the SQLite text first, PostgreSQL's second. */
+#define PICK(s, lite, pg) (db_backend((s)->db) == DB_PG ? (pg) : (lite))
+
 /* ---- helpers; every one of them expects the caller to hold s->mu ---- */
 
 /* Logs SQLite's own words (they may name tables and columns, which is fine in the
  * operator log) and gives the caller a detail that says nothing about the schema. */
 static kms_err db_fail(struct store *s, const char *what)
 {
-	kms_error("store: %s: %s (sqlite %d)", what, sqlite3_errmsg(s->db),
-		  sqlite3_extended_errcode(s->db));
+	if (db_backend(s->db) == DB_PG)
+		kms_error("store: %s: %s (postgresql, code %d)", what, db_errmsg(s->db), db_errcode(s->db));
+	else
+		kms_error("store: %s: %s (sqlite %d)", what, db_errmsg(s->db), db_errcode(s->db));
 	return kms_errf(KMS_ERR_STORE, "metadata store error");
 }
 
@@ -538,54 +563,84 @@ static kms_err db_corrupt(const char *what)
 
 static bool is_unique_violation(int src)
 {
-	return src == SQLITE_CONSTRAINT_UNIQUE || src == SQLITE_CONSTRAINT_PRIMARYKEY;
+	return src == DB_CONSTRAINT_UNIQUE || src == DB_CONSTRAINT_PRIMARYKEY;
 }
 
-/* Returns the statement to a clean state for the next caller. sqlite3_reset() repeats
- * the code of the last sqlite3_step(), which the caller has already acted on, so it is
+/* Returns the statement to a clean state for the next caller. db_reset() repeats
+ * the code of the last db_step(), which the caller has already acted on, so it is
  * not checked again here. */
-static void stmt_release(sqlite3_stmt *st)
+static void stmt_release(db_stmt *st)
 {
 	if (st == NULL)
 		return;
-	(void)sqlite3_reset(st);
-	(void)sqlite3_clear_bindings(st); /* always SQLITE_OK */
+	(void)db_reset(st);
+	(void)db_clear_bindings(st); /* always DB_OK */
 }
 
 /* Steps a statement that returns no rows, then releases it. Returns SQLite's code
- * (SQLITE_DONE on success); sqlite3_errmsg() still describes a failure afterwards,
- * because sqlite3_reset() leaves the connection's error as the step left it. */
-static int stmt_exec(sqlite3_stmt *st)
+ * (DB_DONE on success); sqlite3_errmsg() still describes a failure afterwards,
+ * because db_reset() leaves the connection's error as the step left it. */
+static int stmt_exec(db_stmt *st)
 {
-	int src = sqlite3_step(st);
+	int src = db_step(st);
 
+	stmt_release(st);
+	return src;
+}
+
+/* Steps an INSERT ... RETURNING id to its end (SQLite counts the change only then) and
+ * releases it; DB_DONE with *id set, or the failing code. */
+static int stmt_insert_id(db_stmt *st, int64_t *id)
+{
+	int src = db_step(st);
+
+	if (src == DB_ROW) {
+		*id = db_column_int64(st, 0);
+		src = db_step(st);
+	} else if (src == DB_DONE) {
+		src = DB_ERROR; /* no row: cannot happen for a successful INSERT */
+	}
 	stmt_release(st);
 	return src;
 }
 
 static kms_err tx_begin(struct store *s)
 {
-	if (stmt_exec(s->st[ST_BEGIN]) != SQLITE_DONE)
+	int src;
+	kms_err rc;
+
+	if (stmt_exec(s->st[ST_BEGIN]) != DB_DONE)
 		return db_fail(s, "begin");
+	if (db_backend(s->db) != DB_PG)
+		return KMS_OK;
+	/* PostgreSQL: the cluster-wide writer lock, held until COMMIT or ROLLBACK */
+	src = db_step(s->st[ST_TX_LOCK]);
+	stmt_release(s->st[ST_TX_LOCK]);
+	if (src != DB_ROW) {
+		rc = db_fail(s, "begin lock");
+		if (db_in_tx(s->db) && stmt_exec(s->st[ST_ROLLBACK]) != DB_DONE)
+			kms_error("store: rollback: %s", db_errmsg(s->db));
+		return rc;
+	}
 	return KMS_OK;
 }
 
 static kms_err tx_commit(struct store *s)
 {
-	if (stmt_exec(s->st[ST_COMMIT]) != SQLITE_DONE)
+	if (stmt_exec(s->st[ST_COMMIT]) != DB_DONE)
 		return db_fail(s, "commit");
 	return KMS_OK;
 }
 
 /* Error path only; the caller is already returning an error, so a failed rollback is
- * logged rather than returned. Some errors (SQLITE_FULL, IOERR, BUSY, NOMEM) make
+ * logged rather than returned. Some errors (DB_FULL, IOERR, BUSY, NOMEM) make
  * SQLite roll back on its own, and a second ROLLBACK would then fail: skip it. */
 static void tx_rollback(struct store *s)
 {
-	if (sqlite3_get_autocommit(s->db))
+	if (!db_in_tx(s->db))
 		return;
-	if (stmt_exec(s->st[ST_ROLLBACK]) != SQLITE_DONE)
-		kms_error("store: rollback: %s", sqlite3_errmsg(s->db));
+	if (stmt_exec(s->st[ST_ROLLBACK]) != DB_DONE)
+		kms_error("store: rollback: %s", db_errmsg(s->db));
 }
 
 static kms_err store_lock(struct store *s)
@@ -625,10 +680,10 @@ static kms_err check_version_row(const struct store_version *v)
 	return KMS_OK;
 }
 
-static kms_err col_text(sqlite3_stmt *st, int col, char *dst, size_t cap, const char *what)
+static kms_err col_text(db_stmt *st, int col, char *dst, size_t cap, const char *what)
 {
-	const unsigned char *t = sqlite3_column_text(st, col);
-	int len = sqlite3_column_bytes(st, col);
+	const unsigned char *t = db_column_text(st, col);
+	int len = db_column_bytes(st, col);
 
 	if (t == NULL || len < 0 || (size_t)len >= cap)
 		return db_corrupt(what);
@@ -637,11 +692,11 @@ static kms_err col_text(sqlite3_stmt *st, int col, char *dst, size_t cap, const 
 	return KMS_OK;
 }
 
-static kms_err col_blob(sqlite3_stmt *st, int col, uint8_t *dst, size_t min, size_t max,
+static kms_err col_blob(db_stmt *st, int col, uint8_t *dst, size_t min, size_t max,
 			size_t *len_out, const char *what)
 {
-	const void *b = sqlite3_column_blob(st, col);
-	int len = sqlite3_column_bytes(st, col);
+	const void *b = db_column_blob(st, col);
+	int len = db_column_bytes(st, col);
 
 	if (b == NULL || len < 0 || (size_t)len < min || (size_t)len > max)
 		return db_corrupt(what);
@@ -651,9 +706,9 @@ static kms_err col_blob(sqlite3_stmt *st, int col, uint8_t *dst, size_t min, siz
 	return KMS_OK;
 }
 
-static kms_err col_u32(sqlite3_stmt *st, int col, uint32_t *out, const char *what)
+static kms_err col_u32(db_stmt *st, int col, uint32_t *out, const char *what)
 {
-	int64_t v = sqlite3_column_int64(st, col);
+	int64_t v = db_column_int64(st, col);
 
 	if (v < 0 || v > UINT32_MAX)
 		return db_corrupt(what);
@@ -661,45 +716,45 @@ static kms_err col_u32(sqlite3_stmt *st, int col, uint32_t *out, const char *wha
 	return KMS_OK;
 }
 
-static kms_err row_tenant(sqlite3_stmt *st, struct store_tenant *t)
+static kms_err row_tenant(db_stmt *st, struct store_tenant *t)
 {
 	kms_err rc;
 
 	memset(t, 0, sizeof(*t));
-	t->id = sqlite3_column_int64(st, 0);
+	t->id = db_column_int64(st, 0);
 	if ((rc = col_text(st, 1, t->name, sizeof(t->name), "tenants")) != KMS_OK ||
 	    (rc = col_text(st, 2, t->retention, sizeof(t->retention), "tenants")) != KMS_OK)
 		return rc;
-	t->created = sqlite3_column_int64(st, 3);
-	t->retention_period = sqlite3_column_int64(st, 4);
-	t->min_destroy_wait = sqlite3_column_int64(st, 5);
-	t->legal_hold = sqlite3_column_int64(st, 6) != 0;
+	t->created = db_column_int64(st, 3);
+	t->retention_period = db_column_int64(st, 4);
+	t->min_destroy_wait = db_column_int64(st, 5);
+	t->legal_hold = db_column_int64(st, 6) != 0;
 	return KMS_OK;
 }
 
-static kms_err row_key(sqlite3_stmt *st, struct store_key *k)
+static kms_err row_key(db_stmt *st, struct store_key *k)
 {
 	kms_err rc;
 
 	memset(k, 0, sizeof(*k));
-	k->id = sqlite3_column_int64(st, 0);
-	k->tenant_id = sqlite3_column_int64(st, 1);
+	k->id = db_column_int64(st, 0);
+	k->tenant_id = db_column_int64(st, 1);
 	if ((rc = col_text(st, 2, k->name, sizeof(k->name), "keys")) != KMS_OK ||
 	    (rc = col_text(st, 3, k->type, sizeof(k->type), "keys")) != KMS_OK)
 		return rc;
-	k->created = sqlite3_column_int64(st, 4);
+	k->created = db_column_int64(st, 4);
 	if ((rc = col_u32(st, 5, &k->latest_version, "keys")) != KMS_OK ||
 	    (rc = col_u32(st, 6, &k->min_decryption_version, "keys")) != KMS_OK ||
 	    (rc = col_u32(st, 7, &k->min_encryption_version, "keys")) != KMS_OK)
 		return rc;
-	k->deletion_allowed = sqlite3_column_int64(st, 8) != 0;
-	k->auto_rotate_period = sqlite3_column_int64(st, 9);
-	k->revoked = sqlite3_column_int64(st, 10) != 0;
-	k->legal_hold = sqlite3_column_int64(st, 11) != 0;
+	k->deletion_allowed = db_column_int64(st, 8) != 0;
+	k->auto_rotate_period = db_column_int64(st, 9);
+	k->revoked = db_column_int64(st, 10) != 0;
+	k->legal_hold = db_column_int64(st, 11) != 0;
 	return KMS_OK;
 }
 
-static kms_err row_version(sqlite3_stmt *st, struct store_version *v)
+static kms_err row_version(db_stmt *st, struct store_version *v)
 {
 	kms_err rc;
 
@@ -711,11 +766,11 @@ static kms_err row_version(sqlite3_stmt *st, struct store_version *v)
 	    (rc = col_blob(st, 3, v->mac, STORE_MAC_LEN, STORE_MAC_LEN, NULL, "key_versions")) !=
 		    KMS_OK)
 		return rc;
-	v->created = sqlite3_column_int64(st, 4);
+	v->created = db_column_int64(st, 4);
 	if ((rc = col_text(st, 5, v->state, sizeof(v->state), "key_versions")) != KMS_OK)
 		return rc;
-	v->destroy_after = sqlite3_column_int64(st, 6);
-	v->enc_reserved = (uint64_t)sqlite3_column_int64(st, 7);
+	v->destroy_after = db_column_int64(st, 6);
+	v->enc_reserved = (uint64_t)db_column_int64(st, 7);
 	return KMS_OK;
 }
 
@@ -795,17 +850,17 @@ static bool am_seen_before(struct store *s, enum store_am_table t, const struct 
 }
 
 /* Binds the row's MAC (or NULL without a MAC function) to parameter idx of st. */
-static kms_err am_bind_locked(struct store *s, sqlite3_stmt *st, int idx, enum store_am_table t,
+static kms_err am_bind_locked(struct store *s, db_stmt *st, int idx, enum store_am_table t,
 			      const struct store_am_field *f, size_t n)
 {
 	uint8_t mac[STORE_MAC_LEN];
 	kms_err rc;
 
 	if (s->am_mac == NULL)
-		return sqlite3_bind_null(st, idx) == SQLITE_OK ? KMS_OK : db_fail(s, "mac bind");
+		return db_bind_null(st, idx) == DB_OK ? KMS_OK : db_fail(s, "mac bind");
 	if ((rc = am_compute_locked(s, t, f, n, mac)) != KMS_OK)
 		return rc;
-	return sqlite3_bind_blob(st, idx, mac, STORE_MAC_LEN, SQLITE_TRANSIENT) == SQLITE_OK ? KMS_OK
+	return db_bind_blob(st, idx, mac, STORE_MAC_LEN, DB_TRANSIENT) == DB_OK ? KMS_OK
 											     : db_fail(s, "mac bind");
 }
 
@@ -813,7 +868,7 @@ static kms_err am_bind_locked(struct store *s, sqlite3_stmt *st, int idx, enum s
  * the row for the log (an id or an accessor; never a token). A missing or wrong MAC
  * is logged, reported to the integrity callback and refused (DENIED, the same answer
  * as an unknown credential). Without a MAC function, KMS_OK. */
-static kms_err am_check_locked(struct store *s, sqlite3_stmt *st, int col, enum store_am_table t,
+static kms_err am_check_locked(struct store *s, db_stmt *st, int col, enum store_am_table t,
 			       const struct store_am_field *f, size_t n, const char *row)
 {
 	uint8_t want[STORE_MAC_LEN];
@@ -822,8 +877,8 @@ static kms_err am_check_locked(struct store *s, sqlite3_stmt *st, int col, enum 
 
 	if (s->am_mac == NULL)
 		return KMS_OK;
-	have = sqlite3_column_blob(st, col);
-	if (have == NULL || sqlite3_column_bytes(st, col) != STORE_MAC_LEN) {
+	have = db_column_blob(st, col);
+	if (have == NULL || db_column_bytes(st, col) != STORE_MAC_LEN) {
 		kms_error("store: %s row %s has no integrity MAC: refused (written outside kmsd?)",
 			  store_am_table_name(t), row);
 	} else {
@@ -845,7 +900,7 @@ static kms_err am_check_locked(struct store *s, sqlite3_stmt *st, int col, enum 
 #define AM_STR(v) {.kind = STORE_AM_BYTES, .b = (v), .n = strlen(v)}
 #define AM_BYTES(v, len) {.kind = STORE_AM_BYTES, .b = (v), .n = (len)}
 
-static kms_err am_check_principal_locked(struct store *s, sqlite3_stmt *st, const struct store_principal *p)
+static kms_err am_check_principal_locked(struct store *s, db_stmt *st, const struct store_principal *p)
 {
 	struct store_am_field f[] = {AM_INT(p->id), AM_STR(p->name), AM_STR(p->role)};
 	char row[32];
@@ -854,7 +909,7 @@ static kms_err am_check_principal_locked(struct store *s, sqlite3_stmt *st, cons
 	return am_check_locked(s, st, 4, STORE_AM_PRINCIPAL, f, 3, row);
 }
 
-static kms_err am_check_token_locked(struct store *s, sqlite3_stmt *st, const struct store_token *t)
+static kms_err am_check_token_locked(struct store *s, db_stmt *st, const struct store_token *t)
 {
 	struct store_am_field f[] = {AM_STR(t->accessor), AM_INT(t->principal_id), AM_BYTES(t->hash, STORE_HASH_LEN),
 				     AM_INT(t->expires), AM_INT(t->revoked != 0)};
@@ -864,16 +919,16 @@ static kms_err am_check_token_locked(struct store *s, sqlite3_stmt *st, const st
 	return am_check_locked(s, st, 7, STORE_AM_TOKEN, f, 5, row);
 }
 
-static kms_err row_principal(sqlite3_stmt *st, struct store_principal *p)
+static kms_err row_principal(db_stmt *st, struct store_principal *p)
 {
 	kms_err rc;
 
 	memset(p, 0, sizeof(*p));
-	p->id = sqlite3_column_int64(st, 0);
+	p->id = db_column_int64(st, 0);
 	if ((rc = col_text(st, 1, p->name, sizeof(p->name), "principals")) != KMS_OK ||
 	    (rc = col_text(st, 2, p->role, sizeof(p->role), "principals")) != KMS_OK)
 		return rc;
-	p->created = sqlite3_column_int64(st, 3);
+	p->created = db_column_int64(st, 3);
 	return KMS_OK;
 }
 
@@ -902,28 +957,28 @@ static void *grow(void *arr, size_t *cap, size_t n, size_t elem)
  * text; *src receives SQLite's code so that the caller can tell "not a database". */
 static kms_err query_text(struct store *s, const char *sql, char *out, size_t cap, int *src)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	const unsigned char *t;
 	int len;
 	kms_err rc;
 
-	*src = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
-	if (*src != SQLITE_OK) {
+	*src = db_prepare(s->db, sql, false, &st);
+	if (*src != DB_OK) {
 		rc = db_fail(s, sql);
 		goto out;
 	}
-	*src = sqlite3_step(st);
-	if (*src == SQLITE_DONE) {
+	*src = db_step(st);
+	if (*src == DB_DONE) {
 		kms_error("store: %s returned no row", sql);
 		rc = kms_errf(KMS_ERR_STORE, "metadata store error");
 		goto out;
 	}
-	if (*src != SQLITE_ROW) {
+	if (*src != DB_ROW) {
 		rc = db_fail(s, sql);
 		goto out;
 	}
-	t = sqlite3_column_text(st, 0);
-	len = sqlite3_column_bytes(st, 0);
+	t = db_column_text(st, 0);
+	len = db_column_bytes(st, 0);
 	if (t == NULL || len < 0 || (size_t)len >= cap) {
 		rc = db_corrupt(sql);
 		goto out;
@@ -933,7 +988,7 @@ static kms_err query_text(struct store *s, const char *sql, char *out, size_t ca
 	rc = KMS_OK;
 out:
 	/* finalize repeats the step's code, already handled above */
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	return rc;
 }
 
@@ -956,11 +1011,11 @@ static kms_err exec_sql(struct store *s, const char *sql, const char *what, int 
 {
 	char *msg = NULL;
 
-	*src = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
-	if (*src != SQLITE_OK) {
-		kms_error("store: %s: %s (sqlite %d)", what, msg ? msg : sqlite3_errstr(*src),
+	*src = db_exec(s->db, sql, &msg);
+	if (*src != DB_OK) {
+		kms_error("store: %s: %s (sqlite %d)", what, msg ? msg : db_errstr(*src),
 			  *src);
-		sqlite3_free(msg);
+		db_free(msg);
 		return kms_errf(KMS_ERR_STORE, "metadata store error");
 	}
 	return KMS_OK;
@@ -975,7 +1030,7 @@ static kms_err schema_version_locked(struct store *s, const char *path, int64_t 
 	int64_t app_id, n_objects, has_table;
 	kms_err rc;
 
-	*src = SQLITE_OK;
+	*src = DB_OK;
 	if ((rc = query_int(s, "PRAGMA application_id", &app_id, src)) != KMS_OK ||
 	    (rc = query_int(s, "SELECT count(*) FROM sqlite_schema", &n_objects, src)) !=
 		    KMS_OK ||
@@ -1014,9 +1069,9 @@ static kms_err store_identify(struct store *s, const char *path)
 	if ((rc = exec_sql(s, "BEGIN", "identify begin", &src)) != KMS_OK)
 		return rc;
 	rc = schema_version_locked(s, path, &ver, &src);
-	if (rc != KMS_OK && src == SQLITE_NOTADB)
+	if (rc != KMS_OK && src == DB_NOTADB)
 		rc = kms_errf(KMS_ERR_CONFIG, "%s is not a SQLite database", path);
-	if (!sqlite3_get_autocommit(s->db)) {
+	if (!!db_in_tx(s->db)) {
 		/* a read-only transaction: ending it cannot lose anything */
 		end = exec_sql(s, "ROLLBACK", "identify end", &src_end);
 		if (rc == KMS_OK)
@@ -1060,7 +1115,7 @@ static kms_err store_migrate(struct store *s, const char *path)
 		goto fail;
 	return KMS_OK;
 fail:
-	if (!sqlite3_get_autocommit(s->db) &&
+	if (!!db_in_tx(s->db) &&
 	    exec_sql(s, "ROLLBACK", "migrate rollback", &src) != KMS_OK)
 		kms_error("store: %s: rollback after failed migration failed", path);
 	return rc;
@@ -1112,13 +1167,15 @@ static kms_err store_tighten(int fd, mode_t mode, const char *path)
 
 static kms_err store_connection_setup(struct store *s)
 {
-	if (sqlite3_extended_result_codes(s->db, 1) != SQLITE_OK ||
-	    sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS) != SQLITE_OK ||
+	sqlite3 *lite = db_sqlite_handle(s->db);
+
+	if (sqlite3_extended_result_codes(lite, 1) != DB_OK ||
+	    sqlite3_busy_timeout(lite, BUSY_TIMEOUT_MS) != DB_OK ||
 	    /* Defensive mode stops writable_schema and similar ways for a crafted
 	     * database file or SQL to corrupt the file. */
-	    sqlite3_db_config(s->db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL) != SQLITE_OK ||
-	    sqlite3_db_config(s->db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, NULL) !=
-		    SQLITE_OK)
+	    sqlite3_db_config(lite, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL) != DB_OK ||
+	    sqlite3_db_config(lite, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, NULL) !=
+		    DB_OK)
 		return db_fail(s, "connection setup");
 	return KMS_OK;
 }
@@ -1143,6 +1200,184 @@ static kms_err store_pragmas(struct store *s, const char *path)
 	return KMS_OK;
 }
 
+/* ---- PostgreSQL: identify, migrate, open ---- */
+
+#include "kms/store/schema_pg.h"
+
+/* Migrations of all nodes take turns under this lock (one transaction per step). */
+#define PG_MIGRATE_LOCK_KEY "7011486240561237325" /* "kmsd-mig" */
+
+static bool is_pg_uri(const char *p)
+{
+	return strncmp(p, "postgresql://", 13) == 0 || strncmp(p, "postgres://", 11) == 0;
+}
+
+/* The URI as the log may show it: without a password (user:password@) or any query
+ * parameter (?password=...). */
+static void uri_display(const char *uri, char *out, size_t cap)
+{
+	const char *scheme_end = strstr(uri, "://");
+	const char *host, *at, *colon, *q;
+	size_t len;
+
+	snprintf(out, cap, "%s", uri);
+	if (scheme_end == NULL)
+		return;
+	host = scheme_end + 3;
+	at = strchr(host, '@');
+	q = strchr(host, '?');
+	len = q != NULL ? (size_t)(q - uri) : strlen(uri);
+	if (at != NULL && (q == NULL || at < q)) {
+		colon = memchr(host, ':', (size_t)(at - host));
+		if (colon != NULL) {
+			snprintf(out, cap, "%.*s%.*s", (int)(colon - uri), uri, (int)(len - (size_t)(at - uri)), at);
+			return;
+		}
+	}
+	snprintf(out, cap, "%.*s", (int)len, uri);
+}
+
+/* As schema_version_locked, for PostgreSQL: the current schema holds nothing (fresh),
+ * or kmsd's tables with schema_version's application mark; anything else is refused. */
+static kms_err pg_schema_version_locked(struct store *s, const char *name, int64_t *ver)
+{
+	int64_t n_objects, has_mark;
+	int src;
+	kms_err rc;
+
+	if ((rc = query_int(s,
+			    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+			    "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+			    &n_objects, &src)) != KMS_OK ||
+	    (rc = query_int(s,
+			    "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
+			    "AND table_name = 'schema_version' AND column_name = 'application'",
+			    &has_mark, &src)) != KMS_OK)
+		return rc;
+	if (n_objects == 0) {
+		*ver = 0;
+		return KMS_OK;
+	}
+	if (!has_mark)
+		return kms_errf(KMS_ERR_CONFIG, "%s: the database's schema holds tables but is not a kmsd store", name);
+	if ((rc = query_int(s, "SELECT version FROM schema_version WHERE id = 1 AND application = 'kmsd'", ver,
+			    &src)) != KMS_OK)
+		return rc;
+	if (*ver > PG_SCHEMA_VERSION || *ver < 1)
+		return kms_errf(KMS_ERR_CONFIG,
+				"%s has schema version %" PRId64 ", this kmsd supports up to %d: run a newer kmsd",
+				name, *ver, PG_SCHEMA_VERSION);
+	return KMS_OK;
+}
+
+static kms_err pg_migrate(struct store *s, const char *name)
+{
+	char sql[160];
+	int64_t ver;
+	int src;
+	kms_err rc;
+
+	for (;;) {
+		if ((rc = exec_sql(s, "BEGIN", "migrate begin", &src)) != KMS_OK ||
+		    (rc = exec_sql(s, "SELECT pg_advisory_xact_lock(" PG_MIGRATE_LOCK_KEY ")", "migrate lock",
+				   &src)) != KMS_OK)
+			goto fail;
+		if ((rc = pg_schema_version_locked(s, name, &ver)) != KMS_OK)
+			goto fail;
+		if (ver == PG_SCHEMA_VERSION)
+			break;
+		if ((rc = exec_sql(s, pg_migrations[ver], "migration", &src)) != KMS_OK)
+			goto fail;
+		snprintf(sql, sizeof(sql),
+			 "INSERT INTO schema_version (id, version) VALUES (1, %" PRId64
+			 ") ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+			 ver + 1);
+		if ((rc = exec_sql(s, sql, "schema version update", &src)) != KMS_OK ||
+		    (rc = exec_sql(s, "COMMIT", "migrate commit", &src)) != KMS_OK)
+			goto fail;
+		kms_info("store: %s migrated to schema version %" PRId64, name, ver + 1);
+	}
+	if ((rc = exec_sql(s, "COMMIT", "migrate commit", &src)) != KMS_OK)
+		goto fail;
+	return KMS_OK;
+fail:
+	if (db_in_tx(s->db) && exec_sql(s, "ROLLBACK", "migrate rollback", &src) != KMS_OK)
+		kms_error("store: %s: rollback after failed migration failed", name);
+	return rc;
+}
+
+/* Session settings, run again after every reconnect: commits wait for the WAL flush
+ * (synchronous_commit=on, PostgreSQL's default, set so that a server default of off
+ * cannot weaken it), and this node's id for the change log (store_set_node). */
+static kms_err pg_session(struct store *s, const char *node)
+{
+	char sql[160];
+
+	snprintf(sql, sizeof(sql), "SET synchronous_commit = on; SET kmsd.node = '%s'", node);
+	if (db_set_session(s->db, sql) != DB_OK)
+		return db_fail(s, "session setup");
+	return KMS_OK;
+}
+
+static kms_err store_open_pg(const char *uri, struct store **out)
+{
+	char name[256];
+	struct store *s;
+	size_t i;
+	kms_err rc;
+
+	uri_display(uri, name, sizeof(name));
+	s = calloc(1, sizeof(*s));
+	if (s == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "out of memory");
+	s->fd = -1;
+	if (pthread_mutex_init(&s->mu, NULL) != 0) {
+		free(s);
+		return kms_errf(KMS_ERR_INTERNAL, "store lock init failed");
+	}
+	if (db_open_pg(uri, &s->db) != DB_OK) {
+		kms_error("store: connect %s: %s", name, s->db != NULL ? db_errmsg(s->db) : "out of memory");
+		rc = kms_errf(KMS_ERR_STORE, "metadata store error: cannot connect to %s", name);
+		goto out;
+	}
+	if ((rc = pg_session(s, "")) != KMS_OK || (rc = pg_migrate(s, name)) != KMS_OK)
+		goto out;
+	for (i = 0; i < ST__COUNT; i++) {
+		const char *sql = stmt_sql_pg[i] != NULL ? stmt_sql_pg[i] : stmt_sql[i];
+
+		if (db_prepare(s->db, sql, true, &s->st[i]) != DB_OK) {
+			rc = db_fail(s, sql);
+			goto out;
+		}
+	}
+	*out = s;
+	return KMS_OK;
+out:
+	for (i = 0; i < ST__COUNT; i++)
+		(void)db_finalize(s->st[i]);
+	(void)db_close(s->db);
+	(void)pthread_mutex_destroy(&s->mu);
+	free(s);
+	return rc;
+}
+
+void store_display_name(const char *path_or_uri, char *out, size_t cap)
+{
+	if (cap == 0)
+		return;
+	if (path_or_uri == NULL)
+		out[0] = '\0';
+	else if (is_pg_uri(path_or_uri))
+		uri_display(path_or_uri, out, cap);
+	else
+		snprintf(out, cap, "%s", path_or_uri);
+}
+
+enum store_backend store_backend(const struct store *s)
+{
+	return db_backend(s->db) == DB_PG ? STORE_BACKEND_PG : STORE_BACKEND_SQLITE;
+}
+
 kms_err store_open(const char *path, struct store **out)
 {
 	struct store *s = NULL;
@@ -1156,6 +1391,8 @@ kms_err store_open(const char *path, struct store **out)
 	if (out == NULL || path == NULL || path[0] == '\0')
 		return kms_errf(KMS_ERR_INVALID, "store path missing");
 	*out = NULL;
+	if (is_pg_uri(path))
+		return store_open_pg(path, out);
 	if ((rc = store_prepare_file(path, &fd, &mode)) != KMS_OK)
 		return rc;
 	rc = KMS_ERR_NOMEM;
@@ -1172,10 +1409,10 @@ kms_err store_open(const char *path, struct store **out)
 	mu_init = true;
 	/* NOMUTEX: s->mu already serialises every use of the connection, so SQLite's own
 	 * per-connection mutex would be a second lock taken for nothing. */
-	src = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
-	if (src != SQLITE_OK) {
+	src = db_open_sqlite(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, &s->db);
+	if (src != DB_OK) {
 		kms_error("store: open %s: %s", path,
-			  s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
+			  s->db && db_sqlite_handle(s->db) ? db_errmsg(s->db) : db_errstr(src));
 		rc = kms_errf(KMS_ERR_STORE, "metadata store error");
 		goto out;
 	}
@@ -1185,8 +1422,7 @@ kms_err store_open(const char *path, struct store **out)
 		goto out;
 	/* Prepared once, after migration, because they name the migrated tables. */
 	for (i = 0; i < ST__COUNT; i++) {
-		if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
-				       NULL) != SQLITE_OK) {
+		if (db_prepare(s->db, stmt_sql[i], true, &s->st[i]) != DB_OK) {
 			rc = db_fail(s, stmt_sql[i]);
 			goto out;
 		}
@@ -1199,9 +1435,9 @@ kms_err store_open(const char *path, struct store **out)
 out:
 	if (s != NULL) {
 		for (i = 0; i < ST__COUNT; i++)
-			(void)sqlite3_finalize(s->st[i]); /* NULL-safe; no step pending */
-		if (s->db != NULL && sqlite3_close(s->db) != SQLITE_OK)
-			kms_error("store: close %s: %s", path, sqlite3_errmsg(s->db));
+			(void)db_finalize(s->st[i]); /* NULL-safe; no step pending */
+		if (s->db != NULL && db_close(s->db) != DB_OK)
+			kms_error("store: close %s: %s", path, db_errmsg(s->db));
 		if (mu_init)
 			(void)pthread_mutex_destroy(&s->mu);
 		free(s);
@@ -1218,12 +1454,12 @@ void store_close(struct store *s)
 	if (s == NULL)
 		return;
 	for (i = 0; i < ST__COUNT; i++)
-		(void)sqlite3_finalize(s->st[i]); /* every statement was reset after use */
-	(void)sqlite3_finalize(s->data_version);
+		(void)db_finalize(s->st[i]); /* every statement was reset after use */
+	(void)db_finalize(s->data_version);
 	/* The last connection to close checkpoints the WAL into the database and deletes
 	 * it. A failure here leaves the WAL on disk, which the next open replays. */
-	if (sqlite3_close(s->db) != SQLITE_OK)
-		kms_error("store: close: %s", sqlite3_errmsg(s->db));
+	if (db_close(s->db) != DB_OK)
+		kms_error("store: close: %s", db_errmsg(s->db));
 	if (s->fd >= 0)
 		(void)close(s->fd);
 	(void)pthread_mutex_destroy(&s->mu);
@@ -1235,7 +1471,7 @@ void store_close(struct store *s)
 
 kms_err store_meta_get(struct store *s, const char *k, char *out, size_t cap)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	const unsigned char *t;
 	int src, len;
 	kms_err rc;
@@ -1247,21 +1483,21 @@ kms_err store_meta_get(struct store *s, const char *k, char *out, size_t cap)
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_META_GET];
-	if (sqlite3_bind_text(st, 1, k, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_text(st, 1, k, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "meta get bind");
 		goto out;
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_DONE) {
+	src = db_step(st);
+	if (src == DB_DONE) {
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "meta \"%s\" not set", k);
 		goto out;
 	}
-	if (src != SQLITE_ROW) {
+	if (src != DB_ROW) {
 		rc = db_fail(s, "meta get");
 		goto out;
 	}
-	t = sqlite3_column_text(st, 0);
-	len = sqlite3_column_bytes(st, 0);
+	t = db_column_text(st, 0);
+	len = db_column_bytes(st, 0);
 	if (t == NULL || len < 0) {
 		rc = db_corrupt("meta");
 		goto out;
@@ -1281,7 +1517,7 @@ out:
 
 kms_err store_meta_set(struct store *s, const char *k, const char *v)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	kms_err rc;
 
 	if ((rc = check_name("meta", k)) != KMS_OK)
@@ -1292,19 +1528,19 @@ kms_err store_meta_set(struct store *s, const char *k, const char *v)
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_META_SET];
-	if (sqlite3_bind_text(st, 1, k, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, v, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_text(st, 1, k, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 2, v, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "meta set bind");
 		stmt_release(st);
 		goto out;
 	}
-	if (stmt_exec(st) != SQLITE_DONE) {
+	if (stmt_exec(st) != DB_DONE) {
 		rc = db_fail(s, "meta set");
 		goto out;
 	}
 	/* meta holds bookkeeping (health's clock check writes it every second while a
 	 * load balancer polls); no cache of rows depends on it: see store_change_stamp */
-	s->quiet_changes += sqlite3_changes64(s->db);
+	s->quiet_changes += db_changes(s->db);
 	rc = KMS_OK;
 out:
 	store_unlock(s);
@@ -1316,7 +1552,8 @@ out:
 kms_err store_tenant_create(struct store *s, const char *name, const char *retention,
 			    int64_t now, int64_t *id_out)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
+	int64_t id = 0;
 	int src;
 	kms_err rc;
 
@@ -1327,24 +1564,24 @@ kms_err store_tenant_create(struct store *s, const char *name, const char *reten
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_TENANT_INSERT];
-	if (sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, retention, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 3, now) != SQLITE_OK) {
+	if (db_bind_text(st, 1, name, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 2, retention, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 3, now) != DB_OK) {
 		rc = db_fail(s, "tenant insert bind");
 		stmt_release(st);
 		goto out;
 	}
-	src = stmt_exec(st);
+	src = stmt_insert_id(st, &id);
 	if (is_unique_violation(src)) {
 		rc = kms_errf(KMS_ERR_CONFLICT, "tenant \"%s\" already exists", name);
 		goto out;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "tenant insert");
 		goto out;
 	}
 	if (id_out != NULL)
-		*id_out = sqlite3_last_insert_rowid(s->db);
+		*id_out = id;
 	rc = KMS_OK;
 out:
 	store_unlock(s);
@@ -1353,7 +1590,7 @@ out:
 
 kms_err store_tenant_get(struct store *s, const char *name, struct store_tenant *out)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	int src;
 	kms_err rc;
 
@@ -1364,16 +1601,16 @@ kms_err store_tenant_get(struct store *s, const char *name, struct store_tenant 
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_TENANT_GET];
-	if (sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_text(st, 1, name, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "tenant get bind");
 		goto out;
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_DONE) {
+	src = db_step(st);
+	if (src == DB_DONE) {
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant \"%s\" not found", name);
 		goto out;
 	}
-	if (src != SQLITE_ROW) {
+	if (src != DB_ROW) {
 		rc = db_fail(s, "tenant get");
 		goto out;
 	}
@@ -1387,7 +1624,7 @@ out:
 kms_err store_tenant_list(struct store *s, struct store_tenant **out, size_t *n)
 {
 	struct store_tenant *arr = NULL;
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	size_t cap = 0, cnt = 0;
 	int src;
 	void *grown;
@@ -1400,7 +1637,7 @@ kms_err store_tenant_list(struct store *s, struct store_tenant **out, size_t *n)
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_TENANT_LIST];
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		if ((grown = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
 			rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
 			goto out;
@@ -1410,7 +1647,7 @@ kms_err store_tenant_list(struct store *s, struct store_tenant **out, size_t *n)
 			goto out;
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "tenant list");
 		goto out;
 	}
@@ -1433,7 +1670,7 @@ out:
  * blobs away from, or 0. s->mu held. */
 static kms_err mk_live_locked(struct store *s, uint32_t *active, uint32_t *retiring)
 {
-	sqlite3_stmt *st = s->st[ST_MK_LIVE];
+	db_stmt *st = s->st[ST_MK_LIVE];
 	char state[16];
 	uint32_t v = 0;
 	int src;
@@ -1442,7 +1679,7 @@ static kms_err mk_live_locked(struct store *s, uint32_t *active, uint32_t *retir
 	*active = 0;
 	if (retiring != NULL)
 		*retiring = 0;
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		if ((rc = col_u32(st, 0, &v, "master_keys")) != KMS_OK ||
 		    (rc = col_text(st, 1, state, sizeof(state), "master_keys")) != KMS_OK)
 			break;
@@ -1451,7 +1688,7 @@ static kms_err mk_live_locked(struct store *s, uint32_t *active, uint32_t *retir
 		else if (retiring != NULL)
 			*retiring = v;
 	}
-	if (rc == KMS_OK && src != SQLITE_DONE)
+	if (rc == KMS_OK && src != DB_DONE)
 		rc = db_fail(s, "master keys");
 	stmt_release(st);
 	return rc;
@@ -1460,7 +1697,7 @@ static kms_err mk_live_locked(struct store *s, uint32_t *active, uint32_t *retir
 static kms_err version_insert_locked(struct store *s, int64_t key_id,
 				     const struct store_version *v, const char *key_what)
 {
-	sqlite3_stmt *st = s->st[ST_VERSION_INSERT];
+	db_stmt *st = s->st[ST_VERSION_INSERT];
 	uint32_t active;
 	int src;
 	kms_err rc;
@@ -1476,12 +1713,12 @@ static kms_err version_insert_locked(struct store *s, int64_t key_id,
 				", not %" PRIu32,
 				active, v->mk_version);
 
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 2, v->version) != SQLITE_OK ||
-	    sqlite3_bind_blob(st, 3, v->blob, (int)v->blob_len, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_blob(st, 4, v->mac, STORE_MAC_LEN, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 5, v->mk_version) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 6, v->created) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK ||
+	    db_bind_int64(st, 2, v->version) != DB_OK ||
+	    db_bind_blob(st, 3, v->blob, (int)v->blob_len, DB_STATIC) != DB_OK ||
+	    db_bind_blob(st, 4, v->mac, STORE_MAC_LEN, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 5, v->mk_version) != DB_OK ||
+	    db_bind_int64(st, 6, v->created) != DB_OK) {
 		rc = db_fail(s, "version insert bind");
 		stmt_release(st);
 		return rc;
@@ -1490,9 +1727,9 @@ static kms_err version_insert_locked(struct store *s, int64_t key_id,
 	if (is_unique_violation(src))
 		return kms_errf(KMS_ERR_CONFLICT, "%s version %" PRIu32 " already exists", key_what,
 				v->version);
-	if (src == SQLITE_CONSTRAINT_FOREIGNKEY)
+	if (src == DB_CONSTRAINT_FOREIGNKEY)
 		return kms_errf(KMS_ERR_NOT_FOUND, "key %" PRId64 " not found", key_id);
-	if (src != SQLITE_DONE)
+	if (src != DB_DONE)
 		return db_fail(s, "version insert");
 	return KMS_OK;
 }
@@ -1500,9 +1737,9 @@ static kms_err version_insert_locked(struct store *s, int64_t key_id,
 kms_err store_key_create(struct store *s, int64_t tenant_id, const char *name, const char *type,
 			 int64_t now, const struct store_version *v1, int64_t *key_id_out)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	bool in_tx = false;
-	int64_t key_id;
+	int64_t key_id = 0;
 	int src;
 	kms_err rc;
 
@@ -1518,28 +1755,27 @@ kms_err store_key_create(struct store *s, int64_t tenant_id, const char *name, c
 		goto out;
 	in_tx = true;
 	st = s->st[ST_KEY_INSERT];
-	if (sqlite3_bind_int64(st, 1, tenant_id) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 3, type, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 4, now) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, tenant_id) != DB_OK ||
+	    db_bind_text(st, 2, name, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 3, type, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 4, now) != DB_OK) {
 		rc = db_fail(s, "key insert bind");
 		stmt_release(st);
 		goto out;
 	}
-	src = stmt_exec(st);
+	src = stmt_insert_id(st, &key_id);
 	if (is_unique_violation(src)) {
 		rc = kms_errf(KMS_ERR_CONFLICT, "key \"%s\" already exists", name);
 		goto out;
 	}
-	if (src == SQLITE_CONSTRAINT_FOREIGNKEY) {
+	if (src == DB_CONSTRAINT_FOREIGNKEY) {
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant %" PRId64 " not found", tenant_id);
 		goto out;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "key insert");
 		goto out;
 	}
-	key_id = sqlite3_last_insert_rowid(s->db);
 	if ((rc = version_insert_locked(s, key_id, v1, "key")) != KMS_OK)
 		goto out;
 	if ((rc = tx_commit(s)) != KMS_OK)
@@ -1557,7 +1793,7 @@ out:
 
 kms_err store_key_get(struct store *s, int64_t tenant_id, const char *name, struct store_key *out)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	int src;
 	kms_err rc;
 
@@ -1568,17 +1804,17 @@ kms_err store_key_get(struct store *s, int64_t tenant_id, const char *name, stru
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_KEY_GET];
-	if (sqlite3_bind_int64(st, 1, tenant_id) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, tenant_id) != DB_OK ||
+	    db_bind_text(st, 2, name, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "key get bind");
 		goto out;
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_DONE) {
+	src = db_step(st);
+	if (src == DB_DONE) {
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "key \"%s\" not found", name);
 		goto out;
 	}
-	if (src != SQLITE_ROW) {
+	if (src != DB_ROW) {
 		rc = db_fail(s, "key get");
 		goto out;
 	}
@@ -1602,7 +1838,7 @@ void store_names_free(char **names, size_t n)
 
 kms_err store_key_list(struct store *s, int64_t tenant_id, char ***names, size_t *n)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	char **arr = NULL;
 	size_t cap = 0, cnt = 0;
 	bool tenant_seen = false;
@@ -1618,16 +1854,16 @@ kms_err store_key_list(struct store *s, int64_t tenant_id, char ***names, size_t
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_KEY_LIST];
-	if (sqlite3_bind_int64(st, 1, tenant_id) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, tenant_id) != DB_OK) {
 		rc = db_fail(s, "key list bind");
 		goto out;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		tenant_seen = true;
-		if (sqlite3_column_type(st, 0) == SQLITE_NULL)
+		if (db_column_type(st, 0) == DB_NULL)
 			continue; /* the tenant exists and has no keys */
-		t = sqlite3_column_text(st, 0);
-		len = sqlite3_column_bytes(st, 0);
+		t = db_column_text(st, 0);
+		len = db_column_bytes(st, 0);
 		if (t == NULL || len <= 0 || len > STORE_NAME_MAX) {
 			rc = db_corrupt("keys");
 			goto out;
@@ -1644,7 +1880,7 @@ kms_err store_key_list(struct store *s, int64_t tenant_id, char ***names, size_t
 		}
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "key list");
 		goto out;
 	}
@@ -1670,7 +1906,7 @@ out:
  * written even if another process's connection raced between our statements. */
 kms_err store_key_rotate(struct store *s, int64_t key_id, const struct store_version *v)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	bool in_tx = false;
 	int64_t latest;
 	int src;
@@ -1685,20 +1921,20 @@ kms_err store_key_rotate(struct store *s, int64_t key_id, const struct store_ver
 	in_tx = true;
 
 	st = s->st[ST_KEY_LATEST];
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK) {
 		rc = db_fail(s, "rotate bind");
 		goto out;
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_DONE) {
+	src = db_step(st);
+	if (src == DB_DONE) {
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "key %" PRId64 " not found", key_id);
 		goto out;
 	}
-	if (src != SQLITE_ROW) {
+	if (src != DB_ROW) {
 		rc = db_fail(s, "rotate read");
 		goto out;
 	}
-	latest = sqlite3_column_int64(st, 0);
+	latest = db_column_int64(st, 0);
 	stmt_release(st);
 	st = NULL;
 	if ((int64_t)v->version != latest + 1) {
@@ -1712,19 +1948,19 @@ kms_err store_key_rotate(struct store *s, int64_t key_id, const struct store_ver
 		goto out;
 
 	st = s->st[ST_KEY_SET_LATEST];
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 2, v->version) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 3, latest) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK ||
+	    db_bind_int64(st, 2, v->version) != DB_OK ||
+	    db_bind_int64(st, 3, latest) != DB_OK) {
 		rc = db_fail(s, "rotate update bind");
 		goto out;
 	}
 	src = stmt_exec(st);
 	st = NULL;
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "rotate update");
 		goto out;
 	}
-	if (sqlite3_changes(s->db) != 1) {
+	if (db_changes(s->db) != 1) {
 		rc = kms_errf(KMS_ERR_CONFLICT, "key %" PRId64 " was rotated concurrently", key_id);
 		goto out;
 	}
@@ -1743,7 +1979,7 @@ out:
 kms_err store_version_get(struct store *s, int64_t key_id, uint32_t version,
 			  struct store_version *out)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	int src;
 	kms_err rc;
 
@@ -1752,17 +1988,17 @@ kms_err store_version_get(struct store *s, int64_t key_id, uint32_t version,
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_VERSION_GET];
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 2, version) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK ||
+	    db_bind_int64(st, 2, version) != DB_OK) {
 		rc = db_fail(s, "version get bind");
 		goto out;
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_DONE) {
+	src = db_step(st);
+	if (src == DB_DONE) {
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "key version %" PRIu32 " not found", version);
 		goto out;
 	}
-	if (src != SQLITE_ROW) {
+	if (src != DB_ROW) {
 		rc = db_fail(s, "version get");
 		goto out;
 	}
@@ -1776,7 +2012,7 @@ out:
 kms_err store_version_list(struct store *s, int64_t key_id, struct store_version **out, size_t *n)
 {
 	struct store_version *arr = NULL;
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	size_t cap = 0, cnt = 0;
 	int src;
 	void *grown;
@@ -1789,11 +2025,11 @@ kms_err store_version_list(struct store *s, int64_t key_id, struct store_version
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_VERSION_LIST];
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK) {
 		rc = db_fail(s, "version list bind");
 		goto out;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		if ((grown = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
 			rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
 			goto out;
@@ -1803,7 +2039,7 @@ kms_err store_version_list(struct store *s, int64_t key_id, struct store_version
 			goto out;
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "version list");
 		goto out;
 	}
@@ -1829,21 +2065,21 @@ out:
 static kms_err am_principal_seal_locked(struct store *s, int64_t id, const char *name, const char *role)
 {
 	struct store_am_field f[] = {AM_INT(id), AM_STR(name), AM_STR(role)};
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	kms_err rc;
 
 	if (s->am_mac == NULL)
 		return KMS_OK;
-	if (sqlite3_prepare_v2(s->db, "UPDATE principals SET mac = ?1 WHERE id = ?2", -1, &st, NULL) != SQLITE_OK) {
+	if (db_prepare(s->db, "UPDATE principals SET mac = ?1 WHERE id = ?2", false, &st) != DB_OK) {
 		rc = db_fail(s, "principal mac prepare");
 		goto out;
 	}
 	if ((rc = am_bind_locked(s, st, 1, STORE_AM_PRINCIPAL, f, 3)) != KMS_OK)
 		goto out;
-	if (sqlite3_bind_int64(st, 2, id) != SQLITE_OK || sqlite3_step(st) != SQLITE_DONE)
+	if (db_bind_int64(st, 2, id) != DB_OK || db_step(st) != DB_DONE)
 		rc = db_fail(s, "principal mac");
 out:
-	sqlite3_finalize(st);
+	db_finalize(st);
 	return rc;
 }
 
@@ -1851,9 +2087,9 @@ kms_err store_principal_create(struct store *s, const char *name, const char *ro
 			       const int64_t *tenant_ids, size_t n_tenants, int64_t now,
 			       int64_t *id_out)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	bool in_tx = false, service;
-	int64_t id;
+	int64_t id = 0;
 	size_t i;
 	int src;
 	kms_err rc;
@@ -1872,23 +2108,22 @@ kms_err store_principal_create(struct store *s, const char *name, const char *ro
 		goto out;
 	in_tx = true;
 	st = s->st[ST_PRINCIPAL_INSERT];
-	if (sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, role, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 3, now) != SQLITE_OK) {
+	if (db_bind_text(st, 1, name, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 2, role, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 3, now) != DB_OK) {
 		rc = db_fail(s, "principal insert bind");
 		stmt_release(st);
 		goto out;
 	}
-	src = stmt_exec(st);
+	src = stmt_insert_id(st, &id);
 	if (is_unique_violation(src)) {
 		rc = kms_errf(KMS_ERR_CONFLICT, "principal \"%s\" already exists", name);
 		goto out;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "principal insert");
 		goto out;
 	}
-	id = sqlite3_last_insert_rowid(s->db);
 	if ((rc = am_principal_seal_locked(s, id, name, role)) != KMS_OK)
 		goto out;
 	/* Admins are not scoped to tenants (store.h); storing ids for them would only
@@ -1897,8 +2132,8 @@ kms_err store_principal_create(struct store *s, const char *name, const char *ro
 		struct store_am_field f[] = {AM_INT(id), AM_INT(tenant_ids[i])};
 
 		st = s->st[ST_PRINCIPAL_TENANT_INSERT];
-		if (sqlite3_bind_int64(st, 1, id) != SQLITE_OK ||
-		    sqlite3_bind_int64(st, 2, tenant_ids[i]) != SQLITE_OK) {
+		if (db_bind_int64(st, 1, id) != DB_OK ||
+		    db_bind_int64(st, 2, tenant_ids[i]) != DB_OK) {
 			rc = db_fail(s, "principal tenant bind");
 			stmt_release(st);
 			goto out;
@@ -1908,7 +2143,7 @@ kms_err store_principal_create(struct store *s, const char *name, const char *ro
 			goto out;
 		}
 		src = stmt_exec(st);
-		if (src == SQLITE_CONSTRAINT_FOREIGNKEY) {
+		if (src == DB_CONSTRAINT_FOREIGNKEY) {
 			rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant %" PRId64 " not found",
 				      tenant_ids[i]);
 			goto out;
@@ -1918,7 +2153,7 @@ kms_err store_principal_create(struct store *s, const char *name, const char *ro
 				      tenant_ids[i]);
 			goto out;
 		}
-		if (src != SQLITE_DONE) {
+		if (src != DB_DONE) {
 			rc = db_fail(s, "principal tenant insert");
 			goto out;
 		}
@@ -1936,15 +2171,15 @@ out:
 	return rc;
 }
 
-static kms_err principal_get_common(struct store *s, sqlite3_stmt *st, const char *what,
+static kms_err principal_get_common(struct store *s, db_stmt *st, const char *what,
 				    struct store_principal *out)
 {
 	int src;
 
-	src = sqlite3_step(st);
-	if (src == SQLITE_DONE)
+	src = db_step(st);
+	if (src == DB_DONE)
 		return kms_errf(KMS_ERR_NOT_FOUND, "principal %s not found", what);
-	if (src != SQLITE_ROW)
+	if (src != DB_ROW)
 		return db_fail(s, "principal get");
 	kms_err rc = row_principal(st, out);
 	if (rc == KMS_OK)
@@ -1957,7 +2192,7 @@ static kms_err principal_get_common(struct store *s, sqlite3_stmt *st, const cha
 kms_err store_principal_get(struct store *s, const char *name, struct store_principal *out)
 {
 	char what[STORE_NAME_MAX + 3];
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	kms_err rc;
 
 	if ((rc = check_name("principal", name)) != KMS_OK)
@@ -1967,7 +2202,7 @@ kms_err store_principal_get(struct store *s, const char *name, struct store_prin
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_PRINCIPAL_GET];
-	if (sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_text(st, 1, name, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "principal get bind");
 		goto out;
 	}
@@ -1982,7 +2217,7 @@ out:
 kms_err store_principal_get_id(struct store *s, int64_t id, struct store_principal *out)
 {
 	char what[32];
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	kms_err rc;
 
 	if (out == NULL)
@@ -1990,7 +2225,7 @@ kms_err store_principal_get_id(struct store *s, int64_t id, struct store_princip
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_PRINCIPAL_GET_ID];
-	if (sqlite3_bind_int64(st, 1, id) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, id) != DB_OK) {
 		rc = db_fail(s, "principal get bind");
 		goto out;
 	}
@@ -2004,7 +2239,7 @@ out:
 
 kms_err store_principal_tenants(struct store *s, int64_t principal_id, int64_t **out, size_t *n)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	int64_t *arr = NULL;
 	size_t cap = 0, cnt = 0;
 	bool principal_seen = false;
@@ -2019,17 +2254,17 @@ kms_err store_principal_tenants(struct store *s, int64_t principal_id, int64_t *
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_PRINCIPAL_TENANTS];
-	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, principal_id) != DB_OK) {
 		rc = db_fail(s, "principal tenants bind");
 		goto out;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		principal_seen = true;
-		if (sqlite3_column_type(st, 0) == SQLITE_NULL)
+		if (db_column_type(st, 0) == DB_NULL)
 			continue; /* principal without tenants */
 		{
 			/* A scope row added outside kmsd refuses the principal as a whole. */
-			int64_t tid = sqlite3_column_int64(st, 0);
+			int64_t tid = db_column_int64(st, 0);
 			struct store_am_field f[] = {AM_INT(principal_id), AM_INT(tid)};
 			char row[64];
 
@@ -2042,9 +2277,9 @@ kms_err store_principal_tenants(struct store *s, int64_t principal_id, int64_t *
 			goto out;
 		}
 		arr = grown;
-		arr[cnt++] = sqlite3_column_int64(st, 0);
+		arr[cnt++] = db_column_int64(st, 0);
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "principal tenants");
 		goto out;
 	}
@@ -2066,7 +2301,7 @@ out:
 kms_err store_principal_list(struct store *s, struct store_principal **out, size_t *n)
 {
 	struct store_principal *arr = NULL;
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	size_t cap = 0, cnt = 0;
 	int src;
 	void *grown;
@@ -2079,7 +2314,7 @@ kms_err store_principal_list(struct store *s, struct store_principal **out, size
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_PRINCIPAL_LIST];
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		if ((grown = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
 			rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
 			goto out;
@@ -2089,7 +2324,7 @@ kms_err store_principal_list(struct store *s, struct store_principal **out, size
 			goto out;
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "principal list");
 		goto out;
 	}
@@ -2118,7 +2353,7 @@ static kms_err check_accessor(const char *accessor, size_t cap)
 
 kms_err store_token_create(struct store *s, const struct store_token *t)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	int src;
 	kms_err rc;
 
@@ -2131,12 +2366,12 @@ kms_err store_token_create(struct store *s, const struct store_token *t)
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_TOKEN_INSERT];
-	if (sqlite3_bind_text(st, 1, t->accessor, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 2, t->principal_id) != SQLITE_OK ||
-	    sqlite3_bind_blob(st, 3, t->hash, STORE_HASH_LEN, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 4, t->created) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 5, t->expires) != SQLITE_OK ||
-	    sqlite3_bind_int(st, 6, t->revoked != 0) != SQLITE_OK) {
+	if (db_bind_text(st, 1, t->accessor, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 2, t->principal_id) != DB_OK ||
+	    db_bind_blob(st, 3, t->hash, STORE_HASH_LEN, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 4, t->created) != DB_OK ||
+	    db_bind_int64(st, 5, t->expires) != DB_OK ||
+	    db_bind_int(st, 6, t->revoked != 0) != DB_OK) {
 		rc = db_fail(s, "token insert bind");
 		stmt_release(st);
 		goto out;
@@ -2156,11 +2391,11 @@ kms_err store_token_create(struct store *s, const struct store_token *t)
 		rc = kms_errf(KMS_ERR_CONFLICT, "token accessor \"%s\" already exists", t->accessor);
 		goto out;
 	}
-	if (src == SQLITE_CONSTRAINT_FOREIGNKEY) {
+	if (src == DB_CONSTRAINT_FOREIGNKEY) {
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "principal %" PRId64 " not found", t->principal_id);
 		goto out;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "token insert");
 		goto out;
 	}
@@ -2172,7 +2407,7 @@ out:
 
 kms_err store_token_get(struct store *s, const char *accessor, struct store_token *out)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	int src;
 	kms_err rc;
 
@@ -2183,17 +2418,17 @@ kms_err store_token_get(struct store *s, const char *accessor, struct store_toke
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_TOKEN_GET];
-	if (sqlite3_bind_text(st, 1, accessor, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_text(st, 1, accessor, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "token get bind");
 		goto out;
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_DONE) {
+	src = db_step(st);
+	if (src == DB_DONE) {
 		/* The accessor comes from a client; keep it out of the detail. */
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "token not found");
 		goto out;
 	}
-	if (src != SQLITE_ROW) {
+	if (src != DB_ROW) {
 		rc = db_fail(s, "token get");
 		goto out;
 	}
@@ -2203,11 +2438,11 @@ kms_err store_token_get(struct store *s, const char *accessor, struct store_toke
 	    (rc = col_blob(st, 2, out->hash, STORE_HASH_LEN, STORE_HASH_LEN, NULL,
 			   "api_tokens")) != KMS_OK)
 		goto out;
-	out->principal_id = sqlite3_column_int64(st, 1);
-	out->created = sqlite3_column_int64(st, 3);
-	out->expires = sqlite3_column_int64(st, 4);
-	out->revoked = sqlite3_column_int64(st, 5) != 0;
-	out->last_used = sqlite3_column_int64(st, 6);
+	out->principal_id = db_column_int64(st, 1);
+	out->created = db_column_int64(st, 3);
+	out->expires = db_column_int64(st, 4);
+	out->revoked = db_column_int64(st, 5) != 0;
+	out->last_used = db_column_int64(st, 6);
 	if ((rc = am_check_token_locked(s, st, out)) != KMS_OK)
 		memset(out, 0, sizeof(*out));
 out:
@@ -2218,7 +2453,7 @@ out:
 
 kms_err store_token_touch(struct store *s, const char *accessor, int64_t when)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	kms_err rc;
 
 	if (accessor == NULL)
@@ -2228,15 +2463,15 @@ kms_err store_token_touch(struct store *s, const char *accessor, int64_t when)
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_TOKEN_TOUCH];
-	if (sqlite3_bind_text(st, 1, accessor, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 2, when) != SQLITE_OK) {
+	if (db_bind_text(st, 1, accessor, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 2, when) != DB_OK) {
 		rc = db_fail(s, "token touch bind");
 		stmt_release(st);
 		goto out;
 	}
-	rc = stmt_exec(st) == SQLITE_DONE ? KMS_OK : db_fail(s, "token touch");
+	rc = stmt_exec(st) == DB_DONE ? KMS_OK : db_fail(s, "token touch");
 	if (rc == KMS_OK)
-		s->quiet_changes += sqlite3_changes64(s->db); /* see store_change_stamp */
+		s->quiet_changes += db_changes(s->db); /* see store_change_stamp */
 out:
 	store_unlock(s);
 	return rc;
@@ -2245,7 +2480,7 @@ out:
 kms_err store_token_revoke(struct store *s, const char *accessor)
 {
 	struct store_token t;
-	sqlite3_stmt *st;
+	db_stmt *st;
 	bool in_tx = false;
 	int src;
 	kms_err rc;
@@ -2262,23 +2497,23 @@ kms_err store_token_revoke(struct store *s, const char *accessor)
 	/* Read and checked first: the new MAC covers the row as it is, so a row edited
 	 * outside kmsd is refused rather than given a fresh MAC. */
 	st = s->st[ST_TOKEN_GET];
-	if (sqlite3_bind_text(st, 1, accessor, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_text(st, 1, accessor, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "token revoke bind");
 		stmt_release(st);
 		goto out;
 	}
-	src = sqlite3_step(st);
-	if (src != SQLITE_ROW) {
-		rc = src == SQLITE_DONE ? kms_errf(KMS_ERR_NOT_FOUND, "token not found") : db_fail(s, "token revoke");
+	src = db_step(st);
+	if (src != DB_ROW) {
+		rc = src == DB_DONE ? kms_errf(KMS_ERR_NOT_FOUND, "token not found") : db_fail(s, "token revoke");
 		stmt_release(st);
 		goto out;
 	}
 	memset(&t, 0, sizeof(t));
 	if ((rc = col_text(st, 0, t.accessor, sizeof(t.accessor), "api_tokens")) == KMS_OK &&
 	    (rc = col_blob(st, 2, t.hash, STORE_HASH_LEN, STORE_HASH_LEN, NULL, "api_tokens")) == KMS_OK) {
-		t.principal_id = sqlite3_column_int64(st, 1);
-		t.expires = sqlite3_column_int64(st, 4);
-		t.revoked = sqlite3_column_int64(st, 5) != 0;
+		t.principal_id = db_column_int64(st, 1);
+		t.expires = db_column_int64(st, 4);
+		t.revoked = db_column_int64(st, 5) != 0;
 		rc = am_check_token_locked(s, st, &t);
 	}
 	stmt_release(st);
@@ -2289,7 +2524,7 @@ kms_err store_token_revoke(struct store *s, const char *accessor)
 		struct store_am_field f[] = {AM_STR(t.accessor), AM_INT(t.principal_id),
 					     AM_BYTES(t.hash, STORE_HASH_LEN), AM_INT(t.expires), AM_INT(1)};
 
-		if (sqlite3_bind_text(st, 1, accessor, -1, SQLITE_STATIC) != SQLITE_OK) {
+		if (db_bind_text(st, 1, accessor, -1, DB_STATIC) != DB_OK) {
 			rc = db_fail(s, "token revoke bind");
 			stmt_release(st);
 			goto out;
@@ -2299,7 +2534,7 @@ kms_err store_token_revoke(struct store *s, const char *accessor)
 			goto out;
 		}
 	}
-	if (stmt_exec(st) != SQLITE_DONE) {
+	if (stmt_exec(st) != DB_DONE) {
 		rc = db_fail(s, "token revoke");
 		goto out;
 	}
@@ -2318,33 +2553,33 @@ out:
 
 static kms_err event_insert_locked(struct store *s, int64_t key_id, const struct store_event *ev)
 {
-	sqlite3_stmt *st = s->st[ST_EVENT_INSERT];
+	db_stmt *st = s->st[ST_EVENT_INSERT];
 	int src;
 
 	if (ev == NULL)
 		return kms_errf(KMS_ERR_INVALID, "key event missing");
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 2, ev->version) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 3, ev->event, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 4, ev->principal, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 5, ev->reason, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 6, ev->time) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK ||
+	    db_bind_int64(st, 2, ev->version) != DB_OK ||
+	    db_bind_text(st, 3, ev->event, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 4, ev->principal, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 5, ev->reason, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 6, ev->time) != DB_OK) {
 		kms_err rc = db_fail(s, "event bind");
 
 		stmt_release(st);
 		return rc;
 	}
 	src = stmt_exec(st);
-	if (src == SQLITE_CONSTRAINT_FOREIGNKEY)
+	if (src == DB_CONSTRAINT_FOREIGNKEY)
 		return kms_errf(KMS_ERR_NOT_FOUND, "key %" PRId64 " not found", key_id);
-	if (src != SQLITE_DONE)
+	if (src != DB_DONE)
 		return db_fail(s, "event insert");
 	return KMS_OK;
 }
 
 /* Runs one prepared UPDATE (already bound) and the event insert in a transaction.
  * Zero changed rows -> `none` (an error the caller chose), nothing written. */
-static kms_err update_with_event(struct store *s, sqlite3_stmt *st, int64_t key_id,
+static kms_err update_with_event(struct store *s, db_stmt *st, int64_t key_id,
 				 const struct store_event *ev, kms_err none, const char *none_msg,
 				 const char *what)
 {
@@ -2358,11 +2593,11 @@ static kms_err update_with_event(struct store *s, sqlite3_stmt *st, int64_t key_
 	}
 	in_tx = true;
 	src = stmt_exec(st);
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, what);
 		goto out;
 	}
-	if (sqlite3_changes(s->db) != 1) {
+	if (db_changes(s->db) != 1) {
 		rc = none_msg ? kms_errf(none, "%s", none_msg) : none;
 		goto out;
 	}
@@ -2380,7 +2615,7 @@ out:
 kms_err store_key_config(struct store *s, int64_t key_id, const struct store_key *cfg,
 			 const struct store_event *ev)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	kms_err rc;
 
 	if (cfg == NULL)
@@ -2388,11 +2623,11 @@ kms_err store_key_config(struct store *s, int64_t key_id, const struct store_key
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_KEY_CONFIG];
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 2, cfg->min_decryption_version) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 3, cfg->min_encryption_version) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 4, cfg->deletion_allowed ? 1 : 0) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 5, cfg->auto_rotate_period) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK ||
+	    db_bind_int64(st, 2, cfg->min_decryption_version) != DB_OK ||
+	    db_bind_int64(st, 3, cfg->min_encryption_version) != DB_OK ||
+	    db_bind_int64(st, 4, cfg->deletion_allowed ? 1 : 0) != DB_OK ||
+	    db_bind_int64(st, 5, cfg->auto_rotate_period) != DB_OK) {
 		rc = db_fail(s, "key config bind");
 		stmt_release(st);
 		goto out;
@@ -2405,15 +2640,15 @@ out:
 
 kms_err store_key_set_revoked(struct store *s, int64_t key_id, int revoked, const struct store_event *ev)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	kms_err rc;
 
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_KEY_REVOKED];
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 2, revoked ? 1 : 0) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 3, revoked ? 0 : 1) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK ||
+	    db_bind_int64(st, 2, revoked ? 1 : 0) != DB_OK ||
+	    db_bind_int64(st, 3, revoked ? 0 : 1) != DB_OK) {
 		rc = db_fail(s, "key revoke bind");
 		stmt_release(st);
 		goto out;
@@ -2434,7 +2669,7 @@ static bool valid_state(const char *st)
 kms_err store_version_transition(struct store *s, int64_t key_id, uint32_t version, const char *from,
 				 const char *to, int64_t destroy_after, const struct store_event *ev)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	char cur[24] = "";
 	int src;
 	kms_err rc;
@@ -2444,10 +2679,10 @@ kms_err store_version_transition(struct store *s, int64_t key_id, uint32_t versi
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_VERSION_STATE_SET];
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, version) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 3, to, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 4, destroy_after) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 5, from, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK || db_bind_int64(st, 2, version) != DB_OK ||
+	    db_bind_text(st, 3, to, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 4, destroy_after) != DB_OK ||
+	    db_bind_text(st, 5, from, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "version state bind");
 		stmt_release(st);
 		goto out;
@@ -2457,15 +2692,15 @@ kms_err store_version_transition(struct store *s, int64_t key_id, uint32_t versi
 		goto out;
 	/* Say why: no such version, or in which state it is. */
 	st = s->st[ST_VERSION_STATE_GET];
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, version) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK || db_bind_int64(st, 2, version) != DB_OK) {
 		rc = db_fail(s, "version state get bind");
 		stmt_release(st);
 		goto out;
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_ROW)
+	src = db_step(st);
+	if (src == DB_ROW)
 		rc = col_text(st, 0, cur, sizeof(cur), "key_versions");
-	else if (src == SQLITE_DONE)
+	else if (src == DB_DONE)
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "key version %" PRIu32 " not found", version);
 	else
 		rc = db_fail(s, "version state get");
@@ -2482,7 +2717,7 @@ kms_err store_versions_transition(struct store *s, int64_t key_id, size_t n, con
 				  const struct store_event *ev)
 {
 	struct store_event e;
-	sqlite3_stmt *st;
+	db_stmt *st;
 	bool in_tx = false;
 	kms_err rc;
 
@@ -2499,20 +2734,20 @@ kms_err store_versions_transition(struct store *s, int64_t key_id, size_t n, con
 	e = *ev;
 	for (size_t i = 0; i < n; i++) {
 		st = s->st[ST_VERSION_STATE_SET];
-		if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK ||
-		    sqlite3_bind_int64(st, 2, versions[i]) != SQLITE_OK ||
-		    sqlite3_bind_text(st, 3, to, -1, SQLITE_STATIC) != SQLITE_OK ||
-		    sqlite3_bind_int64(st, 4, destroy_after) != SQLITE_OK ||
-		    sqlite3_bind_text(st, 5, from[i], -1, SQLITE_STATIC) != SQLITE_OK) {
+		if (db_bind_int64(st, 1, key_id) != DB_OK ||
+		    db_bind_int64(st, 2, versions[i]) != DB_OK ||
+		    db_bind_text(st, 3, to, -1, DB_STATIC) != DB_OK ||
+		    db_bind_int64(st, 4, destroy_after) != DB_OK ||
+		    db_bind_text(st, 5, from[i], -1, DB_STATIC) != DB_OK) {
 			rc = db_fail(s, "version state bind");
 			stmt_release(st);
 			goto out;
 		}
-		if (stmt_exec(st) != SQLITE_DONE) {
+		if (stmt_exec(st) != DB_DONE) {
 			rc = db_fail(s, "version state");
 			goto out;
 		}
-		if (sqlite3_changes(s->db) != 1) {
+		if (db_changes(s->db) != 1) {
 			rc = kms_errf(KMS_ERR_CONFLICT, "key version %" PRIu32 " changed meanwhile; nothing was changed",
 				      versions[i]);
 			goto out;
@@ -2535,18 +2770,18 @@ kms_err store_key_events(struct store *s, int64_t key_id, struct store_event **o
 {
 	struct store_event *arr = NULL;
 	size_t cap = 0, cnt = 0;
-	sqlite3_stmt *st;
+	db_stmt *st;
 	int src;
 	kms_err rc;
 
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_EVENT_LIST];
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK) {
 		rc = db_fail(s, "events bind");
 		goto out;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		struct store_event *e;
 		void *g = grow(arr, &cap, cnt + 1, sizeof(*arr));
 		if (g == NULL) {
@@ -2561,10 +2796,10 @@ kms_err store_key_events(struct store *s, int64_t key_id, struct store_event **o
 		    (rc = col_text(st, 2, e->principal, sizeof(e->principal), "key_events")) != KMS_OK ||
 		    (rc = col_text(st, 3, e->reason, sizeof(e->reason), "key_events")) != KMS_OK)
 			goto out;
-		e->time = sqlite3_column_int64(st, 4);
+		e->time = db_column_int64(st, 4);
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "events list");
 		goto out;
 	}
@@ -2581,14 +2816,14 @@ out:
 
 kms_err store_key_set_legal_hold(struct store *s, int64_t key_id, int hold, const struct store_event *ev)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	kms_err rc;
 
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_KEY_HOLD];
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, hold ? 1 : 0) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 3, hold ? 0 : 1) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK || db_bind_int64(st, 2, hold ? 1 : 0) != DB_OK ||
+	    db_bind_int64(st, 3, hold ? 0 : 1) != DB_OK) {
 		rc = db_fail(s, "legal hold bind");
 		stmt_release(st);
 		goto out;
@@ -2603,7 +2838,7 @@ out:
 
 kms_err store_tenant_config(struct store *s, int64_t tenant_id, const struct store_tenant *cfg)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	int src;
 	kms_err rc;
 
@@ -2612,18 +2847,18 @@ kms_err store_tenant_config(struct store *s, int64_t tenant_id, const struct sto
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_TENANT_CONFIG];
-	if (sqlite3_bind_int64(st, 1, tenant_id) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 2, cfg->retention_period) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 3, cfg->min_destroy_wait) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 4, cfg->legal_hold ? 1 : 0) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, tenant_id) != DB_OK ||
+	    db_bind_int64(st, 2, cfg->retention_period) != DB_OK ||
+	    db_bind_int64(st, 3, cfg->min_destroy_wait) != DB_OK ||
+	    db_bind_int64(st, 4, cfg->legal_hold ? 1 : 0) != DB_OK) {
 		rc = db_fail(s, "tenant config bind");
 		stmt_release(st);
 		goto out;
 	}
 	src = stmt_exec(st);
-	if (src != SQLITE_DONE)
+	if (src != DB_DONE)
 		rc = db_fail(s, "tenant config");
-	else if (sqlite3_changes(s->db) != 1)
+	else if (db_changes(s->db) != 1)
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "tenant not found");
 	else
 		rc = KMS_OK;
@@ -2634,14 +2869,14 @@ out:
 
 kms_err store_version_destroy(struct store *s, int64_t key_id, uint32_t version, const struct store_event *ev)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	int src, logged = 0, ckpt = 0;
 	kms_err rc;
 
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_VERSION_DESTROY];
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, version) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK || db_bind_int64(st, 2, version) != DB_OK) {
 		rc = db_fail(s, "destroy bind");
 		stmt_release(st);
 		goto out;
@@ -2652,8 +2887,10 @@ kms_err store_version_destroy(struct store *s, int64_t key_id, uint32_t version,
 		goto out;
 	/* The WAL still holds page images with the blob until checkpointed; TRUNCATE copies
 	 * them into the database (where secure_delete zeroed the cell) and empties the WAL. */
-	src = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &logged, &ckpt);
-	if (src != SQLITE_OK || logged != ckpt) {
+	if (db_backend(s->db) != DB_SQLITE)
+		goto out; /* PostgreSQL: the old tuple stays until VACUUM (docs/OPERATIONS.md) */
+	src = sqlite3_wal_checkpoint_v2(db_sqlite_handle(s->db), NULL, SQLITE_CHECKPOINT_TRUNCATE, &logged, &ckpt);
+	if (src != DB_OK || logged != ckpt) {
 		kms_warn("store: WAL checkpoint after destroying a key version did not complete (sqlite %d, "
 			 "%d of %d frames); the old blob may remain in the WAL until the next checkpoint",
 			 src, ckpt, logged);
@@ -2667,18 +2904,18 @@ kms_err store_due_destructions(struct store *s, int64_t now, struct store_due **
 {
 	struct store_due *arr = NULL;
 	size_t cap = 0, cnt = 0;
-	sqlite3_stmt *st;
+	db_stmt *st;
 	int src;
 	kms_err rc;
 
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_DUE_LIST];
-	if (sqlite3_bind_int64(st, 1, now) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, now) != DB_OK) {
 		rc = db_fail(s, "due bind");
 		goto out;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		void *g = grow(arr, &cap, cnt + 1, sizeof(*arr));
 		if (g == NULL) {
 			rc = kms_errf(KMS_ERR_NOMEM, "due list");
@@ -2686,16 +2923,16 @@ kms_err store_due_destructions(struct store *s, int64_t now, struct store_due **
 		}
 		arr = g;
 		memset(&arr[cnt], 0, sizeof(arr[cnt]));
-		arr[cnt].key_id = sqlite3_column_int64(st, 0);
+		arr[cnt].key_id = db_column_int64(st, 0);
 		if ((rc = col_u32(st, 1, &arr[cnt].version, "key_versions")) != KMS_OK)
 			goto out;
-		arr[cnt].destroy_after = sqlite3_column_int64(st, 2);
+		arr[cnt].destroy_after = db_column_int64(st, 2);
 		if ((rc = col_text(st, 3, arr[cnt].tenant, sizeof(arr[cnt].tenant), "tenants")) != KMS_OK ||
 		    (rc = col_text(st, 4, arr[cnt].key, sizeof(arr[cnt].key), "keys")) != KMS_OK)
 			goto out;
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "due list");
 		goto out;
 	}
@@ -2712,7 +2949,7 @@ out:
 
 kms_err store_policy_put(struct store *s, int64_t version, const char *text, const char *principal, int64_t now)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	bool in_tx = false;
 	int64_t max;
 	int src;
@@ -2726,10 +2963,10 @@ kms_err store_policy_put(struct store *s, int64_t version, const char *text, con
 		goto out;
 	in_tx = true;
 	st = s->st[ST_POLICY_MAX];
-	src = sqlite3_step(st);
-	max = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+	src = db_step(st);
+	max = src == DB_ROW ? db_column_int64(st, 0) : -1;
 	stmt_release(st);
-	if (src != SQLITE_ROW) {
+	if (src != DB_ROW) {
 		rc = db_fail(s, "policy max");
 		goto out;
 	}
@@ -2739,10 +2976,10 @@ kms_err store_policy_put(struct store *s, int64_t version, const char *text, con
 		goto out;
 	}
 	st = s->st[ST_POLICY_INSERT];
-	if (sqlite3_bind_int64(st, 1, version) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, text, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 3, principal, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 4, now) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, version) != DB_OK ||
+	    db_bind_text(st, 2, text, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 3, principal, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 4, now) != DB_OK) {
 		rc = db_fail(s, "policy bind");
 		stmt_release(st);
 		goto out;
@@ -2756,7 +2993,7 @@ kms_err store_policy_put(struct store *s, int64_t version, const char *text, con
 		}
 	}
 	src = stmt_exec(st);
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "policy insert");
 		goto out;
 	}
@@ -2772,7 +3009,7 @@ out:
 
 kms_err store_policy_latest(struct store *s, int64_t *version, char **text)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	const unsigned char *t;
 	int src;
 	kms_err rc;
@@ -2780,14 +3017,14 @@ kms_err store_policy_latest(struct store *s, int64_t *version, char **text)
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_POLICY_LATEST];
-	src = sqlite3_step(st);
-	if (src == SQLITE_DONE) {
+	src = db_step(st);
+	if (src == DB_DONE) {
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "no stored policy");
-	} else if (src != SQLITE_ROW) {
+	} else if (src != DB_ROW) {
 		rc = db_fail(s, "policy latest");
 	} else {
-		*version = sqlite3_column_int64(st, 0);
-		t = sqlite3_column_text(st, 1);
+		*version = db_column_int64(st, 0);
+		t = db_column_text(st, 1);
 		*text = t ? strdup((const char *)t) : NULL;
 		rc = *text ? KMS_OK : kms_errf(KMS_ERR_NOMEM, "policy text");
 		if (rc == KMS_OK) {
@@ -2809,7 +3046,7 @@ kms_err store_policy_latest(struct store *s, int64_t *version, char **text)
 kms_err store_version_reserve(struct store *s, int64_t key_id, uint32_t version, uint64_t block, uint64_t limit,
 			      uint64_t *upto)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	int src, changed;
 	kms_err rc;
 
@@ -2818,30 +3055,43 @@ kms_err store_version_reserve(struct store *s, int64_t key_id, uint32_t version,
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_VERSION_RESERVE];
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, version) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 3, (int64_t)block) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 4, (int64_t)limit) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK || db_bind_int64(st, 2, version) != DB_OK ||
+	    db_bind_int64(st, 3, (int64_t)block) != DB_OK ||
+	    db_bind_int64(st, 4, (int64_t)limit) != DB_OK) {
 		rc = db_fail(s, "reserve bind");
 		stmt_release(st);
 		goto out;
 	}
-	src = stmt_exec(st); /* autocommit: durable (synchronous=FULL) when it returns */
-	if (src != SQLITE_DONE) {
+	/* One statement, autocommit: durable (SQLite synchronous=FULL, PostgreSQL
+	 * synchronous_commit=on) when it returns. The check and the increment are one
+	 * row update, so two nodes reserving at once get distinct blocks. */
+	src = db_step(st);
+	changed = src == DB_ROW;
+	if (changed) {
+		*upto = (uint64_t)db_column_int64(st, 0);
+		src = db_step(st); /* to the end: SQLite finishes the statement */
+	}
+	stmt_release(st);
+	if (src != DB_DONE) {
 		rc = db_fail(s, "reserve");
 		goto out;
 	}
-	changed = sqlite3_changes(s->db);
+	if (changed) {
+		rc = KMS_OK;
+		goto out;
+	}
+	/* no row updated: at the limit, or no such version */
 	st = s->st[ST_VERSION_RESERVED];
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, version) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK || db_bind_int64(st, 2, version) != DB_OK) {
 		rc = db_fail(s, "reserved bind");
 		stmt_release(st);
 		goto out;
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_ROW) {
-		*upto = (uint64_t)sqlite3_column_int64(st, 0);
+	src = db_step(st);
+	if (src == DB_ROW) {
+		*upto = (uint64_t)db_column_int64(st, 0);
 		rc = changed == 1 ? KMS_OK : kms_errf(KMS_ERR_CONFLICT, "usage limit of this key version reached");
-	} else if (src == SQLITE_DONE) {
+	} else if (src == DB_DONE) {
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "key version not found");
 	} else {
 		rc = db_fail(s, "reserved");
@@ -2856,18 +3106,18 @@ kms_err store_rotations_due(struct store *s, int64_t now, struct store_rotate_du
 {
 	struct store_rotate_due *arr = NULL;
 	size_t cap = 0, cnt = 0;
-	sqlite3_stmt *st;
+	db_stmt *st;
 	int src;
 	kms_err rc;
 
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_ROTATIONS_DUE];
-	if (sqlite3_bind_int64(st, 1, now) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, now) != DB_OK) {
 		rc = db_fail(s, "rotations bind");
 		goto out;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		void *g = grow(arr, &cap, cnt + 1, sizeof(*arr));
 		if (g == NULL) {
 			rc = kms_errf(KMS_ERR_NOMEM, "rotations");
@@ -2881,7 +3131,7 @@ kms_err store_rotations_due(struct store *s, int64_t now, struct store_rotate_du
 			goto out;
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "rotations due");
 		goto out;
 	}
@@ -2899,7 +3149,7 @@ out:
 kms_err store_receipt_put(struct store *s, int64_t key_id, uint32_t version, const char *text, const uint8_t *sig,
 			  size_t sig_len, int64_t now)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	int src;
 	kms_err rc;
 
@@ -2908,10 +3158,10 @@ kms_err store_receipt_put(struct store *s, int64_t key_id, uint32_t version, con
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_RECEIPT_PUT];
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, version) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 3, text, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_blob(st, 4, sig, (int)sig_len, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 5, now) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK || db_bind_int64(st, 2, version) != DB_OK ||
+	    db_bind_text(st, 3, text, -1, DB_STATIC) != DB_OK ||
+	    db_bind_blob(st, 4, sig, (int)sig_len, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 5, now) != DB_OK) {
 		rc = db_fail(s, "receipt bind");
 		stmt_release(st);
 		goto out;
@@ -2919,7 +3169,7 @@ kms_err store_receipt_put(struct store *s, int64_t key_id, uint32_t version, con
 	src = stmt_exec(st);
 	if (is_unique_violation(src))
 		rc = kms_errf(KMS_ERR_CONFLICT, "a receipt for this version exists");
-	else if (src != SQLITE_DONE)
+	else if (src != DB_DONE)
 		rc = db_fail(s, "receipt insert");
 	else
 		rc = KMS_OK;
@@ -2931,26 +3181,26 @@ out:
 kms_err store_receipt_get(struct store *s, int64_t key_id, uint32_t version, char **text, uint8_t **sig,
 			  size_t *sig_len)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	int src, n;
 	kms_err rc;
 
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_RECEIPT_GET];
-	if (sqlite3_bind_int64(st, 1, key_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, version) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, key_id) != DB_OK || db_bind_int64(st, 2, version) != DB_OK) {
 		rc = db_fail(s, "receipt get bind");
 		goto out;
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_DONE) {
+	src = db_step(st);
+	if (src == DB_DONE) {
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "no erasure receipt for this key version");
-	} else if (src != SQLITE_ROW) {
+	} else if (src != DB_ROW) {
 		rc = db_fail(s, "receipt get");
 	} else {
-		const unsigned char *t = sqlite3_column_text(st, 0);
-		const void *b = sqlite3_column_blob(st, 1);
-		n = sqlite3_column_bytes(st, 1);
+		const unsigned char *t = db_column_text(st, 0);
+		const void *b = db_column_blob(st, 1);
+		n = db_column_bytes(st, 1);
 		*text = t ? strdup((const char *)t) : NULL;
 		*sig = n > 0 ? malloc((size_t)n) : NULL;
 		if (*text == NULL || *sig == NULL || b == NULL) {
@@ -2975,36 +3225,36 @@ out:
 
 static kms_err mk_event_locked(struct store *s, const struct store_mk_event *ev)
 {
-	sqlite3_stmt *st = s->st[ST_MK_EVENT_INSERT];
+	db_stmt *st = s->st[ST_MK_EVENT_INSERT];
 
 	if (ev == NULL)
 		return kms_errf(KMS_ERR_INVALID, "master key event missing");
-	if (sqlite3_bind_int64(st, 1, ev->time) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 2, ev->mk_version) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 3, ev->event, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 4, ev->principal, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 5, ev->detail, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, ev->time) != DB_OK ||
+	    db_bind_int64(st, 2, ev->mk_version) != DB_OK ||
+	    db_bind_text(st, 3, ev->event, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 4, ev->principal, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 5, ev->detail, -1, DB_STATIC) != DB_OK) {
 		kms_err rc = db_fail(s, "master key event bind");
 
 		stmt_release(st);
 		return rc;
 	}
-	if (stmt_exec(st) != SQLITE_DONE)
+	if (stmt_exec(st) != DB_DONE)
 		return db_fail(s, "master key event insert");
 	return KMS_OK;
 }
 
 static kms_err mk_rows_locked(struct store *s, uint32_t version, uint64_t *n)
 {
-	sqlite3_stmt *st = s->st[ST_MK_ROWS];
+	db_stmt *st = s->st[ST_MK_ROWS];
 	kms_err rc = KMS_OK;
 
-	if (sqlite3_bind_int64(st, 1, version) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, version) != DB_OK) {
 		rc = db_fail(s, "master key rows bind");
-	} else if (sqlite3_step(st) != SQLITE_ROW) {
+	} else if (db_step(st) != DB_ROW) {
 		rc = db_fail(s, "master key rows");
 	} else {
-		*n = (uint64_t)sqlite3_column_int64(st, 0);
+		*n = (uint64_t)db_column_int64(st, 0);
 	}
 	stmt_release(st);
 	return rc;
@@ -3027,7 +3277,7 @@ kms_err store_mk_active(struct store *s, uint32_t *out)
 
 kms_err store_mk_status(struct store *s, struct store_mk_status *out)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	uint32_t v = 0;
 	int src;
 	kms_err rc;
@@ -3042,7 +3292,7 @@ kms_err store_mk_status(struct store *s, struct store_mk_status *out)
 	if (out->active == 0)
 		out->active = 1;
 	st = s->st[ST_MK_MAX];
-	if (sqlite3_step(st) != SQLITE_ROW) {
+	if (db_step(st) != DB_ROW) {
 		rc = db_fail(s, "master key max");
 		stmt_release(st);
 		goto out;
@@ -3054,11 +3304,11 @@ kms_err store_mk_status(struct store *s, struct store_mk_status *out)
 	if (out->highest < out->active)
 		out->highest = out->active;
 	st = s->st[ST_MK_COUNTS];
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-		int64_t cnt = sqlite3_column_int64(st, 2);
+	while ((src = db_step(st)) == DB_ROW) {
+		int64_t cnt = db_column_int64(st, 2);
 		if ((rc = col_u32(st, 0, &v, "key_versions")) != KMS_OK)
 			break;
-		if (sqlite3_column_int64(st, 1) != 0) {
+		if (db_column_int64(st, 1) != 0) {
 			out->destroyed_rows += (uint64_t)cnt;
 			continue;
 		}
@@ -3070,7 +3320,7 @@ kms_err store_mk_status(struct store *s, struct store_mk_status *out)
 		out->counts[out->n_counts].rows = (uint64_t)cnt;
 		out->n_counts++;
 	}
-	if (rc == KMS_OK && src != SQLITE_DONE)
+	if (rc == KMS_OK && src != DB_DONE)
 		rc = db_fail(s, "master key counts");
 	stmt_release(st);
 out:
@@ -3080,7 +3330,7 @@ out:
 
 kms_err store_mk_begin(struct store *s, uint32_t version, const struct store_mk_event *ev)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	uint32_t active, retiring, highest = 0;
 	bool in_tx = false;
 	kms_err rc;
@@ -3103,7 +3353,7 @@ kms_err store_mk_begin(struct store *s, uint32_t version, const struct store_mk_
 	if (active == 0)
 		active = 1;
 	st = s->st[ST_MK_MAX];
-	if (sqlite3_step(st) != SQLITE_ROW) {
+	if (db_step(st) != DB_ROW) {
 		rc = db_fail(s, "master key max");
 		stmt_release(st);
 		goto out;
@@ -3118,16 +3368,16 @@ kms_err store_mk_begin(struct store *s, uint32_t version, const struct store_mk_
 		goto out;
 	}
 	st = s->st[ST_MK_SET];
-	if (sqlite3_bind_int64(st, 1, active) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, STORE_MK_RETIRING, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 3, ev->time) != SQLITE_OK || stmt_exec(st) != SQLITE_DONE) {
+	if (db_bind_int64(st, 1, active) != DB_OK ||
+	    db_bind_text(st, 2, STORE_MK_RETIRING, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 3, ev->time) != DB_OK || stmt_exec(st) != DB_DONE) {
 		rc = db_fail(s, "master key retire");
 		stmt_release(st);
 		goto out;
 	}
-	if (sqlite3_bind_int64(st, 1, version) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, STORE_MK_ACTIVE, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 3, ev->time) != SQLITE_OK || stmt_exec(st) != SQLITE_DONE) {
+	if (db_bind_int64(st, 1, version) != DB_OK ||
+	    db_bind_text(st, 2, STORE_MK_ACTIVE, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 3, ev->time) != DB_OK || stmt_exec(st) != DB_DONE) {
 		rc = db_fail(s, "master key activate");
 		stmt_release(st);
 		goto out;
@@ -3145,7 +3395,7 @@ out:
 kms_err store_mk_pending(struct store *s, uint32_t to, int64_t after_key, uint32_t after_version,
 			 size_t max, struct store_mk_row *out, size_t *n)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	int src;
 	kms_err rc = KMS_OK;
 
@@ -3155,16 +3405,16 @@ kms_err store_mk_pending(struct store *s, uint32_t to, int64_t after_key, uint32
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_MK_PENDING];
-	if (sqlite3_bind_int64(st, 1, to) != SQLITE_OK || sqlite3_bind_int64(st, 2, after_key) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 3, after_version) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 4, (int64_t)max) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, to) != DB_OK || db_bind_int64(st, 2, after_key) != DB_OK ||
+	    db_bind_int64(st, 3, after_version) != DB_OK ||
+	    db_bind_int64(st, 4, (int64_t)max) != DB_OK) {
 		rc = db_fail(s, "master key rows bind");
 		goto out;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		struct store_mk_row *r = &out[*n];
 		memset(r, 0, sizeof(*r));
-		r->key_id = sqlite3_column_int64(st, 0);
+		r->key_id = db_column_int64(st, 0);
 		if ((rc = col_text(st, 1, r->tenant, sizeof(r->tenant), "tenants")) != KMS_OK ||
 		    (rc = col_text(st, 2, r->key, sizeof(r->key), "keys")) != KMS_OK)
 			goto out;
@@ -3176,15 +3426,15 @@ kms_err store_mk_pending(struct store *s, uint32_t to, int64_t after_key, uint32
 			    (rc = col_blob(st, 5, v->blob, 1, STORE_BLOB_MAX, &v->blob_len, "key_versions")) != KMS_OK ||
 			    (rc = col_blob(st, 6, v->mac, STORE_MAC_LEN, STORE_MAC_LEN, NULL, "key_versions")) != KMS_OK)
 				goto out;
-			v->created = sqlite3_column_int64(st, 7);
+			v->created = db_column_int64(st, 7);
 			if ((rc = col_text(st, 8, v->state, sizeof(v->state), "key_versions")) != KMS_OK)
 				goto out;
-			v->destroy_after = sqlite3_column_int64(st, 9);
-			v->enc_reserved = (uint64_t)sqlite3_column_int64(st, 10);
+			v->destroy_after = db_column_int64(st, 9);
+			v->enc_reserved = (uint64_t)db_column_int64(st, 10);
 		}
 		(*n)++;
 	}
-	if (src != SQLITE_DONE)
+	if (src != DB_DONE)
 		rc = db_fail(s, "master key rows");
 out:
 	stmt_release(st);
@@ -3197,7 +3447,7 @@ out:
 kms_err store_mk_rewrap(struct store *s, const struct store_mk_row *rows, const struct store_version *nv,
 			size_t n, const struct store_mk_event *ev, size_t *done)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	bool in_tx = false;
 	size_t i, changed = 0;
 	kms_err rc;
@@ -3215,22 +3465,22 @@ kms_err store_mk_rewrap(struct store *s, const struct store_mk_row *rows, const 
 	in_tx = true;
 	st = s->st[ST_MK_REWRAP];
 	for (i = 0; i < n; i++) {
-		if (sqlite3_bind_int64(st, 1, rows[i].key_id) != SQLITE_OK ||
-		    sqlite3_bind_int64(st, 2, rows[i].v.version) != SQLITE_OK ||
-		    sqlite3_bind_blob(st, 3, nv[i].blob, (int)nv[i].blob_len, SQLITE_STATIC) != SQLITE_OK ||
-		    sqlite3_bind_blob(st, 4, nv[i].mac, STORE_MAC_LEN, SQLITE_STATIC) != SQLITE_OK ||
-		    sqlite3_bind_int64(st, 5, nv[i].mk_version) != SQLITE_OK ||
-		    sqlite3_bind_int64(st, 6, rows[i].v.mk_version) != SQLITE_OK ||
-		    sqlite3_bind_blob(st, 7, rows[i].v.blob, (int)rows[i].v.blob_len, SQLITE_STATIC) != SQLITE_OK) {
+		if (db_bind_int64(st, 1, rows[i].key_id) != DB_OK ||
+		    db_bind_int64(st, 2, rows[i].v.version) != DB_OK ||
+		    db_bind_blob(st, 3, nv[i].blob, (int)nv[i].blob_len, DB_STATIC) != DB_OK ||
+		    db_bind_blob(st, 4, nv[i].mac, STORE_MAC_LEN, DB_STATIC) != DB_OK ||
+		    db_bind_int64(st, 5, nv[i].mk_version) != DB_OK ||
+		    db_bind_int64(st, 6, rows[i].v.mk_version) != DB_OK ||
+		    db_bind_blob(st, 7, rows[i].v.blob, (int)rows[i].v.blob_len, DB_STATIC) != DB_OK) {
 			rc = db_fail(s, "rewrap bind");
 			stmt_release(st);
 			goto out;
 		}
-		if (stmt_exec(st) != SQLITE_DONE) {
+		if (stmt_exec(st) != DB_DONE) {
 			rc = db_fail(s, "rewrap");
 			goto out;
 		}
-		changed += (size_t)sqlite3_changes(s->db);
+		changed += (size_t)db_changes(s->db);
 	}
 	if ((rc = mk_event_locked(s, ev)) != KMS_OK || (rc = tx_commit(s)) != KMS_OK)
 		goto out;
@@ -3258,7 +3508,7 @@ kms_err store_mk_rows(struct store *s, uint32_t version, uint64_t *n)
 
 kms_err store_mk_finish(struct store *s, uint32_t version, const struct store_mk_event *ev)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	bool in_tx = false;
 	uint64_t left = 0;
 	kms_err rc;
@@ -3278,16 +3528,16 @@ kms_err store_mk_finish(struct store *s, uint32_t version, const struct store_mk
 		goto out;
 	}
 	st = s->st[ST_MK_FINISH];
-	if (sqlite3_bind_int64(st, 1, version) != SQLITE_OK || sqlite3_bind_int64(st, 2, ev->time) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, version) != DB_OK || db_bind_int64(st, 2, ev->time) != DB_OK) {
 		rc = db_fail(s, "master key finish bind");
 		stmt_release(st);
 		goto out;
 	}
-	if (stmt_exec(st) != SQLITE_DONE) {
+	if (stmt_exec(st) != DB_DONE) {
 		rc = db_fail(s, "master key finish");
 		goto out;
 	}
-	if (sqlite3_changes(s->db) != 1) {
+	if (db_changes(s->db) != 1) {
 		rc = kms_errf(KMS_ERR_CONFLICT, "master key version %" PRIu32 " is not being retired", version);
 		goto out;
 	}
@@ -3316,7 +3566,7 @@ kms_err store_mk_events_since(struct store *s, int64_t after_id, size_t max, str
 {
 	struct store_mk_event *arr = NULL;
 	size_t cap = 0, cnt = 0;
-	sqlite3_stmt *st;
+	db_stmt *st;
 	int src;
 	kms_err rc;
 
@@ -3327,11 +3577,11 @@ kms_err store_mk_events_since(struct store *s, int64_t after_id, size_t max, str
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_MK_EVENT_LIST];
-	if (sqlite3_bind_int64(st, 1, after_id) != SQLITE_OK || sqlite3_bind_int64(st, 2, (int64_t)max) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, after_id) != DB_OK || db_bind_int64(st, 2, (int64_t)max) != DB_OK) {
 		rc = db_fail(s, "master key events bind");
 		goto out;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		struct store_mk_event *e;
 		void *g = grow(arr, &cap, cnt + 1, sizeof(*arr));
 		if (g == NULL) {
@@ -3341,8 +3591,8 @@ kms_err store_mk_events_since(struct store *s, int64_t after_id, size_t max, str
 		arr = g;
 		e = &arr[cnt];
 		memset(e, 0, sizeof(*e));
-		e->id = sqlite3_column_int64(st, 0);
-		e->time = sqlite3_column_int64(st, 1);
+		e->id = db_column_int64(st, 0);
+		e->time = db_column_int64(st, 1);
 		if ((rc = col_u32(st, 2, &e->mk_version, "master_key_events")) != KMS_OK ||
 		    (rc = col_text(st, 3, e->event, sizeof(e->event), "master_key_events")) != KMS_OK ||
 		    (rc = col_text(st, 4, e->principal, sizeof(e->principal), "master_key_events")) != KMS_OK ||
@@ -3350,7 +3600,7 @@ kms_err store_mk_events_since(struct store *s, int64_t after_id, size_t max, str
 			goto out;
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "master key events");
 		goto out;
 	}
@@ -3367,7 +3617,7 @@ out:
 
 kms_err store_mk_pending_count(struct store *s, uint32_t to, uint64_t *n)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	kms_err rc;
 
 	if (n == NULL)
@@ -3375,12 +3625,12 @@ kms_err store_mk_pending_count(struct store *s, uint32_t to, uint64_t *n)
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_MK_PENDING_COUNT];
-	if (sqlite3_bind_int64(st, 1, to) != SQLITE_OK)
+	if (db_bind_int64(st, 1, to) != DB_OK)
 		rc = db_fail(s, "pending count bind");
-	else if (sqlite3_step(st) != SQLITE_ROW)
+	else if (db_step(st) != DB_ROW)
 		rc = db_fail(s, "pending count");
 	else
-		*n = (uint64_t)sqlite3_column_int64(st, 0);
+		*n = (uint64_t)db_column_int64(st, 0);
 	stmt_release(st);
 	store_unlock(s);
 	return rc;
@@ -3390,18 +3640,18 @@ kms_err store_mk_pending_count(struct store *s, uint32_t to, uint64_t *n)
  * Statements prepared per call: these are admin operations, rare next to the data
  * plane, and keeping them out of the shared statement table keeps this step whole. */
 
-static kms_err prep(struct store *s, const char *sql, sqlite3_stmt **st)
+static kms_err prep(struct store *s, const char *sql, db_stmt **st)
 {
-	if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK) {
+	if (db_prepare(s->db, sql, false, st) != DB_OK) {
 		*st = NULL;
 		return db_fail(s, "prepare");
 	}
 	return KMS_OK;
 }
 
-static char *col_dup(sqlite3_stmt *st, int col)
+static char *col_dup(db_stmt *st, int col)
 {
-	const unsigned char *t = sqlite3_column_text(st, col);
+	const unsigned char *t = db_column_text(st, col);
 
 	return t ? strdup((const char *)t) : NULL;
 }
@@ -3417,7 +3667,7 @@ void store_approval_clear(struct store_approval *a)
 
 kms_err store_approval_create(struct store *s, const struct store_approval *a)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	int src;
 	kms_err rc;
 
@@ -3431,28 +3681,28 @@ kms_err store_approval_create(struct store *s, const struct store_approval *a)
 			  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?11)",
 		       &st)) != KMS_OK)
 		goto out;
-	if (sqlite3_bind_text(st, 1, a->id, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 2, a->requester_id) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 3, a->requester, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 4, a->operation, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 5, a->tenant, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 6, a->key, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 7, a->version, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 8, a->request, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 9, a->required) != SQLITE_OK || sqlite3_bind_int64(st, 10, a->created) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 11, a->expires) != SQLITE_OK) {
+	if (db_bind_text(st, 1, a->id, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 2, a->requester_id) != DB_OK ||
+	    db_bind_text(st, 3, a->requester, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 4, a->operation, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 5, a->tenant, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 6, a->key, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 7, a->version, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 8, a->request, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 9, a->required) != DB_OK || db_bind_int64(st, 10, a->created) != DB_OK ||
+	    db_bind_int64(st, 11, a->expires) != DB_OK) {
 		rc = db_fail(s, "approval bind");
 		goto out;
 	}
-	src = sqlite3_step(st);
-	if (is_unique_violation(sqlite3_extended_errcode(s->db)) && src != SQLITE_DONE)
+	src = db_step(st);
+	if (is_unique_violation(db_errcode(s->db)) && src != DB_DONE)
 		rc = kms_errf(KMS_ERR_CONFLICT, "approval request exists");
-	else if (src != SQLITE_DONE)
+	else if (src != DB_DONE)
 		rc = db_fail(s, "approval insert");
 	else
 		rc = KMS_OK;
 out:
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	store_unlock(s);
 	return rc;
 }
@@ -3462,7 +3712,7 @@ out:
 	"CASE WHEN interrupted = 1 THEN 'interrupted' ELSE state END, created, expires, " \
 	"finished, request, result"
 
-static kms_err row_approval(sqlite3_stmt *st, struct store_approval *a, bool texts)
+static kms_err row_approval(db_stmt *st, struct store_approval *a, bool texts)
 {
 	kms_err rc;
 	int64_t req;
@@ -3476,19 +3726,19 @@ static kms_err row_approval(sqlite3_stmt *st, struct store_approval *a, bool tex
 	    (rc = col_text(st, 6, a->version, sizeof(a->version), "approval_requests")) != KMS_OK ||
 	    (rc = col_text(st, 8, a->state, sizeof(a->state), "approval_requests")) != KMS_OK)
 		return rc;
-	a->requester_id = sqlite3_column_int64(st, 1);
-	req = sqlite3_column_int64(st, 7);
+	a->requester_id = db_column_int64(st, 1);
+	req = db_column_int64(st, 7);
 	if (req < 1 || req > 16)
 		return db_corrupt("approval_requests");
 	a->required = (unsigned)req;
-	a->created = sqlite3_column_int64(st, 9);
-	a->expires = sqlite3_column_int64(st, 10);
-	a->finished = sqlite3_column_int64(st, 11);
+	a->created = db_column_int64(st, 9);
+	a->expires = db_column_int64(st, 10);
+	a->finished = db_column_int64(st, 11);
 	if (texts) {
 		a->request = col_dup(st, 12);
 		if (a->request == NULL)
 			return kms_errf(KMS_ERR_NOMEM, "approval request");
-		if (sqlite3_column_type(st, 13) != SQLITE_NULL && (a->result = col_dup(st, 13)) == NULL) {
+		if (db_column_type(st, 13) != DB_NULL && (a->result = col_dup(st, 13)) == NULL) {
 			store_approval_clear(a);
 			return kms_errf(KMS_ERR_NOMEM, "approval result");
 		}
@@ -3498,7 +3748,7 @@ static kms_err row_approval(sqlite3_stmt *st, struct store_approval *a, bool tex
 
 static kms_err votes_locked(struct store *s, const char *id, struct store_vote **out, size_t *n)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	struct store_vote *arr = NULL, *g;
 	size_t cnt = 0, cap = 0;
 	int src;
@@ -3510,11 +3760,11 @@ static kms_err votes_locked(struct store *s, const char *id, struct store_vote *
 			  "WHERE request_id = ?1 ORDER BY time, principal",
 		       &st)) != KMS_OK)
 		return rc;
-	if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_text(st, 1, id, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "votes bind");
 		goto out;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
 			rc = kms_errf(KMS_ERR_NOMEM, "votes");
 			goto out;
@@ -3525,11 +3775,11 @@ static kms_err votes_locked(struct store *s, const char *id, struct store_vote *
 		    (rc = col_text(st, 2, arr[cnt].principal, sizeof(arr[cnt].principal), "approval_votes")) != KMS_OK ||
 		    (rc = col_text(st, 3, arr[cnt].verdict, sizeof(arr[cnt].verdict), "approval_votes")) != KMS_OK)
 			goto out;
-		arr[cnt].principal_id = sqlite3_column_int64(st, 1);
-		arr[cnt].time = sqlite3_column_int64(st, 4);
+		arr[cnt].principal_id = db_column_int64(st, 1);
+		arr[cnt].time = db_column_int64(st, 4);
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "votes");
 		goto out;
 	}
@@ -3539,14 +3789,14 @@ static kms_err votes_locked(struct store *s, const char *id, struct store_vote *
 	rc = KMS_OK;
 out:
 	free(arr);
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	return rc;
 }
 
 kms_err store_approval_get(struct store *s, const char *id, struct store_approval *out, struct store_vote **votes,
 			   size_t *n_votes)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	int src;
 	kms_err rc;
 
@@ -3555,28 +3805,28 @@ kms_err store_approval_get(struct store *s, const char *id, struct store_approva
 		return rc;
 	if ((rc = prep(s, "SELECT " APPROVAL_COLS " FROM approval_requests WHERE id = ?1", &st)) != KMS_OK)
 		goto out;
-	if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_text(st, 1, id, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "approval get bind");
 		goto out;
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_DONE)
+	src = db_step(st);
+	if (src == DB_DONE)
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "approval request not found");
-	else if (src != SQLITE_ROW)
+	else if (src != DB_ROW)
 		rc = db_fail(s, "approval get");
 	else
 		rc = row_approval(st, out, true);
 	if (rc == KMS_OK && votes != NULL && (rc = votes_locked(s, id, votes, n_votes)) != KMS_OK)
 		store_approval_clear(out);
 out:
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	store_unlock(s);
 	return rc;
 }
 
 kms_err store_approval_list(struct store *s, size_t max, struct store_approval **out, size_t *n)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	struct store_approval *arr = NULL, *g;
 	size_t cnt = 0, cap = 0;
 	int src;
@@ -3589,11 +3839,11 @@ kms_err store_approval_list(struct store *s, size_t max, struct store_approval *
 	if ((rc = prep(s, "SELECT " APPROVAL_COLS " FROM approval_requests ORDER BY created DESC, id LIMIT ?1",
 		       &st)) != KMS_OK)
 		goto out;
-	if (sqlite3_bind_int64(st, 1, (sqlite3_int64)max) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, (int64_t)max) != DB_OK) {
 		rc = db_fail(s, "approval list bind");
 		goto out;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
 			rc = kms_errf(KMS_ERR_NOMEM, "approval list");
 			goto out;
@@ -3603,7 +3853,7 @@ kms_err store_approval_list(struct store *s, size_t max, struct store_approval *
 			goto out;
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "approval list");
 		goto out;
 	}
@@ -3613,32 +3863,32 @@ kms_err store_approval_list(struct store *s, size_t max, struct store_approval *
 	rc = KMS_OK;
 out:
 	free(arr);
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	store_unlock(s);
 	return rc;
 }
 
-/* One statement with text/int binds that changes rows; returns sqlite3_changes. */
+/* One statement with text/int binds that changes rows; returns db_changes. */
 static kms_err exec_changes(struct store *s, const char *sql, const char *t1, const char *t2, int64_t i3,
 			    int *changes)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	kms_err rc;
 
 	if ((rc = prep(s, sql, &st)) != KMS_OK)
 		return rc;
 	/* ?1, ?2 text, ?3 integer, each bound only when the statement has it */
-	if ((t1 && sqlite3_bind_text(st, 1, t1, -1, SQLITE_STATIC) != SQLITE_OK) ||
-	    (t2 && sqlite3_bind_text(st, 2, t2, -1, SQLITE_STATIC) != SQLITE_OK) ||
-	    (sqlite3_bind_parameter_count(st) >= 3 && sqlite3_bind_int64(st, 3, i3) != SQLITE_OK)) {
+	if ((t1 && db_bind_text(st, 1, t1, -1, DB_STATIC) != DB_OK) ||
+	    (t2 && db_bind_text(st, 2, t2, -1, DB_STATIC) != DB_OK) ||
+	    (db_bind_parameter_count(st) >= 3 && db_bind_int64(st, 3, i3) != DB_OK)) {
 		rc = db_fail(s, "bind");
-	} else if (sqlite3_step(st) != SQLITE_DONE) {
+	} else if (db_step(st) != DB_DONE) {
 		rc = db_fail(s, "update");
 	} else {
-		*changes = sqlite3_changes(s->db);
+		*changes = db_changes(s->db);
 		rc = KMS_OK;
 	}
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	return rc;
 }
 
@@ -3646,7 +3896,7 @@ kms_err store_approval_vote(struct store *s, const char *id, int64_t principal_i
 			    const char *verdict, int64_t now, unsigned need, enum store_vote_result *res,
 			    unsigned *approvals)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	struct store_approval a;
 	bool approve = strcmp(verdict, "approve") == 0;
 	int src, ch = 0;
@@ -3661,22 +3911,22 @@ kms_err store_approval_vote(struct store *s, const char *id, int64_t principal_i
 		goto unlock;
 	if ((rc = prep(s, "SELECT " APPROVAL_COLS " FROM approval_requests WHERE id = ?1", &st)) != KMS_OK)
 		goto fail;
-	if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_text(st, 1, id, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "vote bind");
 		goto fail;
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_DONE) {
+	src = db_step(st);
+	if (src == DB_DONE) {
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "approval request not found");
 		goto fail;
 	}
-	if (src != SQLITE_ROW) {
+	if (src != DB_ROW) {
 		rc = db_fail(s, "vote read");
 		goto fail;
 	}
 	if ((rc = row_approval(st, &a, false)) != KMS_OK)
 		goto fail;
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	st = NULL;
 	if (strcmp(a.state, "pending") != 0) {
 		rc = kms_errf(KMS_ERR_CONFLICT, "approval request %s is %s", id, a.state);
@@ -3699,23 +3949,23 @@ kms_err store_approval_vote(struct store *s, const char *id, int64_t principal_i
 			  "VALUES (?1, ?2, ?3, ?4, ?5)",
 		       &st)) != KMS_OK)
 		goto fail;
-	if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 2, principal_id) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 3, principal, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 4, verdict, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 5, now) != SQLITE_OK) {
+	if (db_bind_text(st, 1, id, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 2, principal_id) != DB_OK ||
+	    db_bind_text(st, 3, principal, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 4, verdict, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 5, now) != DB_OK) {
 		rc = db_fail(s, "vote insert bind");
 		goto fail;
 	}
-	src = sqlite3_step(st);
-	if (src != SQLITE_DONE) {
-		if (is_unique_violation(sqlite3_extended_errcode(s->db)))
+	src = db_step(st);
+	if (src != DB_DONE) {
+		if (is_unique_violation(db_errcode(s->db)))
 			rc = kms_errf(KMS_ERR_CONFLICT, "%s has already voted on approval request %s", principal, id);
 		else
 			rc = db_fail(s, "vote insert");
 		goto fail;
 	}
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	st = NULL;
 	if (!approve) {
 		if ((rc = exec_changes(s, "UPDATE approval_requests SET state = 'denied', finished = ?3 "
@@ -3729,12 +3979,12 @@ kms_err store_approval_vote(struct store *s, const char *id, int64_t principal_i
 		if ((rc = prep(s, "SELECT count(*) FROM approval_votes WHERE request_id = ?1 AND verdict = 'approve'",
 			       &st)) != KMS_OK)
 			goto fail;
-		if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
+		if (db_bind_text(st, 1, id, -1, DB_STATIC) != DB_OK || db_step(st) != DB_ROW) {
 			rc = db_fail(s, "vote count");
 			goto fail;
 		}
-		cnt = sqlite3_column_int64(st, 0);
-		(void)sqlite3_finalize(st);
+		cnt = db_column_int64(st, 0);
+		(void)db_finalize(st);
 		st = NULL;
 		*approvals = (unsigned)cnt;
 		*res = STORE_VOTE_RECORDED;
@@ -3757,18 +4007,18 @@ kms_err store_approval_vote(struct store *s, const char *id, int64_t principal_i
 		goto fail;
 	goto unlock;
 fail:
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	st = NULL;
 	tx_rollback(s);
 unlock:
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	store_unlock(s);
 	return rc;
 }
 
 kms_err store_approval_finish(struct store *s, const char *id, const char *state, const char *result, int64_t now)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	kms_err rc;
 
 	if ((rc = store_lock(s)) != KMS_OK)
@@ -3777,26 +4027,26 @@ kms_err store_approval_finish(struct store *s, const char *id, const char *state
 			  "WHERE id = ?1 AND state = 'executing'",
 		       &st)) != KMS_OK)
 		goto out;
-	if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    (result ? sqlite3_bind_text(st, 3, result, -1, SQLITE_STATIC) : sqlite3_bind_null(st, 3)) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 4, now) != SQLITE_OK) {
+	if (db_bind_text(st, 1, id, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 2, state, -1, DB_STATIC) != DB_OK ||
+	    (result ? db_bind_text(st, 3, result, -1, DB_STATIC) : db_bind_null(st, 3)) != DB_OK ||
+	    db_bind_int64(st, 4, now) != DB_OK) {
 		rc = db_fail(s, "approval finish bind");
 		goto out;
 	}
-	if (sqlite3_step(st) != SQLITE_DONE)
+	if (db_step(st) != DB_DONE)
 		rc = db_fail(s, "approval finish");
-	else if (sqlite3_changes(s->db) != 1)
+	else if (db_changes(s->db) != 1)
 		rc = kms_errf(KMS_ERR_CONFLICT, "approval request %s is not executing", id);
 out:
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	store_unlock(s);
 	return rc;
 }
 
 kms_err store_approvals_expire(struct store *s, int64_t now, struct store_approval **out, size_t *n)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	struct store_approval *arr = NULL, *g;
 	size_t cnt = 0, cap = 0;
 	int src, ch;
@@ -3811,11 +4061,11 @@ kms_err store_approvals_expire(struct store *s, int64_t now, struct store_approv
 	if ((rc = prep(s, "SELECT " APPROVAL_COLS " FROM approval_requests WHERE state = 'pending' AND expires <= ?1",
 		       &st)) != KMS_OK)
 		goto fail;
-	if (sqlite3_bind_int64(st, 1, now) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, now) != DB_OK) {
 		rc = db_fail(s, "expire bind");
 		goto fail;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
 			rc = kms_errf(KMS_ERR_NOMEM, "expire");
 			goto fail;
@@ -3825,11 +4075,11 @@ kms_err store_approvals_expire(struct store *s, int64_t now, struct store_approv
 			goto fail;
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "expire select");
 		goto fail;
 	}
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	st = NULL;
 	if (cnt > 0 && (rc = exec_changes(s, "UPDATE approval_requests SET state = 'expired', finished = ?3 "
 					     "WHERE state = 'pending' AND expires <= ?3",
@@ -3845,7 +4095,7 @@ fail:
 	tx_rollback(s);
 unlock:
 	free(arr);
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	store_unlock(s);
 	return rc;
 }
@@ -3853,7 +4103,7 @@ unlock:
 kms_err store_approval_approvers(struct store *s, const char *operation, const char *tenant, const char *key,
 				 const char *version, char ***names, size_t *n)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	char **arr = NULL, **g;
 	size_t cnt = 0, cap = 0;
 	int src;
@@ -3869,14 +4119,14 @@ kms_err store_approval_approvers(struct store *s, const char *operation, const c
 			  "ORDER BY v.time, v.principal",
 		       &st)) != KMS_OK)
 		goto out;
-	if (sqlite3_bind_text(st, 1, operation, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, tenant, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 3, key, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 4, version, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_text(st, 1, operation, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 2, tenant, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 3, key, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 4, version, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "approvers bind");
 		goto out;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL || (g[cnt] = col_dup(st, 0)) == NULL) {
 			if (g != NULL)
 				arr = g;
@@ -3886,7 +4136,7 @@ kms_err store_approval_approvers(struct store *s, const char *operation, const c
 		arr = g;
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "approvers");
 		goto out;
 	}
@@ -3899,14 +4149,14 @@ out:
 	for (size_t i = 0; i < cnt; i++)
 		free(arr[i]);
 	free(arr);
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	store_unlock(s);
 	return rc;
 }
 
 kms_err store_grant_create(struct store *s, const struct store_grant *g)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	kms_err rc;
 
 	if (g == NULL || strlen(g->id) != STORE_APPROVAL_ID_LEN || g->reason[0] == '\0' || g->expires <= g->granted)
@@ -3917,27 +4167,27 @@ kms_err store_grant_create(struct store *s, const struct store_grant *g)
 			  "expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
 		       &st)) != KMS_OK)
 		goto out;
-	if (sqlite3_bind_text(st, 1, g->id, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 2, g->principal_id) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 3, g->principal, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 4, g->reason, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 5, g->tenant, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 6, g->key, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 7, g->granted) != SQLITE_OK || sqlite3_bind_int64(st, 8, g->expires) != SQLITE_OK) {
+	if (db_bind_text(st, 1, g->id, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 2, g->principal_id) != DB_OK ||
+	    db_bind_text(st, 3, g->principal, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 4, g->reason, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 5, g->tenant, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 6, g->key, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 7, g->granted) != DB_OK || db_bind_int64(st, 8, g->expires) != DB_OK) {
 		rc = db_fail(s, "grant bind");
 		goto out;
 	}
-	if (sqlite3_step(st) != SQLITE_DONE)
+	if (db_step(st) != DB_DONE)
 		rc = db_fail(s, "grant insert");
 out:
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	store_unlock(s);
 	return rc;
 }
 
 #define GRANT_COLS "id, principal_id, principal, reason, tenant, key, granted, expires"
 
-static kms_err row_grant(sqlite3_stmt *st, struct store_grant *g)
+static kms_err row_grant(db_stmt *st, struct store_grant *g)
 {
 	kms_err rc;
 
@@ -3948,16 +4198,16 @@ static kms_err row_grant(sqlite3_stmt *st, struct store_grant *g)
 	    (rc = col_text(st, 4, g->tenant, sizeof(g->tenant), "break_glass_grants")) != KMS_OK ||
 	    (rc = col_text(st, 5, g->key, sizeof(g->key), "break_glass_grants")) != KMS_OK)
 		return rc;
-	g->principal_id = sqlite3_column_int64(st, 1);
-	g->granted = sqlite3_column_int64(st, 6);
-	g->expires = sqlite3_column_int64(st, 7);
+	g->principal_id = db_column_int64(st, 1);
+	g->granted = db_column_int64(st, 6);
+	g->expires = db_column_int64(st, 7);
 	return KMS_OK;
 }
 
 kms_err store_grant_active(struct store *s, int64_t principal_id, const char *tenant, const char *key, int64_t now,
 			   struct store_grant *out)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	int src;
 	kms_err rc;
 
@@ -3965,32 +4215,40 @@ kms_err store_grant_active(struct store *s, int64_t principal_id, const char *te
 		return rc;
 	/* GLOB: '*' and '?' as in policy globs; a grant's key pattern holds no '[' (checked
 	 * when it is made), so it has no other meta-character */
-	if ((rc = prep(s, "SELECT " GRANT_COLS " FROM break_glass_grants WHERE principal_id = ?1 AND tenant = ?2 "
-			  "AND ?3 GLOB key AND granted <= ?4 AND expires > ?4 ORDER BY expires DESC LIMIT 1",
+	if ((rc = prep(s,
+		       PICK(s,
+			    "SELECT " GRANT_COLS " FROM break_glass_grants WHERE principal_id = ?1 AND tenant = ?2 "
+			    "AND ?3 GLOB key AND granted <= ?4 AND expires > ?4 ORDER BY expires DESC LIMIT 1",
+			    /* PostgreSQL has no GLOB: the pattern as a LIKE pattern, its LIKE
+			     * meta-characters escaped first */
+			    "SELECT " GRANT_COLS " FROM break_glass_grants WHERE principal_id = ?1 AND tenant = ?2 "
+			    "AND ?3 LIKE replace(replace(replace(replace(replace(key, '\\', '\\\\'), '%', '\\%'), "
+			    "'_', '\\_'), '*', '%'), '?', '_') "
+			    "AND granted <= ?4 AND expires > ?4 ORDER BY expires DESC LIMIT 1"),
 		       &st)) != KMS_OK)
 		goto out;
-	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, tenant, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 3, key, -1, SQLITE_STATIC) != SQLITE_OK || sqlite3_bind_int64(st, 4, now) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, principal_id) != DB_OK ||
+	    db_bind_text(st, 2, tenant, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 3, key, -1, DB_STATIC) != DB_OK || db_bind_int64(st, 4, now) != DB_OK) {
 		rc = db_fail(s, "grant active bind");
 		goto out;
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_DONE)
+	src = db_step(st);
+	if (src == DB_DONE)
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "no break-glass grant");
-	else if (src != SQLITE_ROW)
+	else if (src != DB_ROW)
 		rc = db_fail(s, "grant active");
 	else
 		rc = row_grant(st, out);
 out:
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	store_unlock(s);
 	return rc;
 }
 
 kms_err store_grant_max_expiry(struct store *s, int64_t *out)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	kms_err rc;
 
 	*out = 0;
@@ -3998,19 +4256,19 @@ kms_err store_grant_max_expiry(struct store *s, int64_t *out)
 		return rc;
 	if ((rc = prep(s, "SELECT coalesce(max(expires), 0) FROM break_glass_grants", &st)) != KMS_OK)
 		goto out;
-	if (sqlite3_step(st) != SQLITE_ROW)
+	if (db_step(st) != DB_ROW)
 		rc = db_fail(s, "grant max expiry");
 	else
-		*out = sqlite3_column_int64(st, 0);
+		*out = db_column_int64(st, 0);
 out:
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	store_unlock(s);
 	return rc;
 }
 
 kms_err store_grant_list(struct store *s, size_t max, struct store_grant **out, size_t *n)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	struct store_grant *arr = NULL, *g;
 	size_t cnt = 0, cap = 0;
 	int src;
@@ -4023,11 +4281,11 @@ kms_err store_grant_list(struct store *s, size_t max, struct store_grant **out, 
 	if ((rc = prep(s, "SELECT " GRANT_COLS " FROM break_glass_grants ORDER BY granted DESC, id LIMIT ?1", &st)) !=
 	    KMS_OK)
 		goto out;
-	if (sqlite3_bind_int64(st, 1, (sqlite3_int64)max) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, (int64_t)max) != DB_OK) {
 		rc = db_fail(s, "grant list bind");
 		goto out;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
 			rc = kms_errf(KMS_ERR_NOMEM, "grant list");
 			goto out;
@@ -4037,7 +4295,7 @@ kms_err store_grant_list(struct store *s, size_t max, struct store_grant **out, 
 			goto out;
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "grant list");
 		goto out;
 	}
@@ -4047,14 +4305,14 @@ kms_err store_grant_list(struct store *s, size_t max, struct store_grant **out, 
 	rc = KMS_OK;
 out:
 	free(arr);
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	store_unlock(s);
 	return rc;
 }
 
 kms_err store_review_list(struct store *s, const char *grant_id, struct store_review **out, size_t *n)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	struct store_review *arr = NULL, *g;
 	size_t cnt = 0, cap = 0;
 	int src;
@@ -4068,11 +4326,11 @@ kms_err store_review_list(struct store *s, const char *grant_id, struct store_re
 			  "WHERE ?1 IS NULL OR grant_id = ?1 ORDER BY time, principal",
 		       &st)) != KMS_OK)
 		goto out;
-	if ((grant_id ? sqlite3_bind_text(st, 1, grant_id, -1, SQLITE_STATIC) : sqlite3_bind_null(st, 1)) != SQLITE_OK) {
+	if ((grant_id ? db_bind_text(st, 1, grant_id, -1, DB_STATIC) : db_bind_null(st, 1)) != DB_OK) {
 		rc = db_fail(s, "review list bind");
 		goto out;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
 			rc = kms_errf(KMS_ERR_NOMEM, "review list");
 			goto out;
@@ -4084,11 +4342,11 @@ kms_err store_review_list(struct store *s, const char *grant_id, struct store_re
 		    (rc = col_text(st, 3, arr[cnt].verdict, sizeof(arr[cnt].verdict), "break_glass_reviews")) != KMS_OK ||
 		    (rc = col_text(st, 4, arr[cnt].note, sizeof(arr[cnt].note), "break_glass_reviews")) != KMS_OK)
 			goto out;
-		arr[cnt].principal_id = sqlite3_column_int64(st, 1);
-		arr[cnt].time = sqlite3_column_int64(st, 5);
+		arr[cnt].principal_id = db_column_int64(st, 1);
+		arr[cnt].time = db_column_int64(st, 5);
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "review list");
 		goto out;
 	}
@@ -4098,14 +4356,14 @@ kms_err store_review_list(struct store *s, const char *grant_id, struct store_re
 	rc = KMS_OK;
 out:
 	free(arr);
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	store_unlock(s);
 	return rc;
 }
 
 kms_err store_grant_review(struct store *s, const struct store_review *r)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	int src;
 	kms_err rc;
 
@@ -4115,52 +4373,52 @@ kms_err store_grant_review(struct store *s, const struct store_review *r)
 		goto unlock;
 	if ((rc = prep(s, "SELECT principal_id FROM break_glass_grants WHERE id = ?1", &st)) != KMS_OK)
 		goto fail;
-	if (sqlite3_bind_text(st, 1, r->grant_id, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_text(st, 1, r->grant_id, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "review bind");
 		goto fail;
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_DONE) {
+	src = db_step(st);
+	if (src == DB_DONE) {
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "break-glass grant not found");
 		goto fail;
 	}
-	if (src != SQLITE_ROW) {
+	if (src != DB_ROW) {
 		rc = db_fail(s, "review grant");
 		goto fail;
 	}
-	if (sqlite3_column_int64(st, 0) == r->principal_id) {
+	if (db_column_int64(st, 0) == r->principal_id) {
 		rc = kms_errf(KMS_ERR_DENIED, "the grantee may not review its own break-glass grant");
 		goto fail;
 	}
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	st = NULL;
 	if ((rc = prep(s, "INSERT INTO break_glass_reviews (grant_id, principal_id, principal, verdict, note, time) "
 			  "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
 		       &st)) != KMS_OK)
 		goto fail;
-	if (sqlite3_bind_text(st, 1, r->grant_id, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 2, r->principal_id) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 3, r->principal, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 4, r->verdict, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 5, r->note, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 6, r->time) != SQLITE_OK) {
+	if (db_bind_text(st, 1, r->grant_id, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 2, r->principal_id) != DB_OK ||
+	    db_bind_text(st, 3, r->principal, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 4, r->verdict, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 5, r->note, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 6, r->time) != DB_OK) {
 		rc = db_fail(s, "review insert bind");
 		goto fail;
 	}
-	if (sqlite3_step(st) != SQLITE_DONE) {
-		if (is_unique_violation(sqlite3_extended_errcode(s->db)))
+	if (db_step(st) != DB_DONE) {
+		if (is_unique_violation(db_errcode(s->db)))
 			rc = kms_errf(KMS_ERR_CONFLICT, "%s has already reviewed this grant", r->principal);
 		else
 			rc = db_fail(s, "review insert");
 		goto fail;
 	}
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	st = NULL;
 	if ((rc = tx_commit(s)) != KMS_OK)
 		goto fail;
 	goto unlock;
 fail:
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	st = NULL;
 	tx_rollback(s);
 unlock:
@@ -4178,12 +4436,12 @@ kms_err store_version_gauges(struct store *s, uint64_t limit, struct store_tenan
 		"SELECT t.name, v.state, count(*) FROM key_versions v JOIN keys k ON k.id = v.key_id"
 		" JOIN tenants t ON t.id = k.tenant_id GROUP BY t.name, v.state ORDER BY t.name";
 	static const char *const usage =
-		"SELECT coalesce(max(enc_reserved), 0), coalesce(sum(enc_reserved * 2 >= ?1), 0),"
-		" coalesce(sum(enc_reserved * 10 >= ?1 * 9), 0),"
+		"SELECT coalesce(max(enc_reserved), 0), coalesce(sum(CASE WHEN enc_reserved * 2 >= ?1 THEN 1 ELSE 0 END), 0),"
+		" coalesce(sum(CASE WHEN enc_reserved * 10 >= ?1 * 9 THEN 1 ELSE 0 END), 0),"
 		" min(CASE WHEN state = 'pending_destruction' THEN destroy_after END)"
 		" FROM key_versions WHERE state != 'destroyed'";
 	struct store_tenant_states *arr = NULL;
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	size_t cap = 0, cnt = 0;
 	int src;
 	kms_err rc;
@@ -4195,8 +4453,8 @@ kms_err store_version_gauges(struct store *s, uint64_t limit, struct store_tenan
 		return rc;
 	if ((rc = prep(s, by_state, &st)) != KMS_OK)
 		goto out;
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-		const char *state = (const char *)sqlite3_column_text(st, 1);
+	while ((src = db_step(st)) == DB_ROW) {
+		const char *state = (const char *)db_column_text(st, 1);
 		char tname[STORE_NAME_MAX + 1];
 		int idx;
 
@@ -4230,33 +4488,33 @@ kms_err store_version_gauges(struct store *s, uint64_t limit, struct store_tenan
 			memcpy(arr[cnt].tenant, tname, sizeof(tname));
 			cnt++;
 		}
-		arr[cnt - 1].versions[idx] = (uint64_t)sqlite3_column_int64(st, 2);
+		arr[cnt - 1].versions[idx] = (uint64_t)db_column_int64(st, 2);
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "version states");
 		goto out;
 	}
-	sqlite3_finalize(st);
+	db_finalize(st);
 	if ((rc = prep(s, usage, &st)) != KMS_OK)
 		goto out;
-	if (sqlite3_bind_int64(st, 1, (int64_t)limit) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, (int64_t)limit) != DB_OK) {
 		rc = db_fail(s, "usage bind");
 		goto out;
 	}
-	if (sqlite3_step(st) != SQLITE_ROW) {
+	if (db_step(st) != DB_ROW) {
 		rc = db_fail(s, "version usage");
 		goto out;
 	}
-	u->max_reserved = (uint64_t)sqlite3_column_int64(st, 0);
-	u->over_half = (uint64_t)sqlite3_column_int64(st, 1);
-	u->over_90 = (uint64_t)sqlite3_column_int64(st, 2);
-	u->next_destroy = sqlite3_column_type(st, 3) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 3);
+	u->max_reserved = (uint64_t)db_column_int64(st, 0);
+	u->over_half = (uint64_t)db_column_int64(st, 1);
+	u->over_90 = (uint64_t)db_column_int64(st, 2);
+	u->next_destroy = db_column_type(st, 3) == DB_NULL ? 0 : db_column_int64(st, 3);
 	*out = arr;
 	*n = cnt;
 	arr = NULL;
 	rc = KMS_OK;
 out:
-	sqlite3_finalize(st);
+	db_finalize(st);
 	store_unlock(s);
 	free(arr);
 	return rc;
@@ -4264,11 +4522,11 @@ out:
 
 /* Runs sql (no parameters) and collects one elem-sized, zeroed entry a row, filled by
  * row(); *out malloc'd (free()). */
-static kms_err query_rows(struct store *s, const char *sql, size_t elem, kms_err (*row)(sqlite3_stmt *, void *),
+static kms_err query_rows(struct store *s, const char *sql, size_t elem, kms_err (*row)(db_stmt *, void *),
 			  void **out, size_t *n)
 {
 	char *arr = NULL;
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	size_t cap = 0, cnt = 0;
 	int src;
 	kms_err rc;
@@ -4279,7 +4537,7 @@ static kms_err query_rows(struct store *s, const char *sql, size_t elem, kms_err
 		return rc;
 	if ((rc = prep(s, sql, &st)) != KMS_OK)
 		goto out;
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		void *g = grow(arr, &cap, cnt, elem);
 
 		if (g == NULL) {
@@ -4292,7 +4550,7 @@ static kms_err query_rows(struct store *s, const char *sql, size_t elem, kms_err
 			goto out;
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "report rows");
 		goto out;
 	}
@@ -4301,13 +4559,13 @@ static kms_err query_rows(struct store *s, const char *sql, size_t elem, kms_err
 	arr = NULL;
 	rc = KMS_OK;
 out:
-	sqlite3_finalize(st);
+	db_finalize(st);
 	store_unlock(s);
 	free(arr);
 	return rc;
 }
 
-static kms_err row_crow(sqlite3_stmt *st, void *p)
+static kms_err row_crow(db_stmt *st, void *p)
 {
 	struct store_crow *r = p;
 	kms_err rc;
@@ -4315,23 +4573,23 @@ static kms_err row_crow(sqlite3_stmt *st, void *p)
 	if ((rc = col_text(st, 0, r->tenant, sizeof(r->tenant), "tenants")) != KMS_OK ||
 	    (rc = col_text(st, 1, r->retention, sizeof(r->retention), "tenants")) != KMS_OK)
 		return rc;
-	r->tenant_hold = sqlite3_column_int(st, 2);
-	if (sqlite3_column_type(st, 3) != SQLITE_NULL) {
+	r->tenant_hold = db_column_int(st, 2);
+	if (db_column_type(st, 3) != DB_NULL) {
 		if ((rc = col_text(st, 3, r->key, sizeof(r->key), "keys")) != KMS_OK ||
 		    (rc = col_u32(st, 5, &r->latest, "keys")) != KMS_OK)
 			return rc;
-		r->key_created = sqlite3_column_int64(st, 4);
-		r->auto_rotate_period = sqlite3_column_int64(st, 6);
-		r->revoked = sqlite3_column_int(st, 7);
-		r->key_hold = sqlite3_column_int(st, 8);
+		r->key_created = db_column_int64(st, 4);
+		r->auto_rotate_period = db_column_int64(st, 6);
+		r->revoked = db_column_int(st, 7);
+		r->key_hold = db_column_int(st, 8);
 	}
-	if (sqlite3_column_type(st, 9) != SQLITE_NULL) {
+	if (db_column_type(st, 9) != DB_NULL) {
 		if ((rc = col_u32(st, 9, &r->version, "key_versions")) != KMS_OK ||
 		    (rc = col_text(st, 11, r->state, sizeof(r->state), "key_versions")) != KMS_OK)
 			return rc;
-		r->created = sqlite3_column_int64(st, 10);
-		r->destroy_after = sqlite3_column_int64(st, 12);
-		r->enc_reserved = (uint64_t)sqlite3_column_int64(st, 13);
+		r->created = db_column_int64(st, 10);
+		r->destroy_after = db_column_int64(st, 12);
+		r->enc_reserved = (uint64_t)db_column_int64(st, 13);
 	}
 	return KMS_OK;
 }
@@ -4355,7 +4613,7 @@ kms_err store_compliance_rows(struct store *s, struct store_crow **out, size_t *
 	return rc;
 }
 
-static kms_err row_token_owner(sqlite3_stmt *st, void *p)
+static kms_err row_token_owner(db_stmt *st, void *p)
 {
 	struct store_token_owner *t = p;
 	kms_err rc;
@@ -4364,8 +4622,8 @@ static kms_err row_token_owner(sqlite3_stmt *st, void *p)
 	    (rc = col_text(st, 1, t->principal, sizeof(t->principal), "principals")) != KMS_OK ||
 	    (rc = col_text(st, 2, t->role, sizeof(t->role), "principals")) != KMS_OK)
 		return rc;
-	t->created = sqlite3_column_int64(st, 3);
-	t->last_used = sqlite3_column_int64(st, 4);
+	t->created = db_column_int64(st, 3);
+	t->last_used = db_column_int64(st, 4);
 	return KMS_OK;
 }
 
@@ -4399,20 +4657,23 @@ kms_err store_snapshot(struct store *s, uint8_t **out, size_t *len)
 
 	*out = NULL;
 	*len = 0;
-	if (sqlite3_open_v2(":memory:", &mem, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
+	if (db_backend(s->db) != DB_SQLITE)
+		return kms_errf(KMS_ERR_UNSUPPORTED, "the PostgreSQL store is backed up with pg_dump/PITR, see "
+						     "docs/SCALE-OUT.md");
+	if (sqlite3_open_v2(":memory:", &mem, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != DB_OK) {
 		sqlite3_close(mem);
 		return kms_errf(KMS_ERR_NOMEM, "store snapshot: cannot open an in-memory database");
 	}
 	pthread_mutex_lock(&s->mu);
 	/* One step copies every page inside one read transaction of the serving connection:
 	 * the copy is the store as of one commit, whatever the other threads wait to write. */
-	b = sqlite3_backup_init(mem, "main", s->db, "main");
+	b = sqlite3_backup_init(mem, "main", db_sqlite_handle(s->db), "main");
 	if (b == NULL) {
 		kms_error("store: snapshot: %s", sqlite3_errmsg(mem));
 		rc = kms_errf(KMS_ERR_STORE, "metadata store error");
 	} else {
 		src = sqlite3_backup_step(b, -1);
-		if (sqlite3_backup_finish(b) != SQLITE_OK || src != SQLITE_DONE) {
+		if (sqlite3_backup_finish(b) != DB_OK || src != DB_DONE) {
 			kms_error("store: snapshot: sqlite %d: %s", src, sqlite3_errmsg(mem));
 			rc = kms_errf(KMS_ERR_STORE, "metadata store error");
 		}
@@ -4474,28 +4735,29 @@ static kms_err am_cert_seal_locked(struct store *s, int64_t id, int64_t principa
 {
 	struct store_am_field f[] = {AM_INT(id), AM_INT(principal_id), AM_STR(store_cert_kind_name(kind)),
 				     AM_STR(value)};
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	kms_err rc;
 
 	if (s->am_mac == NULL)
 		return KMS_OK;
-	if (sqlite3_prepare_v2(s->db, "UPDATE principal_certs SET mac = ?1 WHERE id = ?2", -1, &st, NULL) != SQLITE_OK) {
+	if (db_prepare(s->db, "UPDATE principal_certs SET mac = ?1 WHERE id = ?2", false, &st) != DB_OK) {
 		rc = db_fail(s, "certificate mapping mac prepare");
 		goto out;
 	}
 	if ((rc = am_bind_locked(s, st, 1, STORE_AM_CERT, f, 4)) != KMS_OK)
 		goto out;
-	if (sqlite3_bind_int64(st, 2, id) != SQLITE_OK || sqlite3_step(st) != SQLITE_DONE)
+	if (db_bind_int64(st, 2, id) != DB_OK || db_step(st) != DB_DONE)
 		rc = db_fail(s, "certificate mapping mac");
 out:
-	sqlite3_finalize(st);
+	db_finalize(st);
 	return rc;
 }
 
 kms_err store_cert_add(struct store *s, int64_t principal_id, enum store_cert_kind kind, const char *value,
 		       int64_t now, int64_t *id_out)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
+	int64_t id = 0;
 	int src;
 	kms_err rc;
 
@@ -4504,9 +4766,9 @@ kms_err store_cert_add(struct store *s, int64_t principal_id, enum store_cert_ki
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_CERT_INSERT];
-	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, store_cert_kind_name(kind), -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 3, value, -1, SQLITE_STATIC) != SQLITE_OK || sqlite3_bind_int64(st, 4, now) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, principal_id) != DB_OK ||
+	    db_bind_text(st, 2, store_cert_kind_name(kind), -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 3, value, -1, DB_STATIC) != DB_OK || db_bind_int64(st, 4, now) != DB_OK) {
 		rc = db_fail(s, "certificate mapping bind");
 		stmt_release(st);
 		goto out;
@@ -4515,17 +4777,15 @@ kms_err store_cert_add(struct store *s, int64_t principal_id, enum store_cert_ki
 		stmt_release(st);
 		goto out;
 	}
-	src = stmt_exec(st);
+	src = stmt_insert_id(st, &id);
 	if (is_unique_violation(src))
 		rc = kms_errf(KMS_ERR_CONFLICT, "this certificate %s is already mapped to a principal",
 			      store_cert_kind_name(kind));
-	else if (src == SQLITE_CONSTRAINT_FOREIGNKEY)
+	else if (src == DB_CONSTRAINT_FOREIGNKEY)
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "principal %" PRId64 " not found", principal_id);
-	else if (src != SQLITE_DONE)
+	else if (src != DB_DONE)
 		rc = db_fail(s, "certificate mapping insert");
 	else {
-		int64_t id = sqlite3_last_insert_rowid(s->db);
-
 		rc = am_cert_seal_locked(s, id, principal_id, kind, value);
 		if (rc == KMS_OK)
 			rc = tx_commit(s);
@@ -4543,7 +4803,7 @@ kms_err store_cert_list(struct store *s, int64_t principal_id, struct store_cert
 {
 	struct store_cert *arr = NULL;
 	size_t cap = 0, cnt = 0;
-	sqlite3_stmt *st;
+	db_stmt *st;
 	char kind[16];
 	int src;
 	kms_err rc;
@@ -4555,11 +4815,11 @@ kms_err store_cert_list(struct store *s, int64_t principal_id, struct store_cert
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_CERT_LIST];
-	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, principal_id) != DB_OK) {
 		rc = db_fail(s, "certificate mappings bind");
 		goto out;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		struct store_cert *e;
 		void *g = grow(arr, &cap, cnt + 1, sizeof(*arr));
 		if (g == NULL) {
@@ -4569,7 +4829,7 @@ kms_err store_cert_list(struct store *s, int64_t principal_id, struct store_cert
 		arr = g;
 		e = &arr[cnt];
 		memset(e, 0, sizeof(*e));
-		e->id = sqlite3_column_int64(st, 0);
+		e->id = db_column_int64(st, 0);
 		if ((rc = col_text(st, 1, kind, sizeof(kind), "principal_certs")) != KMS_OK ||
 		    (rc = col_text(st, 2, e->value, sizeof(e->value), "principal_certs")) != KMS_OK)
 			goto out;
@@ -4577,10 +4837,10 @@ kms_err store_cert_list(struct store *s, int64_t principal_id, struct store_cert
 			rc = db_corrupt("principal_certs");
 			goto out;
 		}
-		e->created = sqlite3_column_int64(st, 3);
+		e->created = db_column_int64(st, 3);
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "certificate mappings");
 		goto out;
 	}
@@ -4597,7 +4857,7 @@ out:
 
 kms_err store_cert_delete(struct store *s, int64_t principal_id, enum store_cert_kind kind, const char *value)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	kms_err rc;
 
 	if ((rc = cert_args(kind, value)) != KMS_OK)
@@ -4605,16 +4865,16 @@ kms_err store_cert_delete(struct store *s, int64_t principal_id, enum store_cert
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_CERT_DELETE];
-	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, store_cert_kind_name(kind), -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 3, value, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, principal_id) != DB_OK ||
+	    db_bind_text(st, 2, store_cert_kind_name(kind), -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 3, value, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "certificate mapping delete bind");
 		stmt_release(st);
 		goto out;
 	}
-	if (stmt_exec(st) != SQLITE_DONE)
+	if (stmt_exec(st) != DB_DONE)
 		rc = db_fail(s, "certificate mapping delete");
-	else if (sqlite3_changes(s->db) == 0)
+	else if (db_changes(s->db) == 0)
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "no such certificate mapping for this principal");
 out:
 	store_unlock(s);
@@ -4623,7 +4883,7 @@ out:
 
 kms_err store_cert_lookup(struct store *s, enum store_cert_kind kind, const char *value, int64_t *principal_id)
 {
-	sqlite3_stmt *st;
+	db_stmt *st;
 	int src;
 	kms_err rc;
 
@@ -4634,21 +4894,21 @@ kms_err store_cert_lookup(struct store *s, enum store_cert_kind kind, const char
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	st = s->st[ST_CERT_LOOKUP];
-	if (sqlite3_bind_text(st, 1, store_cert_kind_name(kind), -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_text(st, 1, store_cert_kind_name(kind), -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 2, value, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "certificate lookup bind");
 		goto out;
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_ROW) {
-		int64_t pid = sqlite3_column_int64(st, 0), id = sqlite3_column_int64(st, 1);
+	src = db_step(st);
+	if (src == DB_ROW) {
+		int64_t pid = db_column_int64(st, 0), id = db_column_int64(st, 1);
 		struct store_am_field f[] = {AM_INT(id), AM_INT(pid), AM_STR(store_cert_kind_name(kind)), AM_STR(value)};
 		char row[32];
 
 		snprintf(row, sizeof(row), "id=%" PRId64, id);
 		if ((rc = am_check_locked(s, st, 2, STORE_AM_CERT, f, 4, row)) == KMS_OK)
 			*principal_id = pid;
-	} else if (src == SQLITE_DONE)
+	} else if (src == DB_DONE)
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "certificate not mapped");
 	else
 		rc = db_fail(s, "certificate lookup");
@@ -4661,9 +4921,9 @@ out:
 /* ---- MFA state (principal_mfa). Rare calls: statements are prepared per call rather
  * than kept in the persistent set. ---- */
 
-static kms_err mfa_prepare(struct store *s, const char *sql, sqlite3_stmt **st)
+static kms_err mfa_prepare(struct store *s, const char *sql, db_stmt **st)
 {
-	if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK) {
+	if (db_prepare(s->db, sql, false, st) != DB_OK) {
 		*st = NULL;
 		return db_fail(s, "mfa prepare");
 	}
@@ -4687,10 +4947,10 @@ static void mfa_am_fields(const struct store_mfa *m, struct store_am_field *f)
 	"FROM principal_mfa WHERE principal_id = ?1"
 
 /* Reads the MAC'd columns of principal_id's MFA row into m; *found false when none. */
-static kms_err mfa_am_read_locked(struct store *s, int64_t principal_id, struct store_mfa *m, sqlite3_stmt **stp,
+static kms_err mfa_am_read_locked(struct store *s, int64_t principal_id, struct store_mfa *m, db_stmt **stp,
 				  bool *found)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	const void *b;
 	int src, n;
 	kms_err rc;
@@ -4701,17 +4961,17 @@ static kms_err mfa_am_read_locked(struct store *s, int64_t principal_id, struct 
 	m->principal_id = principal_id;
 	if ((rc = mfa_prepare(s, MFA_AM_SELECT, &st)) != KMS_OK)
 		return rc;
-	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK) {
-		sqlite3_finalize(st);
+	if (db_bind_int64(st, 1, principal_id) != DB_OK) {
+		db_finalize(st);
 		return db_fail(s, "mfa mac bind");
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_DONE) {
-		sqlite3_finalize(st);
+	src = db_step(st);
+	if (src == DB_DONE) {
+		db_finalize(st);
 		return KMS_OK;
 	}
-	if (src != SQLITE_ROW) {
-		sqlite3_finalize(st);
+	if (src != DB_ROW) {
+		db_finalize(st);
 		return db_fail(s, "mfa mac read");
 	}
 	if ((rc = col_text(st, 0, m->state, sizeof(m->state), "principal_mfa")) != KMS_OK ||
@@ -4719,13 +4979,13 @@ static kms_err mfa_am_read_locked(struct store *s, int64_t principal_id, struct 
 		    KMS_OK ||
 	    (rc = col_text(st, 2, m->recovery, sizeof(m->recovery), "principal_mfa")) != KMS_OK ||
 	    (rc = col_text(st, 4, m->pending_recovery, sizeof(m->pending_recovery), "principal_mfa")) != KMS_OK) {
-		sqlite3_finalize(st);
+		db_finalize(st);
 		return rc;
 	}
-	if ((b = sqlite3_column_blob(st, 3)) != NULL) {
-		n = sqlite3_column_bytes(st, 3);
+	if ((b = db_column_blob(st, 3)) != NULL) {
+		n = db_column_bytes(st, 3);
 		if (n <= 0 || (size_t)n > sizeof(m->pending_seed)) {
-			sqlite3_finalize(st);
+			db_finalize(st);
 			return db_corrupt("principal_mfa");
 		}
 		memcpy(m->pending_seed, b, (size_t)n);
@@ -4743,7 +5003,7 @@ static kms_err mfa_am_verify_locked(struct store *s, int64_t principal_id)
 {
 	struct store_mfa *m;
 	struct store_am_field f[7];
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	char row[40];
 	bool found;
 	kms_err rc;
@@ -4758,7 +5018,7 @@ static kms_err mfa_am_verify_locked(struct store *s, int64_t principal_id)
 		snprintf(row, sizeof(row), "principal_id=%" PRId64, principal_id);
 		rc = am_check_locked(s, st, 5, STORE_AM_MFA, f, 7, row);
 	}
-	sqlite3_finalize(st);
+	db_finalize(st);
 	kms_secret_free(m);
 	return rc;
 }
@@ -4768,7 +5028,7 @@ static kms_err mfa_am_seal_locked(struct store *s, int64_t principal_id)
 {
 	struct store_mfa *m;
 	struct store_am_field f[7];
-	sqlite3_stmt *st = NULL, *up = NULL;
+	db_stmt *st = NULL, *up = NULL;
 	bool found;
 	kms_err rc;
 
@@ -4777,15 +5037,15 @@ static kms_err mfa_am_seal_locked(struct store *s, int64_t principal_id)
 	if ((m = kms_secret_alloc(sizeof(*m))) == NULL)
 		return kms_errf(KMS_ERR_NOMEM, "mfa");
 	rc = mfa_am_read_locked(s, principal_id, m, &st, &found);
-	sqlite3_finalize(st);
+	db_finalize(st);
 	if (rc == KMS_OK && found) {
 		mfa_am_fields(m, f);
 		rc = mfa_prepare(s, "UPDATE principal_mfa SET mac = ?1 WHERE principal_id = ?2", &up);
 		if (rc == KMS_OK)
 			rc = am_bind_locked(s, up, 1, STORE_AM_MFA, f, 7);
-		if (rc == KMS_OK && (sqlite3_bind_int64(up, 2, principal_id) != SQLITE_OK || sqlite3_step(up) != SQLITE_DONE))
+		if (rc == KMS_OK && (db_bind_int64(up, 2, principal_id) != DB_OK || db_step(up) != DB_DONE))
 			rc = db_fail(s, "mfa mac");
-		sqlite3_finalize(up);
+		db_finalize(up);
 	}
 	kms_secret_free(m);
 	return rc;
@@ -4793,7 +5053,7 @@ static kms_err mfa_am_seal_locked(struct store *s, int64_t principal_id)
 
 kms_err store_mfa_get(struct store *s, int64_t principal_id, struct store_mfa *out)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	int src;
 	kms_err rc;
 
@@ -4805,16 +5065,16 @@ kms_err store_mfa_get(struct store *s, int64_t principal_id, struct store_mfa *o
 			    "pending_seed, pending_recovery, mac FROM principal_mfa WHERE principal_id = ?1", &st);
 	if (rc != KMS_OK)
 		goto out;
-	if (sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, principal_id) != DB_OK) {
 		rc = db_fail(s, "mfa get bind");
 		goto out;
 	}
-	src = sqlite3_step(st);
-	if (src == SQLITE_DONE) {
+	src = db_step(st);
+	if (src == DB_DONE) {
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "no MFA enrolment");
 		goto out;
 	}
-	if (src != SQLITE_ROW) {
+	if (src != DB_ROW) {
 		rc = db_fail(s, "mfa get");
 		goto out;
 	}
@@ -4823,8 +5083,8 @@ kms_err store_mfa_get(struct store *s, int64_t principal_id, struct store_mfa *o
 	if ((rc = col_text(st, 0, out->state, sizeof(out->state), "principal_mfa")) != KMS_OK)
 		goto out;
 	{
-		int n = sqlite3_column_bytes(st, 1);
-		const void *b = sqlite3_column_blob(st, 1);
+		int n = db_column_bytes(st, 1);
+		const void *b = db_column_blob(st, 1);
 		if (n <= 0 || (size_t)n > sizeof(out->sealed_seed) || b == NULL) {
 			rc = db_corrupt("principal_mfa");
 			goto out;
@@ -4832,22 +5092,22 @@ kms_err store_mfa_get(struct store *s, int64_t principal_id, struct store_mfa *o
 		memcpy(out->sealed_seed, b, (size_t)n);
 		out->sealed_len = (size_t)n;
 	}
-	if (sqlite3_column_int64(st, 2) < 0 || sqlite3_column_int64(st, 3) < 0) {
+	if (db_column_int64(st, 2) < 0 || db_column_int64(st, 3) < 0) {
 		rc = db_corrupt("principal_mfa");
 		goto out;
 	}
-	out->last_step = (uint64_t)sqlite3_column_int64(st, 2);
-	out->failures = (uint32_t)sqlite3_column_int64(st, 3);
-	out->locked = sqlite3_column_int(st, 4) != 0;
+	out->last_step = (uint64_t)db_column_int64(st, 2);
+	out->failures = (uint32_t)db_column_int64(st, 3);
+	out->locked = db_column_int(st, 4) != 0;
 	if ((rc = col_text(st, 5, out->recovery, sizeof(out->recovery), "principal_mfa")) != KMS_OK)
 		goto out;
-	out->mfa_at = sqlite3_column_int64(st, 6);
-	out->created = sqlite3_column_int64(st, 7);
-	if (sqlite3_column_type(st, 8) != SQLITE_NULL) {
-		int n = sqlite3_column_bytes(st, 8);
-		const void *b = sqlite3_column_blob(st, 8);
+	out->mfa_at = db_column_int64(st, 6);
+	out->created = db_column_int64(st, 7);
+	if (db_column_type(st, 8) != DB_NULL) {
+		int n = db_column_bytes(st, 8);
+		const void *b = db_column_blob(st, 8);
 		if (n <= 0 || (size_t)n > sizeof(out->pending_seed) || b == NULL ||
-		    sqlite3_column_type(st, 9) == SQLITE_NULL) {
+		    db_column_type(st, 9) == DB_NULL) {
 			rc = db_corrupt("principal_mfa");
 			goto out;
 		}
@@ -4868,14 +5128,14 @@ kms_err store_mfa_get(struct store *s, int64_t principal_id, struct store_mfa *o
 out:
 	if (rc != KMS_OK && out != NULL)
 		kms_wipe(out, sizeof(*out));
-	sqlite3_finalize(st);
+	db_finalize(st);
 	store_unlock(s);
 	return rc;
 }
 
 kms_err store_mfa_put(struct store *s, const struct store_mfa *m, int64_t now)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	kms_err rc;
 
 	if (m == NULL || m->sealed_len == 0 || m->sealed_len > sizeof(m->sealed_seed) ||
@@ -4892,28 +5152,35 @@ kms_err store_mfa_put(struct store *s, const struct store_mfa *m, int64_t now)
 	}
 	/* A new enrolment replaces the old one but keeps its last accepted step, so that a
 	 * step is never accepted twice for one principal, whatever the seed. */
+#define MFA_PUT_TAIL                                                                         \
+	"  failures = 0, locked = 0, recovery = excluded.recovery, mfa_at = excluded.mfa_at, "     \
+	"  created = excluded.created, updated = excluded.updated, pending_seed = NULL, "        \
+	"  pending_recovery = NULL"
 	rc = mfa_prepare(s,
-			 "INSERT INTO principal_mfa (principal_id, state, sealed_seed, last_step, failures, locked, "
-			 "  recovery, mfa_at, created, updated) VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, ?6, ?7, ?7) "
-			 "ON CONFLICT (principal_id) DO UPDATE SET state = excluded.state, "
-			 "  sealed_seed = excluded.sealed_seed, last_step = max(last_step, excluded.last_step), "
-			 "  failures = 0, locked = 0, recovery = excluded.recovery, mfa_at = excluded.mfa_at, "
-			 "  created = excluded.created, updated = excluded.updated, pending_seed = NULL, "
-			 "  pending_recovery = NULL",
+			 PICK(s,
+			      "INSERT INTO principal_mfa (principal_id, state, sealed_seed, last_step, failures, locked, "
+			      "  recovery, mfa_at, created, updated) VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, ?6, ?7, ?7) "
+			      "ON CONFLICT (principal_id) DO UPDATE SET state = excluded.state, "
+			      "  sealed_seed = excluded.sealed_seed, last_step = max(last_step, excluded.last_step), " MFA_PUT_TAIL,
+			      "INSERT INTO principal_mfa (principal_id, state, sealed_seed, last_step, failures, locked, "
+			      "  recovery, mfa_at, created, updated) VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, ?6, ?7, ?7) "
+			      "ON CONFLICT (principal_id) DO UPDATE SET state = excluded.state, "
+			      "  sealed_seed = excluded.sealed_seed, "
+			      "  last_step = GREATEST(principal_mfa.last_step, excluded.last_step), " MFA_PUT_TAIL),
 			 &st);
 	if (rc != KMS_OK)
 		goto out;
-	if (sqlite3_bind_int64(st, 1, m->principal_id) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, m->state, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_blob(st, 3, m->sealed_seed, (int)m->sealed_len, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 4, (int64_t)m->last_step) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 5, m->recovery, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 6, m->mfa_at) != SQLITE_OK || sqlite3_bind_int64(st, 7, now) != SQLITE_OK) {
+	if (db_bind_int64(st, 1, m->principal_id) != DB_OK ||
+	    db_bind_text(st, 2, m->state, -1, DB_STATIC) != DB_OK ||
+	    db_bind_blob(st, 3, m->sealed_seed, (int)m->sealed_len, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 4, (int64_t)m->last_step) != DB_OK ||
+	    db_bind_text(st, 5, m->recovery, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 6, m->mfa_at) != DB_OK || db_bind_int64(st, 7, now) != DB_OK) {
 		rc = db_fail(s, "mfa put bind");
 		goto out;
 	}
-	if (sqlite3_step(st) != SQLITE_DONE) {
-		rc = sqlite3_extended_errcode(s->db) == SQLITE_CONSTRAINT_FOREIGNKEY
+	if (db_step(st) != DB_DONE) {
+		rc = db_errcode(s->db) == DB_CONSTRAINT_FOREIGNKEY
 			     ? kms_errf(KMS_ERR_NOT_FOUND, "principal not found")
 			     : db_fail(s, "mfa put");
 		goto out;
@@ -4921,7 +5188,7 @@ kms_err store_mfa_put(struct store *s, const struct store_mfa *m, int64_t now)
 	if ((rc = mfa_am_seal_locked(s, m->principal_id)) == KMS_OK)
 		rc = tx_commit(s);
 out:
-	sqlite3_finalize(st);
+	db_finalize(st);
 	if (rc != KMS_OK)
 		tx_rollback(s);
 	store_unlock(s);
@@ -4933,27 +5200,27 @@ out:
 static kms_err mfa_change(struct store *s, const char *sql, const int64_t *ints, const char *const *texts,
 			  int n, int *changed)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	kms_err rc;
 
 	if ((rc = mfa_prepare(s, sql, &st)) != KMS_OK)
 		return rc;
 	for (int i = 0; i < n; i++) {
-		int brc = texts != NULL && texts[i] != NULL ? sqlite3_bind_text(st, i + 1, texts[i], -1, SQLITE_STATIC)
-							     : sqlite3_bind_int64(st, i + 1, ints[i]);
-		if (brc != SQLITE_OK) {
+		int brc = texts != NULL && texts[i] != NULL ? db_bind_text(st, i + 1, texts[i], -1, DB_STATIC)
+							     : db_bind_int64(st, i + 1, ints[i]);
+		if (brc != DB_OK) {
 			rc = db_fail(s, "mfa bind");
 			goto out;
 		}
 	}
-	if (sqlite3_step(st) != SQLITE_DONE) {
+	if (db_step(st) != DB_DONE) {
 		rc = db_fail(s, "mfa update");
 		goto out;
 	}
-	*changed = sqlite3_changes(s->db);
+	*changed = db_changes(s->db);
 	rc = KMS_OK;
 out:
-	sqlite3_finalize(st);
+	db_finalize(st);
 	return rc;
 }
 
@@ -4979,13 +5246,13 @@ kms_err store_mfa_accept_step(struct store *s, int64_t principal_id, uint64_t st
 	 * stored one is written, so two requests racing with one code cannot both pass. */
 	rc = mfa_change(s,
 			"UPDATE principal_mfa SET last_step = ?1, failures = 0, mfa_at = ?2, updated = ?2, "
-			"  state = CASE WHEN ?3 THEN 'active' ELSE state END, "
-			"  sealed_seed = CASE WHEN ?3 AND pending_seed IS NOT NULL THEN pending_seed ELSE sealed_seed END, "
-			"  recovery = CASE WHEN ?3 AND pending_seed IS NOT NULL THEN pending_recovery ELSE recovery END, "
-			"  pending_seed = CASE WHEN ?3 THEN NULL ELSE pending_seed END, "
-			"  pending_recovery = CASE WHEN ?3 THEN NULL ELSE pending_recovery END "
+			"  state = CASE WHEN ?3 != 0 THEN 'active' ELSE state END, "
+			"  sealed_seed = CASE WHEN ?3 != 0 AND pending_seed IS NOT NULL THEN pending_seed ELSE sealed_seed END, "
+			"  recovery = CASE WHEN ?3 != 0 AND pending_seed IS NOT NULL THEN pending_recovery ELSE recovery END, "
+			"  pending_seed = CASE WHEN ?3 != 0 THEN NULL ELSE pending_seed END, "
+			"  pending_recovery = CASE WHEN ?3 != 0 THEN NULL ELSE pending_recovery END "
 			"WHERE principal_id = ?4 AND locked = 0 AND last_step < ?1 "
-			"  AND (state = 'active' OR ?3)",
+			"  AND (state = 'active' OR ?3 != 0)",
 			v, NULL, 4, &changed);
 	if (rc == KMS_OK && changed != 1)
 		rc = kms_errf(KMS_ERR_CONFLICT, "TOTP step already used");
@@ -5037,7 +5304,7 @@ kms_err store_mfa_fail(struct store *s, int64_t principal_id, unsigned limit, in
 		       bool *locked)
 {
 	int64_t v[3] = {(int64_t)limit, now, principal_id};
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	int changed = 0;
 	kms_err rc;
 
@@ -5048,23 +5315,27 @@ kms_err store_mfa_fail(struct store *s, int64_t principal_id, unsigned limit, in
 	if ((rc = tx_begin(s)) != KMS_OK)
 		goto out;
 	rc = mfa_change(s,
-			"UPDATE principal_mfa SET failures = min(failures + 1, 1000000), "
-			"  locked = CASE WHEN failures + 1 >= ?1 THEN 1 ELSE locked END, updated = ?2 "
-			"WHERE principal_id = ?3",
+			PICK(s,
+			     "UPDATE principal_mfa SET failures = min(failures + 1, 1000000), "
+			     "  locked = CASE WHEN failures + 1 >= ?1 THEN 1 ELSE locked END, updated = ?2 "
+			     "WHERE principal_id = ?3",
+			     "UPDATE principal_mfa SET failures = LEAST(failures + 1, 1000000), "
+			     "  locked = CASE WHEN failures + 1 >= ?1 THEN 1 ELSE locked END, updated = ?2 "
+			     "WHERE principal_id = ?3"),
 			v, NULL, 3, &changed);
 	if (rc == KMS_OK && changed != 1)
 		rc = kms_errf(KMS_ERR_NOT_FOUND, "no MFA enrolment");
 	if (rc == KMS_OK)
 		rc = mfa_prepare(s, "SELECT failures, locked FROM principal_mfa WHERE principal_id = ?1", &st);
-	if (rc == KMS_OK && sqlite3_bind_int64(st, 1, principal_id) != SQLITE_OK)
+	if (rc == KMS_OK && db_bind_int64(st, 1, principal_id) != DB_OK)
 		rc = db_fail(s, "mfa fail bind");
-	if (rc == KMS_OK && sqlite3_step(st) != SQLITE_ROW)
+	if (rc == KMS_OK && db_step(st) != DB_ROW)
 		rc = db_fail(s, "mfa fail read");
 	if (rc == KMS_OK) {
-		*failures = (uint32_t)sqlite3_column_int64(st, 0);
-		*locked = sqlite3_column_int(st, 1) != 0;
+		*failures = (uint32_t)db_column_int64(st, 0);
+		*locked = db_column_int(st, 1) != 0;
 	}
-	sqlite3_finalize(st);
+	db_finalize(st);
 	if (rc == KMS_OK)
 		rc = tx_commit(s);
 	if (rc != KMS_OK)
@@ -5108,7 +5379,7 @@ kms_err store_mfa_delete(struct store *s, int64_t principal_id)
 kms_err store_mfa_put_pending(struct store *s, int64_t principal_id, const uint8_t *sealed, size_t sealed_len,
 			      const char *recovery, int64_t now)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	kms_err rc;
 
 	if (sealed == NULL || sealed_len == 0 || sealed_len > STORE_MFA_SEALED_MAX || recovery == NULL ||
@@ -5128,23 +5399,23 @@ kms_err store_mfa_put_pending(struct store *s, int64_t principal_id, const uint8
 			 &st);
 	if (rc != KMS_OK)
 		goto out;
-	if (sqlite3_bind_blob(st, 1, sealed, (int)sealed_len, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, recovery, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 3, now) != SQLITE_OK || sqlite3_bind_int64(st, 4, principal_id) != SQLITE_OK) {
+	if (db_bind_blob(st, 1, sealed, (int)sealed_len, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 2, recovery, -1, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 3, now) != DB_OK || db_bind_int64(st, 4, principal_id) != DB_OK) {
 		rc = db_fail(s, "mfa pending bind");
 		goto out;
 	}
-	if (sqlite3_step(st) != SQLITE_DONE) {
+	if (db_step(st) != DB_DONE) {
 		rc = db_fail(s, "mfa pending");
 		goto out;
 	}
-	rc = sqlite3_changes(s->db) == 1 ? KMS_OK : kms_errf(KMS_ERR_CONFLICT, "no active, unlocked enrolment");
+	rc = db_changes(s->db) == 1 ? KMS_OK : kms_errf(KMS_ERR_CONFLICT, "no active, unlocked enrolment");
 	if (rc == KMS_OK)
 		rc = mfa_am_seal_locked(s, principal_id);
 	if (rc == KMS_OK)
 		rc = tx_commit(s);
 out:
-	sqlite3_finalize(st);
+	db_finalize(st);
 	if (rc != KMS_OK)
 		tx_rollback(s);
 	store_unlock(s);
@@ -5183,15 +5454,15 @@ static kms_err am_seal_table_locked(struct store *s, enum store_am_table t, cons
 		size_t len;
 	} *rows = NULL;
 	size_t cap = 0, cnt = 0, nf = strlen(kinds);
-	sqlite3_stmt *st = NULL, *up = NULL;
+	db_stmt *st = NULL, *up = NULL;
 	int src;
 	kms_err rc = KMS_OK;
 
-	if (sqlite3_prepare_v2(s->db, select, -1, &st, NULL) != SQLITE_OK) {
+	if (db_prepare(s->db, select, false, &st) != DB_OK) {
 		rc = db_fail(s, "authority mac select");
 		goto out;
 	}
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		struct store_am_field f[STORE_AM_FIELDS_MAX];
 		void *g;
 
@@ -5199,11 +5470,11 @@ static kms_err am_seal_table_locked(struct store *s, enum store_am_table t, cons
 			memset(&f[i], 0, sizeof(f[i]));
 			if (kinds[i] == 'i') {
 				f[i].kind = STORE_AM_INT;
-				f[i].i = sqlite3_column_int64(st, (int)i + 2);
+				f[i].i = db_column_int64(st, (int)i + 2);
 			} else {
 				f[i].kind = STORE_AM_BYTES;
-				f[i].b = sqlite3_column_blob(st, (int)i + 2);
-				f[i].n = (size_t)sqlite3_column_bytes(st, (int)i + 2);
+				f[i].b = db_column_blob(st, (int)i + 2);
+				f[i].n = (size_t)db_column_bytes(st, (int)i + 2);
 			}
 		}
 		if ((g = grow(rows, &cap, cnt, sizeof(*rows))) == NULL) {
@@ -5211,17 +5482,17 @@ static kms_err am_seal_table_locked(struct store *s, enum store_am_table t, cons
 			goto out;
 		}
 		rows = g;
-		rows[cnt].k1 = sqlite3_column_int64(st, 0);
-		rows[cnt].k2 = sqlite3_column_int64(st, 1);
+		rows[cnt].k1 = db_column_int64(st, 0);
+		rows[cnt].k2 = db_column_int64(st, 1);
 		if ((rc = store_am_encode(t, f, nf, &rows[cnt].enc, &rows[cnt].len)) != KMS_OK)
 			goto out;
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "authority mac select");
 		goto out;
 	}
-	if (cnt > 0 && sqlite3_prepare_v2(s->db, update, -1, &up, NULL) != SQLITE_OK) {
+	if (cnt > 0 && db_prepare(s->db, update, false, &up) != DB_OK) {
 		rc = db_fail(s, "authority mac update");
 		goto out;
 	}
@@ -5230,10 +5501,10 @@ static kms_err am_seal_table_locked(struct store *s, enum store_am_table t, cons
 
 		if ((rc = s->am_mac(s->am_ctx, rows[i].enc, rows[i].len, mac)) != KMS_OK)
 			goto out;
-		if (sqlite3_bind_blob(up, 1, mac, STORE_MAC_LEN, SQLITE_TRANSIENT) != SQLITE_OK ||
-		    sqlite3_bind_int64(up, 2, rows[i].k1) != SQLITE_OK ||
-		    (sqlite3_bind_parameter_count(up) >= 3 && sqlite3_bind_int64(up, 3, rows[i].k2) != SQLITE_OK) ||
-		    stmt_exec(up) != SQLITE_DONE) {
+		if (db_bind_blob(up, 1, mac, STORE_MAC_LEN, DB_TRANSIENT) != DB_OK ||
+		    db_bind_int64(up, 2, rows[i].k1) != DB_OK ||
+		    (db_bind_parameter_count(up) >= 3 && db_bind_int64(up, 3, rows[i].k2) != DB_OK) ||
+		    stmt_exec(up) != DB_DONE) {
 			rc = db_fail(s, "authority mac update");
 			goto out;
 		}
@@ -5243,8 +5514,8 @@ out:
 	for (size_t i = 0; i < cnt; i++)
 		free(rows[i].enc);
 	free(rows);
-	sqlite3_finalize(st);
-	sqlite3_finalize(up);
+	db_finalize(st);
+	db_finalize(up);
 	return rc;
 }
 
@@ -5253,28 +5524,32 @@ kms_err store_authmac_init(struct store *s, size_t *sealed, bool *first)
 	static const struct {
 		enum store_am_table t;
 		const char *select, *kinds, *update;
+		const char *select_pg; /* NULL: select runs on PostgreSQL too */
 	} tables[] = {
 		{STORE_AM_PRINCIPAL, "SELECT rowid, 0, id, name, role FROM principals WHERE mac IS NULL", "ibb",
-		 "UPDATE principals SET mac = ?1 WHERE rowid = ?2"},
+		 "UPDATE principals SET mac = ?1 WHERE rowid = ?2", NULL},
 		{STORE_AM_TOKEN,
 		 "SELECT rowid, 0, accessor, principal_id, hash, expires, revoked != 0 FROM api_tokens "
 		 "WHERE mac IS NULL",
-		 "bibii", "UPDATE api_tokens SET mac = ?1 WHERE rowid = ?2"},
+		 "bibii", "UPDATE api_tokens SET mac = ?1 WHERE rowid = ?2", NULL},
 		/* WITHOUT ROWID: keyed by (principal_id, tenant_id) */
 		{STORE_AM_TENANT,
 		 "SELECT principal_id, tenant_id, principal_id, tenant_id FROM principal_tenants WHERE mac IS NULL", "ii",
-		 "UPDATE principal_tenants SET mac = ?1 WHERE principal_id = ?2 AND tenant_id = ?3"},
+		 "UPDATE principal_tenants SET mac = ?1 WHERE principal_id = ?2 AND tenant_id = ?3", NULL},
 		{STORE_AM_POLICY, "SELECT rowid, 0, version, text FROM policies WHERE mac IS NULL", "ib",
-		 "UPDATE policies SET mac = ?1 WHERE rowid = ?2"},
+		 "UPDATE policies SET mac = ?1 WHERE rowid = ?2", NULL},
 		{STORE_AM_CERT, "SELECT rowid, 0, id, principal_id, kind, value FROM principal_certs WHERE mac IS NULL",
-		 "iibb", "UPDATE principal_certs SET mac = ?1 WHERE rowid = ?2"},
+		 "iibb", "UPDATE principal_certs SET mac = ?1 WHERE rowid = ?2", NULL},
 		{STORE_AM_MFA,
 		 "SELECT principal_id, 0, principal_id, state, sealed_seed, recovery, pending_seed IS NOT NULL, "
 		 "coalesce(pending_seed, x''), CASE WHEN pending_seed IS NULL THEN '' ELSE pending_recovery END "
 		 "FROM principal_mfa WHERE mac IS NULL",
-		 "ibbbibb", "UPDATE principal_mfa SET mac = ?1 WHERE principal_id = ?2"},
+		 "ibbbibb", "UPDATE principal_mfa SET mac = ?1 WHERE principal_id = ?2",
+		 "SELECT principal_id, 0, principal_id, state, sealed_seed, recovery, pending_seed IS NOT NULL, "
+		 "coalesce(pending_seed, '\\x'::bytea), CASE WHEN pending_seed IS NULL THEN '' ELSE pending_recovery END "
+		 "FROM principal_mfa WHERE mac IS NULL"},
 	};
-	sqlite3_stmt *st;
+	db_stmt *st;
 	bool in_tx = false;
 	int src;
 	kms_err rc;
@@ -5293,29 +5568,32 @@ kms_err store_authmac_init(struct store *s, size_t *sealed, bool *first)
 		goto out;
 	in_tx = true;
 	st = s->st[ST_META_GET];
-	if (sqlite3_bind_text(st, 1, STORE_META_AUTHMAC, -1, SQLITE_STATIC) != SQLITE_OK) {
+	if (db_bind_text(st, 1, STORE_META_AUTHMAC, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "meta bind");
 		stmt_release(st);
 		goto out;
 	}
-	src = sqlite3_step(st);
+	src = db_step(st);
 	stmt_release(st);
-	if (src == SQLITE_ROW) {
+	if (src == DB_ROW) {
 		rc = tx_commit(s); /* done before: a NULL MAC from now on is an attack */
 		in_tx = rc != KMS_OK;
 		goto out;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "meta get");
 		goto out;
 	}
 	for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++)
-		if ((rc = am_seal_table_locked(s, tables[i].t, tables[i].select, tables[i].kinds, tables[i].update,
+		if ((rc = am_seal_table_locked(s, tables[i].t,
+					       db_backend(s->db) == DB_PG && tables[i].select_pg != NULL ? tables[i].select_pg
+													 : tables[i].select,
+					       tables[i].kinds, tables[i].update,
 					       sealed)) != KMS_OK)
 			goto out;
 	st = s->st[ST_META_SET];
-	if (sqlite3_bind_text(st, 1, STORE_META_AUTHMAC, -1, SQLITE_STATIC) != SQLITE_OK ||
-	    sqlite3_bind_text(st, 2, "1", -1, SQLITE_STATIC) != SQLITE_OK || stmt_exec(st) != SQLITE_DONE) {
+	if (db_bind_text(st, 1, STORE_META_AUTHMAC, -1, DB_STATIC) != DB_OK ||
+	    db_bind_text(st, 2, "1", -1, DB_STATIC) != DB_OK || stmt_exec(st) != DB_DONE) {
 		rc = db_fail(s, "meta set");
 		stmt_release(st);
 		goto out;
@@ -5341,21 +5619,22 @@ kms_err store_change_stamp(struct store *s, struct store_stamp *out)
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	if (s->data_version == NULL &&
-	    sqlite3_prepare_v3(s->db, "PRAGMA data_version", -1, SQLITE_PREPARE_PERSISTENT, &s->data_version,
-			       NULL) != SQLITE_OK) {
+	    db_prepare(s->db,
+		       PICK(s, "PRAGMA data_version", "SELECT coalesce(max(seq), 0) FROM cluster_changes"), true,
+		       &s->data_version) != DB_OK) {
 		s->data_version = NULL;
 		rc = db_fail(s, "data version prepare");
 		goto out;
 	}
-	src = sqlite3_step(s->data_version);
-	if (src != SQLITE_ROW) {
+	src = db_step(s->data_version);
+	if (src != DB_ROW) {
 		stmt_release(s->data_version);
 		rc = db_fail(s, "data version");
 		goto out;
 	}
-	out->external = sqlite3_column_int64(s->data_version, 0);
+	out->external = db_column_int64(s->data_version, 0);
 	stmt_release(s->data_version);
-	out->local = sqlite3_total_changes64(s->db) - s->quiet_changes;
+	out->local = db_total_changes(s->db) - s->quiet_changes;
 	rc = KMS_OK;
 out:
 	store_unlock(s);
@@ -5364,7 +5643,7 @@ out:
 
 kms_err store_approvals_interrupt(struct store *s, int64_t now, struct store_approval **out, size_t *n)
 {
-	sqlite3_stmt *st = NULL;
+	db_stmt *st = NULL;
 	struct store_approval *arr = NULL, *g;
 	size_t cnt = 0, cap = 0;
 	int src, ch;
@@ -5379,7 +5658,7 @@ kms_err store_approvals_interrupt(struct store *s, int64_t now, struct store_app
 	if ((rc = prep(s, "SELECT " APPROVAL_COLS " FROM approval_requests WHERE state = 'executing' AND interrupted = 0",
 		       &st)) != KMS_OK)
 		goto fail;
-	while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+	while ((src = db_step(st)) == DB_ROW) {
 		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
 			rc = kms_errf(KMS_ERR_NOMEM, "interrupt");
 			goto fail;
@@ -5389,11 +5668,11 @@ kms_err store_approvals_interrupt(struct store *s, int64_t now, struct store_app
 			goto fail;
 		cnt++;
 	}
-	if (src != SQLITE_DONE) {
+	if (src != DB_DONE) {
 		rc = db_fail(s, "interrupt select");
 		goto fail;
 	}
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	st = NULL;
 	if (cnt > 0 && (rc = exec_changes(s, "UPDATE approval_requests SET interrupted = 1, finished = ?3 "
 					     "WHERE state = 'executing' AND interrupted = 0",
@@ -5406,10 +5685,354 @@ kms_err store_approvals_interrupt(struct store *s, int64_t now, struct store_app
 	arr = NULL;
 	goto unlock;
 fail:
-	(void)sqlite3_finalize(st);
+	(void)db_finalize(st);
 	tx_rollback(s);
 unlock:
 	free(arr);
 	store_unlock(s);
 	return rc;
+}
+
+/* ---- cluster: change log, watch connection, leases ---- */
+
+static bool valid_node_id(const char *id)
+{
+	size_t n = 0;
+
+	if (id == NULL)
+		return false;
+	for (; id[n] != '\0'; n++) {
+		char c = id[n];
+
+		if (n >= 64 || !((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+				 c == '.' || c == '_' || c == ':' || c == '-'))
+			return false;
+	}
+	return n > 0;
+}
+
+kms_err store_set_node(struct store *s, const char *node_id)
+{
+	kms_err rc;
+
+	if (!valid_node_id(node_id))
+		return kms_errf(KMS_ERR_INVALID, "node id must be 1 to 64 characters of A-Z a-z 0-9 . _ : -");
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	rc = db_backend(s->db) == DB_PG ? pg_session(s, node_id) : KMS_OK; /* id checked: no quoting needed */
+	store_unlock(s);
+	return rc;
+}
+
+#define CLUSTER_PRUNED_META "cluster_pruned_upto"
+
+kms_err store_changes_since(struct store *s, int64_t after, size_t max, struct store_change **out, size_t *n,
+			    bool *gap)
+{
+	struct store_change *arr = NULL;
+	size_t cap = 0, cnt = 0;
+	db_stmt *st = NULL;
+	int src;
+	kms_err rc;
+
+	if (out == NULL || n == NULL || gap == NULL || max == 0)
+		return kms_errf(KMS_ERR_INVALID, "bad change query");
+	*out = NULL;
+	*n = 0;
+	*gap = false;
+	if (db_backend(s->db) != DB_PG)
+		return KMS_OK;
+	if (max > INT64_MAX)
+		max = INT64_MAX;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	/* One statement, so the pruning mark and the rows are from one snapshot. */
+	if ((rc = prep(s,
+		       "SELECT seq, kind, ref, node, time, "
+		       "  (SELECT coalesce(max(v::bigint), 0) FROM meta WHERE k = '" CLUSTER_PRUNED_META "') "
+		       "FROM (SELECT 0 AS o, seq, kind, ref, node, time FROM cluster_changes WHERE seq > ?1 "
+		       "      UNION ALL SELECT 1, 0, '', 0, '', 0) c "
+		       "ORDER BY o, seq LIMIT ?2",
+		       &st)) != KMS_OK)
+		goto out;
+	if (db_bind_int64(st, 1, after) != DB_OK || db_bind_int64(st, 2, (int64_t)max + 1) != DB_OK) {
+		rc = db_fail(s, "changes bind");
+		goto out;
+	}
+	while ((src = db_step(st)) == DB_ROW) {
+		void *g;
+
+		/* every row carries the mark; the sentinel row (o = 1) is there for an empty log */
+		if (db_column_int64(st, 5) > after)
+			*gap = true;
+		if (db_column_int64(st, 0) == 0 || cnt == max)
+			continue;
+		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		arr = g;
+		memset(&arr[cnt], 0, sizeof(arr[cnt]));
+		arr[cnt].seq = db_column_int64(st, 0);
+		arr[cnt].ref = db_column_int64(st, 2);
+		arr[cnt].time = db_column_int64(st, 4);
+		if ((rc = col_text(st, 1, arr[cnt].kind, sizeof(arr[cnt].kind), "cluster_changes")) != KMS_OK ||
+		    (rc = col_text(st, 3, arr[cnt].node, sizeof(arr[cnt].node), "cluster_changes")) != KMS_OK)
+			goto out;
+		cnt++;
+	}
+	if (src != DB_DONE) {
+		rc = db_fail(s, "changes");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = KMS_OK;
+out:
+	free(arr);
+	(void)db_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_changes_head(struct store *s, int64_t *seq)
+{
+	db_stmt *st = NULL;
+	int src;
+	kms_err rc;
+
+	if (seq == NULL)
+		return kms_errf(KMS_ERR_INVALID, "no output for the change head");
+	*seq = 0;
+	if (db_backend(s->db) != DB_PG)
+		return KMS_OK;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if ((rc = prep(s, "SELECT coalesce(max(seq), 0) FROM cluster_changes", &st)) != KMS_OK)
+		goto out;
+	src = db_step(st);
+	if (src == DB_ROW)
+		*seq = db_column_int64(st, 0);
+	else
+		rc = db_fail(s, "change head");
+out:
+	(void)db_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_changes_prune(struct store *s, int64_t older_than_time)
+{
+	db_stmt *st = NULL;
+	kms_err rc;
+
+	if (db_backend(s->db) != DB_PG)
+		return KMS_OK;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	/* The deleted rows' highest seq becomes the pruning mark in the same statement: a
+	 * reader behind it learns that it missed changes (store_changes_since's *gap). */
+	if ((rc = prep(s,
+		       "WITH d AS (DELETE FROM cluster_changes WHERE time < ?1 RETURNING seq) "
+		       "INSERT INTO meta (k, v) SELECT '" CLUSTER_PRUNED_META "', max(seq)::text FROM d "
+		       "HAVING count(*) > 0 "
+		       "ON CONFLICT (k) DO UPDATE SET v = GREATEST(meta.v::bigint, excluded.v::bigint)::text",
+		       &st)) != KMS_OK)
+		goto out;
+	if (db_bind_int64(st, 1, older_than_time) != DB_OK || db_step(st) != DB_DONE)
+		rc = db_fail(s, "change prune");
+	else
+		s->quiet_changes += db_changes(s->db); /* meta: bookkeeping */
+out:
+	(void)db_finalize(st);
+	store_unlock(s);
+	return rc;
+}
+
+#define WATCH_LEASES_MAX 16
+
+struct store_watch {
+	PGconn *pg; /* NULL: SQLite, a single node */
+	char *uri;
+	bool broken;
+	int64_t leases[WATCH_LEASES_MAX]; /* advisory keys this connection holds */
+	size_t n_leases;
+};
+
+static kms_err watch_fail(struct store_watch *w, const char *what)
+{
+	w->broken = true;
+	w->n_leases = 0; /* a lost session has released them */
+	kms_error("store: watch %s: %s", what, PQerrorMessage(w->pg));
+	return kms_errf(KMS_ERR_STORE, "metadata store error");
+}
+
+static kms_err watch_connect(struct store_watch *w)
+{
+	PGresult *res;
+
+	if (w->pg != NULL && !w->broken && PQstatus(w->pg) == CONNECTION_OK)
+		return KMS_OK;
+	if (w->pg == NULL)
+		w->pg = PQconnectdb(w->uri);
+	else
+		PQreset(w->pg);
+	if (w->pg == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "out of memory");
+	w->n_leases = 0;
+	if (PQstatus(w->pg) != CONNECTION_OK)
+		return watch_fail(w, "connect");
+	res = PQexec(w->pg, "LISTEN kmsd_changes");
+	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+		PQclear(res);
+		return watch_fail(w, "listen");
+	}
+	PQclear(res);
+	w->broken = false;
+	return KMS_OK;
+}
+
+kms_err store_watch_open(const char *path_or_uri, struct store_watch **out)
+{
+	struct store_watch *w;
+	kms_err rc;
+
+	if (out == NULL || path_or_uri == NULL || path_or_uri[0] == '\0')
+		return kms_errf(KMS_ERR_INVALID, "store path missing");
+	*out = NULL;
+	w = calloc(1, sizeof(*w));
+	if (w == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "out of memory");
+	if (!is_pg_uri(path_or_uri)) {
+		*out = w;
+		return KMS_OK;
+	}
+	w->uri = strdup(path_or_uri);
+	if (w->uri == NULL) {
+		free(w);
+		return kms_errf(KMS_ERR_NOMEM, "out of memory");
+	}
+	if ((rc = watch_connect(w)) != KMS_OK) {
+		store_watch_close(w);
+		return rc;
+	}
+	*out = w;
+	return KMS_OK;
+}
+
+void store_watch_close(struct store_watch *w)
+{
+	if (w == NULL)
+		return;
+	if (w->pg != NULL)
+		PQfinish(w->pg);
+	free(w->uri);
+	free(w);
+}
+
+static bool watch_drain(struct store_watch *w)
+{
+	PGnotify *nf;
+	bool any = false;
+
+	while ((nf = PQnotifies(w->pg)) != NULL) {
+		any = true;
+		PQfreemem(nf);
+	}
+	return any;
+}
+
+kms_err store_watch_wait(struct store_watch *w, int timeout_ms, bool *notified)
+{
+	struct pollfd pfd;
+	kms_err rc;
+	int prc;
+
+	if (w == NULL || notified == NULL || timeout_ms < 0)
+		return kms_errf(KMS_ERR_INVALID, "bad watch wait");
+	*notified = false;
+	if (w->uri == NULL) {
+		(void)poll(NULL, 0, timeout_ms); /* SQLite: nothing to watch */
+		return KMS_OK;
+	}
+	if ((rc = watch_connect(w)) != KMS_OK)
+		return rc;
+	if (PQconsumeInput(w->pg) == 0)
+		return watch_fail(w, "read");
+	if (watch_drain(w)) {
+		*notified = true;
+		return KMS_OK;
+	}
+	pfd.fd = PQsocket(w->pg);
+	pfd.events = POLLIN;
+	pfd.revents = 0;
+	if (pfd.fd < 0)
+		return watch_fail(w, "socket");
+	prc = poll(&pfd, 1, timeout_ms);
+	if (prc < 0) {
+		if (errno == EINTR)
+			return KMS_OK;
+		return kms_errf(KMS_ERR_IO, "watch poll: %s", strerror(errno));
+	}
+	if (prc == 0)
+		return KMS_OK;
+	if (PQconsumeInput(w->pg) == 0 || PQstatus(w->pg) != CONNECTION_OK)
+		return watch_fail(w, "read");
+	*notified = watch_drain(w);
+	return KMS_OK;
+}
+
+/* FNV-1a, 64 bits: the advisory lock key of a lease name */
+static int64_t lease_key(const char *name)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (const unsigned char *p = (const unsigned char *)name; *p != '\0'; p++) {
+		h ^= *p;
+		h *= 1099511628211ULL;
+	}
+	return (int64_t)h;
+}
+
+kms_err store_watch_lease(struct store_watch *w, const char *name, bool *held)
+{
+	char key[24];
+	const char *vals[1] = {key};
+	PGresult *res;
+	int64_t k;
+	size_t i;
+	kms_err rc;
+
+	if (w == NULL || name == NULL || name[0] == '\0' || held == NULL)
+		return kms_errf(KMS_ERR_INVALID, "bad lease request");
+	*held = false;
+	if (w->uri == NULL) {
+		*held = true; /* SQLite: this node is the cluster */
+		return KMS_OK;
+	}
+	if ((rc = watch_connect(w)) != KMS_OK)
+		return rc;
+	k = lease_key(name);
+	for (i = 0; i < w->n_leases; i++)
+		if (w->leases[i] == k)
+			break;
+	snprintf(key, sizeof(key), "%" PRId64, k);
+	/* Held already: a round trip proves the session (and so the lock) is still there
+	 * without stacking the lock again. */
+	res = PQexecParams(w->pg, i < w->n_leases ? "SELECT true WHERE $1::bigint IS NOT NULL"
+						    : "SELECT pg_try_advisory_lock($1::bigint)",
+			   1, NULL, vals, NULL, NULL, 0);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+		PQclear(res);
+		return watch_fail(w, "lease");
+	}
+	*held = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	PQclear(res);
+	if (*held && i == w->n_leases) {
+		if (w->n_leases == WATCH_LEASES_MAX)
+			return kms_errf(KMS_ERR_INTERNAL, "too many leases on one watch connection");
+		w->leases[w->n_leases++] = k;
+	}
+	return KMS_OK;
 }

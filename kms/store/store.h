@@ -1,10 +1,11 @@
-/* Metadata store: SQLite (WAL, synchronous=FULL, foreign keys on), versioned schema
- * migrated forward at open. Holds no secret in the clear: KEK versions are KWP blobs
+/* Metadata store: SQLite (WAL, synchronous=FULL, foreign keys on) or, for several
+ * nodes, PostgreSQL (store_open on a postgresql:// URI; docs/ARCHITECTURE.md "The store
+ * and its two backends"), versioned schema migrated forward at open. Holds no secret in the clear: KEK versions are KWP blobs
  * under the token's master key, API tokens are SHA-256 hashes.
  *
  * Thread safety: one struct store may be used from any number of threads; calls are
  * serialised inside. Every function returns KMS_OK or an error with the detail set;
- * KMS_ERR_STORE for SQLite failures (the SQLite message is logged, not returned).
+ * KMS_ERR_STORE for database failures (the database's message is logged, not returned).
  * Names are passed as NUL-terminated strings; output structs are filled by value. */
 #ifndef KMS_STORE_STORE_H
 #define KMS_STORE_STORE_H
@@ -96,9 +97,22 @@ struct store_token {
 };
 
 /* Opens (creating if absent, mode 0600) and migrates. A store whose schema is newer
- * than STORE_SCHEMA_VERSION -> KMS_ERR_CONFIG. */
+ * than STORE_SCHEMA_VERSION -> KMS_ERR_CONFIG.
+ *
+ * A path starting with postgresql:// or postgres:// is a libpq connection URI instead:
+ * the store is then that database's current schema (search_path), migrated to its own
+ * PostgreSQL schema (kms/store/schema_pg.h) under an advisory lock, so several nodes
+ * may open it at once. A schema holding other tables is refused (KMS_ERR_CONFIG), an
+ * unreachable server is KMS_ERR_STORE. Writer transactions take one cluster-wide
+ * advisory lock (as BEGIN IMMEDIATE on SQLite); a lost connection fails that call with
+ * KMS_ERR_STORE and is re-established by the next. */
 KMS_WUR kms_err store_open(const char *path, struct store **out);
 void store_close(struct store *s); /* accepts NULL */
+
+enum store_backend { STORE_BACKEND_SQLITE, STORE_BACKEND_PG };
+/* path_or_uri as a log line may show it: a URI without its password or parameters. */
+void store_display_name(const char *path_or_uri, char *out, size_t cap);
+enum store_backend store_backend(const struct store *s);
 
 /* meta: small key/value facts such as "initialized" */
 KMS_WUR kms_err store_meta_get(struct store *s, const char *k, char *out, size_t cap); /* NOT_FOUND */
@@ -513,7 +527,8 @@ struct store_token_owner {
 	int64_t created, last_used;
 };
 KMS_WUR kms_err store_tokens_without_expiry(struct store *s, struct store_token_owner **out, size_t *n);
-/* An online snapshot for backups: the whole store as of one commit, copied with
+/* On PostgreSQL: KMS_ERR_UNSUPPORTED (501); that store is backed up with pg_dump or
+ * PITR (docs/SCALE-OUT.md). An online snapshot for backups: the whole store as of one commit, copied with
  * SQLite's online backup API (sqlite3_backup_*) into memory and returned as the bytes
  * of a database file (*out malloc'd; the caller wipes and frees it). Other store calls
  * wait while the pages are copied (memory speed). */
@@ -578,20 +593,43 @@ void store_set_authmac(struct store *s, store_mac_fn mac, void *mac_ctx, store_i
  * store was initialised before). INVALID without a MAC function. */
 KMS_WUR kms_err store_authmac_init(struct store *s, size_t *sealed, bool *first);
 
-
-/* ---- several nodes (TEMPORARY declarations until the PostgreSQL backend lands) ---- */
-enum store_backend { STORE_SQLITE, STORE_PG };
-enum store_backend store_backend(const struct store *s);
-struct store_change { int64_t seq; char kind[32]; int64_t ref; char node[65]; int64_t time; };
+/* ---- Cluster (several kmsd nodes on one PostgreSQL store) ----
+ *
+ * On PostgreSQL, triggers record every change to a row a node may cache (keys,
+ * key_versions except enc_reserved, tenants, principals, principal_tenants,
+ * api_tokens except last_used, principal_certs, policies, master_keys,
+ * break_glass_grants) in a change log, in the changing transaction, and NOTIFY
+ * kmsd_changes. The log's seq order is commit order (each logging transaction holds the
+ * writer lock until it commits). On SQLite these behave as a single node: no changes,
+ * the lease always held, the watch a sleep. */
+struct store_change {
+	int64_t seq;
+	char kind[32];	/* the table's name */
+	int64_t ref;	/* key id (keys, key_versions), tenant id (tenants), else 0 */
+	char node[65];	/* the writing node's id ("" if it set none) */
+	int64_t time;	/* unix seconds */
+};
+/* Sets this node's id, recorded with its changes (SET kmsd.node on the connection):
+ * 1 to 64 bytes of [A-Za-z0-9._:-]. */
 KMS_WUR kms_err store_set_node(struct store *s, const char *node_id);
+/* Changes with seq > after, oldest first, at most max; *gap = true when changes after
+ * `after` were pruned (the caller must then reload everything it caches). *out is
+ * malloc'd (free()), NULL when *n is 0. */
 KMS_WUR kms_err store_changes_since(struct store *s, int64_t after, size_t max, struct store_change **out,
 				    size_t *n, bool *gap);
-KMS_WUR kms_err store_changes_head(struct store *s, int64_t *seq);
+KMS_WUR kms_err store_changes_head(struct store *s, int64_t *seq); /* 0 if none */
+/* Deletes changes older than older_than_time (unix seconds). */
 KMS_WUR kms_err store_changes_prune(struct store *s, int64_t older_than_time);
+/* A second connection for LISTEN and leases (PG); on SQLite a stub that only sleeps. */
 struct store_watch;
 KMS_WUR kms_err store_watch_open(const char *path_or_uri, struct store_watch **out);
-void store_watch_close(struct store_watch *w);
+void store_watch_close(struct store_watch *w); /* accepts NULL */
+/* Waits up to timeout_ms for a notice on kmsd_changes; *notified says whether one came.
+ * KMS_OK on timeout; an error when the connection is lost (it reconnects next call). */
 KMS_WUR kms_err store_watch_wait(struct store_watch *w, int timeout_ms, bool *notified);
+/* Tries to hold the named cluster-wide lease (pg_try_advisory_lock on the watch
+ * connection, key from a hash of name); *held = whether this node holds it now. It is
+ * released when this connection ends (node death): another node's next try wins. */
 KMS_WUR kms_err store_watch_lease(struct store_watch *w, const char *name, bool *held);
 
 #endif

@@ -25,7 +25,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	X(listen_address) X(port_file) X(tls_cert) X(tls_key) X(pkcs11_module) X(token_label) \
 	X(pin_file) X(pin_env) X(so_pin_file) X(store_path) X(audit_path) X(node_id) X(log_level) \
 	X(policy_file) X(audit_syslog) X(rate_limit_ops) X(user) X(metrics_listen) X(metrics_port_file) \
-	X(tls_client_ca) X(tls_client_auth)
+	X(tls_client_ca) X(tls_client_auth) X(store_uri)
 #define INTS(X)                                                                             \
 	X(port, 0, 65535) X(workers, 0, 256) X(max_body_bytes, 1024, 16777216)              \
 	X(connection_timeout, 1, 3600) X(max_connections, 1, 65536) X(per_ip_connections, 0, 65536) \

@@ -21,6 +21,8 @@ Environment:
                         valgrind: "valgrind --leak-check=full ..."); empty by default
   KMSD_STARTUP_TIMEOUT  seconds to wait for health after start (default 60)
   KMSD_KEEP_TMP=1       print the temporary directory of each server and keep it
+  KMS_TEST_PG_URI       a PostgreSQL server (make check-pg starts one): each kmsd gets a fresh
+                        database on it through store_uri; KMSD_SQLITE_ONLY modules are skipped
 """
 
 import base64
@@ -33,6 +35,8 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.parse
+import secrets
 
 import pytest
 import requests
@@ -105,6 +109,39 @@ def run_kmsd(binary, conf, env, *args, timeout=120):
 _counter = itertools.count(1)
 
 
+# KMS_TEST_PG_URI: a PostgreSQL server the tests may use (scripts/pgtmp.sh; make check-pg).
+# When set, every kmsd started here gets its own fresh database on it (store_uri), and
+# modules that read the SQLite file itself (KMSD_SQLITE_ONLY = "reason") are skipped.
+PG_URI = os.environ.get("KMS_TEST_PG_URI") or None
+
+
+def _psql(uri, sql):
+    r = subprocess.run(["psql", uri, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, "psql %s: %s" % (sql, r.stderr)
+    return r.stdout
+
+
+def pg_create_db():
+    """A fresh database on PG_URI's server; returns its URI."""
+    name = "kmsd_%s" % secrets.token_hex(6)
+    _psql(PG_URI, 'CREATE DATABASE "%s"' % name)
+    u = urllib.parse.urlsplit(PG_URI)
+    return urllib.parse.urlunsplit((u.scheme, u.netloc, "/" + name, u.query, u.fragment))
+
+
+def pg_drop_db(uri):
+    name = urllib.parse.urlsplit(uri).path.lstrip("/")
+    _psql(PG_URI, 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
+
+
+def pg_dump(uri):
+    """The whole database as pg_dump prints it (bytea in hex): the PostgreSQL store's bytes."""
+    r = subprocess.run(["pg_dump", "--no-owner", uri], capture_output=True, timeout=120)
+    assert r.returncode == 0, "pg_dump: %s" % r.stderr.decode(errors="replace")
+    return r.stdout
+
+
 def uniq(prefix):
     """A fresh, valid name (tenant names are lower case, so this is too)."""
     return "%s-%d-%d" % (prefix, os.getpid() % 10000, next(_counter))
@@ -126,6 +163,7 @@ class Kmsd:
         self.conf = os.path.join(self.tmp, "kmsd.conf")
         self.port_file = os.path.join(self.tmp, "port")
         self.store_path = os.path.join(self.tmp, "kmsd.db")
+        self.store_uri = None  # a PostgreSQL database of its own when PG_URI is set
         self.audit_path = os.path.join(self.tmp, "audit.log")
         self.admin_token_file = os.path.join(self.tmp, "admin.token")
         self.node_id = "itest-1"
@@ -184,6 +222,12 @@ class Kmsd:
             ("pin_file", self.user_pin_file),
             ("so_pin_file", self.so_pin_file),
             ("store_path", self.store_path),
+        ]
+        if PG_URI:
+            if self.store_uri is None:
+                self.store_uri = pg_create_db()
+            opts.append(("store_uri", self.store_uri))
+        opts += [
             ("audit_path", self.audit_path),
             ("node_id", self.node_id),
             ("workers", "2"),
@@ -558,6 +602,8 @@ def kmsd(tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("kmsd")
     if os.environ.get("KMSD_KEEP_TMP"):
         print("\nkmsd tmp dir for %s: %s" % (request.module.__name__, tmp))
+    if PG_URI and getattr(request.module, "KMSD_SQLITE_ONLY", None):
+        pytest.skip("SQLite store only: %s" % request.module.KMSD_SQLITE_ONLY)
     srv = Kmsd(tmp)
     srv.extra_opts = getattr(request.module, "KMSD_EXTRA_OPTS", [])
     srv.builtin_policy = getattr(request.module, "KMSD_BUILTIN_POLICY", False)
@@ -572,6 +618,8 @@ def kmsd(tmp_path_factory, request):
         raise
     yield srv
     rc, err = srv.stop()
+    if srv.store_uri:
+        pg_drop_db(srv.store_uri)
     found = sanitizer_findings(err)
     assert not found, "kmsd stderr has sanitizer report(s) %s:\n%s" % (found, err[-20000:])
     assert rc == 0, "kmsd exit status after SIGTERM: %r (want 0)\n%s" % (rc, err[-5000:])

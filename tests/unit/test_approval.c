@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <cmocka.h>
 
@@ -20,8 +21,12 @@
 
 #include "kms/base/err.h"
 #include "kms/store/store.h"
+#include "tests/common/pgtest.h"
 
 #define NOW 1700000000
+
+/* true while the tests run again on PostgreSQL (KMS_TEST_PG_URI): setup opens that */
+static bool on_pg;
 
 struct fx {
 	char dir[64];
@@ -50,7 +55,13 @@ static int setup(void **state)
 		free(f);
 		return -1;
 	}
-	snprintf(f->path, sizeof(f->path), "%s/kmsd.db", f->dir);
+	if (on_pg) {
+		if (pgtest_reset() != 0)
+			return -1;
+		snprintf(f->path, sizeof(f->path), "%s", pgtest_uri());
+	} else {
+		snprintf(f->path, sizeof(f->path), "%s/kmsd.db", f->dir);
+	}
 	if (store_open(f->path, &f->s) != KMS_OK) {
 		free(f);
 		return -1;
@@ -307,5 +318,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_grants, setup, teardown),
 	};
 
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	int failed = cmocka_run_group_tests(tests, NULL, NULL);
+
+	if (pgtest_uri() != NULL) {
+		on_pg = true;
+		failed += cmocka_run_group_tests_name("approval on PostgreSQL", tests, NULL, NULL);
+	}
+	return failed;
 }

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <cmocka.h>
 
@@ -22,6 +23,7 @@
 #include "kms/base/err.h"
 #include "kms/store/authmac.h"
 #include "kms/store/store.h"
+#include "tests/common/pgtest.h"
 
 /* ---- the encoding ---- */
 
@@ -161,6 +163,9 @@ static void test_encoding_bad_input(void **state)
 
 /* ---- the store ---- */
 
+/* true while the tests run again on PostgreSQL (KMS_TEST_PG_URI): setup opens that */
+static bool on_pg;
+
 struct fx {
 	char dir[64];
 	char path[128];
@@ -212,7 +217,13 @@ static int setup(void **state)
 		free(f);
 		return -1;
 	}
-	snprintf(f->path, sizeof(f->path), "%s/kmsd.db", f->dir);
+	if (on_pg) {
+		if (pgtest_reset() != 0)
+			return -1;
+		snprintf(f->path, sizeof(f->path), "%s", pgtest_uri());
+	} else {
+		snprintf(f->path, sizeof(f->path), "%s/kmsd.db", f->dir);
+	}
 	if (store_open(f->path, &f->s) != KMS_OK) {
 		free(f);
 		return -1;
@@ -237,6 +248,18 @@ static void sql(struct fx *f, const char *q)
 	sqlite3 *db;
 	char *err = NULL;
 
+	if (on_pg) {
+		/* the same edit in PostgreSQL's words: zeroblob(32) -> 32 zero bytes */
+		char pq[512];
+		const char *z = strstr(q, "zeroblob(32)");
+
+		if (z != NULL)
+			snprintf(pq, sizeof(pq), "%.*sdecode(repeat('00', 32), 'hex')%s", (int)(z - q), q, z + 12);
+		else
+			snprintf(pq, sizeof(pq), "%s", q);
+		assert_int_equal(pgtest_exec(pq), 0);
+		return;
+	}
 	assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
 	sqlite3_busy_timeout(db, 5000);
 	if (sqlite3_exec(db, q, NULL, NULL, &err) != SQLITE_OK)
@@ -496,5 +519,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_store_mfa, setup, teardown),
 	};
 
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	int failed = cmocka_run_group_tests(tests, NULL, NULL);
+
+	if (pgtest_uri() != NULL) {
+		on_pg = true;
+		failed += cmocka_run_group_tests_name("authmac on PostgreSQL", tests, NULL, NULL);
+	}
+	return failed;
 }

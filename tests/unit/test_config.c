@@ -28,7 +28,7 @@ static const char *const all_options[] = {
 	"rate_limit_burst", "rate_limit_ops", "auth_fail_rps", "auth_fail_burst", "user",
 	"tls_client_ca", "tls_client_auth",
 	"metrics_listen", "metrics_port_file",
-	"mfa_max_failures",
+	"mfa_max_failures", "store_uri",
 };
 
 /* Parses text as "t.conf" and expects failure with exactly this detail. */
@@ -71,6 +71,7 @@ static void assert_cfg_equal(const struct kms_config *a, const struct kms_config
 	assert_string_equal(a->pin_env, b->pin_env);
 	assert_string_equal(a->so_pin_file, b->so_pin_file);
 	assert_string_equal(a->store_path, b->store_path);
+	assert_string_equal(a->store_uri, b->store_uri);
 	assert_string_equal(a->audit_path, b->audit_path);
 	assert_string_equal(a->node_id, b->node_id);
 	assert_int_equal(a->workers, b->workers);
@@ -259,6 +260,8 @@ static void test_errors(void **state)
 		     "t.conf:1: pin_env: must be an environment variable name "
 		     "([A-Za-z_][A-Za-z0-9_]*)");
 	expect_error("store_path =\n", "t.conf:1: store_path: must not be empty");
+	expect_error("store_uri = /var/lib/kmsd.db\n", "t.conf:1: store_uri: must start with postgresql:// or postgres://");
+	expect_error("store_uri = mysql://x\n", "t.conf:1: store_uri: must start with postgresql:// or postgres://");
 	expect_error("audit_path = \"\"\n", "t.conf:1: audit_path: must not be empty");
 	expect_error("pkcs11_module = \"\"\n", "t.conf:1: pkcs11_module: must not be empty");
 	/* user: a login name, never a number or something getpwnam could misread */

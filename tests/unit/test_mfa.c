@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <cmocka.h>
 
@@ -17,6 +18,7 @@
 
 #include "kms/base/err.h"
 #include "kms/store/store.h"
+#include "tests/common/pgtest.h"
 #include "pkcs11/p11.h"
 #include "pkcs11/p11_internal.h"
 #include "tests/common/softhsm.h"
@@ -28,6 +30,9 @@ static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *
 	(void)ftw;
 	return remove(p);
 }
+
+/* true while the tests run again on PostgreSQL (KMS_TEST_PG_URI): setup opens that */
+static bool on_pg;
 
 struct sfx {
 	char dir[64], path[128];
@@ -44,7 +49,13 @@ static int store_setup(void **state)
 	snprintf(f->dir, sizeof(f->dir), "/tmp/kmsd-test-mfa-XXXXXX");
 	if (mkdtemp(f->dir) == NULL)
 		return -1;
-	snprintf(f->path, sizeof(f->path), "%s/kmsd.db", f->dir);
+	if (on_pg) {
+		if (pgtest_reset() != 0)
+			return -1;
+		snprintf(f->path, sizeof(f->path), "%s", pgtest_uri());
+	} else {
+		snprintf(f->path, sizeof(f->path), "%s/kmsd.db", f->dir);
+	}
 	if (store_open(f->path, &f->s) != KMS_OK ||
 	    store_principal_create(f->s, "alice", "admin", NULL, 0, 1000, &f->alice) != KMS_OK ||
 	    store_principal_create(f->s, "bob", "admin", NULL, 0, 1000, &f->bob) != KMS_OK)
@@ -300,5 +311,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_reenrol_and_reset, store_setup, store_teardown),
 		cmocka_unit_test(test_seal),
 	};
-	return cmocka_run_group_tests_name("mfa", tests, NULL, NULL);
+	int failed = cmocka_run_group_tests_name("mfa", tests, NULL, NULL);
+
+	if (pgtest_uri() != NULL) {
+		on_pg = true;
+		failed += cmocka_run_group_tests_name("mfa on PostgreSQL", tests, NULL, NULL);
+	}
+	return failed;
 }

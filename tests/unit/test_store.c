@@ -20,6 +20,7 @@
 
 #include "kms/base/err.h"
 #include "kms/store/store.h"
+#include "tests/common/pgtest.h"
 
 struct fx {
 	char dir[64];
@@ -51,6 +52,31 @@ static int setup(void **state)
 	if (store_open(f->path, &f->s) != KMS_OK ||
 	    store_tenant_create(f->s, "t1", "phi", 1000, &f->tenant) != KMS_OK) {
 		fprintf(stderr, "setup: %s\n", kms_err_detail(KMS_ERR_INTERNAL));
+		store_close(f->s);
+		free(f);
+		return -1;
+	}
+	*state = f;
+	return 0;
+}
+
+/* The same fixture on PostgreSQL (KMS_TEST_PG_URI): an empty schema, the URI as path;
+ * dir stays a temporary directory for the tests that make files beside the store. */
+static int setup_pg(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+
+	if (f == NULL)
+		return -1;
+	snprintf(f->dir, sizeof(f->dir), "/tmp/kmsd-test-store-XXXXXX");
+	if (mkdtemp(f->dir) == NULL || pgtest_reset() != 0 ||
+	    snprintf(f->path, sizeof(f->path), "%s", pgtest_uri()) >= (int)sizeof(f->path)) {
+		free(f);
+		return -1;
+	}
+	if (store_open(f->path, &f->s) != KMS_OK ||
+	    store_tenant_create(f->s, "t1", "phi", 1000, &f->tenant) != KMS_OK) {
+		fprintf(stderr, "setup_pg: %s\n", kms_err_detail(KMS_ERR_INTERNAL));
 		store_close(f->s);
 		free(f);
 		return -1;
@@ -1445,5 +1471,27 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_gauges_and_report_rows, setup, teardown),
 	};
 
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	/* Every test that does not read the SQLite file itself, again on PostgreSQL. */
+	const struct CMUnitTest pg_tests[] = {
+		cmocka_unit_test_setup_teardown(test_reopen_keeps_data, setup_pg, teardown),
+		cmocka_unit_test_setup_teardown(test_meta, setup_pg, teardown),
+		cmocka_unit_test_setup_teardown(test_tenants, setup_pg, teardown),
+		cmocka_unit_test_setup_teardown(test_keys, setup_pg, teardown),
+		cmocka_unit_test_setup_teardown(test_key_list_edges, setup_pg, teardown),
+		cmocka_unit_test_setup_teardown(test_versions, setup_pg, teardown),
+		cmocka_unit_test_setup_teardown(test_rotate_compare_and_set, setup_pg, teardown),
+		cmocka_unit_test_setup_teardown(test_concurrent_rotate, setup_pg, teardown),
+		cmocka_unit_test_setup_teardown(test_principals, setup_pg, teardown),
+		cmocka_unit_test_setup_teardown(test_tokens, setup_pg, teardown),
+		cmocka_unit_test_setup_teardown(test_lifecycle, setup_pg, teardown),
+		cmocka_unit_test_setup_teardown(test_destroy_and_due, setup_pg, teardown),
+		cmocka_unit_test_setup_teardown(test_master_keys, setup_pg, teardown),
+		cmocka_unit_test_setup_teardown(test_principal_certs, setup_pg, teardown),
+		cmocka_unit_test_setup_teardown(test_gauges_and_report_rows, setup_pg, teardown),
+	};
+	int failed = cmocka_run_group_tests(tests, NULL, NULL);
+
+	if (pgtest_uri() != NULL)
+		failed += cmocka_run_group_tests_name("store on PostgreSQL", pg_tests, NULL, NULL);
+	return failed;
 }
