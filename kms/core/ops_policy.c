@@ -67,7 +67,7 @@ kms_err core_policy_reload(struct core *c)
 	return KMS_OK;
 }
 
-kms_err core_policy_init(struct core *c, const char *policy_file)
+static kms_err policy_init_once(struct core *c, const char *policy_file)
 {
 	struct policy_doc *stored = NULL, *file = NULL;
 	struct policy_doc_error perr = {0};
@@ -135,6 +135,19 @@ out:
 	policy_doc_free(file);
 	free(stext);
 	free(ftext);
+	return rc;
+}
+
+kms_err core_policy_init(struct core *c, const char *policy_file)
+{
+	kms_err rc = policy_init_once(c, policy_file);
+
+	/* Nodes starting together on one store race to store the file's version: the
+	 * loser finds it stored (CONFLICT) and, on a second look, keeps the stored one. */
+	if (rc == KMS_ERR_CONFLICT) {
+		kms_info("policy: another node stored a version meanwhile: reading the store again");
+		rc = policy_init_once(c, policy_file);
+	}
 	return rc;
 }
 
