@@ -13,9 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "kms/audit/audit.h"
 #include "kms/audit/audit_int.h"
+#include "kms/audit/search.h"
 #include "kms/base/b64.h"
 
 /* ---------------------------------------------------------------- line reader */
@@ -350,6 +352,12 @@ kms_err audit_verify(const char *const *files, size_t n_files, const char *pubke
 kms_err audit_verify_opts(const char *const *files, size_t n_files, const char *pubkey_path,
 			  unsigned flags, struct audit_verify_result *res)
 {
+	return audit_verify_node(files, n_files, pubkey_path, flags, NULL, res);
+}
+
+kms_err audit_verify_node(const char *const *files, size_t n_files, const char *pubkey_path,
+			  unsigned flags, const char *node, struct audit_verify_result *res)
+{
 	static const char zeros[AUDIT_HASH_HEX + 1] =
 		"0000000000000000000000000000000000000000000000000000000000000000";
 	char prev[AUDIT_HASH_HEX + 1], got[AUDIT_HASH_HEX + 1];
@@ -360,7 +368,8 @@ kms_err audit_verify_opts(const char *const *files, size_t n_files, const char *
 	struct slot *sl;
 	uint64_t expect = 1;
 	const char *bad;
-	json_t *jop;
+	json_t *jop, *jn;
+	const char *have;
 	bool is_ckpt;
 	size_t hl;
 	kms_err rc;
@@ -415,6 +424,8 @@ kms_err audit_verify_opts(const char *const *files, size_t n_files, const char *
 				     got, x.hash);
 			break;
 		}
+		if (res->records == 0 && res->first_prev[0] == '\0')
+			memcpy(res->first_prev, x.prev, sizeof(res->first_prev));
 		if (res->records == 0 && (flags & AUDIT_VERIFY_PARTIAL) && x.seq > 1) {
 			/* the first record kept: trusted as the start, its prev as given */
 			expect = s.first_seq = x.seq;
@@ -439,6 +450,16 @@ kms_err audit_verify_opts(const char *const *files, size_t n_files, const char *
 				     x.prev, (unsigned long long)(expect - 1), prev);
 			break;
 		}
+		jn = json_object_get(x.v, "node");
+		have = json_is_string(jn) ? json_string_value(jn) : "";
+		if (node != NULL && strcmp(have, node) != 0) {
+			fail(&s, AUDIT_V_NODE, x.seq, &r,
+			     "node changed: the record names node \"%.64s\" in node \"%.64s\"'s log "
+			     "(a node's log must name it in every record: was node_id changed "
+			     "without a new audit_path, or records spliced in?)",
+			     json_is_string(jn) ? have : "(none)", node[0] ? node : "(none)");
+			break;
+		}
 		jop = json_object_get(x.v, "operation");
 		is_ckpt = json_is_string(jop) &&
 			  strcmp(json_string_value(jop), AUDIT_OP_CHECKPOINT) == 0;
@@ -451,6 +472,7 @@ kms_err audit_verify_opts(const char *const *files, size_t n_files, const char *
 		(void)kms_hex_decode(got, AUDIT_HASH_HEX, sl->hash, sizeof(sl->hash), &hl);
 		sl->plain = s.plain;
 		memcpy(prev, got, sizeof(prev));
+		memcpy(res->last_hash, got, sizeof(res->last_hash));
 		expect = x.seq + 1;
 		res->records++;
 		json_decref(x.v);
@@ -472,6 +494,10 @@ out:
 
 void audit_verify_summary(const struct audit_verify_result *res, char *buf, size_t cap)
 {
+	if (res->verdict != AUDIT_V_OK && res->file == NULL) {
+		snprintf(buf, cap, "FAIL: %s", res->why);
+		return;
+	}
 	if (res->verdict != AUDIT_V_OK) {
 		snprintf(buf, cap, "FAIL: record seq %llu (line %llu of %s): %s",
 			 (unsigned long long)res->seq, (unsigned long long)res->line,
@@ -493,4 +519,321 @@ void audit_verify_summary(const struct audit_verify_result *res, char *buf, size
 		snprintf(buf, cap, "ok: %llu records%s, %llu checkpoints, last signed seq %llu",
 			 (unsigned long long)res->records, from, (unsigned long long)res->checkpoints,
 			 (unsigned long long)res->last_signed_seq);
+}
+
+/* ---------------------------------------------------------------- several nodes */
+
+static const char *node_label(const char *node)
+{
+	if (node == NULL)
+		return "(a file with no record)";
+	return node[0] != '\0' ? node : "(none)";
+}
+
+static bool in_list(const char *const *v, size_t n, const char *s)
+{
+	for (size_t i = 0; s != NULL && i < n; i++)
+		if (strcmp(v[i], s) == 0)
+			return true;
+	return false;
+}
+
+/* The hash of the first record in path ("" when it has none). 0 or -1 (I/O). */
+static int first_hash(const char *path, char out[AUDIT_HASH_HEX + 1])
+{
+	const char *files[1] = {path};
+	struct reader r;
+	struct rec x;
+	int rc;
+
+	out[0] = '\0';
+	reader_init(&r, files, 1);
+	while ((rc = reader_next(&r)) == 1) {
+		const char *bad = rec_parse(r.line, r.len, &x);
+
+		json_decref(x.v);
+		if (bad == NULL) {
+			memcpy(out, x.hash, AUDIT_HASH_HEX + 1);
+			break;
+		}
+	}
+	reader_free(&r);
+	return rc < 0 ? -1 : 0;
+}
+
+/* The newest SEGMENT.pub.pem among the files (malloc'd), or NULL. */
+static char *pub_beside(const char *const *files, size_t n)
+{
+	char *p;
+
+	for (size_t i = n; i > 0; i--) { /* audit.log is usually last */
+		if (asprintf(&p, "%s.pub.pem", files[i - 1]) < 0)
+			return NULL;
+		if (access(p, R_OK) == 0)
+			return p;
+		free(p);
+	}
+	return NULL;
+}
+
+/* One log to verify: files in order, the node its records must name. */
+struct work {
+	const char *node;
+	bool check_node; /* false for files with no record */
+	const char **files;
+	size_t n;
+	char *pub; /* beside its files, malloc'd, or NULL */
+	size_t entry; /* its entry in the result + 1, 0 before it has one */
+};
+
+static struct audit_node_result *entry_new(struct audit_nodes_result *out, const char *node)
+{
+	struct audit_node_result *e = &out->v[out->n++];
+
+	memset(e, 0, sizeof(*e));
+	e->node = node;
+	return e;
+}
+
+static KMS_PRINTF(3, 4) void entry_fail(struct audit_node_result *e, enum audit_verdict v,
+					const char *fmt, ...)
+{
+	va_list ap;
+
+	e->res.verdict = v;
+	e->res.file = NULL;
+	e->res.seq = 0;
+	e->res.line = 0;
+	va_start(ap, fmt);
+	vsnprintf(e->res.why, sizeof(e->res.why), fmt, ap);
+	va_end(ap);
+}
+
+static int entry_cmp(const void *a, const void *b)
+{
+	const struct audit_node_result *x = a, *y = b;
+
+	if (x->node == NULL || y->node == NULL)
+		return (x->node == NULL) - (y->node == NULL);
+	return strcmp(x->node, y->node);
+}
+
+/* Two logs of one node that start at the same seq with different records. Returns 1
+ * (after entry_fail), 0, or -1 (I/O). */
+static int same_node(const struct work *w, const struct audit_segs *segs, const size_t *idx,
+		     struct audit_node_result *e)
+{
+	char h1[AUDIT_HASH_HEX + 1], h2[AUDIT_HASH_HEX + 1];
+
+	for (size_t i = 1; w->check_node && i < w->n; i++) {
+		const struct audit_seg *a = &segs->v[idx[i - 1]], *b = &segs->v[idx[i]];
+
+		if (a->first_seq == 0 || a->first_seq != b->first_seq)
+			continue;
+		if (first_hash(a->path, h1) != 0 || first_hash(b->path, h2) != 0)
+			return -1;
+		if (strcmp(h1, h2) == 0)
+			continue; /* a copy: the chain check says so */
+		entry_fail(e, AUDIT_V_SAME_NODE,
+			   "same node: %s and %s both start at seq %llu, with different records, "
+			   "and both name node \"%s\": two logs claim one node id (two kmsd "
+			   "nodes with the same node_id, or a log copied under another's name)",
+			   a->path, b->path, (unsigned long long)a->first_seq, node_label(w->node));
+		e->res.seq = a->first_seq;
+		return 1;
+	}
+	return 0;
+}
+
+void audit_nodes_result_free(struct audit_nodes_result *r)
+{
+	if (r == NULL)
+		return;
+	free(r->v);
+	memset(r, 0, sizeof(*r));
+}
+
+kms_err audit_verify_nodes(const struct audit_segs *segs, const struct audit_nodes_opts *o,
+			   struct audit_nodes_result *out)
+{
+	static const char zeros[AUDIT_HASH_HEX + 1] =
+		"0000000000000000000000000000000000000000000000000000000000000000";
+	struct audit_chains ch = {0};
+	struct work *w = NULL;
+	size_t n_w = 0, n_nodes = 0, i, j, k, cap;
+	size_t **idx = NULL; /* per work: its segments */
+	const char *pub, *any_pub = NULL;
+	struct audit_node_result *e;
+	kms_err rc;
+
+	memset(out, 0, sizeof(*out));
+	rc = audit_segs_chains(segs, &ch);
+	if (rc != KMS_OK)
+		return rc;
+	for (i = 0; i < ch.n; i++)
+		n_nodes += ch.v[i].node != NULL;
+	cap = ch.n + o->n_expect + o->n_only + 1;
+	w = calloc(cap, sizeof(*w));
+	idx = calloc(cap, sizeof(*idx));
+	out->v = calloc(cap, sizeof(*out->v));
+	if (w == NULL || idx == NULL || out->v == NULL)
+		goto oom;
+	/* The logs: one per node; the files with no record join a lone node's log (as one
+	 * log is read today), else an empty one is dropped and any other stands alone. */
+	for (i = 0; i < ch.n; i++) {
+		const struct audit_chain *c = &ch.v[i];
+		struct work *t;
+
+		if (c->node == NULL && n_nodes == 1) {
+			t = &w[0]; /* the lone node sorts first */
+		} else if (c->node == NULL && n_nodes > 1 && segs->v[c->seg[0]].size == 0) {
+			continue;
+		} else {
+			t = &w[n_w++];
+			t->node = c->node;
+			t->check_node = c->node != NULL;
+		}
+		size_t *v = realloc(idx[t - w], (t->n + c->n) * sizeof(size_t));
+		const char **f = realloc(t->files, (t->n + c->n) * sizeof(*f));
+
+		if (v != NULL)
+			idx[t - w] = v;
+		if (f != NULL)
+			t->files = f;
+		if (v == NULL || f == NULL)
+			goto oom;
+		for (j = 0; j < c->n; j++) {
+			idx[t - w][t->n] = c->seg[j];
+			t->files[t->n++] = segs->v[c->seg[j]].path;
+		}
+	}
+	if (n_nodes == 0 && n_w > 1) {
+		/* only files with no record: read them as one log, as audit_verify does */
+		for (i = 1; i < n_w; i++) {
+			for (j = 0; j < w[i].n; j++) {
+				const char **f = realloc(w[0].files, (w[0].n + 1) * sizeof(*f));
+
+				if (f == NULL)
+					goto oom;
+				w[0].files = f;
+				w[0].files[w[0].n++] = w[i].files[j];
+			}
+		}
+		n_w = 1;
+	}
+	/* The public key: given, or beside each log's files, or beside another log's. */
+	for (i = 0; o->pubkey == NULL && i < n_w; i++) {
+		w[i].pub = pub_beside(w[i].files, w[i].n);
+		if (any_pub == NULL)
+			any_pub = w[i].pub;
+	}
+	if (o->pubkey == NULL && any_pub == NULL && n_w > 0) {
+		rc = kms_errf(KMS_ERR_INVALID, "no --pubkey given and no SEGMENT.pub.pem beside the "
+					       "files is readable");
+		goto out;
+	}
+	for (i = 0; i < n_w; i++) {
+		if (o->n_only > 0 && !in_list(o->only, o->n_only, w[i].node))
+			continue;
+		e = entry_new(out, w[i].node);
+		e->n_files = w[i].n;
+		w[i].entry = out->n;
+		k = same_node(&w[i], segs, idx[i], e);
+		if (k == 1)
+			continue;
+		if (k != 0) {
+			rc = kms_errf(KMS_ERR_IO, "reading the first records of node %s's log failed",
+				      node_label(w[i].node));
+			goto out;
+		}
+		pub = o->pubkey ? o->pubkey : w[i].pub ? w[i].pub : any_pub;
+		rc = audit_verify_node(w[i].files, w[i].n, pub, o->flags,
+				       w[i].check_node ? w[i].node : NULL, &e->res);
+		if (rc != KMS_OK)
+			goto out;
+	}
+	/* A log that goes on from another's last record: the node id changed mid-way. */
+	for (i = 0; i < out->n; i++) {
+		struct audit_verify_result *r = &out->v[i].res;
+		bool starts_late = (r->verdict == AUDIT_V_OK && r->first_seq > 1) ||
+				   (r->verdict == AUDIT_V_DELETED && r->seq == 1);
+
+		if (!starts_late || r->first_prev[0] == '\0' || strcmp(r->first_prev, zeros) == 0)
+			continue;
+		for (j = 0; j < out->n; j++)
+			if (j != i && strcmp(out->v[j].res.last_hash, r->first_prev) == 0)
+				break;
+		if (j < out->n)
+			entry_fail(&out->v[i], AUDIT_V_NODE,
+				   "node changed: node %s's log goes on from node %s's (its first "
+				   "record's prev is the hash of the last record of %s's log): the "
+				   "node id changed mid-way through one chain",
+				   node_label(out->v[i].node), node_label(out->v[j].node),
+				   node_label(out->v[j].node));
+	}
+	/* The nodes asked for or expected that have no log; the logs not expected. */
+	for (i = 0; i < o->n_only + o->n_expect; i++) {
+		const char *want = i < o->n_only ? o->only[i] : o->expect[i - o->n_only];
+		bool found = false;
+
+		for (j = 0; j < ch.n && !found; j++)
+			found = ch.v[j].node != NULL && strcmp(ch.v[j].node, want) == 0;
+		for (j = 0; j < out->n && !found; j++)
+			found = out->v[j].node != NULL && strcmp(out->v[j].node, want) == 0;
+		if (!found)
+			entry_fail(entry_new(out, want), AUDIT_V_MISSING,
+				   "missing: no log of node %s among the files given", want);
+	}
+	for (i = 0; o->n_expect > 0 && i < n_w; i++) {
+		if (in_list(o->expect, o->n_expect, w[i].node))
+			continue;
+		e = w[i].entry ? &out->v[w[i].entry - 1] : entry_new(out, w[i].node);
+		if (e->res.verdict == AUDIT_V_OK)
+			entry_fail(e, AUDIT_V_UNEXPECTED,
+				   "unexpected: a log of node %s is among the files, but that node "
+				   "is not one of those expected",
+				   node_label(w[i].node));
+	}
+	qsort(out->v, out->n, sizeof(out->v[0]), entry_cmp);
+	for (i = 0; i < out->n; i++) {
+		out->failed += out->v[i].res.verdict != AUDIT_V_OK;
+		out->records += out->v[i].res.records;
+		out->checkpoints += out->v[i].res.checkpoints;
+	}
+	rc = KMS_OK;
+	goto out;
+oom:
+	rc = kms_errf(KMS_ERR_NOMEM, "audit verify: out of memory");
+out:
+	for (i = 0; w != NULL && idx != NULL && i < cap; i++) {
+		free(w[i].files);
+		free(w[i].pub);
+		free(idx[i]);
+	}
+	free(w);
+	free(idx);
+	audit_chains_free(&ch);
+	if (rc != KMS_OK)
+		audit_nodes_result_free(out);
+	return rc;
+}
+
+void audit_node_summary(const struct audit_node_result *r, char *buf, size_t cap)
+{
+	char line[1024];
+
+	audit_verify_summary(&r->res, line, sizeof(line));
+	snprintf(buf, cap, "node %s: %s", node_label(r->node), line);
+}
+
+void audit_nodes_summary(const struct audit_nodes_result *r, char *buf, size_t cap)
+{
+	if (r->failed == 0)
+		snprintf(buf, cap, "ok: %zu node%s, %llu records, %llu checkpoints", r->n,
+			 r->n == 1 ? "" : "s", (unsigned long long)r->records,
+			 (unsigned long long)r->checkpoints);
+	else
+		snprintf(buf, cap, "FAIL: %zu of %zu node%s (%llu records, %llu checkpoints verified)",
+			 r->failed, r->n, r->n == 1 ? "" : "s", (unsigned long long)r->records,
+			 (unsigned long long)r->checkpoints);
 }
