@@ -370,6 +370,7 @@ kms_err audit_verify_node(const char *const *files, size_t n_files, const char *
 	const char *bad;
 	json_t *jop, *jn;
 	const char *have;
+	char *node_owned = NULL; /* the node after a recorded change of node_id */
 	bool is_ckpt;
 	size_t hl;
 	kms_err rc;
@@ -450,19 +451,32 @@ kms_err audit_verify_node(const char *const *files, size_t n_files, const char *
 				     x.prev, (unsigned long long)(expect - 1), prev);
 			break;
 		}
-		jn = json_object_get(x.v, "node");
-		have = json_is_string(jn) ? json_string_value(jn) : "";
-		if (node != NULL && strcmp(have, node) != 0) {
-			fail(&s, AUDIT_V_NODE, x.seq, &r,
-			     "node changed: the record names node \"%.64s\" in node \"%.64s\"'s log "
-			     "(a node's log must name it in every record: was node_id changed "
-			     "without a new audit_path, or records spliced in?)",
-			     json_is_string(jn) ? have : "(none)", node[0] ? node : "(none)");
-			break;
-		}
 		jop = json_object_get(x.v, "operation");
 		is_ckpt = json_is_string(jop) &&
 			  strcmp(json_string_value(jop), AUDIT_OP_CHECKPOINT) == 0;
+		jn = json_object_get(x.v, "node");
+		have = json_is_string(jn) ? json_string_value(jn) : "";
+		if (node != NULL && strcmp(have, node) != 0) {
+			const char *from = json_string_value(json_object_get(x.v, "from_node"));
+
+			if (!json_is_string(jop) || strcmp(json_string_value(jop), AUDIT_OP_NODE) != 0 ||
+			    from == NULL || strcmp(from, node) != 0) {
+				fail(&s, AUDIT_V_NODE, x.seq, &r,
+				     "node changed: the record names node \"%.64s\" in node \"%.64s\"'s "
+				     "log without an %s record saying so (a node's log names it in "
+				     "every record: records spliced in from another log?)",
+				     json_is_string(jn) ? have : "(none)", node[0] ? node : "(none)",
+				     AUDIT_OP_NODE);
+				break;
+			}
+			/* kmsd recorded the change of node_id: the log goes on as the new node's */
+			free(node_owned);
+			node = node_owned = strdup(have);
+			if (node == NULL) {
+				rc = kms_errf(KMS_ERR_NOMEM, "audit verify: out of memory");
+				goto out;
+			}
+		}
 		if (!is_ckpt)
 			s.plain++;
 		if (is_ckpt && !check_checkpoint(&s, &r, &x))
@@ -483,11 +497,14 @@ kms_err audit_verify_node(const char *const *files, size_t n_files, const char *
 		goto out;
 	}
 	res->unsigned_tail = s.plain - s.signed_plain;
+	if (node != NULL)
+		snprintf(res->last_node, sizeof(res->last_node), "%s", node);
 	rc = KMS_OK;
 out:
 	json_decref(x.v);
 	reader_free(&r);
 	free(s.ring);
+	free(node_owned);
 	EVP_PKEY_free(s.pub);
 	return rc;
 }
@@ -538,27 +555,70 @@ static bool in_list(const char *const *v, size_t n, const char *s)
 	return false;
 }
 
-/* The hash of the first record in path ("" when it has none). 0 or -1 (I/O). */
-static int first_hash(const char *path, char out[AUDIT_HASH_HEX + 1])
+/* The stored hash and prev of the first record in path ("" when it has none). 0 or -1
+ * (I/O). */
+static int first_rec(const char *path, char hash[AUDIT_HASH_HEX + 1], char prev[AUDIT_HASH_HEX + 1])
 {
 	const char *files[1] = {path};
 	struct reader r;
 	struct rec x;
 	int rc;
 
-	out[0] = '\0';
+	hash[0] = prev[0] = '\0';
 	reader_init(&r, files, 1);
 	while ((rc = reader_next(&r)) == 1) {
 		const char *bad = rec_parse(r.line, r.len, &x);
 
 		json_decref(x.v);
 		if (bad == NULL) {
-			memcpy(out, x.hash, AUDIT_HASH_HEX + 1);
+			memcpy(hash, x.hash, AUDIT_HASH_HEX + 1);
+			memcpy(prev, x.prev, AUDIT_HASH_HEX + 1);
 			break;
 		}
 	}
 	reader_free(&r);
 	return rc < 0 ? -1 : 0;
+}
+
+/* The stored hash of the last complete line of path ("" when it has none): read from
+ * the end, a larger piece until the line fits. 0 or -1 (I/O). */
+static int last_hash(const char *path, char out[AUDIT_HASH_HEX + 1])
+{
+	FILE *f = fopen(path, "re");
+	size_t cap, n;
+	char *buf = NULL, *end, *start;
+	off_t size, from;
+	int rc = -1;
+
+	out[0] = '\0';
+	if (f == NULL || fseeko(f, 0, SEEK_END) != 0 || (size = ftello(f)) < 0)
+		goto out;
+	for (cap = 65536;; cap *= 4) {
+		from = size > (off_t)cap ? size - (off_t)cap : 0;
+		free(buf);
+		buf = malloc(cap);
+		if (buf == NULL || fseeko(f, from, SEEK_SET) != 0)
+			goto out;
+		n = fread(buf, 1, cap, f);
+		if (ferror(f))
+			goto out;
+		end = memrchr(buf, '\n', n);
+		start = end ? memrchr(buf, '\n', (size_t)(end - buf)) : NULL;
+		if (end == NULL && from == 0)
+			break; /* no complete line */
+		if (start == NULL && from > 0)
+			continue; /* the line begins before this piece */
+		start = start ? start + 1 : buf;
+		if (audit_line_hash_hex(start, (size_t)(end - start), out) != 0)
+			out[0] = '\0';
+		break;
+	}
+	rc = 0;
+out:
+	free(buf);
+	if (f != NULL)
+		fclose(f);
+	return rc;
 }
 
 /* The newest SEGMENT.pub.pem among the files (malloc'd), or NULL. */
@@ -576,15 +636,37 @@ static char *pub_beside(const char *const *files, size_t n)
 	return NULL;
 }
 
-/* One log to verify: files in order, the node its records must name. */
+/* One log to verify: its files in order, the node its first record names, and the
+ * node it names at its end (after node_id changes kmsd recorded). */
 struct work {
-	const char *node;
+	const char *node, *last_node;
 	bool check_node; /* false for files with no record */
+	bool merged;	 /* appended to the log it continues */
 	const char **files;
+	size_t *seg; /* indexes into segs */
 	size_t n;
-	char *pub; /* beside its files, malloc'd, or NULL */
+	char *pub;    /* beside its files, malloc'd, or NULL */
 	size_t entry; /* its entry in the result + 1, 0 before it has one */
 };
+
+static kms_err work_add(struct work *t, const struct audit_segs *segs, const size_t *seg, size_t n)
+{
+	size_t *v = realloc(t->seg, (t->n + n) * sizeof(*v));
+	const char **f;
+
+	if (v == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "audit verify: out of memory");
+	t->seg = v;
+	f = realloc(t->files, (t->n + n) * sizeof(*f));
+	if (f == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "audit verify: out of memory");
+	t->files = f;
+	for (size_t j = 0; j < n; j++) {
+		t->seg[t->n] = seg[j];
+		t->files[t->n++] = segs->v[seg[j]].path;
+	}
+	return KMS_OK;
+}
 
 static struct audit_node_result *entry_new(struct audit_nodes_result *out, const char *node)
 {
@@ -620,17 +702,17 @@ static int entry_cmp(const void *a, const void *b)
 
 /* Two logs of one node that start at the same seq with different records. Returns 1
  * (after entry_fail), 0, or -1 (I/O). */
-static int same_node(const struct work *w, const struct audit_segs *segs, const size_t *idx,
+static int same_node(const struct work *w, const struct audit_segs *segs,
 		     struct audit_node_result *e)
 {
-	char h1[AUDIT_HASH_HEX + 1], h2[AUDIT_HASH_HEX + 1];
+	char h1[AUDIT_HASH_HEX + 1], h2[AUDIT_HASH_HEX + 1], p[AUDIT_HASH_HEX + 1];
 
 	for (size_t i = 1; w->check_node && i < w->n; i++) {
-		const struct audit_seg *a = &segs->v[idx[i - 1]], *b = &segs->v[idx[i]];
+		const struct audit_seg *a = &segs->v[w->seg[i - 1]], *b = &segs->v[w->seg[i]];
 
 		if (a->first_seq == 0 || a->first_seq != b->first_seq)
 			continue;
-		if (first_hash(a->path, h1) != 0 || first_hash(b->path, h2) != 0)
+		if (first_rec(a->path, h1, p) != 0 || first_rec(b->path, h2, p) != 0)
 			return -1;
 		if (strcmp(h1, h2) == 0)
 			continue; /* a copy: the chain check says so */
@@ -645,10 +727,69 @@ static int same_node(const struct work *w, const struct audit_segs *segs, const 
 	return 0;
 }
 
+/* Appends each log whose first record continues another log's last record (kmsd wrote
+ * it after node_id was changed: its later segments name the new node) to that log. */
+static kms_err link_renamed(struct work *w, size_t n_w, const struct audit_segs *segs)
+{
+	char (*last)[AUDIT_HASH_HEX + 1] = NULL, h[AUDIT_HASH_HEX + 1], prev[AUDIT_HASH_HEX + 1];
+	size_t *next = NULL, i, j, k;
+	kms_err rc = KMS_OK;
+	bool any = false;
+
+	for (i = 0; i < n_w && !any; i++)
+		any = w[i].check_node && segs->v[w[i].seg[0]].first_seq > 1;
+	if (!any)
+		return KMS_OK;
+	last = calloc(n_w, sizeof(*last));
+	next = calloc(n_w, sizeof(*next)); /* the log that continues i, + 1 */
+	if (last == NULL || next == NULL) {
+		rc = kms_errf(KMS_ERR_NOMEM, "audit verify: out of memory");
+		goto out;
+	}
+	for (i = 0; i < n_w; i++)
+		if (w[i].check_node && last_hash(w[i].files[w[i].n - 1], last[i]) != 0) {
+			rc = kms_errf(KMS_ERR_IO, "cannot read %s", w[i].files[w[i].n - 1]);
+			goto out;
+		}
+	for (j = 0; j < n_w; j++) {
+		if (!w[j].check_node || segs->v[w[j].seg[0]].first_seq <= 1)
+			continue;
+		if (first_rec(w[j].files[0], h, prev) != 0) {
+			rc = kms_errf(KMS_ERR_IO, "cannot read %s", w[j].files[0]);
+			goto out;
+		}
+		for (i = 0; i < n_w && prev[0] != '\0'; i++)
+			if (i != j && w[i].check_node && next[i] == 0 && strcmp(last[i], prev) == 0) {
+				next[i] = j + 1;
+				w[j].merged = true;
+				break;
+			}
+	}
+	/* each head takes its followers, in order (a hash chain has no cycle; the count
+	 * bounds it anyway) */
+	for (i = 0; i < n_w; i++) {
+		if (w[i].merged)
+			continue;
+		for (j = next[i], k = 0; j != 0 && k < n_w; j = next[j - 1], k++) {
+			rc = work_add(&w[i], segs, w[j - 1].seg, w[j - 1].n);
+			if (rc != KMS_OK)
+				goto out;
+			w[i].last_node = w[j - 1].node;
+		}
+	}
+out:
+	free(last);
+	free(next);
+	return rc;
+}
+
 void audit_nodes_result_free(struct audit_nodes_result *r)
 {
 	if (r == NULL)
 		return;
+	for (size_t i = 0; i < r->n_names; i++)
+		free(r->names[i]);
+	free(r->names);
 	free(r->v);
 	memset(r, 0, sizeof(*r));
 }
@@ -656,15 +797,13 @@ void audit_nodes_result_free(struct audit_nodes_result *r)
 kms_err audit_verify_nodes(const struct audit_segs *segs, const struct audit_nodes_opts *o,
 			   struct audit_nodes_result *out)
 {
-	static const char zeros[AUDIT_HASH_HEX + 1] =
-		"0000000000000000000000000000000000000000000000000000000000000000";
 	struct audit_chains ch = {0};
 	struct work *w = NULL;
-	size_t n_w = 0, n_nodes = 0, i, j, k, cap;
-	size_t **idx = NULL; /* per work: its segments */
+	size_t n_w = 0, n_nodes = 0, i, j, cap;
 	const char *pub, *any_pub = NULL;
 	struct audit_node_result *e;
 	kms_err rc;
+	int k;
 
 	memset(out, 0, sizeof(*out));
 	rc = audit_segs_chains(segs, &ch);
@@ -674,55 +813,35 @@ kms_err audit_verify_nodes(const struct audit_segs *segs, const struct audit_nod
 		n_nodes += ch.v[i].node != NULL;
 	cap = ch.n + o->n_expect + o->n_only + 1;
 	w = calloc(cap, sizeof(*w));
-	idx = calloc(cap, sizeof(*idx));
 	out->v = calloc(cap, sizeof(*out->v));
-	if (w == NULL || idx == NULL || out->v == NULL)
+	out->names = calloc(cap, sizeof(*out->names));
+	if (w == NULL || out->v == NULL || out->names == NULL)
 		goto oom;
 	/* The logs: one per node; the files with no record join a lone node's log (as one
-	 * log is read today), else an empty one is dropped and any other stands alone. */
+	 * log is read today), else an empty one is dropped and any other stands alone;
+	 * with no node at all, they are one log, as audit_verify reads them. */
 	for (i = 0; i < ch.n; i++) {
 		const struct audit_chain *c = &ch.v[i];
 		struct work *t;
 
-		if (c->node == NULL && n_nodes == 1) {
+		if (c->node == NULL && n_nodes <= 1 && n_w > 0) {
 			t = &w[0]; /* the lone node sorts first */
 		} else if (c->node == NULL && n_nodes > 1 && segs->v[c->seg[0]].size == 0) {
 			continue;
 		} else {
 			t = &w[n_w++];
-			t->node = c->node;
+			t->node = t->last_node = c->node;
 			t->check_node = c->node != NULL;
 		}
-		size_t *v = realloc(idx[t - w], (t->n + c->n) * sizeof(size_t));
-		const char **f = realloc(t->files, (t->n + c->n) * sizeof(*f));
-
-		if (v != NULL)
-			idx[t - w] = v;
-		if (f != NULL)
-			t->files = f;
-		if (v == NULL || f == NULL)
-			goto oom;
-		for (j = 0; j < c->n; j++) {
-			idx[t - w][t->n] = c->seg[j];
-			t->files[t->n++] = segs->v[c->seg[j]].path;
-		}
+		if ((rc = work_add(t, segs, c->seg, c->n)) != KMS_OK)
+			goto out;
 	}
-	if (n_nodes == 0 && n_w > 1) {
-		/* only files with no record: read them as one log, as audit_verify does */
-		for (i = 1; i < n_w; i++) {
-			for (j = 0; j < w[i].n; j++) {
-				const char **f = realloc(w[0].files, (w[0].n + 1) * sizeof(*f));
-
-				if (f == NULL)
-					goto oom;
-				w[0].files = f;
-				w[0].files[w[0].n++] = w[i].files[j];
-			}
-		}
-		n_w = 1;
-	}
+	if ((rc = link_renamed(w, n_w, segs)) != KMS_OK)
+		goto out;
 	/* The public key: given, or beside each log's files, or beside another log's. */
 	for (i = 0; o->pubkey == NULL && i < n_w; i++) {
+		if (w[i].merged)
+			continue;
 		w[i].pub = pub_beside(w[i].files, w[i].n);
 		if (any_pub == NULL)
 			any_pub = w[i].pub;
@@ -733,12 +852,13 @@ kms_err audit_verify_nodes(const struct audit_segs *segs, const struct audit_nod
 		goto out;
 	}
 	for (i = 0; i < n_w; i++) {
-		if (o->n_only > 0 && !in_list(o->only, o->n_only, w[i].node))
+		if (w[i].merged || (o->n_only > 0 && !in_list(o->only, o->n_only, w[i].last_node) &&
+				    !in_list(o->only, o->n_only, w[i].node)))
 			continue;
-		e = entry_new(out, w[i].node);
+		e = entry_new(out, w[i].last_node);
 		e->n_files = w[i].n;
 		w[i].entry = out->n;
-		k = same_node(&w[i], segs, idx[i], e);
+		k = same_node(&w[i], segs, e);
 		if (k == 1)
 			continue;
 		if (k != 0) {
@@ -751,33 +871,24 @@ kms_err audit_verify_nodes(const struct audit_segs *segs, const struct audit_nod
 				       w[i].check_node ? w[i].node : NULL, &e->res);
 		if (rc != KMS_OK)
 			goto out;
-	}
-	/* A log that goes on from another's last record: the node id changed mid-way. */
-	for (i = 0; i < out->n; i++) {
-		struct audit_verify_result *r = &out->v[i].res;
-		bool starts_late = (r->verdict == AUDIT_V_OK && r->first_seq > 1) ||
-				   (r->verdict == AUDIT_V_DELETED && r->seq == 1);
+		if (e->res.last_node[0] != '\0' && strcmp(e->res.last_node, e->node) != 0) {
+			/* node_id changed within the files: the log is the new node's */
+			char *nm = strdup(e->res.last_node);
 
-		if (!starts_late || r->first_prev[0] == '\0' || strcmp(r->first_prev, zeros) == 0)
-			continue;
-		for (j = 0; j < out->n; j++)
-			if (j != i && strcmp(out->v[j].res.last_hash, r->first_prev) == 0)
-				break;
-		if (j < out->n)
-			entry_fail(&out->v[i], AUDIT_V_NODE,
-				   "node changed: node %s's log goes on from node %s's (its first "
-				   "record's prev is the hash of the last record of %s's log): the "
-				   "node id changed mid-way through one chain",
-				   node_label(out->v[i].node), node_label(out->v[j].node),
-				   node_label(out->v[j].node));
+			if (nm == NULL)
+				goto oom;
+			out->names[out->n_names++] = nm;
+			e->node = nm;
+		}
 	}
 	/* The nodes asked for or expected that have no log; the logs not expected. */
 	for (i = 0; i < o->n_only + o->n_expect; i++) {
 		const char *want = i < o->n_only ? o->only[i] : o->expect[i - o->n_only];
 		bool found = false;
 
-		for (j = 0; j < ch.n && !found; j++)
-			found = ch.v[j].node != NULL && strcmp(ch.v[j].node, want) == 0;
+		for (j = 0; j < n_w && !found; j++)
+			found = !w[j].merged && w[j].entry == 0 && w[j].last_node != NULL &&
+				strcmp(w[j].last_node, want) == 0;
 		for (j = 0; j < out->n && !found; j++)
 			found = out->v[j].node != NULL && strcmp(out->v[j].node, want) == 0;
 		if (!found)
@@ -785,14 +896,16 @@ kms_err audit_verify_nodes(const struct audit_segs *segs, const struct audit_nod
 				   "missing: no log of node %s among the files given", want);
 	}
 	for (i = 0; o->n_expect > 0 && i < n_w; i++) {
-		if (in_list(o->expect, o->n_expect, w[i].node))
+		const char *nm = w[i].entry ? out->v[w[i].entry - 1].node : w[i].last_node;
+
+		if (w[i].merged || in_list(o->expect, o->n_expect, nm))
 			continue;
-		e = w[i].entry ? &out->v[w[i].entry - 1] : entry_new(out, w[i].node);
+		e = w[i].entry ? &out->v[w[i].entry - 1] : entry_new(out, nm);
 		if (e->res.verdict == AUDIT_V_OK)
 			entry_fail(e, AUDIT_V_UNEXPECTED,
 				   "unexpected: a log of node %s is among the files, but that node "
 				   "is not one of those expected",
-				   node_label(w[i].node));
+				   node_label(nm));
 	}
 	qsort(out->v, out->n, sizeof(out->v[0]), entry_cmp);
 	for (i = 0; i < out->n; i++) {
@@ -805,13 +918,12 @@ kms_err audit_verify_nodes(const struct audit_segs *segs, const struct audit_nod
 oom:
 	rc = kms_errf(KMS_ERR_NOMEM, "audit verify: out of memory");
 out:
-	for (i = 0; w != NULL && idx != NULL && i < cap; i++) {
+	for (i = 0; w != NULL && i < cap; i++) {
 		free(w[i].files);
+		free(w[i].seg);
 		free(w[i].pub);
-		free(idx[i]);
 	}
 	free(w);
-	free(idx);
 	audit_chains_free(&ch);
 	if (rc != KMS_OK)
 		audit_nodes_result_free(out);

@@ -66,6 +66,9 @@ struct audit_verify_result {
 	/* The first record's prev and the last good record's hash ("" when none): to tell
 	 * a log that goes on from another node's chain. */
 	char first_prev[65], last_hash[65];
+	/* audit_verify_node: the node the log names at its end (after the changes of
+	 * node_id kmsd recorded, "audit.node"); "" otherwise. */
+	char last_node[65];
 };
 
 /* Verifies files[0..n_files) as one log against the PEM public key in pubkey_path.
@@ -113,7 +116,9 @@ struct audit_nodes_opts {
 
 struct audit_node_result {
 	const char *node; /* the node id; "" when the records name none; NULL for a file
-			   * with no well-formed record (among several nodes' logs) */
+			   * with no well-formed record (among several nodes' logs). A log
+			   * whose node_id was changed (kmsd records it: audit.h) is one log,
+			   * under the node it names at its end. */
 	size_t n_files;
 	struct audit_verify_result res;
 };
@@ -123,6 +128,8 @@ struct audit_nodes_result {
 	size_t n;
 	size_t failed;			/* entries whose verdict is not AUDIT_V_OK */
 	uint64_t records, checkpoints;	/* over all the logs */
+	char **names;			/* owned by the result (node ids after a change) */
+	size_t n_names;
 };
 
 /* Groups segs (search.h audit_segs_collect) into one log per node and verifies each,

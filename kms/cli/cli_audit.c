@@ -45,7 +45,9 @@ static void verify_usage(FILE *f)
 		"Several nodes: give the logs (files or directories) of several kmsd nodes at\n"
 		"once. The files are grouped into one log per node (by the node their first\n"
 		"record names), and each node's log is verified on its own as above; every\n"
-		"record must name its log's node, and two logs claiming one node id fail.\n"
+		"record must name its log's node (a change of node_id that kmsd recorded\n"
+		"with an audit.node record carries the log over to the new id), and two\n"
+		"logs claiming one node id fail.\n"
 		"\n"
 		"  --pubkey FILE  the PEM public key kmsd exported (default: the first\n"
 		"                 SEGMENT.pub.pem that exists, for each node's files; kmsd\n"
@@ -865,7 +867,10 @@ out:
 	"FILES: audit log files and directories, in any order; a directory stands for\n"   \
 	"every audit*.log in it (the current audit.log and rotated audit-<seq>.log\n"      \
 	"segments). They are read in the order of their first record's seq; a file\n"      \
-	"named twice is read once. No server or token is needed (except for --context).\n"
+	"named twice is read once. No server or token is needed (except for --context).\n" \
+	"The logs of several kmsd nodes may be given together: each node's files are\n"    \
+	"read in order and the nodes' records merged into one timeline by time (ties:\n"   \
+	"node id, then seq); the search table then shows each record's NODE.\n"
 
 #define LINES_HELP                                                                        \
 	"A malformed line (not one JSON object of the audit record's shape, or longer\n"   \

@@ -335,57 +335,145 @@ static void test_two_logs_one_node_id(void **state)
 	}
 }
 
-/* A log whose records change node id mid-way fails, within a file or across files. */
-static void test_node_changes_mid_way(void **state)
+/* Rewrites the last line of path to name node to, with its hash recomputed (as someone
+ * who can write the file could, in the unsigned tail). */
+static void forge_last_node(const char *path, const char *from, const char *to)
+{
+	char buf[16][4096], *p, *h, hex[65];
+	unsigned char md[32];
+	unsigned len = 0;
+	int lines = 0;
+	FILE *f = fopen(path, "r");
+
+	assert_non_null(f);
+	while (lines < 16 && fgets(buf[lines], sizeof(buf[0]), f) != NULL)
+		lines++;
+	fclose(f);
+	p = strstr(buf[lines - 1], from);
+	assert_non_null(p);
+	assert_int_equal(strlen(from), strlen(to));
+	memcpy(p, to, strlen(to));
+	h = strstr(buf[lines - 1], ",\"hash\":\"");
+	assert_non_null(h);
+	h[0] = '}';
+	assert_int_equal(EVP_Digest(buf[lines - 1], (size_t)(h - buf[lines - 1]) + 1, md, &len,
+				    EVP_sha256(), NULL),
+			 1);
+	for (unsigned i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	snprintf(h, sizeof(buf[0]) - (size_t)(h - buf[lines - 1]), ",\"hash\":\"%s\"}\n", hex);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	for (int i = 0; i < lines; i++)
+		fputs(buf[i], f);
+	fclose(f);
+}
+
+/* Moves the last n lines of dir/a/audit.log into dir/sub/audit.log. */
+static void split_tail(const struct fx *x, const char *from, const char *sub, int keep, int n)
+{
+	char cmd[1024];
+
+	snprintf(cmd, sizeof(cmd),
+		 "cd '%s' && mkdir -p %s && tail -n %d %s/audit.log > %s/audit.log && "
+		 "head -n %d %s/audit.log > t && mv t %s/audit.log",
+		 x->dir, sub, n, from, sub, keep, from, from);
+	assert_int_equal(system(cmd), 0);
+}
+
+/* node_id changed in the configuration: kmsd records it (audit.node), and the log is
+ * one log, the new node's, whether the change is inside a file or between files. */
+static void test_node_id_change_recorded(void **state)
 {
 	struct fx *x = *state;
-	char a[160], line[1400];
-	const char *paths[1] = {a};
+	char a[160], da[128], dx[128], line[1400];
+	const char *paths[1] = {a}, *dirs[2] = {dx, da}, *expect[] = {"node-x"};
 	struct audit_segs segs;
 	struct audit_nodes_result res;
 	struct audit_verify_result old;
+	FILE *f;
 
-	write_log(x, "a", "node-a", 5, a, sizeof(a)); /* seq 1-5 records, 5 over 4 */
-	write_log(x, "a", "node-x", 2, a, sizeof(a)); /* the chain goes on: seq 7, 8 */
+	write_log(x, "a", "node-a", 5, a, sizeof(a)); /* seq 1-4, 5 checkpoint over 4, 6 */
+	write_log(x, "a", "node-x", 2, a, sizeof(a)); /* 7 audit.node, 8, 9, 10 checkpoint */
+	f = fopen(a, "r");
+	assert_non_null(f);
+	for (int i = 0; i < 7; i++)
+		assert_non_null(fgets(line, sizeof(line), f));
+	fclose(f);
+	assert_non_null(strstr(line, "\"seq\":7,"));
+	assert_non_null(strstr(line, "\"node\":\"node-x\""));
+	assert_non_null(strstr(line, "\"operation\":\"" AUDIT_OP_NODE "\""));
+	assert_non_null(strstr(line, "\"from_node\":\"node-a\""));
 	verify(x, paths, 1, NULL, &segs, &res);
 	assert_int_equal(res.n, 1);
-	assert_int_equal(res.v[0].res.verdict, AUDIT_V_NODE);
-	assert_int_equal(res.v[0].res.seq, 7);
-	audit_verify_summary(&res.v[0].res, line, sizeof(line));
-	assert_non_null(strstr(line, "FAIL: record seq 7 (line 7 of "));
-	assert_non_null(strstr(line, "node changed: the record names node \"node-x\" in node "
-				     "\"node-a\"'s log"));
+	assert_int_equal(res.failed, 0);
+	assert_string_equal(res.v[0].node, "node-x");
+	assert_int_equal(res.v[0].res.records, 10);
+	assert_int_equal(res.v[0].res.checkpoints, 2);
 	audit_nodes_result_free(&res);
 	audit_segs_free(&segs);
-	/* the one-log entry point does not look at nodes (its callers are unchanged) */
 	assert_int_equal(audit_verify(paths, 1, x->pub, &old), KMS_OK);
 	assert_int_equal(old.verdict, AUDIT_V_OK);
 
-	/* cut in two files, seq 1-6 and 7-8: the second is node-x's and goes on from
-	 * node-a's chain; with --partial too */
-	{
-		char cmd[2048], b[200], da[160], db[160];
-		const char *dirs[2] = {da, db};
+	/* the change between two files (as when a rotation follows it): still one log */
+	snprintf(da, sizeof(da), "%s/a", x->dir);
+	snprintf(dx, sizeof(dx), "%s/x", x->dir);
+	split_tail(x, "a", "x", 7, 3); /* a: seq 1-7, x: seq 8-10 */
+	for (unsigned flags = 0; flags <= AUDIT_VERIFY_PARTIAL; flags += AUDIT_VERIFY_PARTIAL) {
+		struct audit_nodes_opts o = {.flags = flags, .expect = expect, .n_expect = 1};
 
-		snprintf(da, sizeof(da), "%s/a", x->dir);
-		snprintf(db, sizeof(db), "%s/x", x->dir);
-		snprintf(b, sizeof(b), "%s/audit.log", db);
-		snprintf(cmd, sizeof(cmd), "mkdir -p '%s' && tail -n 2 '%s' > '%s' && head -n 6 '%s' > '%s.t' && mv '%s.t' '%s'",
-			 db, a, b, a, a, a, a);
-		assert_int_equal(system(cmd), 0);
-		for (unsigned flags = 0; flags <= AUDIT_VERIFY_PARTIAL; flags += AUDIT_VERIFY_PARTIAL) {
-			struct audit_nodes_opts o = {.flags = flags};
+		verify(x, dirs, 2, &o, &segs, &res);
+		assert_int_equal(res.n, 1);
+		assert_int_equal(res.failed, 0);
+		assert_string_equal(res.v[0].node, "node-x");
+		assert_int_equal(res.v[0].n_files, 2);
+		assert_int_equal(res.v[0].res.records, 10);
+		assert_int_equal(res.v[0].res.first_seq, 1);
+		audit_nodes_result_free(&res);
+		audit_segs_free(&segs);
+	}
+}
 
-			verify(x, dirs, 2, &o, &segs, &res);
-			assert_int_equal(res.n, 2);
-			assert_int_equal(res.failed, 1);
-			assert_int_equal(res.v[0].res.verdict, AUDIT_V_OK);
-			assert_string_equal(res.v[1].node, "node-x");
-			assert_int_equal(res.v[1].res.verdict, AUDIT_V_NODE);
-			assert_non_null(strstr(res.v[1].res.why, "goes on from node node-a's"));
-			audit_nodes_result_free(&res);
-			audit_segs_free(&segs);
-		}
+/* A record naming another node without kmsd's audit.node record fails, within a file
+ * or across files. */
+static void test_node_changes_mid_way(void **state)
+{
+	struct fx *x = *state;
+	char a[160], da[128], db[128], line[1400];
+	const char *paths[1] = {a}, *dirs[2] = {da, db};
+	struct audit_segs segs;
+	struct audit_nodes_result res;
+
+	write_log(x, "a", "node-a", 5, a, sizeof(a)); /* seq 1-4, 5 checkpoint, 6 unsigned */
+	forge_last_node(a, "\"node\":\"node-a\"", "\"node\":\"node-x\"");
+	verify(x, paths, 1, NULL, &segs, &res);
+	assert_int_equal(res.n, 1);
+	assert_int_equal(res.v[0].res.verdict, AUDIT_V_NODE);
+	assert_int_equal(res.v[0].res.seq, 6);
+	audit_verify_summary(&res.v[0].res, line, sizeof(line));
+	assert_non_null(strstr(line, "FAIL: record seq 6 (line 6 of "));
+	assert_non_null(strstr(line, "node changed: the record names node \"node-x\" in node "
+				     "\"node-a\"'s log without an audit.node record"));
+	audit_nodes_result_free(&res);
+	audit_segs_free(&segs);
+
+	/* cut in two files, seq 1-5 and 6: the second names node-x and goes on from
+	 * node-a's chain: read as one log, it fails at seq 6; with --partial too */
+	snprintf(da, sizeof(da), "%s/a", x->dir);
+	snprintf(db, sizeof(db), "%s/x", x->dir);
+	split_tail(x, "a", "x", 5, 1);
+	for (unsigned flags = 0; flags <= AUDIT_VERIFY_PARTIAL; flags += AUDIT_VERIFY_PARTIAL) {
+		struct audit_nodes_opts o = {.flags = flags};
+
+		verify(x, dirs, 2, &o, &segs, &res);
+		assert_int_equal(res.n, 1);
+		assert_int_equal(res.failed, 1);
+		assert_string_equal(res.v[0].node, "node-a");
+		assert_int_equal(res.v[0].res.verdict, AUDIT_V_NODE);
+		assert_int_equal(res.v[0].res.seq, 6);
+		assert_non_null(strstr(res.v[0].res.file, "/x/audit.log"));
+		audit_nodes_result_free(&res);
+		audit_segs_free(&segs);
 	}
 }
 
@@ -550,6 +638,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_edited_record_in_one_node, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_expected_nodes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_two_logs_one_node_id, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_node_id_change_recorded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_node_changes_mid_way, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_files_without_records, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_search_merges_by_time, setup, teardown),
