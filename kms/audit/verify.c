@@ -425,8 +425,6 @@ kms_err audit_verify_node(const char *const *files, size_t n_files, const char *
 				     got, x.hash);
 			break;
 		}
-		if (res->records == 0 && res->first_prev[0] == '\0')
-			memcpy(res->first_prev, x.prev, sizeof(res->first_prev));
 		if (res->records == 0 && (flags & AUDIT_VERIFY_PARTIAL) && x.seq > 1) {
 			/* the first record kept: trusted as the start, its prev as given */
 			expect = s.first_seq = x.seq;
@@ -486,7 +484,6 @@ kms_err audit_verify_node(const char *const *files, size_t n_files, const char *
 		(void)kms_hex_decode(got, AUDIT_HASH_HEX, sl->hash, sizeof(sl->hash), &hl);
 		sl->plain = s.plain;
 		memcpy(prev, got, sizeof(prev));
-		memcpy(res->last_hash, got, sizeof(res->last_hash));
 		expect = x.seq + 1;
 		res->records++;
 		json_decref(x.v);

@@ -63,9 +63,6 @@ struct audit_verify_result {
 	uint64_t line;	  /* 1-based line in file */
 	const char *file; /* one of the caller's file names; NULL when no file is at fault */
 	char why[512];	  /* starts with the verdict's word: "edited: ...", "deleted: ..." */
-	/* The first record's prev and the last good record's hash ("" when none): to tell
-	 * a log that goes on from another node's chain. */
-	char first_prev[65], last_hash[65];
 	/* audit_verify_node: the node the log names at its end (after the changes of
 	 * node_id kmsd recorded, "audit.node"); "" otherwise. */
 	char last_node[65];
