@@ -577,9 +577,10 @@ static int first_rec(const char *path, char hash[AUDIT_HASH_HEX + 1], char prev[
 	return rc < 0 ? -1 : 0;
 }
 
-/* The stored hash of the last complete line of path ("" when it has none): read from
- * the end, a larger piece until the line fits. 0 or -1 (I/O). */
-static int last_hash(const char *path, char out[AUDIT_HASH_HEX + 1])
+/* The stored hash of the last complete line of path ("" when it has none) and, when
+ * node is not NULL, the node it names (NUL-terminated, "" when none or too long): read
+ * from the end, a larger piece until the line fits. 0 or -1 (I/O). */
+static int last_line(const char *path, char out[AUDIT_HASH_HEX + 1], char node[65])
 {
 	FILE *f = fopen(path, "re");
 	size_t cap, n;
@@ -588,6 +589,8 @@ static int last_hash(const char *path, char out[AUDIT_HASH_HEX + 1])
 	int rc = -1;
 
 	out[0] = '\0';
+	if (node != NULL)
+		node[0] = '\0';
 	if (f == NULL || fseeko(f, 0, SEEK_END) != 0 || (size = ftello(f)) < 0)
 		goto out;
 	for (cap = 65536;; cap *= 4) {
@@ -608,6 +611,15 @@ static int last_hash(const char *path, char out[AUDIT_HASH_HEX + 1])
 		start = start ? start + 1 : buf;
 		if (audit_line_hash_hex(start, (size_t)(end - start), out) != 0)
 			out[0] = '\0';
+		if (node != NULL) {
+			json_t *v = json_loadb(start, (size_t)(end - start), JSON_REJECT_DUPLICATES, NULL);
+			const char *nm = json_string_value(json_object_get(v, "node"));
+
+			node[0] = '\0';
+			if (nm != NULL && strlen(nm) < 65)
+				memcpy(node, nm, strlen(nm) + 1);
+			json_decref(v);
+		}
 		break;
 	}
 	rc = 0;
@@ -744,7 +756,7 @@ static kms_err link_renamed(struct work *w, size_t n_w, const struct audit_segs 
 		goto out;
 	}
 	for (i = 0; i < n_w; i++)
-		if (w[i].check_node && last_hash(w[i].files[w[i].n - 1], last[i]) != 0) {
+		if (w[i].check_node && last_line(w[i].files[w[i].n - 1], last[i], NULL) != 0) {
 			rc = kms_errf(KMS_ERR_IO, "cannot read %s", w[i].files[w[i].n - 1]);
 			goto out;
 		}
@@ -811,7 +823,7 @@ kms_err audit_verify_nodes(const struct audit_segs *segs, const struct audit_nod
 	cap = ch.n + o->n_expect + o->n_only + 1;
 	w = calloc(cap, sizeof(*w));
 	out->v = calloc(cap, sizeof(*out->v));
-	out->names = calloc(cap, sizeof(*out->names));
+	out->names = calloc(2 * cap, sizeof(*out->names)); /* one per log, twice at most */
 	if (w == NULL || out->v == NULL || out->names == NULL)
 		goto oom;
 	/* The logs: one per node; the files with no record join a lone node's log (as one
@@ -835,6 +847,23 @@ kms_err audit_verify_nodes(const struct audit_segs *segs, const struct audit_nod
 	}
 	if ((rc = link_renamed(w, n_w, segs)) != KMS_OK)
 		goto out;
+	/* --node: a log may name another node at its end than at its start (a change of
+	 * node_id recorded inside a file): select by that one too */
+	for (i = 0; o->n_only > 0 && i < n_w; i++) {
+		char h[AUDIT_HASH_HEX + 1], nm[65];
+
+		if (w[i].merged || !w[i].check_node)
+			continue;
+		if (last_line(w[i].files[w[i].n - 1], h, nm) != 0) {
+			rc = kms_errf(KMS_ERR_IO, "cannot read %s", w[i].files[w[i].n - 1]);
+			goto out;
+		}
+		if (nm[0] != '\0' && strcmp(nm, w[i].last_node) != 0) {
+			if ((out->names[out->n_names] = strdup(nm)) == NULL)
+				goto oom;
+			w[i].last_node = out->names[out->n_names++];
+		}
+	}
 	/* The public key: given, or beside each log's files, or beside another log's. */
 	for (i = 0; o->pubkey == NULL && i < n_w; i++) {
 		if (w[i].merged)

@@ -102,7 +102,8 @@ struct audit_segs;
 struct audit_nodes_opts {
 	const char *pubkey; /* NULL: each log's newest SEGMENT.pub.pem, else another log's */
 	unsigned flags;	    /* AUDIT_VERIFY_PARTIAL, for every log */
-	/* n_only > 0: verify these nodes' logs only (a node with no log is missing). */
+	/* n_only > 0: verify these nodes' logs only (a node with no log is missing); a log
+	 * whose node_id changed is known by its first and its last node id. */
 	const char *const *only;
 	size_t n_only;
 	/* n_expect > 0: exactly these nodes must have a log among the files (each one

@@ -414,6 +414,17 @@ static void test_node_id_change_recorded(void **state)
 	audit_segs_free(&segs);
 	assert_int_equal(audit_verify(paths, 1, x->pub, &old), KMS_OK);
 	assert_int_equal(old.verdict, AUDIT_V_OK);
+	/* --node and --expect-nodes know it by its new id */
+	{
+		struct audit_nodes_opts o = {.only = expect, .n_only = 1, .expect = expect, .n_expect = 1};
+
+		verify(x, paths, 1, &o, &segs, &res);
+		assert_int_equal(res.n, 1);
+		assert_int_equal(res.failed, 0);
+		assert_string_equal(res.v[0].node, "node-x");
+		audit_nodes_result_free(&res);
+		audit_segs_free(&segs);
+	}
 
 	/* the change between two files (as when a rotation follows it): still one log */
 	snprintf(da, sizeof(da), "%s/a", x->dir);
