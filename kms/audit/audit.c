@@ -50,6 +50,7 @@ struct audit {
 	struct audit_syslog *slog; /* used by the leader only */
 	char why[256]; /* what failed, once failed */
 	char node[65];
+	char last_node[65]; /* the node the last record found at open names, "" if none */
 	EVP_MD *sha256;
 	EVP_MD_CTX *md; /* under mu */
 	uint64_t seq;	      /* last seq assigned */
@@ -803,6 +804,10 @@ static kms_err audit_recover(struct audit *a, int fd, const char *path, bool may
 		goto out;
 	}
 	a->seq = a->durable_seq = (uint64_t)json_integer_value(jseq);
+	snprintf(a->last_node, sizeof(a->last_node), "%s",
+		 json_is_string(json_object_get(v, "node"))
+			 ? json_string_value(json_object_get(v, "node"))
+			 : "");
 	/* Whether records before it are signed is not known without a scan; if the last one
 	 * is not a checkpoint, count "some" as unsigned so the timer signs them. */
 	a->plain_total = json_is_string(jop) && strcmp(json_string_value(jop), AUDIT_OP_CHECKPOINT) == 0
@@ -1086,6 +1091,28 @@ kms_err audit_open_opts(const char *path, const char *node_id, const struct audi
 	a->dev = st.st_dev;
 	a->ino = st.st_ino;
 	a->seg_bytes = (uint64_t)st.st_size;
+	if (a->seq > 0 && strcmp(a->last_node, a->node) != 0) {
+		/* node_id changed: say so in the chain, so that it stays one node's log */
+		char why[200];
+		json_t *extra = json_pack("{s:s}", "from_node", a->last_node);
+		struct audit_record r = {.operation = AUDIT_OP_NODE, .reason = why, .extra = extra};
+
+		snprintf(why, sizeof(why), "node_id changed from \"%s\" to \"%s\"", a->last_node,
+			 a->node);
+		pthread_mutex_lock(&a->mu);
+		rc = extra != NULL ? emit_record_locked(a, &r)
+				   : kms_errf(KMS_ERR_NOMEM, "audit: out of memory");
+		if (rc == KMS_OK) {
+			commit_locked(a, a->seq);
+			if (a->failed)
+				rc = kms_errf(KMS_ERR_AUDIT, "audit: cannot record the node change in %s: %s",
+					      path, a->why);
+		}
+		pthread_mutex_unlock(&a->mu);
+		json_decref(extra);
+		if (rc != KMS_OK)
+			goto fail;
+	}
 	if (cut_bytes > 0 || resumed[0] != '\0') {
 		char why[128];
 		struct audit_record r = {.operation = AUDIT_OP_RECOVERED, .reason = why};

@@ -43,7 +43,12 @@
  * segment (its last record must match its hash) and records that with an
  * "audit.recovered" record. With segments present but no current file and no
  * "<path>.next", the current segment was deleted: audit_open refuses (KMS_ERR_IO) and
- * says how to continue knowingly; the same without segments when expect_existing. */
+ * says how to continue knowingly; the same without segments when expect_existing.
+ *
+ * Node: every record names the node (node_id) that wrote it. When the log's last record
+ * names another node (node_id was changed in the configuration), audit_open records the
+ * change first: operation "audit.node", reason saying from and to, and "from_node": the
+ * old id; the offline verifier accepts a node change only at such a record (verify.h). */
 #ifndef KMS_AUDIT_AUDIT_H
 #define KMS_AUDIT_AUDIT_H
 
@@ -59,6 +64,7 @@
 #define AUDIT_DEFAULT_CHECKPOINT_SECONDS 60
 #define AUDIT_OP_CHECKPOINT "audit.checkpoint"
 #define AUDIT_OP_RECOVERED "audit.recovered"
+#define AUDIT_OP_NODE "audit.node" /* node_id changed: "from_node" names the old one */
 #define AUDIT_DEFAULT_SEGMENT_BYTES (256ull << 20)
 #define AUDIT_DEFAULT_SEGMENT_SECONDS 86400
 #define AUDIT_HMAC_PREFIX "hmac-sha256:"

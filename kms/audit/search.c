@@ -445,8 +445,10 @@ bool audit_filter_match(const struct audit_filter *f, const struct audit_view *r
 
 void audit_segs_free(struct audit_segs *s)
 {
-	for (size_t i = 0; s != NULL && i < s->n; i++)
+	for (size_t i = 0; s != NULL && i < s->n; i++) {
 		free(s->v[i].path);
+		free(s->v[i].node);
+	}
 	if (s != NULL) {
 		free(s->v);
 		s->v = NULL;
@@ -480,7 +482,8 @@ static kms_err seg_add(struct seg_build *b, char *path, const struct stat *st)
 		o->v = v;
 		b->cap = cap;
 	}
-	o->v[o->n] = (struct audit_seg){.path = path, .dev = st->st_dev, .ino = st->st_ino};
+	o->v[o->n] = (struct audit_seg){
+		.path = path, .dev = st->st_dev, .ino = st->st_ino, .size = st->st_size};
 	o->n++;
 	return KMS_OK;
 }
@@ -525,7 +528,7 @@ static kms_err add_dir(struct seg_build *b, const char *dir)
 	return rc;
 }
 
-/* The seq of the file's first well-formed record (0 if none). */
+/* The seq and node of the file's first well-formed record (0 and NULL if none). */
 static kms_err first_seq(struct lreader *r, struct audit_seg *s)
 {
 	struct audit_view v;
@@ -540,6 +543,11 @@ static kms_err first_seq(struct lreader *r, struct audit_seg *s)
 		if (r->too_long || audit_view_parse(r->buf, r->len, &v, why, sizeof(why)) != NULL)
 			continue;
 		s->first_seq = v.seq;
+		if (v.node != NULL && (s->node = strdup(v.node)) == NULL) {
+			audit_view_clear(&v);
+			lr_close(r);
+			return kms_errf(KMS_ERR_NOMEM, "audit search: out of memory");
+		}
 		audit_view_clear(&v);
 		break;
 	}
@@ -600,81 +608,226 @@ out:
 	return rc;
 }
 
+/* ---------------------------------------------------------------- chains */
+
+/* The chain a segment belongs to: its first record's node ("" when it names none), or
+ * NULL for a file with no well-formed record. */
+static const char *seg_node(const struct audit_seg *g)
+{
+	if (g->first_seq == 0)
+		return NULL;
+	return g->node != NULL ? g->node : "";
+}
+
+void audit_chains_free(struct audit_chains *c)
+{
+	for (size_t i = 0; c != NULL && i < c->n; i++)
+		free(c->v[i].seg);
+	if (c != NULL) {
+		free(c->v);
+		c->v = NULL;
+		c->n = 0;
+	}
+}
+
+static int chain_cmp(const void *a, const void *b)
+{
+	const struct audit_chain *x = a, *y = b;
+
+	if (x->node == NULL || y->node == NULL) {
+		if (x->node != NULL || y->node != NULL)
+			return x->node == NULL ? 1 : -1;
+		return x->seg[0] < y->seg[0] ? -1 : x->seg[0] > y->seg[0];
+	}
+	return strcmp(x->node, y->node);
+}
+
+kms_err audit_segs_chains(const struct audit_segs *s, struct audit_chains *out)
+{
+	size_t *which = NULL, i, j;
+	const char *node;
+
+	memset(out, 0, sizeof(*out));
+	out->v = calloc(s->n ? s->n : 1, sizeof(*out->v));
+	which = calloc(s->n ? s->n : 1, sizeof(*which));
+	if (out->v == NULL || which == NULL)
+		goto oom;
+	/* first pass: the chain of each segment, and the chains' sizes */
+	for (i = 0; i < s->n; i++) {
+		node = seg_node(&s->v[i]);
+		for (j = 0; node != NULL && j < out->n; j++)
+			if (out->v[j].node != NULL && strcmp(out->v[j].node, node) == 0)
+				break;
+		if (node == NULL || j == out->n)
+			out->v[j = out->n++].node = node;
+		out->v[j].n++;
+		which[i] = j;
+	}
+	for (j = 0; j < out->n; j++) {
+		out->v[j].seg = calloc(out->v[j].n, sizeof(size_t));
+		if (out->v[j].seg == NULL)
+			goto oom;
+		out->v[j].n = 0;
+	}
+	/* second pass: the segments in their order */
+	for (i = 0; i < s->n; i++) {
+		struct audit_chain *c = &out->v[which[i]];
+
+		c->seg[c->n++] = i;
+	}
+	free(which);
+	qsort(out->v, out->n, sizeof(out->v[0]), chain_cmp);
+	return KMS_OK;
+oom:
+	free(which);
+	audit_chains_free(out);
+	return kms_errf(KMS_ERR_NOMEM, "audit search: out of memory");
+}
+
 /* ---------------------------------------------------------------- the scan */
+
+/* One node's log, read segment after segment; rec is its next record (when has). */
+struct stream {
+	const struct audit_segs *s;
+	const struct audit_chain *c;
+	size_t next; /* the chain's next segment to open */
+	struct lreader r;
+	uint64_t last; /* the seq read before, 0 at first */
+	bool told;     /* a seq going back was noted in the current file */
+	bool has;
+	struct audit_view rec;
+};
+
+/* Reads x's next well-formed record into x->rec (x->has), noting the lines skipped on
+ * the way. KMS_OK, or an I/O or memory error. */
+static kms_err stream_next(struct stream *x, audit_note_fn on_note, void *ctx,
+			   struct audit_scan_stats *st)
+{
+	char why[256], what[512];
+	kms_err rc;
+	int m;
+
+	audit_view_clear(&x->rec);
+	x->has = false;
+	for (;;) {
+		if (x->r.f == NULL) {
+			if (x->next >= x->c->n) {
+				lr_free(&x->r); /* done: give its buffer back */
+				return KMS_OK;
+			}
+			if (x->r.buf == NULL && (rc = lr_init(&x->r)) != KMS_OK)
+				return rc;
+			rc = lr_open(&x->r, x->s->v[x->c->seg[x->next++]].path);
+			if (rc != KMS_OK)
+				return rc;
+			st->files++;
+			x->told = false;
+		}
+		m = lr_next(&x->r);
+		if (m < 0)
+			return KMS_ERR_IO;
+		if (m == 0) {
+			lr_close(&x->r);
+			continue;
+		}
+		st->lines++;
+		if (x->r.too_long) {
+			snprintf(what, sizeof(what), "malformed line skipped: longer than %u bytes",
+				 AUDIT_SEARCH_LINE_MAX);
+			goto note_bad;
+		}
+		if (audit_view_parse(x->r.buf, x->r.len, &x->rec, why, sizeof(why)) != NULL) {
+			snprintf(what, sizeof(what), "malformed line skipped: %s%s", why,
+				 x->r.nl ? "" : " (the last line has no newline: torn, or still being written)");
+			goto note_bad;
+		}
+		st->records++;
+		if (x->last != 0 && x->rec.seq <= x->last) {
+			st->disorder++;
+			if (!x->told && on_note != NULL) {
+				snprintf(what, sizeof(what),
+					 "seq %llu follows seq %llu: segments overlap, repeat or are "
+					 "out of order, so records may be counted twice (further ones "
+					 "in this file not shown; check with `kmsctl audit verify`)",
+					 (unsigned long long)x->rec.seq, (unsigned long long)x->last);
+				on_note(ctx, x->r.path, x->r.lineno, what);
+			}
+			x->told = true;
+		}
+		x->last = x->rec.seq;
+		x->has = true;
+		return KMS_OK;
+note_bad:
+		st->malformed++;
+		if (on_note != NULL)
+			on_note(ctx, x->r.path, x->r.lineno, what);
+	}
+}
+
+/* Whether a's record comes before b's in the merged timeline: time, node, seq. */
+static bool stream_before(const struct stream *a, const struct stream *b)
+{
+	int c;
+
+	if (a->rec.time_us != b->rec.time_us)
+		return a->rec.time_us < b->rec.time_us;
+	c = strcmp(a->rec.node ? a->rec.node : "", b->rec.node ? b->rec.node : "");
+	if (c != 0)
+		return c < 0;
+	return a->rec.seq < b->rec.seq;
+}
 
 kms_err audit_scan(const struct audit_segs *s, const struct audit_filter *f,
 		   audit_match_fn on_match, audit_note_fn on_note, void *ctx,
 		   struct audit_scan_stats *st)
 {
-	struct audit_view rec = {0};
-	struct lreader r;
-	uint64_t last = 0;
-	char why[256], what[512];
-	bool told;
+	struct audit_chains ch = {0};
+	struct stream *xs = NULL, *best;
 	kms_err rc;
-	int m = 0;
+	size_t i;
 
 	memset(st, 0, sizeof(*st));
-	rc = lr_init(&r);
+	rc = audit_segs_chains(s, &ch);
 	if (rc != KMS_OK)
 		return rc;
-	for (size_t i = 0; i < s->n; i++) {
-		rc = lr_open(&r, s->v[i].path);
-		if (rc != KMS_OK)
+	xs = calloc(ch.n ? ch.n : 1, sizeof(*xs));
+	if (xs == NULL) {
+		rc = kms_errf(KMS_ERR_NOMEM, "audit search: out of memory");
+		goto out;
+	}
+	for (i = 0; i < ch.n; i++) {
+		xs[i].s = s;
+		xs[i].c = &ch.v[i];
+		st->nodes += ch.v[i].node != NULL;
+	}
+	for (i = 0; i < ch.n; i++)
+		if ((rc = stream_next(&xs[i], on_note, ctx, st)) != KMS_OK)
 			goto out;
-		st->files++;
-		told = false;
-		while ((m = lr_next(&r)) == 1) {
-			st->lines++;
-			if (r.too_long) {
-				snprintf(what, sizeof(what),
-					 "malformed line skipped: longer than %u bytes",
-					 AUDIT_SEARCH_LINE_MAX);
-				goto note_bad;
-			}
-			if (audit_view_parse(r.buf, r.len, &rec, why, sizeof(why)) != NULL) {
-				snprintf(what, sizeof(what), "malformed line skipped: %s%s", why,
-					 r.nl ? "" : " (the last line has no newline: torn, or "
-						     "still being written)");
-				goto note_bad;
-			}
-			st->records++;
-			if (last != 0 && rec.seq <= last) {
-				st->disorder++;
-				if (!told && on_note != NULL) {
-					snprintf(what, sizeof(what),
-						 "seq %llu follows seq %llu: segments overlap, repeat "
-						 "or are out of order, so records may be counted twice "
-						 "(further ones in this file not shown; check with "
-						 "`kmsctl audit verify`)",
-						 (unsigned long long)rec.seq, (unsigned long long)last);
-					on_note(ctx, r.path, r.lineno, what);
-				}
-				told = true;
-			}
-			last = rec.seq;
-			if (audit_filter_match(f, &rec)) {
-				st->matched++;
-				rc = on_match(ctx, &rec, r.buf, r.len);
-				if (rc != KMS_OK)
-					goto out;
-			}
-			audit_view_clear(&rec);
-			continue;
-note_bad:
-			st->malformed++;
-			if (on_note != NULL)
-				on_note(ctx, r.path, r.lineno, what);
+	/* The k-way merge: one record per node is held; the earliest goes out and its
+	 * node's next is read. A few nodes: a linear pick is as quick as a heap. */
+	for (;;) {
+		best = NULL;
+		for (i = 0; i < ch.n; i++)
+			if (xs[i].has && (best == NULL || stream_before(&xs[i], best)))
+				best = &xs[i];
+		if (best == NULL)
+			break;
+		if (audit_filter_match(f, &best->rec)) {
+			st->matched++;
+			rc = on_match(ctx, &best->rec, best->r.buf, best->r.len);
+			if (rc != KMS_OK)
+				goto out;
 		}
-		lr_close(&r);
-		if (m < 0) {
-			rc = KMS_ERR_IO;
+		if ((rc = stream_next(best, on_note, ctx, st)) != KMS_OK)
 			goto out;
-		}
 	}
 	rc = KMS_OK;
 out:
-	audit_view_clear(&rec);
-	lr_free(&r);
+	for (i = 0; xs != NULL && i < ch.n; i++) {
+		audit_view_clear(&xs[i].rec);
+		lr_free(&xs[i].r);
+	}
+	free(xs);
+	audit_chains_free(&ch);
 	return rc;
 }

@@ -8,6 +8,12 @@
  * every regular audit*.log file in it), drops a file named twice (same device and inode)
  * and orders them by the seq of their first record.
  *
+ * Several nodes: each kmsd node keeps its own log (its own chain, seq numbers and
+ * checkpoints; docs/AUDIT.md "Several nodes"), and every record names its node. The
+ * segments given may belong to several nodes: a segment belongs to the node its first
+ * well-formed record names (audit_segs_chains groups them), and audit_scan reads the
+ * nodes' logs side by side, merging their records into one timeline.
+ *
  * Lines: one record per line, at most AUDIT_SEARCH_LINE_MAX bytes without the newline.
  * A line that is longer, empty, not one JSON object (duplicate members are refused), or
  * whose members have the wrong types, is malformed: it is reported through the note
@@ -43,6 +49,8 @@
 struct audit_seg {
 	char *path;
 	uint64_t first_seq; /* of the first well-formed record; 0 when the file has none */
+	char *node;	    /* that record's node; NULL when it has none or there is none */
+	off_t size;	    /* bytes, when collected */
 	dev_t dev;	    /* to drop a file named twice */
 	ino_t ino;
 };
@@ -58,6 +66,24 @@ struct audit_segs {
  * argument is given; KMS_ERR_NOMEM. On error out is empty. */
 KMS_WUR kms_err audit_segs_collect(const char *const *args, size_t n_args, struct audit_segs *out);
 void audit_segs_free(struct audit_segs *s);
+
+/* The segments of one node's log: indexes into the audit_segs, in their (seq) order. */
+struct audit_chain {
+	const char *node; /* the node id ("" when the records name none); NULL for a file
+			   * with no well-formed record, which is a chain of its own */
+	size_t *seg;
+	size_t n;
+};
+
+struct audit_chains {
+	struct audit_chain *v; /* ordered by node id; the node-less files last */
+	size_t n;
+};
+
+/* Groups s by the node of each segment's first record. KMS_OK or KMS_ERR_NOMEM. The
+ * chains point into s, which must outlive them. */
+KMS_WUR kms_err audit_segs_chains(const struct audit_segs *s, struct audit_chains *out);
+void audit_chains_free(struct audit_chains *c);
 
 /* ---- one record ------------------------------------------------------------------ */
 
@@ -130,18 +156,25 @@ bool audit_filter_match(const struct audit_filter *f, const struct audit_view *r
 struct audit_scan_stats {
 	uint64_t files, lines, records, matched;
 	uint64_t malformed; /* lines skipped */
-	uint64_t disorder;  /* records whose seq is not above the one before (overlapping or
-			     * repeated segments: counts may include records twice) */
+	uint64_t disorder;  /* records whose seq is not above the one before in the same
+			     * node's log (overlapping or repeated segments: counts may
+			     * include records twice) */
+	uint64_t nodes;	    /* nodes whose logs were read (audit_segs_chains) */
 };
 
-/* Called for each matching record in file order, with the line it came from (len
- * bytes, no newline). An error stops the scan, which returns it. */
+/* Called for each matching record, with the line it came from (len bytes, no newline).
+ * An error stops the scan, which returns it. Order: one node's records in file order;
+ * the records of several nodes merged by time, ties by node id, then seq (each node's
+ * log is read in file order, and the next record of each node is compared: a k-way
+ * merge holding one record per node, so a node whose clock went back is still read
+ * in its own order). */
 typedef kms_err (*audit_match_fn)(void *ctx, const struct audit_view *r, const char *line,
 				  size_t len);
 /* Called for each malformed line and each seq going back ("file:line: what"). */
 typedef void (*audit_note_fn)(void *ctx, const char *file, uint64_t line, const char *what);
 
-/* Reads the segments in order and calls on_match for every record that f matches.
+/* Reads the segments, each node's in order, and calls on_match for every record that f
+ * matches, in the merged order above.
  * KMS_OK when every file was read to its end (malformed lines do not make it fail: see
  * st); KMS_ERR_IO when one could not be read; the callback's failure. */
 KMS_WUR kms_err audit_scan(const struct audit_segs *s, const struct audit_filter *f,

@@ -33,7 +33,8 @@ void cli_audit_usage(FILE *f)
 static void verify_usage(FILE *f)
 {
 	fprintf(f,
-		"usage: kmsctl audit verify [--pubkey FILE] [--partial] SEGMENT|DIR...\n"
+		"usage: kmsctl audit verify [--pubkey FILE] [--partial] [--node ID[,ID...]]\n"
+		"                           [--expect-nodes ID[,ID...]] SEGMENT|DIR...\n"
 		"\n"
 		"Verifies the audit log made of the SEGMENT files (in any order: they are\n"
 		"read in the order of their first records; a DIR stands for every audit*.log\n"
@@ -41,24 +42,83 @@ static void verify_usage(FILE *f)
 		"link, and every checkpoint's ECDSA P-256 signature. The log must start at\n"
 		"seq 1 unless --partial.\n"
 		"\n"
+		"Several nodes: give the logs (files or directories) of several kmsd nodes at\n"
+		"once. The files are grouped into one log per node (by the node their first\n"
+		"record names), and each node's log is verified on its own as above; every\n"
+		"record must name its log's node (a change of node_id that kmsd recorded\n"
+		"with an audit.node record carries the log over to the new id), and two\n"
+		"logs claiming one node id fail.\n"
+		"\n"
 		"  --pubkey FILE  the PEM public key kmsd exported (default: the first\n"
-		"                 SEGMENT.pub.pem that exists; kmsd writes audit.log.pub.pem\n"
-		"                 beside audit.log)\n"
+		"                 SEGMENT.pub.pem that exists, for each node's files; kmsd\n"
+		"                 writes audit.log.pub.pem beside audit.log)\n"
 		"  --partial      the oldest segments were removed (retention): start at the\n"
 		"                 first record given, trusting its prev; checkpoints over\n"
 		"                 records before it are checked by their signature alone\n"
+		"  --node ID      verify these nodes' logs only (repeat, or comma-separated)\n"
+		"  --expect-nodes ID,...  exactly these nodes must have a log among the files:\n"
+		"                 a missing one, or a log of another node, is a FAIL\n"
 		"\n"
 		"Prints `ok: N records, M checkpoints, last signed seq S` (and the size of the\n"
 		"unsigned tail: records after the last checkpoint, which are not an error),\n"
 		"or the first bad record:\n"
 		"  FAIL: record seq S (line L of FILE): edited|deleted|inserted|reordered|\n"
-		"        chain broken|truncated|bad checkpoint|bad signature: details\n"
-		"Exit status: 0 ok, 1 FAIL, 2 usage error or unreadable input.\n"
+		"        chain broken|truncated|bad checkpoint|bad signature|node changed:\n"
+		"        details\n"
+		"With several nodes (or --expect-nodes): one such line per node, as\n"
+		"`node ID: ok: ...` or `node ID: FAIL: ...` (also `same node`, `missing`,\n"
+		"`unexpected`), then `ok: N nodes, R records, C checkpoints` or\n"
+		"`FAIL: F of N nodes (...)`.\n"
+		"Exit status: 0 ok (every node's log), 1 FAIL, 2 usage error or unreadable\n"
+		"input.\n"
 		"\n"
 		"Examples:\n"
 		"  kmsctl audit verify /var/lib/kmsd/audit*.log\n"
 		"  kmsctl audit verify --pubkey kmsd-audit.pub.pem /archive/kmsd/\n"
-		"  kmsctl audit verify --partial /archive/kmsd/2031/\n");
+		"  kmsctl audit verify --partial /archive/kmsd/2031/\n"
+		"  kmsctl audit verify --expect-nodes kms-a,kms-b,kms-c /archive/kms-a/ \\\n"
+		"      /archive/kms-b/ /archive/kms-c/\n");
+}
+
+/* A list of node ids from repeated, comma-separated option values. */
+struct idlist {
+	char **v;
+	size_t n;
+};
+
+static void idlist_free(struct idlist *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i]);
+	free(l->v);
+	l->v = NULL;
+	l->n = 0;
+}
+
+static int idlist_add(struct idlist *l, const char *opt, const char *arg)
+{
+	const char *p = arg, *comma;
+	char **v;
+
+	for (;;) {
+		size_t len;
+
+		comma = strchr(p, ',');
+		len = comma ? (size_t)(comma - p) : strlen(p);
+		if (len == 0)
+			return cli_usage_error("%s \"%s\": an empty node id", opt, arg);
+		v = realloc(l->v, (l->n + 1) * sizeof(*v));
+		if (v == NULL)
+			return cli_usage_error("out of memory");
+		l->v = v;
+		l->v[l->n] = strndup(p, len);
+		if (l->v[l->n] == NULL)
+			return cli_usage_error("out of memory");
+		l->n++;
+		if (comma == NULL)
+			return CLI_OK;
+		p = comma + 1;
+	}
 }
 
 static int audit_verify_cmd(int argc, char **argv)
@@ -66,15 +126,16 @@ static int audit_verify_cmd(int argc, char **argv)
 	static const struct option opts[] = {
 		{"pubkey", required_argument, NULL, 'k'},
 		{"partial", no_argument, NULL, 'p'},
+		{"node", required_argument, NULL, 'n'},
+		{"expect-nodes", required_argument, NULL, 'e'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	struct audit_verify_result res;
+	struct audit_nodes_opts no = {0};
+	struct audit_nodes_result res = {0};
 	struct audit_segs segs = {0};
-	const char *pubkey = NULL;
-	const char **files = NULL;
-	char *dflt = NULL, line[1024];
-	unsigned flags = 0;
+	struct idlist only = {0}, expect = {0};
+	char line[1200];
 	kms_err err;
 	size_t i;
 	int c, rc = CLI_USAGE;
@@ -82,67 +143,66 @@ static int audit_verify_cmd(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "k:ph", opts, NULL)) != -1) {
 		switch (c) {
 		case 'k':
-			pubkey = optarg;
+			no.pubkey = optarg;
 			break;
 		case 'p':
-			flags |= AUDIT_VERIFY_PARTIAL;
+			no.flags |= AUDIT_VERIFY_PARTIAL;
+			break;
+		case 'n':
+			if (idlist_add(&only, "--node", optarg) != CLI_OK)
+				goto out;
+			break;
+		case 'e':
+			if (idlist_add(&expect, "--expect-nodes", optarg) != CLI_OK)
+				goto out;
 			break;
 		case 'h':
 			verify_usage(stdout);
-			return CLI_OK;
+			rc = CLI_OK;
+			goto out;
 		default:
 			verify_usage(stderr);
-			return CLI_USAGE;
+			goto out;
 		}
 	}
 	if (optind >= argc) {
 		fprintf(stderr, "kmsctl audit verify: no SEGMENT given\n\n");
 		verify_usage(stderr);
-		return CLI_USAGE;
+		goto out;
 	}
 	err = audit_segs_collect((const char *const *)(argv + optind), (size_t)(argc - optind), &segs);
 	if (err != KMS_OK) {
 		fprintf(stderr, "kmsctl audit verify: %s\n", kms_err_detail(err));
-		return CLI_USAGE;
-	}
-	files = calloc(segs.n, sizeof(*files));
-	if (files == NULL) {
-		fprintf(stderr, "kmsctl: out of memory\n");
-		rc = CLI_FAIL;
 		goto out;
 	}
-	for (i = 0; i < segs.n; i++)
-		files[i] = segs.v[i].path;
-	for (i = segs.n; pubkey == NULL && i > 0; i--) { /* audit.log is usually last */
-		free(dflt);
-		if (asprintf(&dflt, "%s.pub.pem", files[i - 1]) < 0) {
-			dflt = NULL;
-			fprintf(stderr, "kmsctl: out of memory\n");
-			rc = CLI_FAIL;
-			goto out;
-		}
-		if (access(dflt, R_OK) == 0)
-			pubkey = dflt;
-	}
-	if (pubkey == NULL) {
-		fprintf(stderr,
-			"kmsctl audit verify: no --pubkey given and no SEGMENT.pub.pem beside the "
-			"files is readable\n");
-		goto out;
-	}
-	err = audit_verify_opts(files, segs.n, pubkey, flags, &res);
+	no.only = (const char *const *)only.v;
+	no.n_only = only.n;
+	no.expect = (const char *const *)expect.v;
+	no.n_expect = expect.n;
+	err = audit_verify_nodes(&segs, &no, &res);
 	if (err != KMS_OK) {
 		fprintf(stderr, "kmsctl audit verify: %s\n", kms_err_detail(err));
-		rc = CLI_USAGE;
-	} else {
-		audit_verify_summary(&res, line, sizeof(line));
-		printf("%s\n", line);
-		rc = res.verdict == AUDIT_V_OK ? CLI_OK : CLI_FAIL;
+		rc = err == KMS_ERR_NOMEM ? CLI_FAIL : CLI_USAGE;
+		goto out;
 	}
+	if (res.n == 1 && expect.n == 0) {
+		/* one node's log: the line it always was */
+		audit_verify_summary(&res.v[0].res, line, sizeof(line));
+		printf("%s\n", line);
+	} else {
+		for (i = 0; i < res.n; i++) {
+			audit_node_summary(&res.v[i], line, sizeof(line));
+			printf("%s\n", line);
+		}
+		audit_nodes_summary(&res, line, sizeof(line));
+		printf("%s\n", line);
+	}
+	rc = res.failed == 0 && res.n > 0 ? CLI_OK : CLI_FAIL;
 out:
-	free(files);
-	free(dflt);
+	audit_nodes_result_free(&res);
 	audit_segs_free(&segs);
+	idlist_free(&only);
+	idlist_free(&expect);
 	return rc;
 }
 
@@ -176,6 +236,7 @@ struct query {
 	char *ctx_key[MAX_CTX];		/* malloc'd */
 	const char *from, *to;		/* as given */
 	int lenient, json;
+	bool show_node;			/* several nodes' logs: a NODE column */
 };
 
 static void query_free(struct query *q)
@@ -393,8 +454,26 @@ static const struct {
 };
 #define N_SEARCH_COLS (sizeof(search_cols) / sizeof(search_cols[0]))
 
-static void search_header(void)
+#define NODE_WIDTH 12
+
+/* The number of nodes whose logs are among the segments (0 when it cannot be told). */
+static size_t count_nodes(const struct audit_segs *segs)
 {
+	struct audit_chains ch;
+	size_t n = 0;
+
+	if (audit_segs_chains(segs, &ch) != KMS_OK)
+		return 0;
+	for (size_t i = 0; i < ch.n; i++)
+		n += ch.v[i].node != NULL;
+	audit_chains_free(&ch);
+	return n;
+}
+
+static void search_header(bool show_node)
+{
+	if (show_node)
+		put_cell("NODE", NODE_WIDTH, false);
 	for (size_t i = 0; i < N_SEARCH_COLS; i++)
 		put_cell(search_cols[i].name, search_cols[i].width, i + 1 == N_SEARCH_COLS);
 	fputc('\n', stdout);
@@ -426,6 +505,8 @@ static kms_err search_print(void *ctx, const struct audit_view *r, const char *l
 	cells[9] = st;
 	cells[10] = r->request_id;
 	cells[11] = r->reason;
+	if (q->show_node)
+		put_cell(r->node, NODE_WIDTH, false);
 	for (size_t i = 0; i < N_SEARCH_COLS; i++)
 		put_cell(cells[i], search_cols[i].width, i + 1 == N_SEARCH_COLS);
 	fputc('\n', stdout);
@@ -501,10 +582,16 @@ static int audit_search(int argc, char **argv)
 	if ((rc = query_check(&q, argc)) != CLI_OK || (rc = collect(argc, argv, &segs)) != CLI_OK ||
 	    (rc = hash_contexts(&q)) != CLI_OK)
 		goto out;
+	q.show_node = count_nodes(&segs) > 1;
 	if (!q.json)
-		search_header();
+		search_header(q.show_node);
 	err = audit_scan(&segs, &q.f, search_print, note, &q, &st);
-	if (!q.json && err == KMS_OK)
+	if (!q.json && err == KMS_OK && st.nodes > 1)
+		printf("-- %llu of %llu records matched (%llu file%s, %llu nodes, merged by time)\n",
+		       (unsigned long long)st.matched, (unsigned long long)st.records,
+		       (unsigned long long)st.files, st.files == 1 ? "" : "s",
+		       (unsigned long long)st.nodes);
+	else if (!q.json && err == KMS_OK)
 		printf("-- %llu of %llu records matched (%llu file%s)\n",
 		       (unsigned long long)st.matched, (unsigned long long)st.records,
 		       (unsigned long long)st.files, st.files == 1 ? "" : "s");
@@ -679,6 +766,7 @@ static int run_report(struct query *q, enum audit_report_kind kind, int argc, ch
 	    json_object_set_new(doc, "from", opt_text(q->from)) != 0 ||
 	    json_object_set_new(doc, "to", opt_text(q->to)) != 0 ||
 	    json_object_set_new(doc, "files", files) != 0 ||
+	    json_object_set_new(doc, "nodes", json_integer((json_int_t)st.nodes)) != 0 ||
 	    json_object_set_new(doc, "records", json_integer((json_int_t)st.records)) != 0 ||
 	    json_object_set_new(doc, "matched", json_integer((json_int_t)st.matched)) != 0 ||
 	    json_object_set_new(doc, "malformed", json_integer((json_int_t)st.malformed)) != 0 ||
@@ -697,10 +785,12 @@ static int run_report(struct query *q, enum audit_report_kind kind, int argc, ch
 		else
 			printf("exposure report: tenant %s, key %s, version %u", q->f.tenant,
 			       q->f.key, q->f.version);
-		printf(", from %s to %s; %llu records in %zu file%s, %llu selected\n\n",
-		       q->from ? q->from : "the start", q->to ? q->to : "the end",
-		       (unsigned long long)st.records, segs.n, segs.n == 1 ? "" : "s",
-		       (unsigned long long)st.matched);
+		printf(", from %s to %s; %llu records in %zu file%s", q->from ? q->from : "the start",
+		       q->to ? q->to : "the end", (unsigned long long)st.records, segs.n,
+		       segs.n == 1 ? "" : "s");
+		if (st.nodes > 1)
+			printf(" of %llu nodes", (unsigned long long)st.nodes);
+		printf(", %llu selected\n\n", (unsigned long long)st.matched);
 		if (json_array_size(rows) == 0) {
 			printf("(no %s)\n", kind == AUDIT_REPORT_ACCESS
 						    ? "record of this principal"
@@ -777,7 +867,10 @@ out:
 	"FILES: audit log files and directories, in any order; a directory stands for\n"   \
 	"every audit*.log in it (the current audit.log and rotated audit-<seq>.log\n"      \
 	"segments). They are read in the order of their first record's seq; a file\n"      \
-	"named twice is read once. No server or token is needed (except for --context).\n"
+	"named twice is read once. No server or token is needed (except for --context).\n" \
+	"The logs of several kmsd nodes may be given together: each node's files are\n"    \
+	"read in order and the nodes' records merged into one timeline by time (ties:\n"   \
+	"node id, then seq); the search table then shows each record's NODE.\n"
 
 #define LINES_HELP                                                                        \
 	"A malformed line (not one JSON object of the audit record's shape, or longer\n"   \

@@ -8,7 +8,12 @@
  * Part 2 (a quarter of the inputs): the input's bytes become the reasons of 1..8 records written by the real
  * writer (audit.c) with signed checkpoints every 1..4 records (an in-process P-256
  * key); the log must verify with no unsigned tail, and after flipping any one byte of
- * it (position and bit from the input) it must not. */
+ * it (position and bit from the input) it must not.
+ *
+ * Part 3: the input cut in two (where its first byte says) is the logs of two nodes in
+ * two directories; audit_verify_nodes (the files grouped by node, each log verified,
+ * an expected node list) must run to a verdict per node, consistent counts, and a
+ * summary that fits. */
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -17,11 +22,12 @@
 #include <unistd.h>
 
 #include "kms/audit/audit.h"
+#include "kms/audit/search.h"
 #include "kms/audit/verify.h"
 #include "kms/base/json.h"
 #include "tests/fuzz/fuzz.h"
 
-static char dir[64], log_path[96], raw_path[96], pub_path[96];
+static char dir[64], log_path[96], raw_path[96], pub_path[96], node_dir[2][96], node_log[2][128];
 static EVP_PKEY *key;
 
 static kms_err sign(void *ctx, const uint8_t digest[AUDIT_HASH_LEN], uint8_t *sig, size_t cap, size_t *len)
@@ -52,6 +58,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	snprintf(log_path, sizeof(log_path), "%s/audit.log", dir);
 	snprintf(raw_path, sizeof(raw_path), "%s/raw.log", dir);
 	snprintf(pub_path, sizeof(pub_path), "%s/pub.pem", dir);
+	for (int i = 0; i < 2; i++) {
+		snprintf(node_dir[i], sizeof(node_dir[i]), "%s/node%d", dir, i);
+		CHECK(mkdir(node_dir[i], 0700) == 0 || access(node_dir[i], W_OK) == 0);
+		snprintf(node_log[i], sizeof(node_log[i]), "%s/audit.log", node_dir[i]);
+	}
 	key = EVP_EC_gen("P-256");
 	CHECK(key != NULL);
 	f = fopen(pub_path, "w");
@@ -145,11 +156,45 @@ static void round_trip(const uint8_t *d, size_t n)
 	CHECK(res.verdict != AUDIT_V_OK);
 }
 
+static void two_nodes(const uint8_t *d, size_t n)
+{
+	static const char *const expect[] = {"fuzz", "kmsd-1"};
+	const char *dirs[2] = {node_dir[0], node_dir[1]};
+	struct audit_nodes_opts o = {.pubkey = pub_path, .expect = expect, .n_expect = d[0] % 3};
+	struct audit_nodes_result res;
+	struct audit_segs segs;
+	size_t cut = n > 1 ? d[0] % n : 0, failed = 0;
+	uint64_t records = 0;
+	char line[1400];
+
+	write_file(node_log[0], d, cut);
+	write_file(node_log[1], d + cut, n - cut);
+	o.flags = d[0] & 0x80 ? AUDIT_VERIFY_PARTIAL : 0;
+	CHECK(audit_segs_collect(dirs, 2, &segs) == KMS_OK);
+	CHECK(audit_verify_nodes(&segs, &o, &res) == KMS_OK);
+	CHECK(res.n >= 1 && res.n <= 2 + o.n_expect);
+	for (size_t i = 0; i < res.n; i++) {
+		CHECK((unsigned)res.v[i].res.verdict <= AUDIT_V_UNEXPECTED);
+		CHECK(memchr(res.v[i].res.why, '\0', sizeof(res.v[i].res.why)) != NULL);
+		failed += res.v[i].res.verdict != AUDIT_V_OK;
+		records += res.v[i].res.records;
+		audit_node_summary(&res.v[i], line, sizeof(line));
+		CHECK(memchr(line, '\0', sizeof(line)) != NULL);
+	}
+	CHECK(failed == res.failed && records == res.records);
+	audit_nodes_summary(&res, line, sizeof(line));
+	CHECK(strncmp(line, failed ? "FAIL: " : "ok: ", failed ? 6 : 4) == 0);
+	audit_nodes_result_free(&res);
+	audit_segs_free(&segs);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (size > 65536)
 		return 0;
 	raw_log(data, size);
+	if (size >= 1)
+		two_nodes(data, size);
 	if (size >= 4 && data[0] % 4 == 3) /* the writer is slow (it syncs and signs) */
 		round_trip(data, size);
 	return 0;
