@@ -474,7 +474,8 @@ backend kmsd_nodes
         return out
 
     def wait_lb(self, up, timeout=30):
-        """Waits until HAProxy counts exactly `up` nodes UP (its checks, not ours)."""
+        """Waits until HAProxy counts exactly `up` nodes UP and the others DOWN (its checks,
+        not ours)."""
         deadline = time.monotonic() + timeout
         st = {}
         while time.monotonic() < deadline:
@@ -484,7 +485,10 @@ backend kmsd_nodes
                 st = self.lb_status()
             except OSError:
                 st = {}
-            if sum(1 for v in st.values() if v == "UP") == up:
+            # settled: `up` nodes fully UP, the rest fully DOWN (not "UP 1/2" going down)
+            if sum(1 for v in st.values() if v == "UP") == up and all(
+                    v == "UP" or v.startswith(("DOWN", "MAINT")) for v in st.values()) and \
+                    not any(v.startswith("DOWN ") for v in st.values()):
                 return st
             time.sleep(0.1)
         raise ClusterError("HAProxy did not see %d node(s) UP within %ss: %s" % (up, timeout, st))
@@ -551,10 +555,11 @@ backend kmsd_nodes
             for nd in self.nodes:
                 nd.write_conf()
             self._init()
+            # one after another: nodes started at the same instant on a fresh store race to
+            # store policy_file's version (the loser refuses to start: "not newer")
             for nd in self.nodes:
                 nd.start(wait=False)
-            self.write_state()
-            for nd in self.nodes:
+                self.write_state()
                 nd.wait_healthy()
             self._haproxy_start()
             self.write_state()
