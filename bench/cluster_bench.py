@@ -104,8 +104,13 @@ def run_cluster(bench_mod, kids, settings, tmp, say):
                                policy_file=policy, log_level="warn", node_prefix="bench",
                                say=lambda m: say("cluster: " + m))
         say("cluster: starting 2 nodes + HAProxy (store %s)" % c.store)
+    except (kmscluster.ClusterError, OSError) as e:
+        say("cluster: no cluster figure: %s" % str(e).splitlines()[0])
+        return {"error": str(e)[:2000]}
+    try:
         c.up()
     except (kmscluster.ClusterError, OSError) as e:
+        c.down(destroy=True)
         say("cluster: could not start the cluster, no cluster figure: %s" % str(e).splitlines()[0])
         return {"error": str(e)[:2000]}
     try:

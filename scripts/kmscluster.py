@@ -605,9 +605,10 @@ backend kmsd_nodes
         return status
 
     # -- using it ------------------------------------------------------------------------
-    def verify_audit(self):
-        """`kmsctl audit verify` over every node's log at once; returns (exit status, output)."""
-        files = [p for nd in self.nodes for p in nd.audit_files()]
+    def verify_audit(self, nodes=None):
+        """`kmsctl audit verify` over the logs of nodes (default: every node's, at once);
+        returns (exit status, output)."""
+        files = [p for nd in (nodes or self.nodes) for p in nd.audit_files()]
         pub = self.nodes[0].audit_path + ".pub.pem"
         r = subprocess.run([self.kmsctl_bin, "audit", "verify", "--pubkey", pub] + files,
                            capture_output=True, text=True, timeout=300)

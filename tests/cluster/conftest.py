@@ -184,7 +184,11 @@ def cluster(tmp_path_factory, request):
                     policy_file=policy, clock_file=clock, node_prefix="cnode")
     if clock:
         c.set_clock(0)
-    c.up()
+    try:
+        c.up()
+    except BaseException:
+        c.down(destroy=not keep)  # PostgreSQL's data directory too
+        raise
     c.killed = set()
     yield c
     alive = [nd for nd in c.nodes if nd.node_id not in c.killed]
