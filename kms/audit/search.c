@@ -445,8 +445,10 @@ bool audit_filter_match(const struct audit_filter *f, const struct audit_view *r
 
 void audit_segs_free(struct audit_segs *s)
 {
-	for (size_t i = 0; s != NULL && i < s->n; i++)
+	for (size_t i = 0; s != NULL && i < s->n; i++) {
 		free(s->v[i].path);
+		free(s->v[i].node);
+	}
 	if (s != NULL) {
 		free(s->v);
 		s->v = NULL;
@@ -480,7 +482,7 @@ static kms_err seg_add(struct seg_build *b, char *path, const struct stat *st)
 		o->v = v;
 		b->cap = cap;
 	}
-	o->v[o->n] = (struct audit_seg){.path = path, .dev = st->st_dev, .ino = st->st_ino};
+	o->v[o->n] = (struct audit_seg){.path = path, .dev = st->st_dev, .ino = st->st_ino, .size = st->st_size};
 	o->n++;
 	return KMS_OK;
 }
@@ -540,6 +542,11 @@ static kms_err first_seq(struct lreader *r, struct audit_seg *s)
 		if (r->too_long || audit_view_parse(r->buf, r->len, &v, why, sizeof(why)) != NULL)
 			continue;
 		s->first_seq = v.seq;
+		if (v.node != NULL && (s->node = strdup(v.node)) == NULL) {
+			audit_view_clear(&v);
+			lr_close(r);
+			return kms_errf(KMS_ERR_NOMEM, "out of memory");
+		}
 		audit_view_clear(&v);
 		break;
 	}

@@ -43,6 +43,8 @@
 struct audit_seg {
 	char *path;
 	uint64_t first_seq; /* of the first well-formed record; 0 when the file has none */
+	char *node;	    /* that record's node id (malloc'd); NULL when none or null */
+	off_t size;	    /* bytes, when collected */
 	dev_t dev;	    /* to drop a file named twice */
 	ino_t ino;
 };

@@ -39,7 +39,10 @@ static void verify_usage(FILE *f)
 		"read in the order of their first records; a DIR stands for every audit*.log\n"
 		"in it), without a server or token: every record's hash, seq order and prev\n"
 		"link, and every checkpoint's ECDSA P-256 signature. The log must start at\n"
-		"seq 1 unless --partial.\n"
+		"seq 1 unless --partial. The logs of several nodes (a cluster) may be given at\n"
+		"once: files are grouped by the node of their first record and each node's\n"
+		"chain is verified on its own, one \"NODE: ok: ...\" or \"NODE: FAIL: ...\" line\n"
+		"each.\n"
 		"\n"
 		"  --pubkey FILE  the PEM public key kmsd exported (default: the first\n"
 		"                 SEGMENT.pub.pem that exists; kmsd writes audit.log.pub.pem\n"
@@ -58,7 +61,104 @@ static void verify_usage(FILE *f)
 		"Examples:\n"
 		"  kmsctl audit verify /var/lib/kmsd/audit*.log\n"
 		"  kmsctl audit verify --pubkey kmsd-audit.pub.pem /archive/kmsd/\n"
-		"  kmsctl audit verify --partial /archive/kmsd/2031/\n");
+		"  kmsctl audit verify --partial /archive/kmsd/2031/\n"
+		"  kmsctl audit verify /archive/kmsd/node-1/ /archive/kmsd/node-2/\n");
+}
+
+/* The default public key: the last of files[0..n) that has a readable FILE.pub.pem
+ * beside it (audit.log is usually last). *out is malloc'd, NULL when none. */
+static int default_pubkey(const char *const *files, size_t n, char **out)
+{
+	*out = NULL;
+	for (size_t i = n; i > 0; i--) {
+		char *p;
+		if (asprintf(&p, "%s.pub.pem", files[i - 1]) < 0)
+			return -1;
+		if (access(p, R_OK) == 0) {
+			*out = p;
+			return 0;
+		}
+		free(p);
+	}
+	return 0;
+}
+
+static int node_cmp(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Files from several nodes (a cluster, docs/SCALE-OUT.md): each node's log is its own
+ * chain, so each is verified on its own, nodes in name order, one line each:
+ * "NODE: ok: ..." or "NODE: FAIL: ...". A non-empty file without a well-formed record
+ * names no node and fails. Returns the exit status. */
+static int verify_by_node(const struct audit_segs *segs, const char *pubkey, unsigned flags)
+{
+	struct audit_verify_result res;
+	const char **nodes = NULL, **files = NULL;
+	char line[1024], *dflt = NULL;
+	size_t nn = 0, nf, i, j;
+	int rc = CLI_OK;
+	kms_err err;
+
+	nodes = calloc(segs->n, sizeof(*nodes));
+	files = calloc(segs->n, sizeof(*files));
+	if (nodes == NULL || files == NULL) {
+		fprintf(stderr, "kmsctl: out of memory\n");
+		rc = CLI_FAIL;
+		goto out;
+	}
+	for (i = 0; i < segs->n; i++) {
+		if (segs->v[i].node == NULL) {
+			if (segs->v[i].size > 0) {
+				printf("FAIL: %s: no well-formed record names the node whose log it is\n",
+				       segs->v[i].path);
+				rc = CLI_FAIL;
+			}
+			continue;
+		}
+		for (j = 0; j < nn && strcmp(nodes[j], segs->v[i].node) != 0; j++)
+			;
+		if (j == nn)
+			nodes[nn++] = segs->v[i].node;
+	}
+	qsort(nodes, nn, sizeof(*nodes), node_cmp);
+	for (j = 0; j < nn; j++) {
+		nf = 0;
+		for (i = 0; i < segs->n; i++) /* segs are in first-seq order already */
+			if (segs->v[i].node != NULL && strcmp(segs->v[i].node, nodes[j]) == 0)
+				files[nf++] = segs->v[i].path;
+		free(dflt);
+		dflt = NULL;
+		if (pubkey == NULL && default_pubkey(files, nf, &dflt) != 0) {
+			fprintf(stderr, "kmsctl: out of memory\n");
+			rc = CLI_FAIL;
+			goto out;
+		}
+		if (pubkey == NULL && dflt == NULL) {
+			fprintf(stderr,
+				"kmsctl audit verify: node %s: no --pubkey given and no SEGMENT.pub.pem "
+				"beside its files is readable\n",
+				nodes[j]);
+			rc = CLI_USAGE;
+			goto out;
+		}
+		err = audit_verify_opts(files, nf, pubkey ? pubkey : dflt, flags, &res);
+		if (err != KMS_OK) {
+			fprintf(stderr, "kmsctl audit verify: node %s: %s\n", nodes[j], kms_err_detail(err));
+			rc = CLI_USAGE;
+			goto out;
+		}
+		audit_verify_summary(&res, line, sizeof(line));
+		printf("%s: %s\n", nodes[j], line);
+		if (res.verdict != AUDIT_V_OK)
+			rc = CLI_FAIL;
+	}
+out:
+	free(dflt);
+	free(nodes);
+	free(files);
+	return rc;
 }
 
 static int audit_verify_cmd(int argc, char **argv)
@@ -105,6 +205,14 @@ static int audit_verify_cmd(int argc, char **argv)
 		fprintf(stderr, "kmsctl audit verify: %s\n", kms_err_detail(err));
 		return CLI_USAGE;
 	}
+	for (i = 1; i < segs.n; i++)
+		if (segs.v[i].node != NULL && segs.v[0].node != NULL &&
+		    strcmp(segs.v[i].node, segs.v[0].node) != 0)
+			break;
+	if (i < segs.n) { /* the logs of several nodes */
+		rc = verify_by_node(&segs, pubkey, flags);
+		goto out;
+	}
 	files = calloc(segs.n, sizeof(*files));
 	if (files == NULL) {
 		fprintf(stderr, "kmsctl: out of memory\n");
@@ -113,16 +221,13 @@ static int audit_verify_cmd(int argc, char **argv)
 	}
 	for (i = 0; i < segs.n; i++)
 		files[i] = segs.v[i].path;
-	for (i = segs.n; pubkey == NULL && i > 0; i--) { /* audit.log is usually last */
-		free(dflt);
-		if (asprintf(&dflt, "%s.pub.pem", files[i - 1]) < 0) {
-			dflt = NULL;
+	if (pubkey == NULL) {
+		if (default_pubkey(files, segs.n, &dflt) != 0) {
 			fprintf(stderr, "kmsctl: out of memory\n");
 			rc = CLI_FAIL;
 			goto out;
 		}
-		if (access(dflt, R_OK) == 0)
-			pubkey = dflt;
+		pubkey = dflt;
 	}
 	if (pubkey == NULL) {
 		fprintf(stderr,

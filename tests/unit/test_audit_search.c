@@ -455,6 +455,12 @@ static void test_segments_in_seq_order(void **state)
 	assert_int_equal(s.v[2].first_seq, 7);
 	assert_int_equal(s.v[3].first_seq, 0); /* the empty file last */
 	assert_non_null(strstr(s.v[3].path, "audit-empty.log"));
+	/* each file knows the node of its first record (kmsctl audit verify groups by it) */
+	assert_string_equal(s.v[0].node, "n1");
+	assert_string_equal(s.v[2].node, "n1");
+	assert_null(s.v[3].node);
+	assert_int_equal(s.v[3].size, 0);
+	assert_int_equal(s.v[0].size, (off_t)strlen(a));
 	assert_int_equal(audit_scan(&s, &f, collect_seq, collect_note, &c, &st), KMS_OK);
 	assert_int_equal(c.n, 9);
 	for (size_t i = 0; i < 9; i++)
