@@ -609,6 +609,162 @@ out:
 
 /* ---------------------------------------------------------------- the scan */
 
+/* ---- several nodes' logs, merged by time ------------------------------------------ */
+
+bool audit_segs_multi_node(const struct audit_segs *s)
+{
+	const char *first = NULL;
+
+	for (size_t i = 0; i < s->n; i++) {
+		if (s->v[i].node == NULL)
+			continue;
+		if (first == NULL)
+			first = s->v[i].node;
+		else if (strcmp(first, s->v[i].node) != 0)
+			return true;
+	}
+	return false;
+}
+
+/* One node's chain of segments, read one record ahead. */
+struct ncur {
+	const char *node;	/* NULL: files whose first record names no node */
+	size_t *idx, n, next;	/* its segments (indices into s->v, in seq order) */
+	struct lreader r;
+	struct audit_view rec;
+	bool have, told;
+	uint64_t last;
+};
+
+static bool same_node(const char *a, const char *b)
+{
+	return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* Moves c to its next well-formed record (c->have false at the end of its files). */
+static kms_err ncur_advance(struct ncur *c, audit_note_fn on_note, void *ctx,
+			    struct audit_scan_stats *st, const struct audit_segs *s)
+{
+	char why[256], what[512];
+	kms_err rc;
+	int m;
+
+	c->have = false;
+	for (;;) {
+		if (c->r.f == NULL) {
+			if (c->next == c->n)
+				return KMS_OK;
+			rc = lr_open(&c->r, s->v[c->idx[c->next++]].path);
+			if (rc != KMS_OK)
+				return rc;
+			st->files++;
+			c->told = false;
+		}
+		m = lr_next(&c->r);
+		if (m < 0)
+			return KMS_ERR_IO;
+		if (m == 0) {
+			lr_close(&c->r);
+			continue;
+		}
+		st->lines++;
+		if (c->r.too_long) {
+			snprintf(what, sizeof(what), "malformed line skipped: longer than %u bytes",
+				 AUDIT_SEARCH_LINE_MAX);
+		} else if (audit_view_parse(c->r.buf, c->r.len, &c->rec, why, sizeof(why)) != NULL) {
+			snprintf(what, sizeof(what), "malformed line skipped: %s%s", why,
+				 c->r.nl ? "" : " (the last line has no newline: torn, or still being written)");
+		} else {
+			st->records++;
+			if (c->last != 0 && c->rec.seq <= c->last) {
+				st->disorder++;
+				if (!c->told && on_note != NULL) {
+					snprintf(what, sizeof(what),
+						 "seq %llu follows seq %llu in node %s's log: segments overlap, "
+						 "repeat or are out of order, so records may be counted twice "
+						 "(further ones in this file not shown; check with "
+						 "`kmsctl audit verify`)",
+						 (unsigned long long)c->rec.seq, (unsigned long long)c->last,
+						 c->node ? c->node : "(none)");
+					on_note(ctx, c->r.path, c->r.lineno, what);
+				}
+				c->told = true;
+			}
+			c->last = c->rec.seq;
+			c->have = true;
+			return KMS_OK;
+		}
+		st->malformed++;
+		if (on_note != NULL)
+			on_note(ctx, c->r.path, c->r.lineno, what);
+	}
+}
+
+/* The logs of several nodes: each node's segments in seq order, the nodes' records
+ * merged by time (ties: by node id, then as read). */
+static kms_err scan_merged(const struct audit_segs *s, const struct audit_filter *f,
+			   audit_match_fn on_match, audit_note_fn on_note, void *ctx,
+			   struct audit_scan_stats *st)
+{
+	struct ncur *c = calloc(s->n, sizeof(*c));
+	size_t nc = 0, i, j;
+	kms_err rc = KMS_OK;
+
+	if (c == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "audit search: out of memory");
+	for (i = 0; i < s->n; i++) {
+		for (j = 0; j < nc && !same_node(c[j].node, s->v[i].node); j++)
+			;
+		if (j == nc) {
+			c[nc].node = s->v[i].node;
+			c[nc].idx = calloc(s->n, sizeof(*c[nc].idx));
+			if (c[nc].idx == NULL) {
+				rc = kms_errf(KMS_ERR_NOMEM, "audit search: out of memory");
+				goto out;
+			}
+			nc++;
+		}
+		c[j].idx[c[j].n++] = i;
+	}
+	for (j = 0; j < nc; j++) {
+		if ((rc = lr_init(&c[j].r)) != KMS_OK)
+			goto out;
+		if ((rc = ncur_advance(&c[j], on_note, ctx, st, s)) != KMS_OK)
+			goto out;
+	}
+	for (;;) {
+		struct ncur *best = NULL;
+
+		for (j = 0; j < nc; j++) {
+			if (!c[j].have)
+				continue;
+			if (best == NULL || c[j].rec.time_us < best->rec.time_us ||
+			    (c[j].rec.time_us == best->rec.time_us && best->node != NULL &&
+			     (c[j].node == NULL || strcmp(c[j].node, best->node) < 0)))
+				best = &c[j];
+		}
+		if (best == NULL)
+			break;
+		if (audit_filter_match(f, &best->rec)) {
+			st->matched++;
+			rc = on_match(ctx, &best->rec, best->r.buf, best->r.len);
+			if (rc != KMS_OK)
+				goto out;
+		}
+		audit_view_clear(&best->rec);
+		if ((rc = ncur_advance(best, on_note, ctx, st, s)) != KMS_OK)
+			goto out;
+	}
+out:
+	for (j = 0; j < nc; j++) {
+		audit_view_clear(&c[j].rec);
+		lr_free(&c[j].r);
+		free(c[j].idx);
+	}
+	free(c);
+	return rc;
+}
+
 kms_err audit_scan(const struct audit_segs *s, const struct audit_filter *f,
 		   audit_match_fn on_match, audit_note_fn on_note, void *ctx,
 		   struct audit_scan_stats *st)
@@ -622,6 +778,8 @@ kms_err audit_scan(const struct audit_segs *s, const struct audit_filter *f,
 	int m = 0;
 
 	memset(st, 0, sizeof(*st));
+	if (audit_segs_multi_node(s))
+		return scan_merged(s, f, on_match, on_note, ctx, st);
 	rc = lr_init(&r);
 	if (rc != KMS_OK)
 		return rc;

@@ -60,6 +60,8 @@ struct audit_segs {
  * argument is given; KMS_ERR_NOMEM. On error out is empty. */
 KMS_WUR kms_err audit_segs_collect(const char *const *args, size_t n_args, struct audit_segs *out);
 void audit_segs_free(struct audit_segs *s);
+/* Whether the segments' first records name more than one node (the logs of a cluster). */
+bool audit_segs_multi_node(const struct audit_segs *s);
 
 /* ---- one record ------------------------------------------------------------------ */
 
@@ -144,6 +146,9 @@ typedef kms_err (*audit_match_fn)(void *ctx, const struct audit_view *r, const c
 typedef void (*audit_note_fn)(void *ctx, const char *file, uint64_t line, const char *what);
 
 /* Reads the segments in order and calls on_match for every record that f matches.
+ * Segments of several nodes (a cluster: their first records name different nodes) are
+ * read as one chain per node, each in seq order, and the nodes' records are merged by
+ * time (equal times: by node id); disorder then counts seq going back within a node.
  * KMS_OK when every file was read to its end (malformed lines do not make it fail: see
  * st); KMS_ERR_IO when one could not be read; the callback's failure. */
 KMS_WUR kms_err audit_scan(const struct audit_segs *s, const struct audit_filter *f,

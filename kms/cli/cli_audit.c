@@ -205,11 +205,7 @@ static int audit_verify_cmd(int argc, char **argv)
 		fprintf(stderr, "kmsctl audit verify: %s\n", kms_err_detail(err));
 		return CLI_USAGE;
 	}
-	for (i = 1; i < segs.n; i++)
-		if (segs.v[i].node != NULL && segs.v[0].node != NULL &&
-		    strcmp(segs.v[i].node, segs.v[0].node) != 0)
-			break;
-	if (i < segs.n) { /* the logs of several nodes */
+	if (audit_segs_multi_node(&segs)) { /* the logs of several nodes */
 		rc = verify_by_node(&segs, pubkey, flags);
 		goto out;
 	}
@@ -882,7 +878,9 @@ out:
 	"FILES: audit log files and directories, in any order; a directory stands for\n"   \
 	"every audit*.log in it (the current audit.log and rotated audit-<seq>.log\n"      \
 	"segments). They are read in the order of their first record's seq; a file\n"      \
-	"named twice is read once. No server or token is needed (except for --context).\n"
+	"named twice is read once. The logs of several nodes (a cluster) are read each\n"    \
+	"in its seq order and merged by time. No server or token is needed (except for\n"   \
+	"--context).\n"
 
 #define LINES_HELP                                                                        \
 	"A malformed line (not one JSON object of the audit record's shape, or longer\n"   \

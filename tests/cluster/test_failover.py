@@ -4,6 +4,8 @@ survivors), the clients keep being served (errors only for the requests in fligh
 kill and the balancer's detection time), HAProxy takes the node out, the node rejoins
 after a restart, and the audit logs of all nodes verify together."""
 
+import json
+import subprocess
 import threading
 import time
 
@@ -111,3 +113,17 @@ def test_kill_9_one_node_under_load(cluster):
         assert rc == 0, "%s: %s" % (nd.node_id, out)
     rc, out = cluster.verify_audit()
     assert rc == 0, "all nodes' logs at once: %s" % out
+    assert out.count(": ok: ") == 3, out
+
+    # and `kmsctl audit search` reads them at once, merged by time: every acknowledged
+    # data key has its record, on whichever node served it
+    files = [p for nd in cluster.nodes for p in nd.audit_files()]
+    r = subprocess.run([cluster.kmsctl_bin, "--format", "json", "audit", "search", "--operation",
+                        "datakey", "--tenant", w.tenant, "--outcome", "allow"] + files,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+    assert len(recs) >= len(acked)
+    times = [x["time"] for x in recs]
+    assert times == sorted(times), "not merged by time"
+    assert {x["node"] for x in recs} == {nd.node_id for nd in cluster.nodes}

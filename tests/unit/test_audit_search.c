@@ -428,6 +428,53 @@ static void collect_note(void *ctx, const char *file, uint64_t line, const char 
 		 (unsigned long long)line, what);
 }
 
+struct by_node {
+	char got[16][8]; /* "n1:1", "n2:1", ... */
+	size_t n;
+};
+
+static kms_err collect_node_seq(void *ctx, const struct audit_view *r, const char *line, size_t len)
+{
+	struct by_node *c = ctx;
+
+	assert_true(len > 0 && line[0] == '{');
+	if (c->n < 16)
+		snprintf(c->got[c->n++], sizeof(c->got[0]), "%s:%llu", r->node ? r->node : "-",
+			 (unsigned long long)r->seq);
+	return KMS_OK;
+}
+
+/* The logs of two nodes (a cluster): each its own chain from seq 1, merged by time. */
+static void test_scan_merges_nodes_by_time(void **state)
+{
+	struct dirfx *d = *state;
+	static const char *const want[] = {"n1:1", "n2:1", "n1:2", "n2:2", "n1:3", "n2:3", "n2:4"};
+	struct audit_segs s;
+	struct audit_filter f = {0};
+	struct audit_scan_stats st;
+	struct by_node c = {0};
+	char *a = lines(1, 3, "p"), *b = lines(1, 4, "p"), *q;
+	const char *args[1] = {d->dir};
+
+	for (q = b; (q = strstr(q, "\"node\":\"n1\"")) != NULL; q++)
+		q[9] = '2'; /* the same records (same times), node n2 */
+	put(d, "audit-a.log", a);
+	put(d, "audit-b.log", b);
+	assert_int_equal(audit_segs_collect(args, 1, &s), KMS_OK);
+	assert_int_equal(s.n, 2);
+	assert_true(audit_segs_multi_node(&s));
+	assert_int_equal(audit_scan(&s, &f, collect_node_seq, NULL, &c, &st), KMS_OK);
+	assert_int_equal(c.n, 7);
+	for (size_t i = 0; i < 7; i++)
+		assert_string_equal(c.got[i], want[i]);
+	assert_int_equal(st.records, 7);
+	assert_int_equal(st.files, 2);
+	assert_int_equal(st.disorder, 0); /* seq goes back only across nodes: not disorder */
+	audit_segs_free(&s);
+	free(a);
+	free(b);
+}
+
 static void test_segments_in_seq_order(void **state)
 {
 	struct dirfx *d = *state;
@@ -715,6 +762,7 @@ int main(void)
 		cmocka_unit_test(test_view_malformed),
 		cmocka_unit_test(test_filters),
 		cmocka_unit_test_setup_teardown(test_segments_in_seq_order, dir_setup, dir_teardown),
+		cmocka_unit_test_setup_teardown(test_scan_merges_nodes_by_time, dir_setup, dir_teardown),
 		cmocka_unit_test_setup_teardown(test_scan_malformed_long_and_disorder, dir_setup,
 						dir_teardown),
 		cmocka_unit_test(test_report_access),
