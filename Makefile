@@ -63,7 +63,7 @@ LIBDIR  ?= $(PREFIX)/lib
 INCDIR  ?= $(PREFIX)/include
 
 .PHONY: all deps run check check-pg asan tsan valgrind tests clean fuzz fuzz-build fuzz-replay bench \
-        bench-tools client examples install
+        bench-tools client examples install cluster cluster-check
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/kmsd $(if $(CLI_SRC),$(BUILD)/kmsctl)
@@ -222,6 +222,19 @@ check-pg: deps
 	$(MAKE) -j$(JOBS) tests
 	sh scripts/check.sh pg
 
+# The local cluster (docs/SCALE-OUT.md): `make cluster` = scripts/cluster.sh up;
+# `make cluster-check` builds, then runs tests/cluster (each module starts and stops a
+# cluster of its own on free loopback ports; KMS_CLUSTER_STORE=pg|sqlite, default pg).
+# scripts/check.sh (make check) runs them too.
+cluster: deps
+	$(MAKE) all
+	sh scripts/cluster.sh up
+
+cluster-check: deps
+	$(MAKE) -j$(JOBS) all
+	KMSD_BIN=$(BUILD)/kmsd /usr/bin/python3 -m pytest -p no:cacheprovider -q -rfE --tb=short \
+	  $(if $(shell /usr/bin/python3 -c 'import xdist' 2>/dev/null && echo y),-n 3 --dist loadfile) tests/cluster
+
 # The measuring harness (docs/BENCH.md): never part of `make check`, never asserts a timing.
 # BENCH_QUICK=1 is a smoke run; BENCH_SECONDS, BENCH_RUNS, BENCH_CONNS, BENCH_OPS,
 # BENCH_BATCHES, BENCH_WORKERS override the defaults.
@@ -240,6 +253,7 @@ bench:
 	  BENCH_RUNS=$(BENCH_RUNS) BENCH_CONNS="$(BENCH_CONNS)" BENCH_OPS="$(BENCH_OPS)" \
 	  BENCH_BATCHES="$(BENCH_BATCHES)" BENCH_WORKERS=$(BENCH_WORKERS) \
 	  BENCH_SCALING=$(BENCH_SCALING) BENCH_SCALE_KEYS="$(BENCH_SCALE_KEYS)" BENCH_IDLE_CONNS=$(BENCH_IDLE_CONNS) \
+	  BENCH_CLUSTER=$(BENCH_CLUSTER) \
 	  /usr/bin/python3 bench/bench.py
 
 clean:

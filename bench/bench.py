@@ -34,6 +34,8 @@ Settings (environment; `make bench` passes its make variables through):
   BENCH_SCALING=0   skip the scaling figures (bench/scaling.py; default on)
   BENCH_SCALE_KEYS  key counts for the scaling figures (default "1 100 10000", quick "1 100")
   BENCH_IDLE_CONNS  idle TLS connections for the RSS figure (default 1000)
+  BENCH_CLUSTER=0   skip the cluster figure (bench/cluster_bench.py: datakey through
+                    HAProxy with 1 vs 2 nodes; KMS_CLUSTER_STORE=pg|sqlite, default pg)
   BUILD             build directory (default build)
 `bench.py --self-test` checks the statistics, the metrics parser and the JSON writer
 on made-up figures, without starting anything.
@@ -110,6 +112,7 @@ def settings_from_env(env):
         "scale_keys": int_list(g("BENCH_SCALE_KEYS") or ("1 100" if quick else "1 100 10000"),
                                "BENCH_SCALE_KEYS"),
         "idle_conns": int(g("BENCH_IDLE_CONNS") or 1000),
+        "cluster": g("BENCH_CLUSTER") not in ("0",),
     }
     if s["seconds"] < 1:
         raise BenchError("BENCH_SECONDS must be an integer >= 1")
@@ -889,6 +892,9 @@ def run(settings):
             import scaling  # bench/scaling.py
             rep["scaling"] = scaling.run_scaling(b, srv, settings, say, proc_status_kib)
         rc = srv.stop()
+        if settings["cluster"]:
+            import cluster_bench  # bench/cluster_bench.py
+            rep["cluster"] = cluster_bench.run_cluster(sys.modules[__name__], kids, settings, tmp, say)
         with open("/proc/loadavg") as f:
             info["loadavg_end"] = f.read().split()[:3]
         finished = datetime.datetime.now(datetime.timezone.utc)
@@ -901,7 +907,7 @@ def run(settings):
                 " %s=%s" % (k, shlex.quote(os.environ[k])) for k in
                 ("BENCH_QUICK", "BENCH_SECONDS", "BENCH_RUNS", "BENCH_CONNS", "BENCH_OPS",
                  "BENCH_BATCHES", "BENCH_WORKERS", "BENCH_CONTEXT", "BENCH_SCALING",
-                 "BENCH_SCALE_KEYS", "BENCH_IDLE_CONNS")
+                 "BENCH_SCALE_KEYS", "BENCH_IDLE_CONNS", "BENCH_CLUSTER", "KMS_CLUSTER_STORE")
                 if os.environ.get(k, "").strip()),
             "host": info, "git": git_info(),
             "settings": {k: v for k, v in settings.items() if k != "keep"},
@@ -915,6 +921,9 @@ def run(settings):
         if "scaling" in rep:
             import scaling
             scaling.print_scaling(rep["scaling"], sys.stdout)
+        if "cluster" in rep:
+            import cluster_bench
+            cluster_bench.print_cluster(rep["cluster"], sys.stdout)
         path = write_json(os.path.join(RESULTS, started.strftime("%Y%m%dT%H%M%SZ") + ".json"), doc)
         print("\nJSON: %s (%.0f s)" % (os.path.relpath(path, os.getcwd()), doc["elapsed_s"]))
         invalid = sum(e["invalid_runs"] for e in rep["results"])
@@ -974,6 +983,16 @@ def self_test():
         assert not os.path.exists(p + ".tmp")
     finally:
         shutil.rmtree(tmp)
+    import cluster_bench
+    fake_cl = {"conns": 64, "store": "pg", "note": "n",
+               "req_per_s": {k: stats([100.0, 110.0, 90.0]) for k in
+                             ("health_lb_1", "health_lb_2", "datakey_direct_1", "datakey_lb_1", "datakey_lb_2")},
+               "ratio": {"lb_2_to_lb_1": ratios([100, 120, 80], [100, 100, 100]),
+                         "lb_1_to_direct_1": None}}
+    assert fake_cl["ratio"]["lb_2_to_lb_1"]["median"] == 1.0
+    with open(os.devnull, "w") as null:
+        cluster_bench.print_cluster(fake_cl, null)
+        cluster_bench.print_cluster({"error": "no store_uri\nmore"}, null)
     audit_counter_self_test()
     tools_self_test(os.environ.get("BUILD") or "build")
     print("bench self-test: ok")

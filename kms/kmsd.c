@@ -681,7 +681,8 @@ static int cmd_serve(const struct kms_config *cfg)
 	struct http_server *http = NULL;
 	struct metrics_listener *mlisten = NULL;
 	int mport = 0;
-	char *pin = NULL, flag[8], audit_mark[96] = "audit_started";
+	char *pin = NULL, flag[96], started_key[96];
+	bool legacy = false;
 	size_t pin_len = 0;
 	sigset_t set;
 	int port = 0, sig = 0, rc = 1;
@@ -771,11 +772,18 @@ static int cmd_serve(const struct kms_config *cfg)
 	aopt.segment_bytes = (uint64_t)cfg->audit_segment_mb << 20;
 	aopt.segment_seconds = (unsigned)cfg->audit_segment_seconds;
 	aopt.syslog_target = cfg->audit_syslog;
-	/* Every node keeps its own audit log: on a shared (PostgreSQL) store the "log was
-	 * started" mark is per node. */
-	if (cfg->store_uri[0] != '\0')
-		snprintf(audit_mark, sizeof(audit_mark), "audit_started.%s", cfg->node_id);
-	err = store_meta_get(st, audit_mark, flag, sizeof(flag));
+	/* Whether this node has written an audit log before: "audit_started:<node_id>" in
+	 * the store (nodes sharing a store each keep a log of their own). A store from before
+	 * the per-node key has "audit_started" = "1": the first node to start on it claims
+	 * that log (and marks the old key claimed), so a node added later starts a new chain. */
+	snprintf(started_key, sizeof(started_key), "audit_started:%s", cfg->node_id);
+	err = store_meta_get(st, started_key, flag, sizeof(flag));
+	if (err == KMS_ERR_NOT_FOUND) {
+		err = store_meta_get(st, "audit_started", flag, sizeof(flag));
+		if (err == KMS_OK && strcmp(flag, "1") != 0)
+			err = KMS_ERR_NOT_FOUND; /* claimed by another node */
+		legacy = err == KMS_OK;
+	}
 	if (err != KMS_OK && err != KMS_ERR_NOT_FOUND) {
 		kms_error("store %s: %s", store_label(cfg), kms_err_detail(err));
 		goto out;
@@ -785,9 +793,16 @@ static int cmd_serve(const struct kms_config *cfg)
 		kms_error("%s", kms_err_detail(err));
 		goto out;
 	}
-	if (!aopt.expect_existing && (err = store_meta_set(st, audit_mark, "1")) != KMS_OK) {
+	if ((!aopt.expect_existing || legacy) && (err = store_meta_set(st, started_key, "1")) != KMS_OK) {
 		kms_error("store %s: %s", store_label(cfg), kms_err_detail(err));
 		goto out;
+	}
+	if (legacy) {
+		snprintf(flag, sizeof(flag), "claimed by %s", cfg->node_id);
+		if ((err = store_meta_set(st, "audit_started", flag)) != KMS_OK) {
+			kms_error("store %s: %s", store_label(cfg), kms_err_detail(err));
+			goto out;
+		}
 	}
 	if ((err = core_new(st, p11, au, &core)) != KMS_OK)
 		goto out;

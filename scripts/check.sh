@@ -7,7 +7,8 @@
 #      line counts as 1 failed
 #   2. pytest tests/integration (modules in parallel: PYTEST_JOBS) with KMSD_BIN=build/kmsd, then KMSD_BIN=build/asan/kmsd
 #      (KMSCTL_BIN beside it); then tests/integration/test_stress.py alone with
-#      KMSD_BIN=build/tsan/kmsd (make tsan) for STRESS_SECONDS (default 20); counts
+#      KMSD_BIN=build/tsan/kmsd (make tsan) for STRESS_SECONDS (default 20); then
+#      tests/cluster (the local cluster, docs/SCALE-OUT.md) with KMSD_BIN=build/kmsd; counts
 #      come from pytest's summary (passed; failed and errors count as failed)
 #   3. each libFuzzer harness in build/fuzz/bin over its corpus in tests/fuzz/corpus
 #      (one result per harness)
@@ -216,6 +217,9 @@ run_pytest asan build/asan/kmsd
 # slower and adds no concurrency the stress test lacks); any TSan report fails it.
 RUN_STRESS=${STRESS_SECONDS:-20}
 run_pytest tsan build/tsan/kmsd tests/integration/test_stress.py
+# The cluster tests (tests/cluster, docs/SCALE-OUT.md): each module its own local cluster
+# (shared token, PostgreSQL, 2-3 nodes, HAProxy); about a minute.
+run_pytest cluster build/kmsd tests/cluster
 
 run_pg
 
