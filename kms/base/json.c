@@ -146,11 +146,272 @@ kms_err kms_json_opt_bool(json_t *obj, const char *name, int dflt, int *out)
 
 char *kms_json_dump(const json_t *v, size_t *len)
 {
-	char *s = json_dumps(v, JSON_COMPACT);
+	struct kms_jw w;
+	char *s;
 
-	if (s != NULL && len != NULL)
-		*len = strlen(s);
+	/* measure, then write once into a block of the exact size: the text may hold key
+	 * material, so it is never copied or left in a grown buffer */
+	kms_jw_init(&w, NULL, 0, false);
+	kms_jw_value(&w, v);
+	if (!w.ok)
+		return NULL;
+	s = json_zalloc(w.len + 1);
+	if (s == NULL)
+		return NULL;
+	kms_jw_init(&w, s, w.len, false);
+	kms_jw_value(&w, v);
+	if (!w.ok || w.len > w.cap) {
+		json_zfree(s);
+		return NULL;
+	}
+	s[w.len] = '\0';
+	if (len != NULL)
+		*len = w.len;
 	return s;
+}
+
+/* ---------------------------------------------------------------- writer */
+
+void kms_jw_init(struct kms_jw *w, char *buf, size_t cap, bool ascii)
+{
+	w->buf = buf;
+	w->cap = buf != NULL ? cap : 0;
+	w->len = 0;
+	w->ascii = ascii;
+	w->ok = true;
+}
+
+void kms_jw_raw(struct kms_jw *w, const char *s, size_t n)
+{
+	if (n <= w->cap && w->len <= w->cap - n)
+		memcpy(w->buf + w->len, s, n);
+	w->len += n;
+}
+
+static void jw_byte(struct kms_jw *w, char c)
+{
+	if (w->len < w->cap)
+		w->buf[w->len] = c;
+	w->len++;
+}
+
+/* The code point of the UTF-8 sequence at s (n bytes left) and its length, or 0 for
+ * an invalid one: the rules of jansson's utf8 check (no overlong forms, no surrogates,
+ * nothing above U+10FFFF). */
+static size_t utf8_seq(const unsigned char *s, size_t n, uint32_t *cp)
+{
+	unsigned c = s[0];
+	size_t len, i;
+	uint32_t v;
+
+	if (c < 0x80) {
+		*cp = c;
+		return 1;
+	}
+	if (c < 0xC2)
+		return 0;
+	if (c < 0xE0) {
+		len = 2;
+		v = c & 0x1F;
+	} else if (c < 0xF0) {
+		len = 3;
+		v = c & 0x0F;
+	} else if (c < 0xF5) {
+		len = 4;
+		v = c & 0x07;
+	} else {
+		return 0;
+	}
+	if (len > n)
+		return 0;
+	for (i = 1; i < len; i++) {
+		if ((s[i] & 0xC0) != 0x80)
+			return 0;
+		v = (v << 6) | (s[i] & 0x3F);
+	}
+	if ((len == 3 && v < 0x800) || (len == 4 && v < 0x10000) || v > 0x10FFFF ||
+	    (v >= 0xD800 && v <= 0xDFFF))
+		return 0;
+	*cp = v;
+	return len;
+}
+
+static void jw_u16(struct kms_jw *w, uint32_t u)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	char e[6] = {'\\', 'u', hex[(u >> 12) & 15], hex[(u >> 8) & 15], hex[(u >> 4) & 15], hex[u & 15]};
+
+	kms_jw_raw(w, e, sizeof(e));
+}
+
+/* Bytes a JSON string may hold as they are: printable ASCII but '"' and '\\'. */
+static bool plain(unsigned char c)
+{
+	return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+}
+
+static void jw_str_mask(struct kms_jw *w, const char *s, size_t n, bool mask)
+{
+	const unsigned char *p = (const unsigned char *)s, *end = p + n;
+
+	jw_byte(w, '"');
+	while (p < end) {
+		const unsigned char *run = p;
+		uint32_t cp;
+		size_t l;
+
+		while (p < end && plain(*p))
+			p++;
+		if (p > run)
+			kms_jw_raw(w, (const char *)run, (size_t)(p - run));
+		if (p == end)
+			break;
+		if (*p >= 0x80 && mask) {
+			jw_byte(w, '?');
+			p++;
+			continue;
+		}
+		l = utf8_seq(p, (size_t)(end - p), &cp);
+		if (l == 0) {
+			w->ok = false;
+			return;
+		}
+		switch (cp) {
+		case '"': kms_jw_raw(w, "\\\"", 2); break;
+		case '\\': kms_jw_raw(w, "\\\\", 2); break;
+		case '\b': kms_jw_raw(w, "\\b", 2); break;
+		case '\f': kms_jw_raw(w, "\\f", 2); break;
+		case '\n': kms_jw_raw(w, "\\n", 2); break;
+		case '\r': kms_jw_raw(w, "\\r", 2); break;
+		case '\t': kms_jw_raw(w, "\\t", 2); break;
+		default:
+			if (cp < 0x20) {
+				jw_u16(w, cp);
+			} else if (!w->ascii) {
+				kms_jw_raw(w, (const char *)p, l);
+			} else if (cp < 0x10000) {
+				jw_u16(w, cp);
+			} else {
+				jw_u16(w, 0xD800 | ((cp - 0x10000) >> 10));
+				jw_u16(w, 0xDC00 | ((cp - 0x10000) & 0x3FF));
+			}
+		}
+		p += l;
+	}
+	jw_byte(w, '"');
+}
+
+void kms_jw_str(struct kms_jw *w, const char *s, size_t n)
+{
+	jw_str_mask(w, s, n, false);
+}
+
+static bool utf8_valid(const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t i = 0, l;
+	uint32_t cp;
+
+	while (i < n) {
+		if (p[i] < 0x80) {
+			i++;
+			continue;
+		}
+		l = utf8_seq(p + i, n - i, &cp);
+		if (l == 0)
+			return false;
+		i += l;
+	}
+	return true;
+}
+
+void kms_jw_text(struct kms_jw *w, const char *s)
+{
+	size_t n;
+
+	if (s == NULL) {
+		kms_jw_raw(w, "null", 4);
+		return;
+	}
+	n = strlen(s);
+	jw_str_mask(w, s, n, !utf8_valid(s, n));
+}
+
+void kms_jw_int(struct kms_jw *w, long long v)
+{
+	char d[24], *p = d + sizeof(d);
+	unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+
+	do {
+		*--p = (char)('0' + u % 10);
+		u /= 10;
+	} while (u != 0);
+	if (v < 0)
+		*--p = '-';
+	kms_jw_raw(w, p, (size_t)(d + sizeof(d) - p));
+}
+
+void kms_jw_value(struct kms_jw *w, const json_t *v)
+{
+	if (v == NULL) {
+		w->ok = false;
+		return;
+	}
+	switch (json_typeof(v)) {
+	case JSON_OBJECT: {
+		void *it = json_object_iter((json_t *)v);
+		bool first = true;
+
+		jw_byte(w, '{');
+		for (; it != NULL && w->ok; it = json_object_iter_next((json_t *)v, it)) {
+			if (!first)
+				jw_byte(w, ',');
+			first = false;
+			kms_jw_str(w, json_object_iter_key(it), json_object_iter_key_len(it));
+			jw_byte(w, ':');
+			kms_jw_value(w, json_object_iter_value(it));
+		}
+		jw_byte(w, '}');
+		break;
+	}
+	case JSON_ARRAY: {
+		size_t i, n = json_array_size(v);
+
+		jw_byte(w, '[');
+		for (i = 0; i < n && w->ok; i++) {
+			if (i > 0)
+				jw_byte(w, ',');
+			kms_jw_value(w, json_array_get(v, i));
+		}
+		jw_byte(w, ']');
+		break;
+	}
+	case JSON_STRING:
+		kms_jw_str(w, json_string_value(v), json_string_length(v));
+		break;
+	case JSON_INTEGER:
+		kms_jw_int(w, (long long)json_integer_value(v));
+		break;
+	case JSON_TRUE:
+		kms_jw_raw(w, "true", 4);
+		break;
+	case JSON_FALSE:
+		kms_jw_raw(w, "false", 5);
+		break;
+	case JSON_NULL:
+		kms_jw_raw(w, "null", 4);
+		break;
+	default: {
+		/* a real: jansson's own text for it (precision, ".0", exponent form) */
+		char t[64];
+		size_t n = json_dumpb(v, t, sizeof(t), JSON_COMPACT | JSON_ENCODE_ANY |
+						       (w->ascii ? JSON_ENSURE_ASCII : 0));
+		if (n == 0 || n > sizeof(t))
+			w->ok = false;
+		else
+			kms_jw_raw(w, t, n);
+	}
+	}
 }
 
 void kms_json_free_str(char *s, size_t len)
