@@ -59,6 +59,8 @@ struct audit {
 	bool failed;
 	char *pend;	      /* records formatted but not yet written */
 	size_t pend_len, pend_cap;
+	char *spare; /* a written-out pend buffer kept for the next one (no malloc per sync) */
+	size_t spare_cap;
 
 	struct audit_options opt;
 	uint64_t plain_total;  /* non-checkpoint records assigned (1 stands for "some" at open) */
@@ -165,8 +167,18 @@ static void fmt_time(char *buf, size_t cap)
 
 /* ---------------------------------------------------------------- formatting */
 
+/* A buffer is kept as the spare only up to this size: a burst of long records does not
+ * pin its memory for the process's life. */
+#define SPARE_MAX (1u << 20)
+
 static kms_err pend_reserve(struct audit *a, size_t n)
 {
+	if (a->pend == NULL && a->spare != NULL) {
+		a->pend = a->spare;
+		a->pend_cap = a->spare_cap;
+		a->spare = NULL;
+		a->spare_cap = 0;
+	}
 	if (a->pend_len + n > a->pend_cap) {
 		size_t cap = a->pend_cap ? a->pend_cap : 16384;
 		char *p;
@@ -621,7 +633,7 @@ static void commit_locked(struct audit *a, uint64_t target)
 			continue;
 		}
 		char *buf = a->pend;
-		size_t len = a->pend_len;
+		size_t len = a->pend_len, cap = a->pend_cap;
 		uint64_t first = a->durable_seq + 1, upto = a->seq;
 		char why[sizeof(a->why)] = "";
 		bool ok;
@@ -649,7 +661,6 @@ static void commit_locked(struct audit *a, uint64_t target)
 		ok = why[0] == '\0';
 		if (ok && a->slog != NULL)
 			audit_syslog_send(a->slog, buf, len);
-		free(buf);
 		if (ok) {
 			if (a->seg_first == 0) {
 				a->seg_first = first;
@@ -661,6 +672,12 @@ static void commit_locked(struct audit *a, uint64_t target)
 		}
 		pthread_mutex_lock(&a->mu);
 		a->writing = false;
+		if (a->spare == NULL && cap <= SPARE_MAX) {
+			a->spare = buf;
+			a->spare_cap = cap;
+		} else {
+			free(buf);
+		}
 		if (ok) {
 			a->durable_seq = upto;
 			a->n_records += upto - first + 1;
@@ -1247,6 +1264,7 @@ void audit_close(struct audit *a)
 		close(a->fd);
 	audit_syslog_close(a->slog);
 	free(a->pend);
+	free(a->spare);
 	EVP_MD_CTX_free(a->md);
 	EVP_MD_free(a->sha256);
 	pthread_cond_destroy(&a->tick_cv);
