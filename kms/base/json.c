@@ -146,27 +146,36 @@ kms_err kms_json_opt_bool(json_t *obj, const char *name, int dflt, int *out)
 
 char *kms_json_dump(const json_t *v, size_t *len)
 {
+	char stack[2048];
 	struct kms_jw w;
+	size_t n;
 	char *s;
 
-	/* measure, then write once into a block of the exact size: the text may hold key
-	 * material, so it is never copied or left in a grown buffer */
-	kms_jw_init(&w, NULL, 0, false);
+	/* The text may hold key material: the stack copy is wiped, and a text too long for
+	 * it is written a second time straight into a block of the exact size rather than
+	 * into a grown (reallocated, unwiped) one. */
+	kms_jw_init(&w, stack, sizeof(stack), false);
 	kms_jw_value(&w, v);
-	if (!w.ok)
-		return NULL;
-	s = json_zalloc(w.len + 1);
-	if (s == NULL)
-		return NULL;
-	kms_jw_init(&w, s, w.len, false);
-	kms_jw_value(&w, v);
-	if (!w.ok || w.len > w.cap) {
-		json_zfree(s);
+	n = w.len;
+	if (!w.ok || (s = json_zalloc(n + 1)) == NULL) {
+		kms_wipe(stack, n < sizeof(stack) ? n : sizeof(stack));
 		return NULL;
 	}
-	s[w.len] = '\0';
+	if (n <= sizeof(stack)) {
+		memcpy(s, stack, n);
+		kms_wipe(stack, n);
+	} else {
+		kms_wipe(stack, sizeof(stack));
+		kms_jw_init(&w, s, n, false);
+		kms_jw_value(&w, v);
+		if (!w.ok || w.len != n) {
+			json_zfree(s);
+			return NULL;
+		}
+	}
+	s[n] = '\0';
 	if (len != NULL)
-		*len = w.len;
+		*len = n;
 	return s;
 }
 
@@ -244,10 +253,20 @@ static void jw_u16(struct kms_jw *w, uint32_t u)
 	kms_jw_raw(w, e, sizeof(e));
 }
 
-/* Bytes a JSON string may hold as they are: printable ASCII but '"' and '\\'. */
-static bool plain(unsigned char c)
+/* Bytes a JSON string may hold as they are: printable ASCII but '"' and '\\' (and DEL,
+ * which jansson leaves alone too). */
+#define P16 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1
+static const uint8_t plain_tab[256] = {
+	[0x20] = 1, 1, 0 /* " */, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	[0x30] = P16, P16,
+	[0x50] = 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0 /* \\ */, 1, 1, 1,
+	[0x60] = P16, P16,
+};
+#undef P16
+
+static inline bool plain(unsigned char c)
 {
-	return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+	return plain_tab[c] != 0;
 }
 
 static void jw_str_mask(struct kms_jw *w, const char *s, size_t n, bool mask)
