@@ -231,6 +231,60 @@ static void test_json_writer_matches_jansson(void **state)
 	assert_null(kms_json_dump(NULL, &len));
 }
 
+/* kms_json_parse_object reads the usual body itself and leaves the rest to jansson: for
+ * every input the result must be what json_loadb(JSON_REJECT_DUPLICATES) makes (same
+ * members, same order, same types), and a refusal must be a refusal. */
+static void test_json_parse_matches_jansson(void **state)
+{
+	static const char *const inputs[] = {
+		"{}", " {\"a\":1} ", "{\"ciphertext\":\"kms:v1:AAAA\",\"bits\":256}",
+		"{\"a\":{\"b\":[1,-2,0,-0,true,false,null,\"x\",[],{}]},\"c\":\"\"}",
+		"{\"u\":\"caf\xc3\xa9 \xf0\x9f\x98\x80\",\"\xc3\xa9\":1}", "{\"n\":123456789012345678}",
+		"{\"n\":1234567890123456789}", "{\"n\":9223372036854775808}", "{\"n\":1.5}", "{\"n\":1e3}",
+		"{\"n\":01}", "{\"n\":-}", "{\"n\":1x}", "{\"e\":\"a\\\"b\\\\c\\u00e9\\n\"}", "{\"a\":1,\"a\":2}",
+		"{\"a\":1,}", "{\"a\" 1}", "{\"a\":tru}", "{\"a\":truex}", "{\"a\":nul}", "{\"a\":[1,]}",
+		"{\"a\":1} x", "[1]", "\"s\"", "", "   ", "{", "{\"a\":\"\xc3\"}", "{\"a\":\"\xed\xa0\x80\"}",
+		"{\"a\":\"tab\there\"}", "{\"a\":\"\x7f\"}", "\xef\xbb\xbf{}", "{\t\"a\"\r\n:\n1\t}",
+		"{\"d\":[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]}",
+		"{\"batch_input\":[{\"ciphertext\":\"c1\"},{\"ciphertext\":\"c2\",\"encryption_context\":{\"p\":\"t\"}}]}",
+	};
+	size_t i;
+	(void)state;
+
+	for (i = 0; i < sizeof(inputs) / sizeof(inputs[0]); i++) {
+		const char *in = inputs[i];
+		json_error_t je;
+		json_t *want = json_loadb(in, strlen(in), JSON_REJECT_DUPLICATES, &je), *got;
+		kms_err e;
+
+		got = kms_json_parse_object(in, strlen(in), &e);
+		if (want == NULL || !json_is_object(want)) {
+			if (got != NULL)
+				fail_msg("input %zu (%s): jansson refuses it, kms_json_parse_object took it", i, in);
+			assert_int_equal(e, KMS_ERR_INVALID);
+		} else {
+			char *a, *b;
+			if (got == NULL)
+				fail_msg("input %zu (%s): refused: %s", i, in, kms_err_detail(e));
+			assert_int_equal(e, KMS_OK);
+			assert_true(json_equal(want, got));
+			a = json_dumps(want, JSON_COMPACT | JSON_ENCODE_ANY);
+			b = json_dumps(got, JSON_COMPACT | JSON_ENCODE_ANY);
+			assert_string_equal(a, b); /* the same order too */
+			kms_json_free_str(a, 0);
+			kms_json_free_str(b, 0);
+		}
+		json_decref(want);
+		json_decref(got);
+	}
+	/* a NUL byte inside the buffer */
+	{
+		kms_err e;
+		assert_null(kms_json_parse_object("{\"a\":\"x\0y\"}", 11, &e));
+		assert_int_equal(e, KMS_ERR_INVALID);
+	}
+}
+
 static void test_secret_memory(void **state)
 {
 	char path[] = "/tmp/kms-secret-XXXXXX";
@@ -331,6 +385,7 @@ int main(void)
 		cmocka_unit_test(test_hex),		     cmocka_unit_test(test_err_table),
 		cmocka_unit_test(test_json_strict),	     cmocka_unit_test(test_secret_memory),
 		cmocka_unit_test(test_fileio),		     cmocka_unit_test(test_json_writer_matches_jansson),
+		cmocka_unit_test(test_json_parse_matches_jansson),
 	};
 	kms_json_init();
 	return cmocka_run_group_tests_name("base", tests, NULL, NULL);
