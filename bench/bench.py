@@ -34,6 +34,8 @@ Settings (environment; `make bench` passes its make variables through):
   BENCH_SCALING=0   skip the scaling figures (bench/scaling.py; default on)
   BENCH_SCALE_KEYS  key counts for the scaling figures (default "1 100 10000", quick "1 100")
   BENCH_IDLE_CONNS  idle TLS connections for the RSS figure (default 1000)
+  SOFTHSM_MECHANISMS  SoftHSM2's slots.mechanisms for both tokens (default "kmsd": the
+                    mechanisms kmsd uses, scripts/dev-token.sh; "ALL" for SoftHSM2's default)
   BUILD             build directory (default build)
 `bench.py --self-test` checks the statistics, the metrics parser and the JSON writer
 on made-up figures, without starting anything.
@@ -110,6 +112,7 @@ def settings_from_env(env):
         "scale_keys": int_list(g("BENCH_SCALE_KEYS") or ("1 100" if quick else "1 100 10000"),
                                "BENCH_SCALE_KEYS"),
         "idle_conns": int(g("BENCH_IDLE_CONNS") or 1000),
+        "softhsm_mechanisms": g("SOFTHSM_MECHANISMS") or "kmsd",
     }
     if s["seconds"] < 1:
         raise BenchError("BENCH_SECONDS must be an integer >= 1")
@@ -829,6 +832,8 @@ def run(settings):
     for b in ("kmsd", "bench/p11loop", "bench/fsyncloop"):
         if not os.access(os.path.join(REPO, settings["build"], b), os.X_OK):
             raise BenchError("%s/%s missing: run `make bench`" % (settings["build"], b))
+    # both tokens (kmsd's and the PKCS#11 ceiling's) are made by dev-token.sh with it
+    os.environ["SOFTHSM_MECHANISMS"] = settings["softhsm_mechanisms"]
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.monotonic()
     kids = Children()
@@ -901,7 +906,7 @@ def run(settings):
                 " %s=%s" % (k, shlex.quote(os.environ[k])) for k in
                 ("BENCH_QUICK", "BENCH_SECONDS", "BENCH_RUNS", "BENCH_CONNS", "BENCH_OPS",
                  "BENCH_BATCHES", "BENCH_WORKERS", "BENCH_CONTEXT", "BENCH_SCALING",
-                 "BENCH_SCALE_KEYS", "BENCH_IDLE_CONNS")
+                 "BENCH_SCALE_KEYS", "BENCH_IDLE_CONNS", "SOFTHSM_MECHANISMS")
                 if os.environ.get(k, "").strip()),
             "host": info, "git": git_info(),
             "settings": {k: v for k, v in settings.items() if k != "keep"},
