@@ -11,7 +11,9 @@
  *     and creation is serialised (SoftHSM2 2.6.1 races on parallel object creation);
  *   - a pool of read-only sessions for crypto operations, checked out one per call.
  * Nothing here ever calls C_Logout while serving: a logout destroys every private
- * session object of the application, i.e. every loaded KEK. */
+ * session object of the application (KEKs being generated or rewrapped) and makes the
+ * token objects unusable. Serving copies are public session objects (kek_load_call):
+ * they die with the holder session at p11_close, or when the token loses it. */
 #include "pkcs11/p11.h"
 
 #include <dlfcn.h>
