@@ -36,6 +36,9 @@ Settings (environment; `make bench` passes its make variables through):
   BENCH_IDLE_CONNS  idle TLS connections for the RSS figure (default 1000)
   BENCH_CLUSTER=0   skip the cluster figure (bench/cluster_bench.py: datakey through
                     HAProxy with 1 vs 2 nodes; KMS_CLUSTER_STORE=pg|sqlite, default pg)
+  SOFTHSM_MECHANISMS  SoftHSM2's slots.mechanisms for both tokens (default "ALL",
+                    SoftHSM2's own default; "kmsd": only the mechanisms kmsd uses,
+                    scripts/dev-token.sh, docs/PERFORMANCE.md)
   BUILD             build directory (default build)
 `bench.py --self-test` checks the statistics, the metrics parser and the JSON writer
 on made-up figures, without starting anything.
@@ -113,6 +116,7 @@ def settings_from_env(env):
                                "BENCH_SCALE_KEYS"),
         "idle_conns": int(g("BENCH_IDLE_CONNS") or 1000),
         "cluster": g("BENCH_CLUSTER") not in ("0",),
+        "softhsm_mechanisms": g("SOFTHSM_MECHANISMS") or "ALL",
     }
     if s["seconds"] < 1:
         raise BenchError("BENCH_SECONDS must be an integer >= 1")
@@ -832,6 +836,8 @@ def run(settings):
     for b in ("kmsd", "bench/p11loop", "bench/fsyncloop"):
         if not os.access(os.path.join(REPO, settings["build"], b), os.X_OK):
             raise BenchError("%s/%s missing: run `make bench`" % (settings["build"], b))
+    # both tokens (kmsd's and the PKCS#11 ceiling's) are made by dev-token.sh with it
+    os.environ["SOFTHSM_MECHANISMS"] = settings["softhsm_mechanisms"]
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.monotonic()
     kids = Children()
@@ -907,7 +913,8 @@ def run(settings):
                 " %s=%s" % (k, shlex.quote(os.environ[k])) for k in
                 ("BENCH_QUICK", "BENCH_SECONDS", "BENCH_RUNS", "BENCH_CONNS", "BENCH_OPS",
                  "BENCH_BATCHES", "BENCH_WORKERS", "BENCH_CONTEXT", "BENCH_SCALING",
-                 "BENCH_SCALE_KEYS", "BENCH_IDLE_CONNS", "BENCH_CLUSTER", "KMS_CLUSTER_STORE")
+                 "BENCH_SCALE_KEYS", "BENCH_IDLE_CONNS", "BENCH_CLUSTER", "KMS_CLUSTER_STORE",
+                 "SOFTHSM_MECHANISMS")
                 if os.environ.get(k, "").strip()),
             "host": info, "git": git_info(),
             "settings": {k: v for k, v in settings.items() if k != "keep"},

@@ -10,7 +10,7 @@ sqlite3_step (store statements), to the PKCS#11 functions (token calls), to fdat
 (audit syncs), and the functions with the most inclusive instructions.
 
     make -s && /usr/bin/python3 bench/profile.py [--op datakey|decrypt|health|encrypt]
-        [--n 200] [--batch 1] [--context] [--top 25] [--keep]
+        [--n 200] [--batch 1] [--context] [--top 25] [--keep] [--mechanisms kmsd|ALL|LIST]
 
 Needs valgrind (callgrind_control, callgrind_annotate). Takes a minute or two."""
 
@@ -73,7 +73,11 @@ def main():
     ap.add_argument("--keys", type=int, default=1,
                     help="spread datakey requests round-robin over this many keys (made and "
                          "used once before the measurement, without callgrind)")
+    ap.add_argument("--mechanisms", default=os.environ.get("SOFTHSM_MECHANISMS", "ALL"),
+                    help='SoftHSM2 slots.mechanisms for the token (scripts/dev-token.sh; default '
+                         '"ALL", SoftHSM2\'s default, as make bench; "kmsd": only the mechanisms kmsd uses)')
     a = ap.parse_args()
+    os.environ["SOFTHSM_MECHANISMS"] = a.mechanisms
 
     import conftest  # the integration tests' Kmsd class
 
@@ -153,7 +157,7 @@ def main():
         ir = total_ir(dump)
         calls = parse_calls(dump)
         n = a.n
-        print("keys=%d" % len(keys))
+        print("keys=%d softhsm_mechanisms=%s" % (len(keys), a.mechanisms))
         print("op=%s batch=%d context=%s n=%d (one keep-alive TLS connection, workers=2, %.1f s "
               "under callgrind)" % (a.op, a.batch, a.context, n, dt))
         print("instructions per request: %.0f" % (ir / n))

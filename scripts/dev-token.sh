@@ -8,6 +8,13 @@
 #   DIR/so.pin          random SO PIN   (mode 0600, written under umask 077)
 #   DIR/user.pin        random user PIN (mode 0600, written under umask 077)
 #
+# SOFTHSM_MECHANISMS=LIST adds "slots.mechanisms = LIST" (SoftHSM2's comma-separated
+# list of the mechanisms it offers; "kmsd" stands for the ones kmsd uses). SoftHSM2
+# copies its list of enabled mechanisms on every C_EncryptInit/C_DecryptInit, so a short
+# list is cheaper per call (docs/PERFORMANCE.md); `make bench` and bench/profile.py set
+# it. The tests do not: some of them show that the key templates, not the mechanism
+# list, refuse a mechanism.
+#
 # Idempotent: when DIR/tokens already holds a token, nothing is changed (the conf file
 # is rewritten only if it is missing).
 #
@@ -25,6 +32,10 @@ if [ $# -ne 1 ] || [ -z "$1" ]; then
 	exit 2
 fi
 LABEL=${TOKEN_LABEL:-kmsd}
+MECHS=${SOFTHSM_MECHANISMS:-}
+if [ "$MECHS" = kmsd ]; then
+	MECHS=CKM_AES_KEY_GEN,CKM_AES_KEY_WRAP_PAD,CKM_AES_GCM,CKM_GENERIC_SECRET_KEY_GEN,CKM_SHA256_HMAC,CKM_EC_KEY_PAIR_GEN,CKM_ECDSA
+fi
 
 mkdir -p "$1"
 DIR=$(cd "$1" && pwd -P)
@@ -41,6 +52,9 @@ objectstore.backend = file
 log.level = ERROR
 slots.removable = false
 EOF
+	if [ -n "$MECHS" ]; then
+		echo "slots.mechanisms = $MECHS" >>"$tmp"
+	fi
 	chmod 0600 "$tmp"
 	mv -f "$tmp" "$CONF"
 }

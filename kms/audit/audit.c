@@ -60,6 +60,8 @@ struct audit {
 	bool failed;
 	char *pend;	      /* records formatted but not yet written */
 	size_t pend_len, pend_cap;
+	char *spare; /* a written-out pend buffer kept for the next one (no malloc per sync) */
+	size_t spare_cap;
 
 	struct audit_options opt;
 	uint64_t plain_total;  /* non-checkpoint records assigned (1 stands for "some" at open) */
@@ -75,6 +77,11 @@ struct audit {
 	uint64_t fsync_us_sum;
 	uint64_t ckpt_seq, ckpt_covered;
 	char ckpt_time[40];
+	/* chain_time's calendar text for tm_sec, under mu */
+	bool tm_valid;
+	time_t tm_sec;
+	char tm_text[64];
+	size_t tm_len;
 };
 
 static const uint64_t fsync_bounds_us[AUDIT_FSYNC_BUCKETS] = AUDIT_FSYNC_BOUNDS_US;
@@ -161,8 +168,18 @@ static void fmt_time(char *buf, size_t cap)
 
 /* ---------------------------------------------------------------- formatting */
 
+/* A buffer is kept as the spare only up to this size: a burst of long records does not
+ * pin its memory for the process's life. */
+#define SPARE_MAX (1u << 20)
+
 static kms_err pend_reserve(struct audit *a, size_t n)
 {
+	if (a->pend == NULL && a->spare != NULL) {
+		a->pend = a->spare;
+		a->pend_cap = a->spare_cap;
+		a->spare = NULL;
+		a->spare_cap = 0;
+	}
 	if (a->pend_len + n > a->pend_cap) {
 		size_t cap = a->pend_cap ? a->pend_cap : 16384;
 		char *p;
@@ -289,49 +306,146 @@ static kms_err emit_record_locked(struct audit *a, const struct audit_record *r)
 
 /* The request path's records are serialised before the log's lock is taken: only what
  * depends on the chain (seq, time, prev, hash) is added under it. The bytes are the
- * same as emit_record_locked's: record_object's members in order, compact, ASCII.
- * *mid is ',"node":…,"reason":…' plus the extra members (malloc'd, free()). */
+ * same as emit_record_locked's: record_object's members in order, compact, ASCII, as
+ * jansson's json_dumpb would write them (kms_jw, without building a jansson object).
+ * *mid is ',"node":…,"reason":…' plus the extra members; it is buf when it fits in
+ * cap bytes, else malloc'd (free() it when it is not buf). */
 #define MIDDLE_GUESS 2048
 
-static kms_err record_middle(struct audit *a, const struct audit_record *r, char **mid, size_t *len)
+/* The members record_object writes, and the two the chain adds. */
+static const char *const std_members[] = {"seq", "time", "node", "request_id", "principal",
+					  "auth_method", "mfa", "remote_addr", "operation",
+					  "tenant", "key", "version", "outcome", "status",
+					  "reason", "prev", "hash", NULL};
+
+static bool extra_name_ok(const struct audit_record *r, const char *k, size_t kl)
 {
-	static const char *const chain[] = {"seq", "time", "prev", "hash", NULL};
-	json_t *o;
-	char *text;
-	size_t n;
+	for (size_t i = 0; std_members[i] != NULL; i++)
+		if (strlen(std_members[i]) == kl && memcmp(std_members[i], k, kl) == 0)
+			return false;
+	return !(r->batch && kl == 5 && memcmp(k, "batch", 5) == 0);
+}
+
+#define JW_LIT(w, s) kms_jw_raw((w), (s), sizeof(s) - 1)
+
+static void middle_write(struct audit *a, const struct audit_record *r, struct kms_jw *w)
+{
+	JW_LIT(w, ",\"node\":");
+	kms_jw_text(w, a->node);
+	JW_LIT(w, ",\"request_id\":");
+	kms_jw_text(w, r->request_id);
+	JW_LIT(w, ",\"principal\":");
+	kms_jw_text(w, r->principal);
+	JW_LIT(w, ",\"auth_method\":");
+	kms_jw_text(w, r->auth_method);
+	if (r->mfa)
+		JW_LIT(w, ",\"mfa\":true");
+	else
+		JW_LIT(w, ",\"mfa\":false");
+	JW_LIT(w, ",\"remote_addr\":");
+	kms_jw_text(w, r->remote_addr);
+	JW_LIT(w, ",\"operation\":");
+	kms_jw_text(w, r->operation);
+	JW_LIT(w, ",\"tenant\":");
+	kms_jw_text(w, r->tenant);
+	JW_LIT(w, ",\"key\":");
+	kms_jw_text(w, r->key);
+	JW_LIT(w, ",\"version\":");
+	if (r->version)
+		kms_jw_int(w, (long long)r->version);
+	else
+		JW_LIT(w, "null");
+	if (r->batch) {
+		JW_LIT(w, ",\"batch\":");
+		kms_jw_int(w, (long long)r->batch);
+	}
+	JW_LIT(w, ",\"outcome\":");
+	kms_jw_text(w, r->outcome);
+	JW_LIT(w, ",\"status\":");
+	if (r->status)
+		kms_jw_int(w, (long long)r->status);
+	else
+		JW_LIT(w, "null");
+	JW_LIT(w, ",\"reason\":");
+	kms_jw_text(w, r->reason);
+	if (r->extra != NULL) {
+		json_t *x = (json_t *)r->extra;
+
+		for (void *it = json_object_iter(x); it != NULL; it = json_object_iter_next(x, it)) {
+			const char *k = json_object_iter_key(it);
+			size_t kl = json_object_iter_key_len(it);
+
+			if (!extra_name_ok(r, k, kl)) {
+				w->ok = false; /* a member may not override a standard one */
+				return;
+			}
+			kms_jw_raw(w, ",", 1);
+			kms_jw_str(w, k, kl);
+			kms_jw_raw(w, ":", 1);
+			kms_jw_value(w, json_object_iter_value(it));
+		}
+	}
+}
+
+static kms_err record_middle(struct audit *a, const struct audit_record *r, char *buf, size_t cap,
+			     char **mid, size_t *len)
+{
+	struct kms_jw w;
+	char *text = buf;
 
 	*mid = NULL;
-	o = record_object(a, 0, r);
-	if (o == NULL)
+	if (r->extra != NULL && !json_is_object((const json_t *)r->extra))
 		return kms_errf(KMS_ERR_NOMEM, "audit record");
-	/* an extra member may not be named like one the chain adds */
-	for (size_t i = 2; chain[i] != NULL; i++)
-		if (json_object_get(o, chain[i]) != NULL) {
-			json_decref(o);
+	kms_jw_init(&w, buf, cap, true);
+	middle_write(a, r, &w);
+	if (w.ok && w.len > cap) {
+		/* one pass for the usual record; a second one, sized, for a long one */
+		size_t need = w.len;
+		text = malloc(need); /* audit records hold no secret */
+		if (text == NULL)
 			return kms_errf(KMS_ERR_NOMEM, "audit record");
-		}
-	(void)json_object_del(o, "seq");
-	(void)json_object_del(o, "time");
-	/* one pass for the usual record; a second one, sized, for a long one */
-	text = malloc(MIDDLE_GUESS); /* audit records hold no secret */
-	n = text ? json_dumpb(o, text, MIDDLE_GUESS, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII) : 0;
-	if (n > MIDDLE_GUESS) {
-		free(text);
-		text = malloc(n);
-		if (text != NULL &&
-		    json_dumpb(o, text, n, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII) != n)
-			n = 0;
+		kms_jw_init(&w, text, need, true);
+		middle_write(a, r, &w);
+		if (w.len != need)
+			w.ok = false;
 	}
-	if (text == NULL || n < 3 || text[0] != '{' || text[n - 1] != '}') {
-		json_decref(o);
-		free(text);
+	if (!w.ok) {
+		if (text != buf)
+			free(text);
 		return kms_errf(KMS_ERR_NOMEM, "audit record");
 	}
-	json_decref(o);
-	text[0] = ',';
 	*mid = text;
-	*len = n - 1; /* without the closing brace */
+	*len = w.len;
 	return KMS_OK;
+}
+
+/* "YYYY-MM-DDTHH:MM:SS.uuuuuuZ" as fmt_time writes it, for the record being chained
+ * now (under mu): the calendar part is worked out once per second. */
+static size_t chain_time(struct audit *a, char out[96])
+{
+	struct timespec ts;
+	long us;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	if (!a->tm_valid || ts.tv_sec != a->tm_sec) {
+		struct tm tm;
+
+		gmtime_r(&ts.tv_sec, &tm);
+		snprintf(a->tm_text, sizeof(a->tm_text), "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+			 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+		a->tm_len = strlen(a->tm_text);
+		a->tm_sec = ts.tv_sec;
+		a->tm_valid = true;
+	}
+	memcpy(out, a->tm_text, a->tm_len);
+	us = ts.tv_nsec / 1000;
+	out[a->tm_len] = '.';
+	for (int i = 6; i >= 1; i--) {
+		out[a->tm_len + (size_t)i] = (char)('0' + us % 10);
+		us /= 10;
+	}
+	out[a->tm_len + 7] = 'Z';
+	return a->tm_len + 8;
 }
 
 /* emit_locked for a record whose middle record_middle made. */
@@ -341,22 +455,27 @@ static kms_err emit_middle_locked(struct audit *a, const char *mid, size_t mid_l
 	char when[96], head[160];
 	uint8_t h[AUDIT_HASH_LEN];
 	unsigned hn = 0;
-	int hl;
-	size_t n;
+	struct kms_jw w;
+	size_t hl, n;
 	char *body, *p;
 	kms_err rc;
 
-	fmt_time(when, sizeof(when));
-	hl = snprintf(head, sizeof(head), "{\"seq\":%" PRIu64 ",\"time\":\"%s\"", a->seq + 1, when);
-	if (hl <= 0 || (size_t)hl >= sizeof(head))
+	kms_jw_init(&w, head, sizeof(head), true);
+	JW_LIT(&w, "{\"seq\":");
+	kms_jw_int(&w, (long long)(a->seq + 1));
+	JW_LIT(&w, ",\"time\":\"");
+	kms_jw_raw(&w, when, chain_time(a, when));
+	JW_LIT(&w, "\"");
+	if (w.len > sizeof(head))
 		return kms_errf(KMS_ERR_INTERNAL, "audit: record head");
+	hl = w.len;
 	/* head + mid + ,"prev":"<hex>"} */
-	n = (size_t)hl + mid_len + sizeof(",\"prev\":\"") - 1 + AUDIT_HASH_HEX + 2;
+	n = hl + mid_len + sizeof(",\"prev\":\"") - 1 + AUDIT_HASH_HEX + 2;
 	rc = pend_reserve(a, n + AUDIT_HASH_SUFFIX_LEN + 1);
 	if (rc != KMS_OK)
 		return rc;
 	body = p = a->pend + a->pend_len;
-	memcpy(p, head, (size_t)hl);
+	memcpy(p, head, hl);
 	p += hl;
 	memcpy(p, mid, mid_len);
 	p += mid_len;
@@ -515,7 +634,7 @@ static void commit_locked(struct audit *a, uint64_t target)
 			continue;
 		}
 		char *buf = a->pend;
-		size_t len = a->pend_len;
+		size_t len = a->pend_len, cap = a->pend_cap;
 		uint64_t first = a->durable_seq + 1, upto = a->seq;
 		char why[sizeof(a->why)] = "";
 		bool ok;
@@ -543,7 +662,6 @@ static void commit_locked(struct audit *a, uint64_t target)
 		ok = why[0] == '\0';
 		if (ok && a->slog != NULL)
 			audit_syslog_send(a->slog, buf, len);
-		free(buf);
 		if (ok) {
 			if (a->seg_first == 0) {
 				a->seg_first = first;
@@ -555,6 +673,12 @@ static void commit_locked(struct audit *a, uint64_t target)
 		}
 		pthread_mutex_lock(&a->mu);
 		a->writing = false;
+		if (a->spare == NULL && cap <= SPARE_MAX) {
+			a->spare = buf;
+			a->spare_cap = cap;
+		} else {
+			free(buf);
+		}
 		if (ok) {
 			a->durable_seq = upto;
 			a->n_records += upto - first + 1;
@@ -1167,6 +1291,7 @@ void audit_close(struct audit *a)
 		close(a->fd);
 	audit_syslog_close(a->slog);
 	free(a->pend);
+	free(a->spare);
 	EVP_MD_CTX_free(a->md);
 	EVP_MD_free(a->sha256);
 	pthread_cond_destroy(&a->tick_cv);
@@ -1181,21 +1306,23 @@ kms_err audit_append(struct audit *a, const struct audit_record *r)
 {
 	uint64_t mine, target, cseq;
 	const char *why;
-	char *mid;
+	char buf[MIDDLE_GUESS], *mid;
 	size_t mid_len = 0;
 	kms_err rc;
 
-	rc = record_middle(a, r, &mid, &mid_len);
+	rc = record_middle(a, r, buf, sizeof(buf), &mid, &mid_len);
 	if (rc != KMS_OK)
 		return rc;
 	pthread_mutex_lock(&a->mu);
 	if (a->failed) {
 		pthread_mutex_unlock(&a->mu);
-		free(mid);
+		if (mid != buf)
+			free(mid);
 		return kms_errf(KMS_ERR_AUDIT, "audit log unavailable");
 	}
 	rc = emit_middle_locked(a, mid, mid_len);
-	free(mid);
+	if (mid != buf)
+		free(mid);
 	if (rc != KMS_OK) {
 		pthread_mutex_unlock(&a->mu);
 		return rc;

@@ -1,5 +1,6 @@
 #include "kms/http/routes.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -94,41 +95,61 @@ static int split(char *p, char **segs)
 	return n;
 }
 
-/* Walks the pattern in place (no copy): it is hit for every route on every request. */
-static int match_one(const struct route *r, char **segs, int n, struct route_match *m)
+/* Each pattern cut into segments once (routes_once): matching a request then compares
+ * segment counts first, which rules out most routes without reading them. */
+#define N_ROUTES (sizeof(routes) / sizeof(routes[0]))
+
+static struct parsed_route {
+	int n;
+	const char *seg[MAX_SEGS];
+	size_t len[MAX_SEGS];
+} parsed[N_ROUTES];
+static pthread_once_t routes_once = PTHREAD_ONCE_INIT;
+
+static void parse_routes(void)
 {
-	const char *p = r->pattern, *psegs[MAX_SEGS];
-	size_t plen[MAX_SEGS];
-	int pn = 0;
+	for (size_t i = 0; i < N_ROUTES; i++) {
+		const char *p = routes[i].pattern;
+		struct parsed_route *r = &parsed[i];
 
-	while (*p == '/') {
-		const char *e;
+		r->n = 0;
+		while (*p == '/') {
+			const char *e;
 
-		p++;
-		if (*p == '\0')
-			break;
-		if (pn == n)
-			return 0;
-		for (e = p; *e != '\0' && *e != '/'; e++)
-			;
-		psegs[pn] = p;
-		plen[pn] = (size_t)(e - p);
-		if (p[0] != ':') {
-			if (strncmp(segs[pn], p, plen[pn]) != 0 || segs[pn][plen[pn]] != '\0')
+			p++;
+			if (*p == '\0')
+				break;
+			for (e = p; *e != '\0' && *e != '/'; e++)
+				;
+			if (r->n == MAX_SEGS) { /* longer than any path split() accepts */
+				r->n = -1;
+				break;
+			}
+			r->seg[r->n] = p;
+			r->len[r->n] = (size_t)(e - p);
+			r->n++;
+			p = e;
+		}
+	}
+}
+
+static int match_one(const struct parsed_route *r, char **segs, int n, struct route_match *m)
+{
+	if (r->n != n)
+		return 0;
+	for (int i = 0; i < n; i++) {
+		if (r->seg[i][0] != ':') {
+			if (strncmp(segs[i], r->seg[i], r->len[i]) != 0 || segs[i][r->len[i]] != '\0')
 				return 0;
-		} else if (segs[pn][0] == '\0') {
+		} else if (segs[i][0] == '\0') {
 			return 0;
 		}
-		pn++;
-		p = e;
 	}
-	if (pn != n)
-		return 0;
 	m->tenant = m->key = m->name = m->variant = m->version = NULL;
 	for (int i = 0; i < n; i++) {
-		if (psegs[i][0] != ':')
+		if (r->seg[i][0] != ':')
 			continue;
-		switch (psegs[i][1]) {
+		switch (r->seg[i][1]) {
 		case 't': m->tenant = segs[i]; break;
 		case 'k': m->key = segs[i]; break;
 		case 'n': m->name = segs[i]; break;
@@ -163,8 +184,9 @@ enum route_result route_match(const char *method, int is_list, const char *path,
 	n = split(m->buf, segs);
 	if (n < 0)
 		return ROUTE_NOT_FOUND;
-	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-		if (!match_one(&routes[i], segs, n, m))
+	pthread_once(&routes_once, parse_routes);
+	for (size_t i = 0; i < N_ROUTES; i++) {
+		if (!match_one(&parsed[i], segs, n, m))
 			continue;
 		path_known = 1;
 		if (routes[i].method & want) {

@@ -1,4 +1,5 @@
-/* Request bodies: kms_json_parse_object, then the accessors the way the handlers use
+/* Request bodies: kms_json_parse_object (against json_loadb: the same verdict and value),
+ * then the accessors the way the handlers use
  * them (kms_json_only against each handler's list, opt_string/opt_uint/opt_bool on the
  * members they read), at the top level and inside every batch_input item.
  *
@@ -183,6 +184,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	buf = fuzz_dup(data, size, 0);
 	obj = kms_json_parse_object(buf, size, &err);
+	{
+		/* kms_json_parse_object reads the usual bodies itself: it must take exactly
+		 * what jansson takes, as the same value, members in the same order */
+		json_t *ref = json_loadb(buf, size, JSON_REJECT_DUPLICATES, NULL);
+		CHECK((obj != NULL) == (ref != NULL && json_is_object(ref)));
+		if (obj != NULL) {
+			char *a = kms_json_dump(obj, NULL), *b = kms_json_dump(ref, NULL);
+			CHECK(json_equal(obj, ref) && a != NULL && b != NULL && strcmp(a, b) == 0);
+			kms_json_free_str(a, 0);
+			kms_json_free_str(b, 0);
+		}
+		json_decref(ref);
+	}
 	free(buf);
 	if (obj == NULL) {
 		CHECK(err == KMS_ERR_INVALID);

@@ -987,6 +987,95 @@ static void test_extra_members(void **state)
 	assert_int_equal(check_lines(1), 1);
 }
 
+/* The request path writes records without jansson: its bytes must be those of the
+ * jansson object record_object builds (members in order, compact, ASCII escapes), for
+ * awkward text too, and a long record must take the second, sized pass. */
+static void test_record_bytes_as_jansson(void **state)
+{
+	static const char *const texts[] = {"q\"uo\\te", "ctl\n\t\x01\x7f", "caf\xc3\xa9 \xf0\x9f\x98\x80",
+					    "bad \xc3 utf8 \xe9", "", NULL};
+	char *longtext = malloc(5000);
+	struct audit *a;
+	FILE *f;
+	static char line[65536];
+	size_t i, nrec = 0;
+	json_t *want[16];
+	(void)state;
+
+	memset(longtext, 'L', 4999);
+	longtext[4999] = '\0';
+	assert_int_equal(audit_open(path, "n\xc3\xa9", &a), KMS_OK);
+	for (i = 0; i < sizeof(texts) / sizeof(texts[0]) + 1; i++) {
+		struct audit_record r = rec;
+		const char *t = i < sizeof(texts) / sizeof(texts[0]) ? texts[i] : longtext;
+		json_t *x = json_pack("{s:{s:s,s:o},s:n,s:[i,b]}", "encryption_context", t, "hmac-sha256:00",
+				      "n", json_integer(-7), "associated_data", "list", 3, 1);
+		json_t *o;
+
+		r.principal = t;
+		r.reason = t;
+		r.key = i % 2 ? NULL : t;
+		r.version = (uint32_t)i;
+		r.batch = (unsigned)(i % 3);
+		r.status = i == 2 ? 0 : 400 + (int)i;
+		r.mfa = i % 2;
+		r.extra = x;
+		assert_int_equal(audit_append(a, &r), KMS_OK);
+		/* the same record as a jansson object, in record_object's order */
+		o = json_object();
+		json_object_set_new(o, "node", kms_json_text("n\xc3\xa9"));
+		json_object_set_new(o, "request_id", kms_json_text(r.request_id));
+		json_object_set_new(o, "principal", kms_json_text(r.principal));
+		json_object_set_new(o, "auth_method", kms_json_text(r.auth_method));
+		json_object_set_new(o, "mfa", json_boolean(r.mfa));
+		json_object_set_new(o, "remote_addr", kms_json_text(r.remote_addr));
+		json_object_set_new(o, "operation", kms_json_text(r.operation));
+		json_object_set_new(o, "tenant", kms_json_text(r.tenant));
+		json_object_set_new(o, "key", kms_json_text(r.key));
+		json_object_set_new(o, "version", r.version ? json_integer(r.version) : json_null());
+		if (r.batch)
+			json_object_set_new(o, "batch", json_integer(r.batch));
+		json_object_set_new(o, "outcome", kms_json_text(r.outcome));
+		json_object_set_new(o, "status", r.status ? json_integer(r.status) : json_null());
+		json_object_set_new(o, "reason", kms_json_text(r.reason));
+		json_object_update(o, x);
+		want[nrec++] = o;
+		json_decref(x);
+	}
+	audit_close(a);
+	free(longtext);
+	f = fopen(path, "r");
+	assert_non_null(f);
+	for (i = 0; i < nrec; i++) {
+		char *mid, *end, *exp;
+		size_t n;
+
+		assert_non_null(fgets(line, sizeof(line), f));
+		{
+			json_t *v = json_loads(line, 0, NULL);
+			assert_non_null(v);
+			assert_int_equal(json_integer_value(json_object_get(v, "seq")), (json_int_t)(i + 1));
+			json_decref(v);
+		}
+		/* {"seq":N,"time":"…"<middle>,"prev":"…","hash":"…"}\n */
+		mid = strstr(line, "Z\",\"node\":");
+		assert_non_null(mid);
+		mid += 2;
+		end = strstr(line, ",\"prev\":\"");
+		assert_non_null(end);
+		exp = json_dumps(want[i], JSON_COMPACT | JSON_ENSURE_ASCII);
+		assert_non_null(exp);
+		n = strlen(exp);
+		exp[0] = ',';
+		assert_int_equal((size_t)(end - mid), n - 1); /* without the closing brace */
+		assert_memory_equal(mid, exp, n - 1);
+		kms_json_free_str(exp, 0);
+		json_decref(want[i]);
+	}
+	assert_null(fgets(line, sizeof(line), f));
+	fclose(f);
+}
+
 static void test_syslog_targets(void **state)
 {
 	static const char *const good[] = {"udp:127.0.0.1:514", "udp:[::1]:6514", "unix:/dev/log"};
@@ -1104,6 +1193,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_interrupted_rotation, setup, teardown_all),
 		cmocka_unit_test_setup_teardown(test_deleted_or_replaced_file, setup, teardown_all),
 		cmocka_unit_test_setup_teardown(test_extra_members, setup, teardown_all),
+		cmocka_unit_test_setup_teardown(test_record_bytes_as_jansson, setup, teardown_all),
 		cmocka_unit_test(test_syslog_targets),
 		cmocka_unit_test_setup_teardown(test_long_last_record_recovered, setup, teardown_all),
 	};

@@ -1,4 +1,5 @@
-/* kms/base: strict base64 and hex, error catalogue, JSON strictness, secret memory. */
+/* kms/base: strict base64 and hex, error catalogue, JSON strictness and the JSON writer
+ * (byte for byte jansson's output), secret memory. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -131,6 +132,159 @@ static void test_json_strict(void **state)
 	json_decref(v);
 }
 
+/* Strings that exercise every escape: quotes, backslash, each control character, DEL,
+ * 2-, 3- and 4-byte UTF-8 (a surrogate pair with JSON_ENSURE_ASCII), an embedded NUL. */
+static const char *const jw_strings[] = {
+	"", "plain", "q\"uo\\te/slash", "\b\f\n\r\t\x01\x1f\x7f", "caf\xc3\xa9",
+	"\xe2\x82\xac uro", "\xf0\x9f\x98\x80 smile", "\xef\xbf\xbf\xf4\x8f\xbf\xbf", NULL,
+};
+
+/* One document with nested containers, every scalar type and the strings above, as keys
+ * and as values. */
+static json_t *jw_doc(void)
+{
+	json_t *o = json_object(), *arr = json_array(), *inner = json_object();
+
+	for (size_t i = 0; jw_strings[i] != NULL; i++) {
+		json_object_set_new(o, jw_strings[i], json_string(jw_strings[i]));
+		json_array_append_new(arr, json_string(jw_strings[i]));
+	}
+	json_object_set_new(o, "nul", json_stringn("a\0b", 3));
+	json_object_set_new(o, "ints", json_pack("[I,I,I,I,i]", (json_int_t)0, (json_int_t)-1,
+						 (json_int_t)INT64_MAX, (json_int_t)INT64_MIN, 42));
+	json_object_set_new(o, "reals", json_pack("[f,f,f,f]", 0.1, 3.0, -1e300, 1.5e-7));
+	json_object_set_new(o, "bools", json_pack("[b,b,n]", 1, 0));
+	json_object_set_new(o, "empty", json_pack("{s:{},s:[]}", "o", "a"));
+	json_object_set_new(inner, "zeta", json_integer(1));
+	json_object_set_new(inner, "alpha", arr);
+	json_object_set_new(o, "inner", inner);
+	return o;
+}
+
+static void test_json_writer_matches_jansson(void **state)
+{
+	json_t *doc = jw_doc(), *bad;
+	char *want, *got, small[8], buf[512];
+	struct kms_jw w;
+	size_t n, len = 0;
+	(void)state;
+
+	assert_non_null(doc);
+	want = json_dumps(doc, JSON_COMPACT);
+	got = kms_json_dump(doc, &len);
+	assert_non_null(want);
+	assert_non_null(got);
+	assert_int_equal(len, strlen(want));
+	assert_string_equal(got, want);
+	kms_json_free_str(got, len);
+	kms_json_free_str(want, 0); /* jansson allocated it through kms_json_init's allocator */
+
+	/* JSON_ENSURE_ASCII, as the audit log writes */
+	want = json_dumps(doc, JSON_COMPACT | JSON_ENSURE_ASCII);
+	kms_jw_init(&w, NULL, 0, true);
+	kms_jw_value(&w, doc);
+	assert_true(w.ok);
+	assert_int_equal(w.len, strlen(want));
+	got = malloc(w.len);
+	kms_jw_init(&w, got, strlen(want), true);
+	kms_jw_value(&w, doc);
+	assert_true(w.ok);
+	assert_memory_equal(got, want, strlen(want));
+	free(got);
+
+	/* too small a buffer: the length is counted, nothing is written past the end */
+	memset(small, 'x', sizeof(small));
+	kms_jw_init(&w, small, 4, true);
+	kms_jw_value(&w, doc);
+	assert_int_equal(w.len, strlen(want));
+	assert_memory_equal(small + 4, "xxxx", 4);
+	kms_json_free_str(want, 0);
+	json_decref(doc);
+
+	/* kms_jw_text writes what kms_json_text makes: invalid UTF-8 masked, NULL as null */
+	{
+		static const char *const texts[] = {"ok \xc3\xa9", "bad \xc3 x \xe9", "\xed\xa0\x80",
+						    "\xc0\xaf", "\xf4\x90\x80\x80", "tab\there", NULL};
+		for (size_t i = 0; i <= sizeof(texts) / sizeof(texts[0]) - 1; i++) {
+			json_t *t = kms_json_text(texts[i]);
+			assert_non_null(t);
+			n = json_dumpb(t, buf, sizeof(buf), JSON_COMPACT | JSON_ENCODE_ANY | JSON_ENSURE_ASCII);
+			assert_true(n > 0 && n < sizeof(buf));
+			kms_jw_init(&w, small, 0, true);
+			kms_jw_text(&w, texts[i]);
+			assert_int_equal(w.len, n);
+			got = malloc(n);
+			kms_jw_init(&w, got, n, true);
+			kms_jw_text(&w, texts[i]);
+			assert_memory_equal(got, buf, n);
+			free(got);
+			json_decref(t);
+		}
+	}
+
+	/* a string jansson would not dump (not UTF-8, made without its check) fails here too */
+	bad = json_object();
+	json_object_set_new_nocheck(bad, "k", json_string_nocheck("\xff"));
+	assert_null(json_dumps(bad, JSON_COMPACT));
+	assert_null(kms_json_dump(bad, &len));
+	json_decref(bad);
+	assert_null(kms_json_dump(NULL, &len));
+}
+
+/* kms_json_parse_object reads the usual body itself and leaves the rest to jansson: for
+ * every input the result must be what json_loadb(JSON_REJECT_DUPLICATES) makes (same
+ * members, same order, same types), and a refusal must be a refusal. */
+static void test_json_parse_matches_jansson(void **state)
+{
+	static const char *const inputs[] = {
+		"{}", " {\"a\":1} ", "{\"ciphertext\":\"kms:v1:AAAA\",\"bits\":256}",
+		"{\"a\":{\"b\":[1,-2,0,-0,true,false,null,\"x\",[],{}]},\"c\":\"\"}",
+		"{\"u\":\"caf\xc3\xa9 \xf0\x9f\x98\x80\",\"\xc3\xa9\":1}", "{\"n\":123456789012345678}",
+		"{\"n\":1234567890123456789}", "{\"n\":9223372036854775808}", "{\"n\":1.5}", "{\"n\":1e3}",
+		"{\"n\":01}", "{\"n\":-}", "{\"n\":1x}", "{\"e\":\"a\\\"b\\\\c\\u00e9\\n\"}", "{\"a\":1,\"a\":2}",
+		"{\"a\":1,}", "{\"a\" 1}", "{\"a\":tru}", "{\"a\":truex}", "{\"a\":nul}", "{\"a\":[1,]}",
+		"{\"a\":1} x", "[1]", "\"s\"", "", "   ", "{", "{\"a\":\"\xc3\"}", "{\"a\":\"\xed\xa0\x80\"}",
+		"{\"a\":\"tab\there\"}", "{\"a\":\"\x7f\"}", "\xef\xbb\xbf{}", "{\t\"a\"\r\n:\n1\t}",
+		"{\"d\":[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]}",
+		"{\"batch_input\":[{\"ciphertext\":\"c1\"},{\"ciphertext\":\"c2\",\"encryption_context\":{\"p\":\"t\"}}]}",
+	};
+	size_t i;
+	(void)state;
+
+	for (i = 0; i < sizeof(inputs) / sizeof(inputs[0]); i++) {
+		const char *in = inputs[i];
+		json_error_t je;
+		json_t *want = json_loadb(in, strlen(in), JSON_REJECT_DUPLICATES, &je), *got;
+		kms_err e;
+
+		got = kms_json_parse_object(in, strlen(in), &e);
+		if (want == NULL || !json_is_object(want)) {
+			if (got != NULL)
+				fail_msg("input %zu (%s): jansson refuses it, kms_json_parse_object took it", i, in);
+			assert_int_equal(e, KMS_ERR_INVALID);
+		} else {
+			char *a, *b;
+			if (got == NULL)
+				fail_msg("input %zu (%s): refused: %s", i, in, kms_err_detail(e));
+			assert_int_equal(e, KMS_OK);
+			assert_true(json_equal(want, got));
+			a = json_dumps(want, JSON_COMPACT | JSON_ENCODE_ANY);
+			b = json_dumps(got, JSON_COMPACT | JSON_ENCODE_ANY);
+			assert_string_equal(a, b); /* the same order too */
+			kms_json_free_str(a, 0);
+			kms_json_free_str(b, 0);
+		}
+		json_decref(want);
+		json_decref(got);
+	}
+	/* a NUL byte inside the buffer */
+	{
+		kms_err e;
+		assert_null(kms_json_parse_object("{\"a\":\"x\0y\"}", 11, &e));
+		assert_int_equal(e, KMS_ERR_INVALID);
+	}
+}
+
 static void test_secret_memory(void **state)
 {
 	char path[] = "/tmp/kms-secret-XXXXXX";
@@ -230,7 +384,8 @@ int main(void)
 		cmocka_unit_test(test_b64_rfc4648_vectors), cmocka_unit_test(test_b64_rejects),
 		cmocka_unit_test(test_hex),		     cmocka_unit_test(test_err_table),
 		cmocka_unit_test(test_json_strict),	     cmocka_unit_test(test_secret_memory),
-		cmocka_unit_test(test_fileio),
+		cmocka_unit_test(test_fileio),		     cmocka_unit_test(test_json_writer_matches_jansson),
+		cmocka_unit_test(test_json_parse_matches_jansson),
 	};
 	kms_json_init();
 	return cmocka_run_group_tests_name("base", tests, NULL, NULL);
