@@ -1411,19 +1411,12 @@ static kms_err kek_load_call(struct p11 *p, uint32_t mk_version, const uint8_t *
 		     p11_key *out)
 {
 	/* SENSITIVE and WRAP_WITH_TRUSTED must be named: the MK's unwrap template demands
-	 * them, and a template that omits them is refused.
-	 * PRIVATE is false: the copy is a session object, which only this process's
-	 * sessions can see (PKCS#11: a session object is visible to the application that
-	 * made it only), all of them logged in for its whole life, and it stays sensitive
-	 * and not extractable, so its value cannot be read out either way. What PRIVATE would add is SoftHSM2's own in-memory encryption
-	 * of the value: every C_EncryptInit/C_DecryptInit under a private key decrypts it
-	 * again with the token's AES key and re-masks that key with fresh random bytes,
-	 * about 30k instructions per call, a tenth of a datakey (docs/PERFORMANCE.md). */
+	 * them, and a template that omits them is refused. */
 	CK_ATTRIBUTE tmpl[] = {
 		A(CKA_CLASS, cls_secret),
 		A(CKA_KEY_TYPE, kt_aes),
 		A(CKA_TOKEN, ck_false),
-		A(CKA_PRIVATE, ck_false),
+		A(CKA_PRIVATE, ck_true),
 		A(CKA_SENSITIVE, ck_true),
 		A(CKA_EXTRACTABLE, ck_false),
 		A(CKA_WRAP_WITH_TRUSTED, ck_true),
