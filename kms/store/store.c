@@ -4323,7 +4323,7 @@ kms_err store_review_list(struct store *s, const char *grant_id, struct store_re
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	if ((rc = prep(s, "SELECT grant_id, principal_id, principal, verdict, note, time FROM break_glass_reviews "
-			  "WHERE ?1 IS NULL OR grant_id = ?1 ORDER BY time, principal",
+			  "WHERE CAST(?1 AS TEXT) IS NULL OR grant_id = ?1 ORDER BY time, principal",
 		       &st)) != KMS_OK)
 		goto out;
 	if ((grant_id ? db_bind_text(st, 1, grant_id, -1, DB_STATIC) : db_bind_null(st, 1)) != DB_OK) {
