@@ -1308,12 +1308,16 @@ fail:
 
 /* Session settings, run again after every reconnect: commits wait for the WAL flush
  * (synchronous_commit=on, PostgreSQL's default, set so that a server default of off
- * cannot weaken it), and this node's id for the change log (store_set_node). */
+ * cannot weaken it); a lock (the writer lock of another node's transaction) is waited
+ * for as long as SQLite's busy_timeout, then the call fails (503); and this node's id
+ * for the change log (store_set_node). */
 static kms_err pg_session(struct store *s, const char *node)
 {
 	char sql[160];
 
-	snprintf(sql, sizeof(sql), "SET synchronous_commit = on; SET kmsd.node = '%s'", node);
+	snprintf(sql, sizeof(sql),
+		 "SET synchronous_commit = on; SET lock_timeout = '%ds'; SET kmsd.node = '%s'",
+		 BUSY_TIMEOUT_MS / 1000, node);
 	if (db_set_session(s->db, sql) != DB_OK)
 		return db_fail(s, "session setup");
 	return KMS_OK;
@@ -5875,7 +5879,7 @@ static kms_err watch_connect(struct store_watch *w)
 	if (w->pg != NULL && !w->broken && PQstatus(w->pg) == CONNECTION_OK)
 		return KMS_OK;
 	if (w->pg == NULL)
-		w->pg = PQconnectdb(w->uri);
+		w->pg = db_pg_connect(w->uri);
 	else
 		PQreset(w->pg);
 	if (w->pg == NULL)
