@@ -98,6 +98,10 @@ const char *db_errstr(int rc);
  * SET kmsd.node. PostgreSQL only; DB_OK on SQLite without running it. */
 int db_set_session(struct db *db, const char *sql);
 
+/* A libpq connection to uri (connect_timeout 10 s unless the URI sets one); check
+ * PQstatus. For the store's second connection (LISTEN, leases). */
+struct pg_conn *db_pg_connect(const char *uri);
+
 /* PostgreSQL only: translates SQLite placeholders to $N; malloc'd result or NULL. */
 char *db_pg_translate(const char *sql);
 

@@ -112,6 +112,17 @@ static void notice_quiet(void *arg, const char *msg)
 	(void)msg; /* NOTICEs (e.g. "schema already exists") are not errors */
 }
 
+/* The URI with a default connect_timeout: an unreachable server turns into an error
+ * (503) within seconds instead of a worker blocked for the TCP timeout. A URI that sets
+ * connect_timeout itself wins (it is processed after the default). */
+PGconn *db_pg_connect(const char *uri)
+{
+	static const char *const keys[] = {"connect_timeout", "dbname", NULL};
+	const char *vals[] = {"10", uri, NULL};
+
+	return PQconnectdbParams(keys, vals, 1);
+}
+
 int dbpg_open(const char *uri, struct db **out)
 {
 	struct db *db = calloc(1, sizeof(*db));
@@ -121,7 +132,7 @@ int dbpg_open(const char *uri, struct db **out)
 		return DB_ERROR;
 	db->backend = DB_PG;
 	db->gen = 1;
-	db->pg = PQconnectdb(uri);
+	db->pg = db_pg_connect(uri);
 	if (db->pg == NULL) {
 		set_error(db, DB_UNAVAILABLE, "out of memory");
 		return DB_UNAVAILABLE;

@@ -1312,12 +1312,16 @@ fail:
 
 /* Session settings, run again after every reconnect: commits wait for the WAL flush
  * (synchronous_commit=on, PostgreSQL's default, set so that a server default of off
- * cannot weaken it), and this node's id for the change log (store_set_node). */
+ * cannot weaken it); a lock (the writer lock of another node's transaction) is waited
+ * for as long as SQLite's busy_timeout, then the call fails (503); and this node's id
+ * for the change log (store_set_node). */
 static kms_err pg_session(struct store *s, const char *node)
 {
 	char sql[160];
 
-	snprintf(sql, sizeof(sql), "SET synchronous_commit = on; SET kmsd.node = '%s'", node);
+	snprintf(sql, sizeof(sql),
+		 "SET synchronous_commit = on; SET lock_timeout = '%ds'; SET kmsd.node = '%s'",
+		 BUSY_TIMEOUT_MS / 1000, node);
 	if (db_set_session(s->db, sql) != DB_OK)
 		return db_fail(s, "session setup");
 	return KMS_OK;
@@ -4327,7 +4331,7 @@ kms_err store_review_list(struct store *s, const char *grant_id, struct store_re
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	if ((rc = prep(s, "SELECT grant_id, principal_id, principal, verdict, note, time FROM break_glass_reviews "
-			  "WHERE ?1 IS NULL OR grant_id = ?1 ORDER BY time, principal",
+			  "WHERE CAST(?1 AS TEXT) IS NULL OR grant_id = ?1 ORDER BY time, principal",
 		       &st)) != KMS_OK)
 		goto out;
 	if ((grant_id ? db_bind_text(st, 1, grant_id, -1, DB_STATIC) : db_bind_null(st, 1)) != DB_OK) {
@@ -5887,7 +5891,7 @@ static kms_err watch_connect(struct store_watch *w)
 	if (w->pg != NULL && !w->broken && PQstatus(w->pg) == CONNECTION_OK)
 		return KMS_OK;
 	if (w->pg == NULL)
-		w->pg = PQconnectdb(w->uri);
+		w->pg = db_pg_connect(w->uri);
 	else
 		PQreset(w->pg);
 	if (w->pg == NULL)

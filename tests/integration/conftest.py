@@ -135,11 +135,23 @@ def pg_drop_db(uri):
     _psql(PG_URI, 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
 
 
+def pg_query(uri, sql):
+    """Rows of a query on a kmsd's database, as lists of text fields."""
+    out = _psql(uri, sql)
+    return [line.split("|") for line in out.splitlines() if line]
+
+
 def pg_dump(uri):
     """The whole database as pg_dump prints it (bytea in hex): the PostgreSQL store's bytes."""
     r = subprocess.run(["pg_dump", "--no-owner", uri], capture_output=True, timeout=120)
     assert r.returncode == 0, "pg_dump: %s" % r.stderr.decode(errors="replace")
     return r.stdout
+
+
+def sqlite_only(kmsd, why):
+    """Skips a test that reads or edits the SQLite file itself when kmsd runs on PostgreSQL."""
+    if kmsd.store_uri:
+        pytest.skip("SQLite store only: %s" % why)
 
 
 def uniq(prefix):

@@ -15,6 +15,8 @@ import requests
 
 from conftest import uniq
 
+KMSD_SQLITE_ONLY = "reads the request rows from the SQLite file"
+
 POLICY = {
     "version": 2,
     "description": "test_approval_interrupt: admins manage; rotating qi-* keys needs one approval",

@@ -7,6 +7,8 @@ once. The counters in /v1/sys/metrics show that the cache was in play."""
 import json
 import sqlite3
 
+from conftest import sqlite_only
+
 KMSD_TEST_CLOCK = True
 
 
@@ -90,6 +92,7 @@ def test_expired_token_refused_at_expiry(kmsd):
 
 
 def test_scope_removed_by_another_process_applies_at_once(kmsd):
+    sqlite_only(kmsd, "edits the SQLite file as another process")
     t, k, tok = kmsd.setup_tenant_key()
     t2 = kmsd.create_tenant()
     k2 = kmsd.create_key(t2)
@@ -113,6 +116,7 @@ def test_scope_removed_by_another_process_applies_at_once(kmsd):
 
 
 def test_role_changed_by_another_process_applies_at_once(kmsd):
+    sqlite_only(kmsd, "edits the SQLite file as another process")
     t, k, _ = kmsd.setup_tenant_key()
     p = kmsd.create_principal(role="admin")
     tok, _ = kmsd.create_token(p)

@@ -19,6 +19,7 @@ from conftest import _BUILD, b64
 from test_mfa import PERIOD, totp
 
 KMSD_TEST_CLOCK = True
+KMSD_SQLITE_ONLY = "edits rows in the SQLite file to age them"
 KMSD_EXTRA_OPTS = [
     ("scheduler_interval", "86400"),  # no automatic rotation while the test looks
     ("audit_checkpoint_records", "5"),

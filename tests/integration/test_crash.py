@@ -50,7 +50,7 @@ import time
 import pytest
 import requests
 
-from conftest import kmsd_bin
+from conftest import kmsd_bin, sqlite_only
 
 ASAN = "asan" in os.environ.get("KMSD_BIN", "")
 ITER = int(os.environ.get("KMSD_CRASH_ITER", "25" if ASAN else "200"))
@@ -382,6 +382,7 @@ def key_latest(srv, st, key):
 
 
 def test_crash_loop(kmsd, capsys):
+    sqlite_only(kmsd, "checks the SQLite file's integrity after each crash")
     srv = kmsd
     assert os.access(KMSCTL, os.X_OK), "%s missing (make)" % KMSCTL
     t = srv.create_tenant()

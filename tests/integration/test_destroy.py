@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import time
 
-from conftest import b64
+from conftest import b64, sqlite_only
 
 KMSD_TEST_CLOCK = True
 KMSD_EXTRA_OPTS = [("scheduler_interval", "1")]
@@ -116,6 +116,7 @@ def test_schedule_refusals(kmsd):
 
 
 def test_non_phi_destroyed_after_wait(kmsd):
+    sqlite_only(kmsd, "reads the blob bytes from the SQLite file")
     t, k, tok, ct = setup_key(kmsd, retention="non-phi")
     blob = blob_of(kmsd, t, k, 1)
     assert len(blob) == 40 and blob in store_bytes(kmsd)
@@ -233,6 +234,7 @@ def test_legal_hold(kmsd):
 
 
 def test_hold_during_wait_calls_destruction_off(kmsd):
+    sqlite_only(kmsd, "reads the SQLite file")
     t, k, tok, ct = setup_key(kmsd, retention="non-phi")
     assert schedule(kmsd, t, k, 1).status_code == 200
     assert admin(kmsd, "/v1/%s/keys/%s/legal-hold" % (t, k), {"hold": True, "reason": "subpoena"}).status_code == 200

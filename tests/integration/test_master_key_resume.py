@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from conftest import b64, unb64
 
+KMSD_SQLITE_ONLY = "counts rows per master key in the SQLite file"
+
 KEYS = 100
 VERSIONS = 10
 

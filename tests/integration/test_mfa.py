@@ -21,7 +21,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import uniq
+from conftest import sqlite_only, uniq
 from test_kmsctl import base_env, kmsctl_bin, write_secret
 
 KMSD_BUILTIN_POLICY = True
@@ -197,6 +197,7 @@ def test_enrol_and_confirm(kmsd, st):
 
 
 def test_seed_not_in_the_clear_in_the_store(kmsd, st):
+    sqlite_only(kmsd, "reads the SQLite file")
     raw = base64.b32decode(st.a1.secret + "=" * (-len(st.a1.secret) % 8))
     found = []
     for suffix in ("", "-wal", "-shm", "-journal"):
@@ -480,6 +481,7 @@ def kmsctl(kmsd, home, *args, token=None, env=None, stdin=None, want=None):
 
 
 def test_kmsctl_mfa(kmsd, st, tmp_path):
+    sqlite_only(kmsd, "steps up for kmsctl backup, which a PostgreSQL store answers with 501")
     home = tmp_path / "home"
     home.mkdir()
     # a third admin, enrolled entirely through kmsctl
@@ -615,6 +617,7 @@ def test_sealed_seed_bound_to_its_principal(kmsd, st):
     wrong code and never as a pass. The row's MAC (docs/THREAT-MODEL.md "Authority
     rows") refuses it before the seal is opened (403, logged as an integrity failure);
     the seal's own binding to its principal (AAD) is tested in tests/unit/test_mfa.c."""
+    sqlite_only(kmsd, "edits the SQLite file")
     def failures_in_store():
         db = sqlite3.connect(kmsd.store_path, timeout=30)
         try:

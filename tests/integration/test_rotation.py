@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 
-from conftest import b64
+from conftest import b64, pg_query
 
 LIMIT = 40
 KMSD_TEST_CLOCK = True
@@ -17,6 +17,12 @@ _offset = {"now": 0}
 
 
 def reserved_per_version(kmsd, t, k):
+    if kmsd.store_uri:
+        assert t.replace("-", "").isalnum() and k.replace("-", "").isalnum()
+        rows = pg_query(kmsd.store_uri,
+                        "SELECT v.version, v.enc_reserved FROM key_versions v JOIN keys k ON k.id = v.key_id "
+                        "JOIN tenants t ON t.id = k.tenant_id WHERE t.name = '%s' AND k.name = '%s'" % (t, k))
+        return {int(a): int(b) for a, b in rows}
     db = sqlite3.connect("file:%s?mode=ro" % kmsd.store_path, uri=True)
     try:
         rows = db.execute(

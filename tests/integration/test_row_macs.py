@@ -20,6 +20,8 @@ import time
 
 from conftest import uniq
 
+KMSD_SQLITE_ONLY = "edits authority rows in the SQLite file as an insider would"
+
 
 def db(kmsd):
     c = sqlite3.connect(kmsd.store_path, timeout=30)

@@ -19,7 +19,9 @@ import sqlite3
 
 import pytest
 
-from conftest import FaultServer, uniq
+from conftest import PG_URI, FaultServer, uniq
+
+pytestmark = pytest.mark.skipif(bool(PG_URI), reason="SQLite store only: injects I/O faults into the SQLite file")
 
 MAX_N = 40
 

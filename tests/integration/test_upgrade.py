@@ -13,7 +13,9 @@ import subprocess
 
 import pytest
 
-from conftest import Kmsd, kmsd_bin, sanitizer_findings
+from conftest import PG_URI, Kmsd, kmsd_bin, sanitizer_findings
+
+pytestmark = pytest.mark.skipif(bool(PG_URI), reason="SQLite store only: upgrades SQLite files of older releases")
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "schema6")
 KMSCTL = os.path.join(os.path.dirname(kmsd_bin()), "kmsctl")

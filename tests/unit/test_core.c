@@ -4,6 +4,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <cmocka.h>
 #include <pthread.h>
@@ -17,9 +18,13 @@
 #include "kms/base/json.h"
 #include "kms/core/core.h"
 #include "kms/store/store.h"
+#include "tests/common/pgtest.h"
 #include "pkcs11/p11.h"
 #include "tests/common/nomfa.h"
 #include "tests/common/softhsm.h"
+
+/* true while the tests run again on PostgreSQL (KMS_TEST_PG_URI): setup opens that */
+static bool on_pg;
 
 struct fx {
 	struct softhsm_token tok;
@@ -102,7 +107,13 @@ static int setup(void **state)
 	pc = (struct p11_config){f->tok.module, f->tok.label, 1};
 	if (p11_provision(&pc, f->tok.so_pin, f->tok.so_pin_len, f->tok.user_pin, f->tok.user_pin_len) != KMS_OK)
 		return -1;
-	snprintf(f->db, sizeof(f->db), "%s/kmsd.db", f->tok.dir);
+	if (on_pg) {
+		if (pgtest_reset() != 0)
+			return -1;
+		snprintf(f->db, sizeof(f->db), "%s", pgtest_uri());
+	} else {
+		snprintf(f->db, sizeof(f->db), "%s/kmsd.db", f->tok.dir);
+	}
 	snprintf(f->log, sizeof(f->log), "%s/audit.log", f->tok.dir);
 	if (open_core(f, f->log) != 0)
 		return -1;
@@ -185,15 +196,18 @@ static void test_tampered_row_refused(void **state)
 	/* Someone with write access to the database moves k2's wrapped KEK (and its MAC)
 	 * into k1's row. The blob unwraps fine under the master key; only the row MAC,
 	 * which binds tenant, key and version, can tell. */
-	assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
-	assert_int_equal(sqlite3_exec(db,
-				      "UPDATE key_versions SET blob = (SELECT blob FROM key_versions WHERE key_id = "
-				      "(SELECT id FROM keys WHERE name = 'k2')), mac = (SELECT mac FROM key_versions "
-				      "WHERE key_id = (SELECT id FROM keys WHERE name = 'k2')) WHERE key_id = "
-				      "(SELECT id FROM keys WHERE name = 'k1')",
-				      NULL, NULL, NULL),
-			 SQLITE_OK);
-	sqlite3_close(db);
+#define MOVE_KEK                                                                              \
+	"UPDATE key_versions SET blob = (SELECT blob FROM key_versions WHERE key_id = "        \
+	"(SELECT id FROM keys WHERE name = 'k2')), mac = (SELECT mac FROM key_versions "     \
+	"WHERE key_id = (SELECT id FROM keys WHERE name = 'k2')) WHERE key_id = "            \
+	"(SELECT id FROM keys WHERE name = 'k1')"
+	if (on_pg) {
+		assert_int_equal(pgtest_exec(MOVE_KEK), 0);
+	} else {
+		assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+		assert_int_equal(sqlite3_exec(db, MOVE_KEK, NULL, NULL, NULL), SQLITE_OK);
+		sqlite3_close(db);
+	}
 	assert_int_equal(open_core(f, f->log), 0);
 	b = call(f, KMS_OP_DECRYPT, "t1", "k1", NULL, NULL, f->svc, body, &st);
 	assert_int_equal(st, 500);
@@ -297,5 +311,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_rotation_under_load, setup, teardown),
 	};
 	kms_json_init();
-	return cmocka_run_group_tests_name("core", tests, NULL, NULL);
+	int failed = cmocka_run_group_tests_name("core", tests, NULL, NULL);
+
+	if (pgtest_uri() != NULL) {
+		on_pg = true;
+		failed += cmocka_run_group_tests_name("core on PostgreSQL", tests, NULL, NULL);
+	}
+	return failed;
 }

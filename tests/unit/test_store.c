@@ -1,7 +1,9 @@
 /* Unit tests for kms/store: every function on a fresh store in its own temporary
  * directory, the error categories the callers map to HTTP status, durability across
  * reopen, refusal of newer or foreign files, and compare-and-set rotation under
- * concurrency (threads on one handle and on two handles to the same file). */
+ * concurrency (threads on one handle and on two handles to the same file). With
+ * KMS_TEST_PG_URI set, every test that does not read the SQLite file itself runs again
+ * on PostgreSQL (tests/unit/test_store_pg.c has what only PostgreSQL has). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>

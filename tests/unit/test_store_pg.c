@@ -22,6 +22,8 @@
 #include "kms/store/store.h"
 #include "tests/common/pgtest.h"
 
+#include <libpq-fe.h>
+
 static void translates(const char *in, const char *want)
 {
 	char *got = db_pg_translate(in);
@@ -446,6 +448,37 @@ static void test_connection_loss(void **state)
 	free(c);
 }
 
+static void test_writer_lock_waits_then_fails(void **state)
+{
+	struct store *s = *(struct store **)*state;
+	struct store_version v;
+	PGconn *other = PQconnectdb(pgtest_uri());
+	PGresult *r;
+	int64_t tid, kid;
+	time_t t0;
+
+	assert_int_equal(store_tenant_create(s, "t", "phi", 1000, &tid), KMS_OK);
+	/* another node in the middle of a writer transaction */
+	assert_int_equal(PQstatus(other), CONNECTION_OK);
+	r = PQexec(other, "BEGIN; SELECT pg_advisory_xact_lock(7011486240561237329)");
+	assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+	PQclear(r);
+	/* our transaction waits for it, as long as SQLite's busy_timeout, then 503 */
+	make_version(&v, 1, 1);
+	t0 = time(NULL);
+	assert_int_equal(store_key_create(s, tid, "k", "aes256-gcm96", 1000, &v, &kid), KMS_ERR_STORE);
+	assert_in_range(time(NULL) - t0, 4, 8);
+	/* an autocommit statement that logs a change waits for the same lock (its BEFORE
+	 * statement trigger); one that changes only a quiet column does not */
+	assert_int_equal(store_tenant_create(s, "t2", "phi", 1000, &tid), KMS_ERR_STORE);
+	assert_int_equal(store_meta_set(s, "x", "y"), KMS_OK);
+	/* the other ends: we go through */
+	r = PQexec(other, "COMMIT");
+	PQclear(r);
+	PQfinish(other);
+	assert_int_equal(store_key_create(s, tid, "k", "aes256-gcm96", 1000, &v, &kid), KMS_OK);
+}
+
 static void test_sqlite_single_node(void **state)
 {
 	struct store_watch *w = NULL;
@@ -476,6 +509,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_watch_notice, pg_setup, pg_teardown),
 		cmocka_unit_test(test_leases),
 		cmocka_unit_test_setup_teardown(test_connection_loss, pg_setup, pg_teardown),
+		cmocka_unit_test_setup_teardown(test_writer_lock_waits_then_fails, pg_setup, pg_teardown),
 	};
 	int failed = cmocka_run_group_tests_name("store driver", tests, NULL, NULL);
 
