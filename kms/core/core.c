@@ -1699,7 +1699,8 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 			msg = x.mfa_detail; /* allowed with a second factor, and none was sent: 401 */
 		else if (rc == KMS_ERR_UNAUTHENTICATED)
 			msg = "missing client token";
-		else if (status >= 500 && rc != KMS_ERR_TOKEN && rc != KMS_ERR_AUDIT && rc != KMS_ERR_STORE)
+		else if (status >= 500 && rc != KMS_ERR_TOKEN && rc != KMS_ERR_AUDIT && rc != KMS_ERR_STORE &&
+			 rc != KMS_ERR_UNSUPPORTED)
 			msg = kms_strerror(rc);
 		json_decref(x.data);
 		x.data = NULL;
