@@ -889,14 +889,22 @@ kms_err core_rotate_key(struct core *c, const char *tenant, const char *key, uin
 	if (rc == KMS_OK) {
 		v.version = k.latest + 1;
 		v.created = core_now();
+		bool fresh = true;
+
+		/* Each CONFLICT below means another rotation committed meanwhile: progress
+		 * elsewhere, so many attempts are safe; a retry reuses the wrapped KEK and
+		 * only MACs it for its new place, which keeps the window short. */
 		for (int attempt = 0;; attempt++) {
-			rc = core_kek_row_new(c, tenant, key, &v);
+			rc = fresh ? core_kek_row_new(c, tenant, key, &v) : core_row_mac(c, tenant, key, &v, v.mac);
+			fresh = false;
 			if (rc == KMS_OK)
 				rc = store_key_rotate(c->st, k.key_id, &v);
-			if (rc != KMS_ERR_CONFLICT || attempt == 8)
+			if (rc != KMS_ERR_CONFLICT || attempt == 64)
 				break;
-			if (core_mk_moved(c, v.mk_version))
+			if (core_mk_moved(c, v.mk_version)) {
+				fresh = true;
 				continue; /* wrap again under the master key now active */
+			}
 			/* Another node (or process) rotated first: read the key again, then
 			 * either that was the rotation asked for or this one follows it. */
 			if (core_key_refresh(c, k.key_id) != KMS_OK || core_key_ref(c, tenant, key, &k) != KMS_OK ||

@@ -441,5 +441,10 @@ kms_err op_key_rotate(struct core *c, struct op_ctx *x)
 	if (rc != KMS_OK)
 		return rc;
 	x->version = v;
-	return core_key_read_json(c, x->tenant.name, x->call->key, &x->data);
+	rc = core_key_read_json(c, x->tenant.name, x->call->key, &x->data);
+	/* the version this call made: latest_version is the key's now, which another
+	 * admin or node rotating at the same moment may have moved past it */
+	if (rc == KMS_OK && json_object_set_new(x->data, "rotated_version", json_integer(v)) != 0)
+		rc = kms_errf(KMS_ERR_NOMEM, "rotate answer");
+	return rc;
 }

@@ -19,7 +19,7 @@ def test_rotate_keeps_old_and_moves_new(kmsd):
     e1c = kmsd.encrypt(tok, t, k, plaintext=b64(SECRET), encryption_context=CTX).json()["data"]
 
     rot = kmsd.rotate(t, k)
-    assert rot["latest_version"] == 2
+    assert rot["latest_version"] == 2 and rot["rotated_version"] == 2
     assert set(rot["keys"]) == {"1", "2"}
 
     # key read shows both versions
