@@ -46,3 +46,11 @@ int64_t kms_now(void)
 	pthread_mutex_unlock(&clock_mu);
 	return now + off;
 }
+
+int64_t kms_mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}

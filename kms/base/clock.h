@@ -15,4 +15,8 @@ int64_t kms_now(void);
 /* True when the test clock is in use. */
 bool kms_clock_is_test(void);
 
+/* Milliseconds of CLOCK_MONOTONIC, for intervals (cache ages, rate refills, staleness);
+ * never shifted by the test clock. */
+int64_t kms_mono_ms(void);
+
 #endif

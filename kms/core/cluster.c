@@ -27,6 +27,7 @@
 #include <time.h>
 
 #include "kms/base/json.h"
+#include "kms/base/clock.h"
 #include "kms/base/log.h"
 #include "kms/core/authcache.h"
 #include "kms/core/core_int.h"
@@ -39,14 +40,6 @@
 #define STALE_MIN_MS 3000
 #define PRUNE_EVERY_S 60
 #define PRUNE_AGE_S 3600
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static struct kent *kent_by_id_locked(struct core *c, int64_t key_id)
 {
@@ -182,7 +175,7 @@ static bool catch_up(struct core *c)
 			kms_error("cluster: the policy changed on another node and could not be installed here");
 		__atomic_add_fetch(&c->met.cluster_changes, n, __ATOMIC_RELAXED);
 		if (n < CHANGES_BATCH) {
-			__atomic_store_n(&c->cl_ok_ms, mono_ms(), __ATOMIC_RELEASE);
+			__atomic_store_n(&c->cl_ok_ms, kms_mono_ms(), __ATOMIC_RELEASE);
 			return true;
 		}
 	}
@@ -240,7 +233,7 @@ kms_err core_cluster_start(struct core *c, const char *store_uri, const char *no
 	    (rc = store_watch_open(store_uri, &c->cl_watch)) != KMS_OK)
 		return rc;
 	__atomic_store_n(&c->cl_leader, false, __ATOMIC_RELEASE);
-	__atomic_store_n(&c->cl_ok_ms, mono_ms(), __ATOMIC_RELEASE);
+	__atomic_store_n(&c->cl_ok_ms, kms_mono_ms(), __ATOMIC_RELEASE);
 	c->cl_on = true;
 	pthread_mutex_init(&c->cl_mu, NULL);
 	if (pthread_create(&c->cl_thread, NULL, cluster_main, c) != 0) {
@@ -296,7 +289,7 @@ kms_err core_cluster_check(struct core *c)
 
 	if (!c->cl_on)
 		return KMS_OK;
-	age = mono_ms() - __atomic_load_n(&c->cl_ok_ms, __ATOMIC_ACQUIRE);
+	age = kms_mono_ms() - __atomic_load_n(&c->cl_ok_ms, __ATOMIC_ACQUIRE);
 	if (age <= stale_limit_ms(c))
 		return KMS_OK;
 	return kms_errf(KMS_ERR_STORE,
@@ -313,7 +306,7 @@ json_t *core_cluster_health(struct core *c, bool *ok)
 	*ok = true;
 	if (!c->cl_on)
 		return NULL;
-	age = mono_ms() - __atomic_load_n(&c->cl_ok_ms, __ATOMIC_ACQUIRE);
+	age = kms_mono_ms() - __atomic_load_n(&c->cl_ok_ms, __ATOMIC_ACQUIRE);
 	*ok = age <= stale_limit_ms(c);
 	o = json_pack("{s:s,s:b,s:I,s:I,s:i}", "node", c->cl_node, "scheduler",
 		      (int)__atomic_load_n(&c->cl_leader, __ATOMIC_ACQUIRE), "changes_seen", (json_int_t)c->cl_seen,

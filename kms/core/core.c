@@ -806,14 +806,6 @@ static uint64_t mono_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The failed-authentication bucket's name for a source: the address, or for IPv6 its
  * /64 (one host usually holds a whole /64, and could otherwise rotate through it). */
 static void source_name(const char *addr, char *out, size_t cap)
@@ -836,7 +828,7 @@ static void source_name(const char *addr, char *out, size_t cap)
 static unsigned principal_limited(struct core *c, const char *who, enum kms_op op)
 {
 	char name[STORE_NAME_MAX + 80];
-	int64_t now = mono_ms();
+	int64_t now = kms_mono_ms();
 	unsigned w = 0, w2;
 
 	if (c->rl_principal == NULL)
@@ -1457,7 +1449,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		rc = core_approval_identity(c, &x);
 	} else if (c->rl_source != NULL && call->remote_addr != NULL &&
 	    (res->retry_after = ratelimit_peek(c->rl_source, src, c->opt.auth_fail_rps,
-					       c->opt.auth_fail_burst, mono_ms())) > 0) {
+					       c->opt.auth_fail_burst, kms_mono_ms())) > 0) {
 		rc = kms_errf(KMS_ERR_RATE_LIMITED,
 			      "too many failed authentications from this address; retry after %u s",
 			      res->retry_after);
@@ -1467,7 +1459,7 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		    call->remote_addr != NULL &&
 		    (rc == KMS_ERR_UNAUTHENTICATED || rc == KMS_ERR_DENIED))
 			(void)ratelimit_take(c->rl_source, src, c->opt.auth_fail_rps, c->opt.auth_fail_burst,
-					     mono_ms());
+					     kms_mono_ms());
 		if (rc == KMS_OK && (res->retry_after = principal_limited(c, x.who.name, call->op)) > 0)
 			rc = kms_errf(KMS_ERR_RATE_LIMITED, "rate limit exceeded; retry after %u s",
 				      res->retry_after);

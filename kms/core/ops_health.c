@@ -30,14 +30,6 @@
 #define CLOCK_CEILING 4102444800LL /* 2100-01-01 */
 #define SEEN_KEY "health.clock_seen"
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static bool clock_in_range(int64_t now)
 {
 	return now >= CLOCK_FLOOR && now < CLOCK_CEILING;
@@ -86,7 +78,7 @@ static void refresh_locked(struct core *c, int64_t now)
 	if (rc != KMS_OK)
 		snprintf(c->health_token_err, sizeof(c->health_token_err), "%s", kms_err_detail(rc));
 	check_store(c, now);
-	c->health_at_ms = mono_ms();
+	c->health_at_ms = kms_mono_ms();
 }
 
 static void utc(int64_t t, char *out, size_t cap)
@@ -170,7 +162,7 @@ void core_health(struct core *c, const struct core_call *call, struct core_resul
 		return;
 	}
 	pthread_mutex_lock(&c->health_mu);
-	if (c->health_at_ms == 0 || mono_ms() - c->health_at_ms >= HEALTH_REFRESH_MS)
+	if (c->health_at_ms == 0 || kms_mono_ms() - c->health_at_ms >= HEALTH_REFRESH_MS)
 		refresh_locked(c, now);
 	token_ok = c->health_token_ok;
 	store_ok = c->health_store_ok;

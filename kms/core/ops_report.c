@@ -11,6 +11,7 @@
 
 #include "kms/audit/audit.h"
 #include "kms/base/json.h"
+#include "kms/base/clock.h"
 #include "kms/base/log.h"
 #include "kms/base/secret.h"
 #include "kms/core/authcache.h"
@@ -19,14 +20,6 @@
 
 /* ---- metrics ------------------------------------------------------------------- */
 
-static int64_t mono_ms(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
 /* Refreshes the cached gauges when older than CORE_GAUGE_REFRESH_MS. Caller holds
  * gauge_mu. A failed refresh keeps the previous figures and says so in the log. */
 static void gauges_refresh_locked(struct core *c)
@@ -34,7 +27,7 @@ static void gauges_refresh_locked(struct core *c)
 	struct store_tenant_states *t = NULL;
 	struct store_usage u;
 	size_t n = 0;
-	int64_t now = mono_ms();
+	int64_t now = kms_mono_ms();
 	kms_err rc;
 
 	if (c->gauge_at_ms != 0 && now - c->gauge_at_ms < CORE_GAUGE_REFRESH_MS)

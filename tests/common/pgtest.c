@@ -72,3 +72,17 @@ int pgtest_reset(void)
 {
 	return pgtest_exec("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public");
 }
+
+int pgtest_store_path(bool on_pg, const char *dir, char *out, unsigned long cap)
+{
+	int n;
+
+	if (on_pg && pgtest_reset() != 0)
+		return -1;
+	n = on_pg ? snprintf(out, cap, "%s", pgtest_uri()) : snprintf(out, cap, "%s/kmsd.db", dir);
+	if (n < 0 || (unsigned long)n >= cap) {
+		fprintf(stderr, "pgtest: store path too long\n");
+		return -1;
+	}
+	return 0;
+}

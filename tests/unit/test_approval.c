@@ -55,13 +55,8 @@ static int setup(void **state)
 		free(f);
 		return -1;
 	}
-	if (on_pg) {
-		if (pgtest_reset() != 0)
-			return -1;
-		snprintf(f->path, sizeof(f->path), "%s", pgtest_uri());
-	} else {
-		snprintf(f->path, sizeof(f->path), "%s/kmsd.db", f->dir);
-	}
+	if (pgtest_store_path(on_pg, f->dir, f->path, sizeof(f->path)) != 0)
+		return -1;
 	if (store_open(f->path, &f->s) != KMS_OK) {
 		free(f);
 		return -1;

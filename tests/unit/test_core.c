@@ -107,13 +107,8 @@ static int setup(void **state)
 	pc = (struct p11_config){f->tok.module, f->tok.label, 1};
 	if (p11_provision(&pc, f->tok.so_pin, f->tok.so_pin_len, f->tok.user_pin, f->tok.user_pin_len) != KMS_OK)
 		return -1;
-	if (on_pg) {
-		if (pgtest_reset() != 0)
-			return -1;
-		snprintf(f->db, sizeof(f->db), "%s", pgtest_uri());
-	} else {
-		snprintf(f->db, sizeof(f->db), "%s/kmsd.db", f->tok.dir);
-	}
+	if (pgtest_store_path(on_pg, f->tok.dir, f->db, sizeof(f->db)) != 0)
+		return -1;
 	snprintf(f->log, sizeof(f->log), "%s/audit.log", f->tok.dir);
 	if (open_core(f, f->log) != 0)
 		return -1;

@@ -49,13 +49,8 @@ static int store_setup(void **state)
 	snprintf(f->dir, sizeof(f->dir), "/tmp/kmsd-test-mfa-XXXXXX");
 	if (mkdtemp(f->dir) == NULL)
 		return -1;
-	if (on_pg) {
-		if (pgtest_reset() != 0)
-			return -1;
-		snprintf(f->path, sizeof(f->path), "%s", pgtest_uri());
-	} else {
-		snprintf(f->path, sizeof(f->path), "%s/kmsd.db", f->dir);
-	}
+	if (pgtest_store_path(on_pg, f->dir, f->path, sizeof(f->path)) != 0)
+		return -1;
 	if (store_open(f->path, &f->s) != KMS_OK ||
 	    store_principal_create(f->s, "alice", "admin", NULL, 0, 1000, &f->alice) != KMS_OK ||
 	    store_principal_create(f->s, "bob", "admin", NULL, 0, 1000, &f->bob) != KMS_OK)
