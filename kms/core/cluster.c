@@ -55,7 +55,9 @@ kms_err core_key_refresh(struct core *c, int64_t key_id)
 	char tenant[STORE_NAME_MAX + 1], name[STORE_NAME_MAX + 1];
 	kms_err rc = KMS_OK;
 
-	for (int attempt = 0; attempt < 5; attempt++) {
+	/* A CONFLICT is another thread applying a newer read meanwhile (progress), so
+	 * trying again is safe; the bound only stops a pathological livelock. */
+	for (int attempt = 0; attempt < 32; attempt++) {
 		struct store_version *vs = NULL;
 		struct store_key meta;
 		size_t nv = 0;

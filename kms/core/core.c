@@ -897,16 +897,22 @@ kms_err core_rotate_key(struct core *c, const char *tenant, const char *key, uin
 				fresh = true;
 				continue; /* wrap again under the master key now active */
 			}
-			/* Another node (or process) rotated first: read the key again, then
-			 * either that was the rotation asked for or this one follows it. */
-			if (core_key_refresh(c, k.key_id) != KMS_OK || core_key_ref(c, tenant, key, &k) != KMS_OK ||
-			    k.latest < v.version)
+			/* Another node (or process) rotated first: read the latest version
+			 * as committed, then either that was the rotation asked for or this
+			 * one follows it. The store decides, not the cache: a cache refresh
+			 * can lose to this node's change follower applying the same rows. */
+			uint32_t latest = 0;
+
+			if (store_key_latest(c->st, k.key_id, &latest) != KMS_OK || latest < v.version)
 				break; /* the conflict was something else: answer it */
+			if (core_key_refresh(c, k.key_id) != KMS_OK)
+				kms_warn("rotate %s/%s: key cache not read again yet; the change follower will",
+					 tenant, key);
 			if (expect_latest != 0) {
-				*newv = k.latest;
+				*newv = latest;
 				goto out;
 			}
-			v.version = k.latest + 1;
+			v.version = latest + 1;
 			v.created = core_now();
 		}
 	}

@@ -1908,6 +1908,34 @@ out:
 	return rc;
 }
 
+/* The key's latest version as committed now, past any cache: what a rotation that lost
+ * a compare-and-set follows. */
+kms_err store_key_latest(struct store *s, int64_t key_id, uint32_t *latest)
+{
+	db_stmt *st;
+	int src;
+	kms_err rc;
+
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	st = s->st[ST_KEY_LATEST];
+	if (db_bind_int64(st, 1, key_id) != DB_OK) {
+		rc = db_fail(s, "key latest bind");
+		goto out;
+	}
+	src = db_step(st);
+	if (src == DB_DONE)
+		rc = kms_errf(KMS_ERR_NOT_FOUND, "key %" PRId64 " not found", key_id);
+	else if (src != DB_ROW)
+		rc = db_fail(s, "key latest read");
+	else
+		*latest = (uint32_t)db_column_int64(st, 0);
+out:
+	stmt_release(st);
+	store_unlock(s);
+	return rc;
+}
+
 /* Compare-and-set on latest_version inside one write transaction. The SELECT check
  * gives the caller a precise CONFLICT; the guarded UPDATE and the (key_id, version)
  * primary key would each refuse a duplicate on their own, so a twin version cannot be

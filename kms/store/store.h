@@ -131,6 +131,8 @@ KMS_WUR kms_err store_tenant_list(struct store *s, struct store_tenant **out, si
 KMS_WUR kms_err store_key_create(struct store *s, int64_t tenant_id, const char *name,
 				 const char *type, int64_t now, const struct store_version *v1,
 				 int64_t *key_id_out);
+/* latest_version as committed now (no cache, no transaction). */
+KMS_WUR kms_err store_key_latest(struct store *s, int64_t key_id, uint32_t *latest);
 KMS_WUR kms_err store_key_get(struct store *s, int64_t tenant_id, const char *name,
 			      struct store_key *out); /* NOT_FOUND */
 /* *names: malloc'd array of *n malloc'd strings, sorted; free with store_names_free.
