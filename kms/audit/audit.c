@@ -1302,14 +1302,15 @@ void audit_close(struct audit *a)
 
 /* ---------------------------------------------------------------- append */
 
-kms_err audit_append(struct audit *a, const struct audit_record *r)
+kms_err audit_enqueue(struct audit *a, const struct audit_record *r, uint64_t *seq)
 {
-	uint64_t mine, target, cseq;
+	uint64_t target, cseq;
 	const char *why;
 	char buf[MIDDLE_GUESS], *mid;
 	size_t mid_len = 0;
 	kms_err rc;
 
+	*seq = 0;
 	rc = record_middle(a, r, buf, sizeof(buf), &mid, &mid_len);
 	if (rc != KMS_OK)
 		return rc;
@@ -1327,14 +1328,42 @@ kms_err audit_append(struct audit *a, const struct audit_record *r)
 		pthread_mutex_unlock(&a->mu);
 		return rc;
 	}
-	mine = target = a->seq;
+	target = a->seq;
 	why = ckpt_due_locked(a, mono_now());
 	if (why != NULL && checkpoint_locked(a, why, &cseq) == KMS_OK)
 		target = cseq; /* whoever triggers a checkpoint waits for it too */
-	commit_locked(a, target);
-	rc = a->durable_seq >= mine ? KMS_OK : kms_errf(KMS_ERR_AUDIT, "audit log unavailable");
+	pthread_mutex_unlock(&a->mu);
+	*seq = target;
+	return KMS_OK;
+}
+
+kms_err audit_wait(struct audit *a, uint64_t seq)
+{
+	kms_err rc;
+
+	pthread_mutex_lock(&a->mu);
+	commit_locked(a, seq);
+	rc = a->durable_seq >= seq ? KMS_OK : kms_errf(KMS_ERR_AUDIT, "audit log unavailable");
 	pthread_mutex_unlock(&a->mu);
 	return rc;
+}
+
+int audit_settled(struct audit *a, uint64_t seq)
+{
+	int v;
+
+	pthread_mutex_lock(&a->mu);
+	v = a->durable_seq >= seq ? 1 : a->failed ? -1 : 0;
+	pthread_mutex_unlock(&a->mu);
+	return v;
+}
+
+kms_err audit_append(struct audit *a, const struct audit_record *r)
+{
+	uint64_t seq;
+	kms_err rc = audit_enqueue(a, r, &seq);
+
+	return rc != KMS_OK ? rc : audit_wait(a, seq);
 }
 
 kms_err audit_checkpoint(struct audit *a)

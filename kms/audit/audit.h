@@ -163,6 +163,17 @@ KMS_WUR kms_err audit_open(const char *path, const char *node_id, struct audit *
 /* Formats, appends and makes durable one record. KMS_ERR_AUDIT when the log has failed. */
 KMS_WUR kms_err audit_append(struct audit *a, const struct audit_record *r);
 
+/* audit_append in two halves, for a caller that can hold its answer without holding a
+ * thread (kms/http/server.c): audit_enqueue formats and queues the record (and a
+ * checkpoint if one is due) and gives the seq that must be durable before anything the
+ * record covers leaves; audit_wait writes and syncs up to seq, leading the group commit
+ * or waiting for the sync in flight, and answers KMS_OK once seq is durable (KMS_ERR_AUDIT
+ * if the log failed first); audit_settled says without waiting: 1 durable, 0 not yet,
+ * -1 never (the log failed first). */
+KMS_WUR kms_err audit_enqueue(struct audit *a, const struct audit_record *r, uint64_t *seq);
+KMS_WUR kms_err audit_wait(struct audit *a, uint64_t seq);
+int audit_settled(struct audit *a, uint64_t seq);
+
 /* Writes a checkpoint now if any record is unsigned, and makes it durable (e.g. at
  * shutdown, before the signer's token is closed). KMS_OK when nothing was unsigned;
  * KMS_ERR_INVALID without a signer; the signer's error if it failed. */

@@ -1406,6 +1406,42 @@ static void request_id_bytes(uint8_t r[12])
 	memcpy(r, pool + left * 12, 12);
 }
 
+kms_err core_audit_wait(struct core *c, uint64_t seq)
+{
+	return audit_wait(c->au, seq);
+}
+
+bool core_settle(struct core *c, struct core_result *res, bool wait)
+{
+	int v;
+
+	if (res->audit_seq == 0)
+		return true;
+	if (wait)
+		v = audit_wait(c->au, res->audit_seq) == KMS_OK ? 1 : -1;
+	else if ((v = audit_settled(c->au, res->audit_seq)) == 0)
+		return false;
+	res->audit_seq = 0;
+	if (v < 0) { /* the record never became durable: nothing of the answer leaves */
+		json_decref(res->body);
+		free(res->text);
+		res->text = NULL;
+		if (res->has_file)
+			close(res->file_fd);
+		res->has_file = false;
+		res->status = 503;
+		res->retry_after = 0;
+		res->body = error_body(res->request_id, "audit log unavailable: operation refused");
+		metrics_observe(&c->met, (enum kms_op)res->settle_.op, METRICS_ERROR, 503, KMS_ERR_AUDIT,
+				res->settle_.authenticated, mono_us() - res->settle_.t0);
+		return true;
+	}
+	metrics_observe(&c->met, (enum kms_op)res->settle_.op, (enum metrics_outcome)res->settle_.outcome,
+			res->settle_.status, (kms_err)res->settle_.rc, res->settle_.authenticated,
+			mono_us() - res->settle_.t0);
+	return true;
+}
+
 void core_call(struct core *c, const struct core_call *call, struct core_result *res)
 {
 	struct op_ctx x = {.call = call, .core = c};
@@ -1669,8 +1705,17 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		snprintf(x.reason + n, sizeof(x.reason) - n, "; %s", x.mfa_detail);
 	}
 
-	/* Fail closed: nothing leaves before its record is durable. */
-	arc = audit_append(c->au, &ar);
+	/* Fail closed: nothing leaves before its record is durable. A caller that can hold
+	 * the answer gets it with the record only queued, and core_settle decides later
+	 * (the data plane only: nothing else there changes state on the strength of the
+	 * record). A backup's cut still holds: its own records come after these in the
+	 * log, and the log is made durable in order. */
+	if (call->defer_audit && call->approved == NULL &&
+	    (call->op == KMS_OP_DATAKEY || call->op == KMS_OP_ENCRYPT || call->op == KMS_OP_DECRYPT ||
+	     call->op == KMS_OP_REWRAP))
+		arc = audit_enqueue(c->au, &ar, &res->audit_seq);
+	else
+		arc = audit_append(c->au, &ar);
 	if (quiesced)
 		pthread_rwlock_unlock(&c->quiesce);
 	if (arc != KMS_OK) {
@@ -1686,9 +1731,22 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		goto out;
 	}
 	res->status = status;
-	metrics_observe(&c->met, call->op,
-			outcome[0] == 'a' || outcome[0] == 'p' ? METRICS_ALLOW : outcome[0] == 'd' ? METRICS_DENY : METRICS_ERROR, status, rc,
-			x.who.name[0] != '\0', mono_us() - t0);
+	{
+		enum metrics_outcome mo = outcome[0] == 'a' || outcome[0] == 'p' ? METRICS_ALLOW
+					  : outcome[0] == 'd'			    ? METRICS_DENY
+										    : METRICS_ERROR;
+
+		if (res->audit_seq != 0) { /* counted when it settles */
+			res->settle_.op = (int)call->op;
+			res->settle_.outcome = (int)mo;
+			res->settle_.status = status;
+			res->settle_.rc = (int)rc;
+			res->settle_.authenticated = x.who.name[0] != '\0';
+			res->settle_.t0 = t0;
+		} else {
+			metrics_observe(&c->met, call->op, mo, status, rc, x.who.name[0] != '\0', mono_us() - t0);
+		}
+	}
 	if (rc != KMS_OK) {
 		const char *msg = detail;
 		if (rc == KMS_ERR_DENIED && sname[0] != '\0' && d.allow)

@@ -47,6 +47,10 @@ struct core_call {
 	 * and when a check failed), or NULL */
 	const char *health_activecode;
 	const char *health_sealedcode;
+	/* The caller can hold the answer without holding a thread: for datakey, encrypt,
+	 * decrypt and rewrap, core_call then only queues the audit record and sets
+	 * res->audit_seq, and the answer must not leave before core_settle says so. */
+	bool defer_audit;
 };
 
 struct core_approved {
@@ -67,6 +71,12 @@ struct core_result {
 	int file_fd;
 	uint64_t file_size;
 	char request_id[65];
+	/* Not 0: the audit record is queued, not yet durable (call->defer_audit). */
+	uint64_t audit_seq;
+	struct { /* core's own: the request's metrics, counted when it settles */
+		int op, outcome, status, rc, authenticated;
+		uint64_t t0;
+	} settle_;
 };
 
 /* The core borrows store, token and audit; they outlive it. */
@@ -139,6 +149,17 @@ KMS_WUR kms_err core_mk_record(struct store *st, const struct core_mk_opts *o, u
 
 /* Always fills res (status and body), whatever happens. */
 void core_call(struct core *c, const struct core_call *call, struct core_result *res);
+
+/* For a result with audit_seq set: true once its record is durable (with wait: after
+ * writing and syncing it, leading the group commit or joining the sync in flight);
+ * false only without wait, while it is not. Once true, res is final and audit_seq 0:
+ * the operation's answer, or, if the audit log failed first, 503 "audit log
+ * unavailable" with the operation's answer (key material and all) dropped. True at
+ * once for a result without audit_seq. */
+bool core_settle(struct core *c, struct core_result *res, bool wait);
+/* Writes and syncs the audit log up to seq: what a holder of deferred answers calls
+ * before it looks at them again. KMS_ERR_AUDIT when the log failed first. */
+KMS_WUR kms_err core_audit_wait(struct core *c, uint64_t seq);
 
 /* Name rules shared with the route layer. */
 int core_valid_tenant_name(const char *s);

@@ -84,6 +84,13 @@ struct http_server {
 	/* TLS session tickets (tls_session_tickets): the server's ticket-encryption key,
 	 * made at start, never stored, wiped at stop; data NULL = no tickets */
 	gnutls_datum_t ticket_key;
+	/* Answers held until their audit record is durable (see "Held answers" below). */
+	pthread_mutex_t hold_mu;
+	pthread_cond_t hold_cv;
+	struct req *held;	 /* suspended requests waiting for their record's sync */
+	uint64_t held_max;	 /* the highest audit seq among them */
+	pthread_t committer;
+	bool committer_running, committer_idle, hold_stopping;
 };
 
 static int64_t mono_now(void)
@@ -281,12 +288,23 @@ struct req {
 	char *body;
 	size_t len, cap;
 	int too_large;
+	/* a held answer (res.audit_seq set while its record is not durable) */
+	bool holding;
+	struct core_result res;
+	struct MHD_Connection *conn;
+	struct req *held_next;
 };
 
 static void req_free(struct req *r)
 {
 	if (r == NULL)
 		return;
+	if (r->holding) { /* closed before it was sent (daemon stopping): drop the answer */
+		json_decref(r->res.body);
+		free(r->res.text);
+		if (r->res.has_file)
+			close(r->res.file_fd);
+	}
 	if (r->body != NULL) {
 		kms_wipe(r->body, r->cap);
 		free(r->body);
@@ -461,6 +479,106 @@ static const char *presented_token(struct MHD_Connection *conn)
 	return NULL;
 }
 
+/* Sends a settled result; takes its body, text or file in every case. */
+static enum MHD_Result send_result(struct MHD_Connection *conn, struct core_result *res)
+{
+	enum MHD_Result ret;
+
+	if (res->has_file) {
+		ret = send_file(conn, res->status, res->file_fd, res->file_size, res->request_id);
+		json_decref(res->body);
+		return ret;
+	}
+	if (res->text != NULL) {
+		ret = send_text(conn, res->status, res->text, res->request_id);
+		json_decref(res->body);
+		return ret;
+	}
+	if (res->body == NULL)
+		return send_error(conn, 500, "internal error");
+	ret = send_json(conn, res->status, res->body, res->request_id, res->retry_after);
+	json_decref(res->body);
+	return ret;
+}
+
+/* Held answers. A data-plane answer may leave only once its audit record is durable.
+ * Instead of blocking its worker thread through the sync (and with it every other
+ * connection that thread serves), the request's connection is suspended with the
+ * answer kept in its request state, and the committer thread makes the log durable
+ * and resumes every connection whose record the sync covered; libmicrohttpd then calls
+ * on_request again, which sends the answer (or, if the log failed first, 503 and
+ * nothing of the answer: core_settle). Workers keep serving while syncs are in flight,
+ * and one sync covers every record queued meanwhile. */
+static bool hold_answer(struct http_server *s, struct MHD_Connection *conn, struct req *r,
+			struct core_result *res)
+{
+	pthread_mutex_lock(&s->hold_mu);
+	if (!s->committer_running || s->hold_stopping) {
+		pthread_mutex_unlock(&s->hold_mu);
+		return false; /* stopping: the worker waits for the sync itself */
+	}
+	r->res = *res;
+	r->holding = true;
+	r->conn = conn;
+	MHD_suspend_connection(conn);
+	r->held_next = s->held;
+	s->held = r;
+	if (res->audit_seq > s->held_max)
+		s->held_max = res->audit_seq;
+	if (s->committer_idle)
+		pthread_cond_signal(&s->hold_cv);
+	pthread_mutex_unlock(&s->hold_mu);
+	return true;
+}
+
+static void *committer_main(void *arg)
+{
+	struct http_server *s = arg;
+
+	pthread_mutex_lock(&s->hold_mu);
+	for (;;) {
+		struct req *ready = NULL, **pp;
+		uint64_t upto;
+
+		while (s->held == NULL && !s->hold_stopping) {
+			s->committer_idle = true;
+			pthread_cond_wait(&s->hold_cv, &s->hold_mu);
+			s->committer_idle = false;
+		}
+		if (s->held == NULL)
+			break; /* stopping, and nothing held */
+		upto = s->held_max;
+		pthread_mutex_unlock(&s->hold_mu);
+		/* success or not, every request up to upto is settled afterwards (core_settle
+		 * says which way for each) */
+		if (core_audit_wait(s->core, upto) != KMS_OK)
+			kms_debug("http: held answers up to audit seq %llu: the log failed",
+				  (unsigned long long)upto);
+		pthread_mutex_lock(&s->hold_mu);
+		for (pp = &s->held; *pp != NULL;) {
+			struct req *r = *pp;
+
+			if (r->res.audit_seq <= upto) {
+				*pp = r->held_next;
+				r->held_next = ready;
+				ready = r;
+			} else {
+				pp = &r->held_next;
+			}
+		}
+		pthread_mutex_unlock(&s->hold_mu);
+		while (ready != NULL) {
+			struct req *r = ready;
+
+			ready = r->held_next; /* r may be freed once its connection is resumed */
+			MHD_resume_connection(r->conn);
+		}
+		pthread_mutex_lock(&s->hold_mu);
+	}
+	pthread_mutex_unlock(&s->hold_mu);
+	return NULL;
+}
+
 static enum MHD_Result dispatch(struct http_server *s, struct MHD_Connection *conn, const char *url,
 				const char *method, struct req *r)
 {
@@ -470,7 +588,6 @@ static enum MHD_Result dispatch(struct http_server *s, struct MHD_Connection *co
 	const char *list = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "list");
 	char addr[INET6_ADDRSTRLEN + 1];
 	struct conn_track one_off; /* when the connection has no tracking entry */
-	enum MHD_Result ret;
 	kms_err err;
 
 	if (s->client_ca_pem != NULL) {
@@ -528,23 +645,13 @@ static enum MHD_Result dispatch(struct http_server *s, struct MHD_Connection *co
 	call.mfa = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Vault-MFA");
 	call.method = method;
 	call.path = url;
+	call.defer_audit = true;
 	core_call(s->core, &call, &res);
 	json_decref(call.body);
-	if (res.has_file) {
-		ret = send_file(conn, res.status, res.file_fd, res.file_size, res.request_id);
-		json_decref(res.body);
-		return ret;
-	}
-	if (res.text != NULL) {
-		ret = send_text(conn, res.status, res.text, res.request_id);
-		json_decref(res.body);
-		return ret;
-	}
-	if (res.body == NULL)
-		return send_error(conn, 500, "internal error");
-	ret = send_json(conn, res.status, res.body, res.request_id, res.retry_after);
-	json_decref(res.body);
-	return ret;
+	if (res.audit_seq != 0 && hold_answer(s, conn, r, &res))
+		return MHD_YES; /* sent when its record is durable */
+	(void)core_settle(s->core, &res, true);
+	return send_result(conn, &res);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -579,6 +686,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			r->too_large = 1;
 		*upload_data_size = 0;
 		return MHD_YES;
+	}
+	if (r->holding) { /* resumed: the record's sync is over */
+		r->holding = false;
+		(void)core_settle(s->core, &r->res, true);
+		return send_result(conn, &r->res);
 	}
 	if (r->too_large)
 		return send_error(conn, 413, "request body too large");
@@ -685,6 +797,8 @@ kms_err http_prepare(const struct kms_config *cfg, struct http_server **out, int
 	s->ipv6 = strchr(cfg->listen_address, ':') != NULL;
 	pthread_mutex_init(&s->track_mu, NULL);
 	pthread_cond_init(&s->sweep_cv, NULL);
+	pthread_mutex_init(&s->hold_mu, NULL);
+	pthread_cond_init(&s->hold_cv, NULL);
 	if (cfg->tls) {
 		s->cert_pem = read_pem(cfg->tls_cert, &s->cert_len, 0);
 		s->key_pem = read_pem(cfg->tls_key, &s->key_len, 1);
@@ -719,7 +833,8 @@ fail:
 
 kms_err http_start(struct http_server *s, const struct kms_config *cfg, struct core *core)
 {
-	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
+			 MHD_ALLOW_SUSPEND_RESUME;
 	unsigned workers = kms_config_workers(cfg);
 
 	s->core = core;
@@ -758,6 +873,12 @@ kms_err http_start(struct http_server *s, const struct kms_config *cfg, struct c
 	if (pthread_create(&s->sweeper, NULL, sweeper_main, s) != 0)
 		return kms_errf(KMS_ERR_INTERNAL, "cannot start the request-deadline thread");
 	s->sweeper_running = true;
+	pthread_mutex_lock(&s->hold_mu);
+	if (pthread_create(&s->committer, NULL, committer_main, s) == 0)
+		s->committer_running = true;
+	pthread_mutex_unlock(&s->hold_mu);
+	if (!s->committer_running)
+		return kms_errf(KMS_ERR_INTERNAL, "cannot start the audit committer thread");
 	return KMS_OK;
 }
 
@@ -772,6 +893,16 @@ void http_stop(struct http_server *s)
 		pthread_mutex_unlock(&s->track_mu);
 		pthread_join(s->sweeper, NULL);
 	}
+	if (s->committer_running) {
+		/* no answer is held from now on; the committer settles and resumes those that
+		 * are, then ends: libmicrohttpd must not be stopped with connections suspended */
+		pthread_mutex_lock(&s->hold_mu);
+		s->hold_stopping = true;
+		pthread_cond_signal(&s->hold_cv);
+		pthread_mutex_unlock(&s->hold_mu);
+		pthread_join(s->committer, NULL);
+		s->committer_running = false;
+	}
 	if (s->d != NULL)
 		MHD_stop_daemon(s->d);
 	if (s->listen_fd >= 0)
@@ -782,6 +913,8 @@ void http_stop(struct http_server *s)
 	}
 	pthread_cond_destroy(&s->sweep_cv);
 	pthread_mutex_destroy(&s->track_mu);
+	pthread_cond_destroy(&s->hold_cv);
+	pthread_mutex_destroy(&s->hold_mu);
 	free(s->cert_pem);
 	free(s->client_ca_pem);
 	kms_secret_free(s->key_pem);

@@ -78,6 +78,88 @@ def test_fault_fails_closed_and_recovers_on_restart(tmp_path, call, err, text):
     s.stop()
 
 
+@pytest.mark.parametrize("call", ["write", "sync"])
+def test_fault_under_load_drops_every_held_answer(tmp_path, call):
+    """Data-plane answers are held (their connection suspended) while their record
+    waits for the group commit, many per sync. A write or sync that fails under
+    concurrent load: every answer it covered is refused (503, no key material)
+    although the operation had run, every request answered 200 has its record in the
+    log, and after the failure nothing is answered 200 again; kmsd stops cleanly. (A
+    failed write leaves its records out of the file, so an answer sent for one of them
+    shows as a 200 without a record; a failed sync leaves them in the page cache.)"""
+    import requests
+    import threading
+
+    s = Server(tmp_path)
+    k = s.k
+    url = k.url + "/v1/%s/datakey/plaintext/%s" % (s.t, s.key)
+    seen = []  # (request_id, status, key material in the answer, order per thread)
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(n):
+        sess = requests.Session()
+        i = 0
+        while not stop.is_set():
+            rid = "held.%d.%d" % (n, i)
+            try:
+                r = sess.post(url, data="{}", verify=k.ca, timeout=30,
+                              headers={"X-Vault-Token": s.tok, "X-Request-Id": rid,
+                                       "Content-Type": "application/json"})
+            except requests.RequestException:
+                continue
+            with lock:
+                seen.append((rid, r.status_code, "plaintext" in r.text, n, i))
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    try:
+        k.serves(s.tok, s.t, s.key)
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        s.arm("%s EIO once audit.log" % call)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with lock:
+                if sum(1 for x in seen if x[1] == 503) >= 32:
+                    break
+            time.sleep(0.05)
+        stop.set()
+        for t in threads:
+            t.join(60)
+        # the server still holds nothing: a held answer after the failure would hang
+        assert_refused_503(k.datakey(s.tok, s.t, s.key))
+        s.stop()
+    except BaseException:
+        stop.set()
+        k.kill()
+        raise
+    assert len(s.hits()) == 1 and s.hits()[0].startswith(call), s.hits()
+    ok = [x for x in seen if x[1] == 200]
+    refused = [x for x in seen if x[1] == 503]
+    assert ok and len(refused) >= 32, (len(ok), len(refused))
+    assert {x[1] for x in seen} <= {200, 503}, {x[1] for x in seen}
+    assert all(x[2] for x in ok)
+    assert not any(x[2] for x in refused), "key material left with a 503"
+    # per thread: once refused, never answered 200 again (a failed log is not retried)
+    first_refusal = {}
+    for rid, st, _, n, i in seen:
+        if st == 503:
+            first_refusal[n] = min(first_refusal.get(n, i), i)
+    for rid, st, _, n, i in seen:
+        assert not (st == 200 and n in first_refusal and i > first_refusal[n]), rid
+    # every acknowledged data key has its record, with status 200
+    logged = {}
+    with open(k.audit_path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("request_id", "").startswith("held."):
+                logged[rec["request_id"]] = rec.get("status")
+    missing = [x[0] for x in ok if logged.get(x[0]) != 200]
+    assert not missing, "answered 200 without a durable record: %s" % missing[:10]
+
+
 def test_persistent_fault_refuses_start(tmp_path):
     """A disk that stays full: kmsd does not start rather than serve unaudited."""
     s = Server(tmp_path)
