@@ -512,15 +512,22 @@ static enum MHD_Result send_result(struct MHD_Connection *conn, struct core_resu
 static bool hold_answer(struct http_server *s, struct MHD_Connection *conn, struct req *r,
 			struct core_result *res)
 {
-	pthread_mutex_lock(&s->hold_mu);
-	if (!s->committer_running || s->hold_stopping) {
-		pthread_mutex_unlock(&s->hold_mu);
-		return false; /* stopping: the worker waits for the sync itself */
-	}
+	if (!s->committer_running)
+		return false; /* the worker waits for the sync itself */
 	r->res = *res;
 	r->holding = true;
 	r->conn = conn;
+	/* Suspended before it is listed (the committer may resume it as soon as it is),
+	 * and outside hold_mu: suspending is a system call. */
 	MHD_suspend_connection(conn);
+	pthread_mutex_lock(&s->hold_mu);
+	if (s->hold_stopping) {
+		/* kmsd is stopping and the committer may be gone: resume at once; the
+		 * next on_request settles it in this worker */
+		pthread_mutex_unlock(&s->hold_mu);
+		MHD_resume_connection(conn);
+		return true;
+	}
 	r->held_next = s->held;
 	s->held = r;
 	if (res->audit_seq > s->held_max)
@@ -848,6 +855,10 @@ kms_err http_start(struct http_server *s, const struct kms_config *cfg, struct c
 		return kms_errf(KMS_ERR_INTERNAL, "TLS: cannot make a session-ticket key");
 	if (!cfg->tls)
 		kms_warn("TLS is OFF: tokens and key material cross the network in the clear. Local debugging only.");
+	/* before the workers: they read committer_running unlocked */
+	if (pthread_create(&s->committer, NULL, committer_main, s) != 0)
+		return kms_errf(KMS_ERR_INTERNAL, "cannot start the audit committer thread");
+	s->committer_running = true;
 	s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
 				MHD_OPTION_LISTEN_SOCKET, (MHD_socket)s->listen_fd,
 				MHD_OPTION_THREAD_POOL_SIZE, workers,
@@ -873,12 +884,6 @@ kms_err http_start(struct http_server *s, const struct kms_config *cfg, struct c
 	if (pthread_create(&s->sweeper, NULL, sweeper_main, s) != 0)
 		return kms_errf(KMS_ERR_INTERNAL, "cannot start the request-deadline thread");
 	s->sweeper_running = true;
-	pthread_mutex_lock(&s->hold_mu);
-	if (pthread_create(&s->committer, NULL, committer_main, s) == 0)
-		s->committer_running = true;
-	pthread_mutex_unlock(&s->hold_mu);
-	if (!s->committer_running)
-		return kms_errf(KMS_ERR_INTERNAL, "cannot start the audit committer thread");
 	return KMS_OK;
 }
 
@@ -901,7 +906,6 @@ void http_stop(struct http_server *s)
 		pthread_cond_signal(&s->hold_cv);
 		pthread_mutex_unlock(&s->hold_mu);
 		pthread_join(s->committer, NULL);
-		s->committer_running = false;
 	}
 	if (s->d != NULL)
 		MHD_stop_daemon(s->d);
