@@ -1514,6 +1514,9 @@ kms_err audit_snapshot(struct audit *a, struct audit_snapshot *out)
 		return kms_errf(KMS_ERR_IO, "audit snapshot: the log's file name is too long");
 	memcpy(out->log_name, base, strlen(base) + 1);
 	pthread_mutex_lock(&a->mu);
+	/* Records queued but not yet synced (answers held for them: kms/http/server.c)
+	 * belong to operations before the cut: they go in, durable, first. */
+	commit_locked(a, a->seq);
 	while (a->writing && !a->failed)
 		pthread_cond_wait(&a->cv, &a->mu);
 	if (a->failed) {

@@ -205,7 +205,8 @@ size_t audit_checkpoint_message(uint64_t seq, const char *hash_hex, char *out, s
  * A consistent cut of the log for a backup: every rotated segment and the current file,
  * each opened read-only with the size it had at one instant when nothing was being
  * written (no group commit in flight, no rotation), so every file ends on a whole,
- * synced record and the cut ends on record last_seq. Appends are held only while the
+ * synced record and the cut ends on record last_seq. Records queued before the call
+ * (audit_enqueue) are written and synced first and are part of the cut. Appends are held only while the
  * files are opened; the caller reads them afterwards through the descriptors (a later
  * rotation renames, but never changes, the bytes up to size). */
 struct audit_snap_file {
