@@ -956,6 +956,67 @@ static void test_deleted_or_replaced_file(void **state)
 	audit_close(a);
 }
 
+/* audit_enqueue queues without writing; audit_settled says 0 until a sync covers the
+ * seq; audit_wait writes and syncs everything queued (one group); a snapshot taken
+ * with records queued writes them first and ends its cut on the last one. */
+static void test_enqueue_wait_settled_and_snapshot(void **state)
+{
+	struct audit_snapshot snap;
+	struct audit_stats st;
+	struct audit *a;
+	uint64_t s1 = 0, s2 = 0, s3 = 0;
+	struct stat sb;
+	(void)state;
+
+	assert_int_equal(audit_open(path, "n", &a), KMS_OK);
+	assert_int_equal(audit_enqueue(a, &rec, &s1), KMS_OK);
+	assert_int_equal(audit_enqueue(a, &rec, &s2), KMS_OK);
+	assert_true(s1 >= 1 && s2 == s1 + 1);
+	assert_int_equal(audit_settled(a, s1), 0);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_size, 0); /* nothing written yet */
+	assert_int_equal(audit_wait(a, s1), KMS_OK);
+	/* one group: the sync that covered s1 covered s2, queued before it */
+	assert_int_equal(audit_settled(a, s1), 1);
+	assert_int_equal(audit_settled(a, s2), 1);
+	assert_int_equal(check_lines(1), 2);
+	audit_get_stats(a, &st);
+	assert_int_equal(st.syncs, 1);
+
+	/* queued, then a snapshot: written, synced and part of the cut */
+	assert_int_equal(audit_enqueue(a, &rec, &s3), KMS_OK);
+	assert_int_equal(audit_settled(a, s3), 0);
+	assert_int_equal(audit_snapshot(a, &snap), KMS_OK);
+	assert_int_equal(snap.last_seq, s3);
+	assert_int_equal(audit_settled(a, s3), 1);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(snap.n, 1);
+	assert_int_equal(snap.files[0].size, (uint64_t)sb.st_size);
+	audit_snapshot_free(&snap);
+	assert_int_equal(check_lines(1), 3);
+	audit_close(a);
+}
+
+/* A queued record whose write fails: audit_wait refuses and audit_settled says never
+ * (-1), and an enqueue after the failure is refused at once. */
+static void test_enqueue_fail_closed(void **state)
+{
+	struct audit *a;
+	uint64_t s1 = 0, s2 = 0;
+	(void)state;
+
+	if (access("/dev/full", W_OK) != 0)
+		skip();
+	assert_int_equal(audit_open("/dev/full", "n", &a), KMS_OK);
+	assert_int_equal(audit_enqueue(a, &rec, &s1), KMS_OK);
+	assert_int_equal(audit_settled(a, s1), 0);
+	assert_int_equal(audit_wait(a, s1), KMS_ERR_AUDIT);
+	assert_int_equal(audit_settled(a, s1), -1);
+	assert_int_equal(audit_enqueue(a, &rec, &s2), KMS_ERR_AUDIT);
+	assert_int_equal(s2, 0);
+	audit_close(a);
+}
+
 /* Extra members (the hashed context) are written after reason; one that would
  * override a standard member refuses the record. */
 static void test_extra_members(void **state)
@@ -1185,6 +1246,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_concurrent_group_commit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_with_checkpoints, setup, teardown),
 		cmocka_unit_test(test_fail_closed),
+		cmocka_unit_test_setup_teardown(test_enqueue_wait_settled_and_snapshot, setup, teardown),
+		cmocka_unit_test(test_enqueue_fail_closed),
 		cmocka_unit_test_setup_teardown(test_fail_closed_with_signer, setup, teardown),
 		cmocka_unit_test(test_open_error),
 		cmocka_unit_test_setup_teardown(test_segments_by_size, setup, teardown_all),
