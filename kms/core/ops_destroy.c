@@ -375,15 +375,18 @@ static void scheduler_audit(struct core *c, const struct store_due *d, const cha
 /* The erasure receipt: a signed statement, for the tenant to hand to a data subject,
  * of which key version was destroyed, when, at whose request and why. It names the
  * destroyed material by the SHA-256 of its wrapped form (which reveals nothing) and is
- * signed like the audit checkpoints, by the token's kmsd-audit-sign key. */
-static void make_receipt(struct core *c, const struct store_tenant *t, const struct store_key *k, uint32_t v,
-			 const struct store_version *before, int64_t now)
+ * signed like the audit checkpoints, by the token's kmsd-audit-sign key. Made before
+ * the destruction and stored in its transaction; NULL (logged) when it cannot be made,
+ * and the destruction then goes ahead without one, as it did before receipts. Returns
+ * the text (kms_json_free_str) with its signature in sig (P11_AUDIT_SIG_MAX). */
+static char *make_receipt(struct core *c, const struct store_tenant *t, const struct store_key *k, uint32_t v,
+			  const struct store_version *before, int64_t now, uint8_t *sig, size_t *sig_len)
 {
 	struct store_event *ev = NULL;
 	const struct store_event *req = NULL;
-	uint8_t h[32], sig[P11_AUDIT_SIG_MAX];
+	uint8_t h[32];
 	char hx[65], when[32];
-	size_t n = 0, sig_len = 0, len;
+	size_t n = 0, len;
 	time_t tt = (time_t)now;
 	struct tm tm;
 	json_t *r, *approvals;
@@ -431,14 +434,15 @@ static void make_receipt(struct core *c, const struct store_tenant *t, const str
 	}
 	len = strlen(text);
 	SHA256((const uint8_t *)text, len, h);
-	rc = p11_audit_sign(c->p11, h, sig, sizeof(sig), &sig_len);
-	if (rc == KMS_OK)
-		rc = store_receipt_put(c->st, k->id, v, text, sig, sig_len, now);
-	if (rc != KMS_OK)
-		kms_error("receipt for %s/%s version %u not stored: %s", t->name, k->name, v, kms_err_detail(rc));
+	rc = p11_audit_sign(c->p11, h, sig, P11_AUDIT_SIG_MAX, sig_len);
+	if (rc != KMS_OK) {
+		kms_error("receipt for %s/%s version %u not signed: %s", t->name, k->name, v, kms_err_detail(rc));
+		kms_json_free_str(text, 0);
+		text = NULL;
+	}
 out:
-	kms_json_free_str(text, 0);
 	free(ev);
+	return text;
 }
 
 kms_err op_version_receipt(struct core *c, struct op_ctx *x)
@@ -476,6 +480,8 @@ static bool destroy_one(struct core *c, const struct store_due *d, int64_t now)
 	struct store_key k;
 	struct store_event ev = {0};
 	struct store_version before;
+	struct store_receipt receipt = {0};
+	uint8_t sig[P11_AUDIT_SIG_MAX];
 	struct keyref kr;
 	kms_err rc;
 
@@ -506,7 +512,12 @@ static bool destroy_one(struct core *c, const struct store_due *d, int64_t now)
 		kms_error("scheduler: %s/%s version %u: %s", d->tenant, d->key, d->version, kms_err_detail(rc));
 		return false;
 	}
-	rc = store_version_destroy(c->st, k.id, d->version, &ev);
+	receipt.text = make_receipt(c, &t, &k, d->version, &before, now, sig, &receipt.sig_len);
+	receipt.sig = sig;
+	receipt.now = now;
+	rc = store_version_destroy(c->st, k.id, d->version, &ev, receipt.text != NULL ? &receipt : NULL);
+	kms_json_free_str((char *)receipt.text, 0);
+	kms_wipe(&before, sizeof(before));
 	if (rc != KMS_OK) {
 		kms_error("scheduler: destroying %s/%s version %u failed: %s", d->tenant, d->key, d->version,
 			  kms_err_detail(rc));
@@ -514,8 +525,6 @@ static bool destroy_one(struct core *c, const struct store_due *d, int64_t now)
 		return false;
 	}
 	core_version_state_set(c, d->tenant, d->key, d->version, KVER_DESTROYED, 0);
-	make_receipt(c, &t, &k, d->version, &before, now);
-	kms_wipe(&before, sizeof(before));
 	kms_info("scheduler: destroyed %s/%s version %u", d->tenant, d->key, d->version);
 	scheduler_audit(c, d, "allow", 200, "waiting period ended");
 	return true;

@@ -2615,9 +2615,35 @@ static kms_err event_insert_locked(struct store *s, int64_t key_id, const struct
 
 /* Runs one prepared UPDATE (already bound) and the event insert in a transaction.
  * Zero changed rows -> `none` (an error the caller chose), nothing written. */
-static kms_err update_with_event(struct store *s, db_stmt *st, int64_t key_id,
-				 const struct store_event *ev, kms_err none, const char *none_msg,
-				 const char *what)
+static kms_err receipt_insert_locked(struct store *s, int64_t key_id, uint32_t version,
+				     const struct store_receipt *r)
+{
+	db_stmt *st = s->st[ST_RECEIPT_PUT];
+	int src;
+
+	if (r->text == NULL || r->sig == NULL || r->sig_len == 0 || r->sig_len > 256)
+		return kms_errf(KMS_ERR_INVALID, "invalid receipt");
+	if (db_bind_int64(st, 1, key_id) != DB_OK || db_bind_int64(st, 2, version) != DB_OK ||
+	    db_bind_text(st, 3, r->text, -1, DB_STATIC) != DB_OK ||
+	    db_bind_blob(st, 4, r->sig, (int)r->sig_len, DB_STATIC) != DB_OK ||
+	    db_bind_int64(st, 5, r->now) != DB_OK) {
+		stmt_release(st);
+		return db_fail(s, "receipt bind");
+	}
+	src = stmt_exec(st);
+	if (is_unique_violation(src))
+		return kms_errf(KMS_ERR_CONFLICT, "a receipt for this version exists");
+	if (src != DB_DONE)
+		return db_fail(s, "receipt insert");
+	return KMS_OK;
+}
+
+/* The update st (bound), its event and, when receipt is not NULL, the erasure receipt
+ * of version, in one transaction. */
+static kms_err update_with_event_receipt(struct store *s, db_stmt *st, int64_t key_id,
+					 const struct store_event *ev, kms_err none, const char *none_msg,
+					 const char *what, uint32_t version,
+					 const struct store_receipt *receipt)
 {
 	bool in_tx = false;
 	int src;
@@ -2639,6 +2665,8 @@ static kms_err update_with_event(struct store *s, db_stmt *st, int64_t key_id,
 	}
 	if ((rc = event_insert_locked(s, key_id, ev)) != KMS_OK)
 		goto out;
+	if (receipt != NULL && (rc = receipt_insert_locked(s, key_id, version, receipt)) != KMS_OK)
+		goto out;
 	if ((rc = tx_commit(s)) != KMS_OK)
 		goto out;
 	in_tx = false;
@@ -2646,6 +2674,13 @@ out:
 	if (in_tx)
 		tx_rollback(s);
 	return rc;
+}
+
+static kms_err update_with_event(struct store *s, db_stmt *st, int64_t key_id,
+				 const struct store_event *ev, kms_err none, const char *none_msg,
+				 const char *what)
+{
+	return update_with_event_receipt(s, st, key_id, ev, none, none_msg, what, 0, NULL);
 }
 
 kms_err store_key_config(struct store *s, int64_t key_id, const struct store_key *cfg,
@@ -2903,7 +2938,8 @@ out:
 	return rc;
 }
 
-kms_err store_version_destroy(struct store *s, int64_t key_id, uint32_t version, const struct store_event *ev)
+kms_err store_version_destroy(struct store *s, int64_t key_id, uint32_t version, const struct store_event *ev,
+			      const struct store_receipt *receipt)
 {
 	db_stmt *st;
 	int src, logged = 0, ckpt = 0;
@@ -2917,8 +2953,8 @@ kms_err store_version_destroy(struct store *s, int64_t key_id, uint32_t version,
 		stmt_release(st);
 		goto out;
 	}
-	rc = update_with_event(s, st, key_id, ev, KMS_ERR_CONFLICT, "key version is not pending destruction",
-			       "destroy");
+	rc = update_with_event_receipt(s, st, key_id, ev, KMS_ERR_CONFLICT, "key version is not pending destruction",
+				       "destroy", version, receipt);
 	if (rc != KMS_OK)
 		goto out;
 	/* The WAL still holds page images with the blob until checkpointed; TRUNCATE copies
@@ -3185,31 +3221,14 @@ out:
 kms_err store_receipt_put(struct store *s, int64_t key_id, uint32_t version, const char *text, const uint8_t *sig,
 			  size_t sig_len, int64_t now)
 {
-	db_stmt *st;
-	int src;
+	struct store_receipt r = {text, sig, sig_len, now};
 	kms_err rc;
 
 	if (text == NULL || sig == NULL || sig_len == 0 || sig_len > 256)
 		return kms_errf(KMS_ERR_INVALID, "invalid receipt");
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
-	st = s->st[ST_RECEIPT_PUT];
-	if (db_bind_int64(st, 1, key_id) != DB_OK || db_bind_int64(st, 2, version) != DB_OK ||
-	    db_bind_text(st, 3, text, -1, DB_STATIC) != DB_OK ||
-	    db_bind_blob(st, 4, sig, (int)sig_len, DB_STATIC) != DB_OK ||
-	    db_bind_int64(st, 5, now) != DB_OK) {
-		rc = db_fail(s, "receipt bind");
-		stmt_release(st);
-		goto out;
-	}
-	src = stmt_exec(st);
-	if (is_unique_violation(src))
-		rc = kms_errf(KMS_ERR_CONFLICT, "a receipt for this version exists");
-	else if (src != DB_DONE)
-		rc = db_fail(s, "receipt insert");
-	else
-		rc = KMS_OK;
-out:
+	rc = receipt_insert_locked(s, key_id, version, &r);
 	store_unlock(s);
 	return rc;
 }

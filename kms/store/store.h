@@ -175,12 +175,21 @@ KMS_WUR kms_err store_key_set_legal_hold(struct store *s, int64_t key_id, int ho
 					 const struct store_event *ev);
 /* Sets a tenant's retention_period, min_destroy_wait and legal_hold. */
 KMS_WUR kms_err store_tenant_config(struct store *s, int64_t tenant_id, const struct store_tenant *cfg);
+/* An erasure receipt (store_receipt_put): the signed statement, its signature, when. */
+struct store_receipt {
+	const char *text;
+	const uint8_t *sig;
+	size_t sig_len;
+	int64_t now;
+};
 /* Destroys a version that is pending destruction: state destroyed, the wrapped KEK and
- * its MAC overwritten (secure_delete zeroes the old cell), then the WAL is checkpointed
- * and truncated so that no older page image keeps the blob. CONFLICT if the version is
- * not pending destruction. */
+ * its MAC overwritten (secure_delete zeroes the old cell), and, when receipt is not
+ * NULL, its erasure receipt stored, all in one transaction (nobody sees the version
+ * destroyed without its receipt); then the WAL is checkpointed and truncated so that no
+ * older page image keeps the blob. CONFLICT if the version is not pending destruction
+ * (or already has a receipt); nothing is changed then. */
 KMS_WUR kms_err store_version_destroy(struct store *s, int64_t key_id, uint32_t version,
-				      const struct store_event *ev);
+				      const struct store_event *ev, const struct store_receipt *receipt);
 
 struct store_due {
 	int64_t key_id;

@@ -1031,6 +1031,41 @@ static void test_lifecycle(void **state)
 	free(evs);
 }
 
+/* A destruction with its erasure receipt is one transaction: stored together, or (the
+ * receipt refused) neither, the version still pending. */
+static void test_destroy_with_receipt_is_one_transaction(void **state)
+{
+	struct fx *f = *state;
+	struct store_event e = ev_of("x", 1, "");
+	static const uint8_t sig[] = {0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x02};
+	struct store_receipt r = {"{\"format\":\"kmsd-erasure-receipt-v1\"}", sig, sizeof(sig), 200};
+	struct store_version v;
+	char *text = NULL;
+	uint8_t *got = NULL;
+	size_t got_len = 0;
+	int64_t a = make_key(f, "ra"), b = make_key(f, "rb");
+
+	assert_int_equal(store_version_transition(f->s, a, 1, STORE_STATE_ENABLED, STORE_STATE_PENDING, 100, &e), KMS_OK);
+	assert_int_equal(store_version_transition(f->s, b, 1, STORE_STATE_ENABLED, STORE_STATE_PENDING, 100, &e), KMS_OK);
+	assert_int_equal(store_receipt_get(f->s, a, 1, &text, &got, &got_len), KMS_ERR_NOT_FOUND);
+	assert_int_equal(store_version_destroy(f->s, a, 1, &e, &r), KMS_OK);
+	assert_int_equal(store_version_get(f->s, a, 1, &v), KMS_OK);
+	assert_string_equal(v.state, STORE_STATE_DESTROYED);
+	assert_int_equal(store_receipt_get(f->s, a, 1, &text, &got, &got_len), KMS_OK);
+	assert_string_equal(text, r.text);
+	assert_int_equal(got_len, sizeof(sig));
+	assert_memory_equal(got, sig, sizeof(sig));
+	free(text);
+	free(got);
+
+	/* b already has a receipt (written by hand): its destruction is refused whole */
+	assert_int_equal(store_receipt_put(f->s, b, 1, "{}", sig, sizeof(sig), 150), KMS_OK);
+	assert_int_equal(store_version_destroy(f->s, b, 1, &e, &r), KMS_ERR_CONFLICT);
+	assert_int_equal(store_version_get(f->s, b, 1, &v), KMS_OK);
+	assert_string_equal(v.state, STORE_STATE_PENDING);
+	assert_true(v.blob_len > 1);
+}
+
 static void test_destroy_and_due(void **state)
 {
 	struct fx *f = *state;
@@ -1043,7 +1078,7 @@ static void test_destroy_and_due(void **state)
 
 	assert_int_equal(store_version_get(f->s, id, 1, &before), KMS_OK);
 	/* only a pending version can be destroyed */
-	assert_int_equal(store_version_destroy(f->s, id, 1, &e), KMS_ERR_CONFLICT);
+	assert_int_equal(store_version_destroy(f->s, id, 1, &e, NULL), KMS_ERR_CONFLICT);
 	assert_int_equal(store_version_transition(f->s, id, 1, STORE_STATE_ENABLED, STORE_STATE_PENDING, 100, &e), KMS_OK);
 	assert_int_equal(store_due_destructions(f->s, 99, &due, &n), KMS_OK);
 	assert_int_equal(n, 0);
@@ -1056,13 +1091,13 @@ static void test_destroy_and_due(void **state)
 	assert_string_equal(due[0].tenant, "t1");
 	assert_string_equal(due[0].key, "dk");
 	free(due);
-	assert_int_equal(store_version_destroy(f->s, id, 1, &e), KMS_OK);
+	assert_int_equal(store_version_destroy(f->s, id, 1, &e, NULL), KMS_OK);
 	assert_int_equal(store_version_get(f->s, id, 1, &v), KMS_OK);
 	assert_string_equal(v.state, STORE_STATE_DESTROYED);
 	assert_int_equal(v.blob_len, 1);
 	assert_int_equal(v.blob[0], 0);
 	assert_memory_not_equal(v.mac, before.mac, STORE_MAC_LEN);
-	assert_int_equal(store_version_destroy(f->s, id, 1, &e), KMS_ERR_CONFLICT);
+	assert_int_equal(store_version_destroy(f->s, id, 1, &e, NULL), KMS_ERR_CONFLICT);
 	assert_int_equal(store_due_destructions(f->s, 1000, &due, &n), KMS_OK);
 	assert_int_equal(n, 0);
 	free(due);
@@ -1228,7 +1263,7 @@ static void test_master_keys(void **state)
 		assert_int_equal(store_version_transition(f->s, k2, 1, STORE_STATE_ENABLED, STORE_STATE_PENDING, 1, &e),
 				 KMS_OK);
 		snprintf(e.event, sizeof(e.event), "destroy");
-		assert_int_equal(store_version_destroy(f->s, k2, 1, &e), KMS_OK);
+		assert_int_equal(store_version_destroy(f->s, k2, 1, &e, NULL), KMS_OK);
 	}
 	mk_ev(&ev, 2, "rewrap");
 	assert_int_equal(store_mk_rewrap(f->s, rows, nv, 3, &ev, &done), KMS_OK);
@@ -1466,6 +1501,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_tokens, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_lifecycle, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_destroy_and_due, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_destroy_with_receipt_is_one_transaction, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_other_process_close_keeps_our_view, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_master_keys, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_principal_certs, setup, teardown),
@@ -1487,6 +1523,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_tokens, setup_pg, teardown),
 		cmocka_unit_test_setup_teardown(test_lifecycle, setup_pg, teardown),
 		cmocka_unit_test_setup_teardown(test_destroy_and_due, setup_pg, teardown),
+		cmocka_unit_test_setup_teardown(test_destroy_with_receipt_is_one_transaction, setup_pg, teardown),
 		cmocka_unit_test_setup_teardown(test_master_keys, setup_pg, teardown),
 		cmocka_unit_test_setup_teardown(test_principal_certs, setup_pg, teardown),
 		cmocka_unit_test_setup_teardown(test_gauges_and_report_rows, setup_pg, teardown),
