@@ -1411,6 +1411,14 @@ kms_err core_audit_wait(struct core *c, uint64_t seq)
 	return audit_wait(c->au, seq);
 }
 
+/* The answer of a call whose record did not become durable, and its count. */
+static void audit_refused(struct core *c, struct core_result *res, enum kms_op op, bool authenticated, uint64_t t0)
+{
+	res->status = 503;
+	res->body = error_body(res->request_id, "audit log unavailable: operation refused");
+	metrics_observe(&c->met, op, METRICS_ERROR, 503, KMS_ERR_AUDIT, authenticated, mono_us() - t0);
+}
+
 bool core_settle(struct core *c, struct core_result *res, bool wait)
 {
 	int v;
@@ -1429,11 +1437,8 @@ bool core_settle(struct core *c, struct core_result *res, bool wait)
 		if (res->has_file)
 			close(res->file_fd);
 		res->has_file = false;
-		res->status = 503;
 		res->retry_after = 0;
-		res->body = error_body(res->request_id, "audit log unavailable: operation refused");
-		metrics_observe(&c->met, (enum kms_op)res->settle_.op, METRICS_ERROR, 503, KMS_ERR_AUDIT,
-				res->settle_.authenticated, mono_us() - res->settle_.t0);
+		audit_refused(c, res, (enum kms_op)res->settle_.op, res->settle_.authenticated, res->settle_.t0);
 		return true;
 	}
 	metrics_observe(&c->met, (enum kms_op)res->settle_.op, (enum metrics_outcome)res->settle_.outcome,
@@ -1722,12 +1727,9 @@ void core_call(struct core *c, const struct core_call *call, struct core_result 
 		json_decref(x.data);
 		json_decref(x.auth);
 		x.data = x.auth = NULL;
-		res->status = 503;
-		res->body = error_body(res->request_id, "audit log unavailable: operation refused");
 		free(x.text);
 		x.text = NULL;
-		metrics_observe(&c->met, call->op, METRICS_ERROR, 503, KMS_ERR_AUDIT, x.who.name[0] != '\0',
-				mono_us() - t0);
+		audit_refused(c, res, call->op, x.who.name[0] != '\0', t0);
 		goto out;
 	}
 	res->status = status;

@@ -482,6 +482,7 @@ static bool destroy_one(struct core *c, const struct store_due *d, int64_t now)
 	struct store_version before;
 	struct store_receipt receipt = {0};
 	uint8_t sig[P11_AUDIT_SIG_MAX];
+	char *rtext;
 	struct keyref kr;
 	kms_err rc;
 
@@ -512,11 +513,12 @@ static bool destroy_one(struct core *c, const struct store_due *d, int64_t now)
 		kms_error("scheduler: %s/%s version %u: %s", d->tenant, d->key, d->version, kms_err_detail(rc));
 		return false;
 	}
-	receipt.text = make_receipt(c, &t, &k, d->version, &before, now, sig, &receipt.sig_len);
+	rtext = make_receipt(c, &t, &k, d->version, &before, now, sig, &receipt.sig_len);
+	receipt.text = rtext;
 	receipt.sig = sig;
 	receipt.now = now;
-	rc = store_version_destroy(c->st, k.id, d->version, &ev, receipt.text != NULL ? &receipt : NULL);
-	kms_json_free_str((char *)receipt.text, 0);
+	rc = store_version_destroy(c->st, k.id, d->version, &ev, rtext != NULL ? &receipt : NULL);
+	kms_json_free_str(rtext, 0);
 	kms_wipe(&before, sizeof(before));
 	if (rc != KMS_OK) {
 		kms_error("scheduler: destroying %s/%s version %u failed: %s", d->tenant, d->key, d->version,
