@@ -526,6 +526,15 @@ struct store {
 	 * (a token's last-used time, meta rows), and PRAGMA data_version, prepared on first use */
 	int64_t quiet_changes;
 	db_stmt *data_version;
+	/* SQLite: the wal-index header in the connection's own mapping of the -shm file
+	 * (NULL until mapped; wal_hdr_off: not mappable, PRAGMA every time), the copy of it
+	 * read just before the last PRAGMA data_version, and that PRAGMA's answer */
+	const volatile unsigned char *wal_hdr;
+	bool wal_hdr_off;
+	bool wal_seen_ok;
+	unsigned char wal_seen[96];
+	int64_t wal_external;
+	uint64_t stamp_queries;
 	/* PostgreSQL: the newest change-log seq store_changes_since has returned (the
 	 * cluster thread reads the log every cluster_sync_ms); store_change_stamp's
 	 * external part, so that a request costs no round trip for it */
@@ -5664,8 +5673,52 @@ out:
 
 /* ---- change stamp (caches in front of the store) ---- */
 
+/* The wal-index header (https://www.sqlite.org/walformat.html "The WAL-Index Header"):
+ * the first 96 bytes of the -shm file are two copies of a 48-byte header, which every
+ * commit by any connection of any process rewrites (its iChange counter counts
+ * transactions, mxFrame and the salts move with the log); a reader of the database
+ * trusts it only when both copies agree. SQLite maps the file into this process for
+ * its own use; xShmMap hands out that mapping (region 0), so reading it costs no
+ * system call. Called with the store's lock held; false: use PRAGMA data_version. */
+#define WAL_HDR_LEN 96
+#define WAL_HDR_VERSION 3007000u /* iVersion, the first 4 bytes (native order) */
+#define WAL_REGION_LEN 32768	 /* the wal-index's region size */
+
+static bool wal_header(struct store *s, unsigned char out[WAL_HDR_LEN])
+{
+	uint32_t version;
+
+	if (s->wal_hdr == NULL && !s->wal_hdr_off) {
+		sqlite3_file *f = NULL;
+		volatile void *p = NULL;
+
+		if (sqlite3_file_control(db_sqlite_handle(s->db), "main", SQLITE_FCNTL_FILE_POINTER, &f) !=
+			    SQLITE_OK ||
+		    f == NULL || f->pMethods == NULL || f->pMethods->iVersion < 2 || f->pMethods->xShmMap == NULL ||
+		    f->pMethods->xShmMap(f, 0, WAL_REGION_LEN, 0, &p) != SQLITE_OK || p == NULL) {
+			s->wal_hdr_off = true;
+			kms_info("store: the wal-index is not mapped: PRAGMA data_version on every "
+				 "cache check");
+			return false;
+		}
+		s->wal_hdr = p;
+	}
+	if (s->wal_hdr == NULL)
+		return false;
+	/* another process's writes to the shared mapping: see them in order */
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	for (size_t i = 0; i < WAL_HDR_LEN; i++)
+		out[i] = s->wal_hdr[i];
+	memcpy(&version, out, sizeof(version));
+	/* not (yet) a wal-index this code knows, or a copy in the middle of a rewrite */
+	return version == WAL_HDR_VERSION && out[12] == 1 &&
+	       memcmp(out, out + WAL_HDR_LEN / 2, WAL_HDR_LEN / 2) == 0;
+}
+
 kms_err store_change_stamp(struct store *s, struct store_stamp *out)
 {
+	unsigned char hdr[WAL_HDR_LEN];
+	bool have_hdr;
 	kms_err rc;
 	int src;
 
@@ -5679,12 +5732,25 @@ kms_err store_change_stamp(struct store *s, struct store_stamp *out)
 		rc = KMS_OK;
 		goto out;
 	}
+	/* No commit anywhere since the last PRAGMA data_version (the header is as it was
+	 * read just before it): its answer still holds. A commit in between, ours or
+	 * another process's, changed the header, and the PRAGMA runs again; it answers the
+	 * same for this connection's own commits, so those cost one PRAGMA and no flush. */
+	have_hdr = wal_header(s, hdr);
+	if (have_hdr && s->wal_seen_ok && memcmp(hdr, s->wal_seen, WAL_HDR_LEN) == 0) {
+		out->external = s->wal_external;
+		out->local = db_total_changes(s->db) - s->quiet_changes;
+		rc = KMS_OK;
+		goto out;
+	}
+	s->wal_seen_ok = false;
 	if (s->data_version == NULL &&
 	    db_prepare(s->db, "PRAGMA data_version", true, &s->data_version) != DB_OK) {
 		s->data_version = NULL;
 		rc = db_fail(s, "data version prepare");
 		goto out;
 	}
+	s->stamp_queries++;
 	src = db_step(s->data_version);
 	if (src != DB_ROW) {
 		stmt_release(s->data_version);
@@ -5693,11 +5759,27 @@ kms_err store_change_stamp(struct store *s, struct store_stamp *out)
 	}
 	out->external = db_column_int64(s->data_version, 0);
 	stmt_release(s->data_version);
+	if (have_hdr) {
+		memcpy(s->wal_seen, hdr, WAL_HDR_LEN);
+		s->wal_external = out->external;
+		s->wal_seen_ok = true;
+	}
 	out->local = db_total_changes(s->db) - s->quiet_changes;
 	rc = KMS_OK;
 out:
 	store_unlock(s);
 	return rc;
+}
+
+uint64_t store_change_stamp_queries(struct store *s)
+{
+	uint64_t n;
+
+	if (store_lock(s) != KMS_OK)
+		return 0;
+	n = s->stamp_queries;
+	store_unlock(s);
+	return n;
 }
 
 kms_err store_approvals_interrupt(struct store *s, int64_t now, struct store_approval **out, size_t *n)

@@ -339,6 +339,9 @@ struct store_stamp {
 	int64_t external;
 };
 KMS_WUR kms_err store_change_stamp(struct store *s, struct store_stamp *out);
+/* PRAGMA data_version statements store_change_stamp has run (SQLite): only after a
+ * commit somewhere, since the wal-index header says when there was none. For tests. */
+uint64_t store_change_stamp_queries(struct store *s);
 
 /* MFA (TOTP) state of a principal, one row each (docs/API.md "MFA"). The seed is only
  * ever here sealed by the token (p11_mfa_seal); recovery is the text form of

@@ -1033,6 +1033,55 @@ static void test_lifecycle(void **state)
 
 /* A destruction with its erasure receipt is one transaction: stored together, or (the
  * receipt refused) neither, the version still pending. */
+/* The change stamp in front of the caches: unchanged while nobody commits, and read
+ * then from the wal-index header without a statement; another process's commit moves
+ * its external part at once; this connection's own write moves only the local part. */
+static void test_change_stamp_sees_other_process(void **state)
+{
+	struct fx *f = *state;
+	struct store_stamp a, b, c, d, e;
+	int64_t own;
+	uint64_t q0;
+	pid_t pid;
+	int status;
+
+	assert_int_equal(store_change_stamp(f->s, &a), KMS_OK);
+	q0 = store_change_stamp_queries(f->s);
+	for (int i = 0; i < 50; i++) {
+		assert_int_equal(store_change_stamp(f->s, &b), KMS_OK);
+		assert_true(b.external == a.external && b.local == a.local);
+	}
+	/* nothing committed: no statement ran for these 50 */
+	assert_true(store_change_stamp_queries(f->s) == q0);
+
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		sqlite3 *db = NULL;
+		int ok = sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK &&
+			 sqlite3_busy_timeout(db, 5000) == SQLITE_OK &&
+			 sqlite3_exec(db, "INSERT INTO meta (k, v) VALUES ('test.other-process', '1')", NULL,
+				      NULL, NULL) == SQLITE_OK;
+		sqlite3_close(db);
+		_exit(ok ? 0 : 1);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	assert_int_equal(store_change_stamp(f->s, &c), KMS_OK);
+	assert_true(c.external != b.external);
+	assert_true(c.local == b.local);
+	assert_int_equal(store_change_stamp(f->s, &d), KMS_OK);
+	assert_true(d.external == c.external && d.local == c.local);
+
+	assert_int_equal(store_tenant_create(f->s, "t-own", "phi", 1000, &own), KMS_OK);
+	assert_int_equal(store_change_stamp(f->s, &e), KMS_OK);
+	assert_true(e.external == d.external);
+	assert_true(e.local != d.local);
+	q0 = store_change_stamp_queries(f->s);
+	assert_int_equal(store_change_stamp(f->s, &e), KMS_OK);
+	assert_true(store_change_stamp_queries(f->s) == q0);
+}
+
 static void test_destroy_with_receipt_is_one_transaction(void **state)
 {
 	struct fx *f = *state;
@@ -1502,6 +1551,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_lifecycle, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_destroy_and_due, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_destroy_with_receipt_is_one_transaction, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_change_stamp_sees_other_process, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_other_process_close_keeps_our_view, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_master_keys, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_principal_certs, setup, teardown),
