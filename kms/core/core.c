@@ -19,6 +19,7 @@
 #include "policy/authn.h"
 #include "kms/core/authcache.h"
 #include "kms/core/hmaccache.h"
+#include "kms/core/rndpool.h"
 
 int64_t core_now(void)
 {
@@ -712,6 +713,13 @@ kms_err core_key_read_json(struct core *c, const char *tenant, const char *key, 
 
 /* ---- lifecycle ----------------------------------------------------------------- */
 
+static kms_err token_random(void *ctx, uint8_t *out, size_t n)
+{
+	struct core *c = ctx;
+
+	return p11_random(c->p11, out, n);
+}
+
 kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct core **out)
 {
 	struct core *c = calloc(1, sizeof(*c));
@@ -744,7 +752,8 @@ kms_err core_new(struct store *st, struct p11 *p11, struct audit *au, struct cor
 		core_free(c);
 		return kms_errf(KMS_ERR_INTERNAL, "the built-in policy does not compile");
 	}
-	if (authcache_new(0, &c->authc) != KMS_OK || hmaccache_new(HMACCACHE_DEFAULT_MAX, &c->hmacc) != KMS_OK) {
+	if (authcache_new(0, &c->authc) != KMS_OK || hmaccache_new(HMACCACHE_DEFAULT_MAX, &c->hmacc) != KMS_OK ||
+	    rndpool_new(token_random, c, &c->rnd) != KMS_OK) {
 		core_free(c);
 		return kms_errf(KMS_ERR_NOMEM, "auth cache");
 	}
@@ -1067,6 +1076,7 @@ void core_free(struct core *c)
 	pthread_mutex_destroy(&c->reserve_mu);
 	authcache_free(c->authc);
 	hmaccache_free(c->hmacc);
+	rndpool_free(c->rnd);
 	/* last: the scheduler has stopped, nothing reads the store through this core now */
 	core_rowmac_stop(c);
 	free(c);

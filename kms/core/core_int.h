@@ -78,6 +78,8 @@ struct core {
 	pthread_cond_t sched_cv;
 	/* token hash -> principal, role, scope (authcache.h) */
 	struct authcache *authc;
+	/* token random bytes for DEKs and IVs, fetched a chunk at a time (rndpool.h) */
+	struct rndpool *rnd;
 	/* value fingerprint -> audit HMAC (hmaccache.h); NULL = off */
 	struct hmaccache *hmacc;
 	/* latest expiry of any break-glass grant: decrypts skip the store lookup after it */

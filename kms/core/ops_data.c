@@ -9,6 +9,7 @@
 #include "kms/base/secret.h"
 #include "kms/core/ciphertext.h"
 #include "kms/core/core_int.h"
+#include "kms/core/rndpool.h"
 
 
 struct item_in {
@@ -260,8 +261,8 @@ static kms_err item_datakey(struct core *c, struct op_ctx *x, const struct keyre
 		goto out;
 	}
 	dek_len = (size_t)bits / 8;
-	/* One token call yields both the DEK and the IV. */
-	rc = p11_random(c->p11, rnd, dek_len + CT_IV_LEN);
+	/* DEK and IV: token random bytes, from the pool (rndpool.h) */
+	rc = rndpool_get(c->rnd, rnd, dek_len + CT_IV_LEN);
 	if (rc != KMS_OK)
 		goto out;
 	ver = k->latest;
@@ -299,7 +300,7 @@ static kms_err item_encrypt(struct core *c, struct op_ctx *x, const struct keyre
 	    (rc = common_in(item, &ad, &ad_len, &ctx)) != KMS_OK ||
 	    (rc = b64_member(item, "plaintext", true, &pt, &pt_len)) != KMS_OK)
 		goto out;
-	rc = p11_random(c->p11, iv, sizeof(iv));
+	rc = rndpool_get(c->rnd, iv, sizeof(iv));
 	if (rc == KMS_OK)
 		rc = seal(c, k, &ver, !pinned(item), iv, pt, pt_len, ad, ad_len, ctx, &ct);
 	if (rc != KMS_OK)
@@ -373,7 +374,7 @@ static kms_err item_rewrap(struct core *c, struct op_ctx *x, const struct keyref
 	if ((rc = kms_json_only(item, allowed)) != KMS_OK || (rc = pick_version(item, k, &ver)) != KMS_OK ||
 	    (rc = decrypt_common(c, k, item, &pt, &pt_len, &pt_cap, &old_ver, &ad, &ad_len, &ctx)) != KMS_OK)
 		goto out;
-	rc = p11_random(c->p11, iv, sizeof(iv));
+	rc = rndpool_get(c->rnd, iv, sizeof(iv));
 	if (rc == KMS_OK)
 		rc = seal(c, k, &ver, !pinned(item), iv, pt, pt_len, ad, ad_len, ctx, &ct);
 	if (rc != KMS_OK)

@@ -1,0 +1,119 @@
+/* Token randomness handed out in small pieces. See rndpool.h.
+ *
+ * Two secret buffers of RNDPOOL_CHUNK bytes: `cur`, whose bytes [off, RNDPOOL_CHUNK)
+ * are unused, and `spare`, filled by the one thread that holds `filling`. Bytes are
+ * wiped in `cur` as they are handed out, so a used byte is never in the pool. */
+#include "kms/core/rndpool.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kms/base/secret.h"
+
+struct rndpool {
+	pthread_mutex_t mu;
+	rndpool_fill_fn fill;
+	void *ctx;
+	uint8_t *cur, *spare;
+	size_t off;    /* cur[off..RNDPOOL_CHUNK) unused */
+	bool filling;  /* a thread is filling spare, outside mu */
+};
+
+kms_err rndpool_new(rndpool_fill_fn fill, void *ctx, struct rndpool **out)
+{
+	struct rndpool *p;
+
+	if (fill == NULL || out == NULL)
+		return kms_errf(KMS_ERR_INTERNAL, "rndpool: bad arguments");
+	if ((p = calloc(1, sizeof(*p))) == NULL)
+		return kms_errf(KMS_ERR_NOMEM, "rndpool");
+	p->cur = kms_secret_alloc(RNDPOOL_CHUNK);
+	p->spare = kms_secret_alloc(RNDPOOL_CHUNK);
+	if (p->cur == NULL || p->spare == NULL) {
+		kms_secret_free(p->cur);
+		kms_secret_free(p->spare);
+		free(p);
+		return kms_errf(KMS_ERR_NOMEM, "rndpool");
+	}
+	pthread_mutex_init(&p->mu, NULL);
+	p->fill = fill;
+	p->ctx = ctx;
+	p->off = RNDPOOL_CHUNK; /* empty: the first request fills it */
+	*out = p;
+	return KMS_OK;
+}
+
+void rndpool_free(struct rndpool *p)
+{
+	if (p == NULL)
+		return;
+	kms_secret_free(p->cur);
+	kms_secret_free(p->spare);
+	pthread_mutex_destroy(&p->mu);
+	free(p);
+}
+
+/* Takes n bytes from cur into out; mu held, n <= what is left. */
+static void take_locked(struct rndpool *p, uint8_t *out, size_t n)
+{
+	memcpy(out, p->cur + p->off, n);
+	kms_wipe(p->cur + p->off, n);
+	p->off += n;
+}
+
+static kms_err direct(struct rndpool *p, uint8_t *out, size_t n)
+{
+	kms_err rc = p->fill(p->ctx, out, n);
+
+	if (rc != KMS_OK)
+		kms_wipe(out, n);
+	return rc;
+}
+
+kms_err rndpool_get(struct rndpool *p, uint8_t *out, size_t n)
+{
+	uint8_t *fresh;
+	kms_err rc;
+
+	if (p == NULL || (out == NULL && n > 0))
+		return kms_errf(KMS_ERR_INTERNAL, "rndpool: bad arguments");
+	if (n == 0)
+		return KMS_OK;
+	if (n > RNDPOOL_DIRECT)
+		return direct(p, out, n);
+	pthread_mutex_lock(&p->mu);
+	if (RNDPOOL_CHUNK - p->off >= n) {
+		take_locked(p, out, n);
+		pthread_mutex_unlock(&p->mu);
+		return KMS_OK;
+	}
+	if (p->filling) {
+		/* another thread is at the token for the next chunk: do not wait for it */
+		pthread_mutex_unlock(&p->mu);
+		return direct(p, out, n);
+	}
+	p->filling = true;
+	fresh = p->spare;
+	pthread_mutex_unlock(&p->mu);
+
+	rc = p->fill(p->ctx, fresh, RNDPOOL_CHUNK);
+
+	pthread_mutex_lock(&p->mu);
+	p->filling = false;
+	if (rc != KMS_OK) {
+		kms_wipe(fresh, RNDPOOL_CHUNK);
+		pthread_mutex_unlock(&p->mu);
+		kms_wipe(out, n);
+		return rc;
+	}
+	/* the rest of the old chunk (fewer than n bytes) is wiped, never handed out */
+	kms_wipe(p->cur + p->off, RNDPOOL_CHUNK - p->off);
+	p->spare = p->cur;
+	p->cur = fresh;
+	p->off = 0;
+	take_locked(p, out, n);
+	pthread_mutex_unlock(&p->mu);
+	return KMS_OK;
+}

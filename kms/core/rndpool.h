@@ -1,0 +1,41 @@
+/* Token randomness handed out in small pieces.
+ *
+ * A data key needs 44 to 76 random bytes (DEK and IV), an encrypt 12 (IV). Asking the
+ * token for each costs a C_GenerateRandom per request: a round trip on a network HSM,
+ * and on SoftHSM2 a session checkout, two fork checks and a DRBG call. The pool asks the
+ * token for RNDPOOL_CHUNK bytes at a time and hands them out in order:
+ *
+ * - every byte comes from the token's RNG (DESIGN.md: DEKs are token random bits) and
+ *   is handed out once; it is wiped in the pool as it leaves, and the pool lives in
+ *   secret memory (mlock'd, not in core dumps, wiped when freed);
+ * - no lock is held across the token call: the thread that finds the pool short fills
+ *   a spare buffer outside the lock and swaps it in; threads that find a fill already
+ *   under way ask the token themselves for just what they need, and so does a request
+ *   larger than RNDPOOL_DIRECT;
+ * - a failed fill is the caller's error (503), as a failed C_GenerateRandom was, and
+ *   leaves the pool as it was; the next request tries again.
+ *
+ * Thread-safe. Used by core for DEKs and IVs (ops_data.c). */
+#ifndef KMS_CORE_RNDPOOL_H
+#define KMS_CORE_RNDPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kms/base/err.h"
+
+#define RNDPOOL_CHUNK 8192u
+#define RNDPOOL_DIRECT 512u /* larger requests go straight to the source */
+
+/* Where the bytes come from: p11_random in kmsd, something countable in tests. */
+typedef kms_err (*rndpool_fill_fn)(void *ctx, uint8_t *out, size_t n);
+
+struct rndpool;
+
+KMS_WUR kms_err rndpool_new(rndpool_fill_fn fill, void *ctx, struct rndpool **out);
+void rndpool_free(struct rndpool *p); /* NULL-safe; wipes what is left */
+
+/* n fresh bytes into out (n may be 0); on error out is wiped. */
+KMS_WUR kms_err rndpool_get(struct rndpool *p, uint8_t *out, size_t n);
+
+#endif
