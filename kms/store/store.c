@@ -5705,10 +5705,13 @@ static bool wal_header(struct store *s, unsigned char out[WAL_HDR_LEN])
 	}
 	if (s->wal_hdr == NULL)
 		return false;
-	/* another process's writes to the shared mapping: see them in order */
-	__atomic_thread_fence(__ATOMIC_ACQUIRE);
-	for (size_t i = 0; i < WAL_HDR_LEN; i++)
-		out[i] = s->wal_hdr[i];
+	/* another process's writes to the shared mapping: loads that see them in order
+	 * (the mapping is page-aligned, the header 24 aligned words) */
+	for (size_t i = 0; i < WAL_HDR_LEN / 4; i++) {
+		uint32_t w = __atomic_load_n((const volatile uint32_t *)s->wal_hdr + i, __ATOMIC_ACQUIRE);
+
+		memcpy(out + 4 * i, &w, sizeof(w));
+	}
 	memcpy(&version, out, sizeof(version));
 	/* not (yet) a wal-index this code knows, or a copy in the middle of a rewrite */
 	return version == WAL_HDR_VERSION && out[12] == 1 &&
