@@ -88,12 +88,6 @@ def main():
     # keys are made by a kmsd without callgrind (fast), which is then restarted under it
     os.environ["KMSD_PREFIX"] = "" if a.keys > 1 else prefix
     os.environ.setdefault("KMSD_STARTUP_TIMEOUT", "300")
-    # kmsd executes itself again to set glibc's malloc cache unless the environment
-    # already names it (kms/kmsd.c malloc_tune); under valgrind that exec would leave
-    # callgrind behind, and valgrind has its own allocator anyway
-    tun = os.environ.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.tcache_count" not in tun:
-        os.environ["GLIBC_TUNABLES"] = (tun + ":" if tun else "") + "glibc.malloc.tcache_count=256"
     k = conftest.Kmsd(tmp)
     k.extra_opts = [("log_level", "warn"), ("workers", "2")]
     try:

@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/auxv.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -76,45 +75,6 @@ static void harden_process(void)
 
 	(void)setrlimit(RLIMIT_CORE, &rl);
 	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-}
-
-/* glibc's per-thread malloc cache keeps 7 freed chunks per size class by default. A
- * token call into SoftHSM2 allocates and frees dozens of same-sized nodes (it copies its
- * mechanism list on every C_EncryptInit), so most of them go through malloc's shared
- * bins, and on a large, long-lived heap (10,000 keys' serving copies) sorting those bins
- * took 11 % of kmsd's CPU (docs/PERFORMANCE.md "Process start: the malloc cache"). The
- * cache size is a start-up tunable only (GLIBC_TUNABLES, read by the dynamic loader),
- * so kmsd executes itself again, once, before anything else, with MALLOC_TCACHE added;
- * the process id stays the same. An operator's own tcache_count is kept; a
- * secure-execution process (set-user-ID, file capabilities: the loader ignores
- * tunables there) is left alone; if the exec fails, kmsd goes on as it is. */
-#define TCACHE_TUNABLE "glibc.malloc.tcache_count"
-#define MALLOC_TCACHE TCACHE_TUNABLE "=256"
-#define REEXEC_MARK "KMSD_REEXECUTED"
-
-static void malloc_tune(char **argv)
-{
-	const char *old = getenv("GLIBC_TUNABLES");
-	char *want = NULL;
-
-	if (getenv(REEXEC_MARK) != NULL) {
-		(void)unsetenv(REEXEC_MARK); /* the second image: whatever the loader did, stay */
-		return;
-	}
-	if ((old != NULL && strstr(old, TCACHE_TUNABLE) != NULL) || getauxval(AT_SECURE) != 0)
-		return;
-	if (asprintf(&want, "%s%s%s", old != NULL ? old : "", old != NULL && old[0] != '\0' ? ":" : "",
-		     MALLOC_TCACHE) < 0)
-		return;
-	if (setenv("GLIBC_TUNABLES", want, 1) == 0 && setenv(REEXEC_MARK, "1", 1) == 0)
-		(void)execv("/proc/self/exe", argv);
-	/* still here: run without it, with the environment as it was */
-	(void)unsetenv(REEXEC_MARK);
-	if (old != NULL)
-		(void)setenv("GLIBC_TUNABLES", old, 1);
-	else
-		(void)unsetenv("GLIBC_TUNABLES");
-	free(want);
 }
 
 static int read_pin(const struct kms_config *cfg, char **pin, size_t *len)
@@ -956,7 +916,6 @@ int main(int argc, char **argv)
 	kms_err err;
 	int c;
 
-	malloc_tune(argv);
 	harden_process();
 	kms_json_init();
 	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
