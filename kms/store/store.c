@@ -528,10 +528,10 @@ struct store {
 	db_stmt *data_version;
 	/* SQLite: the wal-index header in the connection's own mapping of the -shm file
 	 * (NULL until mapped; wal_hdr_off: not mappable, PRAGMA every time), the copy of it
-	 * read just before the last PRAGMA data_version, and that PRAGMA's answer */
+	 * read just before the last PRAGMA data_version (all zero: none, which no valid
+	 * header equals), and that PRAGMA's answer */
 	const volatile unsigned char *wal_hdr;
 	bool wal_hdr_off;
-	bool wal_seen_ok;
 	unsigned char wal_seen[96];
 	int64_t wal_external;
 	uint64_t stamp_queries;
@@ -5740,13 +5740,13 @@ kms_err store_change_stamp(struct store *s, struct store_stamp *out)
 	 * another process's, changed the header, and the PRAGMA runs again; it answers the
 	 * same for this connection's own commits, so those cost one PRAGMA and no flush. */
 	have_hdr = wal_header(s, hdr);
-	if (have_hdr && s->wal_seen_ok && memcmp(hdr, s->wal_seen, WAL_HDR_LEN) == 0) {
+	if (have_hdr && memcmp(hdr, s->wal_seen, WAL_HDR_LEN) == 0) {
 		out->external = s->wal_external;
 		out->local = db_total_changes(s->db) - s->quiet_changes;
 		rc = KMS_OK;
 		goto out;
 	}
-	s->wal_seen_ok = false;
+	memset(s->wal_seen, 0, WAL_HDR_LEN);
 	if (s->data_version == NULL &&
 	    db_prepare(s->db, "PRAGMA data_version", true, &s->data_version) != DB_OK) {
 		s->data_version = NULL;
@@ -5765,7 +5765,6 @@ kms_err store_change_stamp(struct store *s, struct store_stamp *out)
 	if (have_hdr) {
 		memcpy(s->wal_seen, hdr, WAL_HDR_LEN);
 		s->wal_external = out->external;
-		s->wal_seen_ok = true;
 	}
 	out->local = db_total_changes(s->db) - s->quiet_changes;
 	rc = KMS_OK;
