@@ -183,12 +183,9 @@ tsan:
 # kmsd under valgrind memcheck for the integration suite (not in `make check`: slow).
 # Any error or definite/indirect leak fails the module (conftest.py). test_abuse (RSS,
 # descriptor counts, timing) and test_crash (kill -9 loops) measure the process itself
-# and are left out, and so is test_rotation_fault_postpones: its 1 s audit segment
-# rotates before the test arms the fault when start-up is slowed by valgrind.
-# VALGRIND_TESTS narrows the run.
+# and are left out. VALGRIND_TESTS narrows the run.
 VALGRIND_TESTS ?= tests/integration --ignore=tests/integration/test_abuse.py \
-                  --ignore=tests/integration/test_crash.py \
-                  --deselect=tests/integration/test_audit_faults.py::test_rotation_fault_postpones
+                  --ignore=tests/integration/test_crash.py
 VALGRIND := valgrind --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
             --errors-for-leak-kinds=definite,indirect --num-callers=30 \
             --suppressions=$(CURDIR)/tests/valgrind.supp

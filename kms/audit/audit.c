@@ -638,7 +638,7 @@ static void commit_locked(struct audit *a, uint64_t target)
 		uint64_t first = a->durable_seq + 1, upto = a->seq;
 		char why[sizeof(a->why)] = "";
 		bool ok;
-		int rot = 1;
+		int rot = 2; /* 2: no rotation was due; else what rotate_file returned */
 		struct timespec f0 = {0}, f1 = {0};
 		uint64_t fsync_us = 0;
 		a->pend = NULL;
@@ -695,7 +695,7 @@ static void commit_locked(struct audit *a, uint64_t target)
 				a->n_segments++;
 			else if (rot < 0)
 				mark_failed_locked(a, why);
-			else if (rotation_due(a, mono_now()))
+			else if (rot == 1) /* tried and could not start: not again for a while */
 				a->rotate_try = ts_add(mono_now(), ROTATE_RETRY_SECONDS);
 		} else {
 			mark_failed_locked(a, why);

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kms/audit/audit.h"
@@ -24,6 +25,28 @@
 #include "kms/base/json.h"
 
 static char dir[64], path[128], pub_path[160];
+
+/* The wall clock the audit code reads for segment ages (time()). It is the real clock
+ * unless a test steps it: then every call returns one second more than the last, so a
+ * second boundary can fall between any two reads the code makes. */
+static int clock_stepped;
+static time_t clock_step;
+
+time_t time(time_t *out)
+{
+	struct timespec ts;
+	time_t v;
+
+	if (clock_stepped) {
+		v = clock_step++;
+	} else {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		v = ts.tv_sec;
+	}
+	if (out != NULL)
+		*out = v;
+	return v;
+}
 
 static int setup(void **state)
 {
@@ -787,6 +810,41 @@ static void test_segments_by_size(void **state)
 	signer_free(&s);
 }
 
+/* A segment's age crossing segment_seconds between the commit's check and the end of
+ * the commit is no failed rotation: the next commit rotates. (A commit once checked the
+ * age again after the sync; when the second had turned in between, it postponed
+ * rotation by a minute without having tried it.) */
+static void test_segment_age_turning_mid_commit(void **state)
+{
+	struct audit_options o;
+	struct audit_stats st;
+	struct signer s;
+	struct audit *a;
+	int i;
+	(void)state;
+
+	signer_init(&s);
+	seg_opts(&o, &s, 0, 2);
+	assert_int_equal(audit_open_opts(path, "n", &o, &a), KMS_OK);
+	clock_step = time(NULL);
+	clock_stepped = 1;
+	/* the first record starts the segment's age (t), its check reads t+1: not due; a
+	 * read after the sync would see t+2 */
+	assert_int_equal(audit_append(a, &rec), KMS_OK);
+	for (i = 0; i < 3; i++) {
+		audit_get_stats(a, &st);
+		if (st.segments > 0)
+			break;
+		assert_int_equal(audit_append(a, &rec), KMS_OK);
+	}
+	clock_stepped = 0;
+	audit_get_stats(a, &st);
+	assert_int_equal(st.segments, 1);
+	assert_true(st.healthy);
+	audit_close(a);
+	signer_free(&s);
+}
+
 /* Rotation by age (segment_seconds), and an empty current file at start: the chain
  * continues from the newest segment and the start says so. */
 static void test_segments_by_time_and_resume(void **state)
@@ -1252,6 +1310,7 @@ int main(void)
 		cmocka_unit_test(test_open_error),
 		cmocka_unit_test_setup_teardown(test_segments_by_size, setup, teardown_all),
 		cmocka_unit_test_setup_teardown(test_segments_by_time_and_resume, setup, teardown_all),
+		cmocka_unit_test_setup_teardown(test_segment_age_turning_mid_commit, setup, teardown_all),
 		cmocka_unit_test_setup_teardown(test_missing_current_segment_refused, setup, teardown_all),
 		cmocka_unit_test_setup_teardown(test_interrupted_rotation, setup, teardown_all),
 		cmocka_unit_test_setup_teardown(test_deleted_or_replaced_file, setup, teardown_all),
