@@ -78,6 +78,87 @@ def test_fault_fails_closed_and_recovers_on_restart(tmp_path, call, err, text):
     s.stop()
 
 
+def test_stop_under_load_answers_only_durable(tmp_path):
+    """kmsd stopped (SIGTERM) while 16 clients keep asking for data keys and every sync
+    of the audit log takes 50 ms (tests/iofault "SLOW"), so that answers are held for
+    their sync when the stop begins and new ones arrive while it runs: kmsd exits 0 in
+    time with no sanitizer finding; every answer a client got is a 200 with its record
+    in the log (or a 503 with no key material), the rest lose their connection; the log
+    verifies and its tail is signed."""
+    import requests
+    import threading
+
+    s = Server(tmp_path)
+    k = s.k
+    url = k.url + "/v1/%s/datakey/plaintext/%s" % (s.t, s.key)
+    seen = []  # (request_id, status, key material in the answer)
+    cut = []   # request ids whose connection failed
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(n):
+        sess = requests.Session()
+        i = 0
+        while not stop.is_set():
+            rid = "stop.%d.%d" % (n, i)
+            i += 1
+            try:
+                r = sess.post(url, data="{}", verify=k.ca, timeout=30,
+                              headers={"X-Vault-Token": s.tok, "X-Request-Id": rid,
+                                       "Content-Type": "application/json"})
+            except requests.RequestException:
+                with lock:
+                    cut.append(rid)
+                time.sleep(0.01)
+                continue
+            with lock:
+                seen.append((rid, r.status_code, "plaintext" in r.text))
+
+    def answered():
+        with lock:
+            return len(seen)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    try:
+        k.serves(s.tok, s.t, s.key)
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while answered() < 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        s.arm("sync SLOW always audit.log")
+        n0 = answered()
+        while answered() < n0 + 32 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert s.hits(), "no slow sync yet"
+        t0 = time.monotonic()
+        s.stop()  # SIGTERM while the clients go on; asserts exit 0 and no sanitizer report
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        k.kill()
+    assert took < 30, "kmsd took %.1f s to stop under load" % took
+    ok = [x for x in seen if x[1] == 200]
+    assert len(ok) >= 132, len(ok)
+    assert {x[1] for x in seen} <= {200, 503}, {x[1] for x in seen}
+    assert all(x[2] for x in ok)
+    assert not any(x[2] for x in seen if x[1] != 200), "key material left with a 503"
+    assert cut, "no request was cut by the stop: the clients stopped too early"
+    logged = {}
+    with open(k.audit_path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if (rec.get("request_id") or "").startswith("stop."):
+                logged[rec["request_id"]] = rec.get("status")
+    missing = [x[0] for x in ok if logged.get(x[0]) != 200]
+    assert not missing, "answered 200 without a durable record: %s" % missing[:10]
+    s.disarm()
+    out = s.verify()
+    assert out.startswith("ok") and "unsigned tail" not in out, out
+
+
 @pytest.mark.parametrize("call", ["write", "sync"])
 def test_fault_under_load_drops_every_held_answer(tmp_path, call):
     """Data-plane answers are held (their connection suspended) while their record

@@ -9,7 +9,8 @@
  *   call       write (write, pwrite, writev), sync (fsync, fdatasync), open (an open
  *              for writing or creating), rename (either name), truncate (ftruncate),
  *              or any
- *   errno      ENOSPC, EIO, EDQUOT, EROFS, EFBIG or a number
+ *   errno      ENOSPC, EIO, EDQUOT, EROFS, EFBIG or a number; or SLOW: the call is not
+ *              failed but delayed by 50 ms, then done (a slow disk)
  *   mode       once (the first matching call fails, then the rule is spent), always,
  *              after:N (matching calls 1..N pass, every later one fails), or nth:N
  *              (only matching call N fails; 1-based)
@@ -17,8 +18,8 @@
  *              read from /proc/self/fd)
  *
  * Every failure it injects is appended as a line "<call> <errno> <path>" to
- * "<IOFAULT_CTL>.log", so a test can tell that the fault was hit. A failed write
- * writes nothing. */
+ * "<IOFAULT_CTL>.log", so a test can tell that the fault was hit (a delay is logged
+ * with errno -2). A failed write writes nothing. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -73,6 +74,9 @@ static void *resolve(void **slot, const char *name)
 
 #define REAL(name) (*(__typeof__(real_##name) *)resolve((void **)&real_##name, #name))
 
+#define IOFAULT_SLOW (-2) /* not an errno: delay the call, then do it */
+#define IOFAULT_SLOW_NS 50000000L
+
 static int errno_from(const char *s)
 {
 	static const struct { const char *n; int e; } t[] = {
@@ -82,6 +86,8 @@ static int errno_from(const char *s)
 	for (i = 0; i < sizeof(t) / sizeof(t[0]); i++)
 		if (strcmp(s, t[i].n) == 0)
 			return t[i].e;
+	if (strcmp(s, "SLOW") == 0)
+		return IOFAULT_SLOW;
 	return atoi(s);
 }
 
@@ -125,7 +131,7 @@ static void refresh_locked(const char *ctl)
 				rule.after = strtoul(mode + 4, NULL, 10);
 			}
 			snprintf(rule.sub, sizeof(rule.sub), "%s", sub);
-			rule.armed = rule.err > 0;
+			rule.armed = rule.err > 0 || rule.err == IOFAULT_SLOW;
 		}
 	}
 	fclose(f);
@@ -171,6 +177,14 @@ static bool should_fail(enum call c, const char *path)
 		err = rule.err;
 	}
 	pthread_mutex_unlock(&mu);
+	if (fail && err == IOFAULT_SLOW) {
+		struct timespec ts = {0, IOFAULT_SLOW_NS};
+
+		note(ctl, c, err, path);
+		while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+			;
+		return false;
+	}
 	if (fail) {
 		note(ctl, c, err, path);
 		errno = err;
