@@ -43,10 +43,9 @@
 
 static struct kent *kent_by_id_locked(struct core *c, int64_t key_id)
 {
-	for (size_t b = 0; b < CORE_BUCKETS; b++)
-		for (struct kent *e = c->keys[b]; e; e = e->next)
-			if (e->meta.id == key_id)
-				return e;
+	for (struct kent *e = c->keys_by_id[(uint64_t)key_id % CORE_BUCKETS]; e; e = e->id_next)
+		if (e->meta.id == key_id)
+			return e;
 	return NULL;
 }
 

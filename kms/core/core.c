@@ -196,6 +196,9 @@ again:
 		e->nvers = nv;
 		e->next = c->keys[b];
 		c->keys[b] = e;
+		b = (uint64_t)meta.id % CORE_BUCKETS;
+		e->id_next = c->keys_by_id[b];
+		c->keys_by_id[b] = e;
 	}
 	pthread_rwlock_unlock(&c->lock);
 	free(vs);

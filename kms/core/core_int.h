@@ -30,6 +30,7 @@ struct kver {
 
 struct kent {
 	struct kent *next;
+	struct kent *id_next; /* the chain of keys_by_id (meta.id never changes) */
 	char *id; /* "tenant\x1fkey" */
 	struct store_key meta;
 	char tenant[STORE_NAME_MAX + 1];
@@ -53,6 +54,7 @@ struct core {
 	struct audit *au;
 	pthread_rwlock_t lock; /* guards the caches below */
 	struct kent *keys[CORE_BUCKETS];
+	struct kent *keys_by_id[CORE_BUCKETS]; /* the same entries, by meta.id (cluster.c) */
 	struct tent *tenants[CORE_BUCKETS];
 	pthread_mutex_t create_mu; /* one key creation or rotation at a time */
 	pthread_mutex_t reserve_mu; /* one counter-block reservation at a time */
