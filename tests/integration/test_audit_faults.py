@@ -78,6 +78,70 @@ def test_fault_fails_closed_and_recovers_on_restart(tmp_path, call, err, text):
     s.stop()
 
 
+class DatakeyLoad:
+    """Client threads asking for data keys on a FaultServer's key until stop(), each
+    request with the id "<prefix>.<thread>.<n>" (n counts that thread's tries). seen:
+    (request_id, status, key material in the answer, thread, n) per answer; cut: the
+    ids whose connection failed."""
+
+    def __init__(self, s, prefix, threads=16):
+        import threading
+        self.s, self.prefix = s, prefix
+        self.url = s.k.url + "/v1/%s/datakey/plaintext/%s" % (s.t, s.key)
+        self.seen, self.cut = [], []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._client, args=(n,)) for n in range(threads)]
+
+    def _client(self, t):
+        import requests
+        sess = requests.Session()
+        n = 0
+        while not self.stopping.is_set():
+            rid = "%s.%d.%d" % (self.prefix, t, n)
+            n += 1
+            try:
+                r = sess.post(self.url, data="{}", verify=self.s.k.ca, timeout=30,
+                              headers={"X-Vault-Token": self.s.tok, "X-Request-Id": rid,
+                                       "Content-Type": "application/json"})
+            except requests.RequestException:
+                with self.lock:
+                    self.cut.append(rid)
+                time.sleep(0.01)
+                continue
+            with self.lock:
+                self.seen.append((rid, r.status_code, "plaintext" in r.text, t, n))
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def stop(self):
+        self.stopping.set()
+        for t in self.threads:
+            t.join(60)
+
+    def answered(self, status=None):
+        with self.lock:
+            return sum(1 for x in self.seen if status is None or x[1] == status)
+
+    def wait_answered(self, n, status=None, timeout=30):
+        deadline = time.monotonic() + timeout
+        while self.answered(status) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def logged(self):
+        """request_id -> status of this load's records in the audit log."""
+        out = {}
+        with open(self.s.k.audit_path) as f:
+            for line in f:
+                rec = json.loads(line)
+                rid = rec.get("request_id") or ""
+                if rid.startswith(self.prefix + "."):
+                    out[rid] = rec.get("status")
+        return out
+
+
 def test_stop_under_load_answers_only_durable(tmp_path):
     """kmsd stopped (SIGTERM) while 16 clients keep asking for data keys and every sync
     of the audit log takes 50 ms (tests/iofault "SLOW"), so that answers are held for
@@ -85,73 +149,30 @@ def test_stop_under_load_answers_only_durable(tmp_path):
     time with no sanitizer finding; every answer a client got is a 200 with its record
     in the log (or a 503 with no key material), the rest lose their connection; the log
     verifies and its tail is signed."""
-    import requests
-    import threading
-
     s = Server(tmp_path)
     k = s.k
-    url = k.url + "/v1/%s/datakey/plaintext/%s" % (s.t, s.key)
-    seen = []  # (request_id, status, key material in the answer)
-    cut = []   # request ids whose connection failed
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def client(n):
-        sess = requests.Session()
-        i = 0
-        while not stop.is_set():
-            rid = "stop.%d.%d" % (n, i)
-            i += 1
-            try:
-                r = sess.post(url, data="{}", verify=k.ca, timeout=30,
-                              headers={"X-Vault-Token": s.tok, "X-Request-Id": rid,
-                                       "Content-Type": "application/json"})
-            except requests.RequestException:
-                with lock:
-                    cut.append(rid)
-                time.sleep(0.01)
-                continue
-            with lock:
-                seen.append((rid, r.status_code, "plaintext" in r.text))
-
-    def answered():
-        with lock:
-            return len(seen)
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    load = DatakeyLoad(s, "stop")
     try:
         k.serves(s.tok, s.t, s.key)
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 30
-        while answered() < 100 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        load.start()
+        load.wait_answered(100)
         s.arm("sync SLOW always audit.log")
-        n0 = answered()
-        while answered() < n0 + 32 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        load.wait_answered(load.answered() + 32)
         assert s.hits(), "no slow sync yet"
         t0 = time.monotonic()
         s.stop()  # SIGTERM while the clients go on; asserts exit 0 and no sanitizer report
         took = time.monotonic() - t0
     finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
+        load.stop()
         k.kill()
     assert took < 30, "kmsd took %.1f s to stop under load" % took
-    ok = [x for x in seen if x[1] == 200]
+    ok = [x for x in load.seen if x[1] == 200]
     assert len(ok) >= 132, len(ok)
-    assert {x[1] for x in seen} <= {200, 503}, {x[1] for x in seen}
+    assert {x[1] for x in load.seen} <= {200, 503}, {x[1] for x in load.seen}
     assert all(x[2] for x in ok)
-    assert not any(x[2] for x in seen if x[1] != 200), "key material left with a 503"
-    assert cut, "no request was cut by the stop: the clients stopped too early"
-    logged = {}
-    with open(k.audit_path) as f:
-        for line in f:
-            rec = json.loads(line)
-            if (rec.get("request_id") or "").startswith("stop."):
-                logged[rec["request_id"]] = rec.get("status")
+    assert not any(x[2] for x in load.seen if x[1] != 200), "key material left with a 503"
+    assert load.cut, "no request was cut by the stop: the clients stopped too early"
+    logged = load.logged()
     missing = [x[0] for x in ok if logged.get(x[0]) != 200]
     assert not missing, "answered 200 without a durable record: %s" % missing[:10]
     s.disarm()
@@ -168,54 +189,24 @@ def test_fault_under_load_drops_every_held_answer(tmp_path, call):
     log, and after the failure nothing is answered 200 again; kmsd stops cleanly. (A
     failed write leaves its records out of the file, so an answer sent for one of them
     shows as a 200 without a record; a failed sync leaves them in the page cache.)"""
-    import requests
-    import threading
-
     s = Server(tmp_path)
     k = s.k
-    url = k.url + "/v1/%s/datakey/plaintext/%s" % (s.t, s.key)
-    seen = []  # (request_id, status, key material in the answer, order per thread)
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def client(n):
-        sess = requests.Session()
-        i = 0
-        while not stop.is_set():
-            rid = "held.%d.%d" % (n, i)
-            try:
-                r = sess.post(url, data="{}", verify=k.ca, timeout=30,
-                              headers={"X-Vault-Token": s.tok, "X-Request-Id": rid,
-                                       "Content-Type": "application/json"})
-            except requests.RequestException:
-                continue
-            with lock:
-                seen.append((rid, r.status_code, "plaintext" in r.text, n, i))
-            i += 1
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    load = DatakeyLoad(s, "held")
     try:
         k.serves(s.tok, s.t, s.key)
-        for t in threads:
-            t.start()
+        load.start()
         time.sleep(0.5)
         s.arm("%s EIO once audit.log" % call)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with lock:
-                if sum(1 for x in seen if x[1] == 503) >= 32:
-                    break
-            time.sleep(0.05)
-        stop.set()
-        for t in threads:
-            t.join(60)
+        load.wait_answered(32, status=503)
+        load.stop()
         # the server still holds nothing: a held answer after the failure would hang
         assert_refused_503(k.datakey(s.tok, s.t, s.key))
         s.stop()
     except BaseException:
-        stop.set()
+        load.stop()
         k.kill()
         raise
+    seen = load.seen
     assert len(s.hits()) == 1 and s.hits()[0].startswith(call), s.hits()
     ok = [x for x in seen if x[1] == 200]
     refused = [x for x in seen if x[1] == 503]
@@ -225,18 +216,13 @@ def test_fault_under_load_drops_every_held_answer(tmp_path, call):
     assert not any(x[2] for x in refused), "key material left with a 503"
     # per thread: once refused, never answered 200 again (a failed log is not retried)
     first_refusal = {}
-    for rid, st, _, n, i in seen:
+    for rid, st, _, t, n in seen:
         if st == 503:
-            first_refusal[n] = min(first_refusal.get(n, i), i)
-    for rid, st, _, n, i in seen:
-        assert not (st == 200 and n in first_refusal and i > first_refusal[n]), rid
+            first_refusal[t] = min(first_refusal.get(t, n), n)
+    for rid, st, _, t, n in seen:
+        assert not (st == 200 and t in first_refusal and n > first_refusal[t]), rid
     # every acknowledged data key has its record, with status 200
-    logged = {}
-    with open(k.audit_path) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("request_id", "").startswith("held."):
-                logged[rec["request_id"]] = rec.get("status")
+    logged = load.logged()
     missing = [x[0] for x in ok if logged.get(x[0]) != 200]
     assert not missing, "answered 200 without a durable record: %s" % missing[:10]
 
