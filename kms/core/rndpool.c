@@ -1,15 +1,18 @@
 /* Token randomness handed out in small pieces. See rndpool.h.
  *
- * Two secret buffers of RNDPOOL_CHUNK bytes: `cur`, whose bytes [off, RNDPOOL_CHUNK)
- * are unused, and `spare`, filled by the one thread that holds `filling`. Bytes are
- * wiped in `cur` as they are handed out, so a used byte is never in the pool. */
+ * Two secret buffers of RNDPOOL_CHUNK bytes: `cur`, whose bytes [off, len) are unused,
+ * and `spare`, filled (with `chunk` bytes) by the one thread that holds `filling`.
+ * Bytes are wiped in `cur` as they are handed out, so a used byte is never in the
+ * pool. */
 #include "kms/core/rndpool.h"
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kms/base/log.h"
 #include "kms/base/secret.h"
 
 struct rndpool {
@@ -17,8 +20,9 @@ struct rndpool {
 	rndpool_fill_fn fill;
 	void *ctx;
 	uint8_t *cur, *spare;
-	size_t off;    /* cur[off..RNDPOOL_CHUNK) unused */
-	bool filling;  /* a thread is filling spare, outside mu */
+	size_t off, len; /* cur[off..len) unused */
+	size_t chunk;	 /* what the next fill asks for; 0: every request goes direct */
+	bool filling;	 /* a thread is filling spare, outside mu */
 };
 
 kms_err rndpool_new(rndpool_fill_fn fill, void *ctx, struct rndpool **out)
@@ -40,7 +44,8 @@ kms_err rndpool_new(rndpool_fill_fn fill, void *ctx, struct rndpool **out)
 	pthread_mutex_init(&p->mu, NULL);
 	p->fill = fill;
 	p->ctx = ctx;
-	p->off = RNDPOOL_CHUNK; /* empty: the first request fills it */
+	p->off = p->len = RNDPOOL_CHUNK; /* empty: the first request fills it */
+	p->chunk = RNDPOOL_CHUNK;
 	*out = p;
 	return KMS_OK;
 }
@@ -74,7 +79,9 @@ static kms_err direct(struct rndpool *p, uint8_t *out, size_t n)
 
 kms_err rndpool_get(struct rndpool *p, uint8_t *out, size_t n)
 {
+	char why[160];
 	uint8_t *fresh;
+	size_t want, now;
 	kms_err rc;
 
 	if (p == NULL || (out == NULL && n > 0))
@@ -84,35 +91,51 @@ kms_err rndpool_get(struct rndpool *p, uint8_t *out, size_t n)
 	if (n > RNDPOOL_DIRECT)
 		return direct(p, out, n);
 	pthread_mutex_lock(&p->mu);
-	if (RNDPOOL_CHUNK - p->off >= n) {
+	if (p->len - p->off >= n) {
 		take_locked(p, out, n);
 		pthread_mutex_unlock(&p->mu);
 		return KMS_OK;
 	}
-	if (p->filling) {
-		/* another thread is at the token for the next chunk: do not wait for it */
+	if (p->filling || p->chunk < n) {
+		/* another thread is at the token for the next chunk: do not wait for it (or
+		 * chunks are too small for this request, or off) */
 		pthread_mutex_unlock(&p->mu);
 		return direct(p, out, n);
 	}
 	p->filling = true;
 	fresh = p->spare;
+	want = p->chunk;
 	pthread_mutex_unlock(&p->mu);
 
-	rc = p->fill(p->ctx, fresh, RNDPOOL_CHUNK);
+	rc = p->fill(p->ctx, fresh, want);
 
-	pthread_mutex_lock(&p->mu);
-	p->filling = false;
 	if (rc != KMS_OK) {
-		kms_wipe(fresh, RNDPOOL_CHUNK);
+		kms_wipe(fresh, want);
+		/* Perhaps the token refuses random requests this large (some HSM front ends
+		 * cap them): ask for just what this request needs. If that works, later
+		 * fills ask for half as much, down to RNDPOOL_MIN_CHUNK, then not at all. */
+		snprintf(why, sizeof(why), "%s", kms_err_detail(rc));
+		rc = direct(p, out, n);
+		pthread_mutex_lock(&p->mu);
+		p->filling = false;
+		now = p->chunk;
+		if (rc == KMS_OK && now == want)
+			now = p->chunk = want / 2 >= RNDPOOL_MIN_CHUNK ? want / 2 : 0;
 		pthread_mutex_unlock(&p->mu);
-		kms_wipe(out, n);
+		if (rc == KMS_OK && now != want)
+			kms_warn("token: a random request of %zu bytes failed (%s) where one of %zu "
+				 "bytes worked: asking for %s from now on",
+				 want, why, n, now > 0 ? "half as much" : "each request's bytes alone");
 		return rc;
 	}
+	pthread_mutex_lock(&p->mu);
+	p->filling = false;
 	/* the rest of the old chunk (fewer than n bytes) is wiped, never handed out */
-	kms_wipe(p->cur + p->off, RNDPOOL_CHUNK - p->off);
+	kms_wipe(p->cur + p->off, p->len - p->off);
 	p->spare = p->cur;
 	p->cur = fresh;
 	p->off = 0;
+	p->len = want;
 	take_locked(p, out, n);
 	pthread_mutex_unlock(&p->mu);
 	return KMS_OK;

@@ -12,8 +12,13 @@
  *   a spare buffer outside the lock and swaps it in; threads that find a fill already
  *   under way ask the token themselves for just what they need, and so does a request
  *   larger than RNDPOOL_DIRECT;
- * - a failed fill is the caller's error (503), as a failed C_GenerateRandom was, and
- *   leaves the pool as it was; the next request tries again.
+ * - a failed fill is followed by a request for just the caller's bytes. If that fails
+ *   too, it is the caller's error (503), as a failed C_GenerateRandom was, and the pool
+ *   is left as it was; the next request tries again. If it works, the token may refuse
+ *   random requests of the chunk's size (some HSM front ends cap them): later fills ask
+ *   for half as much, down to RNDPOOL_MIN_CHUNK, below which every request asks the
+ *   token for its own bytes (a warning says so each time). A passing fault that fails
+ *   one fill halves the chunk too; it is never grown back while kmsd runs.
  *
  * Thread-safe. Used by core for DEKs and IVs (ops_data.c). */
 #ifndef KMS_CORE_RNDPOOL_H
@@ -28,6 +33,7 @@
  * larger random requests (cloud KMS APIs cap one call at 1,024 bytes). */
 #define RNDPOOL_CHUNK 1024u
 #define RNDPOOL_DIRECT 256u /* larger requests go straight to the source */
+#define RNDPOOL_MIN_CHUNK 64u /* the smallest fill (one data key and its IV is 44 bytes) */
 
 /* Where the bytes come from: p11_random in kmsd, something countable in tests. */
 typedef kms_err (*rndpool_fill_fn)(void *ctx, uint8_t *out, size_t n);

@@ -834,7 +834,8 @@ static void test_holder_session_lost(void **state)
 
 /* A token that really loses a pool session (the shim closes it in SoftHSM2 before
  * answering): that call fails with 503, and the pool replaces the session, so the
- * next call works. */
+ * next call works. Except for C_GenerateRandom: the random pool's chunk fill fails,
+ * and its request for just this data key's bytes, on another session, answers 200. */
 static void test_pool_session_lost(void **state)
 {
 	static const char *const rules[] = {
@@ -855,8 +856,13 @@ static void test_pool_session_lost(void **state)
 		recycle_core(f);
 		shim_set(f, rules[i]);
 		b = run_path(f, p, "k1", &st);
-		if (st != 503)
+		if (strstr(rules[i], "C_GenerateRandom") != NULL) {
+			if (st != 200)
+				fail_msg("%s: %d %s (the random pool did not ask again)", rules[i], st, err0(b));
+			check_success(f, p, b, 0);
+		} else if (st != 503) {
 			fail_msg("%s: %d %s", rules[i], st, err0(b));
+		}
 		json_decref(b);
 		/* both sessions of the pool, twice over */
 		for (int j = 0; j < 4; j++) {

@@ -1,6 +1,8 @@
 /* kms/core/rndpool: bytes from the source handed out in order and once each, across
- * threads; large requests straight from the source; a failed fill is the caller's
- * error, wipes its output and leaves the pool usable.
+ * threads; large requests straight from the source; a failed fill is followed by a
+ * request for just the caller's bytes, and when that fails too it is the caller's
+ * error, wipes its output and leaves the pool usable; a source that refuses the
+ * chunk's size but not the caller's gets smaller fills, then none.
  *
  * The source writes 4-byte records (fill number, record number), so that every record
  * a caller receives names where it came from; all requests here are multiples of 4. */
@@ -21,6 +23,7 @@ struct src {
 	uint32_t fills;	 /* calls so far; the next is fills + 1 */
 	size_t last_n;	 /* the size of the last call */
 	bool fail;
+	size_t max_n;	 /* when not 0: larger requests are refused */
 };
 
 static kms_err fill(void *ctx, uint8_t *out, size_t n)
@@ -31,7 +34,7 @@ static kms_err fill(void *ctx, uint8_t *out, size_t n)
 	pthread_mutex_lock(&s->mu);
 	k = ++s->fills;
 	s->last_n = n;
-	if (s->fail) {
+	if (s->fail || (s->max_n > 0 && n > s->max_n)) {
 		pthread_mutex_unlock(&s->mu);
 		memset(out, 0x5a, n); /* a source that left junk behind */
 		return kms_errf(KMS_ERR_TOKEN, "test: fill refused");
@@ -141,28 +144,84 @@ static void test_fill_error(void **state)
 	assert_int_equal(rndpool_new(fill, &s, &p), KMS_OK);
 	s.fail = true;
 	memset(b, 0xaa, sizeof(b));
+	/* the fill, then a request for the 76 bytes alone: both refused */
 	assert_int_equal(rndpool_get(p, b, sizeof(b)), KMS_ERR_TOKEN);
 	assert_memory_equal(b, zero, sizeof(b)); /* no junk from the failed source */
+	assert_int_equal(s.fills, 2);
+	assert_int_equal(s.last_n, sizeof(b));
 	memset(big, 0xaa, sizeof(big));
 	assert_int_equal(rndpool_get(p, big, sizeof(big)), KMS_ERR_TOKEN);
 	assert_memory_equal(big, zero, sizeof(big));
 	s.fail = false;
 	assert_int_equal(rndpool_get(p, b, sizeof(b)), KMS_OK);
-	assert_int_equal(rec(b), 3u << 16);
+	assert_int_equal(s.last_n, RNDPOOL_CHUNK); /* a refusal of both keeps the chunk */
+	assert_int_equal(rec(b), 4u << 16);
 	/* the rest of this chunk: RNDPOOL_CHUNK / 76 requests in all, a tail left over */
 	assert_true(RNDPOOL_CHUNK % sizeof(b) != 0);
 	for (int i = 1; i < (int)(RNDPOOL_CHUNK / sizeof(b)); i++) {
 		assert_int_equal(rndpool_get(p, b, sizeof(b)), KMS_OK);
-		assert_int_equal(rec(b) >> 16, 3);
+		assert_int_equal(rec(b) >> 16, 4);
 	}
 	s.fail = true;
 	memset(b, 0xaa, sizeof(b));
 	assert_int_equal(rndpool_get(p, b, sizeof(b)), KMS_ERR_TOKEN);
 	assert_memory_equal(b, zero, sizeof(b));
-	assert_int_equal(s.fills, 4);
+	assert_int_equal(s.fills, 6);
 	s.fail = false;
 	assert_int_equal(rndpool_get(p, b, sizeof(b)), KMS_OK);
-	assert_int_equal(rec(b), 5u << 16); /* a fresh chunk: the tail was not used */
+	assert_int_equal(rec(b), 7u << 16); /* a fresh chunk: the tail was not used */
+	rndpool_free(p);
+}
+
+/* A source that refuses requests above 100 bytes (as some HSM front ends cap random
+ * requests): every request is still served, from the source, in order and once; the
+ * fills halve until one is accepted (64 bytes) and stay there. One that refuses even
+ * that, but not 44 bytes: no more fills, every request asks for its own bytes. */
+static void test_refused_size_shrinks_the_chunk(void **state)
+{
+	struct src s = {.mu = PTHREAD_MUTEX_INITIALIZER, .max_n = 100};
+	struct rndpool *p;
+	uint8_t b[44], c[12];
+	uint32_t fills;
+
+	(void)state;
+	assert_true(RNDPOOL_CHUNK == 1024 && RNDPOOL_MIN_CHUNK == 64);
+	assert_int_equal(rndpool_new(fill, &s, &p), KMS_OK);
+	/* 1024, 512, 256 and 128 refused, each followed by a direct 44 that works */
+	for (uint32_t i = 0; i < 4; i++) {
+		assert_int_equal(rndpool_get(p, b, sizeof(b)), KMS_OK);
+		assert_int_equal(s.fills, 2 * i + 2);
+		assert_int_equal(s.last_n, sizeof(b));
+		assert_int_equal(rec(b), (2 * i + 2) << 16);
+	}
+	/* 64 is accepted: 44 + 12 come from it, the next 44 from a new chunk of 64 */
+	assert_int_equal(rndpool_get(p, b, sizeof(b)), KMS_OK);
+	assert_int_equal(s.fills, 9);
+	assert_int_equal(s.last_n, 64);
+	assert_int_equal(rec(b), 9u << 16);
+	assert_int_equal(rndpool_get(p, c, sizeof(c)), KMS_OK);
+	assert_int_equal(rec(c), (9u << 16) | 11);
+	assert_int_equal(s.fills, 9);
+	for (uint32_t i = 0; i < 20; i++) {
+		assert_int_equal(rndpool_get(p, b, sizeof(b)), KMS_OK);
+		assert_int_equal(s.fills, 10 + i);
+		assert_int_equal(s.last_n, 64);
+		assert_int_equal(rec(b), (10 + i) << 16);
+	}
+	rndpool_free(p);
+
+	s = (struct src){.mu = PTHREAD_MUTEX_INITIALIZER, .max_n = 48};
+	assert_int_equal(rndpool_new(fill, &s, &p), KMS_OK);
+	for (uint32_t i = 0; i < 5; i++) /* 1024 .. 64 refused */
+		assert_int_equal(rndpool_get(p, b, sizeof(b)), KMS_OK);
+	assert_int_equal(s.fills, 10);
+	fills = s.fills;
+	for (uint32_t i = 0; i < 10; i++) {
+		assert_int_equal(rndpool_get(p, b, sizeof(b)), KMS_OK);
+		assert_int_equal(s.fills, ++fills);
+		assert_int_equal(s.last_n, sizeof(b));
+		assert_int_equal(rec(b), fills << 16);
+	}
 	rndpool_free(p);
 }
 
@@ -232,6 +291,7 @@ int main(void)
 		cmocka_unit_test(test_order_and_once),
 		cmocka_unit_test(test_large_goes_direct),
 		cmocka_unit_test(test_fill_error),
+		cmocka_unit_test(test_refused_size_shrinks_the_chunk),
 		cmocka_unit_test(test_threads_get_disjoint_bytes),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
