@@ -81,7 +81,7 @@ kms_err rndpool_get(struct rndpool *p, uint8_t *out, size_t n)
 {
 	char why[160];
 	uint8_t *fresh;
-	size_t want, now;
+	size_t want, smaller;
 	kms_err rc;
 
 	if (p == NULL || (out == NULL && n > 0))
@@ -116,16 +116,16 @@ kms_err rndpool_get(struct rndpool *p, uint8_t *out, size_t n)
 		 * fills ask for half as much, down to RNDPOOL_MIN_CHUNK, then not at all. */
 		snprintf(why, sizeof(why), "%s", kms_err_detail(rc));
 		rc = direct(p, out, n);
+		smaller = want / 2 >= RNDPOOL_MIN_CHUNK ? want / 2 : 0;
 		pthread_mutex_lock(&p->mu);
-		p->filling = false;
-		now = p->chunk;
-		if (rc == KMS_OK && now == want)
-			now = p->chunk = want / 2 >= RNDPOOL_MIN_CHUNK ? want / 2 : 0;
+		p->filling = false; /* only the filling thread changes chunk */
+		if (rc == KMS_OK)
+			p->chunk = smaller;
 		pthread_mutex_unlock(&p->mu);
-		if (rc == KMS_OK && now != want)
+		if (rc == KMS_OK)
 			kms_warn("token: a random request of %zu bytes failed (%s) where one of %zu "
 				 "bytes worked: asking for %s from now on",
-				 want, why, n, now > 0 ? "half as much" : "each request's bytes alone");
+				 want, why, n, smaller > 0 ? "half as much" : "each request's bytes alone");
 		return rc;
 	}
 	pthread_mutex_lock(&p->mu);
