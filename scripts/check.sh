@@ -175,7 +175,7 @@ run_pytest() { # label kmsd-binary [test paths, default tests/integration]
 
 # 5. the PostgreSQL store (see the top): store unit tests and an integration subset.
 PG_UNITS="test_store test_store_pg test_authmac test_mfa test_approval test_core"
-PG_MODULES="test_store.py test_api.py test_lifecycle.py test_rotate.py test_datakey.py test_tokens.py test_quorum.py"
+PG_MODULES="test_store.py test_api.py test_lifecycle.py test_rotate.py test_datakey.py test_tokens.py test_quorum.py test_approval_interrupt.py"
 run_pg() {
 	echo "==> the PostgreSQL store"
 	port=${PG_TEST_PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}

@@ -20,7 +20,12 @@
  * The same thread holds (or tries for) the "scheduler" lease, a PostgreSQL session lock
  * on its own connection: the holder runs rotations by age, scheduled destructions,
  * approval expiry and the master-key relay; when it dies its connection closes, the
- * lock goes, and another node's next try (within sync_ms) takes it over. */
+ * lock goes, and another node's next try (within sync_ms) takes it over.
+ *
+ * Each node also holds a lease of its own, "node:<node_id>", from before it serves
+ * until it stops: it says the node is alive. An approved request names the node that
+ * runs it; the scheduler's holder marks interrupted (never run again) the requests of
+ * a node whose lease is free, and a node starting marks its own, left by its last run. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +45,42 @@
 #define STALE_MIN_MS 3000
 #define PRUNE_EVERY_S 60
 #define PRUNE_AGE_S 3600
+/* at start, this node's own lease: tries, and the wait between them */
+#define START_LEASE_TRIES 10
+#define START_LEASE_WAIT_MS 200
+
+static void node_lease_name(char *buf, size_t len, const char *node)
+{
+	snprintf(buf, len, "node:%s", node);
+}
+
+/* Requests left "executing" by nodes that are gone: on the scheduler's holder, each
+ * round. A node whose lease nobody holds has no connection to the store, so it cannot
+ * be running anything. */
+static void interrupt_gone_nodes(struct core *c)
+{
+	char(*nodes)[65] = NULL;
+	size_t n = 0;
+	kms_err rc = store_approvals_executing_nodes(c->st, c->cl_node, &nodes, &n);
+
+	if (rc != KMS_OK) {
+		kms_warn("cluster: reading approvals in progress: %s", kms_err_detail(rc));
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		char lease[80];
+		bool gone = false;
+
+		node_lease_name(lease, sizeof(lease), nodes[i]);
+		if ((rc = store_watch_lease_free(c->cl_watch, lease, &gone)) != KMS_OK) {
+			kms_warn("cluster: is node %s alive: %s", nodes[i], kms_err_detail(rc));
+			break;
+		}
+		if (gone)
+			core_approvals_interrupted(c, nodes[i]);
+	}
+	free(nodes);
+}
 
 static struct kent *kent_by_id_locked(struct core *c, int64_t key_id)
 {
@@ -186,9 +227,12 @@ static void *cluster_main(void *arg)
 {
 	struct core *c = arg;
 	int64_t pruned_at = 0;
+	char lease[80];
+
+	node_lease_name(lease, sizeof(lease), c->cl_node);
 
 	for (;;) {
-		bool notified = false, held = false;
+		bool notified = false, held = false, mine = false;
 		kms_err rc;
 
 		pthread_mutex_lock(&c->cl_mu);
@@ -197,6 +241,17 @@ static void *cluster_main(void *arg)
 			break;
 		}
 		pthread_mutex_unlock(&c->cl_mu);
+		/* this node's own lease first: a reconnection has dropped it */
+		rc = store_watch_lease(c->cl_watch, lease, &mine);
+		if (rc == KMS_OK && mine != c->cl_alive) {
+			if (mine)
+				kms_info("cluster: node %s holds its node lease", c->cl_node);
+			else
+				kms_warn("cluster: the node lease of %s is held by another connection: a second kmsd "
+					 "with node_id %s, or this node's last connection not yet closed by PostgreSQL",
+					 c->cl_node, c->cl_node);
+			c->cl_alive = mine;
+		}
 		rc = store_watch_lease(c->cl_watch, "scheduler", &held);
 		if (rc != KMS_OK)
 			held = false;
@@ -205,6 +260,8 @@ static void *cluster_main(void *arg)
 			__atomic_store_n(&c->cl_leader, held, __ATOMIC_RELEASE);
 		}
 		(void)catch_up(c);
+		if (held)
+			interrupt_gone_nodes(c);
 		if (held && time(NULL) - pruned_at >= PRUNE_EVERY_S) {
 			pruned_at = time(NULL);
 			if ((rc = store_changes_prune(c->st, core_now() - PRUNE_AGE_S)) != KMS_OK)
@@ -224,6 +281,7 @@ static void *cluster_main(void *arg)
 
 kms_err core_cluster_start(struct core *c, const char *store_uri, const char *node_id, unsigned sync_ms)
 {
+	char lease[80];
 	kms_err rc;
 
 	if (store_backend(c->st) != STORE_BACKEND_PG)
@@ -233,6 +291,32 @@ kms_err core_cluster_start(struct core *c, const char *store_uri, const char *no
 	if ((rc = store_set_node(c->st, node_id)) != KMS_OK || (rc = store_changes_head(c->st, &c->cl_seen)) != KMS_OK ||
 	    (rc = store_watch_open(store_uri, &c->cl_watch)) != KMS_OK)
 		return rc;
+	/* This node's lease, before it serves: requests it left "executing" when it last
+	 * stopped are then known to be its last run's, and are marked interrupted. Held by
+	 * another connection: another kmsd with this node_id, or the last run's connection
+	 * that PostgreSQL has not yet seen close; its requests are left to the scheduler's
+	 * holder (once the lease is free) or to the next start. */
+	node_lease_name(lease, sizeof(lease), node_id);
+	for (int i = 0; i < START_LEASE_TRIES; i++) {
+		if ((rc = store_watch_lease(c->cl_watch, lease, &c->cl_alive)) != KMS_OK) {
+			store_watch_close(c->cl_watch);
+			c->cl_watch = NULL;
+			return rc;
+		}
+		if (c->cl_alive)
+			break;
+		/* a restart right after a kill: PostgreSQL may not have ended the last
+		 * run's session yet */
+		struct timespec ts = {.tv_sec = 0, .tv_nsec = START_LEASE_WAIT_MS * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	if (c->cl_alive)
+		core_approvals_interrupted(c, node_id);
+	else
+		kms_warn("cluster: the node lease of %s is held by another connection: a second kmsd with node_id %s, "
+			 "or this node's last connection not yet closed by PostgreSQL; approvals it left executing "
+			 "are not marked yet",
+			 node_id, node_id);
 	__atomic_store_n(&c->cl_leader, false, __ATOMIC_RELEASE);
 	__atomic_store_n(&c->cl_ok_ms, kms_mono_ms(), __ATOMIC_RELEASE);
 	c->cl_on = true;

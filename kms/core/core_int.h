@@ -107,6 +107,7 @@ struct core {
 	/* several nodes on one PostgreSQL store (cluster.c); cl_on false = a single node */
 	bool cl_on, cl_running, cl_stop;
 	bool cl_leader; /* holds the scheduler lease (atomic) */
+	bool cl_alive; /* holds its own node lease (cluster thread, after start) */
 	char cl_node[65];
 	unsigned cl_sync_ms;
 	int64_t cl_seen; /* the newest change applied (cluster thread only; read racily by health) */

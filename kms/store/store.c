@@ -547,6 +547,9 @@ struct store {
 	store_mac_fn am_seen_fn;
 	void *am_seen_ctx;
 	struct am_seen *am_seen;
+	/* PostgreSQL: this node's id (store_set_node), written into the approved requests it
+	 * runs; "" until set. Under mu. */
+	char node[65];
 };
 
 /* SQL that must be spelled differently on PostgreSQL (scalar max/min, blob literals):
@@ -4053,10 +4056,15 @@ kms_err store_approval_vote(struct store *s, const char *id, int64_t principal_i
 		if (need < a.required)
 			need = a.required;
 		if ((uint64_t)cnt >= need) {
-			/* the compare-and-set: only a request still pending moves */
-			if ((rc = exec_changes(s, "UPDATE approval_requests SET state = 'executing' "
-						  "WHERE id = ?1 AND state = 'pending'",
-					       id, NULL, 0, &ch)) != KMS_OK)
+			/* the compare-and-set: only a request still pending moves; on PostgreSQL
+			 * it names the node that runs it (store_approvals_interrupt) */
+			if ((rc = exec_changes(s,
+					       PICK(s,
+						    "UPDATE approval_requests SET state = 'executing' "
+						    "WHERE id = ?1 AND state = 'pending'",
+						    "UPDATE approval_requests SET state = 'executing', "
+						    "executing_node = NULLIF(?2, '') WHERE id = ?1 AND state = 'pending'"),
+					       id, db_backend(s->db) == DB_PG ? s->node : NULL, 0, &ch)) != KMS_OK)
 				goto fail;
 			if (ch != 1) {
 				rc = kms_errf(KMS_ERR_CONFLICT, "approval request %s is no longer pending", id);
@@ -4085,7 +4093,10 @@ kms_err store_approval_finish(struct store *s, const char *id, const char *state
 
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
-	if ((rc = prep(s, "UPDATE approval_requests SET state = ?2, result = ?3, finished = ?4 "
+	/* interrupted = 0: a live node whose request another node marked interrupted (it
+	 * could not see this node's lease for a moment) finished it after all, and the row
+	 * says what happened */
+	if ((rc = prep(s, "UPDATE approval_requests SET state = ?2, result = ?3, finished = ?4, interrupted = 0 "
 			  "WHERE id = ?1 AND state = 'executing'",
 		       &st)) != KMS_OK)
 		goto out;
@@ -5784,7 +5795,8 @@ uint64_t store_change_stamp_queries(struct store *s)
 	return n;
 }
 
-kms_err store_approvals_interrupt(struct store *s, int64_t now, struct store_approval **out, size_t *n)
+kms_err store_approvals_interrupt(struct store *s, const char *node, int64_t now, struct store_approval **out,
+				  size_t *n)
 {
 	db_stmt *st = NULL;
 	struct store_approval *arr = NULL, *g;
@@ -5798,9 +5810,21 @@ kms_err store_approvals_interrupt(struct store *s, int64_t now, struct store_app
 		return rc;
 	if ((rc = tx_begin(s)) != KMS_OK)
 		goto unlock;
-	if ((rc = prep(s, "SELECT " APPROVAL_COLS " FROM approval_requests WHERE state = 'executing' AND interrupted = 0",
+	if (node != NULL && db_backend(s->db) != DB_PG) {
+		rc = kms_errf(KMS_ERR_INVALID, "approvals are run by a named node only on PostgreSQL");
+		goto fail;
+	}
+	if ((rc = prep(s,
+		       node == NULL ? "SELECT " APPROVAL_COLS " FROM approval_requests "
+				      "WHERE state = 'executing' AND interrupted = 0"
+				    : "SELECT " APPROVAL_COLS " FROM approval_requests "
+				      "WHERE state = 'executing' AND interrupted = 0 AND executing_node = ?1",
 		       &st)) != KMS_OK)
 		goto fail;
+	if (node != NULL && db_bind_text(st, 1, node, -1, DB_STATIC) != DB_OK) {
+		rc = db_fail(s, "interrupt bind");
+		goto fail;
+	}
 	while ((src = db_step(st)) == DB_ROW) {
 		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
 			rc = kms_errf(KMS_ERR_NOMEM, "interrupt");
@@ -5817,9 +5841,12 @@ kms_err store_approvals_interrupt(struct store *s, int64_t now, struct store_app
 	}
 	(void)db_finalize(st);
 	st = NULL;
-	if (cnt > 0 && (rc = exec_changes(s, "UPDATE approval_requests SET interrupted = 1, finished = ?3 "
-					     "WHERE state = 'executing' AND interrupted = 0",
-					  NULL, NULL, now, &ch)) != KMS_OK)
+	if (cnt > 0 && (rc = exec_changes(s,
+					  node == NULL ? "UPDATE approval_requests SET interrupted = 1, finished = ?3 "
+							 "WHERE state = 'executing' AND interrupted = 0"
+						       : "UPDATE approval_requests SET interrupted = 1, finished = ?3 "
+							 "WHERE state = 'executing' AND interrupted = 0 AND executing_node = ?1",
+					  node, NULL, now, &ch)) != KMS_OK)
 		goto fail;
 	if ((rc = tx_commit(s)) != KMS_OK)
 		goto fail;
@@ -5863,6 +5890,57 @@ kms_err store_set_node(struct store *s, const char *node_id)
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	rc = db_backend(s->db) == DB_PG ? pg_session(s, node_id) : KMS_OK; /* id checked: no quoting needed */
+	if (rc == KMS_OK)
+		snprintf(s->node, sizeof(s->node), "%s", node_id);
+	store_unlock(s);
+	return rc;
+}
+
+kms_err store_approvals_executing_nodes(struct store *s, const char *except, char (**out)[65], size_t *n)
+{
+	db_stmt *st = NULL;
+	char(*arr)[65] = NULL, (*g)[65];
+	size_t cnt = 0, cap = 0;
+	int src;
+	kms_err rc;
+
+	*out = NULL;
+	*n = 0;
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	if (db_backend(s->db) != DB_PG)
+		goto unlock; /* one node: nothing runs elsewhere */
+	if ((rc = prep(s,
+		       "SELECT DISTINCT executing_node FROM approval_requests WHERE state = 'executing' "
+		       "AND interrupted = 0 AND executing_node IS NOT NULL AND executing_node <> ?1 ORDER BY 1",
+		       &st)) != KMS_OK)
+		goto unlock;
+	if (db_bind_text(st, 1, except ? except : "", -1, DB_STATIC) != DB_OK) {
+		rc = db_fail(s, "executing nodes bind");
+		goto unlock;
+	}
+	while ((src = db_step(st)) == DB_ROW) {
+		const char *t = (const char *)db_column_text(st, 0);
+
+		if (t == NULL || !valid_node_id(t))
+			continue; /* the CHECK allows any 1-64 bytes; a name kmsd cannot hold is no node */
+		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
+			rc = kms_errf(KMS_ERR_NOMEM, "executing nodes");
+			goto unlock;
+		}
+		arr = g;
+		snprintf(arr[cnt++], sizeof(arr[0]), "%s", t);
+	}
+	if (src != DB_DONE) {
+		rc = db_fail(s, "executing nodes");
+		goto unlock;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+unlock:
+	(void)db_finalize(st);
+	free(arr);
 	store_unlock(s);
 	return rc;
 }
@@ -6179,5 +6257,39 @@ kms_err store_watch_lease(struct store_watch *w, const char *name, bool *held)
 			return kms_errf(KMS_ERR_INTERNAL, "too many leases on one watch connection");
 		w->leases[w->n_leases++] = k;
 	}
+	return KMS_OK;
+}
+
+kms_err store_watch_lease_free(struct store_watch *w, const char *name, bool *is_free)
+{
+	char key[24];
+	const char *vals[1] = {key};
+	PGresult *res;
+	int64_t k;
+	kms_err rc;
+
+	if (w == NULL || name == NULL || name[0] == '\0' || is_free == NULL)
+		return kms_errf(KMS_ERR_INVALID, "bad lease probe");
+	*is_free = false;
+	if (w->uri == NULL)
+		return KMS_OK; /* SQLite: one node, which holds everything */
+	if ((rc = watch_connect(w)) != KMS_OK)
+		return rc;
+	k = lease_key(name);
+	for (size_t i = 0; i < w->n_leases; i++)
+		if (w->leases[i] == k)
+			return KMS_OK; /* ours */
+	snprintf(key, sizeof(key), "%" PRId64, k);
+	/* taken and given back in one statement: the probe holds it for no longer than that */
+	res = PQexecParams(w->pg,
+			   "SELECT CASE WHEN pg_try_advisory_lock($1::bigint) THEN pg_advisory_unlock($1::bigint) "
+			   "ELSE false END",
+			   1, NULL, vals, NULL, NULL, 0);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+		PQclear(res);
+		return watch_fail(w, "lease probe");
+	}
+	*is_free = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	PQclear(res);
 	return KMS_OK;
 }

@@ -2,7 +2,12 @@
 vote and the end of the run) is marked `interrupted` when kmsd starts again: audited as
 approval.interrupt, shown by GET /v1/sys/approvals, and never run again (docs/API.md
 "Approvals"). The window is made with the test hook KMSD_TEST_APPROVAL_EXEC_DELAY_MS
-(a pause after the final vote, before the run) and closed with SIGKILL."""
+(a pause after the final vote, before the run) and closed with SIGKILL.
+
+On PostgreSQL (make check-pg) the request names the node that runs it, and the node,
+started again, marks those its last run left once it holds its node lease
+(docs/SCALE-OUT.md "Approvals left executing"); tests/cluster/test_approval_node_gone.py
+covers another node marking them."""
 
 import json
 import os
@@ -13,9 +18,8 @@ import time
 
 import requests
 
-from conftest import uniq
+from conftest import pg_query, uniq
 
-KMSD_SQLITE_ONLY = "reads the request rows from the SQLite file"
 
 POLICY = {
     "version": 2,
@@ -78,6 +82,9 @@ def test_killed_while_executing_is_interrupted_and_never_runs(kmsd):
     def state_now():
         # read from the store, not over HTTP: the paused request holds one of kmsd's
         # worker threads, and the point is the state it left behind
+        if kmsd.store_uri:
+            rows = pg_query(kmsd.store_uri, "SELECT state FROM approval_requests WHERE id = '%s'" % aid)
+            return rows[0][0] if rows else None
         db = sqlite3.connect("file:%s?mode=ro" % kmsd.store_path, uri=True, timeout=10)
         try:
             (state,) = db.execute("SELECT state FROM approval_requests WHERE id = ?", (aid,)).fetchone()
@@ -91,6 +98,10 @@ def test_killed_while_executing_is_interrupted_and_never_runs(kmsd):
     while time.monotonic() < deadline and state_now() != "executing":
         time.sleep(0.05)
     assert state_now() == "executing"
+    if kmsd.store_uri:
+        rows = pg_query(kmsd.store_uri, "SELECT executing_node, interrupted FROM approval_requests "
+                                        "WHERE id = '%s'" % aid)
+        assert rows == [[kmsd.node_id, "0"]], rows
     kmsd.kill()  # SIGKILL between the final vote and the end of the run
     th.join(timeout=60)
     assert not th.is_alive()

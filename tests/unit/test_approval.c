@@ -1,7 +1,9 @@
 /* Unit tests for the quorum and break-glass store rules (kms/store/store.h, schema step
  * 9): votes (no self-approval, one vote per principal, deny ends a request, expiry, the
  * quorum's compare-and-set under racing threads: exactly one caller executes), finish
- * only from "executing", the approvers behind an executed request, break-glass grants
+ * only from "executing", requests left "executing" marked interrupted (all of them on
+ * one node, a named node's on PostgreSQL), the approvers behind an executed request,
+ * break-glass grants
  * (scope by tenant and key glob, time window) and their reviews (not by the grantee, one
  * per reviewer). */
 #include <stdarg.h>
@@ -248,6 +250,90 @@ static void test_race(void **state)
 	store_close(s2);
 }
 
+static const char *state_of(struct fx *f, const char *id, char *buf, size_t len)
+{
+	struct store_approval a;
+
+	assert_int_equal(store_approval_get(f->s, id, &a, NULL, NULL), KMS_OK);
+	snprintf(buf, len, "%s", a.state);
+	store_approval_clear(&a);
+	return buf;
+}
+
+/* Requests left "executing": on one node all are marked at start; on PostgreSQL each
+ * names the node that runs it, and only a named node's are marked (the cluster marks
+ * those of a node that is gone). A request finished after all loses its mark. */
+static void test_interrupt_by_node(void **state)
+{
+	struct fx *f = *state;
+	struct store_approval *ex = NULL;
+	enum store_vote_result r;
+	char(*nodes)[65] = NULL;
+	char st[24];
+	unsigned n;
+	size_t cnt = 9;
+
+	if (on_pg)
+		assert_int_equal(store_set_node(f->s, "node-a"), KMS_OK);
+	make_request(f, ID1, 1, NOW + 100);
+	assert_int_equal(store_approval_vote(f->s, ID1, f->p[1], "p1", "approve", NOW, 1, &r, &n), KMS_OK);
+	assert_int_equal(r, STORE_VOTE_EXECUTE);
+	if (on_pg)
+		assert_int_equal(store_set_node(f->s, "node-b"), KMS_OK);
+	make_request(f, ID2, 1, NOW + 100);
+	assert_int_equal(store_approval_vote(f->s, ID2, f->p[1], "p1", "approve", NOW, 1, &r, &n), KMS_OK);
+	assert_int_equal(r, STORE_VOTE_EXECUTE);
+
+	if (!on_pg) {
+		/* one node: nothing runs elsewhere; a named node is refused; at start all */
+		assert_int_equal(store_approvals_executing_nodes(f->s, "x", &nodes, &cnt), KMS_OK);
+		assert_int_equal(cnt, 0);
+		assert_null(nodes);
+		assert_int_equal(store_approvals_interrupt(f->s, "node-a", NOW + 1, &ex, &cnt), KMS_ERR_INVALID);
+		assert_int_equal(store_approvals_interrupt(f->s, NULL, NOW + 1, &ex, &cnt), KMS_OK);
+		assert_int_equal(cnt, 2);
+		free(ex);
+		assert_string_equal(state_of(f, ID1, st, sizeof(st)), "interrupted");
+		assert_string_equal(state_of(f, ID2, st, sizeof(st)), "interrupted");
+		return;
+	}
+	/* the nodes running something, but for the one asking */
+	assert_int_equal(store_approvals_executing_nodes(f->s, "node-c", &nodes, &cnt), KMS_OK);
+	assert_int_equal(cnt, 2);
+	assert_string_equal(nodes[0], "node-a");
+	assert_string_equal(nodes[1], "node-b");
+	free(nodes);
+	assert_int_equal(store_approvals_executing_nodes(f->s, "node-b", &nodes, &cnt), KMS_OK);
+	assert_int_equal(cnt, 1);
+	assert_string_equal(nodes[0], "node-a");
+	free(nodes);
+	/* a node with nothing running marks nothing */
+	assert_int_equal(store_approvals_interrupt(f->s, "node-c", NOW + 1, &ex, &cnt), KMS_OK);
+	assert_int_equal(cnt, 0);
+	free(ex);
+	/* node-a is gone: its request only */
+	assert_int_equal(store_approvals_interrupt(f->s, "node-a", NOW + 1, &ex, &cnt), KMS_OK);
+	assert_int_equal(cnt, 1);
+	assert_string_equal(ex[0].id, ID1);
+	free(ex);
+	assert_string_equal(state_of(f, ID1, st, sizeof(st)), "interrupted");
+	assert_string_equal(state_of(f, ID2, st, sizeof(st)), "executing");
+	/* marked once */
+	assert_int_equal(store_approvals_interrupt(f->s, "node-a", NOW + 2, &ex, &cnt), KMS_OK);
+	assert_int_equal(cnt, 0);
+	free(ex);
+	assert_int_equal(store_approvals_executing_nodes(f->s, "node-c", &nodes, &cnt), KMS_OK);
+	assert_int_equal(cnt, 1);
+	assert_string_equal(nodes[0], "node-b");
+	free(nodes);
+	/* node-a was alive after all and finishes: the row says what happened */
+	assert_int_equal(store_approval_finish(f->s, ID1, "approved-executed", "{\"status\":200}", NOW + 3), KMS_OK);
+	assert_string_equal(state_of(f, ID1, st, sizeof(st)), "approved-executed");
+	assert_int_equal(store_approval_finish(f->s, ID2, "failed", NULL, NOW + 3), KMS_OK);
+	assert_int_equal(store_approvals_executing_nodes(f->s, "node-c", &nodes, &cnt), KMS_OK);
+	assert_int_equal(cnt, 0);
+}
+
 static void test_grants(void **state)
 {
 	struct fx *f = *state;
@@ -311,6 +397,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_deny_and_expiry, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_race, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_grants, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_interrupt_by_node, setup, teardown),
 	};
 
 	int failed = cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,7 +1,7 @@
 /* Unit tests of what the PostgreSQL store adds: the placeholder translation (always),
  * and, when KMS_TEST_PG_URI names a server these tests may wipe: counter blocks
  * reserved by two connections at once, racing rotations, the change-log triggers
- * (quiet columns not logged), the watch connection's notice, leases, the foreign
+ * (quiet columns not logged), the watch connection's notice, leases and their probe, the foreign
  * schema refusal and the SQLite-only functions' answer. Each test starts from an
  * empty public schema. */
 #include <stdarg.h>
@@ -134,7 +134,7 @@ static void test_foreign_schema_refused(void **state)
 	assert_int_equal(store_open(pgtest_uri(), &s2), KMS_ERR_CONFIG);
 	assert_non_null(strstr(kms_err_detail(KMS_ERR_CONFIG), "newer kmsd"));
 	/* and the password is not in the message */
-	assert_int_equal(pgtest_exec("UPDATE schema_version SET version = 14"), 0);
+	assert_int_equal(pgtest_exec("UPDATE schema_version SET version = 15"), 0);
 }
 
 #define RES_THREADS 4
@@ -389,7 +389,7 @@ static void test_watch_notice(void **state)
 static void test_leases(void **state)
 {
 	struct store_watch *a = NULL, *b = NULL;
-	bool held = false;
+	bool held = false, is_free = true;
 
 	(void)state;
 	assert_int_equal(store_watch_open(pgtest_uri(), &a), KMS_OK);
@@ -403,15 +403,30 @@ static void test_leases(void **state)
 	/* another name is another lease */
 	assert_int_equal(store_watch_lease(b, "rewrap", &held), KMS_OK);
 	assert_true(held);
-	/* the holder's connection ends (node death): the next try elsewhere wins */
+	/* a probe: not free while held (elsewhere, or by the prober), free when nobody
+	 * holds it, and given back at once (someone else can take it after the probe) */
+	assert_int_equal(store_watch_lease_free(b, "scheduler", &is_free), KMS_OK);
+	assert_false(is_free);
+	assert_int_equal(store_watch_lease_free(a, "scheduler", &is_free), KMS_OK);
+	assert_false(is_free);
+	assert_int_equal(store_watch_lease_free(a, "node:gone", &is_free), KMS_OK);
+	assert_true(is_free);
+	assert_int_equal(store_watch_lease(b, "node:gone", &held), KMS_OK);
+	assert_true(held);
+	assert_int_equal(store_watch_lease_free(a, "node:gone", &is_free), KMS_OK);
+	assert_false(is_free);
+	/* the holder's connection ends (node death): the next try elsewhere wins, and a
+	 * probe sees it free first */
 	store_watch_close(a);
 	for (int i = 0; i < 50; i++) {
-		assert_int_equal(store_watch_lease(b, "scheduler", &held), KMS_OK);
-		if (held)
+		assert_int_equal(store_watch_lease_free(b, "scheduler", &is_free), KMS_OK);
+		if (is_free)
 			break;
 		struct timespec ts = {0, 20 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
+	assert_true(is_free);
+	assert_int_equal(store_watch_lease(b, "scheduler", &held), KMS_OK);
 	assert_true(held);
 	store_watch_close(b);
 }
@@ -482,7 +497,7 @@ static void test_writer_lock_waits_then_fails(void **state)
 static void test_sqlite_single_node(void **state)
 {
 	struct store_watch *w = NULL;
-	bool held = false, notified = true;
+	bool held = false, notified = true, is_free = true;
 
 	(void)state;
 	/* on SQLite the watch is a stub: a sleep, and the lease is always this node's */
@@ -491,6 +506,9 @@ static void test_sqlite_single_node(void **state)
 	assert_false(notified);
 	assert_int_equal(store_watch_lease(w, "scheduler", &held), KMS_OK);
 	assert_true(held);
+	/* and no lease is ever free for another node to take over: there is none */
+	assert_int_equal(store_watch_lease_free(w, "node:other", &is_free), KMS_OK);
+	assert_false(is_free);
 	store_watch_close(w);
 }
 
