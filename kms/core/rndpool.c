@@ -22,6 +22,8 @@ struct rndpool {
 	uint8_t *cur, *spare;
 	size_t off, len; /* cur[off..len) unused */
 	size_t chunk;	 /* what the next fill asks for; 0: every request goes direct */
+	unsigned since;	 /* fills (or direct draws, chunk 0) at a reduced chunk since the last try
+			  * of a larger one */
 	bool filling;	 /* a thread is filling spare, outside mu */
 };
 
@@ -82,6 +84,7 @@ kms_err rndpool_get(struct rndpool *p, uint8_t *out, size_t n)
 	char why[160];
 	uint8_t *fresh;
 	size_t want, smaller;
+	bool trying = false;
 	kms_err rc;
 
 	if (p == NULL || (out == NULL && n > 0))
@@ -96,15 +99,24 @@ kms_err rndpool_get(struct rndpool *p, uint8_t *out, size_t n)
 		pthread_mutex_unlock(&p->mu);
 		return KMS_OK;
 	}
-	if (p->filling || p->chunk < n) {
+	want = p->chunk;
+	if (!p->filling && p->chunk < RNDPOOL_CHUNK && p->since >= RNDPOOL_REGROW) {
+		/* reduced a while ago: a passing fault may have done it, so try twice the size */
+		want = p->chunk > 0 ? p->chunk * 2 : RNDPOOL_MIN_CHUNK;
+		trying = want >= n;
+	}
+	if (p->filling || want < n) {
 		/* another thread is at the token for the next chunk: do not wait for it (or
 		 * chunks are too small for this request, or off) */
+		if (!p->filling && p->chunk < RNDPOOL_CHUNK)
+			p->since++;
 		pthread_mutex_unlock(&p->mu);
 		return direct(p, out, n);
 	}
 	p->filling = true;
+	if (trying)
+		p->since = 0;
 	fresh = p->spare;
-	want = p->chunk;
 	pthread_mutex_unlock(&p->mu);
 
 	rc = p->fill(p->ctx, fresh, want);
@@ -120,9 +132,11 @@ kms_err rndpool_get(struct rndpool *p, uint8_t *out, size_t n)
 		pthread_mutex_lock(&p->mu);
 		p->filling = false; /* only the filling thread changes chunk */
 		if (rc == KMS_OK)
-			p->chunk = smaller;
+			p->chunk = smaller; /* after a try of a larger size: the size before it */
 		pthread_mutex_unlock(&p->mu);
-		if (rc == KMS_OK)
+		if (rc == KMS_OK && trying)
+			kms_debug("token: a random request of %zu bytes still fails (%s)", want, why);
+		else if (rc == KMS_OK)
 			kms_warn("token: a random request of %zu bytes failed (%s) where one of %zu "
 				 "bytes worked: asking for %s from now on",
 				 want, why, n, smaller > 0 ? "half as much" : "each request's bytes alone");
@@ -130,6 +144,10 @@ kms_err rndpool_get(struct rndpool *p, uint8_t *out, size_t n)
 	}
 	pthread_mutex_lock(&p->mu);
 	p->filling = false;
+	if (trying)
+		p->chunk = want;
+	else if (p->chunk < RNDPOOL_CHUNK)
+		p->since++;
 	/* the rest of the old chunk (fewer than n bytes) is wiped, never handed out */
 	kms_wipe(p->cur + p->off, p->len - p->off);
 	p->spare = p->cur;
@@ -138,5 +156,7 @@ kms_err rndpool_get(struct rndpool *p, uint8_t *out, size_t n)
 	p->len = want;
 	take_locked(p, out, n);
 	pthread_mutex_unlock(&p->mu);
+	if (trying)
+		kms_info("token: random requests of %zu bytes work again: asking for %zu at a time", want, want);
 	return KMS_OK;
 }

@@ -18,7 +18,11 @@
  *   random requests of the chunk's size (some HSM front ends cap them): later fills ask
  *   for half as much, down to RNDPOOL_MIN_CHUNK, below which every request asks the
  *   token for its own bytes (a warning says so each time). A passing fault that fails
- *   one fill halves the chunk too; it is never grown back while kmsd runs.
+ *   one fill halves the chunk too, so after RNDPOOL_REGROW fills at a reduced size (or
+ *   direct draws, below the smallest) the next fill tries twice the size: if the token
+ *   takes it, that is the chunk again (logged); if not, the caller's bytes come alone as
+ *   above and the chunk stays, without a warning. A token that caps random requests
+ *   costs one refused call per RNDPOOL_REGROW fills.
  *
  * Thread-safe. Used by core for DEKs and IVs (ops_data.c). */
 #ifndef KMS_CORE_RNDPOOL_H
@@ -34,6 +38,7 @@
 #define RNDPOOL_CHUNK 1024u
 #define RNDPOOL_DIRECT 256u /* larger requests go straight to the source */
 #define RNDPOOL_MIN_CHUNK 64u /* the smallest fill (one data key and its IV is 44 bytes) */
+#define RNDPOOL_REGROW 256u  /* rounds at a reduced chunk before a larger one is tried */
 
 /* Where the bytes come from: p11_random in kmsd, something countable in tests. */
 typedef kms_err (*rndpool_fill_fn)(void *ctx, uint8_t *out, size_t n);

@@ -24,6 +24,8 @@ struct src {
 	size_t last_n;	 /* the size of the last call */
 	bool fail;
 	size_t max_n;	 /* when not 0: larger requests are refused */
+	uint32_t refused; /* refused calls so far */
+	size_t refused_n; /* the size of the last refused call */
 };
 
 static kms_err fill(void *ctx, uint8_t *out, size_t n)
@@ -35,6 +37,8 @@ static kms_err fill(void *ctx, uint8_t *out, size_t n)
 	k = ++s->fills;
 	s->last_n = n;
 	if (s->fail || (s->max_n > 0 && n > s->max_n)) {
+		s->refused++;
+		s->refused_n = n;
 		pthread_mutex_unlock(&s->mu);
 		memset(out, 0x5a, n); /* a source that left junk behind */
 		return kms_errf(KMS_ERR_TOKEN, "test: fill refused");
@@ -225,6 +229,96 @@ static void test_refused_size_shrinks_the_chunk(void **state)
 	rndpool_free(p);
 }
 
+/* One 44-byte request; it must come from the newest call to the source. */
+static void get44(struct rndpool *p, struct src *s)
+{
+	uint8_t b[44];
+
+	assert_int_equal(rndpool_get(p, b, sizeof(b)), KMS_OK);
+	assert_int_equal(rec(b) >> 16, s->fills);
+}
+
+/* A reduced chunk is tried at twice its size after RNDPOOL_REGROW rounds: a passing
+ * refusal is undone, a lasting cap costs one refused call per RNDPOOL_REGROW rounds
+ * and changes nothing. */
+static void test_reduced_chunk_grows_back(void **state)
+{
+	struct src s = {.mu = PTHREAD_MUTEX_INITIALIZER, .max_n = 600};
+	struct rndpool *p;
+	uint32_t f0;
+
+	(void)state;
+	assert_true(RNDPOOL_CHUNK == 1024 && RNDPOOL_MIN_CHUNK == 64);
+	/* a passing refusal of 1024: the chunk halves */
+	assert_int_equal(rndpool_new(fill, &s, &p), KMS_OK);
+	get44(p, &s);
+	assert_int_equal(s.refused, 1);
+	assert_int_equal(s.last_n, 44);
+	s.max_n = 0;
+	f0 = s.fills;
+	/* RNDPOOL_REGROW fills of 512, then one of 1024, which is the chunk from then on */
+	while (s.last_n != RNDPOOL_CHUNK) {
+		get44(p, &s);
+		assert_true(s.last_n == 512 || s.last_n == RNDPOOL_CHUNK);
+		assert_true(s.fills - f0 <= RNDPOOL_REGROW + 1);
+	}
+	assert_int_equal(s.fills - f0, RNDPOOL_REGROW + 1);
+	f0 = s.fills;
+	for (uint32_t i = 0; i < (RNDPOOL_REGROW + 10) * (RNDPOOL_CHUNK / 44); i++)
+		get44(p, &s);
+	assert_int_equal(s.last_n, RNDPOOL_CHUNK);
+	assert_int_equal(s.fills - f0, RNDPOOL_REGROW + 10);
+	assert_int_equal(s.refused, 1);
+	rndpool_free(p);
+
+	/* a lasting cap of 100 bytes: the chunk stays 64; every RNDPOOL_REGROW fills, one
+	 * refused try of 128, the caller's 44 bytes asked alone, no change */
+	s = (struct src){.mu = PTHREAD_MUTEX_INITIALIZER, .max_n = 100};
+	assert_int_equal(rndpool_new(fill, &s, &p), KMS_OK);
+	for (uint32_t i = 0; i < 5; i++) /* 1024 .. 128 refused, then 64 taken */
+		get44(p, &s);
+	assert_int_equal(s.refused, 4);
+	assert_int_equal(s.last_n, 64);
+	for (uint32_t round = 0; round < 3; round++) {
+		for (uint32_t i = 1; i < RNDPOOL_REGROW; i++) { /* one chunk of 64 per request */
+			get44(p, &s);
+			assert_int_equal(s.last_n, 64);
+		}
+		f0 = s.fills;
+		get44(p, &s); /* the try */
+		assert_int_equal(s.fills - f0, 2);
+		assert_int_equal(s.refused, 5 + round);
+		assert_int_equal(s.refused_n, 128);
+		assert_int_equal(s.last_n, 44);
+		get44(p, &s); /* and 64 again */
+		assert_int_equal(s.last_n, 64);
+	}
+	rndpool_free(p);
+
+	/* a cap of 48 bytes: every request alone; every RNDPOOL_REGROW of them, a refused
+	 * try of 64 */
+	s = (struct src){.mu = PTHREAD_MUTEX_INITIALIZER, .max_n = 48};
+	assert_int_equal(rndpool_new(fill, &s, &p), KMS_OK);
+	for (uint32_t i = 0; i < 5; i++) /* 1024 .. 64 refused */
+		get44(p, &s);
+	assert_int_equal(s.refused, 5);
+	f0 = s.fills;
+	for (uint32_t i = 0; i < RNDPOOL_REGROW; i++)
+		get44(p, &s);
+	assert_int_equal(s.fills - f0, RNDPOOL_REGROW);
+	assert_int_equal(s.refused, 5);
+	get44(p, &s);
+	assert_int_equal(s.refused, 6);
+	assert_int_equal(s.refused_n, 64);
+	assert_int_equal(s.fills - f0, RNDPOOL_REGROW + 2);
+	/* and the cap lifted: the next try takes 64, later ones 128, 256, ... */
+	s.max_n = 0;
+	while (s.last_n < RNDPOOL_CHUNK)
+		get44(p, &s);
+	assert_int_equal(s.refused, 6);
+	rndpool_free(p);
+}
+
 #define THREADS 4
 #define PER_THREAD 3000
 
@@ -292,6 +386,7 @@ int main(void)
 		cmocka_unit_test(test_large_goes_direct),
 		cmocka_unit_test(test_fill_error),
 		cmocka_unit_test(test_refused_size_shrinks_the_chunk),
+		cmocka_unit_test(test_reduced_chunk_grows_back),
 		cmocka_unit_test(test_threads_get_disjoint_bytes),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
