@@ -6218,11 +6218,27 @@ static int64_t lease_key(const char *name)
 	return (int64_t)h;
 }
 
-kms_err store_watch_lease(struct store_watch *w, const char *name, bool *held)
+/* One lease statement on the watch connection, with the lease's key as $1; *t: its one
+ * boolean answer. */
+static kms_err lease_query(struct store_watch *w, const char *sql, int64_t k, const char *what, bool *t)
 {
 	char key[24];
 	const char *vals[1] = {key};
 	PGresult *res;
+
+	snprintf(key, sizeof(key), "%" PRId64, k);
+	res = PQexecParams(w->pg, sql, 1, NULL, vals, NULL, NULL, 0);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+		PQclear(res);
+		return watch_fail(w, what);
+	}
+	*t = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	PQclear(res);
+	return KMS_OK;
+}
+
+kms_err store_watch_lease(struct store_watch *w, const char *name, bool *held)
+{
 	int64_t k;
 	size_t i;
 	kms_err rc;
@@ -6240,18 +6256,13 @@ kms_err store_watch_lease(struct store_watch *w, const char *name, bool *held)
 	for (i = 0; i < w->n_leases; i++)
 		if (w->leases[i] == k)
 			break;
-	snprintf(key, sizeof(key), "%" PRId64, k);
 	/* Held already: a round trip proves the session (and so the lock) is still there
 	 * without stacking the lock again. */
-	res = PQexecParams(w->pg, i < w->n_leases ? "SELECT true WHERE $1::bigint IS NOT NULL"
-						    : "SELECT pg_try_advisory_lock($1::bigint)",
-			   1, NULL, vals, NULL, NULL, 0);
-	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-		PQclear(res);
-		return watch_fail(w, "lease");
-	}
-	*held = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-	PQclear(res);
+	if ((rc = lease_query(w,
+			      i < w->n_leases ? "SELECT true WHERE $1::bigint IS NOT NULL"
+					      : "SELECT pg_try_advisory_lock($1::bigint)",
+			      k, "lease", held)) != KMS_OK)
+		return rc;
 	if (*held && i == w->n_leases) {
 		if (w->n_leases == WATCH_LEASES_MAX)
 			return kms_errf(KMS_ERR_INTERNAL, "too many leases on one watch connection");
@@ -6262,9 +6273,6 @@ kms_err store_watch_lease(struct store_watch *w, const char *name, bool *held)
 
 kms_err store_watch_lease_free(struct store_watch *w, const char *name, bool *is_free)
 {
-	char key[24];
-	const char *vals[1] = {key};
-	PGresult *res;
 	int64_t k;
 	kms_err rc;
 
@@ -6279,17 +6287,9 @@ kms_err store_watch_lease_free(struct store_watch *w, const char *name, bool *is
 	for (size_t i = 0; i < w->n_leases; i++)
 		if (w->leases[i] == k)
 			return KMS_OK; /* ours */
-	snprintf(key, sizeof(key), "%" PRId64, k);
 	/* taken and given back in one statement: the probe holds it for no longer than that */
-	res = PQexecParams(w->pg,
+	return lease_query(w,
 			   "SELECT CASE WHEN pg_try_advisory_lock($1::bigint) THEN pg_advisory_unlock($1::bigint) "
 			   "ELSE false END",
-			   1, NULL, vals, NULL, NULL, 0);
-	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-		PQclear(res);
-		return watch_fail(w, "lease probe");
-	}
-	*is_free = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-	PQclear(res);
-	return KMS_OK;
+			   k, "lease probe", is_free);
 }

@@ -388,47 +388,56 @@ static void test_watch_notice(void **state)
 
 static void test_leases(void **state)
 {
-	struct store_watch *a = NULL, *b = NULL;
-	bool held = false, is_free = true;
+	struct store_watch *w[2] = {NULL, NULL};
+	bool got = false;
+	/* in order: which watch (0 = a, 1 = b), take the lease or only probe it, its name,
+	 * the answer (held / free) */
+	static const struct {
+		int who;
+		bool probe;
+		const char *name;
+		bool want;
+	} steps[] = {
+		{0, false, "scheduler", true},
+		{0, false, "scheduler", true}, /* still ours */
+		{1, false, "scheduler", false},
+		{1, false, "rewrap", true}, /* another name is another lease */
+		/* a probe: not free while held (elsewhere, or by the prober), free when nobody
+		 * holds it, and given back at once (someone else can take it after the probe) */
+		{1, true, "scheduler", false},
+		{0, true, "scheduler", false},
+		{0, true, "node:gone", true},
+		{1, false, "node:gone", true},
+		{0, true, "node:gone", false},
+	};
 
 	(void)state;
-	assert_int_equal(store_watch_open(pgtest_uri(), &a), KMS_OK);
-	assert_int_equal(store_watch_open(pgtest_uri(), &b), KMS_OK);
-	assert_int_equal(store_watch_lease(a, "scheduler", &held), KMS_OK);
-	assert_true(held);
-	assert_int_equal(store_watch_lease(a, "scheduler", &held), KMS_OK); /* still ours */
-	assert_true(held);
-	assert_int_equal(store_watch_lease(b, "scheduler", &held), KMS_OK);
-	assert_false(held);
-	/* another name is another lease */
-	assert_int_equal(store_watch_lease(b, "rewrap", &held), KMS_OK);
-	assert_true(held);
-	/* a probe: not free while held (elsewhere, or by the prober), free when nobody
-	 * holds it, and given back at once (someone else can take it after the probe) */
-	assert_int_equal(store_watch_lease_free(b, "scheduler", &is_free), KMS_OK);
-	assert_false(is_free);
-	assert_int_equal(store_watch_lease_free(a, "scheduler", &is_free), KMS_OK);
-	assert_false(is_free);
-	assert_int_equal(store_watch_lease_free(a, "node:gone", &is_free), KMS_OK);
-	assert_true(is_free);
-	assert_int_equal(store_watch_lease(b, "node:gone", &held), KMS_OK);
-	assert_true(held);
-	assert_int_equal(store_watch_lease_free(a, "node:gone", &is_free), KMS_OK);
-	assert_false(is_free);
-	/* the holder's connection ends (node death): the next try elsewhere wins, and a
-	 * probe sees it free first */
-	store_watch_close(a);
+	assert_int_equal(store_watch_open(pgtest_uri(), &w[0]), KMS_OK);
+	assert_int_equal(store_watch_open(pgtest_uri(), &w[1]), KMS_OK);
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		struct store_watch *x = w[steps[i].who];
+
+		assert_int_equal(steps[i].probe ? store_watch_lease_free(x, steps[i].name, &got)
+						: store_watch_lease(x, steps[i].name, &got),
+				 KMS_OK);
+		if (got != steps[i].want)
+			fail_msg("step %zu: %s of \"%s\" by %c: %d", i, steps[i].probe ? "probe" : "take", steps[i].name,
+				 'a' + steps[i].who, got);
+	}
+	/* the holder's connection ends (node death): a probe sees it free, and the next
+	 * try elsewhere wins */
+	store_watch_close(w[0]);
 	for (int i = 0; i < 50; i++) {
-		assert_int_equal(store_watch_lease_free(b, "scheduler", &is_free), KMS_OK);
-		if (is_free)
+		assert_int_equal(store_watch_lease_free(w[1], "scheduler", &got), KMS_OK);
+		if (got)
 			break;
 		struct timespec ts = {0, 20 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
-	assert_true(is_free);
-	assert_int_equal(store_watch_lease(b, "scheduler", &held), KMS_OK);
-	assert_true(held);
-	store_watch_close(b);
+	assert_true(got);
+	assert_int_equal(store_watch_lease(w[1], "scheduler", &got), KMS_OK);
+	assert_true(got);
+	store_watch_close(w[1]);
 }
 
 static void test_connection_loss(void **state)
