@@ -914,8 +914,13 @@ kms_err core_rotate_key(struct core *c, const char *tenant, const char *key, uin
 			 * one follows it. The store decides, not the cache: a cache refresh
 			 * can lose to this node's change follower applying the same rows. */
 			uint32_t latest = 0;
+			kms_err lrc = store_key_latest(c->st, k.key_id, &latest);
 
-			if (store_key_latest(c->st, k.key_id, &latest) != KMS_OK || latest < v.version)
+			if (lrc != KMS_OK) {
+				rc = lrc; /* the store could not say: its error (503), nothing written */
+				break;
+			}
+			if (latest < v.version)
 				break; /* the conflict was something else: answer it */
 			if (core_key_refresh(c, k.key_id) != KMS_OK)
 				kms_warn("rotate %s/%s: key cache not read again yet; the change follower will",

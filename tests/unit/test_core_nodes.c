@@ -6,7 +6,13 @@
  *   - rotations on both nodes yield consecutive versions (B's stale cache meets the
  *     store's compare-and-set, reads again and follows);
  *   - counter blocks: both nodes together never hand out more encryptions than the
- *     limit, because each skips the blocks the other reserved. */
+ *     limit, because each skips the blocks the other reserved;
+ *   - a key that another node keeps changing while it is read is not cached, and the
+ *     request gets 503 after five reads;
+ *   - a rotation whose retry cannot read the latest version answers the store's 503
+ *     and writes nothing.
+ * The last two stand between the core and the store (the Makefile links this test with
+ * ld --wrap for store_version_list and store_key_latest). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -39,6 +45,35 @@ struct fx {
 	char admin[128], svc[128];
 	int64_t k1;
 };
+
+/* The store reads this test stands between (ld --wrap, see the Makefile). */
+kms_err __real_store_version_list(struct store *s, int64_t key_id, struct store_version **out, size_t *n);
+kms_err __wrap_store_version_list(struct store *s, int64_t key_id, struct store_version **out, size_t *n);
+kms_err __real_store_key_latest(struct store *s, int64_t key_id, uint32_t *latest);
+kms_err __wrap_store_key_latest(struct store *s, int64_t key_id, uint32_t *latest);
+
+static struct core *changing;	/* when set: each version list read bumps its cache epoch */
+static unsigned version_reads;	/* version list reads so far */
+static bool latest_fails;	/* when set: store_key_latest fails as a lost store would */
+static unsigned latest_reads;
+
+kms_err __wrap_store_version_list(struct store *s, int64_t key_id, struct store_version **out, size_t *n)
+{
+	kms_err rc = __real_store_version_list(s, key_id, out, n);
+
+	version_reads++;
+	if (changing != NULL) /* what the cluster thread does as it applies another node's change */
+		__atomic_add_fetch(&changing->cache_epoch, 1, __ATOMIC_ACQ_REL);
+	return rc;
+}
+
+kms_err __wrap_store_key_latest(struct store *s, int64_t key_id, uint32_t *latest)
+{
+	latest_reads++;
+	if (latest_fails)
+		return kms_errf(KMS_ERR_STORE, "metadata store error");
+	return __real_store_key_latest(s, key_id, latest);
+}
 
 static json_t *call(struct node *n, enum kms_op op, const char *key, const char *variant, const char *token,
 		    const char *body, int *status)
@@ -295,6 +330,66 @@ static void test_counter_blocks_shared_by_nodes(void **state)
 	assert_true(later >= 1);
 }
 
+static void test_key_changing_while_read_is_not_cached(void **state)
+{
+	struct fx *f = *state;
+	unsigned before;
+	int st;
+	json_t *b;
+
+	/* B has never read k1; every read of it meets another node's change */
+	changing = f->b.core;
+	before = version_reads;
+	b = call(&f->b, KMS_OP_DATAKEY, "k1", "plaintext", f->svc, NULL, &st);
+	changing = NULL;
+	assert_int_equal(st, 503);
+	assert_non_null(strstr(json_string_value(json_array_get(json_object_get(b, "errors"), 0)),
+			       "keeps changing on other nodes"));
+	json_decref(b);
+	assert_int_equal(version_reads - before, 5);
+	/* nothing was cached: the next request reads the key (once) and is served, and the
+	 * one after that comes from the cache */
+	before = version_reads;
+	assert_int_equal(datakey_version(&f->b, f->svc, NULL, 0, &st), 1);
+	assert_int_equal(version_reads - before, 1);
+	assert_int_equal(datakey_version(&f->b, f->svc, NULL, 0, &st), 1);
+	assert_int_equal(version_reads - before, 1);
+}
+
+static void test_rotation_retry_without_the_store(void **state)
+{
+	struct fx *f = *state;
+	struct store_version *vs = NULL;
+	size_t nv = 0;
+	int st;
+	json_t *b;
+
+	assert_int_equal(datakey_version(&f->b, f->svc, NULL, 0, &st), 1); /* B caches k1 at 1 */
+	json_decref(call(&f->a, KMS_OP_KEY_ROTATE, "k1", NULL, f->admin, NULL, &st));
+	assert_int_equal(st, 200);
+	/* B's version 2 meets A's; reading the latest version then fails */
+	latest_fails = true;
+	latest_reads = 0;
+	b = call(&f->b, KMS_OP_KEY_ROTATE, "k1", NULL, f->admin, NULL, &st);
+	latest_fails = false;
+	assert_int_equal(st, 503);
+	assert_int_equal(latest_reads, 1);
+	json_decref(b);
+	assert_int_equal(store_version_list(f->a.st, f->k1, &vs, &nv), KMS_OK);
+	assert_int_equal(nv, 2); /* nothing written by B */
+	free(vs);
+	/* the store back: B's next rotation follows A's */
+	b = call(&f->b, KMS_OP_KEY_ROTATE, "k1", NULL, f->admin, NULL, &st);
+	assert_int_equal(st, 200);
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(b, "data"), "latest_version")), 3);
+	json_decref(b);
+	assert_int_equal(store_version_list(f->a.st, f->k1, &vs, &nv), KMS_OK);
+	assert_int_equal(nv, 3);
+	for (size_t i = 0; i < nv; i++)
+		assert_int_equal(vs[i].version, i + 1);
+	free(vs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -302,6 +397,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_disable_and_revoke_refused_after_refresh, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rotations_on_both_nodes_are_consecutive, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_counter_blocks_shared_by_nodes, setup_small, teardown),
+		cmocka_unit_test_setup_teardown(test_key_changing_while_read_is_not_cached, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rotation_retry_without_the_store, setup, teardown),
 	};
 	kms_json_init();
 	return cmocka_run_group_tests_name("core_nodes", tests, NULL, NULL);
