@@ -831,9 +831,9 @@ static int cmd_serve(const struct kms_config *cfg)
 		goto out;
 	}
 	/* One node: a request a crash left executing is marked interrupted. Several nodes
-	 * (PostgreSQL): another node may be executing it right now, so only those this node
-	 * ran are marked, by core_cluster_start once it holds its node lease; the lease
-	 * holder marks those of nodes that are gone (docs/SCALE-OUT.md). */
+	 * (PostgreSQL): another node may be executing it right now, so only those of runs
+	 * that ended are marked: by core_cluster_start, and by the scheduler's holder each
+	 * round (docs/SCALE-OUT.md "Approvals left executing"). */
 	if (store_backend(st) == STORE_BACKEND_SQLITE)
 		core_approvals_interrupted(core, NULL);
 	if ((err = core_cluster_start(core, kms_config_store(cfg), cfg->node_id, (unsigned)cfg->cluster_sync_ms)) != KMS_OK) {

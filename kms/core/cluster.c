@@ -22,14 +22,18 @@
  * approval expiry and the master-key relay; when it dies its connection closes, the
  * lock goes, and another node's next try (within sync_ms) takes it over.
  *
- * Each node also holds a lease of its own, "node:<node_id>", from before it serves
- * until it stops: it says the node is alive. An approved request names the node that
- * runs it; the scheduler's holder marks interrupted (never run again) the requests of
- * a node whose lease is free, and a node starting marks its own, left by its last run. */
+ * Each run of kmsd (a node's process, from start to stop) draws a random run id and holds
+ * a lease of its own, "run:<node_id>/<run>", from before it serves until it stops: it
+ * says the run is alive. An approved request names the run that runs it; a request whose
+ * run's lease is free was left by a run that ended, and is marked interrupted (never run
+ * again): by every node once as it starts, and by the scheduler's holder each round. A
+ * run's lease is never taken again once free, since no later run has its id. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <openssl/rand.h>
 
 #include "kms/base/json.h"
 #include "kms/base/clock.h"
@@ -45,41 +49,44 @@
 #define STALE_MIN_MS 3000
 #define PRUNE_EVERY_S 60
 #define PRUNE_AGE_S 3600
-/* at start, this node's own lease: tries, and the wait between them */
-#define START_LEASE_TRIES 10
-#define START_LEASE_WAIT_MS 200
-
-static void node_lease_name(char *buf, size_t len, const char *node)
+/* at start, how long to wait for an earlier run of this node to let go of its lease */
+#define START_KIN_TRIES 10
+#define START_KIN_WAIT_MS 200
+static void run_lease_name(char *buf, size_t len, const char *executor)
 {
-	snprintf(buf, len, "node:%s", node);
+	snprintf(buf, len, "run:%s", executor);
 }
 
-/* Requests left "executing" by nodes that are gone: on the scheduler's holder, each
- * round. A node whose lease nobody holds has no connection to the store, so it cannot
- * be running anything. */
-static void interrupt_gone_nodes(struct core *c)
+/* Requests left "executing" by runs that ended. A run whose lease nobody holds has no
+ * connection to the store, so it cannot be running anything; this run's own lease is
+ * held here, so its requests are never touched. *kin (may be NULL): whether a run of
+ * this node_id other than this one still holds its lease. */
+static void interrupt_ended_runs(struct core *c, bool *kin)
 {
-	char(*nodes)[65] = NULL;
+	char(*runs)[STORE_EXECUTOR_MAX + 1] = NULL;
 	size_t n = 0;
-	kms_err rc = store_approvals_executing_nodes(c->st, c->cl_node, &nodes, &n);
+	kms_err rc = store_approvals_executors(c->st, &runs, &n);
 
 	if (rc != KMS_OK) {
 		kms_warn("cluster: reading approvals in progress: %s", kms_err_detail(rc));
 		return;
 	}
 	for (size_t i = 0; i < n; i++) {
-		char lease[80];
-		bool gone = false;
+		char lease[STORE_EXECUTOR_MAX + 8];
+		bool ended = false;
 
-		node_lease_name(lease, sizeof(lease), nodes[i]);
-		if ((rc = store_watch_lease_free(c->cl_watch, lease, &gone)) != KMS_OK) {
-			kms_warn("cluster: is node %s alive: %s", nodes[i], kms_err_detail(rc));
+		run_lease_name(lease, sizeof(lease), runs[i]);
+		if ((rc = store_watch_lease_free(c->cl_watch, lease, &ended)) != KMS_OK) {
+			kms_warn("cluster: is run %s alive: %s", runs[i], kms_err_detail(rc));
 			break;
 		}
-		if (gone)
-			core_approvals_interrupted(c, nodes[i]);
+		if (ended)
+			core_approvals_interrupted(c, runs[i]);
+		else if (kin != NULL && strcmp(runs[i], c->cl_executor) != 0 &&
+			 strncmp(runs[i], c->cl_executor, (size_t)(strchr(c->cl_executor, '/') - c->cl_executor) + 1) == 0)
+			*kin = true;
 	}
-	free(nodes);
+	free(runs);
 }
 
 static struct kent *kent_by_id_locked(struct core *c, int64_t key_id)
@@ -227,9 +234,9 @@ static void *cluster_main(void *arg)
 {
 	struct core *c = arg;
 	int64_t pruned_at = 0;
-	char lease[80];
+	char lease[STORE_EXECUTOR_MAX + 8];
 
-	node_lease_name(lease, sizeof(lease), c->cl_node);
+	run_lease_name(lease, sizeof(lease), c->cl_executor);
 
 	for (;;) {
 		bool notified = false, held = false, mine = false;
@@ -241,15 +248,15 @@ static void *cluster_main(void *arg)
 			break;
 		}
 		pthread_mutex_unlock(&c->cl_mu);
-		/* this node's own lease first: a reconnection has dropped it */
+		/* this run's own lease first: a reconnection has dropped it. Until PostgreSQL
+		 * has ended the lost session, that session still holds it, which is as good:
+		 * nobody takes this run for ended meanwhile. */
 		rc = store_watch_lease(c->cl_watch, lease, &mine);
 		if (rc == KMS_OK && mine != c->cl_alive) {
 			if (mine)
-				kms_info("cluster: node %s holds its node lease", c->cl_node);
+				kms_info("cluster: run %s holds its lease again", c->cl_executor);
 			else
-				kms_warn("cluster: the node lease of %s is held by another connection: a second kmsd "
-					 "with node_id %s, or this node's last connection not yet closed by PostgreSQL",
-					 c->cl_node, c->cl_node);
+				kms_warn("cluster: the lease of run %s is still held by its lost session", c->cl_executor);
 			c->cl_alive = mine;
 		}
 		rc = store_watch_lease(c->cl_watch, "scheduler", &held);
@@ -261,7 +268,7 @@ static void *cluster_main(void *arg)
 		}
 		(void)catch_up(c);
 		if (held)
-			interrupt_gone_nodes(c);
+			interrupt_ended_runs(c, NULL);
 		if (held && time(NULL) - pruned_at >= PRUNE_EVERY_S) {
 			pruned_at = time(NULL);
 			if ((rc = store_changes_prune(c->st, core_now() - PRUNE_AGE_S)) != KMS_OK)
@@ -281,7 +288,8 @@ static void *cluster_main(void *arg)
 
 kms_err core_cluster_start(struct core *c, const char *store_uri, const char *node_id, unsigned sync_ms)
 {
-	char lease[80];
+	char lease[STORE_EXECUTOR_MAX + 8];
+	unsigned char run[STORE_RUN_LEN / 2];
 	kms_err rc;
 
 	if (store_backend(c->st) != STORE_BACKEND_PG)
@@ -291,32 +299,45 @@ kms_err core_cluster_start(struct core *c, const char *store_uri, const char *no
 	if ((rc = store_set_node(c->st, node_id)) != KMS_OK || (rc = store_changes_head(c->st, &c->cl_seen)) != KMS_OK ||
 	    (rc = store_watch_open(store_uri, &c->cl_watch)) != KMS_OK)
 		return rc;
-	/* This node's lease, before it serves: requests it left "executing" when it last
-	 * stopped are then known to be its last run's, and are marked interrupted. Held by
-	 * another connection: another kmsd with this node_id, or the last run's connection
-	 * that PostgreSQL has not yet seen close; its requests are left to the scheduler's
-	 * holder (once the lease is free) or to the next start. */
-	node_lease_name(lease, sizeof(lease), node_id);
-	for (int i = 0; i < START_LEASE_TRIES; i++) {
-		if ((rc = store_watch_lease(c->cl_watch, lease, &c->cl_alive)) != KMS_OK) {
-			store_watch_close(c->cl_watch);
-			c->cl_watch = NULL;
-			return rc;
-		}
-		if (c->cl_alive)
+	/* This run's id and lease, before it serves; then the requests of runs that ended
+	 * (this node's last run among them, once PostgreSQL has ended its session) */
+	if (RAND_bytes(run, sizeof(run)) != 1) {
+		rc = kms_errf(KMS_ERR_INTERNAL, "cannot draw a run id");
+		goto fail;
+	}
+	{
+		int off = snprintf(c->cl_executor, sizeof(c->cl_executor), "%s/", node_id);
+
+		for (size_t i = 0; i < sizeof(run); i++)
+			off += snprintf(c->cl_executor + off, sizeof(c->cl_executor) - (size_t)off, "%02x", run[i]);
+	}
+	run_lease_name(lease, sizeof(lease), c->cl_executor);
+	if ((rc = store_set_executor(c->st, c->cl_executor)) != KMS_OK ||
+	    (rc = store_watch_lease(c->cl_watch, lease, &c->cl_alive)) != KMS_OK)
+		goto fail;
+	if (!c->cl_alive) {
+		rc = kms_errf(KMS_ERR_STORE, "the lease of a new run (%s) is held elsewhere", c->cl_executor);
+		goto fail;
+	}
+	/* This node's last run, killed a moment ago, may still hold its lease until
+	 * PostgreSQL ends its session: wait for that a little, so that its requests read
+	 * interrupted before this run serves. */
+	for (int i = 0;; i++) {
+		bool kin = false;
+
+		interrupt_ended_runs(c, &kin);
+		if (!kin)
 			break;
-		/* a restart right after a kill: PostgreSQL may not have ended the last
-		 * run's session yet */
-		struct timespec ts = {.tv_sec = 0, .tv_nsec = START_LEASE_WAIT_MS * 1000000L};
+		if (i + 1 == START_KIN_TRIES) {
+			kms_warn("cluster: an earlier run of node %s still holds its lease, with approved requests "
+				 "executing: another kmsd with this node_id, or a run whose session PostgreSQL has not "
+				 "ended yet; its requests are marked interrupted once its lease is free",
+				 node_id);
+			break;
+		}
+		struct timespec ts = {.tv_sec = 0, .tv_nsec = START_KIN_WAIT_MS * 1000000L};
 		nanosleep(&ts, NULL);
 	}
-	if (c->cl_alive)
-		core_approvals_interrupted(c, node_id);
-	else
-		kms_warn("cluster: the node lease of %s is held by another connection: a second kmsd with node_id %s, "
-			 "or this node's last connection not yet closed by PostgreSQL; approvals it left executing "
-			 "are not marked yet",
-			 node_id, node_id);
 	__atomic_store_n(&c->cl_leader, false, __ATOMIC_RELEASE);
 	__atomic_store_n(&c->cl_ok_ms, kms_mono_ms(), __ATOMIC_RELEASE);
 	c->cl_on = true;
@@ -329,8 +350,13 @@ kms_err core_cluster_start(struct core *c, const char *store_uri, const char *no
 		return kms_errf(KMS_ERR_INTERNAL, "cannot start the cluster thread");
 	}
 	c->cl_running = true;
-	kms_info("cluster: node %s follows changes every %u ms at most", node_id, c->cl_sync_ms);
+	kms_info("cluster: node %s (run %s) follows changes every %u ms at most", node_id, c->cl_executor,
+		 c->cl_sync_ms);
 	return KMS_OK;
+fail:
+	store_watch_close(c->cl_watch);
+	c->cl_watch = NULL;
+	return rc;
 }
 
 void core_cluster_stop(struct core *c)

@@ -113,10 +113,10 @@ unsigned core_scheduler_tick(struct core *c);
 /* Runs core_scheduler_tick every interval_s seconds on a thread of its own until
  * core_free. */
 /* Approval requests a crash left "executing" are marked interrupted (never run again)
- * and audited as approval.interrupt (ops_approval.c). node NULL: every such request, at
- * start before serving (one node). node set (PostgreSQL): those run by that node, which
- * is gone (cluster.c, or this node at start before it serves). */
-void core_approvals_interrupted(struct core *c, const char *node);
+ * and audited as approval.interrupt (ops_approval.c). executor NULL: every such request,
+ * at start before serving (one node). executor set (PostgreSQL): those of that run of
+ * kmsd ("<node_id>/<run>"), which ended (cluster.c). */
+void core_approvals_interrupted(struct core *c, const char *executor);
 KMS_WUR kms_err core_scheduler_start(struct core *c, unsigned interval_s);
 
 /* Several nodes on one PostgreSQL store (kms/core/cluster.c, docs/SCALE-OUT.md): follows

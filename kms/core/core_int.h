@@ -107,8 +107,9 @@ struct core {
 	/* several nodes on one PostgreSQL store (cluster.c); cl_on false = a single node */
 	bool cl_on, cl_running, cl_stop;
 	bool cl_leader; /* holds the scheduler lease (atomic) */
-	bool cl_alive; /* holds its own node lease (cluster thread, after start) */
+	bool cl_alive; /* holds its run's lease (cluster thread, after start) */
 	char cl_node[65];
+	char cl_executor[STORE_EXECUTOR_MAX + 1]; /* this run: "<node_id>/<run>" (store_set_executor) */
 	unsigned cl_sync_ms;
 	int64_t cl_seen; /* the newest change applied (cluster thread only; read racily by health) */
 	/* bumped (atomic) before another node's key or tenant change is applied: a key or

@@ -482,37 +482,45 @@ kms_err op_approval_deny(struct core *c, struct op_ctx *x)
 	return vote(c, x, "deny");
 }
 
-void core_approvals_interrupted(struct core *c, const char *node)
+void core_approvals_interrupted(struct core *c, const char *executor)
 {
 	struct store_approval *ex = NULL;
 	size_t n = 0;
-	bool self = node != NULL && strcmp(node, c->cl_node) == 0;
-	kms_err rc = store_approvals_interrupt(c->st, node, core_now(), &ex, &n);
+	char node[65] = "";
+	const char *slash = executor ? strchr(executor, '/') : NULL;
+	bool self;
+	kms_err rc;
 
+	if (slash != NULL)
+		snprintf(node, sizeof(node), "%.*s", (int)(slash - executor), executor);
+	self = executor == NULL || strcmp(node, c->cl_node) == 0; /* this node's last run */
+	rc = store_approvals_interrupt(c->st, executor, core_now(), &ex, &n);
 	if (rc != KMS_OK) {
-		kms_error("approvals: marking interrupted requests%s%s: %s", node ? " of node " : "", node ? node : "",
-			  kms_err_detail(rc));
+		kms_error("approvals: marking interrupted requests%s%s: %s", executor ? " of run " : "",
+			  executor ? executor : "", kms_err_detail(rc));
 		return;
 	}
 	for (size_t i = 0; i < n; i++) {
 		json_t *e = json_pack("{s:s,s:s,s:s,s:s}", "approval_id", ex[i].id, "approval_event", "interrupted",
 				      "requested_by", ex[i].requester, "approved_operation", ex[i].operation);
 
-		if (node != NULL && e != NULL)
+		if (executor != NULL && e != NULL) {
 			(void)json_object_set_new(e, "executing_node", json_string(node));
-		if (node == NULL || self)
+			(void)json_object_set_new(e, "executing_run", json_string(slash + 1));
+		}
+		if (self)
 			kms_warn("approval %s (%s by %s) was executing when kmsd stopped: marked interrupted, not run "
 				 "again; the operation's own audit record (approval_id %s) says whether it ran",
 				 ex[i].id, ex[i].operation, ex[i].requester, ex[i].id);
 		else
-			kms_warn("approval %s (%s by %s) was executing on node %s, which is gone: marked interrupted, "
+			kms_warn("approval %s (%s by %s) was executing on node %s, which stopped: marked interrupted, "
 				 "not run again; the operation's own audit record (approval_id %s, node %s) says whether "
 				 "it ran",
 				 ex[i].id, ex[i].operation, ex[i].requester, node, ex[i].id, node);
 		core_audit_event(c, "approval.interrupt", CORE_SCHEDULER_PRINCIPAL, ex[i].tenant, ex[i].key, "error",
 				 0,
-				 node == NULL || self ? "kmsd stopped while the approved request ran: not run again"
-						      : "the node running the approved request is gone: not run again",
+				 self ? "kmsd stopped while the approved request ran: not run again"
+				      : "the node running the approved request stopped: not run again",
 				 e);
 		json_decref(e);
 	}

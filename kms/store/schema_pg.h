@@ -12,8 +12,8 @@
  * PRAGMA application_id does for the SQLite file.
  *
  * Steps 14 and 15 are PostgreSQL's own: the cluster change log (store.h "Cluster"),
- * filled by triggers on every table whose rows a node caches, and the node that runs an
- * approved request. SQLite stays at 13 steps. Forward only, as on SQLite: never edit a
+ * filled by triggers on every table whose rows a node caches, and the run of kmsd that
+ * runs an approved request. SQLite stays at 13 steps. Forward only, as on SQLite: never edit a
  * shipped step. */
 #ifndef KMS_STORE_SCHEMA_PG_H
 #define KMS_STORE_SCHEMA_PG_H
@@ -319,10 +319,11 @@ static const char *const pg_migrations[PG_SCHEMA_VERSION] = {
 	"  FOR EACH ROW EXECUTE FUNCTION kmsd_record_change();"
 	"CREATE TRIGGER break_glass_grants_change AFTER INSERT OR UPDATE OR DELETE ON break_glass_grants"
 	"  FOR EACH ROW EXECUTE FUNCTION kmsd_record_change();",
-	/* 15: the node that moved an approved request to "executing" (its node_id), so that
-	 * a request left so by a node that died can be marked interrupted by a live one
-	 * (store_approvals_interrupt); NULL in rows written before this step. */
-	"ALTER TABLE approval_requests ADD COLUMN executing_node TEXT CHECK (executing_node IS NULL OR octet_length(executing_node) BETWEEN 1 AND 64);",
+	/* 15: the run of kmsd that moved an approved request to "executing" ("<node_id>/<run>",
+	 * store_set_executor), so that a request left so by a run that ended can be marked
+	 * interrupted by a live one (store_approvals_interrupt); NULL in rows written before
+	 * this step. */
+	"ALTER TABLE approval_requests ADD COLUMN executor TEXT CHECK (executor IS NULL OR octet_length(executor) BETWEEN 3 AND 96);",
 };
 
 #endif

@@ -547,9 +547,9 @@ struct store {
 	store_mac_fn am_seen_fn;
 	void *am_seen_ctx;
 	struct am_seen *am_seen;
-	/* PostgreSQL: this node's id (store_set_node), written into the approved requests it
-	 * runs; "" until set. Under mu. */
-	char node[65];
+	/* PostgreSQL: this run of kmsd, "<node_id>/<run>" (store_set_executor), written into
+	 * the approved requests it runs; "" until set. Under mu. */
+	char executor[STORE_EXECUTOR_MAX + 1];
 };
 
 /* SQL that must be spelled differently on PostgreSQL (scalar max/min, blob literals):
@@ -4057,14 +4057,14 @@ kms_err store_approval_vote(struct store *s, const char *id, int64_t principal_i
 			need = a.required;
 		if ((uint64_t)cnt >= need) {
 			/* the compare-and-set: only a request still pending moves; on PostgreSQL
-			 * it names the node that runs it (store_approvals_interrupt) */
+			 * it names the run of kmsd that runs it (store_approvals_interrupt) */
 			if ((rc = exec_changes(s,
 					       PICK(s,
 						    "UPDATE approval_requests SET state = 'executing' "
 						    "WHERE id = ?1 AND state = 'pending'",
 						    "UPDATE approval_requests SET state = 'executing', "
-						    "executing_node = NULLIF(?2, '') WHERE id = ?1 AND state = 'pending'"),
-					       id, db_backend(s->db) == DB_PG ? s->node : NULL, 0, &ch)) != KMS_OK)
+						    "executor = NULLIF(?2, '') WHERE id = ?1 AND state = 'pending'"),
+					       id, db_backend(s->db) == DB_PG ? s->executor : NULL, 0, &ch)) != KMS_OK)
 				goto fail;
 			if (ch != 1) {
 				rc = kms_errf(KMS_ERR_CONFLICT, "approval request %s is no longer pending", id);
@@ -5795,8 +5795,8 @@ uint64_t store_change_stamp_queries(struct store *s)
 	return n;
 }
 
-kms_err store_approvals_interrupt(struct store *s, const char *node, int64_t now, struct store_approval **out,
-				  size_t *n)
+kms_err store_approvals_interrupt(struct store *s, const char *executor, int64_t now,
+				  struct store_approval **out, size_t *n)
 {
 	db_stmt *st = NULL;
 	struct store_approval *arr = NULL, *g;
@@ -5810,18 +5810,18 @@ kms_err store_approvals_interrupt(struct store *s, const char *node, int64_t now
 		return rc;
 	if ((rc = tx_begin(s)) != KMS_OK)
 		goto unlock;
-	if (node != NULL && db_backend(s->db) != DB_PG) {
-		rc = kms_errf(KMS_ERR_INVALID, "approvals are run by a named node only on PostgreSQL");
+	if (executor != NULL && db_backend(s->db) != DB_PG) {
+		rc = kms_errf(KMS_ERR_INVALID, "approvals name the run that runs them only on PostgreSQL");
 		goto fail;
 	}
 	if ((rc = prep(s,
-		       node == NULL ? "SELECT " APPROVAL_COLS " FROM approval_requests "
-				      "WHERE state = 'executing' AND interrupted = 0"
-				    : "SELECT " APPROVAL_COLS " FROM approval_requests "
-				      "WHERE state = 'executing' AND interrupted = 0 AND executing_node = ?1",
+		       executor == NULL ? "SELECT " APPROVAL_COLS " FROM approval_requests "
+					  "WHERE state = 'executing' AND interrupted = 0"
+					: "SELECT " APPROVAL_COLS " FROM approval_requests "
+					  "WHERE state = 'executing' AND interrupted = 0 AND executor = ?1",
 		       &st)) != KMS_OK)
 		goto fail;
-	if (node != NULL && db_bind_text(st, 1, node, -1, DB_STATIC) != DB_OK) {
+	if (executor != NULL && db_bind_text(st, 1, executor, -1, DB_STATIC) != DB_OK) {
 		rc = db_fail(s, "interrupt bind");
 		goto fail;
 	}
@@ -5842,11 +5842,11 @@ kms_err store_approvals_interrupt(struct store *s, const char *node, int64_t now
 	(void)db_finalize(st);
 	st = NULL;
 	if (cnt > 0 && (rc = exec_changes(s,
-					  node == NULL ? "UPDATE approval_requests SET interrupted = 1, finished = ?3 "
-							 "WHERE state = 'executing' AND interrupted = 0"
-						       : "UPDATE approval_requests SET interrupted = 1, finished = ?3 "
-							 "WHERE state = 'executing' AND interrupted = 0 AND executing_node = ?1",
-					  node, NULL, now, &ch)) != KMS_OK)
+					  executor == NULL ? "UPDATE approval_requests SET interrupted = 1, finished = ?3 "
+							     "WHERE state = 'executing' AND interrupted = 0"
+							   : "UPDATE approval_requests SET interrupted = 1, finished = ?3 "
+							     "WHERE state = 'executing' AND interrupted = 0 AND executor = ?1",
+					  executor, NULL, now, &ch)) != KMS_OK)
 		goto fail;
 	if ((rc = tx_commit(s)) != KMS_OK)
 		goto fail;
@@ -5890,16 +5890,41 @@ kms_err store_set_node(struct store *s, const char *node_id)
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
 	rc = db_backend(s->db) == DB_PG ? pg_session(s, node_id) : KMS_OK; /* id checked: no quoting needed */
-	if (rc == KMS_OK)
-		snprintf(s->node, sizeof(s->node), "%s", node_id);
 	store_unlock(s);
 	return rc;
 }
 
-kms_err store_approvals_executing_nodes(struct store *s, const char *except, char (**out)[65], size_t *n)
+bool store_executor_valid(const char *executor)
+{
+	char node[65];
+	const char *slash = executor ? strchr(executor, '/') : NULL;
+	size_t len;
+
+	if (slash == NULL || (size_t)(slash - executor) >= sizeof(node))
+		return false;
+	memcpy(node, executor, (size_t)(slash - executor));
+	node[slash - executor] = '\0';
+	len = strlen(slash + 1);
+	return valid_node_id(node) && len == STORE_RUN_LEN && strspn(slash + 1, "0123456789abcdef") == len;
+}
+
+kms_err store_set_executor(struct store *s, const char *executor)
+{
+	kms_err rc;
+
+	if (!store_executor_valid(executor))
+		return kms_errf(KMS_ERR_INVALID, "executor must be <node_id>/<%d lower-case hex digits>", STORE_RUN_LEN);
+	if ((rc = store_lock(s)) != KMS_OK)
+		return rc;
+	snprintf(s->executor, sizeof(s->executor), "%s", executor);
+	store_unlock(s);
+	return KMS_OK;
+}
+
+kms_err store_approvals_executors(struct store *s, char (**out)[STORE_EXECUTOR_MAX + 1], size_t *n)
 {
 	db_stmt *st = NULL;
-	char(*arr)[65] = NULL, (*g)[65];
+	char(*arr)[STORE_EXECUTOR_MAX + 1] = NULL, (*g)[STORE_EXECUTOR_MAX + 1];
 	size_t cnt = 0, cap = 0;
 	int src;
 	kms_err rc;
@@ -5911,28 +5936,24 @@ kms_err store_approvals_executing_nodes(struct store *s, const char *except, cha
 	if (db_backend(s->db) != DB_PG)
 		goto unlock; /* one node: nothing runs elsewhere */
 	if ((rc = prep(s,
-		       "SELECT DISTINCT executing_node FROM approval_requests WHERE state = 'executing' "
-		       "AND interrupted = 0 AND executing_node IS NOT NULL AND executing_node <> ?1 ORDER BY 1",
+		       "SELECT DISTINCT executor FROM approval_requests WHERE state = 'executing' "
+		       "AND interrupted = 0 AND executor IS NOT NULL ORDER BY 1",
 		       &st)) != KMS_OK)
 		goto unlock;
-	if (db_bind_text(st, 1, except ? except : "", -1, DB_STATIC) != DB_OK) {
-		rc = db_fail(s, "executing nodes bind");
-		goto unlock;
-	}
 	while ((src = db_step(st)) == DB_ROW) {
 		const char *t = (const char *)db_column_text(st, 0);
 
-		if (t == NULL || !valid_node_id(t))
-			continue; /* the CHECK allows any 1-64 bytes; a name kmsd cannot hold is no node */
+		if (t == NULL || !store_executor_valid(t))
+			continue; /* the CHECK allows any 3-96 bytes; a name kmsd never writes is no run */
 		if ((g = grow(arr, &cap, cnt, sizeof(*arr))) == NULL) {
-			rc = kms_errf(KMS_ERR_NOMEM, "executing nodes");
+			rc = kms_errf(KMS_ERR_NOMEM, "executors");
 			goto unlock;
 		}
 		arr = g;
 		snprintf(arr[cnt++], sizeof(arr[0]), "%s", t);
 	}
 	if (src != DB_DONE) {
-		rc = db_fail(s, "executing nodes");
+		rc = db_fail(s, "executors");
 		goto unlock;
 	}
 	*out = arr;

@@ -453,17 +453,23 @@ KMS_WUR kms_err store_approval_finish(struct store *s, const char *id, const cha
 KMS_WUR kms_err store_approvals_expire(struct store *s, int64_t now, struct store_approval **out, size_t *n);
 /* Marks requests left "executing" (a crash between the final vote and the end of the
  * run) interrupted, so that they are never run again and read as state "interrupted";
- * the marked requests (malloc'd array, free()) for the audit log. node NULL: every such
- * request (one node, at start). node set (PostgreSQL only): those that node moved to
- * "executing" (store_set_node), for a node known to be gone, or this node at start
- * before it serves. store_approval_finish clears the mark of a request finished after
- * all. */
-KMS_WUR kms_err store_approvals_interrupt(struct store *s, const char *node, int64_t now,
+ * the marked requests (malloc'd array, free()) for the audit log. executor NULL: every
+ * such request (one node, at start). executor set (PostgreSQL only): those that run of
+ * kmsd moved to "executing" (store_set_executor), for a run known to have ended.
+ * store_approval_finish clears the mark of a request finished after all. */
+KMS_WUR kms_err store_approvals_interrupt(struct store *s, const char *executor, int64_t now,
 					  struct store_approval **out, size_t *n);
-/* PostgreSQL: the nodes (other than `except`) that have requests "executing" and not
- * interrupted, sorted; *out malloc'd (free()), NULL when *n is 0. SQLite: none. */
-KMS_WUR kms_err store_approvals_executing_nodes(struct store *s, const char *except, char (**out)[65],
-						size_t *n);
+/* A run of kmsd on PostgreSQL: "<node_id>/<run>", run being STORE_RUN_LEN lower-case hex
+ * digits drawn at start. */
+#define STORE_RUN_LEN 16
+#define STORE_EXECUTOR_MAX (64 + 1 + STORE_RUN_LEN)
+bool store_executor_valid(const char *executor);
+/* This process's run, written by the compare-and-set into the requests it runs
+ * (PostgreSQL). INVALID unless store_executor_valid. */
+KMS_WUR kms_err store_set_executor(struct store *s, const char *executor);
+/* PostgreSQL: the runs that have requests "executing" and not interrupted, sorted;
+ * *out malloc'd (free()), NULL when *n is 0. SQLite: none. */
+KMS_WUR kms_err store_approvals_executors(struct store *s, char (**out)[STORE_EXECUTOR_MAX + 1], size_t *n);
 /* Names of the approvers of the latest executed request for (operation, tenant, key,
  * version); *n 0 when there is none. Each name and the array malloc'd. */
 KMS_WUR kms_err store_approval_approvers(struct store *s, const char *operation, const char *tenant,
@@ -655,8 +661,8 @@ KMS_WUR kms_err store_watch_wait(struct store_watch *w, int timeout_ms, bool *no
  * released when this connection ends (node death): another node's next try wins. */
 KMS_WUR kms_err store_watch_lease(struct store_watch *w, const char *name, bool *held);
 /* Whether nobody holds the named lease: tried and given back at once (on the watch
- * connection). False for a lease this connection holds, and on SQLite. A node's lease
- * "node:<node_id>" is free only when no live connection holds it: the node is gone. */
+ * connection). False for a lease this connection holds, and on SQLite. A run's lease
+ * "run:<node_id>/<run>" is free only when no live connection holds it: the run ended. */
 KMS_WUR kms_err store_watch_lease_free(struct store_watch *w, const char *name, bool *is_free);
 
 #endif

@@ -1,6 +1,6 @@
 """An approved request left `executing` by a node that dies (kill -9 between the final
 vote and the end of the run) is marked `interrupted` by the scheduler's holder once the
-dead node's lease is free: audited as approval.interrupt with the node that ran it,
+dead node's run lease is free: audited as approval.interrupt with the node and run that ran it,
 shown as interrupted on every node, never run again. While the node is alive, however
 long its run takes, nobody touches the request. The node, started again, marks nothing
 twice (docs/SCALE-OUT.md "Approvals left executing"). The window is made with the test
@@ -20,11 +20,16 @@ HOOK = "KMSD_TEST_APPROVAL_EXEC_DELAY_MS"
 
 
 def row(cluster, aid):
+    """[state, node of the run that executes it, interrupted], and that run's id."""
     out = subprocess.run(["psql", cluster.pg_uri, "-v", "ON_ERROR_STOP=1", "-qAtc",
-                          "SELECT state, coalesce(executing_node, ''), interrupted FROM approval_requests "
+                          "SELECT state, coalesce(executor, ''), interrupted FROM approval_requests "
                           "WHERE id = '%s'" % aid],
                          check=True, capture_output=True, text=True, timeout=60).stdout.strip()
-    return out.split("|") if out else None
+    if not out:
+        return None, None
+    state, executor, interrupted = out.split("|")
+    node, _, run = executor.partition("/")
+    return [state, node, interrupted], run
 
 
 def scheduler_holder(cluster):
@@ -92,11 +97,13 @@ def test_request_of_a_dead_node_is_interrupted_by_a_live_one(cluster):
     th = threading.Thread(target=final_vote)
     th.start()
     try:
-        wait_until(lambda: row(cluster, aid) == ["executing", victim.node_id, "0"], 10,
+        wait_until(lambda: row(cluster, aid)[0] == ["executing", victim.node_id, "0"], 10,
                    "the request executing on the victim")
+        run = row(cluster, aid)[1]
+        assert len(run) == 16, run
         # alive, however long it takes: three sync rounds later nobody has touched it
         time.sleep(3 * BOUND)
-        assert row(cluster, aid) == ["executing", victim.node_id, "0"]
+        assert row(cluster, aid)[0] == ["executing", victim.node_id, "0"]
         assert interrupts(cluster, aid) == []
 
         victim.kill()
@@ -107,7 +114,7 @@ def test_request_of_a_dead_node_is_interrupted_by_a_live_one(cluster):
     assert answers and answers[0] != 200, answers
 
     # the holder sees the dead node's lease free within a sync round or two
-    wait_until(lambda: row(cluster, aid) == ["executing", victim.node_id, "1"], 2 * BOUND,
+    wait_until(lambda: row(cluster, aid)[0] == ["executing", victim.node_id, "1"], 2 * BOUND,
                "the dead node's request marked interrupted")
     r = a.get("/v1/sys/approvals/" + aid, token=a.admin_token)
     assert r.status_code == 200, r.text
@@ -118,6 +125,7 @@ def test_request_of_a_dead_node_is_interrupted_by_a_live_one(cluster):
     assert len(recs) == 1, recs
     x = recs[0]
     assert x["node"] == holder.node_id and x["executing_node"] == victim.node_id, x
+    assert x["executing_run"] == run, x
     assert x["outcome"] == "error" and x["approval_event"] == "interrupted", x
     assert x["tenant"] == tenant and x["key"] == key and x["approved_operation"] == "key.rotate", x
     # never run: no rotation, no execution record, and it cannot be voted on again
@@ -135,4 +143,4 @@ def test_request_of_a_dead_node_is_interrupted_by_a_live_one(cluster):
     assert r.status_code == 200 and r.json()["data"]["state"] == "interrupted", r.text
     time.sleep(2 * BOUND)
     assert len(interrupts(cluster, aid)) == 1
-    assert row(cluster, aid) == ["executing", victim.node_id, "1"]
+    assert row(cluster, aid) == (["executing", victim.node_id, "1"], run)

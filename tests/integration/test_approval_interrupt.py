@@ -4,14 +4,16 @@ approval.interrupt, shown by GET /v1/sys/approvals, and never run again (docs/AP
 "Approvals"). The window is made with the test hook KMSD_TEST_APPROVAL_EXEC_DELAY_MS
 (a pause after the final vote, before the run) and closed with SIGKILL.
 
-On PostgreSQL (make check-pg) the request names the node that runs it, and the node,
-started again, marks those its last run left once it holds its node lease
-(docs/SCALE-OUT.md "Approvals left executing"); tests/cluster/test_approval_node_gone.py
+On PostgreSQL (make check-pg) the request names the run of kmsd that runs it
+("<node_id>/<run>"), and kmsd, started again, marks those of runs that ended before it
+serves (docs/SCALE-OUT.md "Approvals left executing"); tests/cluster/test_approval_node_gone.py
 covers another node marking them."""
 
 import json
 import os
+import re
 import sqlite3
+import subprocess
 import tempfile
 import threading
 import time
@@ -39,6 +41,26 @@ with open(POLICY_FILE, "w") as _f:
 
 KMSD_EXTRA_OPTS = [("policy_file", POLICY_FILE), ("workers", "4")]
 HOOK = "KMSD_TEST_APPROVAL_EXEC_DELAY_MS"
+
+
+def hold_scheduler_lease(uri):
+    """A psql session that holds kmsd's scheduler lease on a PostgreSQL store (the
+    advisory lock whose key is the FNV-1a hash of "scheduler", kms/store/store.c) until
+    its stdin is closed; waits for the killed kmsd's session to let go of it first."""
+    h = 1469598103934665603
+    for b in b"scheduler":
+        h = ((h ^ b) * 1099511628211) % 2 ** 64
+    key = h - 2 ** 64 if h >= 2 ** 63 else h
+    p = subprocess.Popen(["psql", uri, "-qAt", "-v", "ON_ERROR_STOP=1"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while True:
+        p.stdin.write("SELECT pg_try_advisory_lock(%d);\n" % key)
+        p.stdin.flush()
+        if p.stdout.readline().strip() == "t":
+            return p
+        assert time.monotonic() < deadline, "the scheduler lease was not let go"
+        time.sleep(0.1)
 
 
 def audit_records(kmsd):
@@ -99,17 +121,29 @@ def test_killed_while_executing_is_interrupted_and_never_runs(kmsd):
         time.sleep(0.05)
     assert state_now() == "executing"
     if kmsd.store_uri:
-        rows = pg_query(kmsd.store_uri, "SELECT executing_node, interrupted FROM approval_requests "
+        rows = pg_query(kmsd.store_uri, "SELECT executor, interrupted FROM approval_requests "
                                         "WHERE id = '%s'" % aid)
-        assert rows == [[kmsd.node_id, "0"]], rows
+        assert len(rows) == 1 and rows[0][1] == "0", rows
+        assert re.fullmatch(re.escape(kmsd.node_id) + "/[0-9a-f]{16}", rows[0][0]), rows
     kmsd.kill()  # SIGKILL between the final vote and the end of the run
     th.join(timeout=60)
     assert not th.is_alive()
     assert answers and answers[0] != 200, answers
 
     del kmsd.env[HOOK]
-    kmsd.start()
-    d = show(kmsd, aid)
+    lease = hold_scheduler_lease(kmsd.store_uri) if kmsd.store_uri else None
+    try:
+        kmsd.start()
+        if lease:
+            # another "node" holds the scheduler's lease: what marks the request is
+            # kmsd's own start, before it serves, not a scheduler round
+            h = kmsd.get("/v1/sys/health").json()
+            assert h["cluster"]["scheduler"] is False, h
+        d = show(kmsd, aid)
+    finally:
+        if lease:
+            lease.stdin.close()
+            lease.wait(timeout=30)
     assert d["state"] == "interrupted" and d["finished"] > 0, d
     assert [x["principal"] for x in d["approved_by"]] == [names["b"]]
     assert "result" not in d

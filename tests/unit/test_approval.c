@@ -2,7 +2,7 @@
  * 9): votes (no self-approval, one vote per principal, deny ends a request, expiry, the
  * quorum's compare-and-set under racing threads: exactly one caller executes), finish
  * only from "executing", requests left "executing" marked interrupted (all of them on
- * one node, a named node's on PostgreSQL), the approvers behind an executed request,
+ * one node, a named run's on PostgreSQL), the approvers behind an executed request,
  * break-glass grants
  * (scope by tenant and key glob, time window) and their reviews (not by the grantee, one
  * per reviewer). */
@@ -261,35 +261,45 @@ static const char *state_of(struct fx *f, const char *id, char *buf, size_t len)
 }
 
 /* Requests left "executing": on one node all are marked at start; on PostgreSQL each
- * names the node that runs it, and only a named node's are marked (the cluster marks
- * those of a node that is gone). A request finished after all loses its mark. */
-static void test_interrupt_by_node(void **state)
+ * names the run of kmsd that runs it, and only a named run's are marked (the cluster
+ * marks those of a run that ended). A request finished after all loses its mark. */
+#define RUN_A "node-a/00000000000000a1"
+#define RUN_B "node-b/00000000000000b1"
+
+static void test_interrupt_by_run(void **state)
 {
 	struct fx *f = *state;
 	struct store_approval *ex = NULL;
 	enum store_vote_result r;
-	char(*nodes)[65] = NULL;
+	char(*runs)[STORE_EXECUTOR_MAX + 1] = NULL;
 	char st[24];
 	unsigned n;
 	size_t cnt = 9;
 
-	if (on_pg)
-		assert_int_equal(store_set_node(f->s, "node-a"), KMS_OK);
+	/* what a run may be called */
+	assert_true(store_executor_valid(RUN_A));
+	assert_false(store_executor_valid("node-a"));
+	assert_false(store_executor_valid("node-a/00000000000000A1"));
+	assert_false(store_executor_valid("node-a/00000000000000a"));
+	assert_false(store_executor_valid("node a/00000000000000a1"));
+	assert_false(store_executor_valid("/00000000000000a1"));
+	assert_int_equal(store_set_executor(f->s, "node-a"), KMS_ERR_INVALID);
+
+	assert_int_equal(store_set_executor(f->s, RUN_A), KMS_OK);
 	make_request(f, ID1, 1, NOW + 100);
 	assert_int_equal(store_approval_vote(f->s, ID1, f->p[1], "p1", "approve", NOW, 1, &r, &n), KMS_OK);
 	assert_int_equal(r, STORE_VOTE_EXECUTE);
-	if (on_pg)
-		assert_int_equal(store_set_node(f->s, "node-b"), KMS_OK);
+	assert_int_equal(store_set_executor(f->s, RUN_B), KMS_OK);
 	make_request(f, ID2, 1, NOW + 100);
 	assert_int_equal(store_approval_vote(f->s, ID2, f->p[1], "p1", "approve", NOW, 1, &r, &n), KMS_OK);
 	assert_int_equal(r, STORE_VOTE_EXECUTE);
 
 	if (!on_pg) {
-		/* one node: nothing runs elsewhere; a named node is refused; at start all */
-		assert_int_equal(store_approvals_executing_nodes(f->s, "x", &nodes, &cnt), KMS_OK);
+		/* one node: nothing runs elsewhere; a named run is refused; at start all */
+		assert_int_equal(store_approvals_executors(f->s, &runs, &cnt), KMS_OK);
 		assert_int_equal(cnt, 0);
-		assert_null(nodes);
-		assert_int_equal(store_approvals_interrupt(f->s, "node-a", NOW + 1, &ex, &cnt), KMS_ERR_INVALID);
+		assert_null(runs);
+		assert_int_equal(store_approvals_interrupt(f->s, RUN_A, NOW + 1, &ex, &cnt), KMS_ERR_INVALID);
 		assert_int_equal(store_approvals_interrupt(f->s, NULL, NOW + 1, &ex, &cnt), KMS_OK);
 		assert_int_equal(cnt, 2);
 		free(ex);
@@ -297,40 +307,36 @@ static void test_interrupt_by_node(void **state)
 		assert_string_equal(state_of(f, ID2, st, sizeof(st)), "interrupted");
 		return;
 	}
-	/* the nodes running something, but for the one asking */
-	assert_int_equal(store_approvals_executing_nodes(f->s, "node-c", &nodes, &cnt), KMS_OK);
+	/* the runs with something running */
+	assert_int_equal(store_approvals_executors(f->s, &runs, &cnt), KMS_OK);
 	assert_int_equal(cnt, 2);
-	assert_string_equal(nodes[0], "node-a");
-	assert_string_equal(nodes[1], "node-b");
-	free(nodes);
-	assert_int_equal(store_approvals_executing_nodes(f->s, "node-b", &nodes, &cnt), KMS_OK);
-	assert_int_equal(cnt, 1);
-	assert_string_equal(nodes[0], "node-a");
-	free(nodes);
-	/* a node with nothing running marks nothing */
-	assert_int_equal(store_approvals_interrupt(f->s, "node-c", NOW + 1, &ex, &cnt), KMS_OK);
+	assert_string_equal(runs[0], RUN_A);
+	assert_string_equal(runs[1], RUN_B);
+	free(runs);
+	/* a run with nothing running marks nothing */
+	assert_int_equal(store_approvals_interrupt(f->s, "node-a/00000000000000a2", NOW + 1, &ex, &cnt), KMS_OK);
 	assert_int_equal(cnt, 0);
 	free(ex);
-	/* node-a is gone: its request only */
-	assert_int_equal(store_approvals_interrupt(f->s, "node-a", NOW + 1, &ex, &cnt), KMS_OK);
+	/* run A ended: its request only */
+	assert_int_equal(store_approvals_interrupt(f->s, RUN_A, NOW + 1, &ex, &cnt), KMS_OK);
 	assert_int_equal(cnt, 1);
 	assert_string_equal(ex[0].id, ID1);
 	free(ex);
 	assert_string_equal(state_of(f, ID1, st, sizeof(st)), "interrupted");
 	assert_string_equal(state_of(f, ID2, st, sizeof(st)), "executing");
 	/* marked once */
-	assert_int_equal(store_approvals_interrupt(f->s, "node-a", NOW + 2, &ex, &cnt), KMS_OK);
+	assert_int_equal(store_approvals_interrupt(f->s, RUN_A, NOW + 2, &ex, &cnt), KMS_OK);
 	assert_int_equal(cnt, 0);
 	free(ex);
-	assert_int_equal(store_approvals_executing_nodes(f->s, "node-c", &nodes, &cnt), KMS_OK);
+	assert_int_equal(store_approvals_executors(f->s, &runs, &cnt), KMS_OK);
 	assert_int_equal(cnt, 1);
-	assert_string_equal(nodes[0], "node-b");
-	free(nodes);
-	/* node-a was alive after all and finishes: the row says what happened */
+	assert_string_equal(runs[0], RUN_B);
+	free(runs);
+	/* run A was alive after all and finishes: the row says what happened */
 	assert_int_equal(store_approval_finish(f->s, ID1, "approved-executed", "{\"status\":200}", NOW + 3), KMS_OK);
 	assert_string_equal(state_of(f, ID1, st, sizeof(st)), "approved-executed");
 	assert_int_equal(store_approval_finish(f->s, ID2, "failed", NULL, NOW + 3), KMS_OK);
-	assert_int_equal(store_approvals_executing_nodes(f->s, "node-c", &nodes, &cnt), KMS_OK);
+	assert_int_equal(store_approvals_executors(f->s, &runs, &cnt), KMS_OK);
 	assert_int_equal(cnt, 0);
 }
 
@@ -397,7 +403,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_deny_and_expiry, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_race, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_grants, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_interrupt_by_node, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_interrupt_by_run, setup, teardown),
 	};
 
 	int failed = cmocka_run_group_tests(tests, NULL, NULL);
