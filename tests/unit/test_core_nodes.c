@@ -214,6 +214,31 @@ static long datakey_version(struct node *n, const char *token, char *ct, size_t 
 	return v;
 }
 
+/* A rotation on node n that must succeed; the new latest version. */
+static long rotate_on(struct node *n, struct fx *f)
+{
+	int st;
+	json_t *b = call(n, KMS_OP_KEY_ROTATE, "k1", NULL, f->admin, NULL, &st);
+	long v = (long)json_integer_value(json_object_get(json_object_get(b, "data"), "latest_version"));
+
+	assert_int_equal(st, 200);
+	json_decref(b);
+	return v;
+}
+
+/* The store holds versions 1..n of k1, no gap, no twin. */
+static void assert_versions(struct fx *f, size_t n)
+{
+	struct store_version *vs = NULL;
+	size_t nv = 0;
+
+	assert_int_equal(store_version_list(f->a.st, f->k1, &vs, &nv), KMS_OK);
+	assert_int_equal(nv, n);
+	for (size_t i = 0; i < nv; i++)
+		assert_int_equal(vs[i].version, i + 1);
+	free(vs);
+}
+
 static void test_rotation_followed_after_refresh(void **state)
 {
 	struct fx *f = *state;
@@ -277,28 +302,16 @@ static void test_disable_and_revoke_refused_after_refresh(void **state)
 static void test_rotations_on_both_nodes_are_consecutive(void **state)
 {
 	struct fx *f = *state;
-	struct store_version *vs = NULL;
-	size_t nv = 0;
 	int st;
 
 	assert_int_equal(datakey_version(&f->b, f->svc, NULL, 0, &st), 1); /* B caches k1 at 1 */
 	for (int i = 0; i < 5; i++) {
-		json_t *a = call(&f->a, KMS_OP_KEY_ROTATE, "k1", NULL, f->admin, NULL, &st);
-		assert_int_equal(st, 200);
-		json_decref(a);
+		assert_int_equal(rotate_on(&f->a, f), 2 + 2 * i);
 		/* B's cache says the latest is lower: the store refuses B's version, B reads
 		 * the key again and makes the next one */
-		json_t *b = call(&f->b, KMS_OP_KEY_ROTATE, "k1", NULL, f->admin, NULL, &st);
-		assert_int_equal(st, 200);
-		assert_int_equal(json_integer_value(json_object_get(json_object_get(b, "data"), "latest_version")),
-				 3 + 2 * i);
-		json_decref(b);
+		assert_int_equal(rotate_on(&f->b, f), 3 + 2 * i);
 	}
-	assert_int_equal(store_version_list(f->a.st, f->k1, &vs, &nv), KMS_OK);
-	assert_int_equal(nv, 11);
-	for (size_t i = 0; i < nv; i++)
-		assert_int_equal(vs[i].version, i + 1);
-	free(vs);
+	assert_versions(f, 11);
 	assert_int_equal(datakey_version(&f->a, f->svc, NULL, 0, &st), 10); /* A has not read B's last */
 	assert_int_equal(core_key_refresh(f->a.core, f->k1), KMS_OK);
 	assert_int_equal(datakey_version(&f->a, f->svc, NULL, 0, &st), 11);
@@ -359,14 +372,11 @@ static void test_key_changing_while_read_is_not_cached(void **state)
 static void test_rotation_retry_without_the_store(void **state)
 {
 	struct fx *f = *state;
-	struct store_version *vs = NULL;
-	size_t nv = 0;
 	int st;
 	json_t *b;
 
 	assert_int_equal(datakey_version(&f->b, f->svc, NULL, 0, &st), 1); /* B caches k1 at 1 */
-	json_decref(call(&f->a, KMS_OP_KEY_ROTATE, "k1", NULL, f->admin, NULL, &st));
-	assert_int_equal(st, 200);
+	assert_int_equal(rotate_on(&f->a, f), 2);
 	/* B's version 2 meets A's; reading the latest version then fails */
 	latest_fails = true;
 	latest_reads = 0;
@@ -375,19 +385,10 @@ static void test_rotation_retry_without_the_store(void **state)
 	assert_int_equal(st, 503);
 	assert_int_equal(latest_reads, 1);
 	json_decref(b);
-	assert_int_equal(store_version_list(f->a.st, f->k1, &vs, &nv), KMS_OK);
-	assert_int_equal(nv, 2); /* nothing written by B */
-	free(vs);
+	assert_versions(f, 2); /* nothing written by B */
 	/* the store back: B's next rotation follows A's */
-	b = call(&f->b, KMS_OP_KEY_ROTATE, "k1", NULL, f->admin, NULL, &st);
-	assert_int_equal(st, 200);
-	assert_int_equal(json_integer_value(json_object_get(json_object_get(b, "data"), "latest_version")), 3);
-	json_decref(b);
-	assert_int_equal(store_version_list(f->a.st, f->k1, &vs, &nv), KMS_OK);
-	assert_int_equal(nv, 3);
-	for (size_t i = 0; i < nv; i++)
-		assert_int_equal(vs[i].version, i + 1);
-	free(vs);
+	assert_int_equal(rotate_on(&f->b, f), 3);
+	assert_versions(f, 3);
 }
 
 int main(void)
