@@ -4093,9 +4093,9 @@ kms_err store_approval_finish(struct store *s, const char *id, const char *state
 
 	if ((rc = store_lock(s)) != KMS_OK)
 		return rc;
-	/* interrupted = 0: a live node whose request another node marked interrupted (it
-	 * could not see this node's lease for a moment) finished it after all, and the row
-	 * says what happened */
+	/* interrupted = 0: a live run whose request another node marked interrupted (it
+	 * found the run's lease free for a moment) finished it after all, and the row says
+	 * what happened */
 	if ((rc = prep(s, "UPDATE approval_requests SET state = ?2, result = ?3, finished = ?4, interrupted = 0 "
 			  "WHERE id = ?1 AND state = 'executing'",
 		       &st)) != KMS_OK)
