@@ -40,8 +40,9 @@ Settings (environment; `make bench` passes its make variables through):
                     SoftHSM2's own default; "kmsd": only the mechanisms kmsd uses,
                     scripts/dev-token.sh, docs/PERFORMANCE.md)
   BUILD             build directory (default build)
-`bench.py --self-test` checks the statistics, the metrics parser and the JSON writer
-on made-up figures, without starting anything.
+`bench.py --self-test` checks the statistics, the metrics parser, the JSON writer and
+bench/pair.py's argument checks on made-up figures, and runs the two ceiling tools for a
+moment (when built); it starts no kmsd and measures nothing.
 """
 
 import base64
@@ -1001,9 +1002,38 @@ def self_test():
         cluster_bench.print_cluster(fake_cl, null)
         cluster_bench.print_cluster({"error": "no store_uri\nmore"}, null)
     audit_counter_self_test()
+    pair_self_test()
     tools_self_test(os.environ.get("BUILD") or "build")
     print("bench self-test: ok")
     return 0
+
+
+def pair_self_test():
+    """bench/pair.py's argument checks and summary, without a server."""
+    import contextlib
+    import io
+    import pair
+    a = pair.parse(["--op", "decrypt", "--batch", "10", "--b-env", "X=1=2", "--b-workers", "2"])
+    assert (a.op, a.batch, a.keys, a.rounds, a.b_env, a.b_workers, a.a_workers) == \
+        ("decrypt", 10, 1, 6, ["X=1=2"], 2, None), a
+    for bad in (["--op", "health", "--batch", "10"], ["--op", "decrypt", "--keys", "10"],
+                ["--keys", "10", "--batch", "10"], ["--a-env", "NOEQUALS"], ["--b-env", "=1"],
+                ["--rounds", "0"], ["--a-workers", "0"], ["--op", "sign"]):
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                pair.parse(bad)
+        except SystemExit as e:
+            assert e.code == 2 and "error:" in err.getvalue(), (bad, e.code, err.getvalue())
+        else:
+            raise AssertionError("pair.py took %r" % bad)
+    rounds = [{"req_per_s": r, "server_cpu_us_per_req": c, "p99_ms": 1.0,
+               "loadgen_cpu_us_per_req": 40.0, "other_cpu_cores": 0.0, "records_per_sync": None}
+              for r, c in ((100.0, 9.0), (300.0, 7.0), (200.0, 8.0))]
+    sm = pair.summary(rounds)
+    assert sm["req_per_s"] == {"median": 200.0, "min": 100.0, "max": 300.0}, sm
+    assert sm["server_cpu_us_per_req"]["median"] == 8.0 and sm["records_per_sync"] is None
+    assert "200 [100–300]" == pair.fmt(sm["req_per_s"]) and pair.fmt(None) == "n/a"
 
 
 def audit_counter_self_test():

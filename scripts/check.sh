@@ -13,7 +13,7 @@
 #   3. each libFuzzer harness in build/fuzz/bin over its corpus in tests/fuzz/corpus
 #      (one result per harness)
 #   4. bench/bench.py --self-test (make bench's statistics, JSON writer and ceiling
-#      tools, no timing; one result)
+#      tools, bench/pair.py's argument checks; no timing; one result)
 #   5. the PostgreSQL store: a throwaway server (scripts/pgtmp.sh start build/pgtest PORT,
 #      destroyed afterwards, also on failure), the store's unit tests again with
 #      KMS_TEST_PG_URI, and the integration modules PG_MODULES against it (each kmsd
