@@ -816,6 +816,20 @@ def host_info(tmp):
     return info
 
 
+def allocator_of(pid):
+    """Which malloc a running process uses, from the libraries it has mapped: glibc's,
+    unless another was preloaded (bench/pair.py --b-env LD_PRELOAD=...)."""
+    try:
+        with open("/proc/%d/maps" % pid) as f:
+            maps = f.read()
+    except OSError:
+        return None
+    for name in ("jemalloc", "tcmalloc", "mimalloc"):
+        if "/lib%s" % name in maps:
+            return name
+    return "glibc"
+
+
 def git_info():
     g = {}
     try:
@@ -855,7 +869,9 @@ def run(settings):
         srv.provision()
         srv.start()
         srv.setup_tenant()
-        say("kmsd pid %d on %s (tenant %s, key %s)" % (srv.proc.pid, srv.url, TENANT, KEY))
+        allocator = allocator_of(srv.proc.pid)
+        say("kmsd pid %d on %s (tenant %s, key %s, allocator %s)" % (
+            srv.proc.pid, srv.url, TENANT, KEY, allocator))
         bodies = make_bodies(srv, settings, os.path.join(tmp, "bodies"))
         b = Bench(kids, srv, settings, tmp)
         say("audit fsync counts: %s" % ("GET /v1/sys/metrics" if b.has_metrics else
@@ -919,7 +935,7 @@ def run(settings):
                 if os.environ.get(k, "").strip()),
             "host": info, "git": git_info(),
             "settings": {k: v for k, v in settings.items() if k != "keep"},
-            "kmsd": {"workers": settings["workers"], "exit_status": rc,
+            "kmsd": {"workers": settings["workers"], "exit_status": rc, "allocator": allocator,
                      "metrics_endpoint": b.has_metrics},
             "load_generator": "%s, on the same machine and cores as kmsd" % (
                 info.get("wrk") or "wrk"),
@@ -1014,10 +1030,13 @@ def pair_self_test():
     import io
     import pair
     a = pair.parse(["--op", "decrypt", "--batch", "10", "--b-env", "X=1=2", "--b-workers", "2"])
-    assert (a.op, a.batch, a.keys, a.rounds, a.b_env, a.b_workers, a.a_workers) == \
-        ("decrypt", 10, 1, 6, ["X=1=2"], 2, None), a
+    assert (a.op, a.batch, a.a_keys, a.b_keys, a.rounds, a.b_env, a.b_workers, a.a_workers) == \
+        ("decrypt", 10, 1, 1, 6, ["X=1=2"], 2, None), a
+    a = pair.parse(["--keys", "100", "--b-keys", "10000"])
+    assert (a.a_keys, a.b_keys) == (100, 10000), a
     for bad in (["--op", "health", "--batch", "10"], ["--op", "decrypt", "--keys", "10"],
                 ["--keys", "10", "--batch", "10"], ["--a-env", "NOEQUALS"], ["--b-env", "=1"],
+                ["--op", "encrypt", "--b-keys", "2"], ["--a-keys", "0"],
                 ["--rounds", "0"], ["--a-workers", "0"], ["--op", "sign"]):
         err = io.StringIO()
         try:

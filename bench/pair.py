@@ -14,7 +14,7 @@ Usage (from the project root, after `make bench-tools`; Debian's /usr/bin/python
   /usr/bin/python3 bench/pair.py [--op datakey|decrypt|encrypt|rewrap|health]
       [--batch N] [--keys N] [--conns N] [--rounds N] [--seconds N]
       [--a-build DIR] [--b-build DIR] [--a-env K=V]... [--b-env K=V]...
-      [--a-workers N] [--b-workers N] [--json FILE] [--perf DIR]
+      [--a-workers N] [--b-workers N] [--a-keys N] [--b-keys N] [--json FILE] [--perf DIR]
 
   --op        what both sides are asked (default datakey; health = GET /v1/sys/health)
   --batch     items per request (batch_input when > 1; not with health)
@@ -24,6 +24,8 @@ Usage (from the project root, after `make bench-tools`; Debian's /usr/bin/python
   --a-build/--b-build  build directory of each side's kmsd (default build)
   --a-env/--b-env      K=V added to that side's kmsd environment only (repeatable)
   --a-workers/--b-workers  that side's kmsd `workers` (default: kmsd's own)
+  --a-keys/--b-keys        that side's --keys (e.g. 1 against 10000: the scaling figure
+              with both servers measured in the same minutes)
   --json      also write every round's figures, as bench.py's wrk() gives them
   --perf      during each side's first round, `perf record -F 499 --call-graph dwarf`
               on its kmsd into DIR/perf.A.data and DIR/perf.B.data (`perf report -i`)
@@ -66,13 +68,17 @@ def parse(argv):
         ap.add_argument("--%s-build" % s, default=os.environ.get("BUILD", "build"))
         ap.add_argument("--%s-env" % s, action="append", default=[], metavar="K=V")
         ap.add_argument("--%s-workers" % s, type=int)
+        ap.add_argument("--%s-keys" % s, type=int)
     a = ap.parse_args(argv)
     bad = []
-    if min(a.batch, a.keys, a.conns, a.rounds, a.seconds) < 1:
+    for s in ("a", "b"):
+        if getattr(a, s + "_keys") is None:
+            setattr(a, s + "_keys", a.keys)
+    if min(a.batch, a.a_keys, a.b_keys, a.conns, a.rounds, a.seconds) < 1:
         bad.append("--batch, --keys, --conns, --rounds and --seconds want positive integers")
     if a.op == "health" and a.batch != 1:
         bad.append("--batch is for the key endpoints, not health")
-    if a.keys > 1 and (a.op != "datakey" or a.batch != 1):
+    if max(a.a_keys, a.b_keys) > 1 and (a.op != "datakey" or a.batch != 1):
         bad.append("--keys is for single datakey requests only")
     for s in ("a", "b"):
         for kv in getattr(a, s + "_env"):
@@ -109,15 +115,17 @@ class Side:
         self.srv.start()
         self.srv.setup_tenant()
         self.b = bench.Bench(kids, self.srv, settings, self.tmp)
-        self.op, self.batch, self.keys, self.conns = a.op, a.batch, a.keys, a.conns
-        if a.keys > 1:
-            scaling.make_keys(self.srv, a.keys, 0, bench.say)
+        self.op, self.batch, self.conns = a.op, a.batch, a.conns
+        self.keys = getattr(a, s + "_keys")
+        if self.keys > 1:
+            scaling.make_keys(self.srv, self.keys, 0, bench.say)
         elif a.op != "health":
             files = bench.make_bodies(self.srv, dict(settings, ops=[a.op], batches=[a.batch]),
                                       os.path.join(self.tmp, "bodies"))
             self.body = files[(a.op, a.batch)][0]
-        bench.say("side %s: kmsd pid %d (%s%s%s)" % (
-            name, self.srv.proc.pid, settings["build"],
+        bench.say("side %s: kmsd pid %d (%s, allocator %s, %d key%s%s%s)" % (
+            name, self.srv.proc.pid, settings["build"], bench.allocator_of(self.srv.proc.pid),
+            self.keys, "" if self.keys == 1 else "s",
             ", workers %d" % settings["workers"] if settings["workers"] else "",
             ", " + " ".join(getattr(a, s + "_env")) if getattr(a, s + "_env") else ""))
 
