@@ -99,7 +99,7 @@ def parse(argv):
 class Side:
     """One server and its wrk driver, set up like make bench's."""
 
-    def __init__(self, name, kids, a):
+    def __init__(self, name, kids, a, tmps):
         self.name = name
         s = name.lower()
         settings = bench.settings_from_env({"BENCH_SECONDS": str(a.seconds)})
@@ -109,6 +109,7 @@ class Side:
         if not os.access(os.path.join(bench.REPO, settings["build"], "kmsd"), os.X_OK):
             raise bench.BenchError("%s/kmsd missing: run make" % settings["build"])
         self.tmp = tempfile.mkdtemp(prefix="kmsd-pair%s." % name)
+        tmps.append(self.tmp)  # removed by run() even if the set-up below fails
         self.srv = bench.Server(kids, self.tmp, settings, max(256, a.conns))
         self.srv.provision()
         self.srv.env.update(dict(kv.split("=", 1) for kv in getattr(a, s + "_env")))
@@ -180,10 +181,10 @@ def run(a):
         raise bench.BenchError("wrk not found (sh scripts/deps.sh bench)")
     os.environ.setdefault("SOFTHSM_MECHANISMS", "ALL")
     kids = bench.Children()
-    sides = {}
+    sides, tmps = {}, []
     try:
         for name in SIDES:
-            sides[name] = Side(name, kids, a)
+            sides[name] = Side(name, kids, a, tmps)
         res = {n: [] for n in SIDES}
         for r in range(a.rounds):
             for name in (SIDES if r % 2 == 0 else SIDES[::-1]):
@@ -216,8 +217,8 @@ def run(a):
         return 0
     finally:
         kids.stop_all()
-        for s in sides.values():
-            shutil.rmtree(s.tmp, ignore_errors=True)
+        for t in tmps:
+            shutil.rmtree(t, ignore_errors=True)
 
 
 def main(argv):
