@@ -52,9 +52,18 @@
 /* at start, how long to wait for an earlier run of this node to let go of its lease */
 #define START_KIN_TRIES 10
 #define START_KIN_WAIT_MS 200
+
 static void run_lease_name(char *buf, size_t len, const char *executor)
 {
 	snprintf(buf, len, "run:%s", executor);
+}
+
+/* Whether executor ("<node_id>/<run>") is a run of node (node ids have no '/'). */
+static bool run_of_node(const char *executor, const char *node)
+{
+	size_t n = strlen(node);
+
+	return strncmp(executor, node, n) == 0 && executor[n] == '/';
 }
 
 /* Requests left "executing" by runs that ended. A run whose lease nobody holds has no
@@ -82,8 +91,7 @@ static void interrupt_ended_runs(struct core *c, bool *kin)
 		}
 		if (ended)
 			core_approvals_interrupted(c, runs[i]);
-		else if (kin != NULL && strcmp(runs[i], c->cl_executor) != 0 &&
-			 strncmp(runs[i], c->cl_executor, (size_t)(strchr(c->cl_executor, '/') - c->cl_executor) + 1) == 0)
+		else if (kin != NULL && strcmp(runs[i], c->cl_executor) != 0 && run_of_node(runs[i], c->cl_node))
 			*kin = true;
 	}
 	free(runs);
