@@ -18,9 +18,10 @@ import tempfile
 import threading
 import time
 
+import pytest
 import requests
 
-from conftest import pg_query, uniq
+from conftest import PG_URI, pg_query, uniq
 
 
 POLICY = {
@@ -43,12 +44,12 @@ KMSD_EXTRA_OPTS = [("policy_file", POLICY_FILE), ("workers", "4")]
 HOOK = "KMSD_TEST_APPROVAL_EXEC_DELAY_MS"
 
 
-def hold_scheduler_lease(uri):
-    """A psql session that holds kmsd's scheduler lease on a PostgreSQL store (the
-    advisory lock whose key is the FNV-1a hash of "scheduler", kms/store/store.c) until
+def hold_lease(uri, name):
+    """A psql session that holds one of kmsd's leases on a PostgreSQL store (the
+    advisory lock whose key is the FNV-1a hash of its name, kms/store/store.c) until
     its stdin is closed; waits for the killed kmsd's session to let go of it first."""
     h = 1469598103934665603
-    for b in b"scheduler":
+    for b in name.encode():
         h = ((h ^ b) * 1099511628211) % 2 ** 64
     key = h - 2 ** 64 if h >= 2 ** 63 else h
     p = subprocess.Popen(["psql", uri, "-qAt", "-v", "ON_ERROR_STOP=1"], stdin=subprocess.PIPE,
@@ -59,8 +60,13 @@ def hold_scheduler_lease(uri):
         p.stdin.flush()
         if p.stdout.readline().strip() == "t":
             return p
-        assert time.monotonic() < deadline, "the scheduler lease was not let go"
+        assert time.monotonic() < deadline, "the lease %s was not let go" % name
         time.sleep(0.1)
+
+
+def let_go(lease):
+    lease.stdin.close()
+    lease.wait(timeout=30)
 
 
 def audit_records(kmsd):
@@ -74,7 +80,10 @@ def show(kmsd, aid):
     return r.json()["data"]
 
 
-def test_killed_while_executing_is_interrupted_and_never_runs(kmsd):
+def leave_executing(kmsd):
+    """Makes an approved key.rotate that kmsd is running when it is killed (SIGKILL between
+    the final vote and the run). Returns the request's id, the approvers' names and
+    tokens, the tenant and key, and on PostgreSQL the run that was executing it."""
     names = {}
     toks = {}
     for who in ("b", "c"):
@@ -101,37 +110,46 @@ def test_killed_while_executing_is_interrupted_and_never_runs(kmsd):
         except requests.RequestException as e:  # the kill cuts the connection
             answers.append(type(e).__name__)
 
-    def state_now():
-        # read from the store, not over HTTP: the paused request holds one of kmsd's
-        # worker threads, and the point is the state it left behind
-        if kmsd.store_uri:
-            rows = pg_query(kmsd.store_uri, "SELECT state FROM approval_requests WHERE id = '%s'" % aid)
-            return rows[0][0] if rows else None
-        db = sqlite3.connect("file:%s?mode=ro" % kmsd.store_path, uri=True, timeout=10)
-        try:
-            (state,) = db.execute("SELECT state FROM approval_requests WHERE id = ?", (aid,)).fetchone()
-        finally:
-            db.close()
-        return state
-
     th = threading.Thread(target=vote)
     th.start()
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and state_now() != "executing":
+    while time.monotonic() < deadline and state_now(kmsd, aid) != "executing":
         time.sleep(0.05)
-    assert state_now() == "executing"
+    assert state_now(kmsd, aid) == "executing"
+    executor = None
     if kmsd.store_uri:
         rows = pg_query(kmsd.store_uri, "SELECT executor, interrupted FROM approval_requests "
                                         "WHERE id = '%s'" % aid)
         assert len(rows) == 1 and rows[0][1] == "0", rows
         assert re.fullmatch(re.escape(kmsd.node_id) + "/[0-9a-f]{16}", rows[0][0]), rows
+        executor = rows[0][0]
     kmsd.kill()  # SIGKILL between the final vote and the end of the run
     th.join(timeout=60)
     assert not th.is_alive()
     assert answers and answers[0] != 200, answers
-
     del kmsd.env[HOOK]
-    lease = hold_scheduler_lease(kmsd.store_uri) if kmsd.store_uri else None
+    return {"id": aid, "names": names, "toks": toks, "tenant": tenant, "key": key,
+            "executor": executor}
+
+
+def state_now(kmsd, aid):
+    """The request's state read from the store, not over HTTP: a paused request holds
+    one of kmsd's worker threads, and the point is the state it left behind."""
+    if kmsd.store_uri:
+        rows = pg_query(kmsd.store_uri, "SELECT state FROM approval_requests WHERE id = '%s'" % aid)
+        return rows[0][0] if rows else None
+    db = sqlite3.connect("file:%s?mode=ro" % kmsd.store_path, uri=True, timeout=10)
+    try:
+        (state,) = db.execute("SELECT state FROM approval_requests WHERE id = ?", (aid,)).fetchone()
+    finally:
+        db.close()
+    return state
+
+
+def test_killed_while_executing_is_interrupted_and_never_runs(kmsd):
+    left = leave_executing(kmsd)
+    aid, names, toks, tenant, key = (left[k] for k in ("id", "names", "toks", "tenant", "key"))
+    lease = hold_lease(kmsd.store_uri, "scheduler") if kmsd.store_uri else None
     try:
         kmsd.start()
         if lease:
@@ -142,8 +160,7 @@ def test_killed_while_executing_is_interrupted_and_never_runs(kmsd):
         d = show(kmsd, aid)
     finally:
         if lease:
-            lease.stdin.close()
-            lease.wait(timeout=30)
+            let_go(lease)
     assert d["state"] == "interrupted" and d["finished"] > 0, d
     assert [x["principal"] for x in d["approved_by"]] == [names["b"]]
     assert "result" not in d
@@ -173,6 +190,40 @@ def test_killed_while_executing_is_interrupted_and_never_runs(kmsd):
     assert show(kmsd, aid)["state"] == "interrupted"
     intr = [x for x in audit_records(kmsd) if x.get("approval_id") == aid and x["operation"] == "approval.interrupt"]
     assert len(intr) == 1, intr
+
+
+@pytest.mark.skipif(not PG_URI, reason="runs and their leases are the PostgreSQL store's (make check-pg)")
+def test_a_run_whose_lease_is_held_is_waited_for_then_left_to_the_scheduler(kmsd):
+    """The killed run's lease still held, as when PostgreSQL has not yet ended the dead
+    session (or a second kmsd runs with this node_id): the restarted kmsd waits for it a
+    while, says so, serves without touching that run's request, and the scheduler's
+    holder marks the request as soon as the lease is free."""
+    left = leave_executing(kmsd)
+    aid, run = left["id"], left["executor"].split("/", 1)[1]
+    held = hold_lease(kmsd.store_uri, "run:" + left["executor"])
+    try:
+        kmsd.start()
+        assert ("an earlier run of node %s still holds its lease" % kmsd.node_id) in kmsd.stderr()
+        deadline = time.monotonic() + 30
+        while not kmsd.get("/v1/sys/health").json()["cluster"]["scheduler"]:
+            assert time.monotonic() < deadline, "kmsd never took the scheduler lease"
+            time.sleep(0.1)
+        d = show(kmsd, aid)
+        assert d["state"] == "executing", d
+        time.sleep(2.5)  # scheduler rounds (cluster_sync_ms, 1 s) while the run looks alive
+        assert show(kmsd, aid)["state"] == "executing"
+    finally:
+        let_go(held)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and show(kmsd, aid)["state"] == "executing":
+        time.sleep(0.1)
+    d = show(kmsd, aid)
+    assert d["state"] == "interrupted" and d["finished"] > 0, d
+    assert kmsd.get("/v1/%s/keys/%s" % (left["tenant"], left["key"]),
+                    token=kmsd.admin_token).json()["data"]["latest_version"] == 1
+    intr = [x for x in audit_records(kmsd) if x.get("approval_id") == aid and x["operation"] == "approval.interrupt"]
+    assert len(intr) == 1, intr
+    assert intr[0]["executing_node"] == kmsd.node_id and intr[0]["executing_run"] == run, intr[0]
 
 
 def test_a_finished_request_is_not_touched_by_a_restart(kmsd):
