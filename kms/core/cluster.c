@@ -58,12 +58,12 @@ static void run_lease_name(char *buf, size_t len, const char *executor)
 	snprintf(buf, len, "run:%s", executor);
 }
 
-/* Whether executor ("<node_id>/<run>") is a run of node (node ids have no '/'). */
+/* Whether executor ("<node_id>/<run>") is a run of node. */
 static bool run_of_node(const char *executor, const char *node)
 {
-	size_t n = strlen(node);
+	char of[65];
 
-	return strncmp(executor, node, n) == 0 && executor[n] == '/';
+	return store_executor_split(executor, of) != NULL && strcmp(of, node) == 0;
 }
 
 /* Requests left "executing" by runs that ended. A run whose lease nobody holds has no

@@ -486,14 +486,11 @@ void core_approvals_interrupted(struct core *c, const char *executor)
 {
 	struct store_approval *ex = NULL;
 	size_t n = 0;
-	char node[65] = "";
-	const char *slash = executor ? strchr(executor, '/') : NULL;
-	bool self;
+	char node[65];
+	const char *run = store_executor_split(executor, node);
+	bool self = executor == NULL || strcmp(node, c->cl_node) == 0; /* this node's last run */
 	kms_err rc;
 
-	if (slash != NULL)
-		snprintf(node, sizeof(node), "%.*s", (int)(slash - executor), executor);
-	self = executor == NULL || strcmp(node, c->cl_node) == 0; /* this node's last run */
 	rc = store_approvals_interrupt(c->st, executor, core_now(), &ex, &n);
 	if (rc != KMS_OK) {
 		kms_error("approvals: marking interrupted requests%s%s: %s", executor ? " of run " : "",
@@ -506,7 +503,7 @@ void core_approvals_interrupted(struct core *c, const char *executor)
 
 		if (executor != NULL && e != NULL) {
 			(void)json_object_set_new(e, "executing_node", json_string(node));
-			(void)json_object_set_new(e, "executing_run", json_string(slash + 1));
+			(void)json_object_set_new(e, "executing_run", json_string(run ? run : ""));
 		}
 		if (self)
 			kms_warn("approval %s (%s by %s) was executing when kmsd stopped: marked interrupted, not run "

@@ -5894,18 +5894,25 @@ kms_err store_set_node(struct store *s, const char *node_id)
 	return rc;
 }
 
+const char *store_executor_split(const char *executor, char node[65])
+{
+	const char *slash = executor ? strchr(executor, '/') : NULL;
+
+	node[0] = '\0';
+	if (slash == NULL || slash - executor > 64)
+		return NULL;
+	memcpy(node, executor, (size_t)(slash - executor));
+	node[slash - executor] = '\0';
+	return slash + 1;
+}
+
 bool store_executor_valid(const char *executor)
 {
 	char node[65];
-	const char *slash = executor ? strchr(executor, '/') : NULL;
-	size_t len;
+	const char *run = store_executor_split(executor, node);
 
-	if (slash == NULL || (size_t)(slash - executor) >= sizeof(node))
-		return false;
-	memcpy(node, executor, (size_t)(slash - executor));
-	node[slash - executor] = '\0';
-	len = strlen(slash + 1);
-	return valid_node_id(node) && len == STORE_RUN_LEN && strspn(slash + 1, "0123456789abcdef") == len;
+	return run != NULL && valid_node_id(node) && strlen(run) == STORE_RUN_LEN &&
+	       strspn(run, "0123456789abcdef") == STORE_RUN_LEN;
 }
 
 kms_err store_set_executor(struct store *s, const char *executor)

@@ -464,6 +464,9 @@ KMS_WUR kms_err store_approvals_interrupt(struct store *s, const char *executor,
 #define STORE_RUN_LEN 16
 #define STORE_EXECUTOR_MAX (64 + 1 + STORE_RUN_LEN)
 bool store_executor_valid(const char *executor);
+/* Splits an executor at its '/': copies the node id into node and returns the run after
+ * it, or NULL (node "") when executor has no '/' or a node id longer than 64 bytes. */
+const char *store_executor_split(const char *executor, char node[65]);
 /* This process's run, written by the compare-and-set into the requests it runs
  * (PostgreSQL). INVALID unless store_executor_valid. */
 KMS_WUR kms_err store_set_executor(struct store *s, const char *executor);

@@ -283,7 +283,28 @@ static void test_interrupt_by_run(void **state)
 	assert_false(store_executor_valid("node-a/00000000000000a"));
 	assert_false(store_executor_valid("node a/00000000000000a1"));
 	assert_false(store_executor_valid("/00000000000000a1"));
+	assert_false(store_executor_valid(NULL));
 	assert_int_equal(store_set_executor(f->s, "node-a"), KMS_ERR_INVALID);
+	/* split at the '/': the node id, and the run after it */
+	{
+		char node[65], long_id[80];
+
+		assert_string_equal(store_executor_split(RUN_A, node), "00000000000000a1");
+		assert_string_equal(node, "node-a");
+		assert_null(store_executor_split("node-a", node));
+		assert_string_equal(node, "");
+		assert_null(store_executor_split(NULL, node));
+		assert_string_equal(store_executor_split("/x", node), "x");
+		assert_string_equal(node, "");
+		memset(long_id, 'n', 64);
+		snprintf(long_id + 64, sizeof(long_id) - 64, "/r");
+		assert_string_equal(store_executor_split(long_id, node), "r");
+		assert_int_equal(strlen(node), 64);
+		long_id[64] = 'n';
+		snprintf(long_id + 65, sizeof(long_id) - 65, "/r");
+		assert_null(store_executor_split(long_id, node));
+		assert_string_equal(node, "");
+	}
 
 	assert_int_equal(store_set_executor(f->s, RUN_A), KMS_OK);
 	make_request(f, ID1, 1, NOW + 100);
