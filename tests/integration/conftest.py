@@ -192,6 +192,8 @@ class Kmsd:
         self.nomfa_policy_path = os.path.join(self.tmp, "policy-nomfa.json")
         self.session = requests.Session()
         self.session.trust_env = False
+        self.conn_timeout = 0.0  # kmsd's connection_timeout, from the config written
+        self.last_request = 0.0  # time.monotonic() when the session was last used
 
     def set_clock(self, offset_seconds):
         """Moves kmsd's clock: the offset is read whenever the file changes."""
@@ -262,6 +264,7 @@ class Kmsd:
             f.write("# written by tests/integration/conftest.py\n")
             for k, v in opts:
                 f.write("%s = %s\n" % (k, v))
+        self.conn_timeout = float(dict(opts).get("connection_timeout", 0))
         os.chmod(self.conf, 0o600)
 
     def write_nomfa_policy(self):
@@ -389,8 +392,17 @@ class Kmsd:
             data = json.dumps(json_body)
         if data is not None:
             h.setdefault("Content-Type", "application/json")
-        return self.session.request(method, self.url + path, data=data, headers=h,
-                                    verify=self.ca, timeout=timeout, params=params)
+        # kmsd closes a keep-alive connection once it has been idle for connection_timeout;
+        # a request sent on it at that moment meets the close ("Remote end closed
+        # connection without response"). Like any client that keeps its connections for
+        # less than the server's idle timeout, the session drops them after half of it.
+        if self.conn_timeout > 0 and time.monotonic() - self.last_request >= self.conn_timeout / 2:
+            self.session.close()
+        try:
+            return self.session.request(method, self.url + path, data=data, headers=h,
+                                        verify=self.ca, timeout=timeout, params=params)
+        finally:
+            self.last_request = time.monotonic()
 
     def get(self, path, token=None, **kw):
         return self.request("GET", path, token=token, **kw)
