@@ -120,6 +120,9 @@ class Side:
         self.keys = getattr(a, s + "_keys")
         if self.keys > 1:
             scaling.make_keys(self.srv, self.keys, 0, bench.say)
+            self.body = os.path.join(self.tmp, "dk.json")
+            with open(self.body, "w") as f:
+                f.write('{"bits":256}')
         elif a.op != "health":
             files = bench.make_bodies(self.srv, dict(settings, ops=[a.op], batches=[a.batch]),
                                       os.path.join(self.tmp, "bodies"))
@@ -148,15 +151,7 @@ class Side:
         if self.op == "health":
             return self.b.health(self.conns)
         if self.keys > 1:
-            body = os.path.join(self.tmp, "dk.json")
-            if not os.path.exists(body):
-                with open(body, "w") as f:
-                    f.write('{"bits":256}')
-            return self.b.wrk("/v1/%s/datakey/plaintext/s1" % scaling.SCALE_TENANT, self.conns,
-                              "POST", body, self.srv.service_token_file,
-                              extra_env={"BENCH_KEYS": str(self.keys),
-                                         "BENCH_PATH_PREFIX": "/v1/%s/datakey/plaintext/" %
-                                         scaling.SCALE_TENANT})
+            return scaling.datakey_over_keys(self.b, self.srv, self.keys, self.conns, self.body)
         return self.b.endpoint(self.op, self.batch, self.conns, self.body)
 
 

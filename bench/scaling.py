@@ -28,6 +28,15 @@ def raise_nofile(want):
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def datakey_over_keys(bench, srv, n, conns, body):
+    """One wrk run of single data keys, each to one of keys s1..s<n> picked at random
+    (wrk.lua's BENCH_KEYS), as bench.Bench.wrk measures it."""
+    return bench.wrk("/v1/%s/datakey/plaintext/s1" % SCALE_TENANT, conns, "POST", body,
+                     srv.service_token_file,
+                     extra_env={"BENCH_KEYS": str(n),
+                                "BENCH_PATH_PREFIX": "/v1/%s/datakey/plaintext/" % SCALE_TENANT})
+
+
 def make_keys(srv, upto, have, say, threads=4):
     """Creates keys s<have+1>..s<upto> over a few persistent connections."""
     todo = list(range(have + 1, upto + 1))
@@ -143,10 +152,7 @@ def run_scaling(bench, srv, settings, say, proc_status_kib):
         have = max(have, n)
         runs = []
         for _ in range(rounds):
-            r = bench.wrk("/v1/%s/datakey/plaintext/s1" % SCALE_TENANT, 64, "POST", body,
-                          srv.service_token_file,
-                          extra_env={"BENCH_KEYS": str(n),
-                                     "BENCH_PATH_PREFIX": "/v1/%s/datakey/plaintext/" % SCALE_TENANT})
+            r = datakey_over_keys(bench, srv, n, 64, body)
             runs.append(r)
             say("scaling: datakey over %d key(s), c=64: %.0f req/s%s" % (
                 n, r["req_per_s"] or 0, "" if r["valid"] else " ERRORS %s" % r["errors"]))
