@@ -34,6 +34,11 @@ def old(tmp_path_factory):
     """A kmsd started on a copy of the fixture (no init: it is an existing deployment)."""
     tmp = tmp_path_factory.mktemp("upgrade")
     k = Kmsd(tmp)
+    # A segment's age counts from its first record (docs/FORMATS.md), and the fixture's
+    # records are from 2026-12-02: with the default audit_segment_seconds (1 day) kmsd
+    # would start a new segment at once whenever the suite runs a day or more later, and
+    # the chain would continue in audit.log.1 rather than in the old file.
+    k.extra_opts = [("audit_segment_seconds", "0")]
     k.provision()  # fresh certificates and config; its new token is replaced below
     hsm = os.path.dirname(k.user_pin_file)
     shutil.rmtree(os.path.join(hsm, "tokens"))
